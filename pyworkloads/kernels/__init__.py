@@ -1,0 +1,367 @@
+"""Kernel dispatch: one switch moves every heavy op of every model between backends.
+
+Models never call NumPy for the four heavy ops directly; they call these functions, which
+
+1. validate the arguments once, for every backend (shapes, dtypes), naming the bad argument;
+2. run the op on the active backend -- ``"numpy"`` (the reference, always there), ``"cpp"``
+   (``pyworkloads._kernels``) or ``"cuda"`` (``pyworkloads._cuda``) -- falling back to the
+   reference for an op a backend does not implement;
+3. report the call to every active :func:`profile` (op, layer name, shapes, FLOPs, bytes, time).
+
+FLOP conventions of the records (the cost model counts the same way, see DESIGN.md §5):
+
+=============  ===================================================================================
+matmul         macs = batch·M·N·K;  flops = 2·macs
+attention      macs = B·Hq·Tq·Tk·(Dh + Dv) (the full rectangle, as the reference computes it);
+               flops = 2·macs + (5 + 1 + [bias]) · B·Hq·Tq·Tk  (softmax: max, subtract, exp, sum,
+               divide; the scale; the bias add when given)
+rms_norm       flops = 4·N  (square, sum, scale, weight) for N elements
+layer_norm     flops = 5·N  (sum, subtract, square, sum, scale) + N per affine term (weight, bias)
+=============  ===================================================================================
+
+Bytes are the arrays read and written at their dtype: inputs once, output once.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import reference
+
+__all__ = [
+    "matmul", "attention", "rms_norm", "layer_norm", "available", "use_backend", "get_backend",
+    "set_backend", "profile", "scope", "set_num_threads", "get_num_threads", "Profile", "KernelCall",
+]
+
+BACKENDS = ("numpy", "cpp", "cuda")
+_OPS = ("matmul", "attention", "rms_norm", "layer_norm")
+
+
+# --------------------------------------------------------------------------------------------
+# backends
+# --------------------------------------------------------------------------------------------
+_backend_modules: dict[str, object] = {"numpy": reference}
+_backend_errors: dict[str, str] = {}
+
+
+def _load_backend(name: str):
+    """Import the Python adapter of a compiled backend once; remember why it failed, if it did."""
+    if name in _backend_modules:
+        return _backend_modules[name]
+    if name in _backend_errors:
+        return None
+    try:
+        mod = importlib.import_module(f".{name}_backend", __name__)
+        reason = mod.unavailable_reason()
+    except ImportError as exc:                      # extension not built / not importable
+        mod, reason = None, f"its extension could not be imported ({exc})"
+    if reason:
+        _backend_errors[name] = reason
+        return None
+    _backend_modules[name] = mod
+    return mod
+
+
+def available() -> list[str]:
+    """The backends usable in this process, e.g. ``["numpy", "cpp"]`` (+ ``"cuda"`` with a GPU)."""
+    return [b for b in BACKENDS if _load_backend(b) is not None]
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why a backend cannot be used here (None when it can)."""
+    if name not in BACKENDS:
+        return f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}"
+    return None if _load_backend(name) is not None else _backend_errors.get(name)
+
+
+_default_backend = os.environ.get("PYWORKLOADS_BACKEND", "numpy")
+_active: contextvars.ContextVar[str | None] = contextvars.ContextVar("pyworkloads_backend", default=None)
+
+
+def _check_backend(name: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {name!r}")
+    if _load_backend(name) is None:
+        raise RuntimeError(f"backend {name!r} is not available: {_backend_errors.get(name)}; "
+                           f"available here: {', '.join(available())}")
+    return name
+
+
+def get_backend() -> str:
+    """The backend the next kernel call will use."""
+    return _active.get() or _default_backend
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend (``use_backend`` overrides it in a scope)."""
+    global _default_backend
+    _default_backend = _check_backend(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with use_backend("cpp"): ...`` runs every kernel call inside on that backend."""
+    token = _active.set(_check_backend(name))
+    try:
+        yield name
+    finally:
+        _active.reset(token)
+
+
+_num_threads: int | None = None
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the compiled kernels (default: OMP_NUM_THREADS, else all cores)."""
+    global _num_threads
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    _num_threads = int(n)
+    for name in ("cpp", "cuda"):
+        mod = _load_backend(name)
+        if mod is not None and hasattr(mod, "set_num_threads"):
+            mod.set_num_threads(_num_threads)
+
+
+def get_num_threads() -> int:
+    mod = _load_backend("cpp")
+    if mod is not None and hasattr(mod, "get_num_threads"):
+        return mod.get_num_threads()
+    return _num_threads or os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------------------------
+# profiling
+# --------------------------------------------------------------------------------------------
+@dataclass
+class KernelCall:
+    """One dispatched kernel call, as seen by :func:`profile`."""
+    op: str
+    name: str                  # layer scope, e.g. "model.layers.3.self_attn" ("" outside any scope)
+    backend: str               # the backend that actually ran it
+    shapes: tuple              # input shapes, in argument order
+    dtype: str
+    macs: int
+    flops: int
+    bytes: int
+    seconds: float
+
+
+@dataclass
+class Profile:
+    """Collects :class:`KernelCall` records; ``summary()`` gives a per-op table."""
+    records: list[KernelCall] = field(default_factory=list)
+
+    def totals(self, by: str = "op") -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for r in self.records:
+            t = out.setdefault(getattr(r, by), {"calls": 0, "macs": 0, "flops": 0, "bytes": 0, "seconds": 0.0})
+            t["calls"] += 1
+            t["macs"] += r.macs
+            t["flops"] += r.flops
+            t["bytes"] += r.bytes
+            t["seconds"] += r.seconds
+        return out
+
+    def summary(self, by: str = "op") -> str:
+        rows = self.totals(by)
+        total_s = sum(t["seconds"] for t in rows.values()) or float("nan")
+        head = f"{by:<28} {'calls':>7} {'GFLOP':>10} {'MB':>10} {'ms':>10} {'%time':>6} {'GFLOP/s':>9} {'GB/s':>8}"
+        lines = [head, "-" * len(head)]
+        for key, t in sorted(rows.items(), key=lambda kv: -kv[1]["seconds"]):
+            s = t["seconds"]
+            lines.append(f"{key or '(no scope)':<28} {t['calls']:>7} {t['flops'] / 1e9:>10.3f} {t['bytes'] / 1e6:>10.2f} "
+                         f"{s * 1e3:>10.2f} {100 * s / total_s:>6.1f} {t['flops'] / s / 1e9 if s else 0:>9.2f} "
+                         f"{t['bytes'] / s / 1e9 if s else 0:>8.2f}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+_profiles: contextvars.ContextVar[tuple[Profile, ...]] = contextvars.ContextVar("pyworkloads_profiles", default=())
+_scope: contextvars.ContextVar[str] = contextvars.ContextVar("pyworkloads_scope", default="")
+
+
+@contextlib.contextmanager
+def profile():
+    """``with profile() as prof: model(x)`` -> ``prof.records``, ``prof.summary()``."""
+    prof = Profile()
+    token = _profiles.set(_profiles.get() + (prof,))
+    try:
+        yield prof
+    finally:
+        _profiles.reset(token)
+
+
+@contextlib.contextmanager
+def scope(name: str):
+    """Name the kernel calls made inside (nested scopes join with '.'), e.g. the HF module path
+    ``model.layers.3.mlp`` so profile records line up with checkpoint tensors and cost-model layers."""
+    outer = _scope.get()
+    token = _scope.set(f"{outer}.{name}" if outer else name)
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+def _nbytes(*arrays) -> int:
+    return int(sum(a.nbytes for a in arrays if a is not None))
+
+
+def _run(op: str, args: tuple, kwargs: dict, counts):
+    name = get_backend()
+    mod = _backend_modules.get(name) or _load_backend(name)
+    fn = getattr(mod, op, None)
+    if fn is None:                                   # backend lacks this op: the reference runs it
+        name, fn = "numpy", getattr(reference, op)
+    profs = _profiles.get()
+    if not profs:
+        return fn(*args, **kwargs)
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    seconds = time.perf_counter() - t0
+    shapes, dtype, macs, flops, nbytes = counts(out)
+    rec = KernelCall(op, _scope.get(), name, shapes, dtype, int(macs), int(flops), int(nbytes), seconds)
+    for p in profs:
+        p.records.append(rec)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+def _as_float_array(x, argname: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        if hasattr(x, "__cuda_array_interface__") or hasattr(x, "__dlpack_device__"):
+            return x                                  # device arrays: the cuda backend checks them
+        x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{argname} must be a floating-point array, got dtype {x.dtype}")
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# the dispatched ops
+# --------------------------------------------------------------------------------------------
+def matmul(a, b):
+    """``a @ b`` with np.matmul semantics: [..., M, K] @ [..., K, N] -> [..., M, N], leading batch
+    dimensions broadcast; 1-D operands are not accepted (use [1, K] / [K, 1])."""
+    a = _as_float_array(a, "a")
+    b = _as_float_array(b, "b")
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError(f"matmul needs a and b with at least 2 dimensions, got a{tuple(a.shape)} b{tuple(b.shape)}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: a's last dimension ({a.shape[-1]}) must equal b's second-to-last "
+                         f"({b.shape[-2]}); got a{tuple(a.shape)} b{tuple(b.shape)}")
+    try:
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: batch dimensions of a{tuple(a.shape)} and b{tuple(b.shape)} do not broadcast") from None
+
+    def counts(out):
+        M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+        macs = math.prod(batch) * M * N * K
+        return (tuple(a.shape), tuple(b.shape)), str(out.dtype), macs, 2 * macs, _nbytes(a, b, out)
+
+    return _run("matmul", (a, b), {}, counts)
+
+
+def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=None, mask=None):
+    """Multi-head scaled dot-product attention (see :func:`reference.attention` for the definition).
+
+    q [B, Hq, Tq, Dh], k [B, Hkv, Tk, Dh], v [B, Hkv, Tk, Dv], Hq % Hkv == 0; ``causal`` is
+    bottom-right aligned when Tq < Tk; ``bias`` additive and ``mask`` boolean (True = attend),
+    each broadcastable to [B, Hq, Tq, Tk]; ``scale`` defaults to 1/sqrt(Dh).  -> [B, Hq, Tq, Dv]
+    """
+    q = _as_float_array(q, "q")
+    k = _as_float_array(k, "k")
+    v = _as_float_array(v, "v")
+    for nm, t in (("q", q), ("k", k), ("v", v)):
+        if t.ndim != 4:
+            raise ValueError(f"attention: {nm} must be 4-D [B, H, T, Dh], got shape {tuple(t.shape)}")
+    B, Hq, Tq, Dh = q.shape
+    if k.shape[0] != B or v.shape[0] != B:
+        raise ValueError(f"attention: batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
+    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise ValueError(f"attention: k{tuple(k.shape)} and v{tuple(v.shape)} must share heads and length")
+    Hkv, Tk = k.shape[1], k.shape[2]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"attention: query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    if k.shape[3] != Dh:
+        raise ValueError(f"attention: q and k head widths differ ({Dh} vs {k.shape[3]})")
+    if causal and Tq > Tk:
+        raise ValueError(f"attention: causal needs Tq <= Tk (bottom-right alignment), got Tq={Tq}, Tk={Tk}")
+    full = (B, Hq, Tq, Tk)
+    if bias is not None:
+        bias = _as_float_array(bias, "bias")
+        try:
+            np.broadcast_shapes(bias.shape, full)
+        except ValueError:
+            raise ValueError(f"attention: bias shape {tuple(bias.shape)} does not broadcast to [B, Hq, Tq, Tk] = {full}") from None
+        if bias.ndim > 4:
+            raise ValueError(f"attention: bias must have at most 4 dimensions, got {bias.ndim}")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise TypeError(f"attention: mask must be a boolean array (True = attend), got dtype {mask.dtype}")
+        try:
+            np.broadcast_shapes(mask.shape, full)
+        except ValueError:
+            raise ValueError(f"attention: mask shape {tuple(mask.shape)} does not broadcast to [B, Hq, Tq, Tk] = {full}") from None
+        if mask.ndim > 4:
+            raise ValueError(f"attention: mask must have at most 4 dimensions, got {mask.ndim}")
+    if scale is not None and not np.isfinite(scale):
+        raise ValueError(f"attention: scale must be a finite number, got {scale!r}")
+
+    def counts(out):
+        scores = B * Hq * Tq * Tk
+        macs = scores * (Dh + v.shape[3])
+        flops = 2 * macs + scores * (6 + (bias is not None))
+        return ((tuple(q.shape), tuple(k.shape), tuple(v.shape)), str(out.dtype), macs, flops,
+                _nbytes(q, k, v, bias, mask, out))
+
+    return _run("attention", (q, k, v), dict(causal=bool(causal), scale=scale, bias=bias, mask=mask), counts)
+
+
+def _check_norm(x, weight, bias, eps, op):
+    x = _as_float_array(x, "x")
+    if x.ndim < 1:
+        raise ValueError(f"{op}: x must have at least 1 dimension")
+    D = x.shape[-1]
+    if weight is not None:
+        weight = _as_float_array(weight, "weight")
+        if weight.shape != (D,):
+            raise ValueError(f"{op}: weight must have shape ({D},) to match x's last axis, got {tuple(weight.shape)}")
+    if bias is not None:
+        bias = _as_float_array(bias, "bias")
+        if bias.shape != (D,):
+            raise ValueError(f"{op}: bias must have shape ({D},) to match x's last axis, got {tuple(bias.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) or not (eps >= 0 and np.isfinite(eps)):
+        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps!r}")
+    return x, weight, bias, float(eps)
+
+
+def rms_norm(x, weight, eps: float = 1e-6):
+    """RMSNorm over the last axis: x / sqrt(mean(x²) + eps) · weight.  x [..., D], weight [D]."""
+    x, weight, _, eps = _check_norm(x, weight, None, eps, "rms_norm")
+    if weight is None:
+        raise ValueError("rms_norm: weight is required")
+    return _run("rms_norm", (x, weight, eps), {},
+                lambda out: ((tuple(x.shape), tuple(weight.shape)), str(out.dtype), 0, 4 * x.size, _nbytes(x, weight, out)))
+
+
+def layer_norm(x, weight, bias, eps: float = 1e-5):
+    """LayerNorm over the last axis (biased variance).  x [..., D], weight/bias [D] or None."""
+    x, weight, bias, eps = _check_norm(x, weight, bias, eps, "layer_norm")
+    affine = (weight is not None) + (bias is not None)
+    return _run("layer_norm", (x, weight, bias, eps), {},
+                lambda out: ((tuple(x.shape),), str(out.dtype), 0, (5 + affine) * x.size, _nbytes(x, weight, bias, out)))

@@ -1,0 +1,21 @@
+"""Adapter for the ``cpp`` backend: the compiled ``pyworkloads._kernels`` extension.
+
+The dispatcher has validated shapes already; the binding checks again (it must never trust its
+caller) and refuses anything but float32 with a ``TypeError``.  Ops the extension does not
+export are absent here, and the dispatcher falls back to the NumPy reference for them.
+"""
+from __future__ import annotations
+
+from .. import _kernels  # noqa: F401  (ImportError here means "backend unavailable")
+
+_EXPORTED = ("matmul", "attention", "rms_norm", "layer_norm", "set_num_threads", "get_num_threads")
+
+
+def unavailable_reason() -> str | None:
+    return None
+
+
+def __getattr__(name):
+    if name in _EXPORTED and hasattr(_kernels, name):
+        return getattr(_kernels, name)
+    raise AttributeError(name)

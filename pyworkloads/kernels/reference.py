@@ -1,0 +1,79 @@
+"""The NumPy reference implementations of the dispatched kernels.
+
+These are the definitions every other backend is tested against: plain, readable NumPy that
+materialises the full attention matrix.  Shapes (glossary used throughout the project):
+
+    B batch, H / Hq query heads, Hkv key/value heads, Tq query tokens, Tk key tokens, Dh head width.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax.  Rows that are entirely -inf (fully masked) give all zeros,
+    not NaN, so a query that may attend to nothing contributes nothing."""
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0).astype(x.dtype, copy=False)   # all -inf row: avoid inf - inf
+    e = np.exp(x - m)
+    s = np.sum(e, axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = e / s
+    return np.where(s > 0, out, 0.0).astype(x.dtype, copy=False)
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[..., M, K] @ [..., K, N] -> [..., M, N], batch dimensions broadcast (np.matmul semantics)."""
+    return np.matmul(a, b)
+
+
+def attention(q, k, v, causal=False, scale=None, bias=None, mask=None):
+    """Scaled dot-product attention, the textbook way (full score matrix).
+
+    q [B, Hq, Tq, Dh], k [B, Hkv, Tk, Dh], v [B, Hkv, Tk, Dv] with Hq % Hkv == 0 (grouped-query
+    attention: query head h reads key/value head h // (Hq // Hkv)).
+    causal: query i may see keys j <= i + (Tk - Tq) -- bottom-right aligned, so a single decode
+      query (Tq = 1) sees the whole cache.
+    bias: additive, broadcastable to [B, Hq, Tq, Tk].  mask: boolean, broadcastable to
+      [B, Hq, Tq, Tk], True = may attend (PyTorch SDPA's convention).
+    Rows with no allowed key produce zeros.  Returns [B, Hq, Tq, Dv].
+    """
+    Hq, Hkv = q.shape[1], k.shape[1]
+    group = Hq // Hkv
+    if group > 1:                                   # share each K/V head across its query group
+        k = np.repeat(k, group, axis=1)
+        v = np.repeat(v, group, axis=1)
+    if scale is None:
+        scale = 1.0 / np.sqrt(q.shape[-1])
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(scale, dtype=q.dtype)   # [B, Hq, Tq, Tk]
+    if bias is not None:
+        s = s + bias
+    allowed = None
+    if causal:
+        Tq, Tk = q.shape[2], k.shape[2]
+        allowed = np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq)
+    if mask is not None:
+        allowed = mask if allowed is None else (allowed & mask)
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    p = softmax(s.astype(q.dtype, copy=False), axis=-1)
+    return np.matmul(p, v)
+
+
+def rms_norm(x, weight, eps):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis (LLaMA's RMSNorm)."""
+    var = np.mean(np.square(x), axis=-1, keepdims=True)
+    return (x / np.sqrt(var + np.asarray(eps, x.dtype))) * weight
+
+
+def layer_norm(x, weight, bias, eps):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance, as PyTorch)."""
+    mu = np.mean(x, axis=-1, keepdims=True)
+    xc = x - mu
+    var = np.mean(np.square(xc), axis=-1, keepdims=True)
+    y = xc / np.sqrt(var + np.asarray(eps, x.dtype))
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
