@@ -1,0 +1,54 @@
+// Shared helpers for the pybind11 bindings: strict argument checks that run *before* any memory
+// is touched, so a bad call raises a Python exception naming the argument instead of crashing.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#ifdef PYWORKLOADS_OPENMP
+#include <omp.h>
+#endif
+
+namespace pyworkloads {
+namespace py = pybind11;
+
+using f32array = py::array_t<float, py::array::c_style>;
+
+inline std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// A float32 NumPy array, C-contiguous (a non-contiguous input is copied; any other dtype is
+// refused: silently narrowing float64 would hide precision loss from the caller).
+inline f32array require_f32(const py::handle& obj, const char* name, bool allow_none = false) {
+    if (obj.is_none()) {
+        if (allow_none) return f32array();
+        throw py::type_error(std::string(name) + " must be a float32 NumPy array, got None");
+    }
+    if (!py::isinstance<py::array>(obj))
+        throw py::type_error(std::string(name) + " must be a float32 NumPy array, got " +
+                             std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().is(py::dtype::of<float>()))
+        throw py::type_error(std::string(name) + " must have dtype float32, got " +
+                             std::string(py::str(a.dtype())));
+    return f32array::ensure(a);  // copies only when not C-contiguous
+}
+
+inline double require_finite_nonneg(double v, const char* name) {
+    if (!std::isfinite(v) || v < 0) throw py::value_error(std::string(name) + " must be a finite number >= 0");
+    return v;
+}
+
+inline std::vector<py::ssize_t> shape_of(const py::array& a) {
+    return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+}  // namespace pyworkloads
