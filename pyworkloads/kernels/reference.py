@@ -14,12 +14,12 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax.  Rows that are entirely -inf (fully masked) give all zeros,
     not NaN, so a query that may attend to nothing contributes nothing."""
     m = np.max(x, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0).astype(x.dtype, copy=False)   # all -inf row: avoid inf - inf
+    m = np.where(np.isneginf(m), 0.0, m).astype(x.dtype, copy=False)   # all -inf row: avoid -inf - -inf
     e = np.exp(x - m)
     s = np.sum(e, axis=axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = e / s
-    return np.where(s > 0, out, 0.0).astype(x.dtype, copy=False)
+    return np.where(s == 0, 0.0, out).astype(x.dtype, copy=False)   # NaN inputs stay NaN
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

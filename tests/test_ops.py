@@ -1,0 +1,249 @@
+"""NumPy building blocks against float64 references, closed forms and (when installed) PyTorch."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pyworkloads import ops
+from pyworkloads.kernels import reference
+
+
+def f64(x):
+    return np.asarray(x, np.float64)
+
+
+# ---- softmax -------------------------------------------------------------------------------
+def test_softmax_matches_float64_and_is_stable(rng):
+    x = (rng.standard_normal((4, 9)) * 50).astype(np.float32)
+    x[0, 0] = 1e30                                         # huge logit: no overflow
+    e = np.exp(f64(x) - f64(x).max(-1, keepdims=True))
+    np.testing.assert_allclose(ops.softmax(x), e / e.sum(-1, keepdims=True), atol=1e-6)
+
+
+def test_softmax_fully_masked_rows_are_zero():
+    x = np.array([[-np.inf, -np.inf], [0.0, -np.inf]], np.float32)
+    np.testing.assert_array_equal(ops.softmax(x), [[0, 0], [1, 0]])
+
+
+def test_softmax_propagates_nan():
+    assert np.isnan(ops.softmax(np.array([1.0, np.nan], np.float32))).all()
+
+
+# ---- activations ---------------------------------------------------------------------------
+def test_activations_closed_forms(rng):
+    x = (rng.standard_normal(200) * 4).astype(np.float32)
+    erf = np.vectorize(math.erf)
+    np.testing.assert_allclose(ops.gelu(x), 0.5 * f64(x) * (1 + erf(f64(x) / math.sqrt(2))), atol=1e-6)
+    t = np.tanh(math.sqrt(2 / math.pi) * (f64(x) + 0.044715 * f64(x) ** 3))
+    np.testing.assert_allclose(ops.gelu_tanh(x), 0.5 * f64(x) * (1 + t), atol=1e-6)
+    np.testing.assert_allclose(ops.quick_gelu(x), f64(x) / (1 + np.exp(-1.702 * f64(x))), atol=1e-6)
+    np.testing.assert_allclose(ops.silu(x), f64(x) / (1 + np.exp(-f64(x))), atol=1e-6)
+    np.testing.assert_array_equal(ops.relu(x), np.maximum(x, 0))
+    for fn in (ops.gelu, ops.gelu_tanh, ops.quick_gelu, ops.silu):
+        assert fn(x).dtype == np.float32
+
+
+# ---- norms ---------------------------------------------------------------------------------
+def test_norm_references_match_float64(rng):
+    x = (rng.standard_normal((3, 5, 64)) * 3 + 10).astype(np.float32)
+    w, b = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    xd = f64(x)
+    ref_rms = xd / np.sqrt((xd ** 2).mean(-1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(ops.rms_norm(x, w, 1e-6), ref_rms, rtol=1e-5, atol=1e-5)
+    ref_ln = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(ops.layer_norm(x, w, b, 1e-5), ref_ln, rtol=1e-4, atol=1e-4)
+
+
+def test_channel_layer_norm(rng):
+    x = rng.standard_normal((2, 6, 3, 4)).astype(np.float32)
+    w, b = rng.standard_normal(6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    xd = f64(x)
+    mu, var = xd.mean(1, keepdims=True), xd.var(1, keepdims=True)
+    ref = (xd - mu) / np.sqrt(var + 1e-6) * w[:, None, None] + b[:, None, None]
+    np.testing.assert_allclose(ops.channel_layer_norm(x, w, b, 1e-6), ref, atol=1e-5)
+
+
+# ---- linear / embedding ----------------------------------------------------------------------
+def test_linear_and_embedding(rng):
+    x, w, b = rng.standard_normal((2, 3, 8)), rng.standard_normal((5, 8)), rng.standard_normal(5)
+    x, w, b = x.astype(np.float32), w.astype(np.float32), b.astype(np.float32)
+    np.testing.assert_allclose(ops.linear(x, w, b), f64(x) @ f64(w).T + b, atol=1e-5)
+    table = rng.standard_normal((10, 4)).astype(np.float32)
+    np.testing.assert_array_equal(ops.embedding(np.array([[1, 9]]), table), table[[[1, 9]]])
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        ops.embedding(np.array([10]), table)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        ops.embedding(np.array([-1]), table)
+    with pytest.raises(TypeError, match="integers"):
+        ops.embedding(np.array([1.0]), table)
+    with pytest.raises(ValueError, match="input width"):
+        ops.linear(x, w[:, :3])
+
+
+# ---- RoPE ----------------------------------------------------------------------------------
+def test_rope_preserves_norms_and_is_relative(rng):
+    q = rng.standard_normal((1, 2, 6, 16)).astype(np.float32)
+    r = ops.rope(q, theta=10000.0)
+    np.testing.assert_allclose(np.linalg.norm(r, axis=-1), np.linalg.norm(q, axis=-1), rtol=1e-5)
+    # <R(m) q, R(n) k> depends only on m - n
+    a, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    def at(v, pos):
+        return ops.rope(v[None, None, None, :], offset=pos)[0, 0, 0]
+    np.testing.assert_allclose(at(a, 7) @ at(b, 3), at(a, 104) @ at(b, 100), rtol=1e-4)
+    np.testing.assert_allclose(ops.rope(q, offset=0)[..., 0, :], q[..., 0, :])   # position 0: identity
+
+
+def test_rope_half_layout_on_permuted_weights_equals_interleaved(rng):
+    """HF's Meta->HF conversion permutes q/k rows (pairs (2i, 2i+1) -> (i, i + Dh/2)); attention
+    scores must not change."""
+    Dh, D, T = 8, 12, 5
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    wq, wk = rng.standard_normal((Dh, D)).astype(np.float32), rng.standard_normal((Dh, D)).astype(np.float32)
+    perm = np.concatenate([np.arange(0, Dh, 2), np.arange(1, Dh, 2)])
+    def scores(wq, wk, layout):
+        q = ops.rope((x @ wq.T)[None, None], theta=500.0, layout=layout)
+        k = ops.rope((x @ wk.T)[None, None], theta=500.0, layout=layout)
+        return q[0, 0] @ k[0, 0].T
+    np.testing.assert_allclose(scores(wq[perm], wk[perm], "half"), scores(wq, wk, "interleaved"), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="layout"):
+        ops.rope(x[None, None], layout="sideways")
+
+
+def test_rope_matches_transformers_rotate_half(rng):
+    torch = pytest.importorskip("torch", reason="cross-check against transformers' RoPE needs torch")
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama", reason="needs transformers")
+    q = rng.standard_normal((1, 2, 6, 16)).astype(np.float32)
+    inv = 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)
+    ang = torch.arange(3, 9).float()[:, None] * inv[None]
+    emb = torch.cat([ang, ang], -1)
+    ref, _ = llama.apply_rotary_pos_emb(torch.from_numpy(q), torch.from_numpy(q), emb.cos()[None], emb.sin()[None])
+    np.testing.assert_allclose(ops.rope(q, offset=3), ref.numpy(), atol=1e-5)
+
+
+# ---- attention reference -------------------------------------------------------------------
+def attention_loops(q, k, v, causal=False, scale=None, bias=None, mask=None):
+    """An independent float64 definition: explicit loops over batch, head and query."""
+    B, Hq, Tq, Dh = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    scale = 1 / math.sqrt(Dh) if scale is None else scale
+    out = np.zeros((B, Hq, Tq, v.shape[-1]))
+    full = (B, Hq, Tq, Tk)
+    bias = np.zeros(full) if bias is None else np.broadcast_to(f64(bias), full)
+    mask = np.ones(full, bool) if mask is None else np.broadcast_to(mask, full)
+    for b in range(B):
+        for h in range(Hq):
+            kh = h // (Hq // Hkv)
+            for i in range(Tq):
+                s = f64(k[b, kh]) @ f64(q[b, h, i]) * scale + bias[b, h, i]
+                ok = mask[b, h, i] & ((np.arange(Tk) <= i + Tk - Tq) if causal else True)
+                if not ok.any():
+                    continue
+                p = np.exp(s[ok] - s[ok].max())
+                out[b, h, i] = (p / p.sum()) @ f64(v[b, kh])[ok]
+    return out
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,Tq,Tk,Dh,causal", [
+    (1, 1, 1, 1, 1, 4, False), (2, 4, 2, 5, 5, 8, True), (1, 6, 1, 3, 7, 8, True),
+    (2, 4, 4, 4, 9, 16, False), (1, 2, 2, 1, 6, 8, True),
+])
+def test_reference_attention_matches_loops(rng, B, Hq, Hkv, Tq, Tk, Dh, causal):
+    q = rng.standard_normal((B, Hq, Tq, Dh)).astype(np.float32)
+    k = rng.standard_normal((B, Hkv, Tk, Dh)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, Tk, Dh)).astype(np.float32)
+    bias = rng.standard_normal((1, Hq, Tq, Tk)).astype(np.float32)
+    mask = rng.random((B, 1, Tq, Tk)) > 0.3
+    np.testing.assert_allclose(ops.attention(q, k, v, causal=causal), attention_loops(q, k, v, causal), atol=1e-5)
+    np.testing.assert_allclose(ops.attention(q, k, v, causal=causal, bias=bias, mask=mask, scale=0.3),
+                               attention_loops(q, k, v, causal, 0.3, bias, mask), atol=1e-5)
+
+
+def test_attention_all_masked_rows_give_zeros(rng):
+    q = rng.standard_normal((1, 1, 2, 4)).astype(np.float32)
+    mask = np.array([[True, False], [False, False]])
+    out = ops.attention(q, q, q, mask=mask)
+    assert np.all(out[0, 0, 1] == 0) and np.all(np.isfinite(out))
+
+
+# ---- convolutions --------------------------------------------------------------------------
+def conv2d_loops(x, w, b, s, p):
+    x = np.pad(f64(x), ((0, 0), (0, 0), (p, p), (p, p)))
+    B, C, H, W = x.shape
+    O, _, kh, kw = w.shape
+    Ho, Wo = (H - kh) // s + 1, (W - kw) // s + 1
+    out = np.zeros((B, O, Ho, Wo))
+    for i in range(Ho):
+        for j in range(Wo):
+            patch = x[:, :, i * s:i * s + kh, j * s:j * s + kw]
+            out[:, :, i, j] = np.einsum("bchw,ochw->bo", patch, f64(w))
+    return out + (0 if b is None else f64(b)[None, :, None, None])
+
+
+@pytest.mark.parametrize("k,s,p,H", [(3, 1, 1, 7), (3, 2, 1, 8), (4, 4, 0, 8), (16, 16, 0, 32), (1, 1, 0, 5), (2, 2, 0, 5)])
+def test_conv2d(rng, k, s, p, H):
+    x = rng.standard_normal((2, 3, H, H + 1)).astype(np.float32)
+    w = rng.standard_normal((4, 3, k, k)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    np.testing.assert_allclose(ops.conv2d(x, w, b, s, p), conv2d_loops(x, w, b, s, p), atol=1e-4)
+
+
+@pytest.mark.parametrize("s,p", [(1, 1), (2, 1), (1, 0)])
+def test_conv1d(rng, s, p):
+    x = rng.standard_normal((2, 3, 11)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    ref = conv2d_loops(x[:, :, None, :], w[:, :, None, :], b, 1, 0)   # as a 1-row 2-D conv, then stride/pad
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p)))
+    ref = conv2d_loops(xp[:, :, None, :], w[:, :, None, :], b, 1, 0)[:, :, 0, ::s]
+    np.testing.assert_allclose(ops.conv1d(x, w, b, stride=s, padding=p), ref, atol=1e-4)
+
+
+def conv_transpose2d_loops(x, w, b, s, p):
+    B, C, H, W = x.shape
+    _, O, kh, kw = w.shape
+    out = np.zeros((B, O, (H - 1) * s + kh, (W - 1) * s + kw))
+    for i in range(H):
+        for j in range(W):
+            out[:, :, i * s:i * s + kh, j * s:j * s + kw] += np.einsum("bc,cohw->bohw", f64(x[:, :, i, j]), f64(w))
+    out = out[:, :, p:out.shape[2] - p, p:out.shape[3] - p]
+    return out + f64(b)[None, :, None, None]
+
+
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 1, 0), (4, 2, 1)])
+def test_conv_transpose2d(rng, k, s, p):
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 6, k, k)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    np.testing.assert_allclose(ops.conv_transpose2d(x, w, b, s, p), conv_transpose2d_loops(x, w, b, s, p), atol=1e-4)
+
+
+def test_convs_match_torch(rng):
+    torch = pytest.importorskip("torch", reason="cross-check against torch.nn.functional needs torch")
+    F = torch.nn.functional
+    x = rng.standard_normal((1, 4, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    wt = rng.standard_normal((4, 5, 2, 2)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    T = torch.from_numpy
+    np.testing.assert_allclose(ops.conv2d(x, w, b, 2, 1), F.conv2d(T(x), T(w), T(b), 2, 1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(ops.conv_transpose2d(x, wt, b, 2), F.conv_transpose2d(T(x), T(wt), T(b), 2).numpy(), atol=1e-4)
+    x1, w1 = x[:, :, 0], w[:, :, 0]
+    np.testing.assert_allclose(ops.conv1d(x1, w1, b, 2, 1), F.conv1d(T(x1), T(w1), T(b), 2, 1).numpy(), atol=1e-4)
+
+
+# ---- bilinear resize -----------------------------------------------------------------------
+def test_bilinear_identity_and_constant(rng):
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(ops.interpolate_bilinear(x, (5, 7)), x, atol=1e-6)
+    c = np.full((1, 1, 4, 4), 3.0, np.float32)
+    np.testing.assert_allclose(ops.interpolate_bilinear(c, (9, 13)), 3.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(10, 14), (3, 2), (64, 64), (7, 5)])
+def test_bilinear_matches_torch(rng, size):
+    torch = pytest.importorskip("torch", reason="cross-check against F.interpolate needs torch")
+    x = rng.standard_normal((2, 3, 8, 6)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=size, mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(ops.interpolate_bilinear(x, size), ref.numpy(), atol=1e-5)
