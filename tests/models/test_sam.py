@@ -1,0 +1,354 @@
+"""SAM without torch: parity against the committed transformers fixture, configs and parameter
+counts, input validation, pre/post-processing, predictor, profiling scopes, CLI hooks, backends."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pyworkloads as pw
+from pyworkloads import io
+from pyworkloads.models import sam
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "sam"
+CASES = ("point", "multi_point", "box", "point_box")
+PROMPT_KEYS = ("input_points", "input_labels", "input_boxes")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return sam.from_pretrained(FIX)
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return io.load_safetensors(FIX / "expected.safetensors")
+
+
+def _prompts(expected, case):
+    return {k: expected[f"{case}.{k}"] for k in PROMPT_KEYS if f"{case}.{k}" in expected}
+
+
+# ---------------------------------------------------------------------------------------------
+# parity with the stored transformers outputs
+# ---------------------------------------------------------------------------------------------
+def test_fixture_image_embeddings(model, expected):
+    emb = model.get_image_embeddings(expected["pixel_values"])
+    assert emb.shape == expected["image_embeddings"].shape == (1, 16, 8, 8)
+    assert np.abs(emb - expected["image_embeddings"]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("multimask", [True, False], ids=["multi", "single"])
+@pytest.mark.parametrize("case", CASES)
+def test_fixture_masks_and_scores(model, expected, case, multimask):
+    tag = f"{case}.{'multi' if multimask else 'single'}"
+    out = model(pixel_values=expected["pixel_values"], multimask_output=multimask, **_prompts(expected, case))
+    want_masks, want_iou = expected[f"{tag}.pred_masks"], expected[f"{tag}.iou_scores"]
+    assert out.pred_masks.shape == want_masks.shape == (1, 2, 3 if multimask else 1, 32, 32)
+    assert out.iou_scores.shape == want_iou.shape
+    assert np.abs(out.pred_masks - want_masks).max() <= 1e-4
+    assert np.abs(out.iou_scores - want_iou).max() <= 1e-4
+    # full resolution, thresholded: identical to transformers' post-processing
+    original = tuple(expected["original_size"].tolist())
+    reshaped = tuple(expected["reshaped_size"].tolist())
+    masks = sam.postprocess_masks(out.pred_masks[0], original, reshaped, image_size=64)
+    assert masks.shape == (2, want_masks.shape[2], *original)
+    np.testing.assert_array_equal(masks, expected[f"{tag}.masks"].astype(bool))
+
+
+def test_precomputed_embeddings_serve_many_prompts(model, expected):
+    emb = model.get_image_embeddings(expected["pixel_values"])
+    for case in CASES:
+        a = model(image_embeddings=emb, **_prompts(expected, case))
+        b = model(pixel_values=expected["pixel_values"], **_prompts(expected, case))
+        np.testing.assert_array_equal(a.pred_masks, b.pred_masks)
+
+
+def test_fixture_is_a_real_test(model, expected):
+    """A wrong convention (no 0.5 pixel-centre shift) must break parity, so the tolerance bites."""
+    prompts = _prompts(expected, "point")
+    shifted = dict(prompts, input_points=prompts["input_points"] - 0.5)
+    out = model(pixel_values=expected["pixel_values"], **shifted)
+    assert np.abs(out.pred_masks - expected["point.multi.pred_masks"]).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# configs and parameter counts
+# ---------------------------------------------------------------------------------------------
+# Official counts (Meta's convention: the 2 x 128 Fourier matrix is a buffer).  Each equals
+# transformers' SamModel parameter count for the preset config minus 256; test_sam_parity.py
+# re-derives that from transformers itself.
+OFFICIAL = {"sam-vit-b": 93_735_472, "sam-vit-l": 312_342_832, "sam-vit-h": 641_090_608}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_preset_parameter_counts(name):
+    cfg = sam.PRESETS[name]
+    assert sam.count_params(cfg) == OFFICIAL[name]
+    assert sam.count_params(cfg, include_positional_gaussian=True) == OFFICIAL[name] + 2 * 128
+
+
+def test_count_matches_fixture_checkpoint():
+    """count_params(include_positional_gaussian=True) is the number of stored values."""
+    ckpt = io.load_checkpoint(FIX)
+    stored = sum(int(np.prod(ckpt.shape_of(k))) for k in ckpt)
+    cfg = sam.Config.from_hf(io.load_config(FIX))
+    assert sam.count_params(cfg, include_positional_gaussian=True) == stored
+    assert set(sam.weight_shapes(cfg)) == set(ckpt)
+
+
+def test_config_roundtrip_and_validation():
+    cfg = sam.Config.from_hf(io.load_config(FIX))
+    assert cfg.vision_config.global_attn_indexes == (1,) and cfg.vision_config.window_size == 3
+    assert sam.Config.from_hf(cfg.to_hf()) == cfg
+    assert sam.PRESETS["sam-vit-h"].vision_config.mlp_dim == 5120
+    with pytest.raises(ValueError, match="model_type"):
+        sam.Config.from_hf({"model_type": "clip"})
+    with pytest.raises(ValueError, match="num_pos_feats"):
+        sam.Config.from_hf({"vision_config": {"num_pos_feats": 64}})
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        sam.Config.from_hf({"vision_config": {"hidden_size": 100, "num_attention_heads": 12}})
+
+
+def test_from_preset_tiny_and_too_big(monkeypatch):
+    m = sam.from_preset("sam-tiny", seed=1)
+    assert m.config == sam.PRESETS["sam-tiny"]
+    with pytest.raises(ValueError, match="unknown SAM preset"):
+        sam.from_preset("sam-vit-x")
+    monkeypatch.setattr(sam.os, "sysconf", lambda key: 1024 if key == "SC_PAGE_SIZE" else 1024)   # 1 MiB machine
+    with pytest.raises(MemoryError, match="sam-vit-h"):
+        sam.from_preset("sam-vit-h")
+
+
+def test_missing_or_misshapen_weights(expected):
+    cfg = sam.Config.from_hf(io.load_config(FIX))
+    w = dict(io.load_checkpoint(FIX))
+    del w["mask_decoder.iou_token.weight"]
+    with pytest.raises(KeyError, match="iou_token"):
+        sam.Sam(cfg, w)
+    w = dict(io.load_checkpoint(FIX))
+    w["vision_encoder.layers.0.attn.rel_pos_h"] = np.zeros((7, 8), np.float32)
+    with pytest.raises(ValueError, match="rel_pos_h"):
+        sam.Sam(cfg, w)
+    # the tied Fourier matrix may be stored under the prompt encoder's name instead
+    w = dict(io.load_checkpoint(FIX))
+    w[sam.GAUSSIAN_ALIAS] = w.pop(sam.GAUSSIAN)
+    out = sam.Sam(cfg, w)(pixel_values=expected["pixel_values"], **_prompts(expected, "point"))
+    assert np.abs(out.pred_masks - expected["point.multi.pred_masks"]).max() <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------------
+def test_window_partition_pads_with_zeros_and_inverts(rng):
+    x = rng.standard_normal((2, 8, 8, 5)).astype(np.float32)
+    windows, padded = sam.window_partition(x, 3)
+    assert padded == (9, 9) and windows.shape == (2 * 9, 3, 3, 5)
+    # the last window of each image holds the corner x[6:8, 6:8] plus zero padding
+    last = windows[8]
+    np.testing.assert_array_equal(last[:2, :2], x[0, 6:8, 6:8])
+    assert not last[2].any() and not last[:, 2].any()
+    np.testing.assert_array_equal(sam.window_unpartition(windows, 3, padded, (8, 8)), x)
+
+
+def test_get_rel_pos_closed_form(rng):
+    """Same sizes: rows are picked by offset q - k + (k - 1).  Different sizes: the table is
+    linearly resized and coordinates of the short side stretched (checked in float64 by hand)."""
+    table = rng.standard_normal((2 * 5 - 1, 3))
+    got = sam.get_rel_pos(5, 5, table)
+    for i in range(5):
+        for j in range(5):
+            np.testing.assert_array_equal(got[i, j], table[i - j + 4])
+    # q=2, k=4: table of 7 rows resized to 7 (unchanged); q coords stretched by 2
+    small = rng.standard_normal((7, 3))
+    got = sam.get_rel_pos(2, 4, small)
+    for i in range(2):
+        for j in range(4):
+            np.testing.assert_array_equal(got[i, j], small[int(2 * i - j + 3)])
+    # a 5-row table used for a 4-wide window (needs 7 rows): align_corners=False linear resize
+    got = sam.get_rel_pos(4, 4, small[:5])
+    src = np.maximum((np.arange(7) + 0.5) * 5 / 7 - 0.5, 0)
+    i0 = np.floor(src).astype(int)
+    i1 = np.minimum(i0 + 1, 4)
+    resized = small[:5][i0] * (1 - (src - i0))[:, None] + small[:5][i1] * (src - i0)[:, None]
+    np.testing.assert_allclose(got[1, 0], resized[1 - 0 + 3], rtol=1e-6)
+
+
+def test_fourier_encoding_closed_form(rng):
+    g = rng.standard_normal((2, 4)).astype(np.float32)
+    c = rng.uniform(0, 1, (3, 2)).astype(np.float32)
+    arg = 2 * np.pi * ((2 * c.astype(np.float64) - 1) @ g.astype(np.float64))
+    np.testing.assert_allclose(sam.fourier_encode(c, g), np.concatenate([np.sin(arg), np.cos(arg)], -1), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad prompts and images: ValueError naming the problem
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(input_points=np.zeros((1, 2, 3, 2)), input_labels=np.ones((1, 2, 2), int)), "one label per point"),
+    (dict(input_points=np.zeros((1, 1, 2, 2)), input_labels=np.array([[[1, 2]]])), "input_labels values"),
+    (dict(input_points=np.zeros((1, 1, 1, 2)), input_labels=np.array([[[-2]]])), "input_labels values"),
+    (dict(input_points=np.zeros((1, 1, 1, 2)), input_labels=np.array([[[0.5]]])), "integers"),
+    (dict(input_boxes=np.zeros((1, 1, 3))), "4 coordinates"),
+    (dict(input_boxes=np.zeros((1, 4))), "4 coordinates"),
+    (dict(input_points=np.zeros((1, 1, 3))), r"input_points must have shape \[batch, prompts, points, 2\]"),
+    (dict(input_points=np.zeros((1, 2, 1, 2)), input_boxes=np.zeros((1, 3, 4))), "pair one box"),
+    (dict(input_points=np.full((1, 1, 1, 2), np.nan)), "NaN"),
+    (dict(input_labels=np.ones((1, 1, 1), int)), "without input_points"),
+    (dict(input_points=np.zeros((2, 1, 1, 2))), "batch size 2 but there are 1 images"),
+    (dict(input_masks=np.zeros((1, 1, 16, 16))), r"input_masks must have shape \[batch, 1, 32, 32\]"),
+])
+def test_bad_prompts_raise_value_error(model, expected, kwargs, message):
+    emb = expected["image_embeddings"]
+    with pytest.raises(ValueError, match=message):
+        model(image_embeddings=emb, **kwargs)
+
+
+def test_bad_images_raise_value_error(model, expected):
+    with pytest.raises(ValueError, match="wrong image size"):
+        model.get_image_embeddings(np.zeros((1, 3, 32, 64), np.float32))
+    with pytest.raises(ValueError, match="wrong image size"):
+        model(pixel_values=np.zeros((1, 3, 1024, 1024), np.float32), input_points=np.zeros((1, 1, 1, 2)))
+    with pytest.raises(ValueError, match="pixel_values must be 4-D"):
+        model.get_image_embeddings(np.zeros((3, 64, 64), np.float32))
+    with pytest.raises(ValueError, match="exactly one of pixel_values and image_embeddings"):
+        model(input_points=np.zeros((1, 1, 1, 2)))
+    with pytest.raises(ValueError, match="image_embeddings must be"):
+        model(image_embeddings=np.zeros((1, 16, 4, 4), np.float32), input_points=np.zeros((1, 1, 1, 2)))
+
+
+def test_padding_label_embeds_to_nothing(model, expected):
+    """transformers' processor pads ragged point lists with label -10; such a point is ignored
+    by the prompt tokens (its token is zero), unlike a -1 "not a point"."""
+    cfg = model.config
+    pts = np.array([[[[10.0, 20.0], [5.0, 5.0]]]], np.float32)
+    sparse, _ = sam.prompt_encoder(pts, np.array([[[1, -10]]]), None, None, model.weights, cfg)
+    assert sparse.shape == (1, 1, 3, 16)
+    assert not sparse[0, 0, 1].any()
+    np.testing.assert_array_equal(sparse[0, 0, 2], np.asarray(model.weights["prompt_encoder.not_a_point_embed.weight"])[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# pre/post-processing and the predictor
+# ---------------------------------------------------------------------------------------------
+def test_preprocess_shapes_and_padding(rng):
+    img = rng.integers(0, 256, (30, 48, 3), dtype=np.uint8)
+    pv, original, reshaped = sam.preprocess(img, image_size=64)
+    assert pv.shape == (1, 3, 64, 64) and pv.dtype == np.float32
+    assert original == (30, 48) and reshaped == (40, 64)
+    assert not pv[0, :, 40:, :].any()
+    lo, hi = (0 - sam.IMAGE_MEAN) / sam.IMAGE_STD, (1 - sam.IMAGE_MEAN) / sam.IMAGE_STD
+    assert np.all(pv[0, :, :40].min(axis=(1, 2)) >= lo - 1e-6) and np.all(pv[0, :, :40].max(axis=(1, 2)) <= hi + 1e-6)
+    with pytest.raises(ValueError, match="image must be"):
+        sam.preprocess(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        sam.preprocess(np.zeros((4, 4, 3), np.float32))
+
+
+def test_transform_coords():
+    pts = sam.transform_coords([[48, 30], [0, 0]], (30, 48), 64)
+    np.testing.assert_allclose(pts, [[64, 40], [0, 0]])
+    box = sam.transform_coords([12, 3, 24, 15], (30, 48), 64)
+    np.testing.assert_allclose(box, [16, 4, 32, 20])
+    with pytest.raises(ValueError, match="end in 2"):
+        sam.transform_coords([1, 2, 3], (30, 48), 64)
+
+
+def test_predictor_matches_model_call(model, rng):
+    img = rng.integers(0, 256, (30, 48, 3), dtype=np.uint8)
+    pred = sam.SamPredictor(model)
+    with pytest.raises(RuntimeError, match="set_image"):
+        pred.predict(points=[[1, 1]])
+    pred.set_image(img)
+    masks, scores, low = pred.predict(points=[[24, 15], [5, 5]], labels=[1, 0], box=[10, 5, 40, 25])
+    assert masks.shape == (3, 30, 48) and masks.dtype == bool and scores.shape == (3,) and low.shape == (3, 32, 32)
+    pv, original, reshaped = sam.preprocess(img, 64)
+    out = model(pixel_values=pv, input_points=sam.transform_coords([[[[24, 15], [5, 5]]]], original, 64),
+                input_labels=np.array([[[1, 0]]]), input_boxes=sam.transform_coords([[[10, 5, 40, 25]]], original, 64))
+    np.testing.assert_allclose(low, out.pred_masks[0, 0], atol=1e-6)
+    np.testing.assert_array_equal(masks, sam.postprocess_masks(out.pred_masks[0, 0], original, reshaped, 64))
+    one, s1, _ = pred.predict(box=[10, 5, 40, 25], multimask_output=False)
+    assert one.shape == (1, 30, 48) and s1.shape == (1,)
+    logits, _, _ = pred.predict(points=[[24, 15]], return_logits=True)
+    assert logits.dtype == np.float32
+    with pytest.raises(ValueError, match="one label per point"):
+        pred.predict(points=[[1, 2], [3, 4]], labels=[1])
+    with pytest.raises(ValueError, match="4 coordinates"):
+        pred.predict(box=[1, 2, 3])
+    with pytest.raises(ValueError, match="input_labels values"):
+        pred.predict(points=[[1, 2]], labels=[3])
+    with pytest.raises(ValueError, match="at least one prompt"):
+        pred.predict()
+
+
+# ---------------------------------------------------------------------------------------------
+# profiling scopes, backends, CLI
+# ---------------------------------------------------------------------------------------------
+def test_profile_scopes_use_hf_module_paths(model, expected):
+    with pw.profile() as prof:
+        model(pixel_values=expected["pixel_values"], **_prompts(expected, "point_box"))
+    names = {r.name for r in prof.records}
+    for want in ("vision_encoder.patch_embed", "vision_encoder.layers.0.attn", "vision_encoder.layers.1.attn",
+                 "vision_encoder.layers.2.mlp", "vision_encoder.layers.0.layer_norm1", "vision_encoder.neck",
+                 "prompt_encoder", "mask_decoder.transformer.layers.0.self_attn",
+                 "mask_decoder.transformer.layers.1.cross_attn_image_to_token",
+                 "mask_decoder.transformer.final_attn_token_to_image", "mask_decoder.upscale",
+                 "mask_decoder.output_hypernetworks_mlps.3", "mask_decoder.iou_prediction_head"):
+        assert want in names, want
+    attn = [r for r in prof.records if r.op == "attention" and r.name == "vision_encoder.layers.0.attn"]
+    # windowed block: 3x3 windows of a grid padded 8 -> 9, i.e. 9 windows of 9 tokens each
+    assert attn and attn[0].shapes[0] == (9, 2, 9, 8)
+    glob = [r for r in prof.records if r.op == "attention" and r.name == "vision_encoder.layers.1.attn"]
+    assert glob[0].shapes[0] == (1, 2, 64, 8)
+
+
+@pytest.mark.skipif("cpp" not in pw.kernels.available(),
+                    reason="the cpp backend is not built here: " + str(pw.kernels.unavailable_reason("cpp")))
+def test_cpp_backend_matches_numpy(model, expected):
+    ref = model(pixel_values=expected["pixel_values"], **_prompts(expected, "point_box"))
+    with pw.use_backend("cpp"):
+        got = model(pixel_values=expected["pixel_values"], **_prompts(expected, "point_box"))
+    assert np.abs(got.image_embeddings - ref.image_embeddings).max() <= 1e-4
+    assert np.abs(got.pred_masks - ref.pred_masks).max() <= 1e-4
+    assert np.abs(got.iou_scores - ref.iou_scores).max() <= 1e-4
+
+
+def test_demo_runs():
+    line = sam.demo()
+    assert "sam-tiny" in line and "masks" in line
+
+
+def test_run_cli_writes_overlay(tmp_path, rng, capsys):
+    from PIL import Image
+
+    img = rng.integers(0, 256, (30, 48, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    parser = argparse.ArgumentParser()
+    sam.add_run_arguments(parser)
+    out = tmp_path / "mask.png"
+    args = parser.parse_args(["--model", str(FIX), "--image", str(tmp_path / "x.png"), "--point", "24,15",
+                              "--box", "10,5,40,25", "--out", str(out)])
+    assert sam.run_cli(args) == 0
+    assert "best #" in capsys.readouterr().out
+    overlay = np.asarray(Image.open(out))
+    assert overlay.shape == img.shape
+    # pixels outside the best mask keep their colour, pixels inside are blended with blue
+    pred = sam.SamPredictor(sam.from_pretrained(FIX))
+    pred.set_image(img)
+    masks, scores, _ = pred.predict(points=[[24, 15]], box=[10, 5, 40, 25])
+    best = masks[int(np.argmax(scores))]
+    np.testing.assert_array_equal(overlay[~best], img[~best])
+    if best.any():
+        assert np.any(overlay[best] != img[best])
+    bad = parser.parse_args(["--model", str(FIX), "--image", str(tmp_path / "x.png"), "--point", "24"])
+    assert sam.run_cli(bad) == 2
+    assert "--point must be 2" in capsys.readouterr().out
+
+
+def test_config_dataclasses_are_plain():
+    """Config fields keep HF's names (the cost model reads them)."""
+    names = {f.name for f in dataclasses.fields(sam.VisionConfig)}
+    assert {"hidden_size", "num_hidden_layers", "window_size", "global_attn_indexes", "mlp_dim"} <= names
