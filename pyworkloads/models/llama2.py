@@ -34,7 +34,7 @@ from .. import io, kernels, ops
 __all__ = [
     "Config", "PRESETS", "count_params", "weight_shapes", "random_weights", "from_pretrained",
     "from_preset", "Llama2", "KVCache", "forward", "decoder_layer", "self_attention", "mlp",
-    "sample_next", "chat_prompt", "check_input_ids", "demo", "add_run_arguments", "run_cli",
+    "sample_next", "chat_prompt", "TextStream", "check_input_ids", "demo", "add_run_arguments", "run_cli",
 ]
 
 _ROPE_TYPES = ("default", "linear")
@@ -440,6 +440,39 @@ def chat_prompt(messages: list[dict], bos: str = "<s>", eos: str = "</s>") -> st
 # ---------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------
+class TextStream:
+    """Incremental detokenisation for streaming: ``push(id)`` returns the text the new token adds
+    (maybe ""), ``flush()`` what is still held back.
+
+    Decoding one token at a time is wrong for SentencePiece-style vocabularies: a leading "▁" is
+    stripped from the first token of what is decoded, and a character spelled by several
+    byte-fallback tokens is not valid UTF-8 until its last byte arrives (and an unfinished run
+    turns every byte of it into U+FFFD).  So a short window is decoded with the token before it
+    as context, and text ending in U+FFFD is held back.  For valid UTF-8 the pieces join to the
+    decoding of the whole sequence."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.prefix, self.read = tokenizer, [], 0, 0
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        before = self._decode(self.ids[self.prefix:self.read])
+        now = self._decode(self.ids[self.prefix:])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return now[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self.ids[self.prefix:self.read])
+        now = self._decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return now[len(before):]
+
+
 class Llama2:
     """A config, a weights Mapping (HF names; memory-mapped checkpoints stay on disk) and an
     optional ``tokenizers.Tokenizer``.  ``model(ids)`` -> logits; ``generate``; ``generate_text``."""
@@ -539,25 +572,23 @@ class Llama2:
     def generate_text(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
                       top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                       stream: Callable[[str], object] | None = None, add_special_tokens: bool = True) -> str:
-        """The completion of a text prompt.  ``stream(piece)`` is called with each new piece of
-        text as soon as it is complete (a piece is held back while it ends inside a UTF-8
-        character that byte-fallback tokens are still spelling)."""
+        """The completion of a text prompt (decoded as a whole).  ``stream(piece)`` is called with
+        each new piece of text as soon as it is complete (see :class:`TextStream`)."""
         ids = self.encode(prompt, add_special_tokens)
         if ids.shape[1] == 0:
             raise ValueError("prompt is empty: it encodes to no tokens")
-        new, shown = [], ""
+        detok, new = TextStream(self._need_tokenizer()), []
         for tok in self.generate_stream(ids, max_new_tokens, temperature, top_k, top_p, seed):
             if int(tok[0]) in self.config.eos_ids:
                 break
             new.append(int(tok[0]))
-            text = self.decode(new)
-            if stream is not None and not text.endswith("\ufffd") and len(text) > len(shown):
-                stream(text[len(shown):])
-                shown = text
-        text = self.decode(new)
-        if stream is not None and len(text) > len(shown):
-            stream(text[len(shown):])
-        return text
+            piece = detok.push(new[-1])
+            if stream is not None and piece:
+                stream(piece)
+        piece = detok.flush()
+        if stream is not None and piece:
+            stream(piece)
+        return self.decode(new)
 
     def chat(self, messages: list[dict], **kwargs) -> str:
         """Answer the last user message of a conversation (see :func:`chat_prompt`)."""
@@ -705,8 +736,9 @@ def run_cli(args) -> int:
         else:
             ids = _preset_prompt_ids(prompt, m.config)
         stream = m.generate_stream(ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+        detok = TextStream(m.tokenizer) if m.tokenizer is not None else None
         t0 = time.perf_counter()
-        first, new, shown = None, [], ""
+        first, new = None, []
         for tok in stream:
             tok = int(tok[0])
             if first is None:
@@ -714,19 +746,13 @@ def run_cli(args) -> int:
             if tok in m.config.eos_ids:
                 break
             new.append(tok)
-            if m.tokenizer is None:
-                print(tok, end=" ", file=out, flush=True)
-                continue
-            text = m.decode(new)
-            if not text.endswith("\ufffd") and len(text) > len(shown):
-                print(text[len(shown):], end="", file=out, flush=True)
-                shown = text
+            print(detok.push(tok) if detok else f"{tok} ", end="", file=out, flush=True)
         end = time.perf_counter()
+        if detok:
+            print(detok.flush(), end="", file=out)
     except (ValueError, TypeError, MemoryError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if m.tokenizer is not None and len(m.decode(new)) > len(shown):
-        print(m.decode(new)[len(shown):], end="", file=out)
     T = ids.shape[1]
     prefill = (first - t0) if first else float("nan")
     n_dec = max(len(new) - 1, 0)
