@@ -153,10 +153,10 @@ class MaskDecoderConfig:
     layer_norm_eps: float = 1e-6
 
     def __post_init__(self):
-        inner = self.hidden_size // self.attention_downsample_rate
-        if self.hidden_size % self.num_attention_heads or inner % self.num_attention_heads:
-            raise ValueError(f"mask_decoder_config: num_attention_heads {self.num_attention_heads} must divide hidden_size "
-                             f"{self.hidden_size} and hidden_size / attention_downsample_rate = {inner}")
+        widths = (self.hidden_size, self.hidden_size // self.attention_downsample_rate, self.hidden_size // 2)
+        if any(w % self.num_attention_heads for w in widths):
+            raise ValueError(f"mask_decoder_config: num_attention_heads {self.num_attention_heads} must divide the "
+                             f"attention widths {widths} (hidden_size, / attention_downsample_rate, / 2)")
         if self.hidden_size % 8:
             raise ValueError(f"mask_decoder_config: hidden_size must be a multiple of 8 (upscaling to C/4 then C/8), got {self.hidden_size}")
         if self.iou_head_depth < 2:
@@ -227,6 +227,8 @@ PRESETS: dict[str, Config] = {
 # the random-Fourier matrix: a trained *buffer* in Meta's release, a (tied) parameter in transformers
 GAUSSIAN = "shared_image_embedding.positional_embedding"
 GAUSSIAN_ALIAS = "prompt_encoder.shared_embedding.positional_embedding"
+# width divisor of the two-way blocks' cross-attentions (see weight_shapes)
+BLOCK_DOWNSAMPLE_RATE = 2
 
 
 def weight_shapes(config: Config) -> dict[str, tuple[int, ...]]:
@@ -299,13 +301,15 @@ def weight_shapes(config: Config) -> dict[str, tuple[int, ...]]:
         L = f"{tr}.layers.{i}"
         attention(f"{L}.self_attn", 1)
         norm(f"{L}.layer_norm1", C)
-        attention(f"{L}.cross_attn_token_to_image", m.attention_downsample_rate)
+        # transformers builds the blocks' cross-attentions with the default rate 2 whatever the config
+        # says (only the final attention reads attention_downsample_rate); every released checkpoint uses 2
+        attention(f"{L}.cross_attn_token_to_image", BLOCK_DOWNSAMPLE_RATE)
         norm(f"{L}.layer_norm2", C)
         linear(f"{L}.mlp.lin1", m.mlp_dim, C)
         linear(f"{L}.mlp.lin2", C, m.mlp_dim)
         norm(f"{L}.layer_norm3", C)
         norm(f"{L}.layer_norm4", C)
-        attention(f"{L}.cross_attn_image_to_token", m.attention_downsample_rate)
+        attention(f"{L}.cross_attn_image_to_token", BLOCK_DOWNSAMPLE_RATE)
     attention(f"{tr}.final_attn_token_to_image", m.attention_downsample_rate)
     norm(f"{tr}.layer_norm_final_attn", C)
     s[f"{md}.upscale_conv1.weight"] = (C, C // 4, 2, 2)
