@@ -349,7 +349,7 @@ def contrastive_loss(image_embeds, text_embeds, logit_scale) -> float:
         if not np.all(np.isfinite(a)):
             raise ValueError(f"contrastive_loss: {name} contains NaN or infinity")
     s = np.asarray(logit_scale, dtype=np.float64)
-    if s.size != 1 or not np.isfinite(s) or not np.isfinite(np.exp(s.item())):
+    if s.size != 1 or not np.isfinite(s) or s.item() >= np.log(np.finfo(np.float64).max):
         raise ValueError(f"contrastive_loss: logit_scale must be a finite scalar (log space) whose exp is finite, "
                          f"got {logit_scale!r}")
     logits = np.exp(s.item()) * (_normalize(img) @ _normalize(txt).T)           # [N, N]
