@@ -1,0 +1,334 @@
+"""Per-layer records and the builder the model graphs use to emit them.
+
+A model graph (``costmodel/graphs/<model>.py``) walks the model's modules in execution order and
+calls one builder method per kernel: ``linear``, ``conv2d``, ``matmul``, ``attention``, ``norm``,
+``elementwise``, ``embedding``, ``allreduce``.  Each method counts the work of that kernel under
+the conventions of DESIGN.md §5 and appends a :class:`Layer`.  Times are filled in afterwards by
+:mod:`costmodel.roofline` for a given device, so the same graph serves every device.
+
+Counts (all exact integers):
+  macs         multiply-accumulates of matrix products / convolutions actually executed
+  flops        all floating-point work actually executed (2·macs + softmax, norm, activation ...)
+  flops_vector the part of ``flops`` that runs on vector units (not tensor cores): softmax, norms,
+               activations, bias adds -- timed at the device's vector peak
+  flops_dense  2·macs at full unmasked extent (PyTorch FlopCounterMode's convention)
+The engine-facing conventions (attention softmax = 6 FLOPs per score (+1 with a bias), rms_norm
+4 per element, layer_norm 5 + 1 per affine term) are those of ``pyworkloads.kernels``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+__all__ = ["Layer", "Precision", "GraphBuilder", "DTYPE_BYTES", "SCHEMA"]
+
+# storage bytes per element; int4 adds its group-scale metadata in Precision.weight_bytes
+DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+ACT_DTYPES = ("fp32", "bf16", "fp16", "fp8")
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
+KV_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8")
+
+# FLOPs per element of the elementwise ops the engine runs in NumPy (not seen by pw.profile(),
+# so these are conventions, stated once here): an exp/erf/tanh counts as one FLOP.
+ACT_FLOPS = {"gelu": 5, "gelu_new": 8, "gelu_pytorch_tanh": 8, "quick_gelu": 4, "silu": 4, "swish": 4, "relu": 1}
+
+
+@dataclass
+class Layer:
+    """One kernel of one layer (DESIGN.md §5 schema, + phase/step and three extension columns)."""
+    name: str                 # HF module path, e.g. "model.layers.3.self_attn.q_proj"
+    op: str                   # matmul | conv | attention | rms_norm | layer_norm | elementwise | embedding | allreduce
+    shapes: str               # human-readable operand shapes
+    dtype: str                # compute dtype
+    macs: int = 0
+    flops: int = 0
+    flops_dense: int = 0
+    bytes_weights: float = 0
+    bytes_act_in: float = 0
+    bytes_act_out: float = 0
+    bytes_kv_read: float = 0
+    bytes_kv_write: float = 0
+    intensity: float = 0.0
+    bound: str = ""
+    t_compute: float = 0.0
+    t_memory: float = 0.0
+    t_lower: float = 0.0
+    t_upper: float = 0.0
+    phase: str = ""
+    step: str = ""            # "" (one pass), "7" (decode step 7), "0..127" (summed over steps)
+    flops_vector: int = 0     # extension: the non-tensor-core part of flops
+    bytes_comm: float = 0     # extension: bytes each device sends in collectives (tensor parallel)
+    t_comm: float = 0.0       # extension: interconnect time of collectives
+
+    @property
+    def bytes(self) -> float:
+        """Compulsory DRAM traffic of this kernel."""
+        return (self.bytes_weights + self.bytes_act_in + self.bytes_act_out
+                + self.bytes_kv_read + self.bytes_kv_write)
+
+    @property
+    def block(self) -> str:
+        """The layer-type key used to aggregate repeated layers: digits replaced by '*'."""
+        return ".".join("*" if p.isdigit() else p for p in self.name.split("."))
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+SCHEMA = tuple(f.name for f in fields(Layer))
+COUNT_FIELDS = ("macs", "flops", "flops_dense", "flops_vector", "bytes_weights", "bytes_act_in",
+                "bytes_act_out", "bytes_kv_read", "bytes_kv_write", "bytes_comm")
+TIME_FIELDS = ("t_compute", "t_memory", "t_lower", "t_upper", "t_comm")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Storage dtypes of weights, activations and the KV cache, and what the matmuls compute in.
+
+    ``weights="int4"`` or ``"int8"`` is weight-only quantisation: weights are read at 4 (8) bits
+    plus one ``scale_dtype`` scale per ``group_size`` weights (int4) or per output channel (int8),
+    and dequantised to the activation dtype, which the tensor cores run.  fp8 weights *and*
+    activations run the fp8 tensor-core rate.  fp32 matmuls run
+    at the vector FP32 rate unless ``tf32=True`` (PyTorch's default is full FP32)."""
+    weights: str = "bf16"
+    activations: str = "bf16"
+    kv: str = "bf16"
+    group_size: int = 128
+    scale_dtype: str = "fp16"
+    tf32: bool = False
+
+    def __post_init__(self):
+        for arg, val, allowed in (("weights", self.weights, WEIGHT_DTYPES), ("activations", self.activations, ACT_DTYPES),
+                                  ("kv", self.kv, KV_DTYPES), ("scale_dtype", self.scale_dtype, ("fp32", "bf16", "fp16"))):
+            if val not in allowed:
+                raise ValueError(f"{arg} dtype must be one of {', '.join(allowed)}, got {val!r}")
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+
+    @classmethod
+    def parse(cls, dtype: str | None = None, weights=None, activations=None, kv=None, **kw) -> "Precision":
+        """``dtype`` sets all three (int4 / int8 mean weight-only: 16-bit activations and cache);
+        explicit ``weights`` / ``activations`` / ``kv`` override it."""
+        dtype = dtype or "bf16"
+        if dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
+        act = dtype if dtype in ACT_DTYPES else "bf16"
+        return cls(weights=weights or dtype, activations=activations or act, kv=kv or act, **kw)
+
+    @property
+    def act_bytes(self) -> float:
+        return DTYPE_BYTES[self.activations]
+
+    @property
+    def kv_bytes(self) -> float:
+        return DTYPE_BYTES[self.kv]
+
+    def weight_bytes(self, n: int, rows: int) -> float:
+        """Bytes of an n-element weight with ``rows`` output channels, quantisation metadata included."""
+        b = n * DTYPE_BYTES[self.weights]
+        if self.weights == "int4":
+            b += math.ceil(n / self.group_size) * DTYPE_BYTES[self.scale_dtype]
+        elif self.weights == "int8":                  # one scale per output channel
+            b += rows * DTYPE_BYTES[self.scale_dtype]
+        return b
+
+    @property
+    def matmul_dtype(self) -> str:
+        """The tensor-core rate the weight GEMMs run at."""
+        if self.weights == "fp8" and self.activations == "fp8":
+            return "fp8"
+        return self._compute(self.activations)
+
+    @property
+    def attention_dtype(self) -> str:
+        return "fp8" if self.activations == "fp8" and self.kv == "fp8" else self._compute(self.activations)
+
+    def _compute(self, dt: str) -> str:
+        if dt == "fp32":
+            return "tf32" if self.tf32 else "fp32"
+        return "bf16" if dt == "fp8" else dt
+
+    def describe(self) -> str:
+        s = f"weights {self.weights}, activations {self.activations}, kv {self.kv}"
+        if self.weights == "int4":
+            s += f" (group {self.group_size}, {self.scale_dtype} scales)"
+        return s
+
+
+def _shape(*dims) -> str:
+    return "[" + ",".join(str(d) for d in dims) + "]"
+
+
+class GraphBuilder:
+    """Collects :class:`Layer` records.  ``tp`` splits matmuls and heads Megatron-style across
+    ``tp`` devices (column-parallel in, row-parallel out, one all-reduce after each row-parallel
+    layer); all counts are per device."""
+
+    def __init__(self, precision: Precision, attention: str = "flash", tp: int = 1,
+                 fuse_elementwise: bool = True, phase: str = "", step: str = ""):
+        if attention not in ("flash", "unfused"):
+            raise ValueError(f"attention must be 'flash' or 'unfused', got {attention!r}")
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ValueError(f"tp must be a positive integer, got {tp!r}")
+        self.p = precision
+        self.attention_impl = attention
+        self.tp = tp
+        self.fuse = fuse_elementwise
+        self.phase = phase
+        self.step = step
+        self.layers: list[Layer] = []
+
+    def _add(self, **kw) -> Layer:
+        rec = Layer(phase=self.phase, step=self.step, **kw)
+        self.layers.append(rec)
+        return rec
+
+    def split(self, n: int, what: str) -> int:
+        """n / tp, which must divide exactly."""
+        if n % self.tp:
+            raise ValueError(f"tp={self.tp} does not divide {what} ({n})")
+        return n // self.tp
+
+    # -- dense ---------------------------------------------------------------------------------
+    def linear(self, name: str, tokens: int, d_in: int, d_out: int, bias: bool, parallel: str | None = None):
+        """x [tokens, d_in] · Wᵀ [d_in, d_out] (+ b).  parallel: None (replicated), "col" (d_out
+        split) or "row" (d_in split, followed by an all-reduce of the output)."""
+        if parallel == "col":
+            d_out = self.split(d_out, f"{name} output width")
+        elif parallel == "row":
+            d_in = self.split(d_in, f"{name} input width")
+        macs = tokens * d_in * d_out
+        # a row-parallel bias is added once, after the reduction
+        bias_flops = tokens * d_out if bias else 0
+        a = self.p.act_bytes
+        self._add(name=name, op="matmul", shapes=f"{_shape(tokens, d_in)}x{_shape(d_in, d_out)}",
+                  dtype=self.p.matmul_dtype, macs=macs, flops=2 * macs + bias_flops, flops_vector=bias_flops,
+                  flops_dense=2 * macs,
+                  bytes_weights=self.p.weight_bytes(d_in * d_out, d_out) + (d_out * a if bias else 0),
+                  bytes_act_in=tokens * d_in * a, bytes_act_out=tokens * d_out * a)
+        if parallel == "row" and self.tp > 1:
+            self.allreduce(name + ".allreduce", tokens * d_out)
+
+    def conv2d(self, name: str, batch: int, c_in: int, c_out: int, k: tuple, in_hw: tuple, out_hw: tuple,
+               bias: bool, transposed: bool = False):
+        """A convolution counted as its im2col GEMM (as ops.conv2d runs it): [B·Ho·Wo, Cin·kh·kw] x
+        [Cin·kh·kw, Cout].  Transposed: [B·H·W, Cin] x [Cin, Cout·kh·kw] scattered into the output."""
+        kh, kw = k
+        (H, W), (Ho, Wo) = in_hw, out_hw
+        if transposed:
+            macs = batch * H * W * c_in * c_out * kh * kw
+        else:
+            macs = batch * Ho * Wo * c_in * kh * kw * c_out
+        out_elems = batch * c_out * Ho * Wo
+        bias_flops = out_elems if bias else 0
+        a = self.p.act_bytes
+        self._add(name=name, op="conv", shapes=f"{_shape(batch, c_in, H, W)}*{_shape(c_out, c_in, kh, kw)}",
+                  dtype=self.p.matmul_dtype, macs=macs, flops=2 * macs + bias_flops, flops_vector=bias_flops,
+                  flops_dense=2 * macs,
+                  bytes_weights=self.p.weight_bytes(c_in * c_out * kh * kw, c_out) + (c_out * a if bias else 0),
+                  bytes_act_in=batch * c_in * H * W * a, bytes_act_out=out_elems * a)
+
+    def conv1d(self, name: str, batch: int, c_in: int, c_out: int, k: int, length: int, out_length: int, bias: bool):
+        self.conv2d(name, batch, c_in, c_out, (1, k), (1, length), (1, out_length), bias)
+
+    def matmul(self, name: str, batch: int, m: int, k: int, n: int):
+        """A product of two activations (no weights): [batch, m, k] x [batch, k, n]."""
+        macs = batch * m * k * n
+        a = self.p.act_bytes
+        self._add(name=name, op="matmul", shapes=f"{_shape(batch, m, k)}x{_shape(batch, k, n)}",
+                  dtype=self.p._compute(self.p.activations), macs=macs, flops=2 * macs, flops_dense=2 * macs,
+                  bytes_act_in=batch * (m * k + k * n) * a, bytes_act_out=batch * m * n * a)
+
+    # -- attention -----------------------------------------------------------------------------
+    def attention(self, name: str, batch: int, heads: int, kv_heads: int, tq: int, tk: int, dh: int,
+                  dv: int | None = None, causal: bool = False, bias: bool = False, kv_cache: str = "none",
+                  new_kv: int = 0, bias_elems: int = 0):
+        """softmax(q kᵀ · scale [+ bias]) v.  q [B, H, Tq, Dh], k/v [B, KVH, Tk, Dh/Dv].
+
+        kv_cache: "none" (k/v are fresh activations, e.g. encoders), "cache" (k/v are read from the
+        KV cache at its current length ``tk``; ``new_kv`` entries were appended by this step and are
+        charged as cache writes) or "cross" (cross-attention K/V computed once and re-read).
+        ``bias_elems``: elements of the additive bias tensor read (relative-position / masks).
+        Flash: the causal tiles above the diagonal are skipped (exact count of allowed pairs, tile
+        granularity ignored) and S/P stay on chip.  Unfused: the full rectangle is computed and
+        masked, as the NumPy reference does, and S and P go through DRAM."""
+        dv = dh if dv is None else dv
+        heads = self.split(heads, f"{name} heads")
+        kv_heads = kv_heads // self.tp if kv_heads >= self.tp else 1    # fewer KV heads than devices: replicated
+        full = batch * heads * tq * tk
+        if causal and self.attention_impl == "flash":
+            if tq > tk:
+                raise ValueError(f"{name}: causal attention needs tq <= tk, got {tq} > {tk}")
+            pairs = batch * heads * (tq * (tk - tq) + tq * (tq + 1) // 2)
+        else:
+            pairs = full
+        macs = pairs * (dh + dv)
+        vec = pairs * (6 + (1 if bias else 0))
+        a, kvb = self.p.act_bytes, self.p.kv_bytes
+        kv_elems = batch * kv_heads * tk * (dh + dv)
+        rec = dict(bytes_act_in=batch * heads * tq * dh * a, bytes_act_out=batch * heads * tq * dv * a)
+        if kv_cache == "none":
+            rec["bytes_act_in"] += kv_elems * a
+        elif kv_cache in ("cache", "cross"):
+            rec["bytes_kv_read"] = kv_elems * kvb
+            rec["bytes_kv_write"] = batch * kv_heads * new_kv * (dh + dv) * kvb
+        else:
+            raise ValueError(f"kv_cache must be 'none', 'cache' or 'cross', got {kv_cache!r}")
+        if bias_elems:
+            rec["bytes_act_in"] += bias_elems * a
+        if self.attention_impl == "unfused":
+            rec["bytes_act_out"] += 2 * full * a       # S written, P written
+            rec["bytes_act_in"] += 2 * full * a        # S read by softmax, P read by P·V
+        self._add(name=name, op="attention",
+                  shapes=f"q{_shape(batch, heads, tq, dh)} kv{_shape(batch, kv_heads, tk, dv)}"
+                         + (" causal" if causal else ""),
+                  dtype=self.p.attention_dtype, macs=macs, flops=2 * macs + vec, flops_vector=vec,
+                  flops_dense=2 * full * (dh + dv), **rec)
+
+    # -- vector ops ----------------------------------------------------------------------------
+    def norm(self, name: str, kind: str, rows: int, width: int, affine: int = 2):
+        """RMSNorm (4 FLOPs/element) or LayerNorm (5 + 1 per affine term) over the last axis."""
+        if kind == "rms_norm":
+            per = 4
+        elif kind == "layer_norm":
+            per = 5 + affine
+        else:
+            raise ValueError(f"norm kind must be 'rms_norm' or 'layer_norm', got {kind!r}")
+        n = rows * width
+        a = self.p.act_bytes
+        self._add(name=name, op=kind, shapes=_shape(rows, width), dtype="fp32", flops=per * n, flops_vector=per * n,
+                  bytes_weights=(affine if kind == "layer_norm" else 1) * width * a,
+                  bytes_act_in=n * a, bytes_act_out=n * a)
+
+    def elementwise(self, name: str, elems: int, flops_per_elem: float, inputs: int = 1, outputs: int = 1,
+                    what: str = ""):
+        """Activations, residual adds, RoPE ...: fused into a neighbouring kernel's epilogue by default
+        (no DRAM traffic of their own); ``fuse_elementwise=False`` charges each its reads and writes."""
+        f = int(round(flops_per_elem * elems))
+        a = self.p.act_bytes
+        self._add(name=name, op="elementwise", shapes=f"{_shape(elems)} {what}".strip(), dtype="fp32",
+                  flops=f, flops_vector=f,
+                  bytes_act_in=0 if self.fuse else inputs * elems * a,
+                  bytes_act_out=0 if self.fuse else outputs * elems * a)
+
+    def activation(self, name: str, act: str, elems: int, gated: bool = False):
+        if act not in ACT_FLOPS:
+            raise ValueError(f"{name}: unknown activation {act!r}; known: {', '.join(ACT_FLOPS)}")
+        self.elementwise(name, elems, ACT_FLOPS[act] + (1 if gated else 0), inputs=2 if gated else 1,
+                         what=act + (" * up" if gated else ""))
+
+    def embedding(self, name: str, tokens: int, width: int):
+        """A table lookup: reads ``tokens`` rows (weights traffic) and writes them (no FLOPs)."""
+        a = self.p.act_bytes
+        self._add(name=name, op="embedding", shapes=_shape(tokens, width), dtype=self.p.activations,
+                  bytes_weights=tokens * width * DTYPE_BYTES[self.p.weights if self.p.weights != "int4" else "bf16"],
+                  bytes_act_out=tokens * width * a)
+
+    def allreduce(self, name: str, elems: int):
+        """Ring all-reduce over ``tp`` devices: each sends (and receives) 2·(tp-1)/tp of the tensor."""
+        if self.tp == 1:
+            return
+        sent = 2 * (self.tp - 1) / self.tp * elems * self.p.act_bytes
+        self._add(name=name, op="allreduce", shapes=f"{_shape(elems)} x tp{self.tp}", dtype=self.p.activations,
+                  flops=elems * (self.tp - 1) // self.tp, flops_vector=elems * (self.tp - 1) // self.tp,
+                  bytes_comm=sent)

@@ -1,0 +1,45 @@
+"""Roofline times of layer records on a device (DESIGN.md §5).
+
+    t_compute = (flops - flops_vector) / peak(dtype) + flops_vector / vector_peak
+    t_memory  = bytes / bandwidth
+    t_lower   = max(t_compute, t_memory) + t_comm      (perfect overlap: the roofline bound)
+    t_upper   = t_compute + t_memory + t_comm          (no overlap at all)
+
+Collectives do not overlap with the layer they follow in this model (Megatron's all-reduces sit
+on the critical path), so their interconnect time adds to both bounds.
+"""
+from __future__ import annotations
+
+from .hardware import Device
+from .graph import Layer
+
+__all__ = ["time_layer", "time_layers"]
+
+
+def time_layer(rec: Layer, device: Device) -> Layer:
+    tensor = rec.flops - rec.flops_vector
+    t_c = (tensor / device.peak(rec.dtype) if tensor else 0.0) + rec.flops_vector / device.vector_peak
+    t_m = rec.bytes / device.bandwidth
+    t_comm = 0.0
+    if rec.bytes_comm:
+        if not device.interconnect:
+            raise ValueError(f"device {device.key!r} has no interconnect bandwidth; tensor parallelism "
+                             f"cannot be timed on it")
+        t_comm = rec.bytes_comm / device.interconnect
+    rec.t_compute, rec.t_memory, rec.t_comm = t_c, t_m, t_comm
+    rec.t_lower = max(t_c, t_m) + t_comm
+    rec.t_upper = t_c + t_m + t_comm
+    rec.intensity = rec.flops / rec.bytes if rec.bytes else (float("inf") if rec.flops else 0.0)
+    if rec.op == "allreduce":
+        rec.bound = "comm"
+    elif t_c == 0 and t_m == 0:
+        rec.bound = "-"
+    else:
+        rec.bound = "compute" if t_c >= t_m else "memory"
+    return rec
+
+
+def time_layers(layers: list[Layer], device: Device) -> list[Layer]:
+    for rec in layers:
+        time_layer(rec, device)
+    return layers
