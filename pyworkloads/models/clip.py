@@ -143,12 +143,11 @@ class Config:
         return {"model_type": "clip", "architectures": ["CLIPModel"], **asdict(self)}
 
 
-def _preset(text: tuple, vision: tuple, projection_dim: int, act: str = "quick_gelu", image_size: int = 224,
-            eos_token_id: int = 49407) -> Config:
+def _preset(text: tuple, vision: tuple, projection_dim: int, act: str = "quick_gelu", image_size: int = 224) -> Config:
     """text = (D, layers, heads), vision = (D, layers, heads, MLP width, patch)."""
     (td, tl, th), (vd, vl, vh, vi, p) = text, vision
     return Config(TextConfig(hidden_size=td, intermediate_size=4 * td, num_hidden_layers=tl, num_attention_heads=th,
-                             hidden_act=act, eos_token_id=eos_token_id),
+                             hidden_act=act),
                   VisionConfig(hidden_size=vd, intermediate_size=vi, num_hidden_layers=vl, num_attention_heads=vh,
                                image_size=image_size, patch_size=p, hidden_act=act),
                   projection_dim=projection_dim)
@@ -303,12 +302,13 @@ def text_forward(input_ids, weights, cfg: TextConfig, attention_mask=None) -> np
     Attention is causal, so padding after the end-of-text token never reaches the pooled state;
     attention_mask [B, T] (1 = token, 0 = padding) additionally hides padded keys, as transformers does."""
     B, T = input_ids.shape
+    pooled_at = pool_positions(input_ids, cfg.eos_token_id)                                    # [B]
     x = ops.embedding(input_ids, _w(weights, "text_model.embeddings.token_embedding.weight"))   # [B, T, D]
     x = x + _w(weights, "text_model.embeddings.position_embedding.weight")[:T]                 # [B, T, D]
     mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]   # [B, 1, 1, T]
     x = encoder(x, weights, "text_model", cfg, causal=True, mask=mask)
     x = _layer_norm(x, weights, "text_model.final_layer_norm", cfg.layer_norm_eps)             # [B, T, D]
-    return x[np.arange(B), pool_positions(input_ids, cfg.eos_token_id)]                        # [B, D]
+    return x[np.arange(B), pooled_at]                                                          # [B, D]
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -581,7 +581,7 @@ class CLIP:
         text_embeds = _normalize(self.get_text_features(input_ids, attention_mask))   # [Bt, E]
         scale = np.exp(_w(self.weights, "logit_scale"))
         logits_per_text = scale * ops.matmul(text_embeds, np.ascontiguousarray(image_embeds.T))   # [Bt, Bi]
-        return CLIPOutput(logits_per_image=logits_per_text.T, logits_per_text=logits_per_text,
+        return CLIPOutput(logits_per_image=np.ascontiguousarray(logits_per_text.T), logits_per_text=logits_per_text,
                           image_embeds=image_embeds, text_embeds=text_embeds)
 
     # -- convenience ----------------------------------------------------------------------------
