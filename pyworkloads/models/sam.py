@@ -418,7 +418,7 @@ def _decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size: tuple[int, int]) -> np.nd
     N, H, _, Dh = q.shape
     Rh = get_rel_pos(h, h, rel_pos_h)                                                    # [h, h, Dh]
     Rw = get_rel_pos(w, w, rel_pos_w)                                                    # [w, w, Dh]
-    q5 = q.reshape(N, H, h, w, Dh)
+    q5 = q.reshape(N, H, h, w, Dh)                                                       # [N, H, h, w, Dh]
     # one batched product per query row / column, so the kernels dispatch (and profile) them
     qy = q5.transpose(2, 0, 1, 3, 4).reshape(h, N * H * w, Dh)                           # [h, N·H·w, Dh]
     rel_h = kernels.matmul(qy, np.ascontiguousarray(Rh.transpose(0, 2, 1)))              # [h, N·H·w, h]
@@ -427,7 +427,7 @@ def _decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size: tuple[int, int]) -> np.nd
     rel_w = kernels.matmul(qx, np.ascontiguousarray(Rw.transpose(0, 2, 1)))              # [w, N·H·h, w]
     rel_w = rel_w.reshape(w, N, H, h, w).transpose(1, 2, 3, 0, 4)                        # [N, H, h, w, kw]
     bias = rel_h[..., :, None] + rel_w[..., None, :]                                     # [N, H, h, w, kh, kw]
-    return bias.reshape(N, H, h * w, h * w)
+    return bias.reshape(N, H, h * w, h * w)                                              # [N, H, h·w, h·w]
 
 
 def _vision_attention(x, weights, name, config: VisionConfig):
@@ -442,7 +442,7 @@ def _vision_attention(x, weights, name, config: VisionConfig):
     if config.use_rel_pos:
         bias = _decomposed_rel_pos(q, _w(weights, f"{name}.rel_pos_h"), _w(weights, f"{name}.rel_pos_w"), (h, w))
     out = kernels.attention(q, k, v, scale=Dh ** -0.5, bias=bias)                        # [N, H, h·w, Dh]
-    out = out.reshape(N, H, h, w, Dh).transpose(0, 2, 3, 1, 4).reshape(N, h, w, D)
+    out = out.reshape(N, H, h, w, Dh).transpose(0, 2, 3, 1, 4).reshape(N, h, w, D)     # [N, h, w, D]
     return _linear(out, weights, f"{name}.proj")
 
 
@@ -455,7 +455,7 @@ def window_partition(x, ws: int):
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))                                 # [B, Ep, Ep, D]
     Hp, Wp = h + ph, w + pw
-    x = x.reshape(B, Hp // ws, ws, Wp // ws, ws, D).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(B, Hp // ws, ws, Wp // ws, ws, D).transpose(0, 1, 3, 2, 4, 5)        # [B, Hp/ws, Wp/ws, ws, ws, D]
     return x.reshape(-1, ws, ws, D), (Hp, Wp)                                            # [B·nW, ws, ws, D]
 
 
@@ -463,7 +463,7 @@ def window_unpartition(windows, ws: int, padded: tuple[int, int], size: tuple[in
     """Inverse of :func:`window_partition`: windows [B·nW, ws, ws, D] -> [B, h, w, D], padding dropped."""
     (Hp, Wp), (h, w) = padded, size
     B = windows.shape[0] // ((Hp // ws) * (Wp // ws))
-    x = windows.reshape(B, Hp // ws, Wp // ws, ws, ws, -1).transpose(0, 1, 3, 2, 4, 5)
+    x = windows.reshape(B, Hp // ws, Wp // ws, ws, ws, -1).transpose(0, 1, 3, 2, 4, 5)  # [B, Hp/ws, ws, Wp/ws, ws, D]
     return np.ascontiguousarray(x.reshape(B, Hp, Wp, -1)[:, :h, :w, :])                  # [B, h, w, D]
 
 
@@ -519,7 +519,7 @@ def fourier_encode(coords01, gaussian) -> np.ndarray:
     c = (2 * coords01.astype(np.float32) - 1).reshape(-1, 2)                             # [n, 2]
     proj = kernels.matmul(c, gaussian).reshape(*lead, gaussian.shape[1])                 # [..., F]
     proj = np.float32(2 * np.pi) * proj
-    return np.concatenate([np.sin(proj), np.cos(proj)], axis=-1)
+    return np.concatenate([np.sin(proj), np.cos(proj)], axis=-1)                         # [..., 2F]
 
 
 def image_positional_embeddings(weights, config: Config) -> np.ndarray:
@@ -527,7 +527,9 @@ def image_positional_embeddings(weights, config: Config) -> np.ndarray:
     E = config.prompt_encoder_config.image_embedding_size
     centres = (np.arange(E, dtype=np.float32) + np.float32(0.5)) / np.float32(E)         # [E]
     grid = np.stack(np.broadcast_arrays(centres[None, :], centres[:, None]), axis=-1)   # [E, E, 2] (x, y)
-    return np.ascontiguousarray(fourier_encode(grid, _w(weights, GAUSSIAN)).transpose(2, 0, 1))
+    with kernels.scope("shared_image_embedding"):
+        pe = fourier_encode(grid, _w(weights, GAUSSIAN))                                 # [E, E, C]
+    return np.ascontiguousarray(pe.transpose(2, 0, 1))                                   # [C, E, E]
 
 
 def _embed_points(points, labels, pad: bool, weights, config: Config):
@@ -542,7 +544,7 @@ def _embed_points(points, labels, pad: bool, weights, config: Config):
     if pad:
         B, P = points.shape[:2]
         points = np.concatenate([points, np.zeros((B, P, 1, 2), np.float32)], axis=2)   # [B, P, N+1, 2]
-        labels = np.concatenate([labels, -np.ones((B, P, 1), labels.dtype)], axis=2)
+        labels = np.concatenate([labels, -np.ones((B, P, 1), labels.dtype)], axis=2)    # [B, P, N+1]
     emb = fourier_encode(points / np.float32(S), _w(weights, GAUSSIAN))                  # [B, P, N', C]
     lab = labels[..., None]
     emb = np.where(lab == -1, _w(weights, f"{pe}.not_a_point_embed.weight"), emb)
@@ -586,13 +588,14 @@ def prompt_encoder(points, labels, boxes, masks, weights, config: Config):
         if boxes is not None:
             B = boxes.shape[0]
             box_tokens = _embed_boxes(boxes, weights, config)
-            sparse = box_tokens if sparse is None else np.concatenate([sparse, box_tokens], axis=2)
+            sparse = box_tokens if sparse is None else np.concatenate([sparse, box_tokens], axis=2)   # [B, P, N'+2, C]
         if masks is not None:
-            dense = _embed_mask(masks.astype(np.float32), weights, pc)
+            with kernels.scope("mask_embed"):
+                dense = _embed_mask(masks.astype(np.float32), weights, pc)
         else:
             E = pc.image_embedding_size
-            no_mask = _w(weights, "prompt_encoder.no_mask_embed.weight").reshape(1, -1, 1, 1)
-            dense = np.broadcast_to(no_mask, (B, pc.hidden_size, E, E))
+            no_mask = _w(weights, "prompt_encoder.no_mask_embed.weight").reshape(1, -1, 1, 1)   # [1, C, 1, 1]
+            dense = np.broadcast_to(no_mask, (B, pc.hidden_size, E, E))                   # [B, C, E, E]
     return sparse, dense
 
 
@@ -611,7 +614,7 @@ def _decoder_attention(q, k, v, weights, name, config: MaskDecoderConfig):
         Tk = k.shape[1]
         heads = lambda t, T: np.ascontiguousarray(t.reshape(N, T, H, Ci // H).transpose(0, 2, 1, 3))   # [N, H, T, Dh]
         out = kernels.attention(heads(q, Tq), heads(k, Tk), heads(v, Tk))               # [N, H, Tq, Dh]
-        out = out.transpose(0, 2, 1, 3).reshape(N, Tq, Ci)
+        out = out.transpose(0, 2, 1, 3).reshape(N, Tq, Ci)                               # [N, Tq, Ci]
         return _linear(out, weights, f"{name}.out_proj")                                 # [N, Tq, C]
 
 
@@ -660,7 +663,7 @@ def mask_decoder(image_embeddings, image_pe, sparse, dense, weights, config: Mas
     P = sparse.shape[1] if sparse is not None else 1
     Mt = config.num_mask_tokens
     output_tokens = np.concatenate([_w(weights, f"{md}.iou_token.weight"), _w(weights, f"{md}.mask_tokens.weight")])  # [1+M, C]
-    tokens = np.broadcast_to(output_tokens, (B, P, 1 + Mt, C))
+    tokens = np.broadcast_to(output_tokens, (B, P, 1 + Mt, C))                           # [B, P, 1+M, C]
     if sparse is not None:
         tokens = np.concatenate([tokens, sparse], axis=2)                                # [B, P, T, C]
     tokens = np.ascontiguousarray(tokens, dtype=np.float32).reshape(B * P, -1, C)        # [N, T, C], N = B·P
@@ -681,22 +684,27 @@ def mask_decoder(image_embeddings, image_pe, sparse, dense, weights, config: Mas
         queries = _layer_norm(queries, weights, f"{tr}.layer_norm_final_attn", 1e-5)
     iou_token, mask_tokens = queries[:, 0], queries[:, 1:1 + Mt]                        # [N, C], [N, M, C]
 
-    with kernels.scope(f"{md}.upscale"):
-        x = np.ascontiguousarray(keys.transpose(0, 2, 1)).reshape(B * P, C, E, E)         # [N, C, E, E]
-        x = ops.conv_transpose2d(x, _w(weights, f"{md}.upscale_conv1.weight"), _w(weights, f"{md}.upscale_conv1.bias"), stride=2)
+    x = np.ascontiguousarray(keys.transpose(0, 2, 1)).reshape(B * P, C, E, E)             # [N, C, E, E]
+    with kernels.scope(f"{md}.upscale_conv1"):
+        x = ops.conv_transpose2d(x, _w(weights, f"{md}.upscale_conv1.weight"), _w(weights, f"{md}.upscale_conv1.bias"),
+                                 stride=2)                                               # [N, C/4, 2E, 2E]
+    with kernels.scope(f"{md}.upscale_layer_norm"):
         x = ops.gelu(_channel_norm(x, weights, f"{md}.upscale_layer_norm"))             # [N, C/4, 2E, 2E]
-        x = ops.conv_transpose2d(x, _w(weights, f"{md}.upscale_conv2.weight"), _w(weights, f"{md}.upscale_conv2.bias"), stride=2)
-        x = ops.gelu(x)                                                                  # [N, C/8, 4E, 4E]
+    with kernels.scope(f"{md}.upscale_conv2"):
+        x = ops.conv_transpose2d(x, _w(weights, f"{md}.upscale_conv2.weight"), _w(weights, f"{md}.upscale_conv2.bias"),
+                                 stride=2)                                               # [N, C/8, 4E, 4E]
+    x = ops.gelu(x)                                                                      # [N, C/8, 4E, 4E]
     hyper = []
     for j in range(Mt):
         with kernels.scope(f"{md}.output_hypernetworks_mlps.{j}"):
             hyper.append(_feed_forward(mask_tokens[:, j], weights, f"{md}.output_hypernetworks_mlps.{j}", 3))
     hyper = np.stack(hyper, axis=1)                                                      # [N, M, C/8]
     side = 4 * E
-    masks = kernels.matmul(hyper, x.reshape(B * P, C // 8, side * side))                 # [N, M, 16E²]
-    masks = masks.reshape(B, P, Mt, side, side)
+    with kernels.scope(md):                      # each mask token's hyper-weights dotted with every pixel
+        masks = kernels.matmul(hyper, x.reshape(B * P, C // 8, side * side))             # [N, M, 16E²]
+    masks = masks.reshape(B, P, Mt, side, side)                                          # [B, P, M, 4E, 4E]
     with kernels.scope(f"{md}.iou_prediction_head"):
-        iou = _feed_forward(iou_token, weights, f"{md}.iou_prediction_head", config.iou_head_depth).reshape(B, P, Mt)
+        iou = _feed_forward(iou_token, weights, f"{md}.iou_prediction_head", config.iou_head_depth).reshape(B, P, Mt)   # [B, P, M]
     keep = slice(1, None) if multimask_output else slice(0, 1)
     return np.ascontiguousarray(masks[:, :, keep]), np.ascontiguousarray(iou[:, :, keep])
 
@@ -891,7 +899,7 @@ def _to_rgb_array(image) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
     arr = np.asarray(image)
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
+        arr = np.repeat(arr[..., None], 3, axis=2)                                       # [H, W, 3]
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ValueError(f"image must be [H, W, 3] (RGB), [H, W, 4] or [H, W], got shape {tuple(arr.shape)}")
     if arr.dtype != np.uint8:
@@ -921,7 +929,7 @@ def preprocess(image, image_size: int = 1024, mean=IMAGE_MEAN, std=IMAGE_STD):
     resized = np.asarray(Image.fromarray(rgb).resize((w, h), resample=Image.BILINEAR))    # [h, w, 3] uint8
     x = (resized.astype(np.float32) * np.float32(1 / 255) - mean) / std                  # [h, w, 3]
     pixel_values = np.zeros((1, 3, image_size, image_size), np.float32)
-    pixel_values[0, :, :h, :w] = x.transpose(2, 0, 1)
+    pixel_values[0, :, :h, :w] = x.transpose(2, 0, 1)                                    # [3, h, w] into [3, S, S]
     return pixel_values, tuple(original), (h, w)
 
 
@@ -1056,29 +1064,24 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def run_cli(args) -> int:
-    """Segment the object at --point / in --box and write the best mask as an overlay PNG."""
+    """Segment the object at --point / in --box and write the best mask as an overlay PNG.
+    Bad arguments raise ValueError (the ``pyworkloads`` command prints them as one line)."""
     from PIL import Image
 
     if not args.point and not args.box:
-        print("error: give at least one --point X,Y or a --box X0,Y0,X1,Y1")
-        return 2
-    try:
-        points = [_pair_of_numbers(p, 2, "--point") for p in args.point] or None
-        box = _pair_of_numbers(args.box, 4, "--box") if args.box else None
-        labels = args.label
-        if labels is not None and (points is None or len(labels) != len(points)):
-            raise ValueError(f"give one --label per --point ({len(points or [])} points, {len(labels)} labels)")
-        if not 0.0 <= args.alpha <= 1.0:
-            raise ValueError(f"--alpha must lie in [0, 1], got {args.alpha}")
-        model = from_pretrained(args.model) if args.model else from_preset(args.preset)
-        rgb = _to_rgb_array(args.image)
-        predictor = SamPredictor(model)
-        predictor.set_image(rgb)
-        masks, scores, _ = predictor.predict(points=points, labels=labels, box=box,
-                                             multimask_output=not args.single_mask)
-    except (ValueError, TypeError, KeyError, FileNotFoundError, MemoryError) as exc:
-        print(f"error: {exc}")
-        return 2
+        raise ValueError("give at least one --point X,Y or a --box X0,Y0,X1,Y1")
+    points = [_pair_of_numbers(p, 2, "--point") for p in args.point] or None
+    box = _pair_of_numbers(args.box, 4, "--box") if args.box else None
+    labels = args.label
+    if labels is not None and (points is None or len(labels) != len(points)):
+        raise ValueError(f"give one --label per --point ({len(points or [])} points, {len(labels)} labels)")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must lie in [0, 1], got {args.alpha}")
+    model = from_pretrained(args.model) if args.model else from_preset(args.preset)
+    rgb = _to_rgb_array(args.image)
+    predictor = SamPredictor(model)
+    predictor.set_image(rgb)
+    masks, scores, _ = predictor.predict(points=points, labels=labels, box=box, multimask_output=not args.single_mask)
     best = int(np.argmax(scores))
     Image.fromarray(_overlay(rgb, masks[best], args.alpha)).save(args.out, format="PNG")
     print(f"{len(scores)} mask(s), predicted IoU {np.round(scores, 4).tolist()}; best #{best}: "

@@ -290,13 +290,17 @@ def test_predictor_matches_model_call(model, rng):
 def test_profile_scopes_use_hf_module_paths(model, expected):
     with pw.profile() as prof:
         model(pixel_values=expected["pixel_values"], **_prompts(expected, "point_box"))
+        model(image_embeddings=expected["image_embeddings"], input_masks=np.zeros((1, 1, 32, 32), np.float32))
     names = {r.name for r in prof.records}
+    assert "" not in names, "every kernel call runs inside a module scope"
     for want in ("vision_encoder.patch_embed", "vision_encoder.layers.0.attn", "vision_encoder.layers.1.attn",
                  "vision_encoder.layers.2.mlp", "vision_encoder.layers.0.layer_norm1", "vision_encoder.neck",
                  "prompt_encoder", "mask_decoder.transformer.layers.0.self_attn",
                  "mask_decoder.transformer.layers.1.cross_attn_image_to_token",
-                 "mask_decoder.transformer.final_attn_token_to_image", "mask_decoder.upscale",
-                 "mask_decoder.output_hypernetworks_mlps.3", "mask_decoder.iou_prediction_head"):
+                 "mask_decoder.transformer.final_attn_token_to_image", "mask_decoder.upscale_conv1",
+                 "mask_decoder.upscale_layer_norm", "mask_decoder.upscale_conv2", "shared_image_embedding",
+                 "mask_decoder.output_hypernetworks_mlps.3", "mask_decoder.iou_prediction_head",
+                 "prompt_encoder.mask_embed", "mask_decoder"):
         assert want in names, want
     attn = [r for r in prof.records if r.op == "attention" and r.name == "vision_encoder.layers.0.attn"]
     # windowed block: 3x3 windows of a grid padded 8 -> 9, i.e. 9 windows of 9 tokens each
@@ -344,8 +348,26 @@ def test_run_cli_writes_overlay(tmp_path, rng, capsys):
     if best.any():
         assert np.any(overlay[best] != img[best])
     bad = parser.parse_args(["--model", str(FIX), "--image", str(tmp_path / "x.png"), "--point", "24"])
-    assert sam.run_cli(bad) == 2
-    assert "--point must be 2" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--point must be 2"):
+        sam.run_cli(bad)
+
+
+def test_pyworkloads_command_runs_sam(tmp_path, rng, capsys):
+    """`pyworkloads run sam ...` and `pyworkloads demo --models sam` through the real entry point."""
+    from PIL import Image
+
+    from pyworkloads import cli
+
+    Image.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(tmp_path / "x.jpg")
+    out = tmp_path / "m.png"
+    argv = ["run", "sam", "--preset", "sam-tiny", "--image", str(tmp_path / "x.jpg"), "--point", "5,6",
+            "--point", "20,10", "--label", "1", "--label", "0", "--single-mask", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "1 mask(s)" in capsys.readouterr().out and Image.open(out).size == (28, 20)
+    assert cli.main(["run", "sam", "--preset", "sam-tiny", "--image", str(tmp_path / "x.jpg"), "--out", str(out)]) == 2
+    assert "at least one --point" in capsys.readouterr().err
+    assert cli.main(["demo", "--models", "sam", "--backends", "numpy"]) == 0
+    assert "sam-tiny" in capsys.readouterr().out
 
 
 def test_config_dataclasses_are_plain():
