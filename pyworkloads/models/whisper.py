@@ -785,10 +785,11 @@ class Whisper:
         -> ``.text``, ``.segments`` (start, end in seconds, text) and ``.language`` (a code)."""
         audio = load_audio(path_or_array)
         n_mels = self.config.num_mel_bins
-        if audio.size > N_SAMPLES:
+        window = self.config.n_audio_frames * HOP_LENGTH                              # 480 000 samples = 30 s
+        if audio.size > window:
             feats = log_mel_spectrogram(audio, n_mels, n_samples=None)               # [M, N / 160]
         else:
-            feats = log_mel_spectrogram(audio, n_mels)                                # [M, 3000]
+            feats = log_mel_spectrogram(audio, n_mels, n_samples=window)             # [M, 3000]
         feats = feats[None]
         gc = self.generation_config
         if language is None and gc.lang_to_id:

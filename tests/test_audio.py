@@ -1,0 +1,211 @@
+"""Audio front end: log-mel parity with transformers' WhisperFeatureExtractor, loading and resampling
+checked against closed forms (pure tones), and clear errors for bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pyworkloads import audio as A
+from conftest import FIXTURES, require_transformers
+
+SR = 16000
+SPEECH = FIXTURES / "whisper" / "speech.wav"
+
+
+def _signals():
+    """Several kinds of audio: synthetic speech, noise, a tone, a chirp, quiet and very quiet
+    signals, silence, a clipped loud signal, a click, and clips longer than 30 s."""
+    rng = np.random.default_rng(0)
+    t = np.arange(SR * 7) / SR
+    sig = {
+        "speech": A.load_audio(SPEECH),
+        "noise": 0.3 * rng.standard_normal(SR * 10),
+        "tone": 0.5 * np.sin(2 * np.pi * 440 * t),
+        "chirp": 0.3 * np.sin(2 * np.pi * (100 + 500 * t) * t) * np.exp(-((t - 3) ** 2)),
+        "quiet": 1e-4 * rng.standard_normal(SR * 5),
+        "very_quiet": 1e-6 * np.sin(2 * np.pi * 100 * t),
+        "silence": np.zeros(SR * 2),
+        "clipped": np.clip(3.0 * rng.standard_normal(SR * 3), -1, 1),
+        "click": np.r_[np.zeros(8000), 1.0, np.zeros(8000)],
+        "long_noise_45s": 0.1 * rng.standard_normal(SR * 45),
+        "short_300_samples": 0.5 * rng.standard_normal(300),
+    }
+    return {k: np.asarray(v, np.float32) for k, v in sig.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# parity with transformers
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_log_mel_matches_transformers(n_mels):
+    require_transformers()
+    from transformers import WhisperFeatureExtractor
+    fe = WhisperFeatureExtractor(feature_size=n_mels)
+    for name, x in _signals().items():
+        ref = fe(x, sampling_rate=SR, return_tensors="np").input_features[0]            # [M, 3000]
+        ours = A.log_mel_spectrogram(x, n_mels)
+        assert ours.shape == ref.shape == (n_mels, 3000), name
+        assert ours.dtype == np.float32
+        err = float(np.abs(ours - ref).max())
+        assert err <= 1e-4, f"{name}: max abs diff {err}"
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_log_mel_untruncated_long_clip_matches_transformers(n_mels):
+    """Long-form input: the whole clip, no 30-s trim (truncation=False, padding="longest")."""
+    require_transformers()
+    from transformers import WhisperFeatureExtractor
+    rng = np.random.default_rng(1)
+    x = np.concatenate([A.load_audio(SPEECH), 0.05 * rng.standard_normal(SR * 40), np.zeros(12345)]).astype(np.float32)
+    ref = WhisperFeatureExtractor(feature_size=n_mels)(
+        x, sampling_rate=SR, truncation=False, padding="longest", return_tensors="np").input_features[0]
+    ours = A.log_mel_spectrogram(x, n_mels, n_samples=None, chunk_frames=1000)       # chunking must not matter
+    assert ours.shape == ref.shape == (n_mels, x.size // 160)
+    assert np.abs(ours - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filters_match_transformers(n_mels):
+    require_transformers()
+    from transformers.audio_utils import mel_filter_bank
+    ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000.0,
+                          sampling_rate=SR, norm="slaney", mel_scale="slaney")               # [K, M]
+    np.testing.assert_allclose(A.mel_filters(n_mels), ref.T, rtol=1e-12, atol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# closed forms (no torch needed)
+# ---------------------------------------------------------------------------------------------
+def test_hann_window_is_periodic():
+    from scipy.signal import get_window
+    np.testing.assert_allclose(A.hann_window(400), get_window("hann", 400, fftbins=True), atol=1e-15)
+
+
+def test_mel_filters_slaney_properties():
+    """Slaney mel scale: linear 200/3 Hz per mel below 1 kHz, log above; area-normalised triangles."""
+    np.testing.assert_allclose(A._hz_to_mel(np.array([0.0, 600.0, 1000.0, 6400.0])), [0.0, 9.0, 15.0, 42.0], atol=1e-12)
+    np.testing.assert_allclose(A._mel_to_hz(A._hz_to_mel(np.linspace(0, 8000, 50))), np.linspace(0, 8000, 50), atol=1e-9)
+    fb = A.mel_filters(80)
+    assert fb.shape == (80, 201) and fb.min() >= 0
+    edges = A._mel_to_hz(np.linspace(0, A._hz_to_mel(8000.0), 82))
+    freqs = np.linspace(0, 8000, 201)
+    for m in (0, 10, 40, 79):                          # each triangle lives between its two outer edges
+        inside = (freqs > edges[m]) & (freqs < edges[m + 2])
+        assert np.all(fb[m, ~inside] == 0)
+        # peak height 2 / (f_hi - f_lo) at the centre (reached where a bin falls on it)
+        assert fb[m].max() <= 2.0 / (edges[m + 2] - edges[m]) + 1e-12
+
+
+def test_log_mel_of_a_tone_peaks_at_its_mel_channel():
+    """Closed-form check independent of any reference implementation: a 1 kHz tone puts its energy
+    in the channel whose triangle is centred nearest 1 kHz; silence around it sits at the max-8 floor."""
+    t = np.arange(SR) / SR
+    x = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    mel = A.log_mel_spectrogram(x)                                                      # [80, 3000]
+    centres = A._mel_to_hz(np.linspace(0, A._hz_to_mel(8000.0), 82))[1:-1]
+    assert int(np.argmax(mel[:, 50])) == int(np.argmin(np.abs(centres - 1000)))
+    floor = mel.max() - 2.0                                                             # the max-8 floor after (x+4)/4
+    assert np.allclose(mel[:, 200:], floor, atol=1e-6)                                  # silent tail: clamped
+
+
+def test_log_mel_shapes_and_padding():
+    x = np.ones(100_000, np.float32) * 0.1
+    assert A.log_mel_spectrogram(x).shape == (80, 3000)
+    assert A.log_mel_spectrogram(x, 128).shape == (128, 3000)
+    assert A.log_mel_spectrogram(x, n_samples=None).shape == (80, 625)
+    long = np.zeros(A.N_SAMPLES + 5000, np.float32)
+    long[:1000] = 1.0
+    # trimming keeps the first 30 s: identical to computing on the trimmed clip
+    np.testing.assert_array_equal(A.log_mel_spectrogram(long), A.log_mel_spectrogram(long[:A.N_SAMPLES]))
+    np.testing.assert_array_equal(A.pad_or_trim(np.ones(3), 5), [1, 1, 1, 0, 0])
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+def test_load_wav_any_bit_depth(tmp_path, subtype):
+    t = np.arange(SR // 2) / SR
+    x = 0.5 * np.sin(2 * np.pi * 300 * t)
+    f = tmp_path / f"{subtype}.wav"
+    sf.write(f, x, SR, subtype=subtype)
+    y = A.load_audio(f)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    tol = {"PCM_U8": 1e-2, "PCM_16": 1e-4}.get(subtype, 1e-6)
+    assert np.abs(y - x).max() <= tol
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_load_resamples_stereo_to_16k_mono(tmp_path, rate):
+    """A 440 Hz tone recorded in stereo at another rate comes out as the same tone at 16 kHz
+    (closed form), the channels averaged."""
+    n = rate * 2
+    t = np.arange(n) / rate
+    left, right = 0.6 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 440 * t)
+    f = tmp_path / "stereo.wav"
+    sf.write(f, np.stack([left, right], axis=1), rate, subtype="FLOAT")
+    y = A.load_audio(f)
+    assert y.shape == (2 * SR,)
+    ref = 0.4 * np.sin(2 * np.pi * 440 * np.arange(2 * SR) / SR)
+    mid = slice(SR // 4, -SR // 4)                                                      # away from the filter's edges
+    assert np.abs(y[mid] - ref[mid]).max() < 2e-3
+
+
+def test_resampling_is_anti_aliased():
+    """A 12 kHz tone cannot exist at 16 kHz (Nyquist 8 kHz): it must be filtered out, not folded to 4 kHz."""
+    t = np.arange(48000) / 48000
+    y = A.load_audio(np.sin(2 * np.pi * 12000 * t).astype(np.float32), orig_sr=48000)
+    mid = y[2000:-2000]
+    assert np.sqrt(np.mean(mid ** 2)) < 1e-3
+
+
+def test_load_array_forms():
+    x = np.linspace(-1, 1, 1000).astype(np.float32)
+    np.testing.assert_array_equal(A.load_audio(x), x)
+    stereo = np.stack([x, -x], axis=1)                                                  # [N, 2]: cancels
+    np.testing.assert_allclose(A.load_audio(stereo), 0, atol=1e-7)
+    pcm = np.array([0, 16384, -32768], np.int16)
+    np.testing.assert_allclose(A.load_audio(pcm), [0, 0.5, -1.0])
+    assert A.load_audio(x, sr=8000, orig_sr=16000).shape == (500,)
+
+
+def test_bad_audio_inputs(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        A.log_mel_spectrogram(np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        A.log_mel_spectrogram(np.array([0.1, np.nan] * 1000, np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        A.load_audio(np.array([0.1, np.inf] * 1000, np.float32))
+    with pytest.raises(ValueError, match="1-D"):
+        A.log_mel_spectrogram(np.zeros((2, 1000), np.float32))
+    with pytest.raises(ValueError, match="1-D"):
+        A.log_mel_spectrogram(np.float32(0.5))
+    with pytest.raises(ValueError, match=r"\[N, channels\]"):
+        A.load_audio(np.zeros((2, 3, 1000), np.float32))
+    with pytest.raises(TypeError, match="real numbers"):
+        A.log_mel_spectrogram(np.zeros(1000, np.complex64))
+    with pytest.raises(TypeError, match="load_audio"):
+        A.log_mel_spectrogram("speech.wav")
+    with pytest.raises(ValueError, match="n_mels"):
+        A.log_mel_spectrogram(np.zeros(1000, np.float32), n_mels=0)
+    with pytest.raises(ValueError, match="sr"):
+        A.load_audio(np.zeros(10, np.float32), sr=-1)
+    with pytest.raises(ValueError, match="more than 200 samples"):
+        A.log_mel_spectrogram(np.zeros(100, np.float32), n_samples=None)
+    with pytest.raises(FileNotFoundError, match="no such audio file"):
+        A.load_audio(tmp_path / "missing.wav")
+    with pytest.raises(IsADirectoryError):
+        A.load_audio(tmp_path)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF\x00\x00not really a wav file" * 10)
+    with pytest.raises(ValueError, match="cannot read audio"):
+        A.load_audio(junk)
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0), SR)
+    with pytest.raises(ValueError, match="empty"):
+        A.load_audio(empty)
+    nan_wav = tmp_path / "nan.wav"
+    sf.write(nan_wav, np.array([0.0, np.nan, 0.1]), SR, subtype="FLOAT")
+    with pytest.raises(ValueError, match="non-finite"):
+        A.load_audio(nan_wav)
