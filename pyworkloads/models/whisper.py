@@ -967,11 +967,12 @@ def demo() -> str:
     t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
     audio = (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32)   # 2-s chirp
     feats = log_mel_spectrogram(audio, model.config.num_mel_bins)[None]           # [1, 80, 3000]
-    ids = model.generate(feats, language="en", max_new_tokens=8)
+    audio_features = model.encode(feats)                                            # [1, 1500, 64]
+    prompt = model.init_tokens(feats, language="en")[0]                             # sot, <|en|>, transcribe, notimestamps
+    ids = model._greedy(audio_features, prompt, len(prompt) + 6, timestamps=False)
     dt = time.perf_counter() - t0
     return (f"whisper-tiny-random ({kernels.get_backend()}): log-mel {tuple(feats.shape)} -> encoder "
-            f"[1, {model.config.max_source_positions}, {model.config.d_model}] -> greedy ids {ids[0].tolist()} "
-            f"in {dt:.2f} s")
+            f"{tuple(audio_features.shape)} -> prompt {prompt.tolist()} -> greedy ids {ids} in {dt:.2f} s")
 
 
 def add_run_arguments(parser) -> None:

@@ -1,0 +1,246 @@
+"""Whisper without torch: the committed fixture (transformers' outputs stored by
+tests/fixtures/make_whisper_fixture.py), cache consistency, backends, profiling scopes, the
+command-line hooks and clear errors for bad input."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import pyworkloads as pw
+from conftest import FIXTURES
+from pyworkloads import io
+from pyworkloads.models import whisper as W
+
+FIX = FIXTURES / "whisper"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return W.from_pretrained(FIX / "tiny")
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return io.load_safetensors(FIX / "expected.safetensors")
+
+
+@pytest.fixture(scope="module")
+def speech_features(tiny):
+    return W.log_mel_spectrogram(W.load_audio(FIX / "speech.wav"), tiny.config.num_mel_bins)[None]   # [1, 80, 3000]
+
+
+# ---------------------------------------------------------------------------------------------
+# parity with stored transformers outputs
+# ---------------------------------------------------------------------------------------------
+def test_fixture_log_mel(speech_features, expected):
+    head = expected["input_features_head"]                                              # [1, 80, 320]
+    assert np.abs(speech_features[:, :, :head.shape[2]] - head).max() <= 1e-4
+
+
+def test_fixture_logits(tiny, speech_features, expected):
+    logits = tiny(speech_features, expected["decoder_input_ids"])
+    assert logits.shape == expected["logits"].shape and logits.dtype == np.float32
+    assert np.abs(logits - expected["logits"]).max() <= 1e-4
+
+
+def test_fixture_generate(tiny, speech_features, expected):
+    plain = tiny.generate(speech_features, language="en", task="transcribe", return_timestamps=False)
+    np.testing.assert_array_equal(plain, expected["generate_notimestamps"])
+    ts = tiny.generate(speech_features, language="en", return_timestamps=True)
+    np.testing.assert_array_equal(ts, expected["generate_timestamps"])
+
+
+@pytest.mark.skipif("cpp" not in pw.kernels.available(),
+                    reason=f"cpp backend unavailable: {pw.kernels.unavailable_reason('cpp')}")
+def test_cpp_backend_matches_numpy(tiny, speech_features, expected):
+    ids = expected["decoder_input_ids"]
+    ref = tiny(speech_features, ids)
+    with pw.use_backend("cpp"), pw.profile() as prof:
+        got = tiny(speech_features, ids)
+    assert {r.backend for r in prof.records if r.op == "matmul"} == {"cpp"}
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# structure
+# ---------------------------------------------------------------------------------------------
+def test_kv_cache_matches_full_decode(tiny, speech_features):
+    """Decoding one token at a time with the cache gives the teacher-forced logits."""
+    ids = np.array([[tiny.config.decoder_start_token_id, 258, 359, 10, 20, 30, 40]])
+    full = tiny(speech_features, ids)                                                   # [1, 7, V]
+    w, c = tiny.weights, tiny.config
+    cross = W.cross_attention_kv(w, c, tiny.encode(speech_features))
+    cache = W.KVCache(c, 1)
+    steps = [W.decoder_forward(w, c, ids[:, :3], cross, cache)]                         # prompt in one go
+    for t in range(3, ids.shape[1]):
+        steps.append(W.decoder_forward(w, c, ids[:, t:t + 1], cross, cache))
+    assert cache.length == ids.shape[1]
+    assert np.abs(np.concatenate(steps, axis=1) - full).max() <= 1e-5
+
+
+def test_cross_attention_kv_computed_once_per_window(tiny, speech_features):
+    """During generate, the cross-attention K/V projections over the 1500 audio positions run once
+    per layer per window; each step only projects its own query."""
+    with pw.profile() as prof:
+        out, segs = tiny.generate(speech_features, language="en", return_timestamps=True, return_segments=True)
+    S, D = tiny.config.max_source_positions, tiny.config.d_model
+    kv = [r for r in prof.records if r.name == "model.decoder.layers.0.encoder_attn" and r.op == "matmul"
+          and r.shapes[0] == (S, D)]
+    windows = sum(1 for r in prof.records if r.name == "model.encoder.conv2")
+    assert windows >= 1 and len(kv) == 2 * windows
+    steps = [r for r in prof.records if r.name == "model.decoder.layers.0.encoder_attn" and r.op == "attention"]
+    assert len(steps) >= out.shape[1]
+
+
+def test_profile_scopes_use_hf_module_names(tiny, speech_features, expected):
+    with pw.profile() as prof:
+        tiny(speech_features, expected["decoder_input_ids"])
+    names = {r.name for r in prof.records}
+    for n in ("model.encoder.conv1", "model.encoder.conv2", "model.encoder.layers.0.self_attn",
+              "model.encoder.layers.0.self_attn_layer_norm", "model.encoder.layers.0.fc1", "model.encoder.layers.0.fc2",
+              "model.encoder.layer_norm", "model.decoder.layers.0.self_attn", "model.decoder.layers.0.encoder_attn",
+              "model.decoder.layers.0.encoder_attn_layer_norm", "model.decoder.layers.0.final_layer_norm",
+              "model.decoder.layer_norm", "proj_out"):
+        assert n in names, n
+    weights = set(tiny.weights)
+    for n in names - {"proj_out"}:                      # every scope is a module whose weights exist
+        assert any(k.startswith(n + ".") for k in weights), n
+
+
+def test_sinusoids_closed_form():
+    pe = W.sinusoids(1500, 384)
+    i, c = 123, 7
+    inc = np.log(10000.0) / (192 - 1)
+    assert abs(pe[i, c] - np.sin(i * np.exp(-inc * c))) < 1e-6
+    assert abs(pe[i, 192 + c] - np.cos(i * np.exp(-inc * c))) < 1e-6
+
+
+def test_special_token_layout_matches_openai_vocabularies():
+    """The layout reproduces the real checkpoints' ids (OpenAI tokenizer: eot 50257, sot 50258,
+    <|en|> 50259, translate 50358, transcribe 50359, notimestamps 50363 for 99 languages)."""
+    ids = W.special_token_ids(50257, 99)
+    assert (ids["eot"], ids["sot"], ids["languages"][0], ids["translate"], ids["transcribe"],
+            ids["notimestamps"], ids["vocab_size"]) == (50257, 50258, 50259, 50358, 50359, 50363, 51865)
+    assert W.special_token_ids(50257, 100)["vocab_size"] == 51866
+    assert W.special_token_ids(50256, 99)["vocab_size"] == 51864
+    gc = W.default_generation_config(W.PRESETS["whisper-large-v3"])
+    assert gc.lang_to_id["<|yue|>"] == 50358 and gc.no_timestamps_token_id == 50364
+    en = W.default_generation_config(W.PRESETS["whisper-tiny.en"])
+    assert en.is_multilingual is False and en.lang_to_id is None and en.decoder_start_token_id == 50257
+
+
+# ---------------------------------------------------------------------------------------------
+# transcription, demo, command line
+# ---------------------------------------------------------------------------------------------
+def test_transcribe_short_clip(tiny):
+    res = tiny.transcribe(FIX / "speech.wav", progress=False)
+    assert res.language in W.LANGUAGES
+    assert res.segments and all(s.start <= s.end for s in res.segments)
+    eot = tiny.generation_config.eos_token_id
+    assert res.text == tiny.decode([t for s in res.segments for t in s.tokens if t < eot])
+    again = tiny.transcribe(W.load_audio(FIX / "speech.wav"), language=res.language, progress=False)
+    assert again.text == res.text and again.language == res.language
+
+
+def test_demo_runs_quickly():
+    out = W.demo()
+    assert "whisper-tiny-random" in out and "(1, 1500, 64)" in out
+
+
+def test_run_cli_prints_segments(capsys):
+    parser = argparse.ArgumentParser()
+    W.add_run_arguments(parser)
+    args = parser.parse_args(["--model", str(FIX / "tiny"), str(FIX / "speech.wav"), "--language", "en",
+                              "--no-progress"])
+    assert W.run_cli(args) == 0
+    out = capsys.readouterr().out
+    assert "-->" in out and "language: en" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------------------------
+def test_presets_and_counts():
+    assert set(W.PRESETS) >= {"whisper-tiny", "whisper-tiny.en", "whisper-base", "whisper-base.en", "whisper-small",
+                              "whisper-small.en", "whisper-medium", "whisper-medium.en", "whisper-large-v2",
+                              "whisper-large-v3", "whisper-large-v3-turbo"}
+    assert W.PRESETS["whisper-large-v3"].num_mel_bins == 128 and W.PRESETS["whisper-large-v3-turbo"].decoder_layers == 4
+    c = W.PRESETS["whisper-tiny-random"]
+    assert W.count_params(c) == sum(int(np.prod(s)) for s in W.weight_shapes(c).values())
+
+
+def test_config_from_hf_roundtrip():
+    cfg = W.PRESETS["whisper-small"]
+    assert W.Config.from_hf(cfg.to_hf()) == cfg
+    with pytest.raises(ValueError, match="model_type"):
+        W.Config.from_hf({"model_type": "llama"})
+    with pytest.raises(ValueError, match="divisible"):
+        W.Config(d_model=64, encoder_attention_heads=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+def test_bad_model_inputs(tiny, speech_features):
+    ids = np.array([[tiny.config.decoder_start_token_id]])
+    with pytest.raises(ValueError, match=r"\[B, 80, frames\]"):
+        tiny(np.zeros((1, 128, 3000), np.float32), ids)
+    with pytest.raises(ValueError, match="3000 frames"):
+        tiny(np.zeros((1, 80, 2999), np.float32), ids)
+    with pytest.raises(TypeError, match="float"):
+        tiny(np.zeros((1, 80, 3000), np.int32), ids)
+    bad = speech_features.copy()
+    bad[0, 3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tiny(bad, ids)
+    with pytest.raises(ValueError, match=r"\[0, 1909\)"):
+        tiny(speech_features, np.array([[5000]]))
+    with pytest.raises(TypeError, match="integers"):
+        tiny(speech_features, np.array([[1.0]]))
+    with pytest.raises(ValueError, match="decoder context"):
+        tiny(speech_features, np.zeros((1, 65), np.int64))
+    with pytest.raises(ValueError, match="unknown"):
+        tiny.generate(speech_features, language="klingon")
+    with pytest.raises(ValueError, match="task"):
+        tiny.generate(speech_features, language="en", task="summarize")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tiny.generate(speech_features, language="en", max_new_tokens=1000)
+    with pytest.raises(ValueError, match="long-form"):
+        tiny.generate(np.zeros((1, 80, 4000), np.float32), return_timestamps=False)
+    with pytest.raises(ValueError, match="empty"):
+        tiny.transcribe(np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        tiny.transcribe(np.full(1000, np.nan, np.float32))
+    with pytest.raises(FileNotFoundError):
+        tiny.transcribe(FIX / "missing.wav")
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        W.from_pretrained(tmp_path / "nothing")
+    d = tmp_path / "ckpt"
+    shutil.copytree(FIX / "tiny", d)
+    st = io.load_safetensors(d / "model.safetensors")
+    weights = {k: np.array(st[k]) for k in st}
+    del weights["model.decoder.layers.0.fc1.bias"]
+    io.save_safetensors(d / "model.safetensors", weights)
+    with pytest.raises(KeyError, match="fc1.bias"):
+        W.from_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["d_model"] = 48
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises((ValueError, KeyError), match="shape|missing"):
+        W.from_pretrained(d)
+    with pytest.raises(ValueError, match="unknown Whisper preset"):
+        W.from_preset("whisper-huge")
+
+
+def test_english_only_rejects_language():
+    m = W.from_preset("whisper-tiny-random")
+    m.generation_config = W.GenerationConfig.from_dict({**m.generation_config.to_dict(), "is_multilingual": False})
+    with pytest.raises(ValueError, match="English-only"):
+        m.generate(np.zeros((1, 80, 3000), np.float32), language="en")
