@@ -240,13 +240,15 @@ def cpu_device(recalibrate: bool = False) -> Device:
 # ---------------------------------------------------------------------------------------------
 # the quote rule the lint tests and `costmodel devices --check` use
 # ---------------------------------------------------------------------------------------------
-_NUM = re.compile(r"\d[\d,]*(?:\.\d+)?")
+# a standalone number: not glued to letters ("FP16", "HBM2e", "x16", "Gen4", "NVLink5" are names)
+_NUM = re.compile(r"(?<![A-Za-z\d.,])\d[\d,]*(?:\.\d+)?(?![\dA-Za-z])")
 
 
 def value_from_quote(quote: str) -> float | None:
     """Re-derive a field's value from its source quote ("<id>: <figure as printed>").
 
-    The figure is the last number before any parenthesis (parentheses hold commentary); the words
+    The figure is the last standalone number before any parenthesis (parentheses hold commentary;
+    digits inside names such as FP16 or HBM2e do not count); the words
     in that same clause convert it: "with sparsity" / "total" / "bidirectional" halve it (dense,
     per direction), "Gb/s" divides by 8 (bits), "TB/s" and "PFLOPS" multiply by 1000."""
     head = quote.split(":", 1)[-1].split("(")[0]

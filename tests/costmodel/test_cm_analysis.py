@@ -1,0 +1,168 @@
+"""Phases, options and summaries of costmodel.analyze, checked against independent closed forms."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import costmodel as cm
+from costmodel.graph import SCHEMA
+
+
+def t(rep, **sel):
+    return sum(r.t_lower for r in rep.layers if all(getattr(r, k) == v for k, v in sel.items()))
+
+
+def test_schema_is_design_5():
+    want = ("name op shapes dtype macs flops flops_dense bytes_weights bytes_act_in bytes_act_out bytes_kv_read "
+            "bytes_kv_write intensity bound t_compute t_memory t_lower t_upper phase step").split()
+    assert list(SCHEMA[:len(want)]) == want
+
+
+def test_roofline_times_follow_the_definitions():
+    rep = cm.analyze("llama2-7b", "a100-sxm-80gb", phase="prefill", seq_len=256)
+    dev = rep.device
+    for r in rep.layers:
+        tensor = (r.flops - r.flops_vector) / dev.peak(r.dtype) if r.flops - r.flops_vector else 0.0
+        assert r.t_compute == pytest.approx(tensor + r.flops_vector / dev.vector_peak)
+        assert r.t_memory == pytest.approx(r.bytes / dev.bandwidth)
+        assert r.t_lower == pytest.approx(max(r.t_compute, r.t_memory))
+        assert r.t_upper == pytest.approx(r.t_compute + r.t_memory)
+    norms = [r for r in rep.layers if r.op == "rms_norm"]
+    assert norms and all(r.flops_vector == r.flops for r in norms)      # vector peak, not tensor
+
+
+def test_llama_decode_is_weight_streaming_bound():
+    """Batch-1 decode reads every weight once: time ~= bf16 weight bytes / bandwidth (closed form)."""
+    for dev in ("a100-sxm-80gb", "h100-sxm"):
+        rep = cm.analyze("llama2-7b", dev, phase="decode", batch=1, seq_len=1024)
+        d = cm.get_device(dev)
+        weights = 2 * rep.params
+        assert rep.total["bytes_weights"] == pytest.approx(weights - 2 * (32000 - 1) * 4096, rel=1e-9)
+        assert rep.summary["tpot_s"] == pytest.approx(rep.total["bytes"] / d.bandwidth, rel=0.01)
+        kv = 2 * 32 * 1024 * 4096 * 2                                   # K and V, 32 layers, 1024 keys, bf16
+        assert rep.total["bytes_kv_read"] == kv
+
+
+def test_generate_sums_decode_steps_one_by_one():
+    kw = dict(batch=2, dtype="bf16")
+    gen = cm.analyze("llama2-7b", "h100-sxm", phase="generate", seq_len=100, new_tokens=6, **kw)
+    pre = cm.analyze("llama2-7b", "h100-sxm", phase="prefill", seq_len=100, **kw)
+    steps = [cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=100 + j, **kw) for j in range(1, 6)]
+    assert gen.summary["ttft_s"] == pytest.approx(pre.summary["ttft_s"])
+    assert t(gen, phase="decode") == pytest.approx(sum(s.summary["tpot_s"] for s in steps))
+    kv_read = sum(r.bytes_kv_read for r in gen.layers if r.phase == "decode")
+    assert kv_read == sum(s.total["bytes_kv_read"] for s in steps)
+    assert kv_read != 5 * steps[-1].total["bytes_kv_read"]            # never the final length for every step
+    assert gen.summary["tokens_per_s"] == pytest.approx(2 * 6 / gen.summary["total_s"])
+
+
+def test_flash_skips_causal_tiles_unfused_moves_scores():
+    fl = cm.analyze("llama2-7b", "h100-sxm", phase="prefill", seq_len=512, attention="flash")
+    un = cm.analyze("llama2-7b", "h100-sxm", phase="prefill", seq_len=512, attention="unfused")
+    a_fl = [r for r in fl.layers if r.op == "attention"][0]
+    a_un = [r for r in un.layers if r.op == "attention"][0]
+    assert a_fl.flops_dense == a_un.flops_dense == 2 * 32 * 512 * 512 * 256
+    assert a_fl.macs == 32 * (512 * 513 // 2) * 256                    # allowed (q, k) pairs only
+    assert a_un.macs == 32 * 512 * 512 * 256
+    assert a_un.bytes - a_fl.bytes == 4 * 32 * 512 * 512 * 2           # S and P written and read, bf16
+
+
+def test_int4_weights_carry_group_scales():
+    rep = cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=128, dtype="int4")
+    q = [r for r in rep.layers if r.name == "model.layers.0.self_attn.q_proj"][0]
+    n = 4096 * 4096
+    assert q.bytes_weights == n / 2 + n / 128 * 2                      # 4-bit codes + one fp16 scale per 128
+    assert q.dtype == "bf16"                                           # weight-only: bf16 tensor cores
+    g = cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=128, dtype="int4", group_size=64)
+    assert [r for r in g.layers if r.name == q.name][0].bytes_weights == n / 2 + n / 64 * 2
+    assert cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=128, dtype="fp8").layers[2].dtype == "fp8"
+    with pytest.raises(ValueError, match="no fp8 tensor rate"):
+        cm.analyze("llama2-7b", "a100-sxm-80gb", dtype="fp8")
+
+
+def test_tensor_parallel_splits_work_and_adds_ring_allreduce():
+    one = cm.analyze("llama2-70b", "h100-sxm", phase="decode", seq_len=512)
+    four = cm.analyze("llama2-70b", "h100-sxm", phase="decode", seq_len=512, tp=4)
+    mm = lambda rep: sum(r.macs for r in rep.layers if r.op == "matmul")
+    assert mm(four) == mm(one) // 4
+    ar = [r for r in four.layers if r.op == "allreduce"]
+    assert len(ar) == 2 * 80                                           # after o_proj and down_proj
+    d = cm.get_device("h100-sxm")
+    assert ar[0].t_comm == pytest.approx(2 * 3 / 4 * 8192 * 2 / d.interconnect)
+    assert one.summary["fits"] is False and four.summary["fits"] is True
+    with pytest.raises(ValueError, match="tp=3 does not divide"):
+        cm.analyze("llama2-7b", "h100-sxm", tp=3)
+
+
+def test_whisper_cross_kv_once_then_reread():
+    gen = cm.analyze("whisper-large-v3", "h100-sxm", phase="generate", seq_len=4, new_tokens=20)
+    cross_proj = [r for r in gen.layers if r.name.endswith("encoder_attn.k_proj")]
+    assert cross_proj and {r.phase for r in cross_proj} == {"prefill"}
+    cross = [r for r in gen.layers if r.name.endswith(".encoder_attn") and r.phase == "decode"]
+    assert all(r.bytes_kv_read == 19 * 2 * 1500 * 1280 * 2 for r in cross)   # 19 steps re-read 1500 frames
+    enc = [r for r in gen.layers if r.phase == "encoder"]
+    assert enc and gen.summary["encoder_s"] == pytest.approx(sum(r.t_lower for r in enc))
+    with pytest.raises(ValueError, match="exceeds the model's context of 448"):
+        cm.analyze("whisper-large-v3", "h100-sxm", phase="generate", seq_len=4, new_tokens=446)
+
+
+def test_clip_batches_are_separate():
+    a = cm.analyze("clip-vit-b-32", "a100-sxm-80gb", batch=8, text_batch=3)
+    img = sum(r.macs for r in a.layers if r.phase == "image")
+    txt = sum(r.macs for r in a.layers if r.phase == "text")
+    b = cm.analyze("clip-vit-b-32", "a100-sxm-80gb", batch=16, text_batch=3)
+    assert sum(r.macs for r in b.layers if r.phase == "image") == 2 * img
+    assert sum(r.macs for r in b.layers if r.phase == "text") == txt
+    sim = [r for r in a.layers if r.name == "logits_per_text"][0]
+    assert sim.macs == 3 * 512 * 8
+    assert a.summary["images_per_s"] == pytest.approx(8 / a.summary["image_s"])
+
+
+def test_clip_image_flops_match_open_clip_convention():
+    """open_clip counts ViT-B/32 image GFLOPs as MACs-based ~4.4; our flops_dense/2 is that figure."""
+    a = cm.analyze("clip-vit-b-32", "a100-sxm-80gb", phase="image", batch=1)
+    gmacs = sum(r.flops_dense for r in a.layers) / 2 / 1e9
+    assert 4.3 < gmacs < 4.5
+
+
+def test_sam_amortises_the_encoder_over_prompts():
+    one = cm.analyze("sam-vit-h", "a100-sxm-80gb", prompts=1)
+    many = cm.analyze("sam-vit-h", "a100-sxm-80gb", prompts=64)
+    assert many.summary["encoder_s"] == pytest.approx(one.summary["encoder_s"])
+    assert many.summary["amortised_s_per_prompt"] == pytest.approx(
+        (many.summary["encoder_s"] + many.summary["decoder_s"]) / 64)
+    assert many.summary["amortised_s_per_prompt"] < one.summary["amortised_s_per_prompt"] / 10
+    attn = [r for r in one.layers if r.name == "vision_encoder.layers.0.attn"][0]
+    assert "q[25,16,196,80]" in attn.shapes                            # 64 -> 70 padded: 25 windows of 14x14
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(model="gpt2"), "unknown model 'gpt2'"),
+    (dict(device="a100"), "unknown device 'a100'"),
+    (dict(phase="train"), "phase 'train' does not apply"),
+    (dict(batch=0), "batch must be an integer >= 1"),
+    (dict(seq_len=5000), "exceeds the model's context of 4096"),
+    (dict(dtype="fp4"), "dtype must be one of"),
+    (dict(attention="paged"), "attention must be 'flash' or 'unfused'"),
+])
+def test_bad_arguments_name_themselves(kw, match):
+    args = dict(model="llama2-7b", device="h100-sxm", phase="decode") | kw
+    with pytest.raises(ValueError, match=match):
+        cm.analyze(args.pop("model"), args.pop("device"), **args)
+
+
+def test_outputs_are_consistent():
+    import csv
+    import io
+    import json
+    rep = cm.analyze("sam-vit-b", "l4", prompts=4)
+    doc = json.loads(rep.to_json())
+    assert doc["params"] == rep.params and len(doc["layers"]) == len(rep.layers)
+    assert doc["total"]["flops"] == sum(r.flops for r in rep.layers)
+    rows = list(csv.reader(io.StringIO(rep.to_csv().split("\n", 1)[1])))
+    assert tuple(rows[0]) == SCHEMA and len(rows) == len(rep.layers) + 1
+    md = rep.to_markdown()
+    assert md.startswith("# sam-vit-b") and "| TOTAL |" in md
+    assert "amortised_s_per_prompt" in rep.to_table()
+    assert not math.isnan(rep.total["t_lower"])

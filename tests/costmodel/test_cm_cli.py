@@ -1,0 +1,89 @@
+"""The costmodel command: every format, the plots, the device table, comparisons, clean errors."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from costmodel.cli import main
+from costmodel.graph import SCHEMA
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("fmt", ["table", "md", "csv", "json"])
+def test_report_every_format(capsys, fmt):
+    rc, out, err = run(capsys, "report", "llama2-7b", "--device", "h100-sxm", "--phase", "decode", "--seq-len", "2048",
+                       "--format", fmt)
+    assert rc == 0, err
+    if fmt == "json":
+        doc = json.loads(out)
+        assert doc["params"] == 6738415616 and doc["summary"]["tpot_s"] > 0
+    elif fmt == "csv":
+        rows = list(csv.reader(io.StringIO(out.split("\n", 1)[1])))
+        assert tuple(rows[0]) == SCHEMA and len(rows) > 400
+        assert "params=6738415616" in out.splitlines()[0]
+    elif fmt == "md":
+        assert "| tpot_s |" in out and "| TOTAL |" in out
+    else:
+        assert "tpot_s" in out and "model.layers.*.mlp.down_proj" in out
+
+
+def test_report_to_file_and_per_layer(capsys, tmp_path):
+    f = tmp_path / "r.md"
+    rc, out, err = run(capsys, "report", "whisper-tiny", "--device", "l4", "--format", "md", "--per-layer", "-o", str(f))
+    assert rc == 0 and f.is_file() and "model.decoder.layers.3.encoder_attn" in f.read_text()
+
+
+@pytest.mark.parametrize("kind", ["roofline", "breakdown", "both"])
+def test_plot_is_written(capsys, tmp_path, kind):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib")
+    png = tmp_path / f"{kind}.png"
+    rc, out, err = run(capsys, "plot", "sam-vit-b", "--device", "a100-sxm-80gb", "--kind", kind, "-o", str(png))
+    assert rc == 0, err
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_devices_and_compare(capsys):
+    rc, out, _ = run(capsys, "devices")
+    assert rc == 0 and "h100-sxm" in out and "3350" in out
+    rc, out, _ = run(capsys, "devices", "--json")
+    assert json.loads(out)["a100-sxm-80gb"]["sources"]["bandwidth_gbps"].startswith("ref")
+    rc, out, err = run(capsys, "compare", "clip-vit-l-14", "--devices", "a100-sxm-80gb,h100-sxm,l4", "--batch", "32")
+    assert rc == 0, err
+    assert "images_per_s" in out and "l4" in out.splitlines()[1]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["report", "llama2-7x", "--device", "h100-sxm"], "unknown model 'llama2-7x'"),
+    (["report", "llama2-7b", "--device", "h1000"], "unknown device 'h1000'"),
+    (["report", "llama2-7b", "--device", "h100-sxm", "--batch", "-1"], "batch must be"),
+    (["report", "llama2-7b", "--device", "h100-sxm", "--phase", "image"], "phase 'image' does not apply"),
+    (["report", "llama2-7b", "--device", "v100-sxm2"], "no bf16 tensor rate"),
+    (["report", "llama2-7b", "--device", "h100-sxm", "--format", "xml"], "invalid choice"),
+    (["report", "llama2-7b"], "--device"),
+    (["compare", "llama2-7b", "--devices", ","], "at least one device"),
+    (["--devices-file", "/nonexistent.toml", "devices"], "does not exist"),
+])
+def test_bad_input_is_a_clean_error(capsys, argv, msg):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2
+    assert msg in err and "Traceback" not in err
+
+
+def test_console_entry_point_runs_as_a_process():
+    p = subprocess.run([sys.executable, "-m", "costmodel.cli", "report", "nope", "--device", "h100-sxm"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and "unknown model 'nope'" in p.stderr and "Traceback" not in p.stderr
