@@ -68,7 +68,7 @@ def _side(v, what: str) -> int:
 
 @dataclass
 class VisionConfig:
-    """``vision_config`` of an HF SamConfig (defaults: SAM ViT-H's neighbour ViT-B width)."""
+    """``vision_config`` of an HF SamConfig (defaults as transformers': the ViT-B image encoder)."""
     hidden_size: int = 768
     output_channels: int = 256
     num_hidden_layers: int = 12
@@ -356,7 +356,7 @@ def init_weights(config: Config, seed: int = 0) -> dict[str, np.ndarray]:
         elif leaf == "bias":
             w[name] = np.zeros(shape, np.float32)
         else:
-            w[name] = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+            w[name] = np.float32(0.02) * rng.standard_normal(shape, dtype=np.float32)
     return w
 
 
