@@ -1027,7 +1027,8 @@ def demo() -> str:
     box_masks, box_scores, _ = predictor.predict(box=[20, 10, 120, 70], multimask_output=False)
     return (f"sam-tiny (random weights, backend {kernels.get_backend()}): image {image.shape[1]}x{image.shape[0]} -> "
             f"embeddings {predictor.image_embeddings.shape}; point (80,40) -> {masks.shape[0]} masks {masks.shape[1:]} "
-            f"iou {np.round(scores, 3).tolist()}; box -> 1 mask, {int(box_masks[0].sum())} px, iou {box_scores[0]:.3f}")
+            f"iou [{', '.join(f'{x:.2e}' for x in scores)}]; box -> 1 mask of {int(box_masks[0].sum())} px, "
+            f"iou {box_scores[0]:.2e}")
 
 
 def _pair_of_numbers(text: str, n: int, what: str):
