@@ -131,9 +131,11 @@ class Config:
         if rope_type not in _ROPE_TYPES:
             raise ValueError(f"config.json asks for RoPE scaling type {rope_type!r}, which is not implemented "
                              f"(supported: {', '.join(_ROPE_TYPES)})")
-        kw = {k: cfg[k] for k in ("num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
+        # absent keys take transformers' LlamaConfig defaults, which differ from LLaMA 2's for these two
+        kw = {"max_position_embeddings": 2048, "rms_norm_eps": 1e-6}
+        kw.update({k: cfg[k] for k in ("num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
                                    "tie_word_embeddings", "hidden_act",
-                                   "attention_bias", "mlp_bias") if cfg.get(k) is not None}
+                                   "attention_bias", "mlp_bias") if cfg.get(k) is not None})
         kw.update({k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg})     # null = none
         return cls(**{k: cfg[k] for k in required}, **kw, rope_theta=float(theta),
                    rope_scaling=None if rope_type == "default" else {"rope_type": rope_type, "factor": factor})
@@ -529,9 +531,12 @@ class Llama2:
                              f"max_position_embeddings={self.config.max_position_embeddings}")
         eos = self.config.eos_ids if eos_token_id is ... else (
             () if eos_token_id is None else tuple(np.atleast_1d(eos_token_id).tolist()))
+        return self._steps(ids, max_new_tokens, temperature, top_k, top_p, np.random.default_rng(seed), eos)
+
+    def _steps(self, ids, max_new_tokens, temperature, top_k, top_p, rng, eos) -> Iterator[np.ndarray]:
         if max_new_tokens == 0:
             return
-        rng = np.random.default_rng(seed)
+        B, T = ids.shape
         cache = self.new_cache(B, T + max_new_tokens)
         done = np.zeros(B, dtype=bool)
         logits = self.forward(ids, cache, last_only=True)[:, -1]                 # [B, V]

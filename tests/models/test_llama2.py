@@ -75,6 +75,8 @@ def test_config_from_hf_rope_theta_versions():
     c = Config.from_hf(v5)
     assert c.rope_theta == 1234.0 and c.rope_scaling is None
     assert c.num_key_value_heads == 4 and c.head_dim == 8                                # defaults
+    assert (c.rms_norm_eps, c.max_position_embeddings) == (1e-6, 2048)                   # LlamaConfig's defaults
+    assert Config.from_hf({**base, "eos_token_id": [2, 7]}).eos_ids == (2, 7)
     lin = Config.from_hf({**base, "rope_scaling": {"type": "linear", "factor": 2.0}})
     assert lin.rope_scaling == {"rope_type": "linear", "factor": 2.0}
     assert Config.from_hf(c.to_hf()) == c
@@ -152,6 +154,8 @@ def test_generate_argument_checks():
         with pytest.raises(ValueError, match=match):
             m.generate(ids, **{"max_new_tokens": 2, **kw})
     np.testing.assert_array_equal(m.generate(ids, max_new_tokens=0), ids)
+    with pytest.raises(ValueError, match="top_p"):
+        m.generate_stream(ids, top_p=0)                    # checked at the call, before iterating
 
 
 def test_missing_or_misshapen_weights():
