@@ -222,8 +222,7 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1, 
         else:
             layers = prefill_graph()
             ttft = _t(layers)
-            steps = (decode_graph(seq_len + j + 1, str(j + 1)) for j in range(n_new - 1))
-            decode = _sum_steps(steps, f"1..{n_new - 1}")
+            decode = _sum_decode(decode_graph, [seq_len + j + 1 for j in range(n_new - 1)], f"1..{n_new - 1}")
             layers = layers + decode
             t_dec = _t(decode)
             total = ttft + t_dec
@@ -296,6 +295,44 @@ def _weight_bytes(params: int, prec: Precision) -> float:
     return prec.weight_bytes(params, 0)
 
 
+def _sum_decode(make, kv_lens: list[int], label: str) -> list[Layer]:
+    """Sum the decode steps at KV lengths ``kv_lens`` (consecutive) record by record, each step
+    timed at its own length (t_lower = max(compute, memory) per step, then summed).
+
+    The counts of a decode step are affine in the KV length (only attention and the cache depend
+    on it), so steps 1 and 2 give every record's per-step increment; the last step, built
+    explicitly, must match the extrapolation exactly, else every step is built one by one."""
+    n = len(kv_lens)
+    if n == 0:
+        return []
+    if n <= 3:
+        return _sum_steps([make(k, str(k)) for k in kv_lens], label)
+    first, second, last = make(kv_lens[0], ""), make(kv_lens[1], ""), make(kv_lens[-1], "")
+    fields = COUNT_FIELDS + ("t_compute", "t_memory", "t_comm")
+    affine = len(first) == len(second) == len(last) and all(
+        getattr(c, f) == getattr(a, f) + (n - 1) * (getattr(b, f) - getattr(a, f))
+        for a, b, c in zip(first, second, last) for f in COUNT_FIELDS)
+    if not affine:
+        return _sum_steps((make(k, str(k)) for k in kv_lens), label)
+    out = []
+    for a, b in zip(first, second):
+        acc = dataclasses.replace(a, step=label)
+        d = {f: getattr(b, f) - getattr(a, f) for f in fields}
+        for f in fields:                               # sum over j of (a + j d), j = 0 .. n-1
+            setattr(acc, f, n * getattr(a, f) + d[f] * (n * (n - 1) // 2))
+        if any(d[f] for f in ("t_compute", "t_memory")):
+            tl = tu = 0.0
+            for j in range(n):
+                tc, tm = a.t_compute + j * d["t_compute"], a.t_memory + j * d["t_memory"]
+                tl += max(tc, tm)
+                tu += tc + tm
+            acc.t_lower, acc.t_upper = tl + acc.t_comm, tu + acc.t_comm
+        else:
+            acc.t_lower, acc.t_upper = n * a.t_lower, n * a.t_upper
+        out.append(acc)
+    return _finish_sum(out, label)
+
+
 def _sum_steps(steps, label: str) -> list[Layer]:
     """Add decode steps record by record (the graphs of two steps differ only in their lengths),
     times included: each step's roofline is applied to that step, then summed."""
@@ -307,10 +344,14 @@ def _sum_steps(steps, label: str) -> list[Layer]:
         for acc, r in zip(out, step):
             for f in COUNT_FIELDS + TIME_FIELDS:
                 setattr(acc, f, getattr(acc, f) + getattr(r, f))
+    return _finish_sum(out, label)
+
+
+def _finish_sum(out: list[Layer], label: str) -> list[Layer]:
     for acc in out:
         acc.intensity = acc.flops / acc.bytes if acc.bytes else 0.0
         if acc.op != "allreduce" and (acc.t_compute or acc.t_memory):
             acc.bound = "compute" if acc.t_compute >= acc.t_memory else "memory"
-        if " causal" in acc.shapes or "kv[" in acc.shapes:
+        if " kv[" in acc.shapes:
             acc.shapes = acc.shapes.split(" kv[")[0] + f" kv[... summed over steps {label}]"
     return out

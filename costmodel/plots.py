@@ -38,27 +38,34 @@ def roofline(rep, ax=None, label_top: int = 6):
     ys = [r.flops / r.t_lower for r in pts]
     lo, hi = min(xs + [0.1]) / 2, max(xs + [dev.ridge(pts[0].dtype) if dev.supports(pts[0].dtype) else 1e3]) * 4
     grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
-    ax.plot(grid, [dev.bandwidth * x for x in grid], color="black", lw=1.2,
-            label=f"memory {dev.bandwidth / 1e9:,.0f} GB/s")
-    dtypes = sorted({r.dtype for r in pts if r.op in ("matmul", "conv", "attention") and dev.supports(r.dtype)})
+    dtypes = sorted({r.dtype for r in pts if r.op in ("matmul", "conv", "attention") and dev.supports(r.dtype)},
+                    key=dev.peak)
+    top_peak = max([dev.peak(dt) for dt in dtypes] + [dev.vector_peak])
+    # the memory roof rises until the highest compute roof; each compute roof starts at its ridge point
+    ax.plot(grid, [min(dev.bandwidth * x, top_peak) for x in grid], color="black", lw=1.4,
+            label=f"memory roof {dev.bandwidth / 1e9:,.0f} GB/s")
     for dt in dtypes:
-        ax.axhline(dev.peak(dt), color="tab:blue", ls="--", lw=1)
-        ax.text(lo * 1.1, dev.peak(dt) * 1.08, f"tensor {dt}: {dev.peak(dt) / 1e12:,.1f} TFLOP/s", fontsize=8,
-                color="tab:blue")
-    ax.axhline(dev.vector_peak, color="tab:green", ls=":", lw=1)
-    ax.text(lo * 1.1, dev.vector_peak * 1.08, f"vector fp32: {dev.vector_peak / 1e12:,.1f} TFLOP/s", fontsize=8,
-            color="tab:green")
+        roof = [dev.peak(dt) for x in grid if dev.bandwidth * x >= dev.peak(dt)]
+        ax.plot(grid[len(grid) - len(roof):], roof, color="tab:blue", ls="--", lw=1.2)
+        ax.text(hi / 1.2, dev.peak(dt) * 1.1, f"tensor {dt} {dev.peak(dt) / 1e12:,.1f} TFLOP/s", fontsize=8,
+                color="tab:blue", ha="right")
+    vroof = [dev.vector_peak for x in grid if dev.bandwidth * x >= dev.vector_peak]
+    ax.plot(grid[len(grid) - len(vroof):], vroof, color="tab:green", ls=":", lw=1.2)
+    ax.text(hi / 1.2, dev.vector_peak * 1.1, f"vector fp32 {dev.vector_peak / 1e12:,.1f} TFLOP/s (softmax, norms, "
+            f"activations)", fontsize=8, color="tab:green", ha="right")
     seen = set()
     for r, x, y in zip(pts, xs, ys):
         ax.scatter([x], [y], s=18, color=_COLORS.get(r.op, "black"), alpha=0.7,
                    label=r.op if r.op not in seen else None, zorder=3)
         seen.add(r.op)
     top = sorted(grouped(rep), key=lambda g: -g["t_lower"])[:label_top]
-    for g in top:
+    for k, g in enumerate(top):
         if g["bytes"] and g["flops"] and g["t_lower"]:
-            ax.annotate(g["name"].split(".")[-1] if g["name"].count(".") > 2 else g["name"],
-                        (g["intensity"], g["flops"] / g["t_lower"]), fontsize=7, xytext=(4, -10),
-                        textcoords="offset points")
+            short = ".".join(p for p in g["name"].split(".")[-3:] if p != "*")
+            ax.annotate(f"{short} ({g['phase']})" if g["phase"] else short,
+                        (g["intensity"], g["flops"] / g["t_lower"]), fontsize=7,
+                        xytext=(6, -12 - 9 * (k % 3)), textcoords="offset points",
+                        arrowprops=dict(arrowstyle="-", lw=0.5, color="gray"))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte of DRAM traffic)")

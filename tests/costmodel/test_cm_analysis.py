@@ -57,6 +57,18 @@ def test_generate_sums_decode_steps_one_by_one():
     assert gen.summary["tokens_per_s"] == pytest.approx(2 * 6 / gen.summary["total_s"])
 
 
+def test_long_generation_equals_explicit_step_loop():
+    """The fast path (counts affine in the KV length, checked against the last step) gives what
+    building and timing every step does."""
+    gen = cm.analyze("whisper-large-v3", "l4", phase="generate", seq_len=4, new_tokens=41, batch=3)
+    steps = [cm.analyze("whisper-large-v3", "l4", phase="decode", seq_len=4 + j, batch=3) for j in range(1, 41)]
+    dec = [r for r in gen.layers if r.phase == "decode"]
+    for i, r in enumerate(dec):
+        assert r.t_lower == pytest.approx(sum(s.layers[i].t_lower for s in steps), rel=1e-12)
+        assert r.bytes_kv_read == sum(s.layers[i].bytes_kv_read for s in steps)
+        assert r.flops == sum(s.layers[i].flops for s in steps)
+
+
 def test_flash_skips_causal_tiles_unfused_moves_scores():
     fl = cm.analyze("llama2-7b", "h100-sxm", phase="prefill", seq_len=512, attention="flash")
     un = cm.analyze("llama2-7b", "h100-sxm", phase="prefill", seq_len=512, attention="unfused")
