@@ -178,3 +178,27 @@ def test_outputs_are_consistent():
     assert md.startswith("# sam-vit-b") and "| TOTAL |" in md
     assert "amortised_s_per_prompt" in rep.to_table()
     assert not math.isnan(rep.total["t_lower"])
+
+
+def test_custom_config_and_its_label():
+    import dataclasses
+    import pyworkloads as pw
+    cfg = dataclasses.replace(pw.llama2.PRESETS["llama2-7b"], num_hidden_layers=2)
+    rep = cm.analyze(cfg, "h100-sxm", phase="prefill", seq_len=64)
+    assert rep.model == "llama2 (custom config)"
+    assert rep.params == pw.llama2.count_params(cfg)
+    assert {r.name.split(".")[2] for r in rep.layers if r.name.startswith("model.layers.")} == {"0", "1"}
+    with pytest.raises(TypeError, match="preset name or a pyworkloads model Config"):
+        cm.analyze(42, "h100-sxm")
+
+
+def test_devices_from_the_environment(tmp_path, monkeypatch):
+    import costmodel.hardware as hw
+    f = tmp_path / "extra.toml"
+    f.write_text('[device.lab-gpu]\nname = "Lab GPU"\nfp32_tflops = 20\nbf16_tflops = 200\n'
+                 'memory_gb = 48\nbandwidth_gbps = 1000\n')
+    monkeypatch.setenv("COSTMODEL_DEVICES", str(f))
+    monkeypatch.setattr(hw, "_db", None)
+    rep = cm.analyze("llama2-7b", "lab-gpu", phase="decode", seq_len=64)
+    assert rep.summary["tpot_s"] == pytest.approx(rep.total["bytes"] / 1000e9, rel=0.01)
+    monkeypatch.setattr(hw, "_db", None)

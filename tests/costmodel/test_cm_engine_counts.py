@@ -131,3 +131,20 @@ def test_whisper_encoder_and_decoder():
     g_whisper.encoder(gb, cfg, 1)
     g_whisper.decoder(gb, cfg, 1, 5, 0, cross="compute", logits="all")
     assert_same(gb.layers, prof)
+
+
+def test_whisper_decode_step_rereads_cross_kv():
+    wmod = pw.whisper
+    w = wmod.from_preset("whisper-tiny-random", seed=0)
+    cfg = w.config
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((2, cfg.num_mel_bins, 2 * cfg.max_source_positions)).astype(np.float32)
+    audio = wmod.encoder_forward(w.weights, cfg, feats)
+    cross = wmod.cross_attention_kv(w.weights, cfg, audio)
+    cache = wmod.KVCache(cfg, 2)
+    wmod.decoder_forward(w.weights, cfg, np.full((2, 5), cfg.decoder_start_token_id), cross, cache)
+    with pw.profile() as prof:                        # one step at self-attention KV length 6
+        wmod.decoder_forward(w.weights, cfg, np.array([[7], [9]]), cross, cache)
+    gb = engine_builder()
+    g_whisper.decoder(gb, cfg, 2, 1, 5, cross="cached", logits="last")
+    assert_same(gb.layers, prof)
