@@ -8,7 +8,7 @@ on torch CPU, the same random weights, in the same run.
 Both sides do the same work: prefill = one forward over the prompt that fills the KV cache and
 computes the logits of the last position only (transformers: ``logits_to_keep=1``); decode = one
 single-token forward per step against the cache, greedy.  Reported: median over --repeats (after
-a short warm-up run) in tokens/s (batch x tokens / seconds), and each backend's ratio to torch.
+a short warm-up run; repeats go round-robin over the implementations) in tokens/s (batch x tokens / seconds), and each backend's ratio to torch.
 """
 from __future__ import annotations
 
@@ -68,10 +68,17 @@ def time_torch(hf, ids: np.ndarray, steps: int):
     return t1 - t0, (t2 - t1) / steps
 
 
-def measure(fn, warmup, repeats: int):
-    warmup()                                                     # a short run: threads, allocator, caches
-    runs = [fn() for _ in range(repeats)]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+def measure(cases: dict, repeats: int) -> dict:
+    """{name: (run, warmup)} -> {name: (median prefill s, median decode s/step)}.  The repeats
+    go round-robin over the implementations, so a change in machine load during the run (shared
+    cores) hits all of them alike instead of whichever happened to run then."""
+    for _, warmup in cases.values():
+        warmup()                                                 # a short run: threads, allocator, caches
+    runs = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, (run, _) in cases.items():
+            runs[name].append(run())
+    return {name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs)) for name, rs in runs.items()}
 
 
 def main(argv=None) -> int:
@@ -102,11 +109,14 @@ def main(argv=None) -> int:
     print(f"batch {B}, prompt {T} tokens, {N} decode steps; median of {args.repeats} after a warm-up | "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
 
-    rows = {}
-    for b in backends:
-        with pw.use_backend(b):
-            rows[f"pyworkloads[{b}]"] = measure(lambda: time_ours(model, ids, N),
-                                                lambda: time_ours(model, ids[:, :8], 2), args.repeats)
+    def on(backend, fn):
+        def run():
+            with pw.use_backend(backend):
+                return fn()
+        return run
+
+    cases = {f"pyworkloads[{b}]": (on(b, lambda: time_ours(model, ids, N)), on(b, lambda: time_ours(model, ids[:, :8], 2)))
+             for b in backends}
     if not args.no_torch:
         try:
             import torch
@@ -121,9 +131,9 @@ def main(argv=None) -> int:
             diff = float(np.abs(model(ids) - ref).max())
             print(f"same weights: max |logits - transformers| = {diff:.2e}; torch {torch.__version__}, "
                   f"{torch.get_num_threads()} threads")
-            rows["transformers[torch cpu]"] = measure(lambda: time_torch(hf, ids, N),
-                                                     lambda: time_torch(hf, ids[:, :8], 2), args.repeats)
+            cases["transformers[torch cpu]"] = (lambda: time_torch(hf, ids, N), lambda: time_torch(hf, ids[:, :8], 2))
 
+    rows = measure(cases, args.repeats)
     base = rows.get("transformers[torch cpu]")
     print(f"\n{'implementation':<26} {'prefill tok/s':>14} {'decode tok/s':>13} {'ms/step':>9} "
           f"{'prefill x torch':>16} {'decode x torch':>15}")
