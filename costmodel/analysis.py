@@ -181,7 +181,8 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1, 
             ctx = cfg.max_target_positions
             seq_len = 4 if seq_len is None else seq_len     # <|startoftranscript|><|lang|><|task|><|notimestamps|>
         _positive("seq_len", seq_len)
-        n_new = (128 if family == "llama2" else 224) if new_tokens is None else _positive("new_tokens", new_tokens)
+        # defaults: 128 generated tokens for LLaMA; ~100 for 30 s of speech (about 75 words) in Whisper
+        n_new = (128 if family == "llama2" else 100) if new_tokens is None else _positive("new_tokens", new_tokens)
         last = seq_len + (n_new - 1 if phase == "generate" else 0)
         if last > ctx:
             raise ValueError(f"seq_len {seq_len}" + (f" + new_tokens {n_new} - 1" if phase == "generate" else "")
