@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import analysis, hardware as _devices
@@ -180,6 +181,9 @@ def main(argv=None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"costmodel: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                       # `costmodel report ... | head`: the reader left
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except OSError as exc:
         print(f"costmodel: error: {exc}", file=sys.stderr)
         return 1

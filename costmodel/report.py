@@ -120,9 +120,25 @@ def _rows(rep, per_layer: bool):
     return head, rows
 
 
+def _phase_rows(rep) -> list[list[str]]:
+    """Totals per phase (encoder / prefill / decode ...), when the report has more than one."""
+    ph = rep.by_phase()
+    if len(ph) < 2:
+        return []
+    return [[name, f"{t['flops'] / 1e9:,.3f}", f"{t['bytes'] / 1e6:,.2f}", fmt_time(t["t_lower"]), fmt_time(t["t_upper"])]
+            for name, t in ph.items()]
+
+
+PHASE_HEAD = ["phase", "GFLOP", "MB", "t_lower", "t_upper"]
+
+
 def to_markdown(rep, per_layer: bool = False) -> str:
     lines = [f"# {rep.model} on {rep.device.name}: {rep.phase}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in fmt_summary(rep)]
+    phases = _phase_rows(rep)
+    if phases:
+        lines += ["", "| " + " | ".join(PHASE_HEAD) + " |", "|---|" + "---:|" * (len(PHASE_HEAD) - 1)]
+        lines += ["| " + " | ".join(r) + " |" for r in phases]
     head, rows = _rows(rep, per_layer)
     lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join("---:" if i > 2 else "---" for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -134,6 +150,10 @@ def to_markdown(rep, per_layer: bool = False) -> str:
 def to_table(rep, per_layer: bool = False, width: int = 132) -> str:
     """A fixed-width table for the terminal (layer names are cut to fit ``width``)."""
     out = [f"{k:>22}: {v}" for k, v in fmt_summary(rep)]
+    phases = _phase_rows(rep)
+    if phases:
+        out += ["", "  ".join(f"{h:>12}" for h in PHASE_HEAD)]
+        out += ["  ".join(f"{c:>12}" for c in r) for r in phases]
     head, rows = _rows(rep, per_layer)
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     spare = width - (sum(widths) + 2 * (len(widths) - 1))

@@ -63,7 +63,7 @@ def image_positional_embeddings(gb: GraphBuilder, cfg) -> None:
     gb.elementwise("shared_image_embedding.sincos", E * E * 2 * F, 2, what="sin, cos")
 
 
-def _attention(gb, name, n, tq, tk, q_rows_from, cfg_md, downsample):
+def _attention(gb, name, n, tq, tk, cfg_md, downsample):
     """SamAttention: q from tq tokens, k/v from tk tokens (each of the n prompts), width C/downsample."""
     C, H = cfg_md.hidden_size, cfg_md.num_attention_heads
     Ci = C // downsample
@@ -96,17 +96,17 @@ def prompt_decoder(gb: GraphBuilder, cfg, batch: int, prompts: int, points: int 
     dr = md_cfg.attention_downsample_rate
     for i in range(md_cfg.num_hidden_layers):
         L = f"{tr}.layers.{i}"
-        _attention(gb, f"{L}.self_attn", n, T, T, None, md_cfg, 1)
+        _attention(gb, f"{L}.self_attn", n, T, T, md_cfg, 1)
         gb.norm(f"{L}.layer_norm1", "layer_norm", n * T, C)
-        _attention(gb, f"{L}.cross_attn_token_to_image", n, T, K, None, md_cfg, dr)
+        _attention(gb, f"{L}.cross_attn_token_to_image", n, T, K, md_cfg, dr)
         gb.norm(f"{L}.layer_norm2", "layer_norm", n * T, C)
         gb.linear(f"{L}.mlp.lin1", n * T, C, md_cfg.mlp_dim, True, parallel="col")
         gb.activation(f"{L}.mlp.act", md_cfg.hidden_act, n * T * md_cfg.mlp_dim // gb.tp)
         gb.linear(f"{L}.mlp.lin2", n * T, md_cfg.mlp_dim, C, True, parallel="row")
         gb.norm(f"{L}.layer_norm3", "layer_norm", n * T, C)
-        _attention(gb, f"{L}.cross_attn_image_to_token", n, K, T, None, md_cfg, dr)
+        _attention(gb, f"{L}.cross_attn_image_to_token", n, K, T, md_cfg, dr)
         gb.norm(f"{L}.layer_norm4", "layer_norm", n * K, C)
-    _attention(gb, f"{tr}.final_attn_token_to_image", n, T, K, None, md_cfg, dr)
+    _attention(gb, f"{tr}.final_attn_token_to_image", n, T, K, md_cfg, dr)
     gb.norm(f"{tr}.layer_norm_final_attn", "layer_norm", n * T, C)
     md = "mask_decoder"
     gb.conv2d(f"{md}.upscale_conv1", n, C, C // 4, (2, 2), (E, E), (2 * E, 2 * E), bias=True, transposed=True)

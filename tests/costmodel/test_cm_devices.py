@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 import costmodel as cm
-from costmodel.hardware import DATA_FILE, NUMERIC_FIELDS, PEAK_FIELDS, load_devices, value_from_quote
+from costmodel.hardware import DATA_FILE, NUMERIC_FIELDS, load_devices, value_from_quote
 
 RAW = tomllib.loads(DATA_FILE.read_text())["device"]
 SOURCES = tomllib.loads(DATA_FILE.read_text())["sources"]
