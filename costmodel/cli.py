@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.add_argument("--cpu", action="store_true", help="include this machine (runs the short calibration)")
     d.add_argument("--recalibrate", action="store_true", help="re-measure the cpu device")
+    d.add_argument("--check", metavar="FILE", nargs="?", const="",
+                   help="lint a devices file (default: the built-in one): every figure must re-derive from its "
+                        "quoted source; exit 1 on problems")
     c = sub.add_parser("compare", help="one model on several devices, side by side")
     _workload_args(c)
     c.add_argument("--devices", required=True, help="comma-separated device names")
@@ -98,6 +101,12 @@ def _emit(text: str, path: str | None):
 
 
 def _cmd_devices(a) -> int:
+    if a.check is not None:
+        problems = _devices.check_file(a.check or _devices.DATA_FILE)
+        for p in problems:
+            print(p)
+        print(f"{len(problems)} problem(s) in {a.check or _devices.DATA_FILE}", file=sys.stderr)
+        return 1 if problems else 0
     if a.recalibrate:
         _devices.cpu_device(recalibrate=True)
     db = _devices.devices(include_cpu=a.cpu or a.recalibrate)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Device", "get_device", "devices", "load_devices", "cpu_device", "DATA_FILE", "PEAK_FIELDS"]
+__all__ = ["Device", "get_device", "devices", "load_devices", "cpu_device", "check_file", "DATA_FILE", "PEAK_FIELDS"]
 
 DATA_FILE = Path(__file__).with_name("devices.toml")
 
@@ -266,3 +266,34 @@ def value_from_quote(quote: str) -> float | None:
     if "TB/s" in head or "PFLOPS" in head:
         v *= 1000
     return v
+
+
+def check_entry(key: str, e: dict, sources: dict) -> list[str]:
+    """Problems of one device entry: a numeric field without a source, an unknown source id, or a
+    value its own quote does not re-derive (see :func:`value_from_quote`)."""
+    problems = []
+    for f in NUMERIC_FIELDS:
+        if f not in e:
+            continue
+        quote = e.get("source", {}).get(f)
+        if not quote:
+            problems.append(f"{key}.{f}: no source")
+            continue
+        src = quote.split(":")[0].split(" ")[0]
+        if src not in sources:
+            problems.append(f"{key}.{f}: unknown source id {src!r} (add it to [sources])")
+        derived = value_from_quote(quote)
+        if derived is None or abs(derived - e[f]) > 0.005 * abs(e[f]):
+            problems.append(f"{key}.{f} = {e[f]} but its quote {quote!r} gives {derived}")
+    if not isinstance(e.get("memory_gb"), int):
+        problems.append(f"{key}.memory_gb must be the printed integer GB, got {e.get('memory_gb')!r}")
+    return problems
+
+
+def check_file(path: str | os.PathLike = DATA_FILE) -> list[str]:
+    """Every problem :func:`check_entry` finds in a devices file (empty: the file is clean)."""
+    path = Path(path)
+    text = path.read_bytes()
+    data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text.decode())
+    load_devices(path)                                     # the structural checks first
+    return [p for key, e in data["device"].items() for p in check_entry(key, e, data.get("sources", {}))]

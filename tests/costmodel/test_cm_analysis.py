@@ -98,6 +98,10 @@ def test_tensor_parallel_splits_work_and_adds_ring_allreduce():
     four = cm.analyze("llama2-70b", "h100-sxm", phase="decode", seq_len=512, tp=4)
     mm = lambda rep: sum(r.macs for r in rep.layers if r.op == "matmul")
     assert mm(four) == mm(one) // 4
+    # GQA: 8 KV heads -> cache reads use 8 heads, query-side products 64
+    assert one.total["bytes_kv_read"] == 2 * 80 * 8 * 128 * 512 * 2
+    att = [r for r in one.layers if r.op == "attention"][0]
+    assert att.macs == 64 * 512 * 256
     ar = [r for r in four.layers if r.op == "allreduce"]
     assert len(ar) == 2 * 80                                           # after o_proj and down_proj
     d = cm.get_device("h100-sxm")

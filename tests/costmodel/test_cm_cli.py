@@ -61,6 +61,8 @@ def test_devices_and_compare(capsys):
     assert rc == 0 and "h100-sxm" in out and "3350" in out
     rc, out, _ = run(capsys, "devices", "--json")
     assert json.loads(out)["a100-sxm-80gb"]["sources"]["bandwidth_gbps"].startswith("ref")
+    rc, out, err = run(capsys, "devices", "--check")
+    assert rc == 0 and "0 problem(s)" in err
     rc, out, err = run(capsys, "compare", "clip-vit-l-14", "--devices", "a100-sxm-80gb,h100-sxm,l4", "--batch", "32")
     assert rc == 0, err
     assert "images_per_s" in out and "l4" in out.splitlines()[1]

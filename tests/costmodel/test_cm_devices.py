@@ -36,6 +36,14 @@ def test_every_figure_has_a_source_and_matches_its_quote(key):
             f"{key}.{f} = {e[f]} but its quote {quote!r} gives {derived}"
 
 
+def test_check_file_is_clean_and_catches_a_sparse_entry(tmp_path):
+    assert cm.hardware.check_file() == []
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DATA_FILE.read_text().replace("bf16_tflops = 989.4\n", "bf16_tflops = 1978.9\n", 1))
+    problems = cm.hardware.check_file(bad)
+    assert len(problems) == 1 and "h100-sxm.bf16_tflops = 1978.9" in problems[0]
+
+
 def test_quote_rule_catches_the_known_traps():
     assert value_from_quote("nv-h100: BF16 Tensor Core 1,979 teraFLOPS with sparsity") == pytest.approx(989.5)
     assert value_from_quote("x: NVLink 900 GB/s total") == 450
