@@ -5,7 +5,7 @@ score and value products included, masks ignored) -- the flops_dense convention.
 built from the same pyworkloads configs (``Config.to_hf()``) with random weights."""
 from __future__ import annotations
 
-from tests.conftest import require_transformers
+from conftest import require_transformers
 from costmodel.graph import GraphBuilder, Precision
 from costmodel.graphs import clip as g_clip, llama2 as g_llama, sam as g_sam, whisper as g_whisper
 

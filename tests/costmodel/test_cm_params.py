@@ -8,7 +8,7 @@ import pytest
 
 import costmodel as cm
 from costmodel.graphs import clip as g_clip, llama2 as g_llama, sam as g_sam, whisper as g_whisper
-from tests.conftest import require_transformers
+from conftest import require_transformers
 
 GRAPHS = {"llama2": g_llama, "clip": g_clip, "sam": g_sam, "whisper": g_whisper}
 
