@@ -1,6 +1,13 @@
 """The cost model's bounds next to published measurements (the figures quoted in the costmodel note).
 
 Run:  python examples/costmodel_published.py   (PYTHONPATH=. from a source checkout)
+Published measurements used:
+  Llama-2-7B, batch 1, 128 in / 20 out, TP 1: 234.0 ms (A100 80GB SXM4), 153.8 ms (H100 80GB HBM3)
+      https://docs.nvidia.com/nemo-framework/user-guide/latest/performance/llama.html
+  SAM image encoder "~0.15 seconds on an NVIDIA A100 GPU" (segment-anything.com FAQ, as quoted at
+      https://ips99.com/show/4/287950.html)
+  Whisper large-v3-turbo, 120 s of speech in 0.201 s on one H100 SXM
+      https://inferencebench.io/blog/whisper-large-v3-turbo-597x-realtime-asr-benchmark/
 Each line is a roofline *bound* (perfect overlap of compute and memory at datasheet peaks), so a
 measured time should be longer; the ratio bound / measured is the efficiency the software reached.
 """
