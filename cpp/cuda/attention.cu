@@ -1,0 +1,413 @@
+// Attention forward on the GPU: out = softmax(scale * q k^T + bias, masked) v, per (batch, head),
+// without ever materialising the [Tq, Tk] score matrix (flash attention).
+//
+// Both versions keep a tile of queries resident, stream the keys and values through shared
+// memory one tile at a time, and fold each tile into the output with the online softmax: per
+// query row a running max m and denominator l; a new tile with row max m' rescales the partial
+// output and l by exp(m - m') before adding its own exp(s - m') terms.  At the end out = o / l,
+// and a row that saw no allowed key (l == 0, or NaN from NaN scores) is written as zeros, as the
+// NumPy reference does.  Shared by both:
+//   * causal, bottom-right aligned: query i sees keys j <= i + (Tk - Tq); key tiles entirely
+//     above the diagonal of a query tile are never loaded (tile skipping, ~half the work), and
+//     the heaviest query tiles are scheduled first;
+//   * grouped-query attention: query head h reads key/value head h / (Hq / Hkv); cross
+//     attention is simply Tq != Tk;
+//   * bias (additive) and mask (bool, True = attend) are read through broadcast strides over
+//     [B, Hq, Tq, Tk] (stride 0 = broadcast), so a [1, 1, 1, Tk] padding mask costs Tk bytes.
+//
+// v1 simt  (any dtype, head width <= 256) one warp per query row (4 rows per warp, 16 per
+//          block).  Each K/V tile of 32 keys is converted to float in shared memory; lane j
+//          scores key j, the warp takes the tile max and the exponentials, then lane c
+//          accumulates output columns c, c + 32, ... with the probabilities shuffled across the
+//          warp.  Plain FP32 FMAs; the output rows stay in registers.
+// v2 mma   (float16 / bfloat16, head width <= 128) FlashAttention-2 on tensor cores: a block of
+//          4 warps owns 64 query rows (16 per warp); Q fragments stay in registers for the
+//          whole pass; S = Q K^T and O += P V use mma.sync m16n8k16 with FP32 accumulation.
+//          The S accumulator layout of two adjacent 8-key n-tiles is exactly the A-operand
+//          layout of a 16-key k-step, so P goes from the softmax to the second MMA without
+//          touching shared memory.  V is stored transposed in shared memory so its B fragments
+//          are 32-bit loads; row pitches carry 8 halves of padding, which makes the fragment
+//          loads of the 8 row groups fall in distinct banks.  Softmax runs in the log2 domain
+//          (exp2), row statistics are reduced across the 4 threads that share a row.
+#include <cmath>
+
+#include "device_utils.cuh"
+#include "ops_cuda.h"
+#include "runtime.h"
+
+namespace pyworkloads::cuda {
+
+namespace {
+
+constexpr float kNegInf = -INFINITY;
+
+// Is key `col` allowed for query `row`, and the additive bias there (0 when none)?
+template <class T>
+__device__ __forceinline__ bool allowed(const AttnProblem& p, int64_t b, int64_t h, int64_t row, int64_t col) {
+    if (row >= p.Tq || col >= p.Tk) return false;
+    if (p.causal && col > row + (p.Tk - p.Tq)) return false;
+    if (p.mask) {
+        const int64_t* s = p.mask_stride;
+        if (!p.mask[b * s[0] + h * s[1] + row * s[2] + col * s[3]]) return false;
+    }
+    return true;
+}
+
+template <class T>
+__device__ __forceinline__ float bias_at(const AttnProblem& p, int64_t b, int64_t h, int64_t row, int64_t col) {
+    const int64_t* s = p.bias_stride;
+    return to_float(static_cast<const T*>(p.bias)[b * s[0] + h * s[1] + row * s[2] + col * s[3]]);
+}
+
+// Key tiles [0, kv_end) can hold an allowed key for query rows [q0, q0 + rows).
+__device__ __forceinline__ int64_t kv_end(const AttnProblem& p, int64_t q0, int rows) {
+    if (!p.causal) return p.Tk;
+    const int64_t last = q0 + rows - 1 + (p.Tk - p.Tq);   // the last row's last visible key
+    return last + 1 < p.Tk ? last + 1 : p.Tk;
+}
+
+// ---- v1 ---------------------------------------------------------------------------------------
+// A block of 4 warps owns 16 query rows, 4 per warp.  For the scores, lane j takes key j of the
+// 32-key tile (a full dot product against the broadcast query row; K rows padded by one float so
+// the 32 lanes read 32 banks); for the output, lane c takes columns c, c + 32, ... and the
+// probabilities are passed along the warp with shuffles.
+constexpr int kSimtWarps = 4, kSimtRowsPerWarp = 4, kSimtRows = kSimtWarps * kSimtRowsPerWarp, kSimtKeys = 32;
+
+template <int kD>
+constexpr size_t simt_smem_bytes() {
+    return (size_t(kSimtRows) * kD + size_t(kSimtKeys) * (kD + 1) + size_t(kSimtKeys) * kD) * sizeof(float);
+}
+
+template <class T, int kD>
+__global__ void __launch_bounds__(kSimtWarps * 32) attention_simt(AttnProblem p) {
+    constexpr int kPer = kD / 32;                  // output columns per lane
+    extern __shared__ float smem[];
+    float* Qs = smem;                              // [kSimtRows][kD]
+    float* Ks = Qs + kSimtRows * kD;               // [kSimtKeys][kD + 1]
+    float* Vs = Ks + kSimtKeys * (kD + 1);         // [kSimtKeys][kD]
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kSimtRows;   // heavy causal tiles first
+    const int64_t h = blockIdx.y, b = blockIdx.z, hk = h / (p.Hq / p.Hkv);
+    const T* Q = static_cast<const T*>(p.q.ptr) + b * p.q.sb + h * p.q.sh;
+    const T* K = static_cast<const T*>(p.k.ptr) + b * p.k.sb + hk * p.k.sh;
+    const T* V = static_cast<const T*>(p.v.ptr) + b * p.v.sb + hk * p.v.sh;
+
+    for (int e = tid; e < kSimtRows * kD; e += kSimtWarps * 32) {
+        const int r = e / kD, d = e % kD;
+        const int64_t qi = q0 + r;
+        Qs[e] = (qi < p.Tq && d < p.Dh) ? to_float(Q[qi * p.q.st + d]) : 0.f;
+    }
+
+    float o[kSimtRowsPerWarp][kPer];
+    float m[kSimtRowsPerWarp], l[kSimtRowsPerWarp];   // l: this lane's share of the denominator
+#pragma unroll
+    for (int rr = 0; rr < kSimtRowsPerWarp; ++rr) {
+        m[rr] = kNegInf;
+        l[rr] = 0.f;
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) o[rr][i] = 0.f;
+    }
+    const int64_t end = kv_end(p, q0, kSimtRows);
+
+    for (int64_t k0 = 0; k0 < end; k0 += kSimtKeys) {
+        __syncthreads();                           // the previous tile is consumed (and Qs written)
+        for (int e = tid; e < kSimtKeys * kD; e += kSimtWarps * 32) {
+            const int j = e / kD, d = e % kD;
+            const int64_t kj = k0 + j;
+            Ks[j * (kD + 1) + d] = (kj < p.Tk && d < p.Dh) ? to_float(K[kj * p.k.st + d]) : 0.f;
+            Vs[e] = (kj < p.Tk && d < p.Dv) ? to_float(V[kj * p.v.st + d]) : 0.f;
+        }
+        __syncthreads();
+        const int64_t col = k0 + lane;
+        const float* krow = Ks + lane * (kD + 1);
+#pragma unroll
+        for (int rr = 0; rr < kSimtRowsPerWarp; ++rr) {
+            const int r = warp * kSimtRowsPerWarp + rr;
+            const int64_t row = q0 + r;
+            if (row >= p.Tq) continue;             // warp-uniform
+            const float* qrow = Qs + r * kD;
+            float dot = 0.f;
+#pragma unroll 8
+            for (int d = 0; d < kD; ++d) dot = fmaf(qrow[d], krow[d], dot);
+            float x = dot * p.scale;
+            const bool ok = allowed<T>(p, b, h, row, col);
+            if (ok && p.bias) x += bias_at<T>(p, b, h, row, col);
+            x = ok ? x : kNegInf;
+            const float m_new = fmaxf(m[rr], warp_max(x));
+            if (m_new == kNegInf) continue;        // nothing allowed yet: o and l stay 0
+            const float corr = __expf(m[rr] - m_new);
+            const float pj = __expf(x - m_new);
+            l[rr] = l[rr] * corr + pj;
+            m[rr] = m_new;
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) o[rr][i] *= corr;
+#pragma unroll 4
+            for (int j = 0; j < kSimtKeys; ++j) {
+                const float pk = __shfl_sync(0xffffffffu, pj, j);
+                const float* vrow = Vs + j * kD + lane;
+#pragma unroll
+                for (int i = 0; i < kPer; ++i) o[rr][i] = fmaf(pk, vrow[32 * i], o[rr][i]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int rr = 0; rr < kSimtRowsPerWarp; ++rr) {
+        const int64_t row = q0 + warp * kSimtRowsPerWarp + rr;
+        if (row >= p.Tq) continue;
+        const float total = warp_sum(l[rr]);
+        const float inv = total > 0.f ? 1.f / total : 0.f;   // false for NaN too: such rows become zeros
+        T* out = static_cast<T*>(p.out) + ((b * p.Hq + h) * p.Tq + row) * p.Dv;
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            const int d = lane + 32 * i;
+            if (d < p.Dv) out[d] = from_float<T>(inv != 0.f ? o[rr][i] * inv : 0.f);
+        }
+    }
+}
+
+template <class T, int kD>
+void launch_simt(const AttnProblem& p, cudaStream_t stream) {
+    constexpr size_t bytes = simt_smem_bytes<kD>();
+    auto kernel = attention_simt<T, kD>;
+    if (bytes > 48 * 1024)
+        check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+              "attention_simt shared memory opt-in");
+    const dim3 grid(grid_dim((p.Tq + kSimtRows - 1) / kSimtRows, INT32_MAX, "attention Tq"),
+                    grid_dim(p.Hq, 65535, "attention heads"), grid_dim(p.B, 65535, "attention batch"));
+    kernel<<<grid, kSimtWarps * 32, bytes, stream>>>(p);
+    check_launch("attention_simt");
+}
+
+// ---- v2 ---------------------------------------------------------------------------------------
+constexpr int kMmaRows = 64, kMmaCols = 64, kMmaThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ uint32_t ld_shared_u32(const void* ptr) { return *static_cast<const uint32_t*>(ptr); }
+
+template <class T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+    const __half2 v = __floats2half2_rn(lo, hi);          // lo -> low 16 bits = lower column
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// c[16x8] += a[16x16] b[16x8], FP32 accumulators; fragment layouts as in the PTX ISA (m16n8k16).
+template <class T> __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 8 consecutive elements of row `row` starting at column d (zeros outside [rows, width)).
+template <class T>
+__device__ __forceinline__ void load8(T (&v)[8], const T* src, int64_t st, int64_t row, int64_t rows, int d,
+                                      int64_t width, bool vec) {
+    if (vec) {                     // width % 8 == 0: a chunk is entirely inside or outside
+        uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+        if (row < rows && d < width) raw = *reinterpret_cast<const uint4*>(src + row * st + d);
+        *reinterpret_cast<uint4*>(v) = raw;
+    } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = (row < rows && d + e < width) ? src[row * st + d + e] : from_float<T>(0.f);
+    }
+}
+
+template <class T, int kD>
+__global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
+    constexpr int kLd = kD + 8, kLdV = kMmaCols + 8, kChunks = kD / 8;
+    static_assert(kMmaRows == kMmaCols, "the Q tile is staged in the K buffer");
+    __shared__ __align__(16) T Ks[kMmaCols * kLd];     // K tile, row-major [key][d] (first: the Q tile)
+    __shared__ __align__(16) T Vt[kD * kLdV];          // V tile, transposed [d][key]
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tg = lane & 3;
+    const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kMmaRows;
+    const int64_t h = blockIdx.y, b = blockIdx.z, hk = h / (p.Hq / p.Hkv);
+    const T* Q = static_cast<const T*>(p.q.ptr) + b * p.q.sb + h * p.q.sh;
+    const T* K = static_cast<const T*>(p.k.ptr) + b * p.k.sb + hk * p.k.sh;
+    const T* V = static_cast<const T*>(p.v.ptr) + b * p.v.sb + hk * p.v.sh;
+
+    // Q tile -> shared -> A fragments (rows warp*16 + g and + 8, k-step ks).
+    for (int c = tid; c < kMmaRows * kChunks; c += kMmaThreads) {
+        const int r = c / kChunks, d = (c % kChunks) * 8;
+        T v[8];
+        load8(v, Q, p.q.st, q0 + r, p.Tq, d, p.Dh, p.vec);
+        *reinterpret_cast<uint4*>(Ks + r * kLd + d) = *reinterpret_cast<const uint4*>(v);
+    }
+    __syncthreads();
+    uint32_t qa[kD / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+        const T* base = Ks + (warp * 16 + g) * kLd + ks * 16 + tg * 2;
+        qa[ks][0] = ld_shared_u32(base);
+        qa[ks][1] = ld_shared_u32(base + 8 * kLd);
+        qa[ks][2] = ld_shared_u32(base + 8);
+        qa[ks][3] = ld_shared_u32(base + 8 * kLd + 8);
+    }
+
+    float o[kD / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+    float m[2] = {kNegInf, kNegInf}, l[2] = {0.f, 0.f};
+    const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    const int64_t end = kv_end(p, q0, kMmaRows);
+
+    for (int64_t k0 = 0; k0 < end; k0 += kMmaCols) {
+        __syncthreads();                               // Q fragments read / previous tile consumed
+        for (int c = tid; c < kMmaCols * kChunks; c += kMmaThreads) {
+            const int r = c / kChunks, d = (c % kChunks) * 8;
+            T v[8];
+            load8(v, K, p.k.st, k0 + r, p.Tk, d, p.Dh, p.vec);
+            *reinterpret_cast<uint4*>(Ks + r * kLd + d) = *reinterpret_cast<const uint4*>(v);
+        }
+        for (int c = tid; c < kMmaCols * kChunks; c += kMmaThreads) {
+            const int r = c % kMmaCols, d = (c / kMmaCols) * 8;   // key fastest: transposed stores hit distinct banks
+            T v[8];
+            load8(v, V, p.v.st, k0 + r, p.Tk, d, p.Dv, p.vec);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) Vt[(d + e) * kLdV + r] = v[e];
+        }
+        __syncthreads();
+
+        // S = Q K^T for this warp's 16 rows x 64 keys: 8 n-tiles of m16n8.
+        float s[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+            for (int ks = 0; ks < kD / 16; ++ks) {
+                const T* kb = Ks + (nt * 8 + g) * kLd + ks * 16 + tg * 2;
+                mma16816<T>(s[nt], qa[ks], ld_shared_u32(kb), ld_shared_u32(kb + 8));
+            }
+        }
+        // scale, bias, masks; to the log2 domain.  Element e of n-tile nt: row rows[e >> 1],
+        // key k0 + nt*8 + tg*2 + (e & 1).
+        float tile_max[2] = {kNegInf, kNegInf};
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int64_t row = rows[e >> 1], col = k0 + nt * 8 + tg * 2 + (e & 1);
+                float x = s[nt][e] * p.scale;
+                const bool ok = allowed<T>(p, b, h, row, col);
+                if (ok && p.bias) x += bias_at<T>(p, b, h, row, col);
+                s[nt][e] = ok ? x * kLog2e : kNegInf;
+                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[nt][e]);
+            }
+        // online softmax per row; the 4 threads of a quad share a row
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            float mx = tile_max[rr];
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m[rr], mx);
+            const float base = m_new == kNegInf ? 0.f : m_new;   // all masked so far: every p is 0
+            const float corr = exp2f(m[rr] - base);
+            m[rr] = m_new;
+            l[rr] *= corr;
+#pragma unroll
+            for (int dt = 0; dt < kD / 8; ++dt) {
+                o[dt][2 * rr] *= corr;
+                o[dt][2 * rr + 1] *= corr;
+            }
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt) {
+                s[nt][2 * rr] = exp2f(s[nt][2 * rr] - base);
+                s[nt][2 * rr + 1] = exp2f(s[nt][2 * rr + 1] - base);
+                l[rr] += s[nt][2 * rr] + s[nt][2 * rr + 1];
+            }
+        }
+        // O += P V: k-step kk covers keys kk*16..+15 = n-tiles 2kk, 2kk+1 of S.
+#pragma unroll
+        for (int kk = 0; kk < kMmaCols / 16; ++kk) {
+            const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                    pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dt = 0; dt < kD / 8; ++dt) {
+                const T* vb = Vt + (dt * 8 + g) * kLdV + kk * 16 + tg * 2;
+                mma16816<T>(o[dt], pa, ld_shared_u32(vb), ld_shared_u32(vb + 8));
+            }
+        }
+    }
+
+    T* out = static_cast<T*>(p.out) + (b * p.Hq + h) * p.Tq * p.Dv;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        float total = l[rr];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        const float inv = total > 0.f ? 1.f / total : 0.f;   // false for NaN too: zeros
+        const int64_t row = rows[rr];
+        if (row >= p.Tq) continue;
+#pragma unroll
+        for (int dt = 0; dt < kD / 8; ++dt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int col = dt * 8 + tg * 2 + e;
+                if (col < p.Dv) out[row * p.Dv + col] = from_float<T>(inv != 0.f ? o[dt][2 * rr + e] * inv : 0.f);
+            }
+    }
+}
+
+template <class T, int kD>
+void launch_mma(const AttnProblem& p, cudaStream_t stream) {
+    const dim3 grid(grid_dim((p.Tq + kMmaRows - 1) / kMmaRows, INT32_MAX, "attention Tq"),
+                    grid_dim(p.Hq, 65535, "attention heads"), grid_dim(p.B, 65535, "attention batch"));
+    attention_mma<T, kD><<<grid, kMmaThreads, 0, stream>>>(p);
+    check_launch("attention_mma");
+}
+
+template <class T>
+void launch(const AttnProblem& p, AttnAlgo algo, cudaStream_t stream) {
+    const int64_t width = p.Dh > p.Dv ? p.Dh : p.Dv;
+    if constexpr (!std::is_same_v<T, float>) {
+        if (algo == AttnAlgo::Mma) {
+            if (width <= 64) return launch_mma<T, 64>(p, stream);
+            return launch_mma<T, 128>(p, stream);
+        }
+    }
+    if (width <= 64) return launch_simt<T, 64>(p, stream);
+    if (width <= 128) return launch_simt<T, 128>(p, stream);
+    return launch_simt<T, 256>(p, stream);
+}
+
+}  // namespace
+
+AttnAlgo attention_resolve(const AttnProblem& p, AttnAlgo requested) {
+    if (p.dtype != DType::F32 && p.dtype != DType::F16 && p.dtype != DType::BF16)
+        throw std::invalid_argument(std::string("attention: unsupported dtype ") + dtype_name(p.dtype));
+    const int64_t width = p.Dh > p.Dv ? p.Dh : p.Dv;
+    if (width > kMaxHeadDim)
+        throw std::invalid_argument("attention: the CUDA kernels support head widths up to " + std::to_string(kMaxHeadDim) +
+                                    ", got " + std::to_string(width));
+    const bool mma_ok = p.dtype != DType::F32 && width <= 128;
+    if (requested == AttnAlgo::Auto) return mma_ok ? AttnAlgo::Mma : AttnAlgo::Simt;
+    if (requested == AttnAlgo::Mma && !mma_ok)
+        throw std::invalid_argument("attention: algo='mma' needs float16/bfloat16 inputs and head widths <= 128");
+    return requested;
+}
+
+void attention_device(const AttnProblem& p, AttnAlgo algo, cudaStream_t stream) {
+    algo = attention_resolve(p, algo);
+    if (p.B == 0 || p.Hq == 0 || p.Tq == 0 || p.Dv == 0) return;
+    if (p.Hkv <= 0 || p.Hq % p.Hkv != 0) throw std::invalid_argument("attention: Hq must be a multiple of Hkv");
+    switch (p.dtype) {
+        case DType::F32: return launch<float>(p, algo, stream);
+        case DType::F16: return launch<__half>(p, algo, stream);
+        case DType::BF16: return launch<__nv_bfloat16>(p, algo, stream);
+        default: throw std::invalid_argument("attention: unsupported dtype");
+    }
+}
+
+}  // namespace pyworkloads::cuda
