@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_safetensors", "save_safetensors", "load_checkpoint", "load_config", "SafeTensors",
+__all__ = ["load_safetensors", "save_safetensors", "load_checkpoint", "load_config", "SafeTensors", "bf16_to_f32", "f32_to_bf16",
            "CheckpointWeights", "PICKLE_SUFFIXES"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024          # the reference implementation's own limit
