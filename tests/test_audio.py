@@ -10,6 +10,20 @@ from pyworkloads import audio as A
 from conftest import FIXTURES, require_transformers
 
 SR = 16000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """transformers' feature extractor runs torch.stft; on a shared machine one thread is faster."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 SPEECH = FIXTURES / "whisper" / "speech.wav"
 
 

@@ -22,7 +22,6 @@ H heads, Dh = D / H, V vocabulary, L layers.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
