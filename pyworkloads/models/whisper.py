@@ -628,9 +628,12 @@ class Whisper:
                 raise ValueError("task= needs generation_config.task_to_id, which this checkpoint lacks")
             if task not in TASKS:
                 raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        if language is not None and not isinstance(language, str):
-            raise TypeError(f"language must be a string such as 'en' or 'english', got {type(language).__name__}")
         B = input_features.shape[0]
+        if isinstance(language, (list, tuple)):                          # one language per example
+            if len(language) != B or not all(isinstance(x, str) for x in language):
+                raise ValueError(f"a list of languages needs one string per example ({B}), got {language!r}")
+        elif language is not None and not isinstance(language, str):
+            raise TypeError(f"language must be a string such as 'en' or 'english', got {type(language).__name__}")
         init = [gc.decoder_start_token_id]
         if task is None and language is None and gc.forced_decoder_ids:
             forced = [list(f) for f in gc.forced_decoder_ids]
@@ -646,7 +649,7 @@ class Whisper:
         rows = [list(init) for _ in range(B)]
         lang_ids = None
         if language is not None:
-            lang_ids = [self._language_id(language)] * B
+            lang_ids = [self._language_id(x) for x in (language if isinstance(language, (list, tuple)) else [language] * B)]
         elif gc.lang_to_id is not None and lang_undefined:
             lang_ids = self.detect_language(input_features).tolist()
         for r in range(B):
@@ -701,9 +704,9 @@ class Whisper:
             step_in = np.array([[nxt]], np.int64)
         return out
 
-    def generate(self, input_features, language: str | None = None, task: str | None = None,
+    def generate(self, input_features, language: str | list | None = None, task: str | None = None,
                  return_timestamps: bool | None = None, max_new_tokens: int | None = None,
-                 return_segments: bool = False, progress: bool = False):
+                 max_length: int | None = None, return_segments: bool = False, progress: bool = False):
         """Greedy decoding with transformers' semantics -> int64 [B, L] (right-padded with pad_token_id).
 
         Like ``WhisperForConditionalGeneration.generate`` the result holds the generated tokens
@@ -711,7 +714,9 @@ class Whisper:
         ``return_timestamps=True``.  More than 3000 frames (30 s) selects long-form decoding:
         timestamps on, windows of 30 s, each next window starting at the last complete segment.
         ``return_segments=True`` also returns, per example, the list of segments (dicts with
-        start, end, tokens).  language=None on a multilingual checkpoint detects it."""
+        start, end, tokens).  language=None on a multilingual checkpoint detects it; a list gives
+        one language per example.  ``max_length`` (total tokens, prompt included; default from the
+        generation config) or ``max_new_tokens`` bound each window's decoding."""
         feats = self._features(input_features, exact_frames=False)
         gc = self.generation_config
         B, _, total = feats.shape
@@ -731,6 +736,9 @@ class Whisper:
         if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer))
                                            or max_new_tokens < 1):
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))
+                                       or max_length < 1):
+            raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
         init = self.init_tokens(feats, language, task, return_timestamps)            # [B, n_init]
         n_init = init.shape[1]
         max_pos = self.config.max_target_positions
@@ -743,13 +751,13 @@ class Whisper:
         results, all_segments = [], []
         bar = _progress_bar(total if not shortform else None, progress)
         for b in range(B):
-            seek, max_length, segments = 0, gc.max_length, []
+            seek, window_max, segments = 0, gc.max_length if max_length is None else max_length, []
             while seek < total:
                 # transformers lengthens max_length by the prompt at every window (it is a running
                 # value of the generation config), so the k-th window allows k prompts more
                 if max_new_tokens is None:
-                    max_length = min(max_length + min(max_pos // 2 - 1, n_init), max_pos)
-                    limit = max_length
+                    window_max = min(window_max + min(max_pos // 2 - 1, n_init), max_pos)
+                    limit = window_max
                 else:
                     limit = max_new_tokens + n_init
                 n_frames = min(total - seek, n_win)

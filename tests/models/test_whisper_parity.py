@@ -117,6 +117,8 @@ GENERATE_CASES = {
     "task-only-detects-language": dict(task="transcribe", return_timestamps=True),
     "max-new-tokens": dict(language="es", max_new_tokens=5),
     "max-new-tokens-timestamps": dict(language="es", max_new_tokens=7, return_timestamps=True),
+    "max-length": dict(language="en", max_length=12),
+    "max-length-timestamps": dict(max_length=9, return_timestamps=True),
 }
 
 
@@ -138,7 +140,8 @@ def test_generate_batch_matches_transformers(gen_model):
     (right-padded with pad_token_id)."""
     ours, hf = gen_model
     feats = _features(ours.config, batch=3, seed=5)
-    for kw in (dict(), dict(return_timestamps=True), dict(language="en", max_new_tokens=9)):
+    for kw in (dict(), dict(return_timestamps=True), dict(language="en", max_new_tokens=9),
+               dict(language=["en", "de", "japanese"], return_timestamps=True)):
         np.testing.assert_array_equal(ours.generate(feats, **kw), _hf_generate(hf, feats, **kw), err_msg=str(kw))
 
 
