@@ -5,6 +5,7 @@
 
 namespace pyworkloads {
 void bind_norms(py::module_& m);
+void bind_matmul(py::module_& m);
 }
 
 namespace py = pybind11;
@@ -12,6 +13,7 @@ namespace py = pybind11;
 PYBIND11_MODULE(_kernels, m) {
     m.doc() = "pyworkloads C++ CPU kernels (float32)";
     pyworkloads::bind_norms(m);
+    pyworkloads::bind_matmul(m);
 
     m.def("set_num_threads", [](int n) {
         if (n < 1) throw py::value_error("n must be >= 1");

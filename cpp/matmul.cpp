@@ -1,0 +1,511 @@
+// Matrix multiplication C = A·B in float32, np.matmul semantics ([..., M, K] @ [..., K, N], batch
+// dimensions broadcast), in three versions:
+//
+// 1. naive   -- the textbook triple loop (i, k, j order so the inner loop walks rows of B and C),
+//               reading A and B through their strides.  Kept for teaching and as a test oracle.
+//
+// 2. fast, GEMM (M > SKINNY_M) -- the GotoBLAS/BLIS algorithm.  Five loops around a micro-kernel:
+//
+//      for jc in N step NC:                 B panel  Bp = B[pc:pc+kc, jc:jc+nc]  (~L3 / shared L2)
+//        for pc in K step KC:               packed once per (jc, pc) by all threads together
+//          for ic in M step MC:             A block  Ap = A[ic:ic+mc, pc:pc+kc]  (per thread, L2)
+//            for jr in nc step NR:          B micro-panel kc x NR stays in L1 ...
+//              for ir in mc step MR:        ... while A micro-panels stream from L2
+//                micro-kernel: C[MR x NR] += Ap(MR x kc) · Bp(kc x NR)
+//
+//    Packing copies each operand into the exact order the micro-kernel reads it (A: MR values per
+//    k; B: NR values per k, zero-padded at the edges), so the micro-kernel does unit-stride loads
+//    only, whatever the strides of A and B were.  That is why a transposed operand costs nothing
+//    extra: `x @ W.T` with W a C-contiguous [N, K] weight is packed straight from W's rows.
+//    The micro-kernel keeps an MR x NR tile of C in registers (AVX-512: 12 x 32 = 24 zmm
+//    accumulators; AVX2: 6 x 16 = 12 ymm; portable: 4 x 16 plain floats) and per k does NR/VL
+//    vector loads of B, MR broadcasts of A and MR·NR/VL FMAs.
+//    Threads: the calling team is laid out as a tm x tn grid -- M split into tm contiguous ranges
+//    (balanced, MR-aligned), each nc panel's NR-columns split into tn ranges -- tn > 1 only when M
+//    is too short to feed every thread.  B panels are packed cooperatively, A blocks per thread.
+//
+// 3. fast, skinny (M <= SKINNY_M, the decode GEMV x·Wᵀ) -- packing B would read the weights twice
+//    for a handful of output rows, so these read B in place: for a transposed B (a weight matrix
+//    W[N, K] with unit stride along K) each output is a dot product of a W row with the M rows of
+//    A (4 W rows at a time, vectorised along K); for a row-major B each block of 4 vectors of C
+//    columns is accumulated over the rows of B.  Both stream the weights exactly once, split over
+//    threads by columns, and are bound by memory bandwidth.
+//
+// Batched calls run the matrices one after the other with all threads each, or, when each matrix is
+// small, whole matrices per thread.
+#include "common.h"
+#include "simd.h"
+#include "strided.h"
+
+#include <algorithm>
+
+namespace pyworkloads {
+
+using namespace simd;
+
+namespace {
+
+struct Mat {                 // a strided read-only matrix view; element (i, j) = p[i*rs + j*cs]
+    const float* p;
+    int64_t rs, cs;
+};
+
+#if defined(__AVX512F__)
+constexpr int MR = 14, NV = 2;
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int MR = 6, NV = 2;
+#else
+constexpr int MR = 4, NV = 2;
+#endif
+constexpr int NR = NV * VL;
+constexpr int64_t SKINNY_M = 4;
+constexpr int PREFETCH_K = 8;   // k steps ahead (8 x 128 B)
+
+struct Blocking {
+    int64_t kc = 512, mc = 112, nc = 1024;
+};
+Blocking g_block;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// ---------------------------------------------------------------------------------------------
+// naive
+// ---------------------------------------------------------------------------------------------
+void gemm_naive(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C) {
+    for (int64_t i = 0; i < M; ++i) {
+        float* c = C + i * N;
+        for (int64_t j = 0; j < N; ++j) c[j] = 0.f;
+        for (int64_t k = 0; k < K; ++k) {
+            const float a = A.p[i * A.rs + k * A.cs];
+            for (int64_t j = 0; j < N; ++j) c[j] += a * B.p[k * B.rs + j * B.cs];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// packing
+// ---------------------------------------------------------------------------------------------
+// Ap[ir*kc + k*MR + i] = A[ir+i, k] for the mc x kc block at A; rows past mc are zero.
+void pack_a(int64_t mc, int64_t kc, Mat A, float* Ap) {
+    for (int64_t ir = 0; ir < mc; ir += MR) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+        float* dst = Ap + ir * kc;
+        if (A.cs == 1 && mr == MR) {
+            // k outer: MR rows are read side by side, so MR cache-line misses are in flight at once
+            const float* src[MR];
+            for (int i = 0; i < MR; ++i) src[i] = A.p + (ir + i) * A.rs;
+            for (int64_t k = 0; k < kc; ++k)
+#pragma GCC unroll 16
+                for (int i = 0; i < MR; ++i) dst[k * MR + i] = src[i][k];
+        } else {
+            for (int64_t k = 0; k < kc; ++k)
+                for (int i = 0; i < mr; ++i) dst[k * MR + i] = A.p[(ir + i) * A.rs + k * A.cs];
+        }
+        if (mr < MR)
+            for (int64_t k = 0; k < kc; ++k)
+                for (int i = mr; i < MR; ++i) dst[k * MR + i] = 0.f;
+    }
+}
+
+// Bp[jr*kc + k*NR + j] = B[k, jr+j] for NR-column panel `panel` of the kc x nc block at B.
+void pack_b_panel(int64_t kc, int64_t nc, int64_t panel, Mat B, float* Bp) {
+    const int64_t jr = panel * NR;
+    const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+    float* dst = Bp + jr * kc;
+    if (B.cs == 1) {                                   // row-major B: NR contiguous floats per k
+        for (int64_t k = 0; k < kc; ++k) {
+            const float* src = B.p + k * B.rs + jr;
+            float* d = dst + k * NR;
+            if (nr == NR) {
+                for (int v = 0; v < NV; ++v) vstore(d + v * VL, vload(src + v * VL));
+            } else {
+                for (int j = 0; j < nr; ++j) d[j] = src[j];
+                for (int j = nr; j < NR; ++j) d[j] = 0.f;
+            }
+        }
+        return;
+    }
+    if (B.rs == 1 && nr == NR) {                      // transposed B (W.T): contiguous along k
+        const float* src[NR];
+        for (int j = 0; j < NR; ++j) src[j] = B.p + (jr + j) * B.cs;
+        for (int64_t k = 0; k < kc; ++k)
+#pragma GCC unroll 32
+            for (int j = 0; j < NR; ++j) dst[k * NR + j] = src[j][k];
+    } else {
+        for (int64_t k = 0; k < kc; ++k)
+            for (int j = 0; j < nr; ++j) dst[k * NR + j] = B.p[k * B.rs + (jr + j) * B.cs];
+    }
+    if (nr < NR)
+        for (int64_t k = 0; k < kc; ++k)
+            for (int j = nr; j < NR; ++j) dst[k * NR + j] = 0.f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// micro-kernel: C[mr x nr] (=|+=) Ap(MR x kc) · Bp(kc x NR)
+// ---------------------------------------------------------------------------------------------
+inline void micro_kernel(int64_t kc, const float* __restrict Ap, const float* __restrict Bp, float* C, int64_t ldc,
+                         int mr, int nr, bool accumulate) {
+    vf c[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+        // C rows are ldc apart: fetch the tile early so its loads at the end do not stall.
+        __builtin_prefetch(C + i * ldc, 1);
+        __builtin_prefetch(C + i * ldc + NR - 1, 1);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) c[i][v] = vzero();
+    }
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < kc; ++k) {
+        vf b[NV];
+        // the B micro-panel (kc x NR) outgrows L1 for large kc: stream it in ahead of use
+        __builtin_prefetch(Bp + PREFETCH_K * NR);
+        __builtin_prefetch(Bp + PREFETCH_K * NR + 16);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) b[v] = vload(Bp + v * VL);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const vf a = vset1(Ap[i]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) c[i][v] = vfma(a, b[v], c[i][v]);
+        }
+        Ap += MR;
+        Bp += NR;
+    }
+    if (mr == MR && nr == NR) {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+                float* dst = C + i * ldc + v * VL;
+                vstore(dst, accumulate ? vadd(vload(dst), c[i][v]) : c[i][v]);
+            }
+        return;
+    }
+    for (int i = 0; i < mr; ++i)
+        for (int v = 0; v < NV; ++v) {
+            const int n = std::min(VL, nr - v * VL);
+            if (n <= 0) break;
+            float* dst = C + i * ldc + v * VL;
+            vstore_n(dst, accumulate ? vadd(vload_n(dst, n), c[i][v]) : c[i][v], n);
+        }
+}
+
+// ---------------------------------------------------------------------------------------------
+// blocked GEMM
+// ---------------------------------------------------------------------------------------------
+struct GemmPlan {
+    int64_t kc, mc, nc;
+    int tm, tn;
+    size_t ap_floats, bp_floats;
+    size_t workspace_floats(int nt) const { return bp_floats + nt * ap_floats; }
+};
+
+GemmPlan plan_gemm(int64_t M, int64_t N, int64_t K, int nt) {
+    GemmPlan p;
+    const int64_t nkb = std::max<int64_t>(1, ceil_div(K, g_block.kc));
+    p.kc = std::max<int64_t>(1, ceil_div(K, nkb));                    // balanced K blocks
+    p.nc = std::min(round_up(std::max<int64_t>(N, 1), NR), round_up(g_block.nc, NR));
+    // Thread grid: split M while every thread keeps at least a few micro-panels of rows.
+    p.tm = nt;
+    while (p.tm > 1 && ceil_div(M, p.tm) < 4 * MR) --p.tm;
+    while (nt % p.tm) --p.tm;
+    p.tn = nt / p.tm;
+    p.mc = std::min(round_up(g_block.mc, MR), round_up(ceil_div(M, p.tm), MR));
+    p.ap_floats = static_cast<size_t>(round_up(p.mc * p.kc, 16));
+    p.bp_floats = static_cast<size_t>(p.kc * p.nc);
+    return p;
+}
+
+// Runs inside a parallel region of `nt` threads (or serially with nt == 1).
+void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t ldc, const GemmPlan& p,
+               float* ws) {
+    const int nt = team_size(), t = thread_id();
+    float* Bp = ws;
+    float* Ap = ws + p.bp_floats + static_cast<size_t>(t) * p.ap_floats;
+    const int ti = t / p.tn, tj = t % p.tn;
+    const int64_t m_per = round_up(ceil_div(M, p.tm), MR);
+    const int64_t m0 = std::min(M, ti * m_per), m1 = std::min(M, m0 + m_per);
+    (void)nt;
+    for (int64_t jc = 0; jc < N; jc += p.nc) {
+        const int64_t nc = std::min(p.nc, N - jc);
+        const int64_t npanels = ceil_div(nc, NR);
+        const int64_t p_per = ceil_div(npanels, p.tn);
+        const int64_t p0 = std::min(npanels, tj * p_per), p1 = std::min(npanels, p0 + p_per);
+        for (int64_t pc = 0; pc < K; pc += p.kc) {
+            const int64_t kc = std::min(p.kc, K - pc);
+            const Mat Bblk{B.p + pc * B.rs + jc * B.cs, B.rs, B.cs};
+#pragma omp for schedule(static)
+            for (int64_t q = 0; q < npanels; ++q) pack_b_panel(kc, nc, q, Bblk, Bp);
+            for (int64_t ic = m0; ic < m1; ic += p.mc) {
+                const int64_t mc = std::min(p.mc, m1 - ic);
+                if (p0 >= p1) break;
+                pack_a(mc, kc, Mat{A.p + ic * A.rs + pc * A.cs, A.rs, A.cs}, Ap);
+                for (int64_t q = p0; q < p1; ++q) {
+                    const int64_t jr = q * NR;
+                    const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+                    for (int64_t ir = 0; ir < mc; ir += MR) {
+                        const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+                        micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr, pc > 0);
+                    }
+                }
+            }
+#pragma omp barrier
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// skinny (M <= SKINNY_M): B read in place, once
+// ---------------------------------------------------------------------------------------------
+// C[m, n] = Σ_k A[m, k] · B[k, n] with B[k, n] = W[n*ldw + k] (unit stride along k), A rows contiguous.
+template <int MM>
+void skinny_transposed(int64_t N, int64_t K, const float* A, int64_t lda, const float* W, int64_t ldw, float* C,
+                       int64_t ldc, int64_t n0, int64_t n1) {
+    constexpr int NB = 4;                                       // W rows per step
+    const int64_t kv = K / VL * VL;
+    const int tail = static_cast<int>(K - kv);
+    int64_t n = n0;
+    for (; n + NB <= n1; n += NB) {
+        vf acc[MM][NB];
+        for (int m = 0; m < MM; ++m)
+            for (int r = 0; r < NB; ++r) acc[m][r] = vzero();
+        const float* w[NB];
+        for (int r = 0; r < NB; ++r) w[r] = W + (n + r) * ldw;
+        for (int64_t k = 0; k < kv; k += VL) {
+            vf wv[NB];
+            for (int r = 0; r < NB; ++r) wv[r] = vload(w[r] + k);
+            for (int m = 0; m < MM; ++m) {
+                const vf a = vload(A + m * lda + k);
+                for (int r = 0; r < NB; ++r) acc[m][r] = vfma(a, wv[r], acc[m][r]);
+            }
+        }
+        if (tail) {
+            for (int m = 0; m < MM; ++m) {
+                const vf a = vload_n(A + m * lda + kv, tail);
+                for (int r = 0; r < NB; ++r) acc[m][r] = vfma(a, vload_n(w[r] + kv, tail), acc[m][r]);
+            }
+        }
+        for (int m = 0; m < MM; ++m)
+            for (int r = 0; r < NB; ++r) C[m * ldc + n + r] = vhsum(acc[m][r]);
+    }
+    for (; n < n1; ++n) {
+        const float* w = W + n * ldw;
+        for (int m = 0; m < MM; ++m) {
+            vf acc = vzero();
+            for (int64_t k = 0; k < kv; k += VL) acc = vfma(vload(A + m * lda + k), vload(w + k), acc);
+            if (tail) acc = vfma(vload_n(A + m * lda + kv, tail), vload_n(w + kv, tail), acc);
+            C[m * ldc + n] = vhsum(acc);
+        }
+    }
+}
+
+// C[m, n0:n1] = Σ_k A[m, k] · B[k, n0:n1] with B row-major (unit stride along n).
+template <int MM>
+void skinny_rowmajor(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+                     int64_t n0, int64_t n1) {
+    constexpr int CV = 4;                                       // C vectors per row per step
+    for (int64_t n = n0; n < n1; n += CV * VL) {
+        const int width = static_cast<int>(std::min<int64_t>(CV * VL, n1 - n));
+        const int nv = (width + VL - 1) / VL;
+        vf acc[MM][CV];
+        for (int m = 0; m < MM; ++m)
+            for (int v = 0; v < CV; ++v) acc[m][v] = vzero();
+        if (width == CV * VL) {
+            for (int64_t k = 0; k < K; ++k) {
+                const float* b = B + k * ldb + n;
+                vf bv[CV];
+                for (int v = 0; v < CV; ++v) bv[v] = vload(b + v * VL);
+                for (int m = 0; m < MM; ++m) {
+                    const vf a = vset1(A[m * lda + k]);
+                    for (int v = 0; v < CV; ++v) acc[m][v] = vfma(a, bv[v], acc[m][v]);
+                }
+            }
+        } else {
+            for (int64_t k = 0; k < K; ++k) {
+                const float* b = B + k * ldb + n;
+                for (int v = 0; v < nv; ++v) {
+                    const vf bv = vload_n(b + v * VL, std::min(VL, width - v * VL));
+                    for (int m = 0; m < MM; ++m) acc[m][v] = vfma(vset1(A[m * lda + k]), bv, acc[m][v]);
+                }
+            }
+        }
+        for (int m = 0; m < MM; ++m)
+            for (int v = 0; v < nv; ++v) vstore_n(C + m * ldc + n + v * VL, acc[m][v], std::min(VL, width - v * VL));
+    }
+}
+
+template <int MM>
+void skinny_dispatch(int64_t N, int64_t K, const float* A, int64_t lda, Mat B, float* C, int64_t ldc, int64_t n0,
+                     int64_t n1) {
+    if (B.rs == 1 || K == 1) skinny_transposed<MM>(N, K, A, lda, B.p, B.cs, C, ldc, n0, n1);
+    else skinny_rowmajor<MM>(K, A, lda, B.p, B.rs, C, ldc, n0, n1);
+}
+
+// Column range [n0, n1) of C for M <= SKINNY_M rows (A rows contiguous).
+void skinny(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, Mat B, float* C, int64_t ldc, int64_t n0,
+            int64_t n1) {
+    switch (M) {
+        case 1: skinny_dispatch<1>(N, K, A, lda, B, C, ldc, n0, n1); break;
+        case 2: skinny_dispatch<2>(N, K, A, lda, B, C, ldc, n0, n1); break;
+        case 3: skinny_dispatch<3>(N, K, A, lda, B, C, ldc, n0, n1); break;
+        default: skinny_dispatch<4>(N, K, A, lda, B, C, ldc, n0, n1); break;
+    }
+}
+
+bool skinny_applies(int64_t M, Mat B) { return M <= SKINNY_M && (B.rs == 1 || B.cs == 1); }
+
+// ---------------------------------------------------------------------------------------------
+// one matrix product with a team of threads (called from inside a parallel region)
+// ---------------------------------------------------------------------------------------------
+void matmul_one(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, const GemmPlan& p, float* ws,
+                float* arow) {
+    if (M == 0 || N == 0) return;
+    if (K == 0) {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < M; ++i) std::fill(C + i * N, C + (i + 1) * N, 0.f);
+        return;
+    }
+    if (skinny_applies(M, B)) {
+        const float* a = A.p;
+        int64_t lda = A.rs;
+        if (A.cs != 1) {                               // gather the few A rows contiguously
+#pragma omp single
+            for (int64_t i = 0; i < M; ++i)
+                for (int64_t k = 0; k < K; ++k) arow[i * K + k] = A.p[i * A.rs + k * A.cs];
+            a = arow;
+            lda = K;
+        }
+        const int nt = team_size(), t = thread_id();
+        const int64_t step = round_up(ceil_div(N, nt), 4 * VL);
+        const int64_t n0 = std::min(N, t * step), n1 = std::min(N, n0 + step);
+        if (n0 < n1) skinny(M, N, K, a, lda, B, C, N, n0, n1);
+#pragma omp barrier
+        return;
+    }
+    gemm_team(M, N, K, A, B, C, N, p, ws);
+}
+
+int threads_for(double flops, int nt) {
+    // Below ~2 MFLOP the fork/join costs more than the second core gains.
+    return flops < 2e6 ? 1 : nt;
+}
+
+}  // namespace
+
+py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, const std::string& version) {
+    StridedF32 a = strided_f32(a_obj, "a");
+    StridedF32 b = strided_f32(b_obj, "b");
+    if (version != "fast" && version != "naive")
+        throw py::value_error("matmul: version must be 'fast' or 'naive', got '" + version + "'");
+    if (a.ndim() < 2 || b.ndim() < 2)
+        throw py::value_error("matmul: a and b need at least 2 dimensions, got a" + shape_str(a.arr) + " b" +
+                              shape_str(b.arr));
+    const int64_t M = a.dim(-2), K = a.dim(-1), N = b.dim(-1);
+    if (b.dim(-2) != K)
+        throw py::value_error("matmul: a's last dimension (" + std::to_string(K) + ") must equal b's second-to-last (" +
+                              std::to_string(b.dim(-2)) + "); got a" + shape_str(a.arr) + " b" + shape_str(b.arr));
+    // Broadcast the batch dimensions (right-aligned, size-1 dims stretch).
+    const int nb = std::max(a.ndim(), b.ndim()) - 2;
+    std::vector<int64_t> bshape(nb), sa(nb, 0), sb(nb, 0);
+    for (int d = 0; d < nb; ++d) {
+        const int da = d - (nb - (a.ndim() - 2)), db = d - (nb - (b.ndim() - 2));
+        const int64_t na = da >= 0 ? a.shape[da] : 1, nbd = db >= 0 ? b.shape[db] : 1;
+        if (na != nbd && na != 1 && nbd != 1)
+            throw py::value_error("matmul: batch dimensions of a" + shape_str(a.arr) + " and b" + shape_str(b.arr) +
+                                  " do not broadcast");
+        bshape[d] = std::max(na, nbd);
+        if (na == 0 || nbd == 0) bshape[d] = 0;
+        sa[d] = da >= 0 ? a.stride[da] : 0;
+        sb[d] = db >= 0 ? b.stride[db] : 0;
+    }
+    int64_t batch = 1;
+    for (int64_t s : bshape) batch *= s;
+    std::vector<py::ssize_t> oshape(bshape.begin(), bshape.end());
+    oshape.push_back(M);
+    oshape.push_back(N);
+    py::array_t<float> out(oshape);
+    if (batch == 0 || M == 0 || N == 0) return out;
+    std::vector<int64_t> offa(batch), offb(batch);        // element offsets of each batch entry
+    {
+        std::vector<int64_t> idx(nb, 0);
+        for (int64_t e = 0; e < batch; ++e) {
+            int64_t oa = 0, ob = 0;
+            for (int d = 0; d < nb; ++d) {
+                oa += idx[d] * sa[d];
+                ob += idx[d] * sb[d];
+            }
+            offa[e] = oa;
+            offb[e] = ob;
+            for (int d = nb - 1; d >= 0; --d) {
+                if (++idx[d] < bshape[d]) break;
+                idx[d] = 0;
+            }
+        }
+    }
+    const Mat A{a.data, a.st(-2), a.st(-1)}, B{b.data, b.st(-2), b.st(-1)};
+    float* C = out.mutable_data();
+    const int64_t csize = M * N;
+    if (version == "naive") {
+        py::gil_scoped_release nogil;
+        for (int64_t e = 0; e < batch; ++e)
+            gemm_naive(M, N, K, Mat{A.p + offa[e], A.rs, A.cs}, Mat{B.p + offb[e], B.rs, B.cs}, C + e * csize);
+        return out;
+    }
+    const int nt_max = max_threads();
+    const double flops = 2.0 * M * N * K;
+    // Many small matrices: whole matrices per thread.  Otherwise: one matrix at a time, all threads.
+    const bool per_thread = batch >= nt_max && nt_max > 1 && flops < 2e7;
+    const int nt = per_thread ? nt_max : threads_for(flops, nt_max);
+    const GemmPlan plan = plan_gemm(M, N, K, per_thread ? 1 : nt);
+    const size_t ws_one = plan.workspace_floats(per_thread ? 1 : nt) + static_cast<size_t>(SKINNY_M * K);
+    float* ws = thread_scratch(0, ws_one * (per_thread ? nt : 1));
+    {
+        py::gil_scoped_release nogil;
+        if (per_thread) {
+#pragma omp parallel num_threads(nt)
+            {
+                float* my = ws + static_cast<size_t>(thread_id()) * ws_one;
+#pragma omp for schedule(dynamic)
+                for (int64_t e = 0; e < batch; ++e) {
+                    const Mat Ae{A.p + offa[e], A.rs, A.cs}, Be{B.p + offb[e], B.rs, B.cs};
+                    float* Ce = C + e * csize;
+                    if (skinny_applies(M, Be) || K == 0) {
+                        // single-threaded here: team_size() is 1 inside this nested region
+#pragma omp parallel num_threads(1)
+                        matmul_one(M, N, K, Ae, Be, Ce, plan, my, my + plan.workspace_floats(1));
+                    } else {
+#pragma omp parallel num_threads(1)
+                        gemm_team(M, N, K, Ae, Be, Ce, N, plan, my);
+                    }
+                }
+            }
+        } else {
+#pragma omp parallel num_threads(nt) if (nt > 1)
+            for (int64_t e = 0; e < batch; ++e)
+                matmul_one(M, N, K, Mat{A.p + offa[e], A.rs, A.cs}, Mat{B.p + offb[e], B.rs, B.cs}, C + e * csize, plan,
+                           ws, ws + plan.workspace_floats(nt));
+        }
+    }
+    return out;
+}
+
+void set_matmul_blocking(int64_t kc, int64_t mc, int64_t nc) {
+    if (kc < 1 || mc < 1 || nc < 1) throw py::value_error("matmul blocking sizes must be >= 1");
+    g_block.kc = kc;
+    g_block.mc = mc;
+    g_block.nc = nc;
+}
+
+void bind_matmul(py::module_& m) {
+    m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("version") = "fast",
+          "float32 a @ b with np.matmul semantics ([..., M, K] @ [..., K, N], batch dims broadcast).\n"
+          "Inputs are read through their strides (no copy for transposed views); dtypes other than float32\n"
+          "raise TypeError. version: 'fast' (packed, blocked, SIMD, threaded) or 'naive' (triple loop).");
+    m.def("_set_matmul_blocking", &set_matmul_blocking, py::arg("kc"), py::arg("mc"), py::arg("nc"),
+          "Tuning hook for benchmarks: the GEMM cache-block sizes (K, M and N blocks).");
+    m.def("_matmul_tile", []() { return py::make_tuple(MR, NR, g_block.kc, g_block.mc, g_block.nc); },
+          "(MR, NR, KC, MC, NC) of the GEMM: micro-tile and cache blocks.");
+}
+
+}  // namespace pyworkloads

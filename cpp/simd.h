@@ -1,0 +1,135 @@
+// A thin SIMD vocabulary for the CPU kernels, picked at build time:
+//
+//   AVX-512F       vf = __m512   (16 floats)   -- when compiled with -mavx512f (e.g. -march=native)
+//   AVX2 + FMA     vf = __m256   (8 floats)
+//   portable       vf = struct of 8 floats with plain loops (the compiler vectorises what it can)
+//
+// The kernels are written once against these few functions (load/store, partial load/store for
+// row tails, broadcast, fused multiply-add, horizontal sum/max, exp), so the blocking logic is
+// shared and only the register width changes.  `vexp` is the Cephes single-precision exp
+// (range reduction by ln 2, degree-5 polynomial; max relative error about 2 ulp on [-87, 88]),
+// returning exactly 0 below -87.3 so that -inf scores (masked keys) contribute nothing.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+namespace pyworkloads {
+namespace simd {
+
+#if defined(__AVX512F__)
+constexpr int VL = 16;
+using vf = __m512;
+inline const char* name() { return "avx512"; }
+inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, vf a) { _mm512_storeu_ps(p, a); }
+inline vf vload_n(const float* p, int n) { return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p); }
+inline void vstore_n(float* p, vf a, int n) { _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), a); }
+inline vf vset1(float x) { return _mm512_set1_ps(x); }
+inline vf vzero() { return _mm512_setzero_ps(); }
+inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline float vhsum(vf a) { return _mm512_reduce_add_ps(a); }
+inline float vhmax(vf a) { return _mm512_reduce_max_ps(a); }
+inline vf vexp(vf x) {
+    const vf lo = vset1(-87.3f);
+    const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, lo), vset1(88.7f));
+    const vf n = _mm512_roundscale_ps(vmul(x, vset1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = vfma(n, vset1(-0.693359375f), x);
+    r = vfma(n, vset1(2.12194440e-4f), r);
+    vf p = vset1(1.9875691500e-4f);
+    p = vfma(p, r, vset1(1.3981999507e-3f));
+    p = vfma(p, r, vset1(8.3334519073e-3f));
+    p = vfma(p, r, vset1(4.1665795894e-2f));
+    p = vfma(p, r, vset1(1.6666665459e-1f));
+    p = vfma(p, r, vset1(5.0000001201e-1f));
+    vf y = vadd(vfma(p, vmul(r, r), r), vset1(1.0f));
+    y = _mm512_scalef_ps(y, n);                     // y * 2^n
+    return _mm512_mask_mov_ps(y, underflow, vzero());
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int VL = 8;
+using vf = __m256;
+inline const char* name() { return "avx2+fma"; }
+inline __m256i tail_mask(int n) {
+    alignas(32) static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 8 - n));
+}
+inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, vf a) { _mm256_storeu_ps(p, a); }
+inline vf vload_n(const float* p, int n) { return _mm256_maskload_ps(p, tail_mask(n)); }
+inline void vstore_n(float* p, vf a, int n) { _mm256_maskstore_ps(p, tail_mask(n), a); }
+inline vf vset1(float x) { return _mm256_set1_ps(x); }
+inline vf vzero() { return _mm256_setzero_ps(); }
+inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline float vhsum(vf a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+inline float vhmax(vf a) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+inline vf vexp(vf x) {
+    const vf lo = vset1(-87.3f);
+    const vf underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), vset1(88.7f));
+    const vf n = _mm256_round_ps(vmul(x, vset1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = vfma(n, vset1(-0.693359375f), x);
+    r = vfma(n, vset1(2.12194440e-4f), r);
+    vf p = vset1(1.9875691500e-4f);
+    p = vfma(p, r, vset1(1.3981999507e-3f));
+    p = vfma(p, r, vset1(8.3334519073e-3f));
+    p = vfma(p, r, vset1(4.1665795894e-2f));
+    p = vfma(p, r, vset1(1.6666665459e-1f));
+    p = vfma(p, r, vset1(5.0000001201e-1f));
+    vf y = vadd(vfma(p, vmul(r, r), r), vset1(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    y = vmul(y, _mm256_castsi256_ps(e));            // y * 2^n (n in [-126, 128) after the clamp)
+    return _mm256_andnot_ps(underflow, y);
+}
+#else
+constexpr int VL = 8;
+struct vf { float v[VL]; };
+inline const char* name() { return "portable"; }
+inline vf vload(const float* p) { vf r; std::memcpy(r.v, p, sizeof r.v); return r; }
+inline void vstore(float* p, vf a) { std::memcpy(p, a.v, sizeof a.v); }
+inline vf vload_n(const float* p, int n) { vf r{}; std::memcpy(r.v, p, sizeof(float) * n); return r; }
+inline void vstore_n(float* p, vf a, int n) { std::memcpy(p, a.v, sizeof(float) * n); }
+inline vf vset1(float x) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = x; return r; }
+inline vf vzero() { return vset1(0.f); }
+#define PYW_LANEWISE(name, expr) \
+    inline vf name(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = (expr); return r; }
+PYW_LANEWISE(vadd, a.v[i] + b.v[i])
+PYW_LANEWISE(vsub, a.v[i] - b.v[i])
+PYW_LANEWISE(vmul, a.v[i] * b.v[i])
+PYW_LANEWISE(vmax, a.v[i] > b.v[i] ? a.v[i] : b.v[i])
+#undef PYW_LANEWISE
+inline vf vfma(vf a, vf b, vf c) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
+inline float vhsum(vf a) { float s = 0; for (int i = 0; i < VL; ++i) s += a.v[i]; return s; }
+inline float vhmax(vf a) { float s = a.v[0]; for (int i = 1; i < VL; ++i) s = a.v[i] > s ? a.v[i] : s; return s; }
+inline vf vexp(vf x) {
+    vf r;
+    for (int i = 0; i < VL; ++i) r.v[i] = x.v[i] < -87.3f ? 0.f : __builtin_expf(x.v[i]);
+    return r;
+}
+#endif
+
+}  // namespace simd
+}  // namespace pyworkloads
