@@ -600,7 +600,12 @@ class Whisper:
         return masked.argmax(-1)
 
     def _language_id(self, language: str) -> int:
+        """'en', 'english' or '<|en|>' -> the language token's id (as transformers accepts them)."""
         gc = self.generation_config
+        if not gc.lang_to_id:
+            raise ValueError("this checkpoint has no language tokens (generation_config.lang_to_id): it is English-only")
+        if not isinstance(language, str):
+            raise TypeError(f"language must be a string such as 'en' or 'english', got {type(language).__name__}")
         lang = language.lower()
         if lang in gc.lang_to_id:
             token = lang
@@ -797,22 +802,23 @@ class Whisper:
             feats = log_mel_spectrogram(audio, n_mels, n_samples=None)               # [M, N / 160]
         else:
             feats = log_mel_spectrogram(audio, n_mels, n_samples=window)             # [M, 3000]
-        feats = feats[None]
+        feats = feats[None]                                                           # [1, M, F]
         gc = self.generation_config
-        if language is None and gc.lang_to_id:
-            lang_id = int(self.detect_language(feats)[0])
-            language = next(k for k, v in gc.lang_to_id.items() if v == lang_id)[2:-2]
-        elif language is not None:
-            language = next(k for k, v in gc.lang_to_id.items() if v == self._language_id(language))[2:-2]
-        else:
-            language = "en"
-        tokens, segs = self.generate(feats, language=language if gc.lang_to_id else None, task=task,
+        if gc.lang_to_id:
+            lang_id = self._language_id(language) if language is not None else int(self.detect_language(feats)[0])
+            code = next(k for k, v in gc.lang_to_id.items() if v == lang_id)[2:-2]   # "<|en|>" -> "en"
+            prompt_language = code
+        else:                                                   # English-only: nothing to choose
+            if language is not None and TO_LANGUAGE_CODE.get(language.lower(), language.lower()) != "en":
+                raise ValueError(f"this is an English-only checkpoint; it cannot transcribe language {language!r}")
+            code, prompt_language = "en", None
+        tokens, segs = self.generate(feats, language=prompt_language, task=task,
                                      return_timestamps=True, return_segments=True, progress=progress)
         eot = gc.eos_token_id
         segments = [Segment(float(s["start"]), float(s["end"]), self.decode([t for t in s["tokens"] if t < eot]),
                             list(s["tokens"])) for s in segs[0]]
         text = self.decode([t for s in segs[0] for t in s["tokens"] if t < eot])
-        return Transcription(text=text, segments=segments, language=language, tokens=tokens[0])
+        return Transcription(text=text, segments=segments, language=code, tokens=tokens[0])
 
     def decode(self, ids) -> str:
         """Token ids -> text with the checkpoint's tokenizer (special tokens dropped)."""

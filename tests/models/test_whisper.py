@@ -239,8 +239,16 @@ def test_bad_checkpoints(tmp_path):
         W.from_preset("whisper-huge")
 
 
-def test_english_only_rejects_language():
+def test_english_only_checkpoint():
     m = W.from_preset("whisper-tiny-random")
-    m.generation_config = W.GenerationConfig.from_dict({**m.generation_config.to_dict(), "is_multilingual": False})
+    m.generation_config = W.GenerationConfig.from_dict(W.make_generation_config(256, multilingual=False))
+    feats = np.zeros((1, 80, 3000), np.float32)
     with pytest.raises(ValueError, match="English-only"):
-        m.generate(np.zeros((1, 80, 3000), np.float32), language="en")
+        m.generate(feats, language="en")                  # as transformers: no language on .en models
+    with pytest.raises(ValueError, match="English-only"):
+        m.detect_language(feats)
+    with pytest.raises(ValueError, match="English-only"):
+        m.transcribe(np.zeros(16000, np.float32), language="german", progress=False)
+    np.testing.assert_array_equal(m.init_tokens(feats), [[257, 363]])          # sot, notimestamps
+    res = m.transcribe(np.zeros(16000, np.float32), language="english", progress=False)
+    assert res.language == "en"
