@@ -161,6 +161,31 @@ def test_run_cli_prints_segments(capsys):
     assert "-->" in out and "language: en" in out
 
 
+def test_pyworkloads_run_whisper_command(capsys):
+    from pyworkloads import cli
+    rc = cli.main(["run", "whisper", "--model", str(FIX / "tiny"), str(FIX / "speech.wav"), "--language", "en",
+                   "--no-progress"])
+    assert rc == 0
+    assert "-->" in capsys.readouterr().out
+    assert cli.main(["run", "whisper", "--model", str(FIX / "tiny"), str(FIX / "missing.wav")]) == 2
+    assert "no such audio file" in capsys.readouterr().err
+
+
+def test_long_form_walks_every_window_with_progress(tiny, capsys):
+    """40 s of audio: more than one 30-s window, decoded sequentially with a progress bar; the
+    segments are ordered and the windows reach the end of the clip."""
+    speech = W.load_audio(FIX / "speech.wav")
+    audio = np.concatenate([speech, np.zeros(16000 * 30, np.float32), speech, speech])
+    res = tiny.transcribe(audio, language="en", progress=True)
+    assert "transcribing" in capsys.readouterr().err                                   # tqdm's bar
+    starts = [s.start for s in res.segments]
+    assert starts == sorted(starts) and all(s.start <= s.end for s in res.segments)
+    assert max(s.end for s in res.segments) >= 30.0                                     # past the first window
+    mel = W.log_mel_spectrogram(audio, n_samples=None)[None]                           # [1, 80, N / 160]
+    _, segs = tiny.generate(mel, language="en", return_timestamps=True, return_segments=True)
+    assert [s["tokens"] for s in segs[0]] == [s.tokens for s in res.segments]
+
+
 # ---------------------------------------------------------------------------------------------
 # configs
 # ---------------------------------------------------------------------------------------------
