@@ -190,18 +190,27 @@ def _power_spectrogram_frames(audio: np.ndarray, start: int, stop: int) -> np.nd
     return spec.real ** 2 + spec.imag ** 2
 
 
-def log_mel_spectrogram(audio, n_mels: int = 80, n_samples: int | None = N_SAMPLES,
-                        chunk_frames: int = 6000) -> np.ndarray:
+def log_mel_spectrogram(audio, n_mels: int = 80, n_samples: int | None = N_SAMPLES, pad_mode: str = "reflect",
+                        dynamic_range: float | None = 8.0, chunk_frames: int = 6000) -> np.ndarray:
     """Whisper's log-mel spectrogram.  audio float [N] at 16 kHz -> float32 [n_mels, n_samples // 160].
 
     n_samples: pad/trim the audio to this many samples first (default 30 s -> 3000 frames, what
       the encoder takes).  ``None`` keeps the whole clip (N // 160 frames), which is how
       transformers prepares long-form input (``truncation=False``) -- note the max-8 floor then
       uses the maximum over the whole clip.
+    pad_mode: how the STFT extends the signal by n_fft/2 at both ends; "reflect" is what
+      ``torch.stft(center=True)`` does in OpenAI's audio.py and in transformers; "constant"
+      (zeros) is librosa's default since 0.10 and changes the first and last frames.
+    dynamic_range: the floor in log10 units below the global maximum (8 = 80 dB, OpenAI's
+      ``log_spec.max() - 8.0``); None disables it.
     chunk_frames: frames transformed at a time, bounding memory for hour-long audio.
     """
     if isinstance(n_mels, bool) or not isinstance(n_mels, (int, np.integer)) or n_mels < 1:
         raise ValueError(f"n_mels must be a positive integer (80, or 128 for large-v3), got {n_mels!r}")
+    if pad_mode not in ("reflect", "constant"):
+        raise ValueError(f"pad_mode must be 'reflect' (Whisper) or 'constant', got {pad_mode!r}")
+    if dynamic_range is not None and not (isinstance(dynamic_range, (int, float)) and dynamic_range > 0):
+        raise ValueError(f"dynamic_range must be a positive number of log10 units or None, got {dynamic_range!r}")
     wav = _as_waveform(audio)
     if n_samples is not None:
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < HOP_LENGTH:
@@ -210,7 +219,7 @@ def log_mel_spectrogram(audio, n_mels: int = 80, n_samples: int | None = N_SAMPL
     if wav.size <= N_FFT // 2:
         raise ValueError(f"audio needs more than {N_FFT // 2} samples for the reflect padding of the "
                          f"STFT, got {wav.size}")
-    padded = np.pad(wav, N_FFT // 2, mode="reflect")                                # [N + n_fft]
+    padded = np.pad(wav, N_FFT // 2, mode=pad_mode)                                 # [N + n_fft]
     n_frames = wav.size // HOP_LENGTH                                                # the last of the 1 + N//hop frames is dropped
     filters = mel_filters(int(n_mels))                                              # [M, K]
     mel = np.empty((int(n_mels), n_frames), dtype=np.float64)                       # [M, F]
@@ -219,5 +228,6 @@ def log_mel_spectrogram(audio, n_mels: int = 80, n_samples: int | None = N_SAMPL
         power = _power_spectrogram_frames(padded, start, stop)                       # [f, K]
         mel[:, start:stop] = filters @ power.T                                      # [M, f]
     log_spec = np.log10(np.maximum(mel, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    if dynamic_range is not None:
+        log_spec = np.maximum(log_spec, log_spec.max() - dynamic_range)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)

@@ -135,6 +135,23 @@ def test_log_mel_shapes_and_padding():
     np.testing.assert_array_equal(A.pad_or_trim(np.ones(3), 5), [1, 1, 1, 0, 0])
 
 
+def test_log_mel_conventions_are_named_parameters():
+    """Zero padding only changes the frames that overlap the edges; without the floor, silence
+    sits at log10(1e-10) = -10, i.e. (-10 + 4) / 4 = -1.5."""
+    x = (0.1 * np.random.default_rng(3).standard_normal(SR * 2)).astype(np.float32)   # sound from sample 0
+    ref = A.log_mel_spectrogram(x)
+    zero = A.log_mel_spectrogram(x, pad_mode="constant")
+    # frames 0 and 1 (centred on samples 0 and 160) reach 200 samples back, into the padding
+    assert np.abs(zero[:, 2:] - ref[:, 2:]).max() == 0 and np.abs(zero[:, :2] - ref[:, :2]).min() > 0
+    raw = A.log_mel_spectrogram(x, dynamic_range=None)
+    assert raw.min() == np.float32(-1.5) and ref.min() > -1.5
+    np.testing.assert_array_equal(np.maximum(raw, raw.max() - 2.0), ref)
+    with pytest.raises(ValueError, match="pad_mode"):
+        A.log_mel_spectrogram(x, pad_mode="wrap")
+    with pytest.raises(ValueError, match="dynamic_range"):
+        A.log_mel_spectrogram(x, dynamic_range=-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------
