@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
     // Q tile -> shared -> A fragments (rows warp*16 + g and + 8, k-step ks).
     for (int c = tid; c < kMmaRows * kChunks; c += kMmaThreads) {
         const int r = c / kChunks, d = (c % kChunks) * 8;
-        T v[8];
+        alignas(16) T v[8];
         load8(v, Q, p.q.st, q0 + r, p.Tq, d, p.Dh, p.vec);
         *reinterpret_cast<uint4*>(Ks + r * kLd + d) = *reinterpret_cast<const uint4*>(v);
     }
@@ -266,13 +266,13 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
         __syncthreads();                               // Q fragments read / previous tile consumed
         for (int c = tid; c < kMmaCols * kChunks; c += kMmaThreads) {
             const int r = c / kChunks, d = (c % kChunks) * 8;
-            T v[8];
+            alignas(16) T v[8];
             load8(v, K, p.k.st, k0 + r, p.Tk, d, p.Dh, p.vec);
             *reinterpret_cast<uint4*>(Ks + r * kLd + d) = *reinterpret_cast<const uint4*>(v);
         }
         for (int c = tid; c < kMmaCols * kChunks; c += kMmaThreads) {
             const int r = c % kMmaCols, d = (c / kMmaCols) * 8;   // key fastest: transposed stores hit distinct banks
-            T v[8];
+            alignas(16) T v[8];
             load8(v, V, p.v.st, k0 + r, p.Tk, d, p.Dv, p.vec);
 #pragma unroll
             for (int e = 0; e < 8; ++e) Vt[(d + e) * kLdV + r] = v[e];

@@ -128,7 +128,14 @@ TensorArg from_cai(py::handle obj, const std::string& name) {
 }
 
 TensorArg from_dlpack(py::handle obj, const std::string& name) {
-    py::object cap = obj.attr("__dlpack__")();
+    // Ask a CUDA producer to order its pending work before the legacy default stream (stream=1),
+    // where our kernels run; CPU producers take no stream.
+    bool cuda_producer = false;
+    if (py::hasattr(obj, "__dlpack_device__")) {
+        const auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
+        cuda_producer = dev.first == dlpack::kCUDA || dev.first == dlpack::kCUDAManaged;
+    }
+    py::object cap = cuda_producer ? obj.attr("__dlpack__")(py::arg("stream") = 1) : obj.attr("__dlpack__")();
     if (!PyCapsule_IsValid(cap.ptr(), "dltensor"))
         type_error(name + ".__dlpack__() did not return an unused 'dltensor' capsule");
     auto* mt = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
@@ -178,8 +185,15 @@ TensorArg from_dlpack(py::handle obj, const std::string& name) {
 TensorArg parse_tensor(py::handle obj, const std::string& name) {
     if (obj.is_none()) type_error(name + " must be an array, got None");
     if (py::isinstance<py::array>(obj)) return from_numpy(py::reinterpret_borrow<py::array>(obj), name);
+    // DLPack first for CUDA producers: its stream handshake orders the producer's pending work
+    // before our stream (PyTorch's __cuda_array_interface__ carries no stream).
+    const bool has_dlpack = py::hasattr(obj, "__dlpack__");
+    if (has_dlpack && py::hasattr(obj, "__dlpack_device__")) {
+        const int type = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>().first;
+        if (type == dlpack::kCUDA || type == dlpack::kCUDAManaged) return from_dlpack(obj, name);
+    }
     if (py::hasattr(obj, "__cuda_array_interface__")) return from_cai(obj, name);
-    if (py::hasattr(obj, "__dlpack__")) return from_dlpack(obj, name);
+    if (has_dlpack) return from_dlpack(obj, name);
     type_error(name + " must be a NumPy array or a CUDA device array (__cuda_array_interface__ or __dlpack__), got " +
                type_name(obj));
 }
@@ -347,8 +361,14 @@ void bind_interop(py::module_& m) {
             "__dlpack__",
             [](py::object self, py::object stream, py::object max_version, py::object dl_device, py::object copy) {
                 const DeviceArray& a = self.cast<const DeviceArray&>();
+                (void)max_version;                        // we always hand out the legacy (unversioned) capsule
                 if (!copy.is_none() && copy.cast<bool>())
                     throw py::value_error("DeviceArray.__dlpack__: copy=True is not supported");
+                if (!dl_device.is_none()) {
+                    const auto dev = dl_device.cast<std::pair<int, int>>();
+                    if (dev.first != dlpack::kCUDA || dev.second != a.device)
+                        throw py::buffer_error("DeviceArray.__dlpack__: can only export to its own CUDA device");
+                }
                 if (!stream.is_none()) {                  // consumer on another stream: finish our work first
                     const int64_t s = stream.cast<int64_t>();
                     if (s != 1 && s != -1) {
@@ -385,6 +405,8 @@ void bind_interop(py::module_& m) {
             py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
         .def("numpy", &to_numpy, "Copy to a NumPy array (float32/float16).")
         .def("__array__", [](const DeviceArray& a, py::object dtype, py::object copy) {
+                if (!copy.is_none() && !copy.cast<bool>())
+                    throw py::value_error("a DeviceArray can only be converted to NumPy by copying (copy=False given)");
                 py::object arr = to_numpy(a);
                 return dtype.is_none() ? arr : arr.attr("astype")(dtype);
             }, py::arg("dtype") = py::none(), py::arg("copy") = py::none())

@@ -2,8 +2,8 @@
 //
 // A tensor argument may be
 //   * a NumPy array (float32, float16, bool): copied to the device for the call;
-//   * a device array exposing __cuda_array_interface__ (CuPy, Numba, PyTorch float16/32 ...) or
-//     __dlpack__ on a CUDA device (PyTorch, JAX, CuPy ...; the only way to pass bfloat16):
+//   * a device array exposing __dlpack__ on a CUDA device (PyTorch, JAX, CuPy ...; preferred, and
+//     the only way to pass bfloat16) or __cuda_array_interface__ (Numba, CuPy ...):
 //     read in place, no copy, unless its layout is one a kernel cannot read (then it is packed
 //     into a temporary on the device).
 // parse_tensor() only reads Python metadata -- it never calls CUDA -- so every argument is

@@ -1,0 +1,274 @@
+"""The CUDA kernels against the NumPy reference (float64), on a GPU.
+
+Skips with the reason when the ``cuda`` backend is unavailable (no extension, no GPU, no
+driver).  Every algorithm version is checked, not only the one ``auto`` picks, on edge sizes
+(0, 1, odd, tile boundaries +-1) as well as regular ones.  Device-array tests (DLPack /
+__cuda_array_interface__, bfloat16, out=, non-contiguous views) use PyTorch with CUDA and skip
+without it.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+import pyworkloads.kernels as K
+from pyworkloads.kernels import reference
+
+pytestmark = pytest.mark.gpu
+
+if "cuda" not in K.available():
+    pytest.skip(f"the cuda backend is unavailable: {K.unavailable_reason('cuda')}", allow_module_level=True)
+
+from pyworkloads import _cuda  # noqa: E402
+
+
+def torch_cuda():
+    torch = pytest.importorskip("torch", reason="device-array tests need PyTorch")
+    if not torch.cuda.is_available():
+        pytest.skip("device-array tests need PyTorch built with CUDA")
+    return torch
+
+
+def rand(rng, *shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def assert_close(got, want, atol, rtol):
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    err = np.abs(got - want)
+    bound = atol + rtol * np.abs(want)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape) if err.size else None
+    assert np.all(err <= bound), f"max excess at {worst}: got {got[worst]}, want {want[worst]}"
+
+
+# --------------------------------------------------------------------------------------------
+# matmul
+# --------------------------------------------------------------------------------------------
+MATMUL_SHAPES = [
+    ((1, 1), (1, 1)), ((3, 5), (5, 7)), ((0, 4), (4, 3)), ((4, 0), (0, 3)), ((127, 9), (9, 129)),
+    ((128, 128), (128, 128)), ((129, 257), (257, 131)), ((2, 3, 33, 17), (17, 65)), ((4, 1, 8, 24), (1, 3, 24, 40)),
+]
+
+
+@pytest.mark.parametrize("algo", ["naive", "tiled"])
+@pytest.mark.parametrize("sa, sb", MATMUL_SHAPES)
+def test_matmul_float32(rng, algo, sa, sb):
+    x, y = rand(rng, *sa), rand(rng, *sb)
+    want = np.matmul(x.astype(np.float64), y.astype(np.float64))
+    got = _cuda.matmul(x, y, algo=algo)
+    assert got.dtype == np.float32
+    K_ = sa[-1]
+    assert_close(got, want, atol=1e-5 * np.sqrt(max(K_, 1)), rtol=1e-5 * np.sqrt(max(K_, 1)))
+
+
+@pytest.mark.parametrize("algo", ["naive", "tiled", "tensorcore"])
+@pytest.mark.parametrize("sa, sb", MATMUL_SHAPES + [((200, 72), (72, 136)), ((64, 1000), (1000, 48))])
+def test_matmul_float16(rng, algo, sa, sb):
+    x, y = rand(rng, *sa, dtype=np.float16), rand(rng, *sb, dtype=np.float16)
+    want = np.matmul(x.astype(np.float64), y.astype(np.float64))      # exact products of the fp16 inputs
+    got = _cuda.matmul(x, y, algo=algo)
+    assert got.dtype == np.float16
+    # FP32 accumulation, one rounding to fp16 at the end (relative 2^-11)
+    assert_close(got, want, atol=1e-3 * np.sqrt(max(sa[-1], 1)), rtol=2e-3)
+
+
+def test_matmul_large_k_accumulates_in_float32(rng):
+    x = np.full((16, 4096), 0.01, np.float16)
+    y = np.ones((4096, 16), np.float16)
+    got = _cuda.matmul(x, y, algo="tensorcore")
+    want = x.astype(np.float64) @ y.astype(np.float64)
+    assert_close(got, want, atol=0, rtol=2e-3)                      # fp16 accumulation would be far off
+
+
+# --------------------------------------------------------------------------------------------
+# attention
+# --------------------------------------------------------------------------------------------
+def attention_ref(q, k, v, **kw):
+    f = lambda t: None if t is None else (t if t.dtype == np.bool_ else t.astype(np.float64))  # noqa: E731
+    kw = {n: f(t) if isinstance(t, np.ndarray) else t for n, t in kw.items()}
+    return reference.attention(f(q), f(k), f(v), **kw)
+
+
+ATTN_CASES = [
+    # B, Hq, Hkv, Tq, Tk, Dh, Dv, causal
+    (1, 1, 1, 1, 1, 8, 8, False),
+    (2, 4, 4, 17, 17, 64, 64, True),
+    (1, 8, 2, 70, 70, 64, 64, True),       # GQA, tile boundary + 6
+    (1, 4, 1, 1, 130, 128, 128, True),     # decode: one query sees the whole cache
+    (2, 2, 2, 33, 129, 80, 80, True),      # causal, Tq < Tk (bottom-right)
+    (1, 2, 2, 50, 77, 64, 32, False),      # cross attention, Dv != Dh
+    (1, 2, 1, 65, 64, 96, 96, False),
+    (1, 1, 1, 40, 40, 200, 200, True),     # wide heads: the simt kernel
+    (1, 2, 2, 5, 0, 16, 16, False),        # no keys: zeros
+    (1, 2, 2, 0, 5, 16, 16, False),        # no queries
+]
+
+
+@pytest.mark.parametrize("case", ATTN_CASES)
+def test_attention_float32(rng, case):
+    B, Hq, Hkv, Tq, Tk, Dh, Dv, causal = case
+    q, k, v = rand(rng, B, Hq, Tq, Dh), rand(rng, B, Hkv, Tk, Dh), rand(rng, B, Hkv, Tk, Dv)
+    got = _cuda.attention(q, k, v, causal=causal, algo="simt")
+    assert_close(got, attention_ref(q, k, v, causal=causal), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("algo", ["simt", "mma"])
+@pytest.mark.parametrize("case", [c for c in ATTN_CASES if max(c[5], c[6]) <= 128])
+def test_attention_float16(rng, algo, case):
+    B, Hq, Hkv, Tq, Tk, Dh, Dv, causal = case
+    q, k, v = (rand(rng, B, Hq, Tq, Dh, dtype=np.float16), rand(rng, B, Hkv, Tk, Dh, dtype=np.float16),
+               rand(rng, B, Hkv, Tk, Dv, dtype=np.float16))
+    got = _cuda.attention(q, k, v, causal=causal, algo=algo)
+    assert got.dtype == np.float16
+    # P is rounded to fp16 before the PV product (mma): relative error ~ 2^-11 per term
+    assert_close(got, attention_ref(q, k, v, causal=causal), atol=4e-3, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype, algo", [(np.float32, "simt"), (np.float16, "simt"), (np.float16, "mma")])
+def test_attention_bias_and_mask(rng, dtype, algo):
+    B, Hq, Hkv, Tq, Tk, D = 2, 4, 2, 37, 90, 64
+    q, k, v = rand(rng, B, Hq, Tq, D, dtype=dtype), rand(rng, B, Hkv, Tk, D, dtype=dtype), rand(rng, B, Hkv, Tk, D, dtype=dtype)
+    bias = rand(rng, 1, Hq, Tq, Tk, dtype=dtype)                     # broadcast over batch
+    mask = rng.random((B, 1, 1, Tk)) > 0.3                            # key padding, broadcast over heads/queries
+    mask[1, :, :, :] = False                                          # batch 1 fully masked: zeros
+    tol = dict(atol=2e-5, rtol=1e-4) if dtype == np.float32 else dict(atol=4e-3, rtol=1e-2)
+    for causal in (False, True):
+        got = _cuda.attention(q, k, v, causal=causal, bias=bias, mask=mask, algo=algo)
+        want = attention_ref(q, k, v, causal=causal, bias=bias, mask=mask)
+        assert np.all(np.asarray(got, np.float64)[1] == 0)
+        assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("algo", ["simt", "mma"])
+def test_attention_full_mask_rows_and_scale(rng, algo):
+    q, k, v = (rand(rng, 1, 2, 9, 32, dtype=np.float16), rand(rng, 1, 2, 9, 32, dtype=np.float16),
+               rand(rng, 1, 2, 9, 32, dtype=np.float16))
+    mask = np.ones((9, 9), bool)
+    mask[3] = False                                                   # query 3 attends to nothing
+    got = _cuda.attention(q, k, v, scale=0.3, mask=mask, algo=algo)
+    want = attention_ref(q, k, v, scale=0.3, mask=mask)
+    assert np.all(np.asarray(got)[:, :, 3] == 0)
+    assert_close(got, want, atol=4e-3, rtol=1e-2)
+
+
+def test_attention_large_logits_are_stable(rng):
+    q = rand(rng, 1, 1, 20, 16) * 100
+    k = rand(rng, 1, 1, 20, 16) * 100
+    v = rand(rng, 1, 1, 20, 16)
+    got = _cuda.attention(q, k, v)
+    assert np.all(np.isfinite(got))
+    assert_close(got, attention_ref(q, k, v), atol=1e-4, rtol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# norms
+# --------------------------------------------------------------------------------------------
+NORM_SHAPES = [(1, 1), (3, 7), (5, 64), (2, 3, 100), (4, 4096), (2, 5000), (0, 8), (3, 0)]
+
+
+@pytest.mark.parametrize("algo", ["block", "warp"])
+@pytest.mark.parametrize("shape", NORM_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_norms(rng, algo, shape, dtype):
+    x = (rand(rng, *shape) * 3 + 1).astype(dtype)
+    w, b = rand(rng, shape[-1], dtype=dtype), rand(rng, shape[-1], dtype=dtype)
+    x64, w64, b64 = (t.astype(np.float64) for t in (x, w, b))
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == np.float32 else dict(atol=2e-3, rtol=2e-3)
+    got = _cuda.rms_norm(x, w, 1e-6, algo=algo)
+    assert got.dtype == dtype
+    assert_close(got, reference.rms_norm(x64, w64, 1e-6), **tol)
+    assert_close(_cuda.layer_norm(x, w, b, 1e-5, algo=algo), reference.layer_norm(x64, w64, b64, 1e-5), **tol)
+    assert_close(_cuda.layer_norm(x, None, None, 1e-5, algo=algo), reference.layer_norm(x64, None, None, 1e-5), **tol)
+
+
+def test_layer_norm_large_mean_no_cancellation(rng):
+    x = (rand(rng, 4, 1000) + 1e4).astype(np.float32)
+    got = _cuda.layer_norm(x, None, None, 1e-5)
+    assert_close(got, reference.layer_norm(x.astype(np.float64), None, None, 1e-5), atol=2e-3, rtol=2e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# the backend through the dispatcher, and the models
+# --------------------------------------------------------------------------------------------
+def test_dispatch_runs_on_cuda(rng):
+    x, y = rand(rng, 2, 16, 24), rand(rng, 24, 8)
+    with K.use_backend("cuda"), K.profile() as prof:
+        got = K.matmul(x, y)
+        K.rms_norm(got, np.ones(8, np.float32), 1e-6)
+    assert [r.backend for r in prof.records] == ["cuda", "cuda"]
+    assert_close(got, x.astype(np.float64) @ y, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["llama2", "clip", "sam", "whisper"])
+def test_model_demo_runs_on_cuda(model):
+    try:
+        mod = importlib.import_module(f"pyworkloads.models.{model}")
+    except ImportError as exc:
+        pytest.skip(f"pyworkloads.models.{model} is not importable: {exc}")
+    with K.use_backend("cuda"), K.profile() as prof:
+        line = mod.demo()
+    assert isinstance(line, str) and line
+    assert any(r.backend == "cuda" for r in prof.records)
+
+
+# --------------------------------------------------------------------------------------------
+# device arrays: DLPack / __cuda_array_interface__, bfloat16, out=, strided views
+# --------------------------------------------------------------------------------------------
+def test_device_arrays_bfloat16_zero_copy():
+    torch = torch_cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(3, 200, 72, device="cuda", dtype=torch.bfloat16, generator=g)
+    b = torch.randn(72, 136, device="cuda", dtype=torch.bfloat16, generator=g)
+    c = _cuda.matmul(a, b)                                            # DLPack in (bf16 has no CAI typestr)
+    assert isinstance(c, _cuda.DeviceArray) and c.dtype == "bfloat16" and c.shape == (3, 200, 136)
+    ct = torch.from_dlpack(c)                                         # zero-copy out
+    assert ct.data_ptr() == c.data_ptr and ct.dtype == torch.bfloat16
+    want = a.double() @ b.double()
+    assert torch.allclose(ct.double(), want, atol=0.05, rtol=1e-2)
+    del c
+    assert torch.isfinite(ct).all()                                   # the capsule keeps the memory alive
+
+
+def test_device_arrays_out_and_strided_views():
+    torch = torch_cuda()
+    g = torch.Generator(device="cuda").manual_seed(1)
+    a = torch.randn(150, 70, device="cuda", generator=g)
+    b = torch.randn(90, 70, device="cuda", generator=g).t()           # transposed view: packed first
+    out = torch.empty(150, 90, device="cuda")
+    res = _cuda.matmul(a, b, out=out)
+    assert res is out
+    assert torch.allclose(out, a @ b, atol=1e-4, rtol=1e-4)
+    q = torch.randn(2, 64, 4, 64, device="cuda", dtype=torch.float16, generator=g).transpose(1, 2)   # [B, H, T, D] view
+    k = torch.randn(2, 64, 4, 64, device="cuda", dtype=torch.float16, generator=g).transpose(1, 2)
+    v = torch.randn(2, 64, 4, 64, device="cuda", dtype=torch.float16, generator=g).transpose(1, 2)
+    got = torch.from_dlpack(_cuda.attention(q, k, v, causal=True))
+    want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert torch.allclose(got.float(), want, atol=4e-3, rtol=1e-2)
+
+
+def test_device_arrays_cuda_array_interface_and_norms():
+    torch = torch_cuda()
+    g = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(64, 4096, device="cuda", dtype=torch.float16, generator=g)
+    w = torch.randn(4096, device="cuda", dtype=torch.float16, generator=g)
+    y = _cuda.rms_norm(x, w, 1e-6)
+    assert "__cuda_array_interface__" in dir(type(y)) and y.__cuda_array_interface__["typestr"] == "<f2"
+    yt = torch.as_tensor(y, device="cuda")                            # via __cuda_array_interface__
+    want = torch.nn.functional.rms_norm(x.float(), (4096,), w.float(), 1e-6)
+    assert torch.allclose(yt.float(), want, atol=2e-3, rtol=2e-3)
+    np.testing.assert_allclose(y.numpy().astype(np.float32), yt.float().cpu().numpy())
+
+
+def test_device_arrays_on_different_streams():
+    torch = torch_cuda()
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        x = torch.full((256, 1024), 2.0, device="cuda")              # produced on a side stream
+        w = torch.ones(1024, device="cuda")
+        y = torch.from_dlpack(_cuda.rms_norm(x, w, 0.0))
+    torch.cuda.synchronize()
+    assert torch.allclose(y, torch.ones_like(y))
