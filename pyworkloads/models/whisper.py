@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -191,6 +192,13 @@ def count_params(config: Config) -> int:
 # =============================================================================================
 # generation settings (generation_config.json)
 # =============================================================================================
+# generation-config settings that change what transformers' Whisper generate decodes and that this
+# implementation does not have (the OpenAI checkpoints leave them unset; temperature fallback is an
+# argument of generate, not read from the config, and is not offered here either)
+_UNSUPPORTED_DECODING = {"condition_on_prev_tokens": bool, "no_speech_threshold": lambda v: True,
+                         "num_beams": lambda v: v > 1}
+
+
 @dataclass
 class GenerationConfig:
     """The decoding settings of a Whisper checkpoint (``generation_config.json``), field names as there."""
@@ -222,6 +230,11 @@ class GenerationConfig:
                 raise ValueError(f"generation config needs {key!r}")
         if isinstance(kw["eos_token_id"], list):
             kw["eos_token_id"] = kw["eos_token_id"][0]
+        unsupported = {k: d[k] for k, is_set in _UNSUPPORTED_DECODING.items() if d.get(k) is not None and is_set(d[k])}
+        if unsupported:
+            warnings.warn(f"generation config sets {unsupported}: pyworkloads decodes greedily without beams, "
+                          "no-speech skipping or conditioning on previous windows, so its tokens may differ "
+                          "from transformers' for this configuration", stacklevel=2)
         return cls(**kw)
 
     def to_dict(self) -> dict:

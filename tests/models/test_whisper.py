@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -277,3 +278,14 @@ def test_english_only_checkpoint():
     np.testing.assert_array_equal(m.init_tokens(feats), [[257, 363]])          # sot, notimestamps
     res = m.transcribe(np.zeros(16000, np.float32), language="english", progress=False)
     assert res.language == "en"
+
+
+def test_unsupported_decoding_settings_warn():
+    gen = W.make_generation_config(256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        W.GenerationConfig.from_dict({**gen, "num_beams": 1, "condition_on_prev_tokens": False, "temperature": 1.0})
+    with pytest.warns(UserWarning, match="no_speech_threshold"):
+        W.GenerationConfig.from_dict({**gen, "no_speech_threshold": 0.6, "logprob_threshold": -1.0})
+    with pytest.warns(UserWarning, match="num_beams"):
+        W.GenerationConfig.from_dict({**gen, "num_beams": 5})
