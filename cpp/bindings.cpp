@@ -6,6 +6,7 @@
 namespace pyworkloads {
 void bind_norms(py::module_& m);
 void bind_matmul(py::module_& m);
+void bind_attention(py::module_& m);
 }
 
 namespace py = pybind11;
@@ -14,6 +15,7 @@ PYBIND11_MODULE(_kernels, m) {
     m.doc() = "pyworkloads C++ CPU kernels (float32)";
     pyworkloads::bind_norms(m);
     pyworkloads::bind_matmul(m);
+    pyworkloads::bind_attention(m);
 
     m.def("set_num_threads", [](int n) {
         if (n < 1) throw py::value_error("n must be >= 1");

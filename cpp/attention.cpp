@@ -1,0 +1,463 @@
+// Scaled dot-product attention, fused ("flash") forward on the CPU.
+//
+//   out[b, h, i, :] = Σ_j softmax_j(scale · q_i·k_j + bias_ij, masked) · v_j
+//   q [B, Hq, Tq, Dh], k [B, Hkv, Tk, Dh], v [B, Hkv, Tk, Dv]; query head h reads kv head
+//   h / (Hq / Hkv) (grouped-query attention, K/V are never repeated or copied); causal masking is
+//   bottom-right aligned (query i sees keys j <= i + Tk - Tq); bias (additive) and mask (boolean,
+//   True = attend) broadcast to [B, Hq, Tq, Tk] and are read through strides (0 along broadcast axes).
+//
+// Versions:
+//
+// 1. naive -- per query row: all Tk scores, max, exp, sum, weighted sum of V (double accumulation).
+//    O(Tk) memory per row; the textbook definition, kept as a test oracle.
+//
+// 2. fast, tiled (Tq > 1) -- the FlashAttention recurrence.  A task is one (b, h, block of BQ
+//    queries); it walks the key blocks of BK keys and never forms the Tq x Tk score matrix:
+//
+//       S   = scale · Q_blk · K_blkᵀ (+ bias, masked -> -inf)        [BQ x BK], in L1/L2
+//       m'  = max(m, rowmax S);  P = exp(S - m');  α = exp(m - m')
+//       l   = α·l + rowsum P;    O = α·O + P · V_blk                 running max m, sum l, output O
+//    and finally out = O / l (rows with no allowed key keep l = 0 and give zeros, like the reference).
+//    Both products use one register-tiled kernel (6 rows x 4 vectors of accumulators, broadcast the
+//    left operand, FMA with unit-stride rows of the right one): Q·Kᵀ reads a K block transposed
+//    once into a small buffer (BK·Dh floats, reused by all BQ queries), P·V reads V in place.
+//    With causal masking, key blocks entirely above the diagonal are skipped (about half the work)
+//    and only blocks crossing it are masked element by element.  Tasks (B·Hq·⌈Tq/BQ⌉) are spread
+//    over threads dynamically, since causal tasks differ in length.
+//
+// 3. fast, single query (Tq == 1, the decode step) -- one pass of Tk dot products (vectorised along
+//    Dh), exp, and a weighted sum of V rows: streams the KV cache once; parallel over (b, h).
+//
+// Memory: O(threads · (BQ·BK + BK·Dh + BQ·Dv)) scratch, independent of T (no T² buffer).
+// Inputs: float32 (anything else raises TypeError -- no silent casting), mask bool; arbitrary
+// strides are read in place as long as the last axis of q/k/v is unit-stride (else one copy).
+#include "common.h"
+#include "simd.h"
+#include "strided.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace pyworkloads {
+
+using namespace simd;
+
+namespace {
+
+constexpr int NVEC = 4;                 // vectors per kernel row
+constexpr int BQ = NVEC * VL;           // queries per task (64 with AVX-512): one kernel row of Sᵀ
+constexpr int BK = 48;                  // keys per block: 8 tiles of the 6-row kernel
+constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+
+struct Qkv {                            // 4-D strided views (element strides), last axis unit-stride
+    const float* p;
+    int64_t s0, s1, s2;
+    const float* row(int64_t b, int64_t h, int64_t t) const { return p + b * s0 + h * s1 + t * s2; }
+};
+
+struct Extra {                          // bias / mask, broadcast over [B, Hq, Tq, Tk] through strides
+    const void* p = nullptr;
+    int64_t s[4] = {0, 0, 0, 0};
+    const float* frow(int64_t b, int64_t h, int64_t i) const {
+        return static_cast<const float*>(p) + b * s[0] + h * s[1] + i * s[2];
+    }
+    const uint8_t* mrow(int64_t b, int64_t h, int64_t i) const {
+        return static_cast<const uint8_t*>(p) + b * s[0] + h * s[1] + i * s[2];
+    }
+};
+
+struct Problem {
+    int64_t B, Hq, Hkv, Tq, Tk, Dh, Dv;
+    Qkv q, k, v;
+    Extra bias, mask;
+    bool causal;
+    float scale;
+    float* out;                          // [B, Hq, Tq, Dv] contiguous
+    int64_t group() const { return Hq / Hkv; }
+    // last key index + 1 that query i may see (causal, bottom-right aligned)
+    int64_t key_limit(int64_t i) const { return causal ? std::min(Tk, i + Tk - Tq + 1) : Tk; }
+};
+
+// C[R x w] (+)= A[R x K] · B[K x w]; A(r, k) = A[r·ars + k·acs]; rows of B and C are ldb and ldc
+// floats apart; w <= NVEC·VL.
+template <int R>
+inline void tile_mac(int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
+                     int64_t ldc, int w, bool accumulate) {
+    vf c[R][NVEC];
+    if (w == NVEC * VL) {
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < NVEC; ++v) c[r][v] = accumulate ? vload(C + r * ldc + v * VL) : vzero();
+        for (int64_t k = 0; k < K; ++k) {
+            vf b[NVEC];
+#pragma GCC unroll 4
+            for (int v = 0; v < NVEC; ++v) b[v] = vload(B + k * ldb + v * VL);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) {
+                const vf a = vset1(A[r * ars + k * acs]);
+#pragma GCC unroll 4
+                for (int v = 0; v < NVEC; ++v) c[r][v] = vfma(a, b[v], c[r][v]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < NVEC; ++v) vstore(C + r * ldc + v * VL, c[r][v]);
+        return;
+    }
+    const int nv = (w + VL - 1) / VL;
+    auto width = [&](int v) { return std::min(VL, w - v * VL); };
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < nv; ++v) c[r][v] = accumulate ? vload_n(C + r * ldc + v * VL, width(v)) : vzero();
+    for (int64_t k = 0; k < K; ++k)
+        for (int v = 0; v < nv; ++v) {
+            const vf b = vload_n(B + k * ldb + v * VL, width(v));
+            for (int r = 0; r < R; ++r) c[r][v] = vfma(vset1(A[r * ars + k * acs]), b, c[r][v]);
+        }
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < nv; ++v) vstore_n(C + r * ldc + v * VL, c[r][v], width(v));
+}
+
+// C[rows x w] (+)= A · B for any rows / w, in 6-row x (NVEC·VL)-column tiles.
+void block_mac(int64_t rows, int64_t w, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb,
+               float* C, int64_t ldc, bool accumulate) {
+    for (int64_t c0 = 0; c0 < w; c0 += NVEC * VL) {
+        const int cw = static_cast<int>(std::min<int64_t>(NVEC * VL, w - c0));
+        for (int64_t r0 = 0; r0 < rows; r0 += 6) {
+            const float* a = A + r0 * ars;
+            float* c = C + r0 * ldc + c0;
+            switch (std::min<int64_t>(6, rows - r0)) {
+                case 6: tile_mac<6>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                case 5: tile_mac<5>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                case 4: tile_mac<4>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                case 3: tile_mac<3>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                case 2: tile_mac<2>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                default: tile_mac<1>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+            }
+        }
+    }
+}
+
+// Adds bias, applies causal/mask (-inf) to one row of scores s[0:n) for query i, keys j0..j0+n.
+inline void bias_and_mask_row(const Problem& P, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s) {
+    if (P.bias.p) {
+        const float* br = P.bias.frow(b, h, i) + j0 * P.bias.s[3];
+        if (P.bias.s[3] == 1) {
+            int64_t j = 0;
+            for (; j + VL <= n; j += VL) vstore(s + j, vadd(vload(s + j), vload(br + j)));
+            if (j < n) vstore_n(s + j, vadd(vload_n(s + j, int(n - j)), vload_n(br + j, int(n - j))), int(n - j));
+        } else {
+            for (int64_t j = 0; j < n; ++j) s[j] += br[j * P.bias.s[3]];
+        }
+    }
+    if (P.mask.p) {
+        const uint8_t* mr = P.mask.mrow(b, h, i) + j0 * P.mask.s[3];
+        for (int64_t j = 0; j < n; ++j)
+            if (!mr[j * P.mask.s[3]]) s[j] = NEG_INF;
+    }
+    const int64_t lim = P.key_limit(i);
+    for (int64_t j = std::max<int64_t>(0, lim - j0); j < n; ++j) s[j] = NEG_INF;
+}
+
+struct Scratch {
+    float *qt, *st, *o, *m, *l, *alpha;
+    static size_t floats(const Problem& P) {
+        const int64_t dvp = (P.Dv + VL - 1) / VL * VL;
+        return static_cast<size_t>(P.Dh * BQ + BK * BQ + BQ * dvp + 3 * BQ);
+    }
+    Scratch(float* base, const Problem& P) {
+        const int64_t dvp = (P.Dv + VL - 1) / VL * VL;
+        qt = base;
+        st = qt + P.Dh * BQ;
+        o = st + BK * BQ;
+        m = o + BQ * dvp;
+        l = m + BQ;
+        alpha = l + BQ;
+    }
+};
+
+// One task: queries [i0, i1) of head h in batch b.  Scores are kept transposed, Sᵀ [keys x queries],
+// so the softmax statistics of the BQ queries are vectors (one lane per query) and Q·Kᵀ needs only
+// Qᵀ, packed once per task, while K and V are read in place.
+void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1, Scratch& w) {
+    const int64_t hk = h / P.group(), nq = i1 - i0;
+    const int64_t dvp = (P.Dv + VL - 1) / VL * VL;
+    for (int64_t d = 0; d < P.Dh; ++d) {                          // Qᵀ [Dh x BQ], zero-padded
+        for (int64_t r = 0; r < nq; ++r) w.qt[d * BQ + r] = P.q.row(b, h, i0 + r)[d];
+        for (int64_t r = nq; r < BQ; ++r) w.qt[d * BQ + r] = 0.f;
+    }
+    std::fill(w.o, w.o + BQ * dvp, 0.f);
+    std::fill(w.m, w.m + BQ, NEG_INF);
+    std::fill(w.l, w.l + BQ, 0.f);
+    const int64_t kend = P.key_limit(i1 - 1);                    // keys any query of the block may see
+    const int64_t shift = P.Tk - P.Tq;                            // causal: key j needs query i >= j - shift
+    const vf vscale = vset1(P.scale), vninf = vset1(NEG_INF);
+    for (int64_t j0 = 0; j0 < kend; j0 += BK) {
+        const int64_t nk = std::min<int64_t>(BK, kend - j0);
+        // Sᵀ = K_blk · Qᵀ  [nk x BQ]
+        block_mac(nk, BQ, P.Dh, P.k.row(b, hk, j0), P.k.s2, 1, w.qt, BQ, w.st, BQ, false);
+        for (int64_t jj = 0; jj < nk; ++jj)
+            for (int v = 0; v < NVEC; ++v) vstore(w.st + jj * BQ + v * VL, vmul(vload(w.st + jj * BQ + v * VL), vscale));
+        if (P.bias.p || P.mask.p) {
+            for (int64_t r = 0; r < nq; ++r) {
+                if (P.bias.p) {
+                    const float* br = P.bias.frow(b, h, i0 + r) + j0 * P.bias.s[3];
+                    for (int64_t jj = 0; jj < nk; ++jj) w.st[jj * BQ + r] += br[jj * P.bias.s[3]];
+                }
+                if (P.mask.p) {
+                    const uint8_t* mr = P.mask.mrow(b, h, i0 + r) + j0 * P.mask.s[3];
+                    for (int64_t jj = 0; jj < nk; ++jj)
+                        if (!mr[jj * P.mask.s[3]]) w.st[jj * BQ + r] = NEG_INF;
+                }
+            }
+        }
+        if (P.causal && j0 + nk > P.key_limit(i0)) {                // the diagonal crosses this block
+            for (int64_t jj = 0; jj < nk; ++jj) {
+                const int64_t first = std::clamp<int64_t>(j0 + jj - shift - i0, 0, BQ);
+                std::fill(w.st + jj * BQ, w.st + jj * BQ + first, NEG_INF);
+            }
+        }
+        // online softmax, one lane per query
+        for (int v = 0; v < NVEC; ++v) {
+            vf mx = vninf;
+            for (int64_t jj = 0; jj < nk; ++jj) mx = vmax(mx, vload(w.st + jj * BQ + v * VL));
+            const vf m_old = vload(w.m + v * VL);
+            const vf m_new = vmax(m_old, mx);
+            // a query with no allowed key so far keeps m = -inf; subtract 0 instead (exp(-inf) = 0)
+            const vf m_use = vmax(m_new, vset1(-3.0e38f));
+            vf sum = vzero();
+            for (int64_t jj = 0; jj < nk; ++jj) {
+                float* sp = w.st + jj * BQ + v * VL;
+                const vf p = vexp(vsub(vload(sp), m_use));
+                vstore(sp, p);
+                sum = vadd(sum, p);
+            }
+            const vf alpha = vexp(vsub(m_old, m_use));
+            vstore(w.alpha + v * VL, alpha);
+            vstore(w.l + v * VL, vfma(vload(w.l + v * VL), alpha, sum));
+            vstore(w.m + v * VL, m_new);
+        }
+        for (int64_t r = 0; r < nq; ++r) {
+            const float a = w.alpha[r];
+            if (a == 1.f) continue;
+            float* o = w.o + r * dvp;
+            const vf va = vset1(a);
+            for (int64_t d = 0; d < dvp; d += VL) vstore(o + d, vmul(vload(o + d), va));
+        }
+        // O += P · V_blk with P(r, jj) = Sᵀ[jj][r]
+        block_mac(nq, P.Dv, nk, w.st, 1, BQ, P.v.row(b, hk, j0), P.v.s2, w.o, dvp, true);
+    }
+    for (int64_t r = 0; r < nq; ++r) {
+        float* out = P.out + ((b * P.Hq + h) * P.Tq + i0 + r) * P.Dv;
+        const float inv = w.l[r] > 0.f ? 1.f / w.l[r] : 0.f;
+        for (int64_t d = 0; d < P.Dv; ++d) out[d] = w.o[r * dvp + d] * inv;
+    }
+}
+
+// Tq == 1: scores for all keys at once (O(Tk) scratch), then one weighted pass over V.
+void decode_row(const Problem& P, int64_t b, int64_t h, float* s) {
+    const int64_t hk = h / P.group(), i = 0;
+    const float* q = P.q.row(b, h, i);
+    const int64_t n = P.key_limit(i);
+    const int64_t dv = P.Dh / VL * VL;
+    const int tail = static_cast<int>(P.Dh - dv);
+    for (int64_t j = 0; j < n; ++j) {
+        const float* kr = P.k.row(b, hk, j);
+        vf acc = vzero();
+        for (int64_t d = 0; d < dv; d += VL) acc = vfma(vload(q + d), vload(kr + d), acc);
+        if (tail) acc = vfma(vload_n(q + dv, tail), vload_n(kr + dv, tail), acc);
+        s[j] = vhsum(acc) * P.scale;
+    }
+    if (P.bias.p || P.mask.p) bias_and_mask_row(P, b, h, i, 0, n, s);
+    float mx = NEG_INF;
+    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+    float* out = P.out + (b * P.Hq + h) * P.Dv;
+    if (mx == NEG_INF) {
+        std::fill(out, out + P.Dv, 0.f);
+        return;
+    }
+    float l = 0.f;
+    int64_t j = 0;
+    vf vsum = vzero();
+    for (; j + VL <= n; j += VL) {
+        const vf p = vexp(vsub(vload(s + j), vset1(mx)));
+        vstore(s + j, p);
+        vsum = vadd(vsum, p);
+    }
+    if (j < n) {
+        const vf p = vexp(vsub(vload_n(s + j, int(n - j)), vset1(mx)));
+        vstore_n(s + j, p, int(n - j));
+        vsum = vadd(vsum, vload_n(s + j, int(n - j)));
+    }
+    l = vhsum(vsum);
+    block_mac(1, P.Dv, n, s, n, 1, P.v.row(b, hk, 0), P.v.s2, out, P.Dv, false);
+    const float inv = 1.f / l;
+    for (int64_t d = 0; d < P.Dv; ++d) out[d] *= inv;
+}
+
+void attention_naive(const Problem& P) {
+    std::vector<double> s(P.Tk);
+    std::vector<float> row(P.Tk);
+    for (int64_t b = 0; b < P.B; ++b)
+        for (int64_t h = 0; h < P.Hq; ++h)
+            for (int64_t i = 0; i < P.Tq; ++i) {
+                const int64_t hk = h / P.group();
+                const float* q = P.q.row(b, h, i);
+                for (int64_t j = 0; j < P.Tk; ++j) {
+                    const float* kr = P.k.row(b, hk, j);
+                    double acc = 0;
+                    for (int64_t d = 0; d < P.Dh; ++d) acc += double(q[d]) * kr[d];
+                    row[j] = float(acc * P.scale);
+                }
+                bias_and_mask_row(P, b, h, i, 0, P.Tk, row.data());
+                double mx = -std::numeric_limits<double>::infinity(), l = 0;
+                for (int64_t j = 0; j < P.Tk; ++j) mx = std::max(mx, double(row[j]));
+                for (int64_t j = 0; j < P.Tk; ++j) l += s[j] = row[j] == NEG_INF ? 0.0 : std::exp(row[j] - mx);
+                float* out = P.out + ((b * P.Hq + h) * P.Tq + i) * P.Dv;
+                for (int64_t d = 0; d < P.Dv; ++d) {
+                    double acc = 0;
+                    for (int64_t j = 0; j < P.Tk; ++j) acc += s[j] * P.v.row(b, hk, j)[d];
+                    out[d] = l > 0 ? float(acc / l) : 0.f;
+                }
+            }
+}
+
+// A q/k/v argument: float32, 4-D, read in place when its last axis is unit-stride.
+StridedF32 qkv_view(const py::handle& obj, const char* name) {
+    StridedF32 a = strided_f32(obj, name);
+    if (a.ndim() != 4)
+        throw py::value_error(std::string("attention: ") + name + " must be 4-D [B, H, T, D], got shape " +
+                              shape_str(a.arr));
+    if (a.st(3) != 1 && a.dim(3) > 1) a = strided_f32(py::array_t<float, py::array::c_style>::ensure(a.arr), name);
+    return a;
+}
+
+// bias / mask: at most 4-D, each axis 1 or the full size; returns broadcast strides (in elements).
+Extra extra_view(const py::array& a, const void* data, const char* name, const int64_t full[4], int64_t itemsize) {
+    Extra e;
+    const int nd = static_cast<int>(a.ndim());
+    if (nd > 4) throw py::value_error(std::string("attention: ") + name + " must have at most 4 dimensions, got " +
+                                      std::to_string(nd));
+    for (int d = 0; d < nd; ++d) {
+        const int fd = 4 - nd + d;
+        const int64_t n = a.shape(d);
+        if (n != 1 && n != full[fd])
+            throw py::value_error(std::string("attention: ") + name + " shape " + shape_str(a) +
+                                  " does not broadcast to [B, Hq, Tq, Tk] = (" + std::to_string(full[0]) + ", " +
+                                  std::to_string(full[1]) + ", " + std::to_string(full[2]) + ", " +
+                                  std::to_string(full[3]) + ")");
+        if (a.strides(d) % itemsize != 0)
+            throw py::value_error(std::string("attention: ") + name + " has strides that are not whole elements");
+        e.s[fd] = n == 1 ? 0 : a.strides(d) / itemsize;
+    }
+    e.p = data;
+    return e;
+}
+
+}  // namespace
+
+py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal, py::object scale_obj,
+                             py::object bias_obj, py::object mask_obj, const std::string& version) {
+    StridedF32 q = qkv_view(q_obj, "q"), k = qkv_view(k_obj, "k"), v = qkv_view(v_obj, "v");
+    if (version != "fast" && version != "naive")
+        throw py::value_error("attention: version must be 'fast' or 'naive', got '" + version + "'");
+    Problem P{};
+    P.B = q.dim(0);
+    P.Hq = q.dim(1);
+    P.Tq = q.dim(2);
+    P.Dh = q.dim(3);
+    P.Hkv = k.dim(1);
+    P.Tk = k.dim(2);
+    P.Dv = v.dim(3);
+    if (k.dim(0) != P.B || v.dim(0) != P.B)
+        throw py::value_error("attention: batch sizes differ: q " + shape_str(q.arr) + ", k " + shape_str(k.arr) +
+                              ", v " + shape_str(v.arr));
+    if (v.dim(1) != P.Hkv || v.dim(2) != P.Tk)
+        throw py::value_error("attention: k" + shape_str(k.arr) + " and v" + shape_str(v.arr) +
+                              " must share heads and length");
+    if (P.Hkv == 0 || P.Hq % P.Hkv != 0)
+        throw py::value_error("attention: query heads (" + std::to_string(P.Hq) + ") must be a multiple of key/value heads (" +
+                              std::to_string(P.Hkv) + ")");
+    if (k.dim(3) != P.Dh)
+        throw py::value_error("attention: q and k head widths differ (" + std::to_string(P.Dh) + " vs " +
+                              std::to_string(k.dim(3)) + ")");
+    if (causal && P.Tq > P.Tk)
+        throw py::value_error("attention: causal needs Tq <= Tk (bottom-right alignment), got Tq=" +
+                              std::to_string(P.Tq) + ", Tk=" + std::to_string(P.Tk));
+    P.causal = causal;
+    if (scale_obj.is_none()) {
+        P.scale = P.Dh > 0 ? float(1.0 / std::sqrt(double(P.Dh))) : 1.f;
+    } else {
+        const double s = py::float_(scale_obj);          // TypeError for non-numbers
+        if (!std::isfinite(s)) throw py::value_error("attention: scale must be a finite number");
+        P.scale = float(s);
+    }
+    const int64_t full[4] = {P.B, P.Hq, P.Tq, P.Tk};
+    StridedF32 bias;
+    if (!bias_obj.is_none()) {
+        bias = strided_f32(bias_obj, "bias");
+        P.bias = extra_view(bias.arr, bias.data, "bias", full, sizeof(float));
+    }
+    py::array mask;
+    if (!mask_obj.is_none()) {
+        if (!py::isinstance<py::array>(mask_obj))
+            throw py::type_error("attention: mask must be a boolean NumPy array (True = attend)");
+        mask = py::reinterpret_borrow<py::array>(mask_obj);
+        if (!mask.dtype().is(py::dtype::of<bool>()))
+            throw py::type_error("attention: mask must be a boolean array (True = attend), got dtype " +
+                                 std::string(py::str(mask.dtype())));
+        P.mask = extra_view(mask, mask.data(), "mask", full, 1);
+    }
+    P.q = {q.data, q.st(0), q.st(1), q.st(2)};
+    P.k = {k.data, k.st(0), k.st(1), k.st(2)};
+    P.v = {v.data, v.st(0), v.st(1), v.st(2)};
+    py::array_t<float> out({P.B, P.Hq, P.Tq, P.Dv});
+    P.out = out.mutable_data();
+    if (out.size() == 0) return out;
+    if (P.Tk == 0) {                                          // nothing to attend to: zeros
+        std::fill(P.out, P.out + out.size(), 0.f);
+        return out;
+    }
+    const int nt_max = max_threads();
+    const int64_t nqb = (P.Tq + BQ - 1) / BQ;
+    const int64_t ntasks = P.B * P.Hq * (P.Tq == 1 ? 1 : nqb);
+    const double work = double(P.B) * P.Hq * P.Tq * P.Tk * (P.Dh + P.Dv);
+    const int nt = int(std::min<int64_t>(ntasks, work < 1e6 ? 1 : nt_max));
+    const size_t per_thread = P.Tq == 1 ? static_cast<size_t>(P.Tk + 64) : Scratch::floats(P);
+    float* ws = version == "naive" ? nullptr : thread_scratch(1, per_thread * nt);
+    {
+        py::gil_scoped_release nogil;
+        if (version == "naive") {
+            attention_naive(P);
+        } else if (P.Tq == 1) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
+            for (int64_t t = 0; t < ntasks; ++t) decode_row(P, t / P.Hq, t % P.Hq, ws + thread_id() * per_thread);
+        } else {
+#pragma omp parallel num_threads(nt) if (nt > 1)
+            {
+                Scratch w(ws + thread_id() * per_thread, P);
+#pragma omp for schedule(dynamic)
+                for (int64_t t = 0; t < ntasks; ++t) {
+                    // longest causal tasks (last query blocks) first
+                    const int64_t qb = nqb - 1 - t % nqb, bh = t / nqb;
+                    const int64_t i0 = qb * BQ, i1 = std::min(P.Tq, i0 + BQ);
+                    flash_block(P, bh / P.Hq, bh % P.Hq, i0, i1, w);
+                }
+            }
+        }
+    }
+    return out;
+}
+
+void bind_attention(py::module_& m) {
+    m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false,
+          py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("mask") = py::none(),
+          py::arg("version") = "fast",
+          "Fused multi-head attention (float32). q [B,Hq,Tq,Dh], k [B,Hkv,Tk,Dh], v [B,Hkv,Tk,Dv], Hq % Hkv == 0;\n"
+          "causal is bottom-right aligned; bias (float32, additive) and mask (bool, True = attend) broadcast to\n"
+          "[B,Hq,Tq,Tk]; scale defaults to 1/sqrt(Dh). Rows with no allowed key give zeros. Non-float32 inputs\n"
+          "raise TypeError. version: 'fast' (tiled online softmax, threaded) or 'naive'.");
+}
+
+}  // namespace pyworkloads
