@@ -27,7 +27,9 @@
 //          layout of a 16-key k-step, so P goes from the softmax to the second MMA without
 //          touching shared memory.  V is stored transposed in shared memory so its B fragments
 //          are 32-bit loads; row pitches carry 8 halves of padding, which makes the fragment
-//          loads of the 8 row groups fall in distinct banks.  Softmax runs in the log2 domain
+//          loads of the 8 row groups fall in distinct banks.  For head widths <= 64 the next K/V
+//          tile is loaded into registers during the current tile's MMAs; tiles where every key
+//          is visible to every row skip the per-element mask tests.  Softmax runs in the log2 domain
 //          (exp2), row statistics are reduced across the 4 threads that share a row.
 #include <cmath>
 
@@ -210,23 +212,22 @@ template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// 8 consecutive elements of row `row` starting at column d (zeros outside [rows, width)).
+// 8 consecutive elements of row `row` starting at column d (zeros outside [rows, width)), as
+// one 16-byte register.
 template <class T>
-__device__ __forceinline__ void load8(T (&v)[8], const T* src, int64_t st, int64_t row, int64_t rows, int d,
-                                      int64_t width, bool vec) {
-    if (vec) {                     // width % 8 == 0: a chunk is entirely inside or outside
-        uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-        if (row < rows && d < width) raw = *reinterpret_cast<const uint4*>(src + row * st + d);
-        *reinterpret_cast<uint4*>(v) = raw;
-    } else {
+__device__ __forceinline__ uint4 load8(const T* src, int64_t st, int64_t row, int64_t rows, int d, int64_t width, bool vec) {
+    if (vec)                       // width % 8 == 0: a chunk is entirely inside or outside
+        return (row < rows && d < width) ? *reinterpret_cast<const uint4*>(src + row * st + d) : make_uint4(0u, 0u, 0u, 0u);
+    alignas(16) T v[8];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] = (row < rows && d + e < width) ? src[row * st + d + e] : from_float<T>(0.f);
-    }
+    for (int e = 0; e < 8; ++e) v[e] = (row < rows && d + e < width) ? src[row * st + d + e] : from_float<T>(0.f);
+    return *reinterpret_cast<const uint4*>(v);
 }
 
 template <class T, int kD>
 __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
     constexpr int kLd = kD + 8, kLdV = kMmaCols + 8, kChunks = kD / 8;
+    constexpr int kPer = kMmaCols * kChunks / kMmaThreads;   // 16-byte chunks of a K (or V) tile per thread
     static_assert(kMmaRows == kMmaCols, "the Q tile is staged in the K buffer");
     __shared__ __align__(16) T Ks[kMmaCols * kLd];     // K tile, row-major [key][d] (first: the Q tile)
     __shared__ __align__(16) T Vt[kD * kLdV];          // V tile, transposed [d][key]
@@ -240,9 +241,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
     // Q tile -> shared -> A fragments (rows warp*16 + g and + 8, k-step ks).
     for (int c = tid; c < kMmaRows * kChunks; c += kMmaThreads) {
         const int r = c / kChunks, d = (c % kChunks) * 8;
-        alignas(16) T v[8];
-        load8(v, Q, p.q.st, q0 + r, p.Tq, d, p.Dh, p.vec);
-        *reinterpret_cast<uint4*>(Ks + r * kLd + d) = *reinterpret_cast<const uint4*>(v);
+        *reinterpret_cast<uint4*>(Ks + r * kLd + d) = load8(Q, p.q.st, q0 + r, p.Tq, d, p.Dh, p.vec);
     }
     __syncthreads();
     uint32_t qa[kD / 16][4];
@@ -255,29 +254,61 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
         qa[ks][3] = ld_shared_u32(base + 8 * kLd + 8);
     }
 
+    // With kPrefetch the next K/V tile is fetched into registers while the current one is
+    // multiplied (kD = 64: 32 more registers); for kD = 128 that would spill, so the tile is
+    // copied straight to shared memory, one chunk at a time.
+    constexpr bool kPrefetch = kD <= 64;
+    uint4 kreg[kPrefetch ? kPer : 1], vreg[kPrefetch ? kPer : 1];
+    auto fetch = [&](int64_t k0) {
+        if constexpr (kPrefetch) {
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) {
+                const int c = tid + i * kMmaThreads;
+                kreg[i] = load8(K, p.k.st, k0 + c / kChunks, p.Tk, (c % kChunks) * 8, p.Dh, p.vec);
+                vreg[i] = load8(V, p.v.st, k0 + c % kMmaCols, p.Tk, (c / kMmaCols) * 8, p.Dv, p.vec);   // key fastest
+            }
+        }
+    };
+    auto store_k = [&](int c, uint4 chunk) {
+        *reinterpret_cast<uint4*>(Ks + (c / kChunks) * kLd + (c % kChunks) * 8) = chunk;
+    };
+    auto store_v = [&](int c, uint4 chunk) {      // transposed; consecutive lanes: consecutive keys, distinct banks
+        const int r = c % kMmaCols, d = (c / kMmaCols) * 8;
+        const T* e = reinterpret_cast<const T*>(&chunk);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) Vt[(d + j) * kLdV + r] = e[j];
+    };
+
     float o[kD / 8][4];
 #pragma unroll
     for (int dt = 0; dt < kD / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
     float m[2] = {kNegInf, kNegInf}, l[2] = {0.f, 0.f};
     const int64_t rows[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
     const int64_t end = kv_end(p, q0, kMmaRows);
+    const float scale_log2 = p.scale * kLog2e;
 
+    if constexpr (kPrefetch) {
+        if (end > 0) fetch(0);
+    }
     for (int64_t k0 = 0; k0 < end; k0 += kMmaCols) {
         __syncthreads();                               // Q fragments read / previous tile consumed
-        for (int c = tid; c < kMmaCols * kChunks; c += kMmaThreads) {
-            const int r = c / kChunks, d = (c % kChunks) * 8;
-            alignas(16) T v[8];
-            load8(v, K, p.k.st, k0 + r, p.Tk, d, p.Dh, p.vec);
-            *reinterpret_cast<uint4*>(Ks + r * kLd + d) = *reinterpret_cast<const uint4*>(v);
-        }
-        for (int c = tid; c < kMmaCols * kChunks; c += kMmaThreads) {
-            const int r = c % kMmaCols, d = (c / kMmaCols) * 8;   // key fastest: transposed stores hit distinct banks
-            alignas(16) T v[8];
-            load8(v, V, p.v.st, k0 + r, p.Tk, d, p.Dv, p.vec);
+        if constexpr (kPrefetch) {
 #pragma unroll
-            for (int e = 0; e < 8; ++e) Vt[(d + e) * kLdV + r] = v[e];
+            for (int i = 0; i < kPer; ++i) {
+                store_k(tid + i * kMmaThreads, kreg[i]);
+                store_v(tid + i * kMmaThreads, vreg[i]);
+            }
+        } else {
+#pragma unroll 1
+            for (int c = tid; c < kMmaCols * kChunks; c += kMmaThreads) {
+                store_k(c, load8(K, p.k.st, k0 + c / kChunks, p.Tk, (c % kChunks) * 8, p.Dh, p.vec));
+                store_v(c, load8(V, p.v.st, k0 + c % kMmaCols, p.Tk, (c / kMmaCols) * 8, p.Dv, p.vec));
+            }
         }
         __syncthreads();
+        if constexpr (kPrefetch) {
+            if (k0 + kMmaCols < end) fetch(k0 + kMmaCols);
+        }
 
         // S = Q K^T for this warp's 16 rows x 64 keys: 8 n-tiles of m16n8.
         float s[8][4];
@@ -291,17 +322,24 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
             }
         }
         // scale, bias, masks; to the log2 domain.  Element e of n-tile nt: row rows[e >> 1],
-        // key k0 + nt*8 + tg*2 + (e & 1).
+        // key k0 + nt*8 + tg*2 + (e & 1).  A tile with every key visible to every row (inside
+        // both lengths, left of the causal diagonal, no mask or bias) needs no per-element tests.
+        const bool plain = !p.mask && !p.bias && k0 + kMmaCols <= p.Tk && q0 + kMmaRows <= p.Tq &&
+                           (!p.causal || k0 + kMmaCols - 1 <= q0 + (p.Tk - p.Tq));
         float tile_max[2] = {kNegInf, kNegInf};
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int64_t row = rows[e >> 1], col = k0 + nt * 8 + tg * 2 + (e & 1);
-                float x = s[nt][e] * p.scale;
-                const bool ok = allowed<T>(p, b, h, row, col);
-                if (ok && p.bias) x += bias_at<T>(p, b, h, row, col);
-                s[nt][e] = ok ? x * kLog2e : kNegInf;
+                if (plain) {
+                    s[nt][e] *= scale_log2;
+                } else {
+                    const int64_t row = rows[e >> 1], col = k0 + nt * 8 + tg * 2 + (e & 1);
+                    float x = s[nt][e] * p.scale;
+                    const bool ok = allowed<T>(p, b, h, row, col);
+                    if (ok && p.bias) x += bias_at<T>(p, b, h, row, col);
+                    s[nt][e] = ok ? x * kLog2e : kNegInf;
+                }
                 tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[nt][e]);
             }
         // online softmax per row; the 4 threads of a quad share a row
