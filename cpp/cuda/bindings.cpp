@@ -377,6 +377,12 @@ PYBIND11_MODULE(_cuda, m) {
     m.doc() = "pyworkloads CUDA kernels: NumPy in -> NumPy out (copied through the GPU); device arrays "
               "(__cuda_array_interface__ / DLPack) in -> DeviceArray out, or written into out=.";
     bind_interop(m);
+    py::dict algorithms;                  // every kernel version stays callable (tests, teaching, benchmarks)
+    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore");
+    algorithms["attention"] = py::make_tuple("auto", "simt", "mma");
+    algorithms["rms_norm"] = py::make_tuple("auto", "block", "warp");
+    algorithms["layer_norm"] = py::make_tuple("auto", "block", "warp");
+    m.attr("ALGORITHMS") = algorithms;
     m.def("device_status", &device_status, "(device count, reason if none); never raises");
     m.def("runtime_version", []() { int v = 0; cudaRuntimeGetVersion(&v); return v; });
     m.def("driver_version", []() {

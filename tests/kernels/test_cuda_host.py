@@ -48,6 +48,20 @@ def test_device_status_never_raises():
     assert isinstance(_cuda.driver_version(), int)
 
 
+def test_algorithm_names_are_accepted():
+    # every advertised version parses (the call then fails on shapes, before any device work)
+    for op, names in _cuda.ALGORITHMS.items():
+        assert names[0] == "auto"
+        for name in names:
+            with pytest.raises(ValueError, match="dimension|multiple|shape"):
+                if op == "matmul":
+                    _cuda.matmul(a(3, 4), a(5, 6), algo=name)
+                elif op == "attention":
+                    _cuda.attention(*_qkv(Hq=3, Hkv=2, dtype=np.float16), algo=name)
+                else:
+                    getattr(_cuda, op)(a(2, 8), a(7), *([None] if op == "layer_norm" else []), 1e-5, algo=name)
+
+
 @no_gpu_only
 def test_backend_reported_unavailable_without_gpu():
     assert "cuda" not in K.available()
