@@ -137,8 +137,8 @@ __global__ void __launch_bounds__(kSimtWarps * 32) attention_simt(AttnProblem p)
             x = ok ? x : kNegInf;
             const float m_new = fmaxf(m[rr], warp_max(x));
             if (m_new == kNegInf) continue;        // nothing allowed yet: o and l stay 0
-            const float corr = __expf(m[rr] - m_new);
-            const float pj = __expf(x - m_new);
+            const float corr = expf(m[rr] - m_new);
+            const float pj = expf(x - m_new);
             l[rr] = l[rr] * corr + pj;
             m[rr] = m_new;
 #pragma unroll

@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace pyworkloads::cuda {
@@ -67,9 +68,33 @@ TensorArg from_numpy(py::array arr, const std::string& name) {
     else if (kind == 'f' && dt.itemsize() == 2) t.dtype = DType::F16;
     else if (kind == 'b') t.dtype = DType::Bool;
     else type_error(name + " must be a float32, float16 or bool array, got dtype " + std::string(py::str(dt)));
+    // A dense view (a permutation of a contiguous block, e.g. the `W.T` every linear layer passes)
+    // is uploaded as it lies and packed on the device; anything else is made C-contiguous here.
+    t.shape.assign(arr.shape(), arr.shape() + arr.ndim());
+    const int64_t item = dt.itemsize();
+    bool dense = true;
+    for (int i = 0; i < arr.ndim(); ++i) {
+        dense = dense && arr.strides(i) >= 0 && arr.strides(i) % item == 0;
+        if (dense) t.strides.push_back(arr.strides(i) / item);
+    }
+    if (dense) {
+        std::vector<std::pair<int64_t, int64_t>> dims;   // (stride, size) of the non-trivial dimensions
+        for (int i = 0; i < arr.ndim(); ++i)
+            if (t.shape[i] != 1) dims.emplace_back(t.strides[i], t.shape[i]);
+        std::sort(dims.begin(), dims.end());
+        int64_t step = 1;
+        for (const auto& [stride, size] : dims) {
+            dense = dense && (stride == step || size == 0);
+            step *= size;
+        }
+    }
+    if (dense) {
+        t.data = arr.data();
+        t.keep = arr;
+        return t;
+    }
     py::array c = py::array::ensure(arr, py::array::c_style);   // copies only when not C-contiguous
     if (!c) throw py::error_already_set();
-    t.shape.assign(c.shape(), c.shape() + c.ndim());
     t.strides = contiguous_strides(t.shape);
     t.data = c.data();
     t.keep = c;
@@ -259,15 +284,15 @@ void* CallContext::scratch(size_t bytes) {
 
 const void* CallContext::device_ptr(TensorArg& arg, bool contiguous) {
     const size_t bytes = size_t(arg.numel()) * dtype_size(arg.dtype);
-    if (!arg.on_device) {                                 // NumPy: already C-contiguous on the host
+    const void* data = arg.data;
+    if (!arg.on_device) {                                 // NumPy: a dense block on the host, sent as it lies
         void* dst = scratch(bytes);
         if (bytes) check(cudaMemcpy(dst, arg.data, bytes, cudaMemcpyHostToDevice), (arg.name + ": copy to device").c_str());
-        arg.strides = contiguous_strides(arg.shape);
-        return dst;
+        data = dst;
     }
     if (!contiguous || arg.c_contiguous()) {
         if (contiguous) arg.strides = contiguous_strides(arg.shape);
-        return arg.data;
+        return data;
     }
     StridedLayout layout;
     layout.ndim = arg.ndim();
@@ -276,7 +301,7 @@ const void* CallContext::device_ptr(TensorArg& arg, bool contiguous) {
         layout.stride[i] = arg.strides[i];
     }
     void* dst = scratch(bytes);
-    strided_copy_device(arg.data, dst, dtype_size(arg.dtype), layout, nullptr);
+    strided_copy_device(data, dst, dtype_size(arg.dtype), layout, nullptr);
     arg.strides = contiguous_strides(arg.shape);
     return dst;
 }

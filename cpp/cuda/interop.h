@@ -1,7 +1,8 @@
 // Python <-> device memory for the CUDA bindings.
 //
 // A tensor argument may be
-//   * a NumPy array (float32, float16, bool): copied to the device for the call;
+//   * a NumPy array (float32, float16, bool): copied to the device for the call (a dense but
+//     permuted view such as W.T is sent as it lies and packed on the device);
 //   * a device array exposing __dlpack__ on a CUDA device (PyTorch, JAX, CuPy ...; preferred, and
 //     the only way to pass bfloat16) or __cuda_array_interface__ (Numba, CuPy ...):
 //     read in place, no copy, unless its layout is one a kernel cannot read (then it is packed
@@ -81,8 +82,9 @@ public:
     CallContext& operator=(const CallContext&) = delete;
 
     int device() const { return device_; }
-    // A device pointer to the argument's data.  When `contiguous` is set (or the argument lives on
-    // the host) the data are C-contiguous there and `strides` is rewritten to match.
+    // A device pointer to the argument's data (host data are uploaded first).  When `contiguous`
+    // is set the data are C-contiguous there and `strides` is rewritten to match; otherwise the
+    // pointer keeps the argument's own strides.
     const void* device_ptr(TensorArg& arg, bool contiguous);
     void* scratch(size_t bytes);            // a temporary device buffer for this call
 

@@ -172,10 +172,15 @@ def test_describe_reads_cuda_array_interface():
     assert d["dtype"] == "float16" and d["strides"] == (6, 6, 1) and d["c_contiguous"]
 
 
-def test_describe_numpy_is_host_and_contiguous():
-    x = np.arange(12, dtype=f32).reshape(3, 4).T                     # non-contiguous: copied for the call
-    d = _cuda.describe(x)
-    assert d["on_device"] is False and d["shape"] == (4, 3) and d["strides"] == (3, 1)
+def test_describe_numpy_layouts():
+    x = np.arange(24, dtype=f32).reshape(2, 3, 4)
+    d = _cuda.describe(x.transpose(2, 0, 1))                         # dense permutation: sent as it lies
+    assert d["on_device"] is False and d["shape"] == (4, 2, 3) and d["strides"] == (1, 12, 4)
+    assert not d["c_contiguous"]
+    d = _cuda.describe(x[:, :, ::2])                                 # gaps: packed on the host first
+    assert d["shape"] == (2, 3, 2) and d["strides"] == (6, 2, 1) and d["c_contiguous"]
+    d = _cuda.describe(x[:, ::-1])                                   # negative strides: packed too
+    assert d["strides"] == (12, 4, 1)
     assert _cuda.describe(np.zeros(5, bool))["dtype"] == "bool"
 
 

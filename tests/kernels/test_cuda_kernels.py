@@ -76,6 +76,24 @@ def test_matmul_float16(rng, algo, sa, sb):
     assert_close(got, want, atol=1e-3 * np.sqrt(max(sa[-1], 1)), rtol=2e-3)
 
 
+@pytest.mark.parametrize("view", ["transposed", "permuted-batch", "strided", "reversed"])
+def test_matmul_numpy_layouts(rng, view):
+    # dense views (W.T, permuted batches) are uploaded as they lie and packed on the device;
+    # the others are packed on the host
+    W = rand(rng, 3, 40, 33)
+    b = {"transposed": W.transpose(0, 2, 1), "permuted-batch": rand(rng, 40, 3, 33).transpose(1, 0, 2),
+         "strided": np.repeat(W, 2, axis=2)[:, :, ::2].swapaxes(1, 2), "reversed": W[:, ::-1, ::-1].swapaxes(1, 2)}[view]
+    x = rand(rng, 3, 17, b.shape[1])
+    got = _cuda.matmul(x, b)
+    assert_close(got, x.astype(np.float64) @ b.astype(np.float64), atol=1e-4, rtol=1e-4)
+
+
+def test_attention_numpy_heads_split_layout(rng):
+    # [B, T, H, D] activations viewed as [B, H, T, D]: a dense permutation, no host copy
+    q, k, v = (rand(rng, 2, 70, 4, 64).transpose(0, 2, 1, 3) for _ in range(3))
+    assert_close(_cuda.attention(q, k, v, causal=True), attention_ref(q, k, v, causal=True), atol=2e-5, rtol=1e-4)
+
+
 def test_matmul_large_k_accumulates_in_float32(rng):
     x = np.full((16, 4096), 0.01, np.float16)
     y = np.ones((4096, 16), np.float16)
