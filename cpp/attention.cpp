@@ -389,7 +389,9 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
     if (scale_obj.is_none()) {
         P.scale = P.Dh > 0 ? float(1.0 / std::sqrt(double(P.Dh))) : 1.f;
     } else {
-        const double s = py::float_(scale_obj);          // TypeError for non-numbers
+        if (!PyNumber_Check(scale_obj.ptr()) || PyBool_Check(scale_obj.ptr()))
+            throw py::type_error("attention: scale must be a number or None");
+        const double s = py::float_(scale_obj);
         if (!std::isfinite(s)) throw py::value_error("attention: scale must be a finite number");
         P.scale = float(s);
     }

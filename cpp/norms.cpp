@@ -10,47 +10,96 @@
 //               pass 3  y  = (x − μ) · (1/√(σ² + ε)) · w + b
 //
 // The extra passes re-read a row that is still in cache, so DRAM traffic stays one read + one write.
+// The reductions use four independent SIMD accumulators (simd.h) so the adds pipeline.
 // Rows are spread over OpenMP threads; the GIL is released while they run.  `*_naive` versions are
 // the textbook loops (scalar, double accumulation) kept for teaching and as a test oracle.
+//
+// Fused residual (optional `residual=` argument): transformer blocks compute h = x + r and then
+// norm(h); passing r makes one kernel write both h and norm(h) -- one read of x and r instead of
+// an extra full pass for the add -- and return the pair (norm(h), h).
 #include "common.h"
+#include "simd.h"
 
 namespace pyworkloads {
 
 namespace {
 
-void rms_norm_rows(const float* x, const float* w, float* y, int64_t rows, int64_t D, float eps) {
+using namespace simd;
+
+// Σ x[j], or Σ (x[j] - mu)² when `squares`, with four independent vector accumulators.
+inline float row_sum(const float* x, int64_t D, bool squares, float mu = 0.f) {
+    const vf vmu = vset1(mu);
+    vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+    int64_t j = 0;
+    auto term = [&](vf v) { return vsub(v, vmu); };
+    if (squares) {
+        for (; j + 4 * VL <= D; j += 4 * VL) {
+            const vf v0 = term(vload(x + j)), v1 = term(vload(x + j + VL));
+            const vf v2 = term(vload(x + j + 2 * VL)), v3 = term(vload(x + j + 3 * VL));
+            a0 = vfma(v0, v0, a0);
+            a1 = vfma(v1, v1, a1);
+            a2 = vfma(v2, v2, a2);
+            a3 = vfma(v3, v3, a3);
+        }
+        for (; j + VL <= D; j += VL) {
+            const vf v = term(vload(x + j));
+            a0 = vfma(v, v, a0);
+        }
+        float s = vhsum(vadd(vadd(a0, a1), vadd(a2, a3)));
+        for (; j < D; ++j) s += (x[j] - mu) * (x[j] - mu);
+        return s;
+    }
+    for (; j + 4 * VL <= D; j += 4 * VL) {
+        a0 = vadd(a0, vload(x + j));
+        a1 = vadd(a1, vload(x + j + VL));
+        a2 = vadd(a2, vload(x + j + 2 * VL));
+        a3 = vadd(a3, vload(x + j + 3 * VL));
+    }
+    for (; j + VL <= D; j += VL) a0 = vadd(a0, vload(x + j));
+    float s = vhsum(vadd(vadd(a0, a1), vadd(a2, a3)));
+    for (; j < D; ++j) s += x[j];
+    return s;
+}
+
+// y = (x - mu) * inv * w + b over a row (w, b may be null).
+inline void row_affine(const float* x, const float* w, const float* b, float* y, int64_t D, float mu, float inv) {
+    const vf vmu = vset1(mu), vinv = vset1(inv);
+    int64_t j = 0;
+    for (; j + VL <= D; j += VL) {
+        vf v = vmul(vsub(vload(x + j), vmu), vinv);
+        if (w) v = vmul(v, vload(w + j));
+        if (b) v = vadd(v, vload(b + j));
+        vstore(y + j, v);
+    }
+    for (; j < D; ++j) y[j] = (x[j] - mu) * inv * (w ? w[j] : 1.f) + (b ? b[j] : 0.f);
+}
+
+// h = x + r over a row (the fused residual add); returns h.
+inline const float* row_residual(const float* x, const float* r, float* h, int64_t D) {
+    int64_t j = 0;
+    for (; j + VL <= D; j += VL) vstore(h + j, vadd(vload(x + j), vload(r + j)));
+    for (; j < D; ++j) h[j] = x[j] + r[j];
+    return h;
+}
+
+void rms_norm_rows(const float* x, const float* res, float* h, const float* w, float* y, int64_t rows, int64_t D,
+                   float eps) {
 #pragma omp parallel for schedule(static) if (rows * D > 32768)
     for (int64_t r = 0; r < rows; ++r) {
-        const float* xr = x + r * D;
-        float* yr = y + r * D;
-        float ss = 0.f;
-#pragma omp simd reduction(+ : ss)
-        for (int64_t j = 0; j < D; ++j) ss += xr[j] * xr[j];
-        const float inv = 1.0f / std::sqrt(ss / static_cast<float>(D) + eps);
-#pragma omp simd
-        for (int64_t j = 0; j < D; ++j) yr[j] = xr[j] * inv * w[j];
+        const float* xr = res ? row_residual(x + r * D, res + r * D, h + r * D, D) : x + r * D;
+        const float inv = 1.0f / std::sqrt(row_sum(xr, D, true) / static_cast<float>(D) + eps);
+        row_affine(xr, w, nullptr, y + r * D, D, 0.f, inv);
     }
 }
 
-void layer_norm_rows(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t D, float eps) {
+void layer_norm_rows(const float* x, const float* res, float* h, const float* w, const float* b, float* y, int64_t rows,
+                     int64_t D, float eps) {
 #pragma omp parallel for schedule(static) if (rows * D > 32768)
     for (int64_t r = 0; r < rows; ++r) {
-        const float* xr = x + r * D;
-        float* yr = y + r * D;
-        float s = 0.f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < D; ++j) s += xr[j];
-        const float mu = s / static_cast<float>(D);
-        float v = 0.f;
-#pragma omp simd reduction(+ : v)
-        for (int64_t j = 0; j < D; ++j) v += (xr[j] - mu) * (xr[j] - mu);
-        const float inv = 1.0f / std::sqrt(v / static_cast<float>(D) + eps);
-        if (w && b) {
-#pragma omp simd
-            for (int64_t j = 0; j < D; ++j) yr[j] = (xr[j] - mu) * inv * w[j] + b[j];
-        } else {
-            for (int64_t j = 0; j < D; ++j) yr[j] = (xr[j] - mu) * inv * (w ? w[j] : 1.f) + (b ? b[j] : 0.f);
-        }
+        const float* xr = res ? row_residual(x + r * D, res + r * D, h + r * D, D) : x + r * D;
+        const float mu = row_sum(xr, D, false) / static_cast<float>(D);
+        const float var = row_sum(xr, D, true, mu) / static_cast<float>(D);   // two-pass: no cancellation
+        row_affine(xr, w, b, y + r * D, D, mu, 1.0f / std::sqrt(var + eps));
     }
 }
 
@@ -87,26 +136,47 @@ int64_t check_row_param(const f32array& x, const f32array& p, const char* op, co
 
 }  // namespace
 
-f32array rms_norm(py::handle x_obj, py::handle w_obj, double eps, const std::string& version) {
+// residual: None, or an array of x's shape added to x first (returns (y, x + residual)).
+py::object finish(f32array& y, py::object& h, bool fused) { return fused ? py::object(py::make_tuple(y, h)) : py::object(y); }
+
+f32array check_residual(const py::object& res_obj, const f32array& x, const char* op) {
+    if (res_obj.is_none()) return f32array();
+    f32array r = require_f32(res_obj, "residual");
+    if (shape_of(r) != shape_of(x))
+        throw py::value_error(std::string(op) + ": residual must have x's shape " + shape_str(x) + ", got " + shape_str(r));
+    return r;
+}
+
+py::object rms_norm(py::handle x_obj, py::handle w_obj, double eps, const std::string& version, py::object res_obj) {
     f32array x = require_f32(x_obj, "x");
     f32array w = require_f32(w_obj, "weight");
     const int64_t D = check_row_param(x, w, "rms_norm", "weight", true);
     require_finite_nonneg(eps, "eps");
     if (version != "fast" && version != "naive")
         throw py::value_error("rms_norm: version must be 'fast' or 'naive', got '" + version + "'");
+    f32array res = check_residual(res_obj, x, "rms_norm");
+    const bool fused = !res_obj.is_none();
     f32array y(shape_of(x));
+    f32array h = fused ? f32array(shape_of(x)) : f32array();
     const int64_t rows = D ? x.size() / D : 0;
-    const float *xp = x.data(), *wp = w.data();
-    float* yp = y.mutable_data();
+    const float *xp = x.data(), *wp = w.data(), *rp = fused ? res.data() : nullptr;
+    float *yp = y.mutable_data(), *hp = fused ? h.mutable_data() : nullptr;
     {
         py::gil_scoped_release nogil;
-        if (version == "naive") rms_norm_rows_naive(xp, wp, yp, rows, D, float(eps));
-        else rms_norm_rows(xp, wp, yp, rows, D, float(eps));
+        if (version == "naive") {
+            if (fused)
+                for (int64_t i = 0; i < rows * D; ++i) hp[i] = xp[i] + rp[i];
+            rms_norm_rows_naive(fused ? hp : xp, wp, yp, rows, D, float(eps));
+        } else {
+            rms_norm_rows(xp, rp, hp, wp, yp, rows, D, float(eps));
+        }
     }
-    return y;
+    py::object ho = h;
+    return finish(y, ho, fused);
 }
 
-f32array layer_norm(py::handle x_obj, py::handle w_obj, py::handle b_obj, double eps, const std::string& version) {
+py::object layer_norm(py::handle x_obj, py::handle w_obj, py::handle b_obj, double eps, const std::string& version,
+                      py::object res_obj) {
     f32array x = require_f32(x_obj, "x");
     f32array w = require_f32(w_obj, "weight", true);
     f32array b = require_f32(b_obj, "bias", true);
@@ -115,27 +185,40 @@ f32array layer_norm(py::handle x_obj, py::handle w_obj, py::handle b_obj, double
     require_finite_nonneg(eps, "eps");
     if (version != "fast" && version != "naive")
         throw py::value_error("layer_norm: version must be 'fast' or 'naive', got '" + version + "'");
+    f32array res = check_residual(res_obj, x, "layer_norm");
+    const bool fused = !res_obj.is_none();
     f32array y(shape_of(x));
+    f32array h = fused ? f32array(shape_of(x)) : f32array();
     const int64_t rows = D ? x.size() / D : 0;
     const float* xp = x.data();
     const float* wp = w_obj.is_none() ? nullptr : w.data();
     const float* bp = b_obj.is_none() ? nullptr : b.data();
-    float* yp = y.mutable_data();
+    const float* rp = fused ? res.data() : nullptr;
+    float *yp = y.mutable_data(), *hp = fused ? h.mutable_data() : nullptr;
     {
         py::gil_scoped_release nogil;
-        if (version == "naive") layer_norm_rows_naive(xp, wp, bp, yp, rows, D, float(eps));
-        else layer_norm_rows(xp, wp, bp, yp, rows, D, float(eps));
+        if (version == "naive") {
+            if (fused)
+                for (int64_t i = 0; i < rows * D; ++i) hp[i] = xp[i] + rp[i];
+            layer_norm_rows_naive(fused ? hp : xp, wp, bp, yp, rows, D, float(eps));
+        } else {
+            layer_norm_rows(xp, rp, hp, wp, bp, yp, rows, D, float(eps));
+        }
     }
-    return y;
+    py::object ho = h;
+    return finish(y, ho, fused);
 }
 
 void bind_norms(py::module_& m) {
     m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6,
-          py::arg("version") = "fast",
-          "RMSNorm over the last axis of a float32 array: x / sqrt(mean(x^2) + eps) * weight.");
+          py::arg("version") = "fast", py::arg("residual") = py::none(),
+          "RMSNorm over the last axis of a float32 array: x / sqrt(mean(x^2) + eps) * weight.\n"
+          "With residual=r (x's shape) it normalises h = x + r and returns (norm(h), h). Non-float32 -> TypeError;\n"
+          "non-contiguous inputs are copied.");
     m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps") = 1e-5,
-          py::arg("version") = "fast",
-          "LayerNorm over the last axis of a float32 array (weight/bias may be None).");
+          py::arg("version") = "fast", py::arg("residual") = py::none(),
+          "LayerNorm over the last axis of a float32 array (weight/bias may be None).\n"
+          "With residual=r (x's shape) it normalises h = x + r and returns (norm(h), h).");
 }
 
 }  // namespace pyworkloads

@@ -1,0 +1,54 @@
+"""Helpers shared by the kernel property tests: the compiled backends to check, array layouts
+(strided and transposed views with the same values) and error bounds scaled by reduction length."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+import pyworkloads.kernels as K
+
+# Every backend except the reference: the cpp backend (and cuda when a GPU is present).
+COMPILED = [b for b in K.available() if b != "numpy"]
+backends = pytest.mark.parametrize(
+    "backend", COMPILED or [pytest.param("cpp", marks=pytest.mark.skip(reason="no compiled backend is available"))])
+
+EPS32 = float(np.finfo(np.float32).eps)
+LAYOUTS = ("c", "f", "strided", "reversed")
+
+
+def laid_out(x: np.ndarray, layout: str) -> np.ndarray:
+    """The same values as x in another memory layout: C order, transposed last two axes
+    (Fortran-like, as `W.T` arrives), every other element of a larger buffer, or negative strides."""
+    if layout == "c" or x.ndim < 2:
+        return np.ascontiguousarray(x)
+    if layout == "f":
+        return np.swapaxes(np.ascontiguousarray(np.swapaxes(x, -1, -2)), -1, -2)
+    if layout == "strided":
+        big = np.zeros(x.shape[:-1] + (2 * x.shape[-1] + 1,), x.dtype)
+        big[..., 1::2] = x
+        return big[..., 1::2]
+    if layout == "reversed":
+        return np.ascontiguousarray(x[..., ::-1, ::-1])[..., ::-1, ::-1]
+    raise ValueError(layout)
+
+
+def dims(*special: int, lo: int = 0, hi: int = 40):
+    """A dimension: small random sizes, plus the given edge sizes (block boundaries +-1)."""
+    return st.one_of(st.integers(lo, hi), st.sampled_from([s for s in special if s >= lo]))
+
+
+def run(backend: str, op: str, *args, **kwargs) -> np.ndarray:
+    with K.use_backend(backend):
+        return np.asarray(getattr(K, op)(*args, **kwargs))
+
+
+def assert_within(got: np.ndarray, want: np.ndarray, bound) -> None:
+    got = np.asarray(got, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    err = np.abs(got - want)
+    ok = err <= bound
+    if not np.all(ok):
+        i = np.unravel_index(np.argmax(~ok), ok.shape)
+        b = bound[i] if np.ndim(bound) else bound
+        raise AssertionError(f"at {i}: got {got[i]}, want {want[i]}, error {err[i]:.3g} > bound {b:.3g}")
