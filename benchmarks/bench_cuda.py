@@ -100,6 +100,8 @@ class Timer:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run, figures noisier)")
+    ap.add_argument("--small", action="store_true",
+                    help="shrink every problem 8x per dimension (a smoke test of the script; not the issue's figures)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON results")
     args = ap.parse_args(argv)
 
@@ -136,6 +138,7 @@ def main(argv=None) -> int:
     gen = torch.Generator(device="cuda").manual_seed(0)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     results: list[dict] = []
+    shrink = 8 if args.small else 1
 
     def record(op, case, dtype, ours_s, base_s, work, unit, peak, err, baseline):
         rate = work / ours_s
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
 
     # ---- matmul 4096^3 ------------------------------------------------------------------------
     for dt in ("fp32", "bf16", "fp16"):
-        M = N = Kd = 4096
+        M = N = Kd = 4096 // shrink
         a, b = rand(M, Kd, dtype=dtypes[dt]), rand(Kd, N, dtype=dtypes[dt])
         out = torch.empty(M, N, device="cuda", dtype=dtypes[dt])
         ref = torch.matmul(a, b)
@@ -173,6 +176,7 @@ def main(argv=None) -> int:
     for dt, B, H, T, D, causal in (("bf16", 4, 16, 4096, 64, True), ("fp16", 4, 16, 4096, 64, True),
                                    ("bf16", 4, 16, 4096, 64, False), ("bf16", 2, 32, 2048, 128, True),
                                    ("fp32", 1, 8, 2048, 64, True)):
+        T //= shrink
         q, k, v = (rand(B, H, T, D, dtype=dtypes[dt]) for _ in range(3))
         out = torch.empty_like(q)
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -187,6 +191,7 @@ def main(argv=None) -> int:
 
     # ---- norms: bandwidth bound ----------------------------------------------------------------
     for dt, rows, D in (("bf16", 16384, 4096), ("fp32", 16384, 4096), ("bf16", 65536, 1024)):
+        rows //= shrink * shrink
         x, w, bias = rand(rows, D, dtype=dtypes[dt]), rand(D, dtype=dtypes[dt]), rand(D, dtype=dtypes[dt])
         out = torch.empty_like(x)
         size = x.element_size()
@@ -213,7 +218,7 @@ def main(argv=None) -> int:
     targets = {
         "matmul_fp32_vs_cublas": find("matmul", "fp32")["ours_vs_baseline"],
         "matmul_bf16_vs_cublas": find("matmul", "bf16")["ours_vs_baseline"],
-        "attention_causal_T4096_Dh64_vs_sdpa": find("attention", "bf16", "B4 H16 T4096 Dh64 causal")["ours_vs_baseline"],
+        "attention_causal_T4096_Dh64_vs_sdpa": find("attention", "bf16", f"B4 H16 T{4096 // shrink} Dh64 causal")["ours_vs_baseline"],
         "norms_vs_hbm_bandwidth": (min(norm_pcts) / 100) if norm_pcts and None not in norm_pcts else None,
     }
     verdict = {k: {"achieved": v, "target": TARGETS[k], "met": (v is not None and v >= TARGETS[k])} for k, v in targets.items()}
@@ -230,11 +235,11 @@ def main(argv=None) -> int:
         "cuda_runtime_version": _cuda.runtime_version(), "torch": torch.__version__,
         "python": platform.python_version(), "date": _dt.date.today().isoformat(),
         "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "quick": args.quick, "peaks": peaks, "results": results, "targets": verdict,
+        "quick": args.quick, "small": args.small, "peaks": peaks, "results": results, "targets": verdict,
     }
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{slug(key or name)}-{report['date']}.json"
+    path = out_dir / f"{slug(key or name)}-{report['date']}{'-small' if args.small else ''}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {path}")
     return 0
