@@ -17,8 +17,9 @@
 // v3 tensorcore  (float16 / bfloat16 only) the same 128x128 block tile, K steps of 32, each of
 //                the 8 warps owns 64x32 of C as 4x2 WMMA 16x16x16 fragments accumulated in
 //                float32.  Tiles are copied global->shared with cp.async (Ampere+) into a
-//                two-stage ring, so the copy of step k+1 overlaps the MMAs of step k; rows that
-//                are not 16-byte aligned fall back to element loads.  The accumulators are staged
+//                three-slot ring, so the copies of steps k+1 and k+2 overlap the MMAs of step k
+//                (one barrier per step); rows that are not 16-byte aligned fall back to element
+//                loads.  The accumulators are staged
 //                through shared memory per fragment for a bounds-checked, rounded store.
 #include <mma.h>
 
@@ -153,36 +154,38 @@ constexpr int kTcLdA = kTcBK + 8;          // shared row pitches (halves): 16-by
 constexpr int kTcLdB = kBN + 8;            // the +8 skews rows across banks for the fragment loads
 constexpr int kTcStageA = kBM * kTcLdA;
 constexpr int kTcStageB = kTcBK * kTcLdB;
+constexpr int kTcStages = 3;               // ring of K-steps in flight (cp.async groups)
+constexpr size_t kTcSmemBytes = size_t(kTcStages) * (kTcStageA + kTcStageB) * 2;   // 56 KiB: opt-in
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
     const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
-// Copy rows x 8-element chunks of a tile into shared memory: cp.async when rows are 16-byte
-// aligned (a chunk that runs past the matrix edge is zero-filled by the hardware: src_bytes <
-// 16), element by element otherwise.
+// Copy one 8-element chunk of a tile row into shared memory, `left` elements of which lie inside
+// the matrix: cp.async when rows are 16-byte aligned (the hardware zero-fills past src_bytes),
+// element by element otherwise.  `safe` is any valid address, used when nothing is read.
 template <class T>
-__device__ __forceinline__ void load_chunk(T* dst, const T* base, int64_t ld, int64_t r, int64_t c,
-                                           int64_t rows, int64_t cols, bool vec) {
-    const int64_t left = (r < rows && c < cols) ? cols - c : 0;
+__device__ __forceinline__ void copy_chunk(T* dst, const T* src, const T* safe, int64_t left, bool vec) {
     if (vec) {
-        const int bytes = int(left < 8 ? left : 8) * int(sizeof(T));
-        cp_async16(dst, bytes ? base + r * ld + c : base, bytes);
+        const int bytes = int(left <= 0 ? 0 : left < 8 ? left : 8) * int(sizeof(T));
+        cp_async16(dst, bytes ? src : safe, bytes);
     } else {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) dst[e] = e < left ? base[r * ld + c + e] : from_float<T>(0.f);
+        for (int e = 0; e < 8; ++e) dst[e] = e < left ? src[e] : from_float<T>(0.f);
     }
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads) matmul_tensorcore(MatmulProblem p) {
+__global__ void __launch_bounds__(kThreads, 2) matmul_tensorcore(MatmulProblem p) {
     using namespace nvcuda;
-    __shared__ __align__(128) T smem[2 * (kTcStageA + kTcStageB)];
+    extern __shared__ __align__(128) unsigned char tc_smem[];   // kTcStages x (A tile, B tile)
+    T* smem = reinterpret_cast<T*>(tc_smem);
     T* As = smem;
-    T* Bs = smem + 2 * kTcStageA;
+    T* Bs = smem + kTcStages * kTcStageA;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int wm = warp >> 2, wn = warp & 3;          // warp tile: rows wm*64.., cols wn*32..
     const int64_t m0 = int64_t(blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
@@ -193,16 +196,25 @@ __global__ void __launch_bounds__(kThreads) matmul_tensorcore(MatmulProblem p) {
         batch_offsets(p, z, oa, ob);
         const T* A = static_cast<const T*>(p.a) + oa;
         const T* B = static_cast<const T*>(p.b) + ob;
-        auto load_tile = [&](int s, int64_t k0) {
+        // This thread's chunks: A rows a_row and a_row + 64 at column a_col of the K-step; B rows
+        // b_row and b_row + 16 of the K-step at column b_col.
+        const int a_row = tid >> 2, a_col = (tid & 3) * 8, b_row = tid >> 4, b_col = (tid & 15) * 8;
+        const T* a_src = A + (m0 + a_row) * p.lda + a_col;
+        const bool a_in[2] = {m0 + a_row < p.M, m0 + a_row + 64 < p.M};
+        const T* b_src = B + n0 + b_col;
+        const int64_t b_left = p.N - (n0 + b_col);
+        auto load_tile = [&](int64_t t) {              // K-step t into its ring slot t % kTcStages
+            const int s = int(t % kTcStages);
+            const int64_t k0 = t * kTcBK;
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {              // A: 128 rows x 4 chunks
-                const int c = tid + i * kThreads, row = c >> 2, kc = (c & 3) * 8;
-                load_chunk(As + s * kTcStageA + row * kTcLdA + kc, A, p.lda, m0 + row, k0 + kc, p.M, p.K, p.a_vec);
-            }
+            for (int i = 0; i < 2; ++i)
+                copy_chunk(As + s * kTcStageA + (a_row + 64 * i) * kTcLdA + a_col, a_src + 64 * i * p.lda + k0, A,
+                           a_in[i] ? p.K - (k0 + a_col) : 0, p.a_vec);
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {              // B: 32 rows x 16 chunks
-                const int c = tid + i * kThreads, row = c >> 4, nc = (c & 15) * 8;
-                load_chunk(Bs + s * kTcStageB + row * kTcLdB + nc, B, p.ldb, k0 + row, n0 + nc, p.K, p.N, p.b_vec);
+            for (int i = 0; i < 2; ++i) {
+                const int64_t k = k0 + b_row + 16 * i;
+                copy_chunk(Bs + s * kTcStageB + (b_row + 16 * i) * kTcLdB + b_col, b_src + k * p.ldb, B,
+                           k < p.K ? b_left : 0, p.b_vec);
             }
         };
 
@@ -212,16 +224,19 @@ __global__ void __launch_bounds__(kThreads) matmul_tensorcore(MatmulProblem p) {
 #pragma unroll
             for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
 
-        if (ktiles > 0) load_tile(0, 0);
-        cp_async_commit();
+        // Prologue: steps 0 .. kTcStages-2 in flight, one commit group each (possibly empty).
+#pragma unroll
+        for (int t = 0; t < kTcStages - 1; ++t) {
+            if (t < ktiles) load_tile(t);
+            cp_async_commit();
+        }
         for (int64_t t = 0; t < ktiles; ++t) {
-            const int s = int(t & 1);
-            if (t + 1 < ktiles) load_tile(s ^ 1, (t + 1) * kTcBK);
-            cp_async_commit();                         // (possibly empty) group of step t+1
-            cp_async_wait_1();                         // step t's group has landed
-            __syncthreads();
-            const T* as = As + s * kTcStageA;
-            const T* bs = Bs + s * kTcStageB;
+            cp_async_wait<kTcStages - 2>();            // step t's group has landed (for this thread) ...
+            __syncthreads();                           // ... for every thread; and step t-1 is consumed
+            if (t + kTcStages - 1 < ktiles) load_tile(t + kTcStages - 1);   // refills step t-1's slot
+            cp_async_commit();
+            const T* as = As + int(t % kTcStages) * kTcStageA;
+            const T* bs = Bs + int(t % kTcStages) * kTcStageB;
 #pragma unroll
             for (int kk = 0; kk < kTcBK; kk += 16) {
                 wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[4];
@@ -235,8 +250,9 @@ __global__ void __launch_bounds__(kThreads) matmul_tensorcore(MatmulProblem p) {
 #pragma unroll
                     for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
             }
-            __syncthreads();                           // stage s is refilled at step t+1
         }
+        cp_async_wait<0>();
+        __syncthreads();                               // all tiles consumed: the ring becomes scratch
 
         // Epilogue: each warp rounds its fragments through a private 16x16 float scratch.
         float* scratch = reinterpret_cast<float*>(smem) + warp * 256;
@@ -257,7 +273,7 @@ __global__ void __launch_bounds__(kThreads) matmul_tensorcore(MatmulProblem p) {
     }
 }
 
-static_assert(8 * 256 * sizeof(float) <= 2 * (kTcStageA + kTcStageB) * 2, "epilogue scratch must fit the tiles");
+static_assert(8 * 256 * sizeof(float) <= kTcSmemBytes, "epilogue scratch must fit the tiles");
 
 template <class T>
 void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
@@ -277,7 +293,9 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
         return;
     }
     if constexpr (!std::is_same_v<T, float>) {
-        matmul_tensorcore<T><<<grid, kThreads, 0, stream>>>(p);
+        check(cudaFuncSetAttribute(matmul_tensorcore<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kTcSmemBytes)),
+              "matmul_tensorcore shared memory opt-in");
+        matmul_tensorcore<T><<<grid, kThreads, kTcSmemBytes, stream>>>(p);
         check_launch("matmul_tensorcore");
         return;
     }
