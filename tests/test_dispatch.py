@@ -26,6 +26,15 @@ def test_expected_backends_are_built():
         assert b in pw.available(), f"backend {b} expected but unavailable: {kernels.unavailable_reason(b)}"
 
 
+def test_cuda_extension_is_built_when_expected():
+    """CI compiles the CUDA code (it cannot run it): the extension must import and report devices."""
+    if not os.environ.get("PYWORKLOADS_EXPECT_CUDA_BUILD"):
+        pytest.skip("PYWORKLOADS_EXPECT_CUDA_BUILD not set (CI sets it: its build must include the CUDA extension)")
+    from pyworkloads import _cuda
+    n, why = _cuda.device_status()
+    assert n > 0 or why, "device_status must explain why there is no device"
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         with pw.use_backend("tpu"):

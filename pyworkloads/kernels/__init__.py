@@ -239,10 +239,15 @@ def _run(op: str, args: tuple, kwargs: dict, counts):
 # --------------------------------------------------------------------------------------------
 # validation helpers
 # --------------------------------------------------------------------------------------------
+def _is_device_array(x) -> bool:
+    """A GPU array (CuPy, PyTorch, ...): validated by the cuda backend, never copied to the host."""
+    return not isinstance(x, np.ndarray) and (hasattr(x, "__cuda_array_interface__") or hasattr(x, "__dlpack_device__"))
+
+
 def _as_float_array(x, argname: str) -> np.ndarray:
     if not isinstance(x, np.ndarray):
-        if hasattr(x, "__cuda_array_interface__") or hasattr(x, "__dlpack_device__"):
-            return x                                  # device arrays: the cuda backend checks them
+        if _is_device_array(x):
+            return x
         x = np.asarray(x)
     if x.dtype.kind != "f":
         raise TypeError(f"{argname} must be a floating-point array, got dtype {x.dtype}")
@@ -310,8 +315,9 @@ def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=No
         if bias.ndim > 4:
             raise ValueError(f"attention: bias must have at most 4 dimensions, got {bias.ndim}")
     if mask is not None:
-        mask = np.asarray(mask)
-        if mask.dtype != np.bool_:
+        if not _is_device_array(mask):
+            mask = np.asarray(mask)
+        if str(mask.dtype).rsplit(".", 1)[-1] not in ("bool", "bool_"):
             raise TypeError(f"attention: mask must be a boolean array (True = attend), got dtype {mask.dtype}")
         try:
             np.broadcast_shapes(mask.shape, full)
