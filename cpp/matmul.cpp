@@ -62,7 +62,7 @@ constexpr int64_t SKINNY_M = 4;
 constexpr int PREFETCH_K = 8;   // k steps ahead (8 x 128 B)
 
 struct Blocking {
-    int64_t kc = 512, mc = 112, nc = 1024;
+    int64_t kc = 512, mc = 168, nc = 1536;
 };
 Blocking g_block;
 
@@ -108,37 +108,44 @@ void pack_a(int64_t mc, int64_t kc, Mat A, float* Ap) {
     }
 }
 
-// Bp[jr*kc + k*NR + j] = B[k, jr+j] for NR-column panel `panel` of the kc x nc block at B.
-void pack_b_panel(int64_t kc, int64_t nc, int64_t panel, Mat B, float* Bp) {
-    const int64_t jr = panel * NR;
-    const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-    float* dst = Bp + jr * kc;
-    if (B.cs == 1) {                                   // row-major B: NR contiguous floats per k
+// Bp[jr*kc + k*NR + j] = B[k, jr+j] for the NR-column panels [q0, q1) of the kc x nc block at B.
+void pack_b(int64_t kc, int64_t nc, int64_t q0, int64_t q1, Mat B, float* Bp) {
+    if (B.cs == 1) {
+        // Row-major B: walk each row of the block once, left to right, dropping NR floats into each
+        // panel -- panel by panel would touch kc rows (and pages) per NR floats.
         for (int64_t k = 0; k < kc; ++k) {
-            const float* src = B.p + k * B.rs + jr;
-            float* d = dst + k * NR;
-            if (nr == NR) {
-                for (int v = 0; v < NV; ++v) vstore(d + v * VL, vload(src + v * VL));
-            } else {
-                for (int j = 0; j < nr; ++j) d[j] = src[j];
-                for (int j = nr; j < NR; ++j) d[j] = 0.f;
+            const float* src = B.p + k * B.rs;
+            for (int64_t q = q0; q < q1; ++q) {
+                const int64_t jr = q * NR;
+                const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+                float* d = Bp + jr * kc + k * NR;
+                if (nr == NR) {
+                    for (int v = 0; v < NV; ++v) vstore(d + v * VL, vload(src + jr + v * VL));
+                } else {
+                    for (int j = 0; j < nr; ++j) d[j] = src[jr + j];
+                    for (int j = nr; j < NR; ++j) d[j] = 0.f;
+                }
             }
         }
         return;
     }
-    if (B.rs == 1 && nr == NR) {                      // transposed B (W.T): contiguous along k
-        const float* src[NR];
-        for (int j = 0; j < NR; ++j) src[j] = B.p + (jr + j) * B.cs;
-        for (int64_t k = 0; k < kc; ++k)
+    for (int64_t q = q0; q < q1; ++q) {
+        const int64_t jr = q * NR;
+        const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+        float* dst = Bp + jr * kc;
+        if (B.rs == 1 && nr == NR) {                   // transposed B (W.T): contiguous along k
+            const float* src[NR];
+            for (int j = 0; j < NR; ++j) src[j] = B.p + (jr + j) * B.cs;
+            for (int64_t k = 0; k < kc; ++k)
 #pragma GCC unroll 32
-            for (int j = 0; j < NR; ++j) dst[k * NR + j] = src[j][k];
-    } else {
-        for (int64_t k = 0; k < kc; ++k)
+                for (int j = 0; j < NR; ++j) dst[k * NR + j] = src[j][k];
+            continue;
+        }
+        for (int64_t k = 0; k < kc; ++k) {
             for (int j = 0; j < nr; ++j) dst[k * NR + j] = B.p[k * B.rs + (jr + j) * B.cs];
-    }
-    if (nr < NR)
-        for (int64_t k = 0; k < kc; ++k)
             for (int j = nr; j < NR; ++j) dst[k * NR + j] = 0.f;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,7 +233,6 @@ void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t 
     const int ti = t / p.tn, tj = t % p.tn;
     const int64_t m_per = round_up(ceil_div(M, p.tm), MR);
     const int64_t m0 = std::min(M, ti * m_per), m1 = std::min(M, m0 + m_per);
-    (void)nt;
     for (int64_t jc = 0; jc < N; jc += p.nc) {
         const int64_t nc = std::min(p.nc, N - jc);
         const int64_t npanels = ceil_div(nc, NR);
@@ -235,8 +241,11 @@ void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t 
         for (int64_t pc = 0; pc < K; pc += p.kc) {
             const int64_t kc = std::min(p.kc, K - pc);
             const Mat Bblk{B.p + pc * B.rs + jc * B.cs, B.rs, B.cs};
-#pragma omp for schedule(static)
-            for (int64_t q = 0; q < npanels; ++q) pack_b_panel(kc, nc, q, Bblk, Bp);
+            {                                          // all threads pack a share of the B panels
+                const int64_t share = ceil_div(npanels, nt);
+                pack_b(kc, nc, std::min(npanels, t * share), std::min(npanels, (t + 1) * share), Bblk, Bp);
+            }
+#pragma omp barrier
             for (int64_t ic = m0; ic < m1; ic += p.mc) {
                 const int64_t mc = std::min(p.mc, m1 - ic);
                 if (p0 >= p1) break;
@@ -386,9 +395,11 @@ void matmul_one(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, const G
     gemm_team(M, N, K, A, B, C, N, p, ws);
 }
 
-int threads_for(double flops, int nt) {
-    // Below ~2 MFLOP the fork/join costs more than the second core gains.
-    return flops < 2e6 ? 1 : nt;
+int threads_for(int64_t M, int64_t N, int64_t K, Mat B, int nt) {
+    // Below ~2 MFLOP the fork/join costs more than the second core gains -- except for the
+    // memory-bound skinny products, where a second core streams the weights twice as fast.
+    if (skinny_applies(M, B)) return double(N) * K * sizeof(float) < 256e3 ? 1 : nt;
+    return 2.0 * M * N * K < 2e6 ? 1 : nt;
 }
 
 }  // namespace
@@ -456,7 +467,7 @@ py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, const std::string&
     const double flops = 2.0 * M * N * K;
     // Many small matrices: whole matrices per thread.  Otherwise: one matrix at a time, all threads.
     const bool per_thread = batch >= nt_max && nt_max > 1 && flops < 2e7;
-    const int nt = per_thread ? nt_max : threads_for(flops, nt_max);
+    const int nt = per_thread ? nt_max : threads_for(M, N, K, B, nt_max);
     const GemmPlan plan = plan_gemm(M, N, K, per_thread ? 1 : nt);
     const size_t ws_one = plan.workspace_floats(per_thread ? 1 : nt) + static_cast<size_t>(SKINNY_M * K);
     float* ws = thread_scratch(0, ws_one * (per_thread ? nt : 1));

@@ -1,0 +1,88 @@
+"""matmul GFLOP/s: the cpp backend vs NumPy (OpenBLAS) on square sizes and the models' real shapes.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_matmul.py [--sizes 256 512 1024 2048 4096] [--repeat 7]
+
+Both libraries run in the same process with the same thread count; each repeat times numpy and
+cpp back to back (interleaved, so load from other processes hits both alike) and the table shows
+medians.  "W.T" rows are the models' linear layers, x @ weight.T with a C-contiguous [N, K]
+weight: the transposed operand the cpp kernel packs (or, for 1-row decode GEMVs, streams) in place.
+Unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for a fair numpy; the BLAS kernel in use is printed.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+import sys
+import os
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout works without installing
+
+from pyworkloads import _kernels
+
+
+def blas_info() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed (pip install threadpoolctl to see the BLAS kernel)"
+    return "; ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture')} x{i['num_threads']}"
+                     for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def interleaved_medians(fns: dict, repeat: int) -> dict:
+    """Median seconds of each callable, timing them in turn within each repeat (after a warm-up)."""
+    for f in fns.values():
+        f()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024, 2048, 4096])
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--no-model-shapes", action="store_true")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    print(f"threads: cpp {_kernels.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
+          f"BLAS: {blas_info()}; cpp build {_kernels.build_info()}, tile (MR, NR, KC, MC, NC) = {_kernels._matmul_tile()}")
+    print(f"{'case':<34} {'numpy GF/s':>10} {'cpp GF/s':>9} {'cpp/np':>7} {'np GB/s':>8} {'cpp GB/s':>8}")
+    cases = [(f"square {n}", (n, n), (n, n), False) for n in args.sizes]
+    cases += [(f"square {n}, b = W.T", (n, n), (n, n), True) for n in args.sizes if n >= 1024]
+    if not args.no_model_shapes:
+        cases += [
+            ("llama2-7b prefill 2048x4096x4096", (2048, 4096), (4096, 4096), True),
+            ("llama2-7b mlp prefill 512x4096x11008", (512, 4096), (11008, 4096), True),
+            ("llama2-7b decode 1x4096x11008", (1, 4096), (11008, 4096), True),
+            ("llama2-7b decode 1x11008x4096", (1, 11008), (4096, 11008), True),
+            ("stories110M decode 1x768x2048", (1, 768), (2048, 768), True),
+            ("stories110M decode 1x2048x768", (1, 2048), (768, 2048), True),
+            ("stories110M head 1x768x32000", (1, 768), (32000, 768), True),
+            ("stories110M prefill 256x768x2048", (256, 768), (2048, 768), True),
+            ("clip-b/32 vision 50x768x3072", (50, 768), (3072, 768), True),
+            ("whisper-base enc 1500x512x2048", (1500, 512), (2048, 512), True),
+            ("batch decode 4x4096x4096", (4, 4096), (4096, 4096), True),
+        ]
+    for name, sa, sb, transposed in cases:
+        a = rng.standard_normal(sa, dtype=np.float32)
+        w = rng.standard_normal(sb, dtype=np.float32)
+        b = w.T if transposed else w                     # [K, N] either way
+        M, K = a.shape
+        N = b.shape[1]
+        med = interleaved_medians({"np": lambda: a @ b, "cpp": lambda: _kernels.matmul(a, b)}, args.repeat)
+        flops, nbytes = 2.0 * M * N * K, 4.0 * (M * K + K * N + M * N)
+        print(f"{name:<34} {flops / med['np'] / 1e9:>10.1f} {flops / med['cpp'] / 1e9:>9.1f} "
+              f"{med['np'] / med['cpp']:>7.2f} {nbytes / med['np'] / 1e9:>8.1f} {nbytes / med['cpp'] / 1e9:>8.1f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
