@@ -103,6 +103,15 @@ def test_backends_and_profile_agree_and_match_the_cost_model():
     assert "all backends agree and the FLOP counts match" in out
 
 
+def test_costmodel_examples_run():
+    """The cost-model examples (written with the cost model) stay runnable too."""
+    out = ok_output(run_example("costmodel_published.py"))
+    assert len(re.findall(r"published +[\d.]+ ms -> bound / measured = +\d+%$", out, re.M)) >= 3, out
+    out = ok_output(run_example("costmodel_cpu_check.py"))
+    assert re.search(r"^kernel +bound ms +measured ms", out, re.M), out
+    assert re.search(r"^all +[\d.]+ +[\d.]+ +\d+%$", out, re.M), out
+
+
 @pytest.mark.parametrize("name", ["llama2_generate.py", "clip_zero_shot.py", "sam_segment.py", "whisper_transcribe.py"])
 def test_a_missing_model_directory_is_a_one_line_error(name, tmp_path):
     proc = run_example(name, "--model", str(tmp_path / "nowhere"))
