@@ -11,10 +11,11 @@ flat in T for the fused kernel, ~T² for the reference.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -36,8 +37,7 @@ impl, T = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(0)
 q, k, v = (rng.standard_normal((1, 8, T, 64), dtype=np.float32) for _ in range(3))
 if impl == 'cpp':
-    from bench_matmul import interleaved_medians  # noqa: E402  (same folder)
-from pyworkloads import _kernels
+    from pyworkloads import _kernels
     f = lambda: _kernels.attention(q, k, v, causal=True)
 else:
     from pyworkloads.kernels import reference
@@ -49,7 +49,9 @@ print(json.dumps(hwm() - before))
 
 
 def peak_growth(impl: str, T: int) -> int:
-    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, impl, str(T)], capture_output=True, text=True, check=True)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, impl, str(T)], capture_output=True, text=True, check=True,
+                         env=env)
     return json.loads(out.stdout)
 
 

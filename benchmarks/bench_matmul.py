@@ -11,10 +11,10 @@ Unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for a fair numpy; the BLAS kernel in 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-import sys
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 

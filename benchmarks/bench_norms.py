@@ -10,8 +10,8 @@ Medians of interleaved repeats, all in one process.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import numpy as np
 

@@ -17,12 +17,17 @@
 //    k; B: NR values per k, zero-padded at the edges), so the micro-kernel does unit-stride loads
 //    only, whatever the strides of A and B were.  That is why a transposed operand costs nothing
 //    extra: `x @ W.T` with W a C-contiguous [N, K] weight is packed straight from W's rows.
-//    The micro-kernel keeps an MR x NR tile of C in registers (AVX-512: 12 x 32 = 24 zmm
-//    accumulators; AVX2: 6 x 16 = 12 ymm; portable: 4 x 16 plain floats) and per k does NR/VL
-//    vector loads of B, MR broadcasts of A and MR·NR/VL FMAs.
+//    The micro-kernel keeps an MR x NR tile of C in registers (AVX-512: 14 x 32 = 28 of the 32
+//    zmm registers; AVX2: 6 x 16 = 12 ymm; portable: 4 x 16 plain floats) and per k does NR/VL
+//    vector loads of B, MR broadcasts of A and MR·NR/VL FMAs; it prefetches its C tile (rows are
+//    ldc apart) and the B micro-panel a few k ahead, since kc x NR outgrows L1 at kc = 512.
+//    Block sizes (KC 512, MC 168, NC 1536) were tuned on this machine's Xeon (48 KB L1d, 2 MB L2);
+//    `_set_matmul_blocking` changes them for experiments (not thread-safe: a tuning hook only).
 //    Threads: the calling team is laid out as a tm x tn grid -- M split into tm contiguous ranges
 //    (balanced, MR-aligned), each nc panel's NR-columns split into tn ranges -- tn > 1 only when M
-//    is too short to feed every thread.  B panels are packed cooperatively, A blocks per thread.
+//    is too short to feed every thread.  B panels are packed cooperatively (a share per thread,
+//    then a barrier), A blocks per thread.  A row-major B is packed row by row (one pass over each
+//    row of the block); a transposed B panel by panel, NR rows of W side by side.
 //
 // 3. fast, skinny (M <= SKINNY_M, the decode GEMV x·Wᵀ) -- packing B would read the weights twice
 //    for a handful of output rows, so these read B in place: for a transposed B (a weight matrix
