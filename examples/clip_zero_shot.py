@@ -36,6 +36,10 @@ def sample_image():
                         axis=-1).astype(np.uint8)                           # [240, 320, 3]
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", metavar="DIR", help="Hugging Face CLIPModel checkpoint directory")
@@ -44,6 +48,9 @@ def main() -> None:
     ap.add_argument("--template", default="a photo of a {}.", help="caption around each label (the paper's)")
     ap.add_argument("--backend", default="numpy", choices=pw.available(), help="kernel backend")
     args = ap.parse_args()
+    labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+    if not labels:
+        raise ValueError(f"--labels needs at least one label, got {args.labels!r}")
 
     model_dir = args.model or FIXTURE
     c = pw.clip.from_pretrained(model_dir)
@@ -57,12 +64,11 @@ def main() -> None:
     print(f"image: {image if isinstance(image, (str, Path)) else 'synthetic'} -> pixel_values "
           f"{list(pixel_values.shape)}")
 
-    labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     with pw.use_backend(args.backend):
         # the two towers separately: unit-length embeddings compared by a dot product ...
         img = c.get_image_features(pixel_values)                             # [1, E]
         txt = c.get_text_features(c.tokenize([args.template.format(lb) for lb in labels]))   # [L, E]
-        cos = (img / np.linalg.norm(img, axis=-1, keepdims=True)) @ (txt / np.linalg.norm(txt, axis=-1, keepdims=True)).T
+        cos = unit(img) @ unit(txt).T                                        # [1, L]
         # ... and zero_shot(), which scales those cosines by exp(logit_scale) and softmaxes over labels
         probs = c.zero_shot(pixel_values, labels, template=args.template)[0]   # [L]
     print(f"captions like {args.template.format(labels[0])!r}; cosine similarity and probability:")
