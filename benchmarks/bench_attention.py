@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=2 python benchmarks/bench_attention.py [--T 512 1024 2048 4096] [--repeat 5]
 
 B 1, H 8, Dh 64, causal and not, fp32, all three in one process with the same thread count
-(torch.set_num_threads); medians of interleaved repeats.  The reference materialises the T x T
+(torch.set_num_threads); medians of alternating blocks of repeats.  The reference materialises the T x T
 scores, so it is run up to --ref-max-T.  Peak memory: each (implementation, T) runs once in a
 fresh subprocess, and the growth of its resident-set high-water mark over the inputs is printed --
 flat in T for the fused kernel, ~T² for the reference.
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout works without installing
 
-from bench_matmul import interleaved_medians  # noqa: E402  (same folder)
+from bench_matmul import block_medians  # noqa: E402  (same folder)
 from pyworkloads import _kernels
 from pyworkloads.kernels import reference
 
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
                 fns["torch"] = lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
             if T <= args.ref_max_T:
                 fns["ref"] = lambda: reference.attention(q, k, v, causal=causal)
-            med = interleaved_medians(fns, args.repeat if T <= 2048 else max(3, args.repeat // 2))
+            med = block_medians(fns, args.repeat if T <= 2048 else max(2, args.repeat // 2), rounds=2 if T <= 2048 else 1)
             flops = 4.0 * B * H * T * T * DH * (0.5 if causal else 1.0)     # executed work (causal half)
             tt, tr = med.get("torch", float("nan")), med.get("ref", float("nan"))
             print(f"{T:>5} {str(causal):>6} {med['cpp'] * 1e3:>8.1f} {tt * 1e3:>8.1f} {tr * 1e3:>8.1f} "

@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_matmul.py [--sizes 256 512 1024 2048 4096] [--repeat 7]
 
-Both libraries run in the same process with the same thread count; each repeat times numpy and
-cpp back to back (interleaved, so load from other processes hits both alike) and the table shows
+Both libraries run in the same process with the same thread count, in alternating blocks of
+calls (so load from other processes hits both alike, see block_medians), and the table shows
 medians.  "W.T" rows are the models' linear layers, x @ weight.T with a C-contiguous [N, K]
 weight: the transposed operand the cpp kernel packs (or, for 1-row decode GEMVs, streams) in place.
 Unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for a fair numpy; the BLAS kernel in use is printed.
@@ -32,16 +32,21 @@ def blas_info() -> str:
                      for i in threadpool_info() if i["user_api"] == "blas")
 
 
-def interleaved_medians(fns: dict, repeat: int) -> dict:
-    """Median seconds of each callable, timing them in turn within each repeat (after a warm-up)."""
-    for f in fns.values():
-        f()
+def block_medians(fns: dict, repeat: int, rounds: int = 3) -> dict:
+    """Median seconds of each callable over `repeat` timed calls, run in blocks: every round gives
+    each callable a block of calls in turn (alternating the order), after a pause and one untimed
+    call.  Blocks, not strict alternation, because BLAS, OpenMP and torch pool threads keep
+    spinning for up to ~0.1 s after a call and would steal the cores of whatever runs next."""
+    per = max(1, -(-repeat // rounds))
     times = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
+    for r in range(rounds):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            time.sleep(0.2)
+            fns[k]()
+            for _ in range(per):
+                t = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - t)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -77,7 +82,7 @@ def main(argv=None) -> None:
         b = w.T if transposed else w                     # [K, N] either way
         M, K = a.shape
         N = b.shape[1]
-        med = interleaved_medians({"np": lambda: a @ b, "cpp": lambda: _kernels.matmul(a, b)}, args.repeat)
+        med = block_medians({"np": lambda: a @ b, "cpp": lambda: _kernels.matmul(a, b)}, args.repeat)
         flops, nbytes = 2.0 * M * N * K, 4.0 * (M * K + K * N + M * N)
         print(f"{name:<34} {flops / med['np'] / 1e9:>10.1f} {flops / med['cpp'] / 1e9:>9.1f} "
               f"{med['np'] / med['cpp']:>7.2f} {nbytes / med['np'] / 1e9:>8.1f} {nbytes / med['cpp'] / 1e9:>8.1f}",

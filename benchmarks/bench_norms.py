@@ -5,7 +5,7 @@
 GB/s counts the compulsory traffic: x read once, y written once (weights are negligible).  The
 copy baseline is `x.copy()` -- the same one-read-one-write traffic, including allocating the
 output as the kernels do -- and `np.copyto` into a preallocated array (no fresh pages).
-Medians of interleaved repeats, all in one process.
+Medians of alternating blocks of repeats, all in one process.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout works without installing
 
-from bench_matmul import interleaved_medians  # noqa: E402  (same folder)
+from bench_matmul import block_medians  # noqa: E402  (same folder)
 from pyworkloads import _kernels
 from pyworkloads.kernels import reference
 
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
             ("rms_norm", lambda: reference.rms_norm(x, w, 1e-6), lambda: _kernels.rms_norm(x, w, 1e-6)),
             ("layer_norm", lambda: reference.layer_norm(x, w, b, 1e-5), lambda: _kernels.layer_norm(x, w, b, 1e-5)),
         ):
-            med = interleaved_medians({"np": ref, "cpp": cpp, "copy": x.copy, "copyto": lambda: np.copyto(dst, x)},
+            med = block_medians({"np": ref, "cpp": cpp, "copy": x.copy, "copyto": lambda: np.copyto(dst, x)},
                                       args.repeat)
             gbs = {k: nbytes / t / 1e9 for k, t in med.items()}
             print(f"{op:<10} {str(shape):>14} {x.nbytes / 1e6:>6.1f} {gbs['np']:>7.1f} {gbs['cpp']:>7.1f} "

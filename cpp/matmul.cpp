@@ -64,6 +64,7 @@ constexpr int MR = 4, NV = 2;
 #endif
 constexpr int NR = NV * VL;
 constexpr int64_t SKINNY_M = 4;
+constexpr int GEMV_PREFETCH = 256;      // floats (1 KB) ahead on each weight row
 constexpr int PREFETCH_K = 8;   // k steps ahead (8 x 128 B)
 
 struct Blocking {
@@ -276,7 +277,7 @@ void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t 
 template <int MM>
 void skinny_transposed(int64_t N, int64_t K, const float* A, int64_t lda, const float* W, int64_t ldw, float* C,
                        int64_t ldc, int64_t n0, int64_t n1) {
-    constexpr int NB = 4;                                       // W rows per step
+    constexpr int NB = MM == 1 ? 8 : 4;                         // W rows streamed side by side
     const int64_t kv = K / VL * VL;
     const int tail = static_cast<int>(K - kv);
     int64_t n = n0;
@@ -288,7 +289,10 @@ void skinny_transposed(int64_t N, int64_t K, const float* A, int64_t lda, const 
         for (int r = 0; r < NB; ++r) w[r] = W + (n + r) * ldw;
         for (int64_t k = 0; k < kv; k += VL) {
             vf wv[NB];
-            for (int r = 0; r < NB; ++r) wv[r] = vload(w[r] + k);
+            for (int r = 0; r < NB; ++r) {
+                __builtin_prefetch(w[r] + k + GEMV_PREFETCH);
+                wv[r] = vload(w[r] + k);
+            }
             for (int m = 0; m < MM; ++m) {
                 const vf a = vload(A + m * lda + k);
                 for (int r = 0; r < NB; ++r) acc[m][r] = vfma(a, wv[r], acc[m][r]);
