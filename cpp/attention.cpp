@@ -200,8 +200,29 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
         for (int64_t jj = 0; jj < nk; ++jj)
             for (int v = 0; v < NVEC; ++v) vstore(w.st + jj * BQ + v * VL, vmul(vload(w.st + jj * BQ + v * VL), vscale));
         if (P.bias.p || P.mask.p) {
+            int64_t r_done = 0;
+#if defined(__AVX512F__)
+            if (P.bias.p && P.bias.s[3] == 1) {            // 16 x 16 bias tiles, transposed in registers
+                for (; r_done + 16 <= nq; r_done += 16) {
+                    int64_t jj = 0;
+                    for (; jj + 16 <= nk; jj += 16) {
+                        __m512 t[16];
+                        for (int i = 0; i < 16; ++i) t[i] = _mm512_loadu_ps(P.bias.frow(b, h, i0 + r_done + i) + j0 + jj);
+                        transpose16(t);
+                        for (int c = 0; c < 16; ++c) {
+                            float* sp = w.st + (jj + c) * BQ + r_done;
+                            _mm512_storeu_ps(sp, _mm512_add_ps(_mm512_loadu_ps(sp), t[c]));
+                        }
+                    }
+                    for (int64_t i = 0; i < 16; ++i) {
+                        const float* br = P.bias.frow(b, h, i0 + r_done + i) + j0;
+                        for (int64_t j = jj; j < nk; ++j) w.st[j * BQ + r_done + i] += br[j];
+                    }
+                }
+            }
+#endif
             for (int64_t r = 0; r < nq; ++r) {
-                if (P.bias.p) {
+                if (P.bias.p && r >= r_done) {
                     const float* br = P.bias.frow(b, h, i0 + r) + j0 * P.bias.s[3];
                     for (int64_t jj = 0; jj < nk; ++jj) w.st[jj * BQ + r] += br[jj * P.bias.s[3]];
                 }

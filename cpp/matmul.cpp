@@ -114,33 +114,6 @@ void pack_a(int64_t mc, int64_t kc, Mat A, float* Ap) {
     }
 }
 
-#if defined(__AVX512F__)
-// In-register 16 x 16 transpose: r[i] = row i in, r[c] = column c out (unpack, 64-bit shuffle,
-// then two 128-bit-lane shuffles).  Used to pack a transposed B 16 k-values at a time.
-inline void transpose16(__m512 r[16]) {
-    __m512 t[16], u[16], v[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; ++i) {
-        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 4; ++j) {
-            v[8 * i + j] = _mm512_shuffle_f32x4(u[8 * i + j], u[8 * i + 4 + j], 0x88);
-            v[8 * i + 4 + j] = _mm512_shuffle_f32x4(u[8 * i + j], u[8 * i + 4 + j], 0xdd);
-        }
-    for (int j = 0; j < 8; ++j) {
-        r[j] = _mm512_shuffle_f32x4(v[j], v[8 + j], 0x88);
-        r[8 + j] = _mm512_shuffle_f32x4(v[j], v[8 + j], 0xdd);
-    }
-}
-#endif
-
 // Bp[jr*kc + k*NR + j] = B[k, jr+j] for the NR-column panels [q0, q1) of the kc x nc block at B.
 void pack_b(int64_t kc, int64_t nc, int64_t q0, int64_t q1, Mat B, float* Bp) {
     if (B.cs == 1) {
@@ -174,7 +147,10 @@ void pack_b(int64_t kc, int64_t nc, int64_t q0, int64_t q1, Mat B, float* Bp) {
             for (; k + 16 <= kc; k += 16)               // 16 x 16 blocks through registers
                 for (int h = 0; h < NR / 16; ++h) {
                     __m512 r[16];
-                    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src[16 * h + i] + k);
+                    for (int i = 0; i < 16; ++i) {
+                        __builtin_prefetch(src[16 * h + i] + k + 64);   // 4 lines ahead on each row
+                        r[i] = _mm512_loadu_ps(src[16 * h + i] + k);
+                    }
                     transpose16(r);
                     for (int c = 0; c < 16; ++c) _mm512_storeu_ps(dst + (k + c) * NR + 16 * h, r[c]);
                 }
