@@ -26,7 +26,8 @@
 //    over threads dynamically, since causal tasks differ in length.
 //
 // 3. fast, single query (Tq == 1, the decode step) -- one pass of Tk dot products (vectorised along
-//    Dh), exp, and a weighted sum of V rows: streams the KV cache once; parallel over (b, h).
+//    Dh), exp, and a weighted sum of V rows, for all query heads of a kv group at once: streams the
+//    KV cache once per kv head (not once per query head); parallel over (b, kv head).
 //
 // Memory: O(threads · (BQ·BK + BK·Dh + BQ·Dv)) scratch, independent of T (no T² buffer).
 // Inputs: float32 (anything else raises TypeError -- no silent casting), mask bool; arbitrary
@@ -276,45 +277,55 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
     }
 }
 
-// Tq == 1: scores for all keys at once (O(Tk) scratch), then one weighted pass over V.
-void decode_row(const Problem& P, int64_t b, int64_t h, float* s) {
-    const int64_t hk = h / P.group(), i = 0;
-    const float* q = P.q.row(b, h, i);
-    const int64_t n = P.key_limit(i);
+// Tq == 1: the query heads of one kv group together (each K/V row is read once for all of them),
+// scores for all keys at once (O(group·Tk) scratch), then one weighted pass over V.
+int64_t decode_stride(const Problem& P) { return (P.Tk + VL - 1) / VL * VL + VL; }
+
+void decode_group(const Problem& P, int64_t b, int64_t hk, float* s) {
+    const int64_t g = P.group(), h0 = hk * g, sn = decode_stride(P);
+    const int64_t n = P.key_limit(0);
     const int64_t dv = P.Dh / VL * VL;
     const int tail = static_cast<int>(P.Dh - dv);
     for (int64_t j = 0; j < n; ++j) {
         const float* kr = P.k.row(b, hk, j);
-        vf acc = vzero();
-        for (int64_t d = 0; d < dv; d += VL) acc = vfma(vload(q + d), vload(kr + d), acc);
-        if (tail) acc = vfma(vload_n(q + dv, tail), vload_n(kr + dv, tail), acc);
-        s[j] = vhsum(acc) * P.scale;
+        for (int64_t gi = 0; gi < g; ++gi) {
+            const float* q = P.q.row(b, h0 + gi, 0);
+            vf acc = vzero();
+            for (int64_t d = 0; d < dv; d += VL) acc = vfma(vload(q + d), vload(kr + d), acc);
+            if (tail) acc = vfma(vload_n(q + dv, tail), vload_n(kr + dv, tail), acc);
+            s[gi * sn + j] = vhsum(acc) * P.scale;
+        }
     }
-    if (P.bias.p || P.mask.p) bias_and_mask_row(P, b, h, i, 0, n, s);
-    float mx = NEG_INF;
-    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
-    float* out = P.out + (b * P.Hq + h) * P.Dv;
-    if (mx == NEG_INF) {
-        std::fill(out, out + P.Dv, 0.f);
-        return;
+    float* l = s + g * sn;                                         // per-head softmax sums
+    for (int64_t gi = 0; gi < g; ++gi) {
+        float* sr = s + gi * sn;
+        if (P.bias.p || P.mask.p) bias_and_mask_row(P, b, h0 + gi, 0, 0, n, sr);
+        float mx = NEG_INF;
+        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, sr[j]);
+        if (mx == NEG_INF) {                                       // no allowed key: zeros
+            std::fill(sr, sr + n, 0.f);
+            l[gi] = 0.f;
+            continue;
+        }
+        int64_t j = 0;
+        vf vsum = vzero();
+        for (; j + VL <= n; j += VL) {
+            const vf p = vexp(vsub(vload(sr + j), vset1(mx)));
+            vstore(sr + j, p);
+            vsum = vadd(vsum, p);
+        }
+        if (j < n) {
+            vstore_n(sr + j, vexp(vsub(vload_n(sr + j, int(n - j)), vset1(mx))), int(n - j));
+            vsum = vadd(vsum, vload_n(sr + j, int(n - j)));
+        }
+        l[gi] = vhsum(vsum);
     }
-    float l = 0.f;
-    int64_t j = 0;
-    vf vsum = vzero();
-    for (; j + VL <= n; j += VL) {
-        const vf p = vexp(vsub(vload(s + j), vset1(mx)));
-        vstore(s + j, p);
-        vsum = vadd(vsum, p);
+    float* out = P.out + (b * P.Hq + h0) * P.Dv;                   // the group's rows, Dv apart
+    block_mac(g, P.Dv, n, s, sn, 1, P.v.row(b, hk, 0), P.v.s2, out, P.Dv, false);
+    for (int64_t gi = 0; gi < g; ++gi) {
+        const float inv = l[gi] > 0.f ? 1.f / l[gi] : 0.f;
+        for (int64_t d = 0; d < P.Dv; ++d) out[gi * P.Dv + d] *= inv;
     }
-    if (j < n) {
-        const vf p = vexp(vsub(vload_n(s + j, int(n - j)), vset1(mx)));
-        vstore_n(s + j, p, int(n - j));
-        vsum = vadd(vsum, vload_n(s + j, int(n - j)));
-    }
-    l = vhsum(vsum);
-    block_mac(1, P.Dv, n, s, n, 1, P.v.row(b, hk, 0), P.v.s2, out, P.Dv, false);
-    const float inv = 1.f / l;
-    for (int64_t d = 0; d < P.Dv; ++d) out[d] *= inv;
 }
 
 void attention_naive(const Problem& P) {
@@ -444,10 +455,11 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
     }
     const int nt_max = max_threads();
     const int64_t nqb = (P.Tq + BQ - 1) / BQ;
-    const int64_t ntasks = P.B * P.Hq * (P.Tq == 1 ? 1 : nqb);
+    const int64_t ntasks = P.Tq == 1 ? P.B * P.Hkv : P.B * P.Hq * nqb;
     const double work = double(P.B) * P.Hq * P.Tq * P.Tk * (P.Dh + P.Dv);
     const int nt = int(std::min<int64_t>(ntasks, work < 1e6 ? 1 : nt_max));
-    const size_t per_thread = P.Tq == 1 ? static_cast<size_t>(P.Tk + 64) : Scratch::floats(P);
+    const size_t per_thread =
+        P.Tq == 1 ? static_cast<size_t>(P.group() * (decode_stride(P) + 1) + VL) : Scratch::floats(P);
     float* ws = version == "naive" ? nullptr : thread_scratch(1, per_thread * nt);
     {
         py::gil_scoped_release nogil;
@@ -455,7 +467,7 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
             attention_naive(P);
         } else if (P.Tq == 1) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
-            for (int64_t t = 0; t < ntasks; ++t) decode_row(P, t / P.Hq, t % P.Hq, ws + thread_id() * per_thread);
+            for (int64_t t = 0; t < ntasks; ++t) decode_group(P, t / P.Hkv, t % P.Hkv, ws + thread_id() * per_thread);
         } else {
 #pragma omp parallel num_threads(nt) if (nt > 1)
             {
