@@ -14,22 +14,25 @@
 // 2. fast, tiled (Tq > 1) -- the FlashAttention recurrence.  A task is one (b, h, block of BQ
 //    queries); it walks the key blocks of BK keys and never forms the Tq x Tk score matrix:
 //
-//       S   = scale · Q_blk · K_blkᵀ (+ bias, masked -> -inf)        [BQ x BK], in L1/L2
+//       S   = scale · Q_blk · K_blkᵀ (+ bias, masked -> -inf)        [BQ x BK], in L1
 //       m'  = max(m, rowmax S);  P = exp(S - m');  α = exp(m - m')
 //       l   = α·l + rowsum P;    O = α·O + P · V_blk                 running max m, sum l, output O
 //    and finally out = O / l (rows with no allowed key keep l = 0 and give zeros, like the reference).
-//    Both products use one register-tiled kernel (6 rows x 4 vectors of accumulators, broadcast the
-//    left operand, FMA with unit-stride rows of the right one): Q·Kᵀ reads a K block transposed
-//    once into a small buffer (BK·Dh floats, reused by all BQ queries), P·V reads V in place.
+//    The scores are kept transposed, Sᵀ [keys x queries] with one SIMD lane per query (BQ = 4
+//    vectors), so the running max / sum / rescale of all BQ queries are plain vector ops, and both
+//    products use one register-tiled kernel (6 rows x 4 vectors of accumulators, broadcast the left
+//    operand, FMA with unit-stride rows of the right one): Sᵀ = K_blk · Qᵀ reads K rows in place
+//    against Qᵀ (packed once per task, Dh·BQ floats), and O += P · V reads V rows in place.
 //    With causal masking, key blocks entirely above the diagonal are skipped (about half the work)
 //    and only blocks crossing it are masked element by element.  Tasks (B·Hq·⌈Tq/BQ⌉) are spread
-//    over threads dynamically, since causal tasks differ in length.
+//    over threads dynamically, longest (last query blocks) first, since causal tasks differ.
 //
 // 3. fast, single query (Tq == 1, the decode step) -- one pass of Tk dot products (vectorised along
 //    Dh), exp, and a weighted sum of V rows, for all query heads of a kv group at once: streams the
 //    KV cache once per kv head (not once per query head); parallel over (b, kv head).
 //
-// Memory: O(threads · (BQ·BK + BK·Dh + BQ·Dv)) scratch, independent of T (no T² buffer).
+// Memory: O(threads · (BK·BQ + Dh·BQ + BQ·Dv)) scratch for Tq > 1 and O(group·Tk) for decode,
+// never a T² buffer.
 // Inputs: float32 (anything else raises TypeError -- no silent casting), mask bool; arbitrary
 // strides are read in place as long as the last axis of q/k/v is unit-stride (else one copy).
 #include "common.h"
