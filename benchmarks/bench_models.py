@@ -71,6 +71,22 @@ def hf_model(cls_name: str, config_cls: str, cfg_dict: dict, weights):
     return model, torch
 
 
+def kernel_share(f) -> None:
+    """One profiled run on the cpp backend: time inside the dispatched kernels vs everything else
+    (the NumPy glue of the model: activations, RoPE, reshapes, im2col ...)."""
+    with pw.use_backend("cpp"):
+        t = time.perf_counter()
+        with pw.profile() as prof:
+            f()
+        total = time.perf_counter() - t
+    by_op = prof.totals()
+    inside = sum(v["seconds"] for v in by_op.values())
+    ops = ", ".join(f"{op} {v['seconds'] * 1e3:.0f} ms ({v['flops'] / v['seconds'] / 1e9:.0f} GF/s)"
+                    for op, v in sorted(by_op.items(), key=lambda kv: -kv[1]["seconds"]) if v["seconds"] > 0)
+    print(f"  cpp profile: {total * 1e3:.0f} ms total, {inside * 1e3:.0f} ms in kernels [{ops}], "
+          f"{(total - inside) * 1e3:.0f} ms outside")
+
+
 def report(name: str, unit: str, times: dict, work: float) -> None:
     """times: seconds per implementation; work: units per run (tokens, images ...)."""
     base = times.get("numpy")
@@ -133,6 +149,7 @@ def bench_llama2(args) -> None:
     if args.llama2c:
         times["llama2.c"] = run_llama2c(m, Path(args.llama2c), n)
     report("decode", "tok/s", times, n)
+    kernel_share(gen)
     if times.get("llama2.c"):
         print(f"  decode: cpp / llama2.c = {times['llama2.c'] / times['cpp']:.2f}x")
 
@@ -182,6 +199,7 @@ def bench_clip(args) -> None:
                     return model.get_image_features(pixel_values=tin) if name == "image" else model.get_text_features(input_ids=tin)
             times["transformers"] = median_seconds(hf, args.repeat)
         report(name, unit, times, work)
+        kernel_share(f)
 
 
 def bench_sam(args) -> None:
@@ -201,6 +219,7 @@ def bench_sam(args) -> None:
                 return model.get_image_embeddings(tin)
         times["transformers"] = median_seconds(hf, reps)
     report("encoder", "images/s", times, 1)
+    kernel_share(f)
 
 
 def bench_whisper(args) -> None:
@@ -221,6 +240,7 @@ def bench_whisper(args) -> None:
                 return model(input_features=tf, decoder_input_ids=td).logits
         times["transformers"] = median_seconds(hf, args.repeat)
     report("forward", "runs/s", times, 1)
+    kernel_share(f)
 
 
 BENCHES = {"llama2": bench_llama2, "clip": bench_clip, "sam": bench_sam, "whisper": bench_whisper}
