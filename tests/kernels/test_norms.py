@@ -82,3 +82,17 @@ def test_norms_bad_inputs_raise(backend):
             K.layer_norm(x, None, np.ones(9, np.float32), 1e-5)
         with pytest.raises(ValueError):
             K.rms_norm(x, np.ones(8, np.float32), -1.0)
+
+
+@backends
+@pytest.mark.parametrize("rows, D", [(0, 8192), (1, 8192), (3, 8191), (257, 4096), (1000, 1), (2, 5000)])
+def test_norms_wide_and_many_rows(backend, rows, D):
+    """The widths real models use (up to 8192, LLaMA-70B) and odd row counts, beyond what the
+    property test draws."""
+    rng = np.random.default_rng(rows * 7919 + D)
+    x = (rng.standard_normal((rows, D)) * 3 + 1).astype(np.float32)
+    w, b = rng.standard_normal(D).astype(np.float32), rng.standard_normal(D).astype(np.float32)
+    want = rms64(x, w, 1e-5)
+    assert_within(run(backend, "rms_norm", x, w, 1e-5), want, tol(want, D))
+    want = ln64(x, w, b, 1e-5)
+    assert_within(run(backend, "layer_norm", x, w, b, 1e-5), want, tol(want, D) * 4)
