@@ -36,11 +36,12 @@ def roofline(rep, ax=None, label_top: int = 6):
         raise ValueError("the report has no layer with both FLOPs and bytes to place on a roofline")
     xs = [r.intensity for r in pts]
     ys = [r.flops / r.t_lower for r in pts]
-    lo, hi = min(xs + [0.1]) / 2, max(xs + [dev.ridge(pts[0].dtype) if dev.supports(pts[0].dtype) else 1e3]) * 4
-    grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
     dtypes = sorted({r.dtype for r in pts if r.op in ("matmul", "conv", "attention") and dev.supports(r.dtype)},
                     key=dev.peak)
     top_peak = max([dev.peak(dt) for dt in dtypes] + [dev.vector_peak])
+    # the x range always reaches past the highest ridge point, so every roof is drawn with its corner
+    lo, hi = min(xs + [0.1]) / 2, max(xs + [top_peak / dev.bandwidth]) * 4
+    grid = [lo * (hi / lo) ** (i / 400) for i in range(401)]
     # the memory roof rises until the highest compute roof; each compute roof starts at its ridge point
     ax.plot(grid, [min(dev.bandwidth * x, top_peak) for x in grid], color="black", lw=1.4,
             label=f"memory roof {dev.bandwidth / 1e9:,.0f} GB/s")
@@ -58,16 +59,20 @@ def roofline(rep, ax=None, label_top: int = 6):
         ax.scatter([x], [y], s=18, color=_COLORS.get(r.op, "black"), alpha=0.7,
                    label=r.op if r.op not in seen else None, zorder=3)
         seen.add(r.op)
-    top = sorted(grouped(rep), key=lambda g: -g["t_lower"])[:label_top]
-    for k, g in enumerate(top):
+    # label the costliest layer types; layers that land on the same point share one label
+    labels: dict[tuple, list[str]] = {}
+    for g in sorted(grouped(rep), key=lambda g: -g["t_lower"])[:label_top]:
         if g["bytes"] and g["flops"] and g["t_lower"]:
-            short = ".".join(p for p in g["name"].split(".")[-3:] if p != "*")
-            ax.annotate(f"{short} ({g['phase']})" if g["phase"] else short,
-                        (g["intensity"], g["flops"] / g["t_lower"]), fontsize=7,
-                        xytext=(6, -12 - 9 * (k % 3)), textcoords="offset points",
-                        arrowprops=dict(arrowstyle="-", lw=0.5, color="gray"))
+            short = ".".join(p for p in g["name"].split(".")[-2:] if p != "*")
+            at = (float(f"{g['intensity']:.3g}"), float(f"{g['flops'] / g['t_lower']:.3g}"))
+            labels.setdefault(at, []).append(f"{short} ({g['phase']})" if g["phase"] else short)
+    for k, (at, names) in enumerate(labels.items()):
+        ax.annotate("\n".join(names), at, fontsize=7, xytext=(8, -14 - 10 * (k % 3)), textcoords="offset points",
+                    va="top", arrowprops=dict(arrowstyle="-", lw=0.5, color="gray"))
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(min(ys + [dev.bandwidth * lo]) / 2, top_peak * 3)
     ax.set_xlabel("arithmetic intensity (FLOP / byte of DRAM traffic)")
     ax.set_ylabel("attained FLOP/s at the roofline bound")
     ax.set_title(f"{rep.model} · {rep.phase} · {rep.device.name}", fontsize=10)
