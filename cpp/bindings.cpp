@@ -7,6 +7,7 @@ namespace pyworkloads {
 void bind_norms(py::module_& m);
 void bind_matmul(py::module_& m);
 void bind_attention(py::module_& m);
+void bind_activations(py::module_& m);
 }
 
 namespace py = pybind11;
@@ -16,6 +17,7 @@ PYBIND11_MODULE(_kernels, m) {
     pyworkloads::bind_norms(m);
     pyworkloads::bind_matmul(m);
     pyworkloads::bind_attention(m);
+    pyworkloads::bind_activations(m);
 
     m.def("set_num_threads", [](int n) {
         if (n < 1) throw py::value_error("n must be >= 1");

@@ -53,8 +53,8 @@ def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
 # activations (all elementwise, dtype-preserving)
 # ---------------------------------------------------------------------------------------------
 def gelu(x):
-    """Exact GELU: x · Φ(x) = x/2 · (1 + erf(x/√2))."""
-    return 0.5 * x * (1.0 + special.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
+    """Exact GELU: x · Φ(x) = x/2 · (1 + erf(x/√2)), dispatched (see :func:`kernels.gelu`)."""
+    return kernels.gelu(x)
 
 
 def gelu_tanh(x):

@@ -17,6 +17,7 @@ attention      macs = B·Hq·Tq·Tk·(Dh + Dv) (the full rectangle, as the refer
                divide; the scale; the bias add when given)
 rms_norm       flops = 4·N  (square, sum, scale, weight) for N elements
 layer_norm     flops = 5·N  (sum, subtract, square, sum, scale) + N per affine term (weight, bias)
+gelu           flops = 5·N  (scale, erf, add, two multiplies) -- the cost model's convention too
 =============  ===================================================================================
 
 Bytes are the arrays read and written at their dtype: inputs once, output once.
@@ -36,12 +37,12 @@ import numpy as np
 from . import reference
 
 __all__ = [
-    "matmul", "attention", "rms_norm", "layer_norm", "available", "use_backend", "get_backend",
+    "matmul", "attention", "rms_norm", "layer_norm", "gelu", "available", "use_backend", "get_backend",
     "set_backend", "profile", "scope", "set_num_threads", "get_num_threads", "Profile", "KernelCall",
 ]
 
 BACKENDS = ("numpy", "cpp", "cuda")
-_OPS = ("matmul", "attention", "rms_norm", "layer_norm")
+_OPS = ("matmul", "attention", "rms_norm", "layer_norm", "gelu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,3 +372,10 @@ def layer_norm(x, weight, bias, eps: float = 1e-5):
     affine = (weight is not None) + (bias is not None)
     return _run("layer_norm", (x, weight, bias, eps), {},
                 lambda out: ((tuple(x.shape),), str(out.dtype), 0, (5 + affine) * x.size, _nbytes(x, weight, bias, out)))
+
+
+def gelu(x):
+    """Exact-form GELU x·Φ(x), elementwise (CLIP/OpenCLIP, SAM and Whisper MLPs).  Dispatched like
+    the heavy ops because erf one float at a time is slow: the cpp kernel vectorises it."""
+    x = _as_float_array(x, "x")
+    return _run("gelu", (x,), {}, lambda out: ((tuple(x.shape),), str(out.dtype), 0, 5 * x.size, _nbytes(x, out)))

@@ -8,6 +8,7 @@ materialises the full attention matrix.  Shapes (glossary used throughout the pr
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -58,6 +59,11 @@ def attention(q, k, v, causal=False, scale=None, bias=None, mask=None):
         s = np.where(allowed, s, -np.inf)
     p = softmax(s.astype(q.dtype, copy=False), axis=-1)
     return np.matmul(p, v)
+
+
+def gelu(x):
+    """Exact GELU: x · Φ(x) = x/2 · (1 + erf(x/√2)) (erf from SciPy, correctly rounded per element)."""
+    return 0.5 * x * (1.0 + special.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
 
 
 def rms_norm(x, weight, eps):

@@ -693,7 +693,8 @@ def mask_decoder(image_embeddings, image_pe, sparse, dense, weights, config: Mas
     with kernels.scope(f"{md}.upscale_conv2"):
         x = ops.conv_transpose2d(x, _w(weights, f"{md}.upscale_conv2.weight"), _w(weights, f"{md}.upscale_conv2.bias"),
                                  stride=2)                                               # [N, C/8, 4E, 4E]
-    x = ops.gelu(x)                                                                      # [N, C/8, 4E, 4E]
+    with kernels.scope(f"{md}.activation"):
+        x = ops.gelu(x)                                                                  # [N, C/8, 4E, 4E]
     hyper = []
     for j in range(Mt):
         with kernels.scope(f"{md}.output_hypernetworks_mlps.{j}"):

@@ -47,6 +47,8 @@ def per_scope(layers, prof):
         cm_f[key] += r.flops - (r.flops_vector if KERNEL_OP[r.op] == "matmul" else 0)
         cm_m[key] += r.macs
     for r in prof.records:
+        if r.op not in KERNEL_OP.values():        # activations (gelu) are elementwise records in the model
+            continue
         pr_f[(r.name, r.op)] += r.flops
         pr_m[(r.name, r.op)] += r.macs
     return (cm_f, cm_m), (pr_f, pr_m)
