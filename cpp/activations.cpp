@@ -4,52 +4,39 @@
 // float at a time (the C library's erff is scalar), which made GELU a third of Whisper's time.
 //
 //   naive: the definition with std::erf, one element at a time (kept as the oracle).
-//   fast:  branch-free code the compiler vectorises (AVX-512: 16 lanes):
-//          Φ(x) = 1 − ½·erfc(|x|/√2) for x ≥ 0 and ½·erfc(|x|/√2) for x < 0, with
-//          erfc(z) ≈ t·(a1 + t·(a2 + t·(a3 + t·(a4 + t·a5))))·e^(−z²),  t = 1/(1 + p·z)
-//          (Abramowitz & Stegun 7.1.26, |error| ≤ 1.5e-7 -- about one float32 ulp of Φ near 1);
-//          e^y by range reduction y = n·ln2 + r (|r| ≤ ln2/2), a degree-6 Taylor polynomial for
-//          e^r, and 2^n built directly in the exponent bits.  Computing erfc rather than erf keeps
-//          the small tail of Φ(x) for negative x accurate in absolute terms (no 1 − 1 cancellation).
-#include <cstring>
-
+//   fast:  the SIMD layer of simd.h (16 lanes on AVX-512, 8 on AVX2, a portable fallback), with
+//          Φ's tail from erfc so that no branch per element is needed:
+//            h(a)    = ½·erfc(a/√2) ≈ ½·t·(a1 + t·(a2 + t·(a3 + t·(a4 + t·a5))))·e^(−a²/2),
+//                      t = 1/(1 + p·a/√2)   (Abramowitz & Stegun 7.1.26, |error| ≤ 1.5e-7 in erfc)
+//            gelu(x) = x/2 + |x|·(½ − h(|x|))   (= x·(1 − h) for x ≥ 0 and x·h for x < 0),
+//          with e^y from simd.h's vexp (the one the attention kernel's softmax uses).
 #include "common.h"
+#include "simd.h"
 
 namespace pyworkloads {
 
 namespace {
 
-inline float exp_neg(float y) {                 // e^y for y <= 0 (here y = −z², so never positive)
-    y = y < -87.0f ? -87.0f : y;                  // below this e^y is a float32 denormal: 0 is close enough
-    const float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-    const float magic = 12582912.0f;              // 1.5·2^23: adding and subtracting rounds to an integer
-    const float n = (y * log2e + magic) - magic;
-    const float r = (y - n * ln2_hi) - n * ln2_lo;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+using namespace simd;
+
+inline vf gelu_lanes(vf x) {
+    const vf a = vmax(x, vsub(vzero(), x));                                     // |x|
+    const vf z = vmul(a, vset1(0.70710678118654752f));                         // |x|/√2
+    const vf t = vdiv(vset1(1.0f), vfma(z, vset1(0.3275911f), vset1(1.0f)));
+    vf poly = vset1(1.061405429f);
+    poly = vfma(poly, t, vset1(-1.453152027f));
+    poly = vfma(poly, t, vset1(1.421413741f));
+    poly = vfma(poly, t, vset1(-0.284496736f));
+    poly = vfma(poly, t, vset1(0.254829592f));
+    const vf h = vmul(vmul(vset1(0.5f), vmul(t, poly)), vexp(vsub(vzero(), vmul(z, z))));   // ½·erfc(z)
+    return vfma(a, vsub(vset1(0.5f), h), vmul(vset1(0.5f), x));
 }
 
 void gelu_fast(const float* x, float* y, int64_t n) {
-    const float p = 0.3275911f, a1 = 0.254829592f, a2 = -0.284496736f, a3 = 1.421413741f,
-                a4 = -1.453152027f, a5 = 1.061405429f, inv_sqrt2 = 0.70710678118654752f;
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) {
-        const float v = x[i];
-        const float z = (v < 0 ? -v : v) * inv_sqrt2;
-        const float t = 1.0f / (1.0f + p * z);
-        const float half_erfc = 0.5f * t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5)))) * exp_neg(-z * z);
-        const float phi = v < 0 ? half_erfc : 1.0f - half_erfc;
-        y[i] = v * phi;
-    }
+    const int64_t full = n / VL * VL;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < full; i += VL) vstore(y + i, gelu_lanes(vload(x + i)));
+    if (full < n) vstore_n(y + full, gelu_lanes(vload_n(x + full, int(n - full))), int(n - full));
 }
 
 void gelu_naive(const float* x, float* y, int64_t n) {
@@ -76,7 +63,7 @@ f32array gelu(py::handle x_obj, const std::string& version) {
 
 void bind_activations(py::module_& m) {
     m.def("gelu", &gelu, py::arg("x"), py::arg("version") = "fast",
-          "Exact-form GELU x·Φ(x) of a float32 array (fast: vectorised erfc approximation, |error| <= ~2e-7·|x|).");
+          "Exact-form GELU x·Φ(x) of a float32 array (fast: vectorised erfc approximation, |error| <= ~4e-7·max(1,|x|)).");
 }
 
 }  // namespace pyworkloads

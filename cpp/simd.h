@@ -36,6 +36,7 @@ inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
 inline float vhsum(vf a) { return _mm512_reduce_add_ps(a); }
 inline float vhmax(vf a) { return _mm512_reduce_max_ps(a); }
 inline vf vexp(vf x) {
@@ -98,6 +99,7 @@ inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
 inline float vhsum(vf a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -144,6 +146,7 @@ PYW_LANEWISE(vadd, a.v[i] + b.v[i])
 PYW_LANEWISE(vsub, a.v[i] - b.v[i])
 PYW_LANEWISE(vmul, a.v[i] * b.v[i])
 PYW_LANEWISE(vmax, a.v[i] > b.v[i] ? a.v[i] : b.v[i])
+PYW_LANEWISE(vdiv, a.v[i] / b.v[i])
 #undef PYW_LANEWISE
 inline vf vfma(vf a, vf b, vf c) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
 inline float vhsum(vf a) { float s = 0; for (int i = 0; i < VL; ++i) s += a.v[i]; return s; }
