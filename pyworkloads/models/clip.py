@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io, kernels, ops
+from . import check_fits
 
 __all__ = [
     "TextConfig", "VisionConfig", "Config", "PRESETS", "count_params", "weight_shapes", "CLIP", "CLIPOutput",
@@ -664,14 +665,7 @@ def from_preset(name: str, seed: int = 0) -> CLIP:
     if name not in PRESETS:
         raise ValueError(f"unknown CLIP preset {name!r}; known: {', '.join(PRESETS)}")
     config = PRESETS[name]
-    need = 4 * count_params(config)
-    try:
-        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        have = None
-    if have and need > have // 2:
-        raise MemoryError(f"preset {name!r} needs {need / 1e9:.1f} GB of float32 weights; this machine has "
-                          f"{have / 1e9:.1f} GB of memory")
+    check_fits(4 * count_params(config), name)
     return CLIP(config, random_weights(config, seed))
 
 

@@ -19,7 +19,6 @@ H query heads, KVH key/value heads, Dh head width, V vocabulary size, L layers.
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io, kernels, ops
+from . import check_fits
 
 __all__ = [
     "Config", "PRESETS", "count_params", "weight_shapes", "random_weights", "from_pretrained",
@@ -634,28 +634,6 @@ def random_weights(config: Config, seed: int = 0, std: float = 0.02) -> dict[str
     return out
 
 
-def _available_memory() -> int:
-    """Bytes this process could still allocate: MemAvailable, capped by a cgroup limit."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if avail is None:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return avail
-
-
 def from_preset(name, seed: int = 0) -> Llama2:
     """Random float32 weights (std 0.02) in the shapes of a preset (or of a Config).  Refuses,
     with MemoryError, a model whose float32 weights would not fit in the available memory."""
@@ -665,12 +643,7 @@ def from_preset(name, seed: int = 0) -> Llama2:
         config, label = PRESETS[name], name
     else:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    need = count_params(config) * 4
-    avail = _available_memory()
-    if need > 0.9 * avail:
-        raise MemoryError(f"{label}: random float32 weights need {need / 1e9:.1f} GB but only {avail / 1e9:.1f} GB "
-                          f"of memory is available; pick a smaller preset, or load an fp16/bf16 checkpoint with "
-                          f"from_pretrained (memory-mapped, converted layer by layer)")
+    check_fits(4 * count_params(config), label)
     return Llama2(config, random_weights(config, seed))
 
 

@@ -19,13 +19,13 @@ Glossary (shapes in comments use these):
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from .. import io, kernels, ops
+from . import check_fits
 
 __all__ = [
     "VisionConfig", "PromptEncoderConfig", "MaskDecoderConfig", "Config", "PRESETS", "count_params",
@@ -875,14 +875,7 @@ def from_preset(name: str, seed: int = 0) -> Sam:
     if name not in PRESETS:
         raise ValueError(f"unknown SAM preset {name!r}; known: {', '.join(PRESETS)}")
     config = PRESETS[name]
-    need = 4 * count_params(config, include_positional_gaussian=True)
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        have = None
-    if have is not None and need > have // 2:
-        raise MemoryError(f"preset {name!r} needs {need / 1e9:.1f} GB of float32 weights; this machine has "
-                          f"{have / 1e9:.1f} GB of memory")
+    check_fits(4 * count_params(config, include_positional_gaussian=True), name)
     return Sam(config, init_weights(config, seed))
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import io, kernels, ops
+from . import check_fits
 from ..audio import (HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio,  # noqa: F401 (re-exported)
                      log_mel_spectrogram)
 
@@ -963,23 +963,12 @@ def from_pretrained(path) -> Whisper:
     return Whisper(config, weights, gen, _load_tokenizer(path))
 
 
-def _available_memory() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def from_preset(name: str, seed: int = 0) -> Whisper:
     """Random float32 weights with a preset's real shapes (for shapes, timing and profiling)."""
     if name not in PRESETS:
         raise ValueError(f"unknown Whisper preset {name!r}; choose one of {', '.join(PRESETS)}")
     config = PRESETS[name]
-    need = 4 * count_params(config)
-    avail = _available_memory()
-    if avail is not None and need > 0.8 * avail:
-        raise MemoryError(f"preset {name!r} needs {need / 1e9:.1f} GB of float32 weights; only "
-                          f"{avail / 1e9:.1f} GB of memory is free")
+    check_fits(4 * count_params(config), name)
     return Whisper(config, random_weights(config, seed))
 
 

@@ -103,7 +103,7 @@ def test_config_requires_structural_keys():
 
 
 def test_from_preset_refuses_what_does_not_fit(monkeypatch):
-    monkeypatch.setattr(llama2, "_available_memory", lambda: 10_000_000)
+    monkeypatch.setattr("pyworkloads.models.available_memory", lambda: 10_000_000)
     with pytest.raises(MemoryError, match="llama2-tiny.*GB"):
         llama2.from_preset("llama2-tiny")
     monkeypatch.undo()
