@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from pyworkloads import ops
-from pyworkloads.kernels import reference
 
 
 def f64(x):
