@@ -410,7 +410,7 @@ template <class T>
 void launch(const AttnProblem& p, AttnAlgo algo, cudaStream_t stream) {
     const int64_t width = p.Dh > p.Dv ? p.Dh : p.Dv;
     if constexpr (!std::is_same_v<T, float>) {
-        if (algo == AttnAlgo::Mma) {
+        if (algo == AttnAlgo::Mma || algo == AttnAlgo::MmaAsync) {   // TODO(mma_async): its own kernel
             if (width <= 64) return launch_mma<T, 64>(p, stream);
             return launch_mma<T, 128>(p, stream);
         }
@@ -431,8 +431,9 @@ AttnAlgo attention_resolve(const AttnProblem& p, AttnAlgo requested) {
                                     ", got " + std::to_string(width));
     const bool mma_ok = p.dtype != DType::F32 && width <= 128;
     if (requested == AttnAlgo::Auto) return mma_ok ? AttnAlgo::Mma : AttnAlgo::Simt;
-    if (requested == AttnAlgo::Mma && !mma_ok)
-        throw std::invalid_argument("attention: algo='mma' needs float16/bfloat16 inputs and head widths <= 128");
+    if ((requested == AttnAlgo::Mma || requested == AttnAlgo::MmaAsync) && !mma_ok)
+        throw std::invalid_argument(std::string("attention: algo='") + (requested == AttnAlgo::Mma ? "mma" : "mma_async") +
+                                    "' needs float16/bfloat16 inputs and head widths <= 128");
     return requested;
 }
 

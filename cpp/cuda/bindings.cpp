@@ -123,7 +123,7 @@ MatrixOperand matrix_operand(CallContext& ctx, TensorArg& t) {
 py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_name, py::handle out_obj) {
     const MatmulAlgo requested = parse_algo<MatmulAlgo>(
         algo_name, {{"auto", MatmulAlgo::Auto}, {"naive", MatmulAlgo::Naive}, {"tiled", MatmulAlgo::Tiled},
-                    {"tensorcore", MatmulAlgo::TensorCore}}, "matmul");
+                    {"tensorcore", MatmulAlgo::TensorCore}, {"mma", MatmulAlgo::Mma}}, "matmul");
     TensorArg a = parse_tensor(a_obj, "a"), b = parse_tensor(b_obj, "b");
     require_float(a, "matmul");
     require_float(b, "matmul");
@@ -224,7 +224,7 @@ AttnOperand attn_operand(CallContext& ctx, TensorArg& t) {
 py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal, py::object scale_obj,
                      py::object bias_obj, py::handle mask_obj, const std::string& algo_name, py::handle out_obj) {
     const AttnAlgo requested = parse_algo<AttnAlgo>(
-        algo_name, {{"auto", AttnAlgo::Auto}, {"simt", AttnAlgo::Simt}, {"mma", AttnAlgo::Mma}}, "attention");
+        algo_name, {{"auto", AttnAlgo::Auto}, {"simt", AttnAlgo::Simt}, {"mma", AttnAlgo::Mma}, {"mma_async", AttnAlgo::MmaAsync}}, "attention");
     TensorArg q = parse_tensor(q_obj, "q"), k = parse_tensor(k_obj, "k"), v = parse_tensor(v_obj, "v");
     for (const TensorArg* t : {&q, &k, &v}) {
         require_float(*t, "attention");
@@ -378,8 +378,8 @@ PYBIND11_MODULE(_cuda, m) {
               "(__cuda_array_interface__ / DLPack) in -> DeviceArray out, or written into out=.";
     bind_interop(m);
     py::dict algorithms;                  // every kernel version stays callable (tests, teaching, benchmarks)
-    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore");
-    algorithms["attention"] = py::make_tuple("auto", "simt", "mma");
+    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore", "mma");
+    algorithms["attention"] = py::make_tuple("auto", "simt", "mma", "mma_async");
     algorithms["rms_norm"] = py::make_tuple("auto", "block", "warp");
     algorithms["layer_norm"] = py::make_tuple("auto", "block", "warp");
     m.attr("ALGORITHMS") = algorithms;
@@ -398,12 +398,13 @@ PYBIND11_MODULE(_cuda, m) {
 
     m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::kw_only(), py::arg("algo") = "auto", py::arg("out") = py::none(),
           "a @ b with np.matmul semantics (batch dimensions broadcast), float32/float16/bfloat16, FP32 "
-          "accumulation.  algo: 'auto' | 'naive' | 'tiled' | 'tensorcore' (float16/bfloat16).");
+          "accumulation.  algo: 'auto' | 'naive' | 'tiled' | 'tensorcore' (WMMA) | 'mma' (mma.sync + ldmatrix + cp.async pipeline); the last two"
+          " float16/bfloat16 only.");
     m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false,
           py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("mask") = py::none(), py::kw_only(),
           py::arg("algo") = "auto", py::arg("out") = py::none(),
           "Flash-attention forward (see reference.attention for the semantics).  algo: 'auto' | 'simt' | "
-          "'mma' (float16/bfloat16, head width <= 128).");
+          "'mma' | 'mma_async' (float16/bfloat16, head width <= 128).");
     m.def("rms_norm", [](py::handle x, py::handle w, double eps, const std::string& algo, py::handle out) {
               return norm("rms_norm", true, x, w, py::none(), eps, algo, out);
           }, py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6, py::kw_only(), py::arg("algo") = "auto",

@@ -308,8 +308,9 @@ MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested) {
     if (p.dtype != DType::F32 && p.dtype != DType::F16 && p.dtype != DType::BF16)
         throw std::invalid_argument(std::string("matmul: unsupported dtype ") + dtype_name(p.dtype));
     if (requested == MatmulAlgo::Auto) return p.dtype == DType::F32 ? MatmulAlgo::Tiled : MatmulAlgo::TensorCore;
-    if (requested == MatmulAlgo::TensorCore && p.dtype == DType::F32)
-        throw std::invalid_argument("matmul: algo='tensorcore' needs float16 or bfloat16 inputs, got float32");
+    if ((requested == MatmulAlgo::TensorCore || requested == MatmulAlgo::Mma) && p.dtype == DType::F32)
+        throw std::invalid_argument(std::string("matmul: algo='") + (requested == MatmulAlgo::Mma ? "mma" : "tensorcore") +
+                                    "' needs float16 or bfloat16 inputs, got float32");
     return requested;
 }
 

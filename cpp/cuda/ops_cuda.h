@@ -47,7 +47,9 @@ struct MatmulProblem {
     int64_t batch_stride_b[kMaxBatchDims] = {};
     bool a_vec = false, b_vec = false; // 16-byte aligned rows (base, lda and batch strides): cp.async ok
 };
-enum class MatmulAlgo : int { Auto = 0, Naive = 1, Tiled = 2, TensorCore = 3 };
+// TensorCore: WMMA 16x16x16 fragments (the readable tensor-core version); Mma: mma.sync m16n8k16 with
+// ldmatrix and a multi-stage cp.async pipeline (the fast one).
+enum class MatmulAlgo : int { Auto = 0, Naive = 1, Tiled = 2, TensorCore = 3, Mma = 4 };
 // The algorithm Auto resolves to; throws std::invalid_argument for an impossible request.
 MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested);
 void matmul_device(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream);
@@ -70,7 +72,9 @@ struct AttnProblem {
     int64_t mask_stride[4] = {};
     bool vec = false;                  // q/k/v rows 16-byte aligned and Dh, Dv multiples of 8
 };
-enum class AttnAlgo : int { Auto = 0, Simt = 1, Mma = 2 };
+// Mma: FlashAttention-2 on mma.sync, fragments from 32-bit shared loads, register prefetch;
+// MmaAsync: the same math with ldmatrix fragments and a cp.async double-buffered K/V pipeline.
+enum class AttnAlgo : int { Auto = 0, Simt = 1, Mma = 2, MmaAsync = 3 };
 constexpr int64_t kMaxHeadDim = 256;
 AttnAlgo attention_resolve(const AttnProblem& p, AttnAlgo requested);
 void attention_device(const AttnProblem& p, AttnAlgo algo, cudaStream_t stream);

@@ -99,6 +99,7 @@ def test_valid_calls_fail_clearly_without_gpu(call):
     ((None, a(1, 1)), {}, TypeError, "got None"),
     ((a(3, 4), a(4, 5)), {"algo": "fast"}, ValueError, "algo must be one of"),
     ((a(3, 4), a(4, 5)), {"algo": "tensorcore"}, ValueError, "float16 or bfloat16"),
+    ((a(3, 4), a(4, 5)), {"algo": "mma"}, ValueError, "float16 or bfloat16"),
     ((a(1, 1, 1, 1, 1, 1, 1, 2, 2), a(2, 2)), {}, ValueError, "at most 6 batch dimensions"),
 ])
 def test_matmul_validation(args, kwargs, exc, msg):
@@ -126,6 +127,8 @@ def _qkv(B=1, Hq=4, Hkv=2, Tq=3, Tk=5, Dh=8, Dv=None, dtype=f32):
     (_qkv(Dh=264), {}, ValueError, "head widths up to 256"),
     (_qkv(), {"algo": "mma"}, ValueError, "float16/bfloat16"),
     (_qkv(Dh=192, dtype=np.float16), {"algo": "mma"}, ValueError, "head widths <= 128"),
+    (_qkv(), {"algo": "mma_async"}, ValueError, "float16/bfloat16"),
+    (_qkv(Dh=192, dtype=np.float16), {"algo": "mma_async"}, ValueError, "head widths <= 128"),
     (_qkv(), {"algo": "flash3"}, ValueError, "algo must be one of"),
     ((a(1, 2, 3, 8), a(1, 2, 5, 8, dtype=np.float16), a(1, 2, 5, 8)), {}, TypeError, "k must have the dtype of q"),
 ])

@@ -65,7 +65,7 @@ def test_matmul_float32(rng, algo, sa, sb):
     assert_close(got, want, atol=1e-5 * np.sqrt(max(K_, 1)), rtol=1e-5 * np.sqrt(max(K_, 1)))
 
 
-@pytest.mark.parametrize("algo", ["naive", "tiled", "tensorcore"])
+@pytest.mark.parametrize("algo", ["naive", "tiled", "tensorcore", "mma"])
 @pytest.mark.parametrize("sa, sb", MATMUL_SHAPES + [((200, 72), (72, 136)), ((64, 1000), (1000, 48))])
 def test_matmul_float16(rng, algo, sa, sb):
     x, y = rand(rng, *sa, dtype=np.float16), rand(rng, *sb, dtype=np.float16)
@@ -94,10 +94,11 @@ def test_attention_numpy_heads_split_layout(rng):
     assert_close(_cuda.attention(q, k, v, causal=True), attention_ref(q, k, v, causal=True), atol=2e-5, rtol=1e-4)
 
 
-def test_matmul_large_k_accumulates_in_float32(rng):
+@pytest.mark.parametrize("algo", ["tensorcore", "mma"])
+def test_matmul_large_k_accumulates_in_float32(rng, algo):
     x = np.full((16, 4096), 0.01, np.float16)
     y = np.ones((4096, 16), np.float16)
-    got = _cuda.matmul(x, y, algo="tensorcore")
+    got = _cuda.matmul(x, y, algo=algo)
     want = x.astype(np.float64) @ y.astype(np.float64)
     assert_close(got, want, atol=0, rtol=2e-3)                      # fp16 accumulation would be far off
 
@@ -136,7 +137,7 @@ def test_attention_float32(rng, case):
     assert_close(got, attention_ref(q, k, v, causal=causal), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("algo", ["simt", "mma"])
+@pytest.mark.parametrize("algo", ["simt", "mma", "mma_async"])
 @pytest.mark.parametrize("case", [c for c in ATTN_CASES if max(c[5], c[6]) <= 128])
 def test_attention_float16(rng, algo, case):
     B, Hq, Hkv, Tq, Tk, Dh, Dv, causal = case
@@ -148,7 +149,7 @@ def test_attention_float16(rng, algo, case):
     assert_close(got, attention_ref(q, k, v, causal=causal), atol=4e-3, rtol=1e-2)
 
 
-@pytest.mark.parametrize("dtype, algo", [(np.float32, "simt"), (np.float16, "simt"), (np.float16, "mma")])
+@pytest.mark.parametrize("dtype, algo", [(np.float32, "simt"), (np.float16, "simt"), (np.float16, "mma"), (np.float16, "mma_async")])
 def test_attention_bias_and_mask(rng, dtype, algo):
     B, Hq, Hkv, Tq, Tk, D = 2, 4, 2, 37, 90, 64
     q, k, v = rand(rng, B, Hq, Tq, D, dtype=dtype), rand(rng, B, Hkv, Tk, D, dtype=dtype), rand(rng, B, Hkv, Tk, D, dtype=dtype)
@@ -163,7 +164,7 @@ def test_attention_bias_and_mask(rng, dtype, algo):
         assert_close(got, want, **tol)
 
 
-@pytest.mark.parametrize("algo", ["simt", "mma"])
+@pytest.mark.parametrize("algo", ["simt", "mma", "mma_async"])
 def test_attention_full_mask_rows_and_scale(rng, algo):
     q, k, v = (rand(rng, 1, 2, 9, 32, dtype=np.float16), rand(rng, 1, 2, 9, 32, dtype=np.float16),
                rand(rng, 1, 2, 9, 32, dtype=np.float16))
@@ -175,7 +176,7 @@ def test_attention_full_mask_rows_and_scale(rng, algo):
     assert_close(got, want, atol=4e-3, rtol=1e-2)
 
 
-@pytest.mark.parametrize("algo, dtype", [("simt", np.float32), ("mma", np.float16)])
+@pytest.mark.parametrize("algo, dtype", [("simt", np.float32), ("mma", np.float16), ("mma_async", np.float16)])
 def test_attention_large_logits_are_stable(rng, algo, dtype):
     # scores in the thousands: exp must only ever see differences to the running max
     q = (rand(rng, 1, 2, 70, 32) * 30).astype(dtype)
