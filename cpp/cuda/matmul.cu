@@ -21,6 +21,19 @@
 //                (one barrier per step); rows that are not 16-byte aligned fall back to element
 //                loads.  The accumulators are staged
 //                through shared memory per fragment for a bounds-checked, rounded store.
+//                Kept as the readable tensor-core version (algo="tensorcore").
+// v4 mma         (float16 / bfloat16, the default for them) the tensor cores driven the way the
+//                fast libraries do on Ampere/Ada/Hopper without wgmma: a 256-thread block owns a
+//                128x256 tile of C, each of its 8 warps 64x64 (4x8 mma.sync m16n8k16 tiles, 128
+//                FP32 accumulators per thread), so every element a warp loads from shared memory
+//                feeds 4-8 MMAs.  Fragments come from shared memory by ldmatrix.x4 (one
+//                instruction per 16x16 operand; .trans turns B's row-major [k][n] rows into the
+//                column operand), with row pitches of 80 and 528 bytes so the 8 rows of each
+//                ldmatrix phase fall in 8 different bank groups.  K steps of 32 stream through a
+//                3-stage (sm_89: 80 KiB) or 4-stage (sm_80/90: 106 KiB) cp.async ring.  Blocks are
+//                rasterised in groups of 8 M-tiles so concurrently running blocks share A and B
+//                strips in L2, and C leaves as rounded 4-byte pairs.
+//                cpp/cuda/tools/emulate_matmul_mma.py replays its lane/address bookkeeping in NumPy.
 #include <mma.h>
 
 #include <algorithm>
@@ -275,6 +288,202 @@ __global__ void __launch_bounds__(kThreads, 2) matmul_tensorcore(MatmulProblem p
 
 static_assert(8 * 256 * sizeof(float) <= kTcSmemBytes, "epilogue scratch must fit the tiles");
 
+// ---- v4 ---------------------------------------------------------------------------------------
+// mma.sync m16n8k16 fed by ldmatrix, a 128x256 block tile and a 3- or 4-deep cp.async ring.
+constexpr int kMmaBM = 128, kMmaBN = 256, kMmaBK = 32, kMmaThreads = 256;
+constexpr int kMmaLdA = kMmaBK + 8;        // 80-byte rows: 8 rows of an ldmatrix phase hit 8 bank groups
+constexpr int kMmaLdB = kMmaBN + 8;        // 528-byte rows: likewise (33 16-byte units, odd)
+constexpr int kMmaStageA = kMmaBM * kMmaLdA;
+constexpr int kMmaStageB = kMmaBK * kMmaLdB;
+constexpr int kMmaGroupM = 8;              // L2 rasterisation: 8 M-tiles share each B column strip
+constexpr size_t mma_smem_bytes(int stages) { return size_t(stages) * (kMmaStageA + kMmaStageB) * 2; }
+
+// Four 8x8 16-bit matrices from shared memory: lanes 8i..8i+7 give the row addresses of matrix
+// i; lane l receives elements (l/4, 2(l%4)) and (l/4, 2(l%4)+1) of matrix i in register i, or
+// with .trans the elements (2(l%4), l/4) and (2(l%4)+1, l/4).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// c[16x8] += a[16x16] b[16x8] in FP32 (fragment layouts of the PTX ISA).  Not volatile: it only
+// reads and writes registers, so the compiler may interleave it with the shared-memory loads.
+template <class T> __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <> __device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <class T> struct Pair;
+template <> struct Pair<__half> {
+    using type = __half2;
+    static __device__ __forceinline__ type make(float lo, float hi) { return __floats2half2_rn(lo, hi); }
+};
+template <> struct Pair<__nv_bfloat16> {
+    using type = __nv_bfloat162;
+    static __device__ __forceinline__ type make(float lo, float hi) { return __floats2bfloat162_rn(lo, hi); }
+};
+
+// The block's tile (tm, tn) from its linear index: column-major inside groups of kMmaGroupM
+// M-tiles, so the blocks resident at one time read a few A row strips and B column strips that
+// stay in L2 (each A strip is reused by every tn of the group, each B strip by kMmaGroupM tiles).
+__device__ __forceinline__ void mma_tile_of(int64_t id, int64_t tiles_m, int64_t tiles_n, int64_t& tm, int64_t& tn) {
+    const int64_t per_group = int64_t(kMmaGroupM) * tiles_n;
+    const int64_t first_m = (id / per_group) * kMmaGroupM;
+    const int64_t rows = tiles_m - first_m < kMmaGroupM ? tiles_m - first_m : kMmaGroupM;
+    tm = first_m + (id % per_group) % rows;
+    tn = (id % per_group) / rows;
+}
+
+template <class T, int kStages>
+__global__ void __launch_bounds__(kMmaThreads, 1) matmul_mma(MatmulProblem p, bool c_pairs) {
+    extern __shared__ __align__(128) unsigned char mma_smem[];   // kStages x A tiles, then kStages x B tiles
+    T* As = reinterpret_cast<T*>(mma_smem);
+    T* Bs = As + kStages * kMmaStageA;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tg = lane & 3;
+    const int wm = warp >> 2, wn = warp & 3;          // warp tile: rows wm*64 .. +63, cols wn*64 .. +63
+    const int64_t tiles_m = (p.M + kMmaBM - 1) / kMmaBM, tiles_n = (p.N + kMmaBN - 1) / kMmaBN;
+    int64_t tm, tn;
+    mma_tile_of(blockIdx.x, tiles_m, tiles_n, tm, tn);
+    const int64_t m0 = tm * kMmaBM, n0 = tn * kMmaBN;
+    const int64_t ktiles = (p.K + kMmaBK - 1) / kMmaBK;
+
+    for (int64_t z = blockIdx.z; z < p.batch; z += gridDim.z) {
+        int64_t oa, ob;
+        batch_offsets(p, z, oa, ob);
+        const T* A = static_cast<const T*>(p.a) + oa;
+        const T* B = static_cast<const T*>(p.b) + ob;
+        // Loader chunks (8 elements = 16 bytes): A chunk c = tid + 256 i (i < 2) is row c / 4,
+        // columns 8 (c % 4) of the K-step; B chunk c = tid + 256 i (i < 4) is K-row c / 32,
+        // columns 8 (c % 32).  Consecutive threads read consecutive 16 bytes of a row.
+        auto load_tile = [&](int64_t t) {
+            const int s = int(t % kStages);
+            const int64_t k0 = t * kMmaBK;
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int c = tid + kMmaThreads * i, r = c >> 2, col = (c & 3) * 8;
+                const int64_t row = m0 + r;
+                copy_chunk(As + s * kMmaStageA + r * kMmaLdA + col, A + row * p.lda + k0 + col, A,
+                           row < p.M ? p.K - (k0 + col) : 0, p.a_vec);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int c = tid + kMmaThreads * i, r = c >> 5, col = (c & 31) * 8;
+                const int64_t k = k0 + r;
+                copy_chunk(Bs + s * kMmaStageB + r * kMmaLdB + col, B + k * p.ldb + n0 + col, B,
+                           k < p.K ? p.N - (n0 + col) : 0, p.b_vec);
+            }
+        };
+
+        float acc[4][8][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+
+        // This lane's ldmatrix row addresses, relative to a stage: A rows wm*64 + 16i + (lane % 16)
+        // at k offset 8 (lane / 16) give the four 8x8 quarters of a 16x16 A fragment in register
+        // order (a0: rows 0-7/k 0-7, a1: rows 8-15, a2: k 8-15, a3: both); B K-rows lane % 16 at
+        // column wn*64 + 16j + 8 (lane / 16), transposed, give b0/b1 of n-tiles 2j and 2j + 1.
+        const int a_off = (wm * 64 + (lane & 15)) * kMmaLdA + (lane >> 4) * 8;
+        const int b_off = (lane & 15) * kMmaLdB + wn * 64 + (lane >> 4) * 8;
+
+#pragma unroll
+        for (int t = 0; t < kStages - 1; ++t) {       // prologue: steps 0 .. kStages-2 in flight
+            if (t < ktiles) load_tile(t);
+            cp_async_commit();
+        }
+        for (int64_t t = 0; t < ktiles; ++t) {
+            cp_async_wait<kStages - 2>();              // step t has landed for this thread ...
+            __syncthreads();                           // ... and for all; step t-1's slot is free
+            if (t + kStages - 1 < ktiles) load_tile(t + kStages - 1);
+            cp_async_commit();
+            const T* as = As + int(t % kStages) * kMmaStageA + a_off;
+            const T* bs = Bs + int(t % kStages) * kMmaStageB + b_off;
+#pragma unroll
+            for (int kk = 0; kk < kMmaBK; kk += 16) {
+                uint32_t af[4][4], bf[8][2];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) ldmatrix_x4(af[i], as + i * 16 * kMmaLdA + kk);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    uint32_t r[4];
+                    ldmatrix_x4_trans(r, bs + kk * kMmaLdB + j * 16);
+                    bf[2 * j][0] = r[0];
+                    bf[2 * j][1] = r[1];
+                    bf[2 * j + 1][0] = r[2];
+                    bf[2 * j + 1][1] = r[3];
+                }
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) mma_16816<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
+            }
+        }
+        cp_async_wait<0>();
+        __syncthreads();                               // the next z reuses the ring
+
+        // Epilogue: accumulator e of (i, j) is C row wm*64 + 16i + g (+8 for e >= 2), column
+        // wn*64 + 8j + 2tg (+1 for odd e); the two columns go out as one 4-byte pair when C's
+        // rows allow it.
+        T* C = static_cast<T*>(p.c) + z * p.M * p.N;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int64_t r = m0 + wm * 64 + i * 16 + g + half * 8;
+                if (r >= p.M) continue;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const int64_t c = n0 + wn * 64 + j * 8 + tg * 2;
+                    const float lo = acc[i][j][2 * half], hi = acc[i][j][2 * half + 1];
+                    if (c_pairs && c + 1 < p.N) {
+                        *reinterpret_cast<typename Pair<T>::type*>(C + r * p.N + c) = Pair<T>::make(lo, hi);
+                    } else {
+                        if (c < p.N) C[r * p.N + c] = from_float<T>(lo);
+                        if (c + 1 < p.N) C[r * p.N + c + 1] = from_float<T>(hi);
+                    }
+                }
+            }
+    }
+}
+
+// Shared memory the current device lets one block opt into (cached per device).
+int max_optin_smem() {
+    static int cached[64] = {};
+    int dev = 0;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    if (dev < 0 || dev >= 64) dev = 0;
+    if (!cached[dev]) check(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+                             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+    return cached[dev];
+}
+
+template <class T, int kStages>
+void launch_mma(const MatmulProblem& p, cudaStream_t stream) {
+    const int64_t tiles = ((p.M + kMmaBM - 1) / kMmaBM) * ((p.N + kMmaBN - 1) / kMmaBN);
+    const dim3 grid(grid_dim(tiles, INT32_MAX, "matmul M x N"), 1, static_cast<unsigned>(std::min<int64_t>(p.batch, 65535)));
+    const size_t bytes = mma_smem_bytes(kStages);
+    check(cudaFuncSetAttribute(matmul_mma<T, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+          "matmul_mma shared memory opt-in");
+    // C pairs are 4-byte stores: N even keeps every (row, even column) pair aligned if C is
+    const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
+    matmul_mma<T, kStages><<<grid, kMmaThreads, bytes, stream>>>(p, c_pairs);
+    check_launch("matmul_mma");
+}
+
 template <class T>
 void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
     const unsigned gz = static_cast<unsigned>(std::min<int64_t>(p.batch, 65535));
@@ -293,6 +502,10 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
         return;
     }
     if constexpr (!std::is_same_v<T, float>) {
+        if (algo == MatmulAlgo::Mma) {                 // 4 stages where the device allows 106 KiB (sm_80, sm_90)
+            if (max_optin_smem() >= int(mma_smem_bytes(4))) return launch_mma<T, 4>(p, stream);
+            return launch_mma<T, 3>(p, stream);
+        }
         check(cudaFuncSetAttribute(matmul_tensorcore<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kTcSmemBytes)),
               "matmul_tensorcore shared memory opt-in");
         matmul_tensorcore<T><<<grid, kThreads, kTcSmemBytes, stream>>>(p);
@@ -307,7 +520,7 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
 MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested) {
     if (p.dtype != DType::F32 && p.dtype != DType::F16 && p.dtype != DType::BF16)
         throw std::invalid_argument(std::string("matmul: unsupported dtype ") + dtype_name(p.dtype));
-    if (requested == MatmulAlgo::Auto) return p.dtype == DType::F32 ? MatmulAlgo::Tiled : MatmulAlgo::TensorCore;
+    if (requested == MatmulAlgo::Auto) return p.dtype == DType::F32 ? MatmulAlgo::Tiled : MatmulAlgo::Mma;
     if ((requested == MatmulAlgo::TensorCore || requested == MatmulAlgo::Mma) && p.dtype == DType::F32)
         throw std::invalid_argument(std::string("matmul: algo='") + (requested == MatmulAlgo::Mma ? "mma" : "tensorcore") +
                                     "' needs float16 or bfloat16 inputs, got float32");
