@@ -12,8 +12,9 @@
 //                a column of A as a float4) and B[8x128] in shared memory -- every element loaded
 //                from DRAM is then used 128 times -- and each thread keeps an 8x8 block of C in
 //                registers (register blocking: 16 FMAs per 4 shared-memory loads).  The next
-//                K-step is fetched into registers while the current one is multiplied, and
-//                shared memory is double-buffered, so there is one __syncthreads per step.
+//                K-step is fetched into registers while the current one is multiplied (float4
+//                loads where rows are 16-byte aligned), and shared memory is double-buffered, so
+//                there is one __syncthreads per step.
 // v3 tensorcore  (float16 / bfloat16 only) the same 128x128 block tile, K steps of 32, each of
 //                the 8 warps owns 64x32 of C as 4x2 WMMA 16x16x16 fragments accumulated in
 //                float32.  Tiles are copied global->shared with cp.async (Ampere+) into a
@@ -37,6 +38,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "device_utils.cuh"
 #include "ops_cuda.h"
@@ -98,16 +100,37 @@ __global__ void __launch_bounds__(kThreads, 2) matmul_tiled(MatmulProblem p) {
         const T* A = static_cast<const T*>(p.a) + oa;
         const T* B = static_cast<const T*>(p.b) + ob;
         float ra[4], rb[4];
+        // This thread's loader rows, fixed for the whole K loop (few live 64-bit values: the
+        // 8x8 accumulators need the registers).
+        const T* a_src = A + (m0 + ar) * p.lda + ac;  // + k0
+        const T* b_src = B + int64_t(br) * p.ldb + n0 + bc;   // + k0 * ldb
+        const bool a_ok = m0 + ar < p.M;
+        const int64_t b_left = p.N - (n0 + bc);       // columns of this thread's 4 inside B
         auto fetch = [&](int64_t k0) {
+            const int64_t a_left = a_ok ? p.K - (k0 + ac) : 0;   // k columns inside A
+            const bool b_ok = k0 + br < p.K;
+            const T* a = a_src + k0;
+            const T* b = b_src + k0 * p.ldb;
+            if constexpr (std::is_same_v<T, float>) {  // one 16-byte load where the 4 lie inside and aligned
+                if (p.a_vec && a_left >= 4) {
+                    const float4 v = *reinterpret_cast<const float4*>(a);
+                    ra[0] = v.x, ra[1] = v.y, ra[2] = v.z, ra[3] = v.w;
+                } else {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int64_t r = m0 + ar, k = k0 + ac + i;
-                ra[i] = (r < p.M && k < p.K) ? to_float(A[r * p.lda + k]) : 0.f;
-            }
+                    for (int i = 0; i < 4; ++i) ra[i] = i < a_left ? a[i] : 0.f;
+                }
+                if (p.b_vec && b_ok && b_left >= 4) {
+                    const float4 v = *reinterpret_cast<const float4*>(b);
+                    rb[0] = v.x, rb[1] = v.y, rb[2] = v.z, rb[3] = v.w;
+                } else {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int64_t k = k0 + br, c = n0 + bc + i;
-                rb[i] = (k < p.K && c < p.N) ? to_float(B[k * p.ldb + c]) : 0.f;
+                    for (int i = 0; i < 4; ++i) rb[i] = (b_ok && i < b_left) ? b[i] : 0.f;
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) ra[i] = i < a_left ? to_float(a[i]) : 0.f;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) rb[i] = (b_ok && i < b_left) ? to_float(b[i]) : 0.f;
             }
         };
         auto stash = [&](int s) {
@@ -130,7 +153,7 @@ __global__ void __launch_bounds__(kThreads, 2) matmul_tiled(MatmulProblem p) {
         for (int64_t t = 0; t < ktiles; ++t) {
             const int s = int(t & 1);
             if (t + 1 < ktiles) fetch((t + 1) * kBK);    // in flight while we multiply
-#pragma unroll
+#pragma unroll 2           // fully unrolled, the hoisted loads spill past 128 registers
             for (int k = 0; k < kBK; ++k) {
                 const float4 a0 = *reinterpret_cast<const float4*>(&As[s][k][ty * 4]);
                 const float4 a1 = *reinterpret_cast<const float4*>(&As[s][k][64 + ty * 4]);
