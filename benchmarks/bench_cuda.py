@@ -216,6 +216,7 @@ def run_child(args) -> int:
     if args.child == "models":
         return run_models(args, torch)
     skip = set(json.loads(args.skip or "[]"))
+    skip_algos = json.loads(args.skip_algos or "{}")     # "op|algo" -> why (it crashed or hung earlier)
     peaks = roofline_peaks(torch)
     timer = Timer(torch, budget_s=0.1 if args.quick else 0.3, max_reps=5 if args.quick else 20, trials=3 if args.quick else 5)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -286,7 +287,7 @@ def run_child(args) -> int:
                    "baseline_ms": base_s * 1e3, f"baseline_{unit}": scaled(work / base_s)}
             if peak:
                 row["baseline_pct_of_roofline"] = 100 * work / base_s / peak
-            why = skip_reason(c, algo)
+            why = skip_reason(c, algo) or skip_algos.get(f"{op}|{algo}")
             if why:
                 emit({"event": "row", "key": key, "row": dict(row, status="skipped", note=why)})
                 continue
@@ -446,19 +447,38 @@ def run_family(family: str, args, child_argv: list[str]) -> list[dict]:
     """Run one family in child processes until done; a child that dies charges the running algo."""
     rows: dict[str, dict] = {}
     skip: set[str] = set()
-    for attempt in range(8):
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", family, "--skip", json.dumps(sorted(skip))] + child_argv
+    strikes: dict[str, list[str]] = {}                     # "op|algo" -> how it failed, per crash/hang/poisoning
+    skip_algos: dict[str, str] = {}                        # not run any more in this family
+    idle = args.idle_timeout * (4 if family == "models" else 1)   # a model row is one long silent step
+
+    def strike(op_algo: str, what: str, limit: int) -> None:
+        strikes.setdefault(op_algo, []).append(what)
+        if len(strikes[op_algo]) >= limit:
+            skip_algos[op_algo] = f"not run: {what} earlier in this run ({len(strikes[op_algo])}x)"
+
+    for attempt in range(12):
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", family, "--skip", json.dumps(sorted(skip)),
+               "--skip-algos", json.dumps(skip_algos)] + child_argv
         sys.stdout.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
         running, done, last = None, False, time.monotonic()
-        hung = False
-        while True:
-            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-            if ready:
-                line = proc.stdout.readline()
-                if not line:
+        hung, pending, eof = False, b"", False
+        fd = proc.stdout.fileno()
+        while not eof:                                     # raw reads: a buffered readline could sit on lines select cannot see
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                if time.monotonic() - last > idle:
+                    hung = True
+                    proc.kill()
                     break
-                last = time.monotonic()
+                continue
+            chunk = os.read(fd, 1 << 16)
+            eof = not chunk
+            pending += chunk
+            last = time.monotonic()
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
                 try:
                     ev = json.loads(line)
                 except json.JSONDecodeError:
@@ -471,12 +491,11 @@ def run_family(family: str, args, child_argv: list[str]) -> list[dict]:
                     skip.add(ev["key"])
                     running = None
                     print(fmt_row(ev["row"]), flush=True)
+                    if ev["row"].get("context_poisoned"):
+                        strike(f"{ev['row']['op']}|{ev['row'].get('algo')}", "poisoned the CUDA context", 2)
                 elif ev["event"] == "done":
                     done = True
-            elif time.monotonic() - last > args.idle_timeout:
-                hung = True
-                proc.kill()
-                break
+        proc.stdout.close()
         rc = proc.wait()
         if done or rc == 2:                                # finished, or refused (no GPU / no torch / no build)
             if rc == 2 and not rows:
@@ -491,13 +510,14 @@ def run_family(family: str, args, child_argv: list[str]) -> list[dict]:
         op, label_dtype = running.split(" ", 1)[0], running.split(" ", 1)[1]
         case_part, algo = label_dtype.rsplit("|", 1)
         status = "hung" if hung else "crashed"
-        why = (f"no progress for {args.idle_timeout:.0f} s (killed)" if hung else f"the process died (exit status {rc}): "
+        why = (f"no progress for {idle:.0f} s (killed)" if hung else f"the process died (exit status {rc}): "
                "a fault that kills the process, see the log above")
         label, dt = case_part.rsplit(" ", 1) if op != "model" else (case_part, "fp32")
         row = {"op": op, "case": label, "dtype": dt, "algo": algo, "status": status, "error": why}
         rows[running] = row
         skip.add(running)
         print(fmt_row(row), flush=True)
+        strike(f"{op}|{algo}", status, 1 if hung else 2)   # a hang costs the idle timeout: once is enough
         print(f"bench_cuda: restarting the {family} child without {running!r} (attempt {attempt + 2})", flush=True)
     return list(rows.values())
 
@@ -554,10 +574,12 @@ def main(argv=None) -> int:
                     "'attention', 'model llama2')")
     ap.add_argument("--algos", help="comma-separated algorithm names to time besides 'auto' (default: all)")
     ap.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated subset of {','.join(FAMILIES)}")
-    ap.add_argument("--idle-timeout", type=float, default=60.0, help="seconds without progress before a child is killed")
+    ap.add_argument("--idle-timeout", type=float, default=30.0,
+                    help="seconds without progress before a child is killed (x4 for the models)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON results")
     ap.add_argument("--child", choices=FAMILIES, help=argparse.SUPPRESS)
     ap.add_argument("--skip", help=argparse.SUPPRESS)
+    ap.add_argument("--skip-algos", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return run_child(args)
@@ -588,7 +610,7 @@ def main(argv=None) -> int:
         a = "n/a" if v["achieved"] is None else f"{100 * v['achieved']:.1f}%"
         b = "n/a" if v["best_achieved"] is None else f"{100 * v['best_achieved']:.1f}%"
         print(f"  {k:<40} {a:>7} {'MET' if v['met'] else 'not met':<8} {b:>7} {'MET' if v['best_met'] else 'not met':<8}"
-              f" target {100 * v['target']:.0f}%  best: {v['best_algo']}")
+              f" target {100 * v['target']:.0f}%  best: {str(v['best_algo'])[:100]}")
     bad = [r for r in results if r.get("status") not in ("ok", "skipped", "unsupported")]
     print(f"\n{len(results)} rows in {elapsed:.0f} s; {len(bad)} wrong/failed: "
           + (", ".join(f"{r['op']} {r.get('case', '')} {r.get('dtype', '')} {r.get('algo', '')} ({r.get('status')})"
