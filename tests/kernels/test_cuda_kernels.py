@@ -299,3 +299,95 @@ def test_device_arrays_on_different_streams():
         y = torch.from_dlpack(_cuda.rms_norm(x, w, 0.0))
     torch.cuda.synchronize()
     assert torch.allclose(y, torch.ones_like(y))
+
+
+# --------------------------------------------------------------------------------------------
+# attention mma_async
+# --------------------------------------------------------------------------------------------
+# What v3 adds over v2: a two-stage cp.async K/V ring (wrapping many times on long key ranges),
+# 128-row blocks for widths <= 64 and 64-row blocks for <= 128, zero-filled tails, the v2 fallback
+# when rows are not 16-byte aligned, 32-bit paired output stores (scalar when out= is only
+# 2-byte aligned), and auto choosing it.
+MMA_ASYNC_CASES = [
+    # B, Hq, Hkv, Tq, Tk, Dh, Dv, causal
+    (1, 2, 1, 600, 600, 64, 64, True),       # 10 key tiles: plain and diagonal tiles, the ring wraps
+    (1, 2, 2, 300, 520, 64, 64, False),      # non-causal, ragged Tq and Tk
+    (2, 2, 1, 260, 700, 128, 128, True),     # width 128 (64-row blocks), causal with Tq < Tk
+    (1, 1, 1, 200, 90, 64, 64, True),        # Tq > Tk: the first 110 rows see no key -> zeros
+    (1, 2, 2, 129, 129, 40, 24, False),      # widths below the template's, Dv != Dh
+    (1, 4, 4, 128, 64, 64, 64, True),        # exactly one block by one key tile
+]
+
+
+@pytest.mark.parametrize("case", MMA_ASYNC_CASES)
+def test_attention_mma_async_many_tiles(rng, case):
+    B, Hq, Hkv, Tq, Tk, Dh, Dv, causal = case
+    q, k, v = (rand(rng, B, Hq, Tq, Dh, dtype=np.float16), rand(rng, B, Hkv, Tk, Dh, dtype=np.float16),
+               rand(rng, B, Hkv, Tk, Dv, dtype=np.float16))
+    got = _cuda.attention(q, k, v, causal=causal, algo="mma_async")
+    assert got.dtype == np.float16
+    assert_close(got, attention_ref(q, k, v, causal=causal), atol=4e-3, rtol=1e-2)
+
+
+def test_attention_mma_async_bias_mask_many_tiles(rng):
+    B, Hq, Hkv, Tq, Tk, D = 2, 2, 1, 150, 333, 128
+    q, k, v = (rand(rng, B, Hq, Tq, D, dtype=np.float16), rand(rng, B, Hkv, Tk, D, dtype=np.float16),
+               rand(rng, B, Hkv, Tk, D, dtype=np.float16))
+    bias = rand(rng, B, 1, Tq, Tk, dtype=np.float16)                 # broadcast over heads
+    mask = rng.random((1, Hq, Tq, Tk)) > 0.2                          # broadcast over batch
+    mask[:, :, 7] = False                                             # row 7: zeros
+    for causal in (False, True):
+        got = _cuda.attention(q, k, v, causal=causal, bias=bias, mask=mask, algo="mma_async")
+        assert np.all(np.asarray(got)[:, :, 7] == 0)
+        assert_close(got, attention_ref(q, k, v, causal=causal, bias=bias, mask=mask), atol=4e-3, rtol=1e-2)
+
+
+def test_attention_auto_runs_mma_async(rng):
+    q, k, v = (rand(rng, 1, 2, 100, 64, dtype=np.float16) for _ in range(3))
+    auto = _cuda.attention(q, k, v, causal=True)
+    assert np.array_equal(np.asarray(auto), np.asarray(_cuda.attention(q, k, v, causal=True, algo="mma_async")))
+
+
+def test_attention_mma_async_width_not_multiple_of_8_falls_back(rng):
+    q, k, v = (rand(rng, 1, 2, 70, 36, dtype=np.float16) for _ in range(3))   # p.vec false: v2 runs
+    got = _cuda.attention(q, k, v, causal=True, algo="mma_async")
+    assert_close(got, attention_ref(q, k, v, causal=True), atol=4e-3, rtol=1e-2)
+
+
+def _sdpa_ref(torch, q, k, v, causal):
+    rep = q.shape[1] // k.shape[1]                                    # GQA: repeat the kv heads
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal)
+
+
+def test_attention_mma_async_bfloat16_device_arrays():
+    torch = torch_cuda()
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q = torch.randn(1, 4, 1024, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, 2, 1024, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, 2, 1024, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    got = torch.from_dlpack(_cuda.attention(q, k, v, causal=True, algo="mma_async"))
+    assert got.dtype == torch.bfloat16
+    # P and the output are rounded to bfloat16 (2^-8 relative)
+    assert torch.allclose(got.double(), _sdpa_ref(torch, q, k, v, True), atol=2e-2, rtol=2e-2)
+
+
+def test_attention_mma_async_unaligned_rows_and_output():
+    torch = torch_cuda()
+    g = torch.Generator(device="cuda").manual_seed(4)
+    B, H, T, D = 1, 2, 150, 64
+    # rows 68 halves apart (136 bytes): not 16-byte aligned, so v2 runs
+    q = torch.randn(B, H, T, 68, device="cuda", dtype=torch.float16, generator=g)[..., :D]
+    k = torch.randn(B, H, T, 68, device="cuda", dtype=torch.float16, generator=g)[..., :D]
+    v = torch.randn(B, H, T, D, device="cuda", dtype=torch.float16, generator=g)
+    got = torch.from_dlpack(_cuda.attention(q, k, v, causal=True, algo="mma_async"))
+    assert torch.allclose(got.double(), _sdpa_ref(torch, q, k, v, True), atol=4e-3, rtol=1e-2)
+    # a base pointer 2 bytes past alignment: v2 as well
+    qm = torch.empty(B * H * T * D + 1, device="cuda", dtype=torch.float16)[1:].view(B, H, T, D)
+    qm.copy_(q)
+    got = torch.from_dlpack(_cuda.attention(qm, k.contiguous(), v, causal=True, algo="mma_async"))
+    assert torch.allclose(got.double(), _sdpa_ref(torch, q, k, v, True), atol=4e-3, rtol=1e-2)
+    # aligned inputs (v3 runs) into an out= that is only 2-byte aligned: element-wise stores
+    out = torch.empty(B * H * T * D + 1, device="cuda", dtype=torch.float16)[1:].view(B, H, T, D)
+    _cuda.attention(q.contiguous(), k.contiguous(), v, causal=True, algo="mma_async", out=out)
+    assert torch.allclose(out.double(), _sdpa_ref(torch, q, k, v, True), atol=4e-3, rtol=1e-2)
