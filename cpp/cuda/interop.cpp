@@ -34,9 +34,10 @@ int64_t TensorArg::numel() const {
 }
 
 bool TensorArg::c_contiguous() const {
+    if (numel() == 0) return true;                       // no element to misplace, whatever the strides
     int64_t step = 1;
     for (int i = ndim() - 1; i >= 0; --i) {
-        if (shape[i] != 1 && strides[i] != step) return shape[i] == 0;
+        if (shape[i] != 1 && strides[i] != step) return false;
         step *= shape[i];
     }
     return true;
@@ -72,8 +73,8 @@ TensorArg from_numpy(py::array arr, const std::string& name) {
     // is uploaded as it lies and packed on the device; anything else is made C-contiguous here.
     t.shape.assign(arr.shape(), arr.shape() + arr.ndim());
     const int64_t item = dt.itemsize();
-    bool dense = true;
-    for (int i = 0; i < arr.ndim(); ++i) {
+    bool dense = arr.ndim() <= kMaxDims;                 // deeper views are packed here: the device copy has 8 slots
+    for (int i = 0; i < arr.ndim() && dense; ++i) {
         dense = dense && arr.strides(i) >= 0 && arr.strides(i) % item == 0;
         if (dense) t.strides.push_back(arr.strides(i) / item);
     }
@@ -265,16 +266,43 @@ CallContext::CallContext(const std::vector<const TensorArg*>& args) {
     }
     device_ = device >= 0 ? device : previous_;
     if (device_ != previous_) check(cudaSetDevice(device_), "cudaSetDevice");
-    for (const TensorArg* a : args) {                     // CAI v3: wait for the producer's stream
-        if (!a || a->stream < 0 || a->stream == 1) continue;   // 1 = the legacy default stream we use
-        cudaStream_t s = a->stream == 2 ? cudaStreamPerThread : reinterpret_cast<cudaStream_t>(a->stream);
-        check(cudaStreamSynchronize(s), (a->name + ": synchronising the producer stream").c_str());
+    try {
+        for (const TensorArg* a : args) {                 // CAI v3: wait for the producer's stream
+            if (!a || a->stream < 0 || a->stream == 1) continue;   // 1 = the legacy default stream we use
+            cudaStream_t s = a->stream == 2 ? cudaStreamPerThread : reinterpret_cast<cudaStream_t>(a->stream);
+            check(cudaStreamSynchronize(s), (a->name + ": synchronising the producer stream").c_str());
+        }
+    } catch (...) {                                       // no destructor runs for a half-built object
+        if (device_ != previous_) cudaSetDevice(previous_);
+        throw;
     }
 }
 
 CallContext::~CallContext() {
     temps_.clear();
     if (previous_ >= 0 && previous_ != device_) cudaSetDevice(previous_);
+}
+
+StridedLayout collapsed_layout(const TensorArg& arg) {
+    // Size-1 dimensions are dropped and neighbours merged where the outer stride is the inner
+    // stride times the inner size (e.g. a [B, H, T, D] view sliced only along T walks as 3-D):
+    // fewer divisions per element, and views deeper than kMaxDims that collapse still fit.
+    StridedLayout l;
+    for (int i = 0; i < arg.ndim(); ++i) {
+        if (arg.shape[i] == 1) continue;
+        if (l.ndim > 0 && l.stride[l.ndim - 1] == arg.strides[i] * arg.shape[i]) {
+            l.shape[l.ndim - 1] *= arg.shape[i];
+            l.stride[l.ndim - 1] = arg.strides[i];
+            continue;
+        }
+        if (l.ndim == kMaxDims)
+            throw std::invalid_argument(arg.name + ": a strided view with more than " + std::to_string(kMaxDims) +
+                                        " non-mergeable dimensions cannot be packed on the device; pass a contiguous array");
+        l.shape[l.ndim] = arg.shape[i];
+        l.stride[l.ndim] = arg.strides[i];
+        ++l.ndim;
+    }
+    return l;                                             // ndim 0: one element (all dimensions of size 1)
 }
 
 void* CallContext::scratch(size_t bytes) {
@@ -294,12 +322,7 @@ const void* CallContext::device_ptr(TensorArg& arg, bool contiguous) {
         if (contiguous) arg.strides = contiguous_strides(arg.shape);
         return data;
     }
-    StridedLayout layout;
-    layout.ndim = arg.ndim();
-    for (int i = 0; i < arg.ndim(); ++i) {
-        layout.shape[i] = arg.shape[i];
-        layout.stride[i] = arg.strides[i];
-    }
+    const StridedLayout layout = collapsed_layout(arg);
     void* dst = scratch(bytes);
     strided_copy_device(data, dst, dtype_size(arg.dtype), layout, nullptr);
     arg.strides = contiguous_strides(arg.shape);
@@ -315,6 +338,7 @@ struct DLContext {                     // what a capsule we produce keeps alive
 };
 
 void dl_deleter(dlpack::ManagedTensor* t) {
+    if (!Py_IsInitialized()) return;                      // consumer released it at exit: leak, do not crash
     py::gil_scoped_acquire gil;
     delete static_cast<DLContext*>(t->manager_ctx);
     delete t;
@@ -455,6 +479,15 @@ void bind_interop(py::module_& m) {
     }, py::arg("x"),
     "How an argument is seen by the CUDA ops (dtype, shape, element strides, host/device); reads only "
     "metadata, so it works without a GPU.");
+
+    m.def("pack_layout", [](py::handle obj) {
+        TensorArg t = parse_tensor(obj, "x");
+        const StridedLayout l = collapsed_layout(t);      // std::invalid_argument -> ValueError
+        return py::make_tuple(shape_tuple(std::vector<int64_t>(l.shape, l.shape + l.ndim)),
+                              shape_tuple(std::vector<int64_t>(l.stride, l.stride + l.ndim)));
+    }, py::arg("x"),
+    "(shape, element strides) the device copy walks to pack a non-contiguous argument: size-1 dimensions "
+    "dropped, mergeable neighbours merged.  Metadata only; works without a GPU.");
 }
 
 }  // namespace pyworkloads::cuda

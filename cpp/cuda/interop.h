@@ -98,5 +98,8 @@ std::pair<int, std::string> device_status();
 void require_device();
 
 std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& shape);
+// The layout the device copy walks to pack `arg` (size-1 dimensions dropped, mergeable neighbours
+// merged); throws std::invalid_argument when more than kMaxDims dimensions remain.
+StridedLayout collapsed_layout(const TensorArg& arg);
 
 }  // namespace pyworkloads::cuda
