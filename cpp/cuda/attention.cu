@@ -60,16 +60,16 @@
 //            tensor cores do; 32 rows per warp halve the bytes per FLOP.  8 warps x 16 rows would
 //            give the same block with twice the shared-memory traffic; 128-key tiles would need 64
 //            more registers for S.  S (64) + O (64) + the Q fragments (32) per thread: ptxas
-//            settles at 255 registers without spills, so 2 blocks (8 warps) per SM -- the 4-warp,
-//            128-row shape FlashAttention-2 also uses at this width.  Head width 128: O alone is
-//            64 registers per m-tile, so 4 warps x 16 rows = 64 rows per block (68 KiB of shared
-//            memory, opt-in above 48 KiB; 2 blocks per SM by registers).
+//            (nvcc 13) settles at 252-254 registers without spills, so 2 blocks (8 warps) per SM,
+//            the 4-warp, 128-row shape FlashAttention-2 also uses at this width.  Head width 128:
+//            O alone is 64 registers per m-tile, so 4 warps x 16 rows = 64 rows per block (68 KiB
+//            of shared memory, opt-in above 48 KiB; 2 blocks per SM by registers).
 //            Causal: a 128-row tile has its diagonal in two 64-key tiles, ~3 % more work than the
 //            triangle at T = 4096; the heaviest query tiles are still scheduled first.
 //          * the masked tiles (diagonal, tails, mask, bias) reduce the causal and length tests to
 //            one small per-row bound on the column and read mask / bias through per-row pointers,
 //            which keeps the 64-bit arithmetic out of the registers the MMAs need.  exp2 is the
-//            single MUFU instruction ex2.approx.
+//            single MUFU instruction ex2.approx; on the other tiles the scale folds into its FMA.
 //          Rows that are not 16-byte aligned, or widths that are not multiples of 8 (p.vec false),
 //          run v2.  cpp/cuda/tools/emulate_attention_mma_async.py checks the lane bookkeeping,
 //          the pipeline and the bank-conflict claim in NumPy.
@@ -621,8 +621,12 @@ __global__ void __launch_bounds__(AsyncShape<kD>::kWarps * 32) attention_mma_asy
         // arranged per row so that few 64-bit values are live: the causal and length limits become
         // one small bound `lim` on the column offset nt*8 + (e & 1) (-1: nothing visible), and
         // mask / bias are read through a per-row pointer.
-        const bool plain = !p.mask && !p.bias && k0 + kCols <= p.Tk && q0 + kRows <= p.Tq &&
+        // A plain tile (every key visible to every row, no mask or bias, scale > 0) keeps the raw
+        // scores: the row max of s times scale*log2(e) is the max of the scaled scores, and the
+        // scaling folds into the exponent's FMA below, one instruction fewer per score.
+        const bool plain = scale_log2 > 0.f && !p.mask && !p.bias && k0 + kCols <= p.Tk && q0 + kRows <= p.Tq &&
                            (!p.causal || k0 + kCols - 1 <= q0 + (p.Tk - p.Tq));
+        const float mul = plain ? scale_log2 : 1.f;
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
             float tile_max[2] = {kNegInf, kNegInf};
@@ -632,10 +636,7 @@ __global__ void __launch_bounds__(AsyncShape<kD>::kWarps * 32) attention_mma_asy
 #pragma unroll
                     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-                        for (int j = 0; j < 2; ++j) {
-                            s[mt][nt][2 * rr + j] *= scale_log2;
-                            tile_max[rr] = fmaxf(tile_max[rr], s[mt][nt][2 * rr + j]);
-                        }
+                        for (int j = 0; j < 2; ++j) tile_max[rr] = fmaxf(tile_max[rr], s[mt][nt][2 * rr + j]);
                     continue;
                 }
                 const int64_t row = rows[mt][rr], col0 = k0 + tg * 2;
@@ -666,7 +667,7 @@ __global__ void __launch_bounds__(AsyncShape<kD>::kWarps * 32) attention_mma_asy
             for (int rr = 0; rr < 2; ++rr) {
                 float mx = tile_max[rr];
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2)) * mul;
                 const float m_new = fmaxf(m[mt][rr], mx);
                 const float base = m_new == kNegInf ? 0.f : m_new;   // all masked so far: every p is 0
                 const float corr = fast_exp2(m[mt][rr] - base);
@@ -679,8 +680,8 @@ __global__ void __launch_bounds__(AsyncShape<kD>::kWarps * 32) attention_mma_asy
                 }
 #pragma unroll
                 for (int nt = 0; nt < 8; ++nt) {
-                    s[mt][nt][2 * rr] = fast_exp2(s[mt][nt][2 * rr] - base);
-                    s[mt][nt][2 * rr + 1] = fast_exp2(s[mt][nt][2 * rr + 1] - base);
+                    s[mt][nt][2 * rr] = fast_exp2(fmaf(s[mt][nt][2 * rr], mul, -base));
+                    s[mt][nt][2 * rr + 1] = fast_exp2(fmaf(s[mt][nt][2 * rr + 1], mul, -base));
                     l[mt][rr] += s[mt][nt][2 * rr] + s[mt][nt][2 * rr + 1];
                 }
             }

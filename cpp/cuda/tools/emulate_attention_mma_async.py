@@ -39,6 +39,7 @@ class Stats:
     def __init__(self):
         self.ldmatrix_phases = self.ldmatrix_conflicts = 0
         self.cp_phases = self.cp_conflicts = 0
+        self.plain_tiles = self.masked_tiles = 0
 
 
 def distinct_groups(byte_addrs):
@@ -108,6 +109,7 @@ def copy_rows_async(sh, dst, src, r0, rows, width, n, kD, threads):
     """copy_rows_async<T, kN=n, kD, kThreads>: rows [r0, r0+n) of src [rows, width] -> dst."""
     ld, chunks = kD + 8, kD // 8
     assert (n * chunks) % threads == 0
+    copied = []
     for i in range(n * chunks // threads):
         addrs = []
         for tid in range(threads):
@@ -125,6 +127,9 @@ def copy_rows_async(sh, dst, src, r0, rows, width, n, kD, threads):
         for ph in range(0, threads, 8):                # 16-byte stores: 8 lanes per phase
             sh.stats.cp_phases += 1
             sh.stats.cp_conflicts += not distinct_groups(addrs[ph:ph + 8])
+        copied += addrs
+    # every row and chunk of the tile exactly once
+    assert sorted(copied) == sorted(dst + (rr * ld + c * 8) * ES for rr in range(n) for c in range(chunks))
 
 
 def kv_end(Tq, Tk, causal, q0, nrows):
@@ -183,8 +188,11 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
             sh.commit()
             ks_base = stage * stage_elems * ES
             vs_base = ks_base + tile * ES
-            plain = (mask is None and bias is None and k0 + COLS <= Tk and q0 + nrows <= Tq
+            plain = (scale_log2 > 0 and mask is None and bias is None and k0 + COLS <= Tk and q0 + nrows <= Tq
                      and (not causal or k0 + COLS - 1 <= q0 + (Tk - Tq)))
+            mul = scale_log2 if plain else 1.0
+            stats.plain_tiles += plain
+            stats.masked_tiles += not plain
             for w in range(warps):
                 s = np.zeros((MT, 8, 32, 4))
                 for ks in range(kD // 16):
@@ -198,8 +206,7 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
                     for rr in range(2):
                         if plain:
                             for nt in range(8):
-                                for j in range(2):
-                                    s[mt, nt, :, 2 * rr + j] *= scale_log2
+                                for j in range(2):                 # raw scores
                                     tile_max[rr] = np.fmax(tile_max[rr], s[mt, nt, :, 2 * rr + j])
                             continue
                         row, col0 = rows[w, mt, rr], k0 + TG * 2
@@ -224,7 +231,7 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
                     for rr in range(2):
                         mx = tile_max[rr]
                         mx = np.fmax(mx, shfl_xor(mx, 1))
-                        mx = np.fmax(mx, shfl_xor(mx, 2))
+                        mx = np.fmax(mx, shfl_xor(mx, 2)) * mul
                         m_new = np.fmax(m[w, mt, rr], mx)
                         base = np.where(m_new == -np.inf, 0.0, m_new)
                         corr = np.exp2(m[w, mt, rr] - base)
@@ -233,8 +240,8 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
                         o[w, mt, :, :, 2 * rr] *= corr
                         o[w, mt, :, :, 2 * rr + 1] *= corr
                         for nt in range(8):
-                            s[mt, nt, :, 2 * rr] = np.exp2(s[mt, nt, :, 2 * rr] - base)
-                            s[mt, nt, :, 2 * rr + 1] = np.exp2(s[mt, nt, :, 2 * rr + 1] - base)
+                            s[mt, nt, :, 2 * rr] = np.exp2(s[mt, nt, :, 2 * rr] * mul - base)
+                            s[mt, nt, :, 2 * rr + 1] = np.exp2(s[mt, nt, :, 2 * rr + 1] * mul - base)
                             l[w, mt, rr] += s[mt, nt, :, 2 * rr] + s[mt, nt, :, 2 * rr + 1]
                 for kk in range(COLS // 16):
                     pa = np.zeros((MT, 32, 4, 2))
@@ -302,6 +309,7 @@ def main():
     cases = [
         (1, 1, 1, 300, 300, 64, 64, True, {}),                  # multi-tile ring wrap, plain + diagonal tiles
         (1, 1, 1, 260, 200, 64, 64, False, {}),                 # non-causal, plain tiles, ragged Tq/Tk
+        (1, 1, 1, 260, 200, 64, 64, False, {"scale": -0.2}),  # scale <= 0: no plain tiles
         (2, 4, 2, 70, 70, 64, 64, True, {}),                    # GQA, tile boundary + 6
         (1, 2, 2, 50, 77, 64, 32, False, {}),                   # cross attention, Dv != Dh
         (1, 1, 1, 33, 129, 80, 80, True, {}),                   # kD 128, causal with Tq < Tk
@@ -340,6 +348,7 @@ def main():
             worst = max(worst, err)
             print(f"B={B} Hq={Hq} Hkv={Hkv} Tq={Tq} Tk={Tk} Dh={Dh} Dv={Dv} causal={causal} {sorted(ex)} "
                   f"copies land {mode}: max error {err:.1e}")
+    print(f"key tiles: {stats.plain_tiles} plain, {stats.masked_tiles} with per-element tests")
     print(f"ldmatrix phases: {stats.ldmatrix_phases}, with a bank conflict: {stats.ldmatrix_conflicts}; "
           f"cp.async store phases: {stats.cp_phases}, with a bank conflict: {stats.cp_conflicts}")
     assert stats.ldmatrix_conflicts == 0 and stats.cp_conflicts == 0
