@@ -313,7 +313,7 @@ MMA_ASYNC_CASES = [
     (1, 2, 1, 600, 600, 64, 64, True),       # 10 key tiles: plain and diagonal tiles, the ring wraps
     (1, 2, 2, 300, 520, 64, 64, False),      # non-causal, ragged Tq and Tk
     (2, 2, 1, 260, 700, 128, 128, True),     # width 128 (64-row blocks), causal with Tq < Tk
-    (1, 1, 1, 200, 90, 64, 64, True),        # Tq > Tk: the first 110 rows see no key -> zeros
+    (1, 1, 1, 200, 90, 64, 64, False),       # Tq > Tk: two query blocks over a ragged key range
     (1, 2, 2, 129, 129, 40, 24, False),      # widths below the template's, Dv != Dh
     (1, 4, 4, 128, 64, 64, 64, True),        # exactly one block by one key tile
 ]
