@@ -314,7 +314,8 @@ def main():
         (1, 2, 2, 50, 77, 64, 32, False, {}),                   # cross attention, Dv != Dh
         (1, 1, 1, 33, 129, 80, 80, True, {}),                   # kD 128, causal with Tq < Tk
         (1, 2, 1, 1, 130, 128, 128, True, {}),                  # decode: one query, GQA
-        (1, 1, 1, 100, 40, 64, 64, True, {}),                   # Tq > Tk: the first 60 rows see nothing
+        (1, 1, 1, 100, 40, 64, 64, True, {}),                   # Tq > Tk: the first 60 rows see nothing (the
+        #                                                         bindings refuse it; the kernel copes)
         (1, 1, 1, 1, 1, 8, 8, False, {}),                       # the smallest
         (1, 2, 2, 9, 9, 32, 32, False, {"scale": 0.3, "row_mask": True}),
         (2, 2, 1, 37, 90, 64, 64, False, {"bias": True, "mask": True}),
