@@ -90,7 +90,7 @@ public:
 
 private:
     int device_ = 0, previous_ = -1;
-    std::vector<DeviceBuffer<char>> temps_;
+    std::vector<StreamBuffer> temps_;       // freed in stream order after the call's kernels
 };
 
 // (number of usable devices, reason when none); never throws.

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -48,6 +49,63 @@ struct DeviceBuffer {
     void reset() { if (ptr) cudaFree(ptr); ptr = nullptr; n = 0; }
     void upload(const T* host) { if (n) check(cudaMemcpy(ptr, host, n * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D"); }
     void download(T* host) const { if (n) check(cudaMemcpy(host, ptr, n * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy D2H"); }
+};
+
+// A call's temporary (uploaded NumPy data, packed views, a result on its way to the host):
+// allocated and freed in order on the legacy default stream with the driver's memory pool
+// (cudaMallocAsync / cudaFreeAsync), so a call costs no cudaMalloc and its cudaFree no
+// device-wide synchronisation; the free is queued after the kernels that read the buffer.
+// Only for memory used by our own work on that stream -- memory handed to Python may be read on
+// other streams and stays a DeviceBuffer (synchronous cudaFree).  Falls back to cudaMalloc
+// where pools are unsupported.
+class StreamBuffer {
+public:
+    void* ptr = nullptr;
+    explicit StreamBuffer(size_t bytes) {
+        if (!bytes) return;
+        if (pool_ready()) {
+            if (cudaMallocAsync(&ptr, bytes, nullptr) == cudaSuccess) { async_ = true; return; }
+            cudaGetLastError();                           // clear it; try the plain allocator
+            ptr = nullptr;
+        }
+        check(cudaMalloc(&ptr, bytes), "cudaMalloc");
+    }
+    StreamBuffer(const StreamBuffer&) = delete;
+    StreamBuffer& operator=(const StreamBuffer&) = delete;
+    StreamBuffer(StreamBuffer&& o) noexcept : ptr(o.ptr), async_(o.async_) { o.ptr = nullptr; }
+    StreamBuffer& operator=(StreamBuffer&&) = delete;
+    ~StreamBuffer() {
+        if (!ptr) return;
+        if (async_) cudaFreeAsync(ptr, nullptr);
+        else cudaFree(ptr);
+    }
+
+private:
+    bool async_ = false;
+    // Pools supported on the current device?  The first time per device, keep freed memory in
+    // the pool (the default release threshold 0 would hand it back to the driver at every
+    // synchronisation -- every NumPy result -- and the next call would pay for it again).
+    static bool pool_ready() {
+        static std::mutex mu;
+        static int state[64] = {};                        // 0 unknown, 1 ready, 2 unsupported
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) { cudaGetLastError(); return false; }
+        std::lock_guard<std::mutex> lock(mu);
+        if (state[dev] == 0) {
+            int ok = 0;
+            cudaMemPool_t pool;
+            if (cudaDeviceGetAttribute(&ok, cudaDevAttrMemoryPoolsSupported, dev) == cudaSuccess && ok &&
+                cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+                uint64_t keep = UINT64_MAX;
+                cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);   // best effort
+                state[dev] = 1;
+            } else {
+                state[dev] = 2;
+            }
+            cudaGetLastError();
+        }
+        return state[dev] == 1;
+    }
 };
 
 }  // namespace pyworkloads::cuda
