@@ -22,7 +22,14 @@
 # default 480 s); a step that no longer fits is SKIPPED, the benchmark switches to --quick when
 # little time is left.  Every step runs even if an earlier one failed (one GPU session must bring
 # back everything); steps that need a GPU are SKIPPED without one (and the run then fails).  The
-# summary at the end (also $OUT/summary.txt) lists each step's status, seconds and log file.
+# summary at the end lists each step's status, seconds and log file.
+#
+# Logs go to build/gpu-logs/.  With $OUT set (the device tool brings back at most 8 files), after
+# EVERY step $OUT is refreshed with: summary.txt, logs.tar.gz (all logs), the benchmark JSON,
+# bench.log, smoke.log, pytest-cuda.log, memcheck.log, resource_usage.log -- so a run killed at
+# the tool's limit still returns everything done so far.
+# The interpreter is $PYTHON, else python3 (on the GPU image the one with PyTorch+CUDA); CMake is
+# pointed at it, so the extension is built for that Python.
 #
 #   usage: bash benchmarks/run_gpu_checks.sh [--quick] [--only step,step] [--skip step,step]
 #     --quick        fewer benchmark repetitions; memcheck/racecheck on the --quick smoke subset
@@ -38,20 +45,43 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --only) ONLY=",${2:-},"; shift ;;
         --skip) SKIP=",${2:-},"; shift ;;
-        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         *) echo "run_gpu_checks: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-LOGDIR="${OUT:-build/gpu-logs}"
-mkdir -p "$LOGDIR" || exit 2
+OUTDIR="${OUT:-}"
+LOGDIR=build/gpu-logs
+rm -rf "$LOGDIR" && mkdir -p "$LOGDIR" || exit 2
+[ -z "$OUTDIR" ] || mkdir -p "$OUTDIR" || exit 2
 BUDGET="${GPU_CHECKS_BUDGET:-480}"
 START=$SECONDS
 STEP_NAMES=() STEP_STATUS=()
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
+export PYTHONUNBUFFERED=1
+
+summary() {
+    echo "== summary ($((SECONDS - START)) s; logs in $LOGDIR)"
+    for i in "${!STEP_NAMES[@]}"; do printf '  %-13s %s\n' "${STEP_NAMES[$i]}" "${STEP_STATUS[$i]}"; done
+}
+# Refresh $OUT (<= 8 files, each cut to 8 MB): the summary so far, all logs packed, the key logs.
+publish() {
+    [ -n "$OUTDIR" ] || return 0
+    summary > "$LOGDIR/summary.txt"
+    tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGDIR" . 2>/dev/null
+    local f
+    for f in summary.txt bench.log smoke.log pytest-cuda.log memcheck.log resource_usage.log; do
+        [ -f "$LOGDIR/$f" ] && head -c 8000000 "$LOGDIR/$f" > "$OUTDIR/$f"
+    done
+    f="$(find "$LOGDIR" -maxdepth 1 -name '*.json' ! -name resource_usage.json -newer "$LOGDIR/machine.log" 2>/dev/null | head -1)"
+    if [ -n "$f" ]; then
+        find "$OUTDIR" -maxdepth 1 -name '*.json' -delete
+        cp "$f" "$OUTDIR/"
+    fi
+}
 
 say() { echo; echo "== $* ($(date -u +%H:%M:%S), +$((SECONDS - START)) s)"; }
-record() { STEP_NAMES+=("$1"); STEP_STATUS+=("$2"); echo "-- $1: $2"; }
+record() { STEP_NAMES+=("$1"); STEP_STATUS+=("$2"); echo "-- $1: $2"; publish; }
 wanted() {   # is step $1 selected by --only / --skip?
     { [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]]; } && [[ "$SKIP" != *",$1,"* ]]
 }
@@ -93,8 +123,10 @@ say "machine"
     else
         echo "nvidia-smi: not installed (no NVIDIA driver on this machine)"
     fi
-    command -v nvcc >/dev/null 2>&1 && nvcc --version | tail -1 || echo "nvcc: not found"
-    timeout 60 "$PY" -c "import numpy, torch; print('numpy', numpy.__version__, '| torch', torch.__version__, '| torch.cuda', torch.cuda.is_available(), '| torch CUDA', torch.version.cuda)" 2>&1
+    if command -v nvcc >/dev/null 2>&1; then nvcc --version | tail -1; else echo "nvcc: not found"; fi
+    for tool in cmake ninja cuobjdump compute-sanitizer; do printf '%s: %s\n' "$tool" "$(command -v "$tool" || echo 'not found')"; done
+    echo "python: ${PY:-none}"
+    timeout 60 "$PY" -c "import sys, numpy, torch; print('Python', sys.version.split()[0], '| numpy', numpy.__version__, '| torch', torch.__version__, '| torch.cuda', torch.cuda.is_available(), '| torch CUDA', torch.version.cuda)" 2>&1
 } | tee "$LOGDIR/machine.log"
 timeout 20 nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && HAVE_GPU=1
 CAP="$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')"
@@ -111,9 +143,11 @@ if wanted build; then
     else
         GEN=()
         command -v ninja >/dev/null 2>&1 && GEN=(-G Ninja)
+        PYEXE="$("$PY" -c 'import sys; print(sys.executable)')"
         run_step build 300 build.log bash -c '
-            cmake -S . -B build/gpu "${@:2}" -DPYWORKLOADS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$1" -DCMAKE_BUILD_TYPE=Release &&
-            cmake --build build/gpu -j"$(nproc)"' build "$ARCH" "${GEN[@]}"
+            cmake -S . -B build/gpu "${@:3}" -DPYWORKLOADS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$1" -DCMAKE_BUILD_TYPE=Release \
+                  -DPython_EXECUTABLE="$2" &&
+            cmake --build build/gpu -j"$(nproc)"' build "$ARCH" "$PYEXE" "${GEN[@]}"
         echo "compiler warnings in build.log: $(grep -ci warning "$LOGDIR/build.log")"
         SO="$(ls -t pyworkloads/_cuda*.so 2>/dev/null | head -1)"
     fi
@@ -173,9 +207,10 @@ if needs_gpu bench; then
     BQ="$QUICK"
     [ $((BUDGET - (SECONDS - START))) -lt 200 ] && BQ=1 && echo "(little time left: benchmark with --quick)"
     run_step bench 240 bench.log "$PY" benchmarks/bench_cuda.py ${BQ:+--quick}
-    # the JSON the benchmark just wrote (newer than this run's start marker)
+    # the JSON the benchmark just wrote (newer than this run's start marker), for publish()
     find benchmarks/results -name '*.json' -newer "$LOGDIR/machine.log" -exec cp {} "$LOGDIR"/ \; 2>/dev/null
     find "$LOGDIR" -maxdepth 1 -name '*.json' ! -name resource_usage.json | sed 's/^/results: /'
+    publish
 fi
 
 # ---- compute-sanitizer --------------------------------------------------------------------------
@@ -187,7 +222,7 @@ SMOKE_Q=()
 [ -n "$QUICK" ] && SMOKE_Q=(--quick)
 if needs_gpu memcheck; then
     if [ -z "$SANITIZER" ]; then record memcheck "SKIPPED (compute-sanitizer not installed)"
-    else run_step memcheck 150 memcheck.log "$SANITIZER" --tool memcheck --leak-check no --error-exitcode 99 \
+    else run_step memcheck 150 memcheck.log "$SANITIZER" --tool memcheck --leak-check no --print-limit 40 --error-exitcode 99 \
             "$PY" benchmarks/cuda_smoke.py "${SMOKE_Q[@]}"
     fi
 fi
@@ -200,23 +235,20 @@ if needs_gpu kernel-tests; then
 fi
 if needs_gpu racecheck; then
     if [ -z "$SANITIZER" ]; then record racecheck "SKIPPED (compute-sanitizer not installed)"
-    else run_step racecheck 120 racecheck.log "$SANITIZER" --tool racecheck --error-exitcode 99 \
+    else run_step racecheck 120 racecheck.log "$SANITIZER" --tool racecheck --print-limit 40 --error-exitcode 99 \
             "$PY" benchmarks/cuda_smoke.py --quick --no-torch
     fi
 fi
 
 # ---- summary ----------------------------------------------------------------------------------
-{
-    echo
-    echo "== summary ($((SECONDS - START)) s; logs in $LOGDIR)"
-    for i in "${!STEP_NAMES[@]}"; do printf '  %-13s %s\n' "${STEP_NAMES[$i]}" "${STEP_STATUS[$i]}"; done
-} | tee "$LOGDIR/summary.txt"
+echo
+summary | tee "$LOGDIR/summary.txt"
 bad=0
 for s in "${STEP_STATUS[@]}"; do
     case "$s" in FAIL*|TIMEOUT*|"SKIPPED (no usable GPU"*|"SKIPPED (time budget"*) bad=1 ;; esac
 done
-if [ "$bad" = 1 ]; then
-    echo "NOT all GPU checks passed (see the summary; nothing that was skipped was verified)" | tee -a "$LOGDIR/summary.txt"
-    exit 1
-fi
-echo "all GPU checks passed (commit benchmarks/results/*.json)" | tee -a "$LOGDIR/summary.txt"
+verdict="all GPU checks passed (commit benchmarks/results/*.json)"
+[ "$bad" = 1 ] && verdict="NOT all GPU checks passed (see the summary; nothing that was skipped was verified)"
+echo "$verdict"
+if [ -n "$OUTDIR" ]; then publish; echo "$verdict" >> "$OUTDIR/summary.txt"; fi
+[ "$bad" = 0 ]
