@@ -22,7 +22,7 @@ namespace {
 // ---- v1 ---------------------------------------------------------------------------------------
 constexpr int kBlockThreads = 256;
 
-__device__ float tree_sum(float v, float* shared) {
+__device__ float tree_sum(float v, float* shared) {   // blockDim.x == kBlockThreads, a power of two
     const int t = threadIdx.x;
     shared[t] = v;
     __syncthreads();
@@ -59,6 +59,8 @@ __global__ void norm_block(NormProblem p) {
 }
 
 // ---- v2 ---------------------------------------------------------------------------------------
+// blockDim.x must be a multiple of 32 (launch() uses 32, 64, 128 or 256): warp_sum's full mask
+// needs every lane of every warp, and every thread must reach both barriers.
 __device__ float block_sum(float v, float* slots) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     v = warp_sum(v);
@@ -146,7 +148,7 @@ void launch(const NormProblem& p, NormAlgo algo, cudaStream_t stream) {
     const bool vec = p.D % kVec == 0 && aligned16(p.x) && aligned16(p.y) && (!p.w || aligned16(p.w)) &&
                      (!p.b || aligned16(p.b));
     const int64_t per_row = vec ? p.D / kVec : p.D;   // accesses per row
-    int threads = 32;
+    int threads = 32;                                 // a power of two in 32..256 (block_sum needs whole warps)
     while (threads < 256 && threads < per_row) threads *= 2;
     if (vec) norm_warp<T, kVec><<<grid, threads, 0, stream>>>(p);
     else norm_warp<T, 1><<<grid, threads, 0, stream>>>(p);
