@@ -409,15 +409,41 @@ void bind_interop(py::module_& m) {
         .def(
             "__dlpack__",
             [](py::object self, py::object stream, py::object max_version, py::object dl_device, py::object copy) {
-                const DeviceArray& a = self.cast<const DeviceArray&>();
-                (void)max_version;                        // we always hand out the legacy (unversioned) capsule
-                if (!copy.is_none() && copy.cast<bool>())
-                    throw py::value_error("DeviceArray.__dlpack__: copy=True is not supported");
+                // max_version is accepted and ignored: we hand out the legacy (unversioned) capsule,
+                // which the array API lets a producer do; consumers check the capsule's name.
+                (void)max_version;
                 if (!dl_device.is_none()) {
                     const auto dev = dl_device.cast<std::pair<int, int>>();
+                    const DeviceArray& a = self.cast<const DeviceArray&>();
                     if (dev.first != dlpack::kCUDA || dev.second != a.device)
                         throw py::buffer_error("DeviceArray.__dlpack__: can only export to its own CUDA device");
                 }
+                if (!copy.is_none() && copy.cast<bool>()) {   // copy=True: export a fresh copy (the spec's "must")
+                    const DeviceArray& src = self.cast<const DeviceArray&>();
+                    DeviceArray c;
+                    c.shape = src.shape;
+                    c.dtype = src.dtype;
+                    c.device = src.device;
+                    const size_t bytes = size_t(src.numel()) * dtype_size(src.dtype);
+                    {
+                        py::gil_scoped_release nogil;
+                        int prev = 0;
+                        check(cudaGetDevice(&prev), "cudaGetDevice");
+                        check(cudaSetDevice(src.device), "cudaSetDevice");
+                        cudaError_t err = cudaSuccess;
+                        try {
+                            c.buffer = std::make_shared<DeviceBuffer<char>>(bytes);
+                            if (bytes) err = cudaMemcpy(c.data(), src.data(), bytes, cudaMemcpyDeviceToDevice);  // legacy stream
+                        } catch (...) {
+                            cudaSetDevice(prev);
+                            throw;
+                        }
+                        cudaSetDevice(prev);
+                        check(err, "DeviceArray.__dlpack__: copy");
+                    }
+                    self = py::cast(std::move(c));
+                }
+                const DeviceArray& a = self.cast<const DeviceArray&>();
                 if (!stream.is_none()) {                  // consumer on another stream: finish our work first
                     const int64_t s = stream.cast<int64_t>();
                     if (s != 1 && s != -1) {

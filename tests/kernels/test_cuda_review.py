@@ -143,3 +143,16 @@ def test_device_array_result_read_on_a_side_stream():
     side.synchronize()
     want = reference.rms_norm(x.cpu().double().numpy(), w.cpu().double().numpy(), 1e-6)
     np.testing.assert_allclose(y.cpu().double().numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@gpu
+def test_device_array_dlpack_copy_true_gives_independent_memory():
+    torch = torch_cuda()
+    x = torch.randn(4, 8, device="cuda")
+    res = _cuda.rms_norm(x, torch.ones(8, device="cuda"), 1e-6)
+    shared = torch.from_dlpack(res)
+    copied = torch.from_dlpack(res, copy=True)
+    assert copied.data_ptr() != shared.data_ptr()
+    torch.testing.assert_close(copied, shared)
+    shared.zero_()
+    assert copied.abs().sum().item() > 0
