@@ -51,6 +51,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -73,7 +74,7 @@ _DEVICE_KEYS = [
 ]
 
 
-def refuse(msg: str) -> "NoReturn":  # noqa: F821
+def refuse(msg: str) -> NoReturn:
     print(f"bench_cuda: cannot run: {msg}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -234,6 +235,12 @@ def run_child(args) -> int:
         todo = [a for a in algos if f"{case_key(c)}|{a}" not in skip]
         if not todo:
             continue
+        if args.deadline and time.time() > args.deadline:   # --budget spent: say so per row, run nothing
+            for algo in todo:
+                emit({"event": "row", "key": f"{case_key(c)}|{algo}", "row": {
+                    "op": op, "case": c["label"], "dtype": dt, "algo": algo, "status": "budget",
+                    "note": "not run: the benchmark's --budget was spent"}})
+            continue
         # inputs, baseline and its timing; `call(algo)` runs ours into `out`
         if op == "matmul":
             a, b = rand(c["M"], c["K"], dtype=dtypes[dt]), rand(c["K"], c["N"], dtype=dtypes[dt])
@@ -387,6 +394,10 @@ def run_models(args, torch) -> int:
         key = f"model {name}|cuda"
         if key in skip:
             continue
+        if args.deadline and time.time() > args.deadline:
+            emit({"event": "row", "key": key, "row": {"op": "model", "case": name, "status": "budget",
+                                                       "note": "not run: the benchmark's --budget was spent"}})
+            continue
         emit({"event": "start", "key": key})
         row = {"op": "model", "case": name, "dtype": "fp32", "algo": "auto", "compared": what}
         try:
@@ -431,7 +442,7 @@ def fmt_row(r: dict) -> str:
             return (f"{'model':<10} {r['case']:<30} cuda {r['cuda_ms']:9.1f} ms  numpy {r['numpy_ms']:9.1f} ms  "
                     f"({r['cuda_vs_numpy']:5.2f}x)  {r['compared']} rel err {r['rel_err_vs_numpy']:.1e}"
                     f"{'' if r['correct'] else '  WRONG'}")
-        return f"{'model':<10} {r.get('case', ''):<30} {r.get('status', '?').upper()}: {r.get('error', '')[:150]}"
+        return f"{'model':<10} {r.get('case', ''):<30} {r.get('status', '?').upper()}: {(r.get('note') or r.get('error') or '')[:150]}"
     head = f"{r['op']:<10} {r['case']:<30} {r['dtype']:<4} {r.get('algo', 'auto'):<10}"
     if r.get("status") in ("ok", "wrong"):
         unit = "tflops" if "ours_tflops" in r else "gbs"
@@ -576,10 +587,13 @@ def main(argv=None) -> int:
     ap.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated subset of {','.join(FAMILIES)}")
     ap.add_argument("--idle-timeout", type=float, default=30.0,
                     help="seconds without progress before a child is killed (x4 for the models)")
+    ap.add_argument("--budget", type=float, default=0.0,
+                    help="seconds; cases not started by then are recorded as skipped (0: no limit)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON results")
     ap.add_argument("--child", choices=FAMILIES, help=argparse.SUPPRESS)
     ap.add_argument("--skip", help=argparse.SUPPRESS)
     ap.add_argument("--skip-algos", help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, default=0.0, help=argparse.SUPPRESS)   # time.time() for children
     args = ap.parse_args(argv)
     if args.child:
         return run_child(args)
@@ -598,42 +612,54 @@ def main(argv=None) -> int:
         if getattr(args, opt):
             child_argv += [f"--{opt}", getattr(args, opt)]
     child_argv += ["--idle-timeout", str(args.idle_timeout)]
+    if args.budget > 0:
+        child_argv += ["--deadline", repr(time.time() + args.budget)]
     t0 = time.monotonic()
     results: list[dict] = []
+    props = torch.cuda.get_device_properties(0)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = "-partial" if (args.cases or args.algos or families != list(FAMILIES)) else ""
+    date = _dt.date.today().isoformat()
+    path = out_dir / f"{slug(key or name)}-{date}{'-small' if args.small else ''}{partial}.json"
+
+    def write_report(complete: bool) -> tuple[dict, list[dict]]:
+        """The JSON, rewritten after every family so a run cut short keeps what it measured."""
+        verdict = summarise_targets(results, 8 if args.small else 1)
+        bad = [r for r in results if r.get("status") not in ("ok", "skipped", "unsupported")]
+        report = {
+            "device": name, "costmodel_device": key, "compute_capability": f"{props.major}.{props.minor}",
+            "sm_count": props.multi_processor_count, "memory_bytes": props.total_memory,
+            "driver": driver_string(), "driver_cuda_version": _cuda.driver_version(),
+            "cuda_runtime_version": _cuda.runtime_version(), "torch": torch.__version__,
+            "python": platform.python_version(), "date": date,
+            "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "quick": args.quick, "small": args.small, "cases_filter": args.cases, "algos_filter": args.algos,
+            "families": families, "complete": complete, "algorithms": {k: list(v) for k, v in _cuda.ALGORITHMS.items()},
+            "elapsed_s": time.monotonic() - t0, "peaks": peaks, "results": results, "targets": verdict,
+            "failed": [f"{r['op']} {r.get('case', '')} {r.get('dtype', '')} {r.get('algo', '')}: {r.get('status')}"
+                       for r in bad],
+        }
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        return verdict, bad
+
     for fam in families:
         results += run_family(fam, args, child_argv)
+        write_report(complete=False)
+    verdict, bad = write_report(complete=True)
     elapsed = time.monotonic() - t0
 
-    verdict = summarise_targets(results, 8 if args.small else 1)
     print("\ntargets (issue 8)                          auto     best correct algorithm")
     for k, v in verdict.items():
         a = "n/a" if v["achieved"] is None else f"{100 * v['achieved']:.1f}%"
         b = "n/a" if v["best_achieved"] is None else f"{100 * v['best_achieved']:.1f}%"
         print(f"  {k:<40} {a:>7} {'MET' if v['met'] else 'not met':<8} {b:>7} {'MET' if v['best_met'] else 'not met':<8}"
               f" target {100 * v['target']:.0f}%  best: {str(v['best_algo'])[:100]}")
-    bad = [r for r in results if r.get("status") not in ("ok", "skipped", "unsupported")]
-    print(f"\n{len(results)} rows in {elapsed:.0f} s; {len(bad)} wrong/failed: "
-          + (", ".join(f"{r['op']} {r.get('case', '')} {r.get('dtype', '')} {r.get('algo', '')} ({r.get('status')})"
-                       for r in bad) or "none"))
-
-    props = torch.cuda.get_device_properties(0)
-    report = {
-        "device": name, "costmodel_device": key, "compute_capability": f"{props.major}.{props.minor}",
-        "sm_count": props.multi_processor_count, "memory_bytes": props.total_memory,
-        "driver": driver_string(), "driver_cuda_version": _cuda.driver_version(),
-        "cuda_runtime_version": _cuda.runtime_version(), "torch": torch.__version__,
-        "python": platform.python_version(), "date": _dt.date.today().isoformat(),
-        "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "quick": args.quick, "small": args.small, "cases_filter": args.cases, "algos_filter": args.algos,
-        "families": families, "algorithms": {k: list(v) for k, v in _cuda.ALGORITHMS.items()},
-        "elapsed_s": elapsed, "peaks": peaks, "results": results, "targets": verdict,
-        "failed": [f"{r['op']} {r.get('case', '')} {r.get('dtype', '')} {r.get('algo', '')}: {r.get('status')}" for r in bad],
-    }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = "-partial" if (args.cases or args.algos or families != list(FAMILIES)) else ""
-    path = out_dir / f"{slug(key or name)}-{report['date']}{'-small' if args.small else ''}{partial}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    counts = {st: sum(r.get("status") == st for r in results) for st in sorted({r.get("status") for r in results})}
+    listed = [f"{r['op']} {r.get('case', '')} {r.get('dtype', '')} {r.get('algo', '')} ({r.get('status')})"
+              for r in bad if r.get("status") != "budget"]
+    print(f"\n{len(results)} rows in {elapsed:.0f} s: {counts}; wrong/failed: "
+          + (", ".join(listed[:15]) + (f" ... and {len(listed) - 15} more" if len(listed) > 15 else "") or "none"))
     print(f"wrote {path}")
     return 1 if bad else 0
 
