@@ -69,6 +69,7 @@ class Smoke:
     def check(self, label: str, fn, want: np.ndarray, dt: str) -> None:
         if self.poisoned:
             return
+        print(f"  {label} ... ", end="", flush=True)     # a hang leaves this line unfinished in the log
         t0 = time.perf_counter()
         try:
             got = fn()
@@ -76,12 +77,12 @@ class Smoke:
             got = self.result(got)
         except ValueError as exc:                          # this version does not take this problem
             self.unsupported += 1
-            print(f"  n/a   {label}: {exc}", flush=True)
+            print(f"n/a: {exc}", flush=True)
             return
         except Exception as exc:
             self.failed += 1
             self.failures.append(f"{label}: {type(exc).__name__}: {exc}")
-            print(f"  ERROR {label}: {type(exc).__name__}: {exc}", flush=True)
+            print(f"ERROR: {type(exc).__name__}: {exc}", flush=True)
             try:
                 self._cuda.synchronize()
             except Exception:
@@ -92,7 +93,7 @@ class Smoke:
         if got.shape != want.shape:
             self.failed += 1
             self.failures.append(f"{label}: shape {got.shape} != {want.shape}")
-            print(f"  FAIL  {label}: shape {got.shape}, want {want.shape}", flush=True)
+            print(f"FAIL: shape {got.shape}, want {want.shape}", flush=True)
             return
         err = float(np.max(np.abs(got - want))) if want.size else 0.0
         rel = err / max(1.0, float(np.max(np.abs(want))) if want.size else 1.0)
@@ -102,7 +103,7 @@ class Smoke:
         else:
             self.failed += 1
             self.failures.append(f"{label}: error {err:.3g} (relative {rel:.2g} > {TOL[dt]})")
-        print(f"  {'ok  ' if ok else 'FAIL'}  {label}: err {err:.2e} ({ms:.0f} ms)", flush=True)
+        print(f"{'ok' if ok else 'FAIL'}: err {err:.2e} ({ms:.0f} ms)", flush=True)
 
     # ---- ops ------------------------------------------------------------------------------
     def matmul(self, dtypes, idx):

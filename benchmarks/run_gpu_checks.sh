@@ -197,12 +197,16 @@ else
 fi
 
 # ---- smoke, tests, benchmark --------------------------------------------------------------------
-PYTEST=("$PY" -m pytest -q -rs -p no:cacheprovider)
+PYTEST=("$PY" -m pytest -rs -p no:cacheprovider --tb=short)
+# a test stuck in a hung kernel ends the step after 60 s with its name and stacks (pytest-timeout,
+# where installed; "thread": a signal cannot interrupt a blocking CUDA call) instead of eating the cap
+"$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 60 --timeout-method thread)
 needs_gpu smoke && run_step smoke 120 smoke.log "$PY" benchmarks/cuda_smoke.py
 host_tests=(tests/kernels/test_cuda_host.py tests/kernels/test_cuda_build.py)
 [ -f tests/kernels/test_cuda_review.py ] && host_tests+=(tests/kernels/test_cuda_review.py)
-run_step host-tests 120 pytest-host.log "${PYTEST[@]}" "${host_tests[@]}"
-needs_gpu cuda-tests && run_step cuda-tests 240 pytest-cuda.log "${PYTEST[@]}" tests/kernels/test_cuda_kernels.py
+run_step host-tests 120 pytest-host.log "${PYTEST[@]}" -q "${host_tests[@]}"
+# -v: each test's name is printed as it starts, so a killed run shows which one hung
+needs_gpu cuda-tests && run_step cuda-tests 240 pytest-cuda.log "${PYTEST[@]}" -v tests/kernels/test_cuda_kernels.py
 if needs_gpu bench; then
     BQ="$QUICK"
     [ $((BUDGET - (SECONDS - START))) -lt 200 ] && BQ=1 && echo "(little time left: benchmark with --quick)"
@@ -229,7 +233,7 @@ if needs_gpu memcheck; then
     fi
 fi
 if needs_gpu kernel-tests; then
-    run_step kernel-tests 180 pytest-kernels-cuda.log "${PYTEST[@]}" tests/kernels -k cuda \
+    run_step kernel-tests 180 pytest-kernels-cuda.log "${PYTEST[@]}" -v tests/kernels -k cuda \
         --ignore=tests/kernels/test_cuda_host.py --ignore=tests/kernels/test_cuda_kernels.py \
         --ignore=tests/kernels/test_cuda_build.py --ignore=tests/kernels/test_cuda_review.py
     # pytest exits 5 when nothing was selected: not a failure
