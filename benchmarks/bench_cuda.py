@@ -1,7 +1,7 @@
 """Benchmark every CUDA kernel version against PyTorch on the same GPU, in one run (~2-3 min on an H100).
 
     python benchmarks/bench_cuda.py [--quick] [--small] [--cases REGEX] [--algos a,b] [--families f,g]
-                                    [--out benchmarks/results]
+                                    [--budget SECONDS] [--out benchmarks/results]
 
 Reports, for each case and for EVERY algorithm of ``pyworkloads._cuda.ALGORITHMS[op]`` ('auto'
 first), the achieved TFLOP/s (matmul, attention) or GB/s (norms), the share of the device's
@@ -31,6 +31,10 @@ timed.  'naive' matmul runs only at 1024^3 (seconds per call at 4096^3).  FLOP c
 2·M·N·K; attention 4·B·Hq·Tq·Tk·Dh, halved for causal (the work a tile-skipping kernel does; the
 same count is used for SDPA, so the ratio is a time ratio).  Bytes for norms: x read once, y
 written once, weight (and bias) read once.
+
+--budget: cases not started within that many seconds are recorded with status "budget"; the
+JSON is rewritten after each family, so a run cut short keeps what it measured ("complete":
+false until the end).  Exit status 1 when any row is wrong / failed / crashed / hung / budget.
 
 Needs a CUDA GPU, PyTorch with CUDA and a build of pyworkloads._cuda; without them it exits
 with status 2 and says which is missing.

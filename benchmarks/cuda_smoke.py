@@ -10,7 +10,8 @@ misaligned device view) and is checked against pyworkloads.kernels.reference in 
 are tiny so that the sanitizer's 10-100x slowdown still fits a minute or two; the point is to
 touch every kernel instantiation's edge code (partial tiles, predicated loads, masked rows),
 not to be thorough (tests/kernels/test_cuda_kernels.py is).  A device synchronisation follows
-every call, so a fault is reported against the call that made it.  float32/float16 go through
+every call, so a fault is reported against the call that made it; a fault that poisons the CUDA
+context ends that op, and the remaining ops run in a fresh process.  float32/float16 go through
 NumPy; bfloat16 (and the misaligned views) need PyTorch with CUDA and are skipped without it.
 
 Prints one line per check and a summary; exit status 0 when all passed, 1 when any failed,
@@ -19,6 +20,7 @@ Prints one line per check and a summary; exit status 0 when all passed, 1 when a
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -212,14 +214,26 @@ def main(argv=None) -> int:
           + ("" if torch is not None else " (no PyTorch with CUDA: bfloat16 and device views skipped)"), flush=True)
     s = Smoke(_cuda, torch)
     t0 = time.perf_counter()
-    for op in args.ops.split(","):
+    ops = [op for op in args.ops.split(",") if op]
+    for op in ops:
+        if op not in QUICK:
+            ap.error(f"--ops: unknown op {op!r} (expected some of {', '.join(QUICK)})")
+    rest_rc = 0
+    for i, op in enumerate(ops):
         print(f"== {op}", flush=True)
         getattr(s, op)(dtypes, set(QUICK[op]) if args.quick else None)
+        if s.poisoned and ops[i + 1:]:
+            # a fault poisons this process's CUDA context: the other ops run in a fresh process
+            print(f"cuda_smoke: continuing with {', '.join(ops[i + 1:])} in a new process", flush=True)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--ops", ",".join(ops[i + 1:])]
+            cmd += (["--quick"] if args.quick else []) + (["--no-torch"] if args.no_torch else [])
+            rest_rc = subprocess.run(cmd).returncode
+            break
     print(f"\ncuda_smoke: {s.passed} passed, {s.failed} failed, {s.unsupported} not supported by that version "
           f"({time.perf_counter() - t0:.1f} s)" + (" -- STOPPED EARLY: context poisoned" if s.poisoned else ""))
     for f in s.failures:
         print(f"  FAILED {f}")
-    return 1 if s.failed or s.poisoned else 0
+    return 1 if s.failed or s.poisoned or rest_rc else 0
 
 
 if __name__ == "__main__":
