@@ -31,6 +31,11 @@
 # The interpreter is $PYTHON, else python3 (on the GPU image the one with PyTorch+CUDA); CMake is
 # pointed at it, so the extension is built for that Python.
 #
+# On the device tool: command "bash benchmarks/run_gpu_checks.sh", timeout_s 560 (the default
+# budget is 480 s, so the steps end well inside the tool's 600 s); a rerun of what failed or was
+# skipped: "bash benchmarks/run_gpu_checks.sh --only build,racecheck" (the build is needed again
+# on a fresh machine; on the same warm machine --skip build keeps it).
+#
 #   usage: bash benchmarks/run_gpu_checks.sh [--quick] [--only step,step] [--skip step,step]
 #     --quick        fewer benchmark repetitions; memcheck/racecheck on the --quick smoke subset
 #     --only/--skip  a subset of the steps above, e.g. a rerun: --only bench,memcheck
@@ -45,7 +50,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --only) ONLY=",${2:-},"; shift ;;
         --skip) SKIP=",${2:-},"; shift ;;
-        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
         *) echo "run_gpu_checks: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
