@@ -50,7 +50,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --only) ONLY=",${2:-},"; shift ;;
         --skip) SKIP=",${2:-},"; shift ;;
-        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /{/^set /!p}' "$0"; exit 0 ;;
         *) echo "run_gpu_checks: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
