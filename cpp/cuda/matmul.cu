@@ -273,7 +273,7 @@ __global__ void __launch_bounds__(kThreads, 2) matmul_tensorcore(MatmulProblem p
             cp_async_commit();
             const T* as = As + int(t % kTcStages) * kTcStageA;
             const T* bs = Bs + int(t % kTcStages) * kTcStageB;
-#pragma unroll
+#pragma unroll 1                                   // unrolled, the bf16 version spills past 128 registers
             for (int kk = 0; kk < kTcBK; kk += 16) {
                 wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[4];
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb[2];
