@@ -77,6 +77,7 @@
 #include <cstdint>
 
 #include "device_utils.cuh"
+#include "ptx.cuh"
 #include "ops_cuda.h"
 #include "runtime.h"
 
@@ -229,31 +230,6 @@ constexpr int kMmaRows = 64, kMmaCols = 64, kMmaThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ uint32_t ld_shared_u32(const void* ptr) { return *static_cast<const uint32_t*>(ptr); }
-
-template <class T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-    const __half2 v = __floats2half2_rn(lo, hi);          // lo -> low 16 bits = lower column
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
-template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// c[16x8] += a[16x16] b[16x8], FP32 accumulators; fragment layouts as in the PTX ISA (m16n8k16).
-template <class T> __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <> __device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // 8 consecutive elements of row `row` starting at column d (zeros outside [rows, width)), as
 // one 16-byte register.
@@ -462,34 +438,6 @@ constexpr int async_rows() { return AsyncShape<kD>::kWarps * 16 * AsyncShape<kD>
 // Stages x (K tile + V tile), [key][d] with a pitch of kD + 8 halves: 36 KiB (64), 68 KiB (128).
 template <int kD>
 constexpr size_t async_smem_bytes() { return size_t(kAsyncStages) * 2 * kAsyncCols * (kD + 8) * 2; }
-
-__device__ __forceinline__ uint32_t smem_addr(const void* ptr) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
-// 16 bytes global -> shared without passing through registers; only `bytes` (0 or 16) are read,
-// the rest of the 16 is zero-filled by the hardware.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory"); }
-
-// Four 8x8 matrices of 16-bit elements: lanes 8i..8i+7 give the addresses of the 8 rows (16 bytes
-// each) of matrix i; lane l receives row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 of matrix i in
-// r[i] -- with .trans, of the transposed matrix (rows 2 (l % 4) and 2 (l % 4) + 1, column l / 4).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
 
 // One MUFU instruction (the library exp2f adds range fix-ups); exp2(-inf) = 0, NaN stays NaN.
 __device__ __forceinline__ float fast_exp2(float x) {

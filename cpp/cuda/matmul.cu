@@ -41,6 +41,7 @@
 #include <type_traits>
 
 #include "device_utils.cuh"
+#include "ptx.cuh"
 #include "ops_cuda.h"
 #include "runtime.h"
 
@@ -193,14 +194,6 @@ constexpr int kTcStageB = kTcBK * kTcLdB;
 constexpr int kTcStages = 3;               // ring of K-steps in flight (cp.async groups)
 constexpr size_t kTcSmemBytes = size_t(kTcStages) * (kTcStageA + kTcStageB) * 2;   // 56 KiB: opt-in
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory"); }
-
 // Copy one 8-element chunk of a tile row into shared memory, `left` elements of which lie inside
 // the matrix: cp.async when rows are 16-byte aligned (the hardware zero-fills past src_bytes),
 // element by element otherwise.  `safe` is any valid address, used when nothing is read.
@@ -321,44 +314,6 @@ constexpr int kMmaStageB = kMmaBK * kMmaLdB;
 constexpr int kMmaGroupM = 8;              // L2 rasterisation: 8 M-tiles share each B column strip
 constexpr size_t mma_smem_bytes(int stages) { return size_t(stages) * (kMmaStageA + kMmaStageB) * 2; }
 
-// Four 8x8 16-bit matrices from shared memory: lanes 8i..8i+7 give the row addresses of matrix
-// i; lane l receives elements (l/4, 2(l%4)) and (l/4, 2(l%4)+1) of matrix i in register i, or
-// with .trans the elements (2(l%4), l/4) and (2(l%4)+1, l/4).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
-    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
-    const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
-}
-
-// c[16x8] += a[16x16] b[16x8] in FP32 (fragment layouts of the PTX ISA).  Not volatile: it only
-// reads and writes registers, so the compiler may interleave it with the shared-memory loads.
-template <class T> __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <> __device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <> __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <class T> struct Pair;
-template <> struct Pair<__half> {
-    using type = __half2;
-    static __device__ __forceinline__ type make(float lo, float hi) { return __floats2half2_rn(lo, hi); }
-};
-template <> struct Pair<__nv_bfloat16> {
-    using type = __nv_bfloat162;
-    static __device__ __forceinline__ type make(float lo, float hi) { return __floats2bfloat162_rn(lo, hi); }
-};
-
 // The block's tile (tm, tn) from its linear index: column-major inside groups of kMmaGroupM
 // M-tiles, so the blocks resident at one time read a few A row strips and B column strips that
 // stay in L2 (each A strip is reused by every tn of the group, each B strip by kMmaGroupM tiles).
@@ -452,7 +407,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) matmul_mma(MatmulProblem p, bo
 #pragma unroll
                 for (int i = 0; i < 4; ++i)
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) mma_16816<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
+                    for (int j = 0; j < 8; ++j) mma16816<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
             }
         }
         cp_async_wait<0>();
@@ -473,7 +428,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) matmul_mma(MatmulProblem p, bo
                     const int64_t c = n0 + wn * 64 + j * 8 + tg * 2;
                     const float lo = acc[i][j][2 * half], hi = acc[i][j][2 * half + 1];
                     if (c_pairs && c + 1 < p.N) {
-                        *reinterpret_cast<typename Pair<T>::type*>(C + r * p.N + c) = Pair<T>::make(lo, hi);
+                        *reinterpret_cast<uint32_t*>(C + r * p.N + c) = pack2<T>(lo, hi);
                     } else {
                         if (c < p.N) C[r * p.N + c] = from_float<T>(lo);
                         if (c + 1 < p.N) C[r * p.N + c + 1] = from_float<T>(hi);
