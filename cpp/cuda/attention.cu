@@ -696,11 +696,7 @@ __global__ void __launch_bounds__(AsyncShape<kD>::kWarps * 32) attention_mma_asy
 template <class T, int kD>
 void launch_mma_async(const AttnProblem& p, cudaStream_t stream) {
     constexpr size_t bytes = async_smem_bytes<kD>();
-    int device = 0, optin = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
-          "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-    if (!p.vec || size_t(optin) < bytes) return launch_mma<T, kD>(p, stream);
+    if (!p.vec || size_t(max_optin_smem()) < bytes) return launch_mma<T, kD>(p, stream);
     auto kernel = attention_mma_async<T, kD>;
     if (bytes > 48 * 1024)
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),

@@ -438,17 +438,6 @@ __global__ void __launch_bounds__(kMmaThreads, 1) matmul_mma(MatmulProblem p, bo
     }
 }
 
-// Shared memory the current device lets one block opt into (cached per device).
-int max_optin_smem() {
-    static int cached[64] = {};
-    int dev = 0;
-    check(cudaGetDevice(&dev), "cudaGetDevice");
-    if (dev < 0 || dev >= 64) dev = 0;
-    if (!cached[dev]) check(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-                             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
-    return cached[dev];
-}
-
 template <class T, int kStages>
 void launch_mma(const MatmulProblem& p, cudaStream_t stream) {
     const int64_t tiles = ((p.M + kMmaBM - 1) / kMmaBM) * ((p.N + kMmaBN - 1) / kMmaBN);

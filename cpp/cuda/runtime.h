@@ -29,6 +29,18 @@ inline unsigned grid_dim(int64_t tiles, int64_t limit, const char* what) {
     return static_cast<unsigned>(tiles < 1 ? 1 : tiles);
 }
 
+// Shared memory one block of the current device may opt into (cudaFuncSetAttribute), read once
+// per device: the tensor-core launchers pick their pipeline depth, or fall back, by it.
+inline int max_optin_smem() {
+    static int cached[64] = {};                            // 0: not read yet (benign race: same value)
+    int dev = 0;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    if (dev < 0 || dev >= 64) dev = 0;
+    if (!cached[dev]) check(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+                             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+    return cached[dev];
+}
+
 // Owning device buffer (RAII), so an exception between cudaMalloc and cudaFree cannot leak.
 template <class T>
 struct DeviceBuffer {
