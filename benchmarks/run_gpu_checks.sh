@@ -14,8 +14,8 @@
 #   cuda-tests    tests/kernels/test_cuda_kernels.py (every algo, device arrays)      ~60 s    240 s
 #   bench         benchmarks/bench_cuda.py (every algo vs cuBLAS/SDPA/torch norms,  ~2-3 min  240 s
 #                 models end to end) -> benchmarks/results/<device>-<date>.json, copied to $OUT
+#   kernel-tests  tests/kernels -k cuda (the backend-parametrised property tests)     ~20 s    180 s
 #   memcheck      compute-sanitizer --tool memcheck over cuda_smoke.py             ~1-2 min  150 s
-#   kernel-tests  tests/kernels -k cuda (the backend-parametrised property tests)     ~60 s    180 s
 #   racecheck     compute-sanitizer --tool racecheck over cuda_smoke.py --quick      ~1 min   120 s
 #
 # A step's timeout is the smaller of its cap and what is left of the budget ($GPU_CHECKS_BUDGET,
@@ -231,18 +231,18 @@ for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer
 done
 SMOKE_Q=()
 [ -n "$QUICK" ] && SMOKE_Q=(--quick)
-if needs_gpu memcheck; then
-    if [ -z "$SANITIZER" ]; then record memcheck "SKIPPED (compute-sanitizer not installed)"
-    else run_step memcheck 150 memcheck.log "$SANITIZER" --tool memcheck --leak-check no --print-limit 40 --error-exitcode 99 \
-            "$PY" benchmarks/cuda_smoke.py "${SMOKE_Q[@]}"
-    fi
-fi
 if needs_gpu kernel-tests; then
     run_step kernel-tests 180 pytest-kernels-cuda.log "${PYTEST[@]}" -v tests/kernels -k cuda \
         --ignore=tests/kernels/test_cuda_host.py --ignore=tests/kernels/test_cuda_kernels.py \
         --ignore=tests/kernels/test_cuda_build.py --ignore=tests/kernels/test_cuda_review.py
     # pytest exits 5 when nothing was selected: not a failure
     [[ "${STEP_STATUS[-1]:-}" == "FAIL (exit 5,"* ]] && STEP_STATUS[-1]="PASS (no tests selected)"
+fi
+if needs_gpu memcheck; then
+    if [ -z "$SANITIZER" ]; then record memcheck "SKIPPED (compute-sanitizer not installed)"
+    else run_step memcheck 150 memcheck.log "$SANITIZER" --tool memcheck --leak-check no --print-limit 40 --error-exitcode 99 \
+            "$PY" benchmarks/cuda_smoke.py "${SMOKE_Q[@]}"
+    fi
 fi
 if needs_gpu racecheck; then
     if [ -z "$SANITIZER" ]; then record racecheck "SKIPPED (compute-sanitizer not installed)"

@@ -61,7 +61,9 @@ void check_out(const std::optional<TensorArg>& out, DType dtype, const std::vect
 struct Result {
     py::object out_obj;                  // out= as given
     std::optional<DeviceArray> device;   // a new device result
-    py::array host;                      // a new host result
+    // a new host result.  std::optional, not a bare py::array: a default-constructed py::array is
+    // an empty (0,) float64 array, not a null handle, so it cannot mark "no host result".
+    std::optional<py::array> host;
     void* ptr = nullptr;                 // where the kernel writes
     size_t bytes = 0;
 
@@ -73,7 +75,7 @@ struct Result {
             out_obj = py::reinterpret_borrow<py::object>(out);
         } else if (!on_device) {
             if (dtype == DType::BF16) throw py::type_error("bfloat16 results need device inputs (NumPy has no bfloat16)");
-            host = py::array(py::dtype(dtype == DType::F32 ? "float32" : "float16"),
+            host.emplace(py::dtype(dtype == DType::F32 ? "float32" : "float16"),
                              std::vector<py::ssize_t>(shape.begin(), shape.end()));
         }
     }
@@ -94,12 +96,12 @@ struct Result {
         }
     }
     void finish() {                      // without the GIL
-        if (host && bytes) check(cudaMemcpy(host.mutable_data(), ptr, bytes, cudaMemcpyDeviceToHost), "copy result to host");
+        if (host && bytes) check(cudaMemcpy(host->mutable_data(), ptr, bytes, cudaMemcpyDeviceToHost), "copy result to host");
     }
     py::object object() {
         if (out_obj) return out_obj;
         if (device) return py::cast(std::move(*device));
-        return std::move(host);
+        return std::move(*host);
     }
 };
 

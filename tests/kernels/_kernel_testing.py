@@ -13,6 +13,21 @@ COMPILED = [b for b in K.available() if b != "numpy"]
 backends = pytest.mark.parametrize(
     "backend", COMPILED or [pytest.param("cpp", marks=pytest.mark.skip(reason="no compiled backend is available"))])
 
+
+def backends_with(op: str):
+    """Like `backends`, for an op not every compiled backend implements (gelu has no CUDA kernel:
+    K.gelu runs the NumPy reference there, so that backend is skipped with the reason)."""
+    import importlib
+
+    params = []
+    for b in COMPILED:
+        mod = importlib.import_module(f"pyworkloads.kernels.{b}_backend")
+        has = hasattr(mod, op)
+        params.append(b if has else pytest.param(
+            b, marks=pytest.mark.skip(reason=f"the {b} backend has no {op} kernel (the NumPy reference runs it)")))
+    return pytest.mark.parametrize(
+        "backend", params or [pytest.param("cpp", marks=pytest.mark.skip(reason="no compiled backend is available"))])
+
 EPS32 = float(np.finfo(np.float32).eps)
 LAYOUTS = ("c", "f", "strided", "reversed")
 
