@@ -1,5 +1,6 @@
 // RMSNorm / LayerNorm on the GPU over the last axis of a contiguous [rows, D] array: one thread
-// block per row, statistics accumulated in float32 whatever the storage dtype.
+// block per row (v3: one warp per short row), statistics accumulated in float32 whatever the
+// storage dtype.
 //
 // v1 block  each thread strides over the row and accumulates its partial sum, then a
 //           shared-memory tree reduction (log2(256) rounds, a __syncthreads each) gives the row
@@ -11,6 +12,21 @@
 //           most threads idle.  LayerNorm takes the mean first and then the variance of the
 //           centred values (two passes, as the reference: no cancellation for large means); the
 //           row's re-reads hit L1/L2, so DRAM traffic stays one read of x and one write of y.
+// v3 rows   register-resident: each thread loads its share of the row ONCE, as 16-byte packs held
+//           in a fully unrolled compile-time array (kPacks <= 8 packs a thread, so they stay in
+//           registers), takes the statistics from those registers (LayerNorm: still the mean,
+//           then the variance of the centred values) and writes y from them.  Rows of at most
+//           32*8 packs (bf16/fp16 D <= 2048, fp32 D <= 1024) get one warp each -- 8 rows per
+//           256-thread block, shuffle reductions only, no __syncthreads at all; longer rows (up to
+//           256*8 packs: bf16/fp16 D <= 16384, fp32 D <= 8192) get one block of 64..256 threads
+//           with 8 packs a thread and v2's block_sum.  Why it beats v2: x is read from DRAM once
+//           and never again from L2 (v2's LayerNorm reads it three times), the warp rows run
+//           without barriers, and each thread issues all its 16-byte loads back to back, so many
+//           more bytes are in flight per thread.  Weight and bias are read per pack in the final
+//           sweep (they are small and stay in L2).  It needs what v2's vector path needs (kVec
+//           divides D, every pointer 16-byte aligned); when that fails, or a row is too long for
+//           the registers, algo="rows" runs v2 instead.  algo="auto" is v3 whenever it applies,
+//           else v2; "warp" is always v2 and "block" always v1.
 #include "device_utils.cuh"
 #include "ops_cuda.h"
 #include "runtime.h"
@@ -134,13 +150,92 @@ __global__ void norm_warp(NormProblem p) {
     }
 }
 
+// ---- v3 ---------------------------------------------------------------------------------------
+// Packs of a row, n = D / kVec of them, are dealt out round-robin: thread t of the row's team
+// (a warp, or the whole block) holds packs t, t + team, t + 2*team, ... in a[0..kPacks).  The
+// launcher guarantees team * kPacks >= n, so every pack has exactly one owner; slots past n are
+// never loaded, never counted and never stored.
+constexpr int kRowsThreads = 256;       // warp rows: 8 warps, 8 rows per block
+constexpr int kRowsMaxPacks = 8;        // packs a thread holds (registers: 8 * kVec floats)
+
+template <class T, int kVec, int kPacks, bool kWarpRow>
+__global__ void __launch_bounds__(kRowsThreads) norm_rows(NormProblem p) {
+    __shared__ float slots[32];                       // block rows only (block_sum)
+    const int n = int(p.D / kVec);                    // <= 256 * kRowsMaxPacks (host check)
+    int64_t row;
+    int t, team;
+    if constexpr (kWarpRow) {
+        row = int64_t(blockIdx.x) * (kRowsThreads / 32) + (threadIdx.x >> 5);
+        t = threadIdx.x & 31;
+        team = 32;
+        if (row >= p.rows) return;                    // whole warps leave; no barrier follows
+    } else {
+        row = blockIdx.x;
+        t = threadIdx.x;
+        team = blockDim.x;
+    }
+    const T* x = static_cast<const T*>(p.x) + row * p.D;
+    T* y = static_cast<T*>(p.y) + row * p.D;
+    const T* w = static_cast<const T*>(p.w);
+    const T* bb = static_cast<const T*>(p.b);
+    auto row_sum = [&](float v) { if constexpr (kWarpRow) return warp_sum(v); else return block_sum(v, slots); };
+
+    Pack<T, kVec> a[kPacks];
+#pragma unroll
+    for (int k = 0; k < kPacks; ++k) {               // all loads first: kPacks 16-byte loads in flight
+        const int i = t + k * team;
+        if (i < n) a[k].load(x + int64_t(i) * kVec);
+    }
+    float mu = 0.f, acc = 0.f;
+    if (!p.rms) {
+#pragma unroll
+        for (int k = 0; k < kPacks; ++k)
+            if (t + k * team < n) {
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) acc += a[k].v[e];
+            }
+        mu = row_sum(acc) / p.D;
+        acc = 0.f;
+    }
+#pragma unroll
+    for (int k = 0; k < kPacks; ++k)
+        if (t + k * team < n) {                       // empty slots would add mu^2 each
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) acc += (a[k].v[e] - mu) * (a[k].v[e] - mu);
+        }
+    const float inv = rsqrtf(row_sum(acc) / p.D + p.eps);
+#pragma unroll
+    for (int k = 0; k < kPacks; ++k) {
+        const int i = t + k * team;
+        if (i < n) {
+            Pack<T, kVec> wv, bv;
+            if (w) wv.load(w + int64_t(i) * kVec);
+            if (bb) bv.load(bb + int64_t(i) * kVec);
+#pragma unroll
+            for (int e = 0; e < kVec; ++e)
+                a[k].v[e] = (a[k].v[e] - mu) * inv * (w ? wv.v[e] : 1.f) + (bb ? bv.v[e] : 0.f);
+            a[k].store(y + int64_t(i) * kVec);
+        }
+    }
+}
+
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+// The smallest kPacks in {1, 2, 4, 8} with 32 * kPacks >= n (warp rows).
+template <class T, int kVec>
+void launch_warp_rows(const NormProblem& p, int64_t n, cudaStream_t stream) {
+    const unsigned grid = grid_dim((p.rows + kRowsThreads / 32 - 1) / (kRowsThreads / 32), INT32_MAX, "norm rows");
+    if (n <= 32) norm_rows<T, kVec, 1, true><<<grid, kRowsThreads, 0, stream>>>(p);
+    else if (n <= 64) norm_rows<T, kVec, 2, true><<<grid, kRowsThreads, 0, stream>>>(p);
+    else if (n <= 128) norm_rows<T, kVec, 4, true><<<grid, kRowsThreads, 0, stream>>>(p);
+    else norm_rows<T, kVec, 8, true><<<grid, kRowsThreads, 0, stream>>>(p);
+    check_launch("norm_rows (warp per row)");
+}
 
 template <class T>
 void launch(const NormProblem& p, NormAlgo algo, cudaStream_t stream) {
-    const unsigned grid = grid_dim(p.rows, INT32_MAX, "norm rows");
     if (algo == NormAlgo::Block) {
-        norm_block<T><<<grid, kBlockThreads, 0, stream>>>(p);
+        norm_block<T><<<grid_dim(p.rows, INT32_MAX, "norm rows"), kBlockThreads, 0, stream>>>(p);
         check_launch("norm_block");
         return;
     }
@@ -148,6 +243,18 @@ void launch(const NormProblem& p, NormAlgo algo, cudaStream_t stream) {
     const bool vec = p.D % kVec == 0 && aligned16(p.x) && aligned16(p.y) && (!p.w || aligned16(p.w)) &&
                      (!p.b || aligned16(p.b));
     const int64_t per_row = vec ? p.D / kVec : p.D;   // accesses per row
+    const bool rows_fit = vec && per_row <= int64_t(kRowsThreads) * kRowsMaxPacks;
+    if ((algo == NormAlgo::Auto || algo == NormAlgo::Rows) && rows_fit) {     // v3; else v2 below
+        if (per_row <= 32 * kRowsMaxPacks) return launch_warp_rows<T, kVec>(p, per_row, stream);
+        // block per row: the smallest power of two 64..256 threads that covers the row with at most
+        // 8 packs each; as per_row > 256, that team is < per_row / 4, so every thread needs 8 slots
+        int threads = 64;
+        while (threads * kRowsMaxPacks < per_row) threads *= 2;
+        norm_rows<T, kVec, kRowsMaxPacks, false><<<grid_dim(p.rows, INT32_MAX, "norm rows"), threads, 0, stream>>>(p);
+        check_launch("norm_rows (block per row)");
+        return;
+    }
+    const unsigned grid = grid_dim(p.rows, INT32_MAX, "norm rows");
     int threads = 32;                                 // a power of two in 32..256 (block_sum needs whole warps)
     while (threads < 256 && threads < per_row) threads *= 2;
     if (vec) norm_warp<T, kVec><<<grid, threads, 0, stream>>>(p);

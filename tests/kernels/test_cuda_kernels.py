@@ -197,7 +197,7 @@ def test_attention_large_logits_are_stable(rng, algo, dtype):
 NORM_SHAPES = [(1, 1), (3, 7), (5, 64), (2, 3, 100), (4, 4096), (2, 5000), (0, 8), (3, 0)]
 
 
-@pytest.mark.parametrize("algo", ["block", "warp"])
+@pytest.mark.parametrize("algo", ["block", "warp", "rows"])
 @pytest.mark.parametrize("shape", NORM_SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_norms(rng, algo, shape, dtype):

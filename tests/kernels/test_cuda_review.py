@@ -86,7 +86,7 @@ def test_rms_norm_of_a_9d_permuted_numpy_view():
 
 
 @gpu
-@pytest.mark.parametrize("algo", ["auto", "block", "warp"])
+@pytest.mark.parametrize("algo", ["auto", "block", "warp", "rows"])
 @pytest.mark.parametrize("rows, D", [(0, 8), (3, 1), (2, 7), (5, 24), (1, 4097), (2, 8193), (7, 33)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_norm_edge_widths(rows, D, algo, dtype):
@@ -103,7 +103,7 @@ def test_norm_edge_widths(rows, D, algo, dtype):
 
 @gpu
 @pytest.mark.parametrize("offset", [1, 2, 4, 8])
-@pytest.mark.parametrize("algo", ["auto", "warp"])
+@pytest.mark.parametrize("algo", ["auto", "warp", "rows"])
 def test_norm_misaligned_device_views(offset, algo):
     # x, weight and out= a few elements past a 16-byte boundary: the vectorised path must not be taken
     torch = torch_cuda()
