@@ -476,8 +476,12 @@ __global__ void __launch_bounds__(AsyncShape<kD>::kWarps * 32) attention_mma_asy
     extern __shared__ __align__(16) unsigned char attn_smem[];             // [stage][K tile, V tile][key][kLd]
     const uint32_t smem0 = smem_addr(attn_smem);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tg = lane & 3;
-    const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kRows;        // heavy causal tiles first
-    const int64_t h = blockIdx.y, b = blockIdx.z, hk = h / (p.Hq / p.Hkv);
+    // One linear grid, query tiles slowest: every head's last (for causal, longest) tile is
+    // scheduled before any head's second-to-last, so the short tiles fill the final wave instead
+    // of long ones trailing behind it.
+    const int64_t heads = p.Hq * p.B, tiles = int64_t(gridDim.x) / heads, id = blockIdx.x;
+    const int64_t q0 = (tiles - 1 - id / heads) * kRows;
+    const int64_t h = (id % heads) % p.Hq, b = (id % heads) / p.Hq, hk = h / (p.Hq / p.Hkv);
     const T* Q = static_cast<const T*>(p.q.ptr) + b * p.q.sb + h * p.q.sh;
     const T* K = static_cast<const T*>(p.k.ptr) + b * p.k.sb + hk * p.k.sh;
     const T* V = static_cast<const T*>(p.v.ptr) + b * p.v.sb + hk * p.v.sh;
@@ -702,8 +706,8 @@ void launch_mma_async(const AttnProblem& p, cudaStream_t stream) {
         check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
               "attention_mma_async shared memory opt-in");
     constexpr int kRows = async_rows<kD>();
-    const dim3 grid(grid_dim((p.Tq + kRows - 1) / kRows, INT32_MAX, "attention Tq"),
-                    grid_dim(p.Hq, 65535, "attention heads"), grid_dim(p.B, 65535, "attention batch"));
+    const int64_t tiles = (p.Tq + kRows - 1) / kRows;
+    const unsigned grid = grid_dim(tiles * p.Hq * p.B, INT32_MAX, "attention query tiles x heads x batch");
     kernel<<<grid, AsyncShape<kD>::kWarps * 32, bytes, stream>>>(p);
     check_launch("attention_mma_async");
 }

@@ -143,6 +143,21 @@ def pack(x):            # pack2<T>: two floats -> one register (rounding not mod
     return x
 
 
+def block_coords(block, tiles, Hq, B):
+    """The kernel's linear grid: block -> (query tile, head, batch), query tiles slowest (longest first)."""
+    heads = Hq * B
+    bh = block % heads
+    return tiles - 1 - block // heads, bh % Hq, bh // Hq
+
+
+def check_block_coords():
+    """Every (tile, head, batch) is visited exactly once, and all heads' tile t before any tile t - 1."""
+    for tiles, Hq, B in [(1, 1, 1), (32, 16, 4), (3, 5, 2), (7, 1, 3)]:
+        seen = [block_coords(i, tiles, Hq, B) for i in range(tiles * Hq * B)]
+        assert sorted(seen) == [(t, h, b) for t in range(tiles) for h in range(Hq) for b in range(B)], (tiles, Hq, B)
+        assert all(x[0] >= y[0] for x, y in zip(seen, seen[1:])), "query tiles must not increase"
+
+
 def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
     """One (batch, head): q [Tq, Dh], k [Tk, Dh], v [Tk, Dv]; mask/bias [Tq, Tk] views or None."""
     warps, MT = SHAPES[kD]
@@ -302,6 +317,7 @@ def attention(q, k, v, causal=False, scale=None, bias=None, mask=None, mode="lat
 
 
 def main():
+    check_block_coords()
     rng = np.random.default_rng(0)
     stats = Stats()
     worst = 0.0
