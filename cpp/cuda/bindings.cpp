@@ -125,7 +125,8 @@ MatrixOperand matrix_operand(CallContext& ctx, TensorArg& t) {
 py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_name, py::handle out_obj) {
     const MatmulAlgo requested = parse_algo<MatmulAlgo>(
         algo_name, {{"auto", MatmulAlgo::Auto}, {"naive", MatmulAlgo::Naive}, {"tiled", MatmulAlgo::Tiled},
-                    {"tensorcore", MatmulAlgo::TensorCore}, {"mma", MatmulAlgo::Mma}}, "matmul");
+                    {"tensorcore", MatmulAlgo::TensorCore}, {"mma", MatmulAlgo::Mma},
+                    {"wgmma", MatmulAlgo::Wgmma}}, "matmul");
     TensorArg a = parse_tensor(a_obj, "a"), b = parse_tensor(b_obj, "b");
     require_float(a, "matmul");
     require_float(b, "matmul");
@@ -172,6 +173,9 @@ py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_na
     {
         py::gil_scoped_release nogil;
         CallContext ctx({&a, &b, out ? &*out : nullptr});
+        if (requested == MatmulAlgo::Wgmma && !wgmma_available())
+            throw py::value_error("matmul: algo='wgmma' needs a Hopper GPU (compute capability 9.0), a build with sm_90a "
+                                  "code (CMAKE_CUDA_ARCHITECTURES containing 90a) and PYWORKLOADS_NO_WGMMA unset; use 'mma'");
         const MatrixOperand ma = matrix_operand(ctx, a), mb = matrix_operand(ctx, b);
         p.a = ma.ptr;
         p.lda = ma.ld;
@@ -331,7 +335,7 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool 
 py::object norm(const char* op, bool rms, py::handle x_obj, py::handle w_obj, py::handle b_obj, double eps,
                 const std::string& algo_name, py::handle out_obj) {
     const NormAlgo algo = parse_algo<NormAlgo>(
-        algo_name, {{"auto", NormAlgo::Auto}, {"block", NormAlgo::Block}, {"warp", NormAlgo::Warp}}, op);
+        algo_name, {{"auto", NormAlgo::Auto}, {"block", NormAlgo::Block}, {"warp", NormAlgo::Warp}, {"rows", NormAlgo::Rows}}, op);
     TensorArg x = parse_tensor(x_obj, "x");
     require_float(x, op);
     if (x.ndim() < 1) throw py::value_error(std::string(op) + ": x must have at least 1 dimension");
@@ -380,10 +384,10 @@ PYBIND11_MODULE(_cuda, m) {
               "(__cuda_array_interface__ / DLPack) in -> DeviceArray out, or written into out=.";
     bind_interop(m);
     py::dict algorithms;                  // every kernel version stays callable (tests, teaching, benchmarks)
-    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore", "mma");
+    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore", "mma", "wgmma");
     algorithms["attention"] = py::make_tuple("auto", "simt", "mma", "mma_async");
-    algorithms["rms_norm"] = py::make_tuple("auto", "block", "warp");
-    algorithms["layer_norm"] = py::make_tuple("auto", "block", "warp");
+    algorithms["rms_norm"] = py::make_tuple("auto", "block", "warp", "rows");
+    algorithms["layer_norm"] = py::make_tuple("auto", "block", "warp", "rows");
     m.attr("ALGORITHMS") = algorithms;
     m.def("device_status", &device_status, "(device count, reason if none); never raises");
     m.def("runtime_version", []() { int v = 0; cudaRuntimeGetVersion(&v); return v; });
@@ -400,8 +404,8 @@ PYBIND11_MODULE(_cuda, m) {
 
     m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::kw_only(), py::arg("algo") = "auto", py::arg("out") = py::none(),
           "a @ b with np.matmul semantics (batch dimensions broadcast), float32/float16/bfloat16, FP32 "
-          "accumulation.  algo: 'auto' | 'naive' | 'tiled' | 'tensorcore' (WMMA) | 'mma' (mma.sync + ldmatrix + cp.async pipeline); the last two"
-          " float16/bfloat16 only.");
+          "accumulation.  algo: 'auto' | 'naive' | 'tiled' | 'tensorcore' (WMMA) | 'mma' (mma.sync + ldmatrix + cp.async pipeline) | 'wgmma' (Hopper warpgroup MMA, "
+          "sm_90a); the last three float16/bfloat16 only.");
     m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false,
           py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("mask") = py::none(), py::kw_only(),
           py::arg("algo") = "auto", py::arg("out") = py::none(),

@@ -35,13 +35,29 @@
 //                rasterised in groups of 8 M-tiles so concurrently running blocks share A and B
 //                strips in L2, and C leaves as rounded 4-byte pairs.
 //                cpp/cuda/tools/emulate_matmul_mma.py replays its lane/address bookkeeping in NumPy.
+// v5 wgmma       (float16 / bfloat16 on Hopper, sm_90a builds; the default there) Hopper's
+//                warpgroup MMA: a 128-thread warpgroup issues one asynchronous
+//                wgmma.m64n256k16 that reads both operands straight from shared memory (no
+//                ldmatrix, no operand registers) at about twice mma.sync's rate.  A 256-thread
+//                block (2 warpgroups) owns a 128x256 tile of C, each warpgroup 64x256 in 128 FP32
+//                accumulators per thread.  K steps of 64 (one 128-byte row per operand row)
+//                stream through a 4-stage cp.async ring (192 KiB) laid out in the 128-byte swizzle
+//                wgmma's descriptors describe (chunk c of row r at c ^ (r % 8): conflict-free
+//                without padding).  wgmma wants both operands K-major, so B [K, N] is first
+//                transposed into a [N, K] scratch copy (2 K N elements of extra traffic, ~5 % at
+//                4096^3).  Rows that are not 16-byte aligned, and GPUs or builds without sm_90a,
+//                run v4 (same results).  cpp/cuda/tools/emulate_matmul_wgmma.py replays the
+//                swizzled stores against the descriptor's addressing and the fragment layout.
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "device_utils.cuh"
 #include "ptx.cuh"
+#include "wgmma.cuh"
 #include "ops_cuda.h"
 #include "runtime.h"
 
@@ -451,6 +467,200 @@ void launch_mma(const MatmulProblem& p, cudaStream_t stream) {
     check_launch("matmul_mma");
 }
 
+// ---- v5 ---------------------------------------------------------------------------------------
+// wgmma.m64n256k16 from 128-byte-swizzled shared memory (wgmma.cuh), B transposed to K-major.
+constexpr int kWgBM = 128, kWgBN = 256, kWgBK = 64, kWgThreads = 256, kWgStages = 4;
+constexpr int kWgStageA = kWgBM * kWgBK * 2, kWgStageB = kWgBN * kWgBK * 2;   // bytes per ring slot
+constexpr size_t kWgSmemBytes = size_t(kWgStages) * (kWgStageA + kWgStageB) + 1024;   // + alignment slack
+static_assert(kWgBM == kMmaBM && kWgBN == kMmaBN, "v5 reuses v4's block rasterisation");
+
+// Whether this module's code for the running device has the wgmma kernel (an sm_90a cubin): read
+// once per device with cudaMemcpyFromSymbol, which reads the copy the driver loaded.
+#if defined(PYW_HAS_WGMMA)
+__device__ int g_wgmma_compiled = 1;
+#else
+__device__ int g_wgmma_compiled = 0;
+#endif
+
+#if defined(PYW_HAS_WGMMA)
+// The byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128-byte-swizzled K-major tile.
+__device__ __forceinline__ uint32_t swizzle128(int row, int chunk) {
+    return uint32_t(row) * 128u + (uint32_t(chunk ^ (row & 7)) << 4);
+}
+#endif
+
+// bt[z][n][k] = B[z][k][n] for k < K, zero for K <= k < kp (kp = K rounded up to 8, so every row
+// of bt is whole 16-byte chunks); z runs over the distinct B matrices (1 when B is broadcast).
+template <class T>
+__global__ void matmul_transpose_b(MatmulProblem p, T* bt, int64_t kp, int64_t nbt) {
+    __shared__ T tile[32][34];
+    const int tx = threadIdx.x, ty = threadIdx.y;                 // 32 x 8 threads
+    const int64_t k0 = int64_t(blockIdx.x) * 32, n0 = int64_t(blockIdx.y) * 32;
+    for (int64_t z = blockIdx.z; z < nbt; z += gridDim.z) {
+        int64_t oa, ob;
+        batch_offsets(p, z, oa, ob);
+        const T* B = static_cast<const T*>(p.b) + ob;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {                              // coalesced along n
+            const int64_t k = k0 + ty + 8 * i, n = n0 + tx;
+            tile[ty + 8 * i][tx] = k < p.K && n < p.N ? B[k * p.ldb + n] : from_float<T>(0.f);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {                              // coalesced along k
+            const int64_t n = n0 + ty + 8 * i, k = k0 + tx;
+            if (n < p.N && k < kp) bt[z * p.N * kp + n * kp + k] = tile[tx][ty + 8 * i];
+        }
+        __syncthreads();
+    }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, const T* bt, int64_t kp, int64_t bt_stride,
+                                                               bool c_pairs) {
+#if defined(PYW_HAS_WGMMA)
+    extern __shared__ unsigned char wg_smem[];
+    const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;   // swizzle atoms are 1024-byte aligned
+    const uint32_t a_smem = base, b_smem = base + kWgStages * kWgStageA;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int64_t tiles_m = (p.M + kWgBM - 1) / kWgBM, tiles_n = (p.N + kWgBN - 1) / kWgBN;
+    int64_t tm, tn;
+    mma_tile_of(blockIdx.x, tiles_m, tiles_n, tm, tn);
+    const int64_t m0 = tm * kWgBM, n0 = tn * kWgBN;
+    const int64_t ktiles = (p.K + kWgBK - 1) / kWgBK;
+
+    for (int64_t z = blockIdx.z; z < p.batch; z += gridDim.z) {
+        int64_t oa, ob;
+        batch_offsets(p, z, oa, ob);
+        const T* A = static_cast<const T*>(p.a) + oa;
+        const T* Bt = bt + (bt_stride ? z * bt_stride : 0);
+        // Chunk c = tid + 256 i of a slot: row c / 8, 16-byte chunk c % 8 of that row's 64 k values
+        // (A: 4 chunks per thread, 128 rows; Bt: 8 per thread, 256 rows).  8 consecutive threads
+        // fill one 128-byte row, i.e. 8 distinct bank groups after the swizzle.
+        auto load_tile = [&](int64_t t) {
+            const int s = int(t % kWgStages);
+            const int64_t k0 = t * kWgBK;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int c = tid + kWgThreads * i, r = c >> 3, ch = c & 7;
+                const int64_t row = m0 + r, col = k0 + ch * 8;
+                const int64_t left = row < p.M ? p.K - col : 0;
+                const int bytes = int(left <= 0 ? 0 : left < 8 ? left : 8) * int(sizeof(T));
+                cp_async16(a_smem + s * kWgStageA + swizzle128(r, ch), bytes ? A + row * p.lda + col : A, bytes);
+            }
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int c = tid + kWgThreads * i, r = c >> 3, ch = c & 7;
+                const int64_t n = n0 + r, col = k0 + ch * 8;
+                const bool inside = n < p.N && col < kp;              // kp % 8 == 0: whole chunks
+                cp_async16(b_smem + s * kWgStageB + swizzle128(r, ch), inside ? Bt + n * kp + col : Bt, inside ? 16 : 0);
+            }
+        };
+
+        float d[128];
+#pragma unroll
+        for (int i = 0; i < 128; ++i) d[i] = 0.f;
+
+#pragma unroll
+        for (int t = 0; t < kWgStages - 1; ++t) {
+            if (t < ktiles) load_tile(t);
+            cp_async_commit();
+        }
+        for (int64_t t = 0; t < ktiles; ++t) {
+            cp_async_wait<kWgStages - 2>();            // step t has landed for this thread ...
+            fence_proxy_async_shared();                // ... is visible to wgmma's (async-proxy) reads ...
+            __syncthreads();                           // ... for every thread; step t-1's wgmmas are done
+            if (t + kWgStages - 1 < ktiles) load_tile(t + kWgStages - 1);
+            cp_async_commit();
+            const int s = int(t % kWgStages);
+            const uint32_t sa = a_smem + s * kWgStageA + wg * 64 * 128;   // this warpgroup's 64 rows
+            const uint32_t sb = b_smem + s * kWgStageB;
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < kWgBK / 16; ++kk)    // 16 k = 32 bytes further along each row
+                wgmma_m64n256k16<T>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 32));
+            wgmma_commit();
+            wgmma_wait<0>();
+        }
+        cp_async_wait<0>();
+        __syncthreads();                               // the next z reuses the ring
+
+        // d[4 j + e]: row 16 warp + lane / 4 + 8 (e / 2) of this warpgroup's 64, column 8 j +
+        // 2 (lane % 4) + e % 2; the column pair leaves as one 4-byte store when C's rows allow.
+        T* C = static_cast<T*>(p.c) + z * p.M * p.N;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int64_t r = m0 + wg * 64 + warp * 16 + (lane >> 2) + half * 8;
+            if (r >= p.M) continue;
+#pragma unroll
+            for (int j = 0; j < 32; ++j) {
+                const int64_t c = n0 + j * 8 + (lane & 3) * 2;
+                const float lo = d[4 * j + 2 * half], hi = d[4 * j + 2 * half + 1];
+                if (c_pairs && c + 1 < p.N) {
+                    *reinterpret_cast<uint32_t*>(C + r * p.N + c) = pack2<T>(lo, hi);
+                } else {
+                    if (c < p.N) C[r * p.N + c] = from_float<T>(lo);
+                    if (c + 1 < p.N) C[r * p.N + c + 1] = from_float<T>(hi);
+                }
+            }
+        }
+    }
+#else
+    __trap();                                          // never launched: wgmma_available() is false
+#endif
+}
+
+}  // namespace
+
+// Hopper (compute capability 9.0) with the sm_90a code loaded, unless PYWORKLOADS_NO_WGMMA is set
+// (a switch for comparing against v4 and for ruling v5 out when something looks wrong).
+bool wgmma_available() {
+    static int cached[64] = {};                        // 0 unknown, 1 yes, 2 no
+    int dev = 0;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    if (dev < 0 || dev >= 64) return false;
+    if (!cached[dev]) {
+        int major = 0, minor = 0, compiled = 0;
+        check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "compute capability");
+        check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "compute capability");
+        const char* off = std::getenv("PYWORKLOADS_NO_WGMMA");
+        if (major == 9 && minor == 0 && !(off && *off && std::string(off) != "0"))
+            check(cudaMemcpyFromSymbol(&compiled, g_wgmma_compiled, sizeof(int)), "reading g_wgmma_compiled");
+        cached[dev] = compiled == 1 ? 1 : 2;
+    }
+    return cached[dev] == 1;
+}
+
+namespace {
+
+template <class T>
+void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
+    const int64_t kp = (p.K + 7) / 8 * 8;
+    bool broadcast_b = true;
+    for (int d = 0; d < p.batch_ndim; ++d) broadcast_b = broadcast_b && p.batch_stride_b[d] == 0;
+    const int64_t nbt = broadcast_b ? 1 : p.batch;
+    void* bt = nullptr;
+    check(cudaMallocAsync(&bt, size_t(nbt) * size_t(p.N) * size_t(kp) * sizeof(T), stream), "matmul: B^T scratch");
+    try {
+        const dim3 tgrid(grid_dim((kp + 31) / 32, INT32_MAX, "matmul K"), grid_dim((p.N + 31) / 32, 65535, "matmul N"),
+                         static_cast<unsigned>(std::min<int64_t>(nbt, 65535)));
+        matmul_transpose_b<T><<<tgrid, dim3(32, 8), 0, stream>>>(p, static_cast<T*>(bt), kp, nbt);
+        check_launch("matmul_transpose_b");
+        check(cudaFuncSetAttribute(matmul_wgmma<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
+              "matmul_wgmma shared memory opt-in");
+        const int64_t tiles = ((p.M + kWgBM - 1) / kWgBM) * ((p.N + kWgBN - 1) / kWgBN);
+        const dim3 grid(grid_dim(tiles, INT32_MAX, "matmul M x N"), 1, static_cast<unsigned>(std::min<int64_t>(p.batch, 65535)));
+        const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
+        matmul_wgmma<T><<<grid, kWgThreads, kWgSmemBytes, stream>>>(p, static_cast<const T*>(bt), kp,
+                                                                     broadcast_b ? 0 : p.N * kp, c_pairs);
+        check_launch("matmul_wgmma");
+    } catch (...) {
+        cudaFreeAsync(bt, stream);
+        throw;
+    }
+    check(cudaFreeAsync(bt, stream), "matmul: freeing the B^T scratch");   // after the kernel, in stream order
+}
+
 template <class T>
 void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
     const unsigned gz = static_cast<unsigned>(std::min<int64_t>(p.batch, 65535));
@@ -469,6 +679,10 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
         return;
     }
     if constexpr (!std::is_same_v<T, float>) {
+        if (algo == MatmulAlgo::Wgmma) {
+            if (p.a_vec && wgmma_available() && max_optin_smem() >= int(kWgSmemBytes)) return launch_wgmma<T>(p, stream);
+            algo = MatmulAlgo::Mma;                    // rows not 16-byte aligned: v4 (same results)
+        }
         if (algo == MatmulAlgo::Mma) {                 // 4 stages where the device allows 106 KiB (sm_80, sm_90)
             if (max_optin_smem() >= int(mma_smem_bytes(4))) return launch_mma<T, 4>(p, stream);
             return launch_mma<T, 3>(p, stream);
@@ -487,10 +701,13 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
 MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested) {
     if (p.dtype != DType::F32 && p.dtype != DType::F16 && p.dtype != DType::BF16)
         throw std::invalid_argument(std::string("matmul: unsupported dtype ") + dtype_name(p.dtype));
-    if (requested == MatmulAlgo::Auto) return p.dtype == DType::F32 ? MatmulAlgo::Tiled : MatmulAlgo::Mma;
-    if ((requested == MatmulAlgo::TensorCore || requested == MatmulAlgo::Mma) && p.dtype == DType::F32)
-        throw std::invalid_argument(std::string("matmul: algo='") + (requested == MatmulAlgo::Mma ? "mma" : "tensorcore") +
-                                    "' needs float16 or bfloat16 inputs, got float32");
+    // Wgmma runs v4 where v5 cannot (no sm_90a code for the device, unaligned rows): the device is
+    // only known at launch, and this function must not touch CUDA (it validates before any call).
+    if (requested == MatmulAlgo::Auto) return p.dtype == DType::F32 ? MatmulAlgo::Tiled : MatmulAlgo::Wgmma;
+    const char* name = requested == MatmulAlgo::Mma ? "mma" : requested == MatmulAlgo::Wgmma ? "wgmma" : "tensorcore";
+    if ((requested == MatmulAlgo::TensorCore || requested == MatmulAlgo::Mma || requested == MatmulAlgo::Wgmma) &&
+        p.dtype == DType::F32)
+        throw std::invalid_argument(std::string("matmul: algo='") + name + "' needs float16 or bfloat16 inputs, got float32");
     return requested;
 }
 

@@ -49,10 +49,13 @@ struct MatmulProblem {
 };
 // TensorCore: WMMA 16x16x16 fragments (the readable tensor-core version); Mma: mma.sync m16n8k16 with
 // ldmatrix and a multi-stage cp.async pipeline (the fast one).
-enum class MatmulAlgo : int { Auto = 0, Naive = 1, Tiled = 2, TensorCore = 3, Mma = 4 };
+enum class MatmulAlgo : int { Auto = 0, Naive = 1, Tiled = 2, TensorCore = 3, Mma = 4, Wgmma = 5 };
 // The algorithm Auto resolves to; throws std::invalid_argument for an impossible request.
 MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested);
 void matmul_device(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream);
+// v5 (wgmma) can run on the current device: compute capability 9.0, sm_90a code in this build, and
+// PYWORKLOADS_NO_WGMMA unset.  Calls CUDA (needs a device).
+bool wgmma_available();
 
 // ---- attention (attention.cu) ---------------------------------------------------------------
 struct AttnOperand {                   // [B, H, T, D] with unit stride along D
@@ -90,7 +93,7 @@ struct NormProblem {
     float eps = 0.f;
     bool rms = true;                   // rms_norm, else layer_norm
 };
-enum class NormAlgo : int { Auto = 0, Block = 1, Warp = 2 };
+enum class NormAlgo : int { Auto = 0, Block = 1, Warp = 2, Rows = 3 };
 void norm_device(const NormProblem& p, NormAlgo algo, cudaStream_t stream);
 
 }  // namespace pyworkloads::cuda

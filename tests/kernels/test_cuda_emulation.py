@@ -21,7 +21,8 @@ EMULATORS = sorted(p.name for p in TOOLS.glob("emulate_*.py"))
 
 
 def test_every_tensor_core_kernel_has_an_emulator():
-    assert {"emulate_matmul_mma.py", "emulate_attention_mma.py", "emulate_attention_mma_async.py"} <= set(EMULATORS)
+    assert {"emulate_matmul_mma.py", "emulate_matmul_wgmma.py", "emulate_attention_mma.py", "emulate_attention_mma_async.py",
+            "emulate_norms_rows.py"} <= set(EMULATORS)
 
 
 @pytest.mark.parametrize("script", EMULATORS)

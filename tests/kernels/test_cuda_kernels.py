@@ -194,7 +194,10 @@ def test_attention_large_logits_are_stable(rng, algo, dtype):
 # --------------------------------------------------------------------------------------------
 # norms
 # --------------------------------------------------------------------------------------------
-NORM_SHAPES = [(1, 1), (3, 7), (5, 64), (2, 3, 100), (4, 4096), (2, 5000), (0, 8), (3, 0)]
+# (9, 200) .. (2, 8200): v3 'rows' warp rows with 2/4/8 packs per lane and a partly filled last
+# 8-row block, block rows of 64..256 threads, and the v2 fallback past 2048 packs (fp32 8200).
+NORM_SHAPES = [(1, 1), (3, 7), (5, 64), (2, 3, 100), (4, 4096), (2, 5000), (0, 8), (3, 0),
+               (9, 200), (9, 480), (9, 1000), (9, 2048), (2, 8200)]
 
 
 @pytest.mark.parametrize("algo", ["block", "warp", "rows"])
@@ -391,3 +394,74 @@ def test_attention_mma_async_unaligned_rows_and_output():
     out = torch.empty(B * H * T * D + 1, device="cuda", dtype=torch.float16)[1:].view(B, H, T, D)
     _cuda.attention(q.contiguous(), k.contiguous(), v, causal=True, algo="mma_async", out=out)
     assert torch.allclose(out.double(), _sdpa_ref(torch, q, k, v, True), atol=4e-3, rtol=1e-2)
+
+
+# --------------------------------------------------------------------------------------------
+# matmul v5 wgmma (Hopper, sm_90a builds)
+# --------------------------------------------------------------------------------------------
+# What v5 adds: the B -> B^T pre-pass (one copy when B is broadcast, one per batch otherwise, K
+# padded to 8), 128-byte-swizzled cp.async tiles read through wgmma descriptors, K steps of 64
+# with a 4-slot ring, the m64n256 accumulator layout in the epilogue, and the v4 fallback for
+# rows that are not 16-byte aligned.
+def wgmma_or_skip(a, b, **kw):
+    try:
+        return _cuda.matmul(a, b, algo="wgmma", **kw)
+    except ValueError as exc:
+        if "Hopper" in str(exc):
+            pytest.skip(f"v5 does not run here: {exc}")
+        raise
+
+
+WGMMA_SHAPES = [
+    ((1, 8), (8, 1)),                        # one element, one chunk
+    ((130, 72), (72, 260)),                  # ragged M and N tiles, two K steps (64 + 8)
+    ((64, 200), (200, 40)),                  # 4 K steps: the ring fills, partial last step
+    ((257, 1000), (1000, 513)),              # 16 K steps: the ring wraps 4 times, 3x3 tiles
+    ((2, 3, 33, 16), (16, 24)),              # batch, B broadcast: one transposed copy
+    ((3, 20, 24), (3, 24, 300)),             # batched B: one transposed copy per batch
+    ((4, 1, 8, 24), (1, 3, 24, 40)),         # broadcast on both sides
+    ((128, 4096), (4096, 256)),              # one block, a long K: FP32 accumulation
+]
+
+
+@pytest.mark.parametrize("sa, sb", WGMMA_SHAPES)
+def test_matmul_wgmma_float16(rng, sa, sb):
+    a, b = rand(rng, *sa, dtype=np.float16), rand(rng, *sb, dtype=np.float16)
+    got = wgmma_or_skip(a, b)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    assert got.dtype == np.float16
+    assert_close(got, want, atol=1e-3 * np.sqrt(sa[-1]), rtol=2e-3)   # as test_matmul_float16
+
+
+@pytest.mark.parametrize("K", [1, 7, 17, 63])
+def test_matmul_wgmma_unaligned_rows_fall_back(rng, K):
+    # K % 8 != 0: A's rows are not 16-byte aligned, so v4 runs; same results
+    a, b = rand(rng, 40, K, dtype=np.float16), rand(rng, K, 70, dtype=np.float16)
+    got = wgmma_or_skip(a, b)
+    assert_close(got, a.astype(np.float64) @ b.astype(np.float64), atol=1e-3 * np.sqrt(K), rtol=2e-3)
+
+
+def test_matmul_wgmma_transposed_weight_and_auto(rng):
+    # x @ W.T as the models call it (B a transposed view), and auto picking v5 on Hopper
+    x, w = rand(rng, 96, 320, dtype=np.float16), rand(rng, 200, 320, dtype=np.float16)
+    got = wgmma_or_skip(x, w.T)
+    assert_close(got, x.astype(np.float64) @ w.T.astype(np.float64), atol=1e-3 * np.sqrt(320), rtol=2e-3)
+    np.testing.assert_array_equal(_cuda.matmul(x, w.T), got)     # auto = v5 here (same kernel, same bits)
+
+
+def test_matmul_wgmma_bfloat16_device_arrays():
+    torch = torch_cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(2, 300, 256, device="cuda", dtype=torch.bfloat16, generator=g)
+    b = torch.randn(256, 520, device="cuda", dtype=torch.bfloat16, generator=g)
+    try:
+        c = torch.from_dlpack(_cuda.matmul(a, b, algo="wgmma"))
+    except ValueError as exc:
+        if "Hopper" in str(exc):
+            pytest.skip(f"v5 does not run here: {exc}")
+        raise
+    want = a.double() @ b.double()
+    assert torch.allclose(c.double(), want, atol=0.15, rtol=1e-2)
+    out = torch.empty(2, 300, 520, device="cuda", dtype=torch.bfloat16)
+    _cuda.matmul(a, b, algo="wgmma", out=out)
+    assert torch.equal(out, c)

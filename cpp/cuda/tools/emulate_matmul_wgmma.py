@@ -1,0 +1,232 @@
+"""A NumPy transcription of matmul_wgmma (matmul.cu, v5) and its B-transpose pre-pass, at the level
+of shared-memory bytes, wgmma descriptors and accumulator fragments, run against np.matmul in float64.
+
+What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh):
+  * matmul_transpose_b: bt[z][n][k] = B[z][k][n] with zero padding to kp = K rounded up to 8, over
+    the distinct B matrices (one when B is broadcast over the batch);
+  * the block rasterisation (v4's mma_tile_of) and the cp.async ring: slot t % 4, loads issued
+    three steps ahead, chunk -> (row, 16-byte chunk) of the loader, zero-fill past M, N and K;
+  * the 128-byte swizzle of the stores (swizzle128) against the way the hardware reads a K-major,
+    128B-swizzled operand through a descriptor (start address + 32 bytes per 16-wide k slice,
+    SBO = 1024 between 8-row groups, the XOR of address bits 4-6 with bits 7-9): every element a
+    wgmma reads must be the A / B^T element the math wants;
+  * the accumulator layout d[4 j + e] -> (row, column) of the epilogue, each C element written once;
+  * that the ring's slots and the atoms are 1024-byte aligned, and that the 8 threads filling a row
+    hit 8 distinct bank groups.
+It cannot check the hardware's own reading of a descriptor -- that is the model, taken from the PTX
+ISA and the LBO 16 / SBO 1024 / 128B-swizzle convention of the TMA-based Hopper kernels.
+Usage: python cpp/cuda/tools/emulate_matmul_wgmma.py
+"""
+import numpy as np
+
+BM, BN, BK, THREADS, STAGES = 128, 256, 64, 256, 4
+STAGE_A, STAGE_B = BM * BK * 2, BN * BK * 2        # bytes
+GROUP_M = 8
+ES = 2                                             # bytes per element
+
+
+def tile_of(i, tiles_m, tiles_n):                  # v4's mma_tile_of, shared by v5
+    per_group = GROUP_M * tiles_n
+    first_m = (i // per_group) * GROUP_M
+    rows = min(tiles_m - first_m, GROUP_M)
+    return first_m + (i % per_group) % rows, (i % per_group) // rows
+
+
+def swizzle128(row, chunk):
+    return row * 128 + ((chunk ^ (row & 7)) << 4)
+
+
+def hw_address(start, m, k):
+    """The byte the hardware reads for element (m, k) of a K-major SW128 operand (m < 64 or 256,
+    k < 16) whose descriptor starts at `start` (LBO unused, SBO 1024)."""
+    addr = start + (m // 8) * 1024 + (m % 8) * 128 + k * ES
+    return addr ^ (((addr >> 7) & 7) << 4)
+
+
+class Smem:
+    """Shared memory as float64 values per 2-byte element address (NaN = never written)."""
+
+    def __init__(self, nbytes):
+        self.v = np.full(nbytes // ES, np.nan)
+
+    def cp_async16(self, dst, values, nbytes):
+        assert dst % 16 == 0, "cp.async destination not 16-byte aligned"
+        chunk = np.zeros(8)
+        n = nbytes // ES
+        chunk[:n] = values[:n]
+        self.v[dst // ES: dst // ES + 8] = chunk
+
+    def read(self, addr):
+        return self.v[addr // ES]
+
+
+def transpose_b(B, K, N, kp):
+    """matmul_transpose_b for one B matrix [K, N] -> [N, kp] (32x32 tiles, 32x8 threads)."""
+    bt = np.full((N, kp), np.nan)
+    for bx in range((kp + 31) // 32):
+        for by in range((N + 31) // 32):
+            k0, n0 = bx * 32, by * 32
+            tile = np.full((32, 34), np.nan)
+            for ty in range(8):
+                for tx in range(32):
+                    for i in range(4):
+                        k, n = k0 + ty + 8 * i, n0 + tx
+                        tile[ty + 8 * i, tx] = B[k, n] if k < K and n < N else 0.0
+            for ty in range(8):
+                for tx in range(32):
+                    for i in range(4):
+                        n, k = n0 + ty + 8 * i, k0 + tx
+                        if n < N and k < kp:
+                            bt[n, k] = tile[tx, ty + 8 * i]
+    assert not np.isnan(bt).any(), "bt has unwritten elements"
+    return bt
+
+
+def block(A, bt, M, N, K, kp, m0, n0, C, written, stats):
+    ktiles = (K + BK - 1) // BK
+    sm = Smem(1024 + STAGES * (STAGE_A + STAGE_B))
+    base = 1024                                         # any 1024-aligned base: the rule is relative
+    a_smem, b_smem = base, base + STAGES * STAGE_A
+    assert a_smem % 1024 == 0 and b_smem % 1024 == 0 and STAGE_A % 1024 == 0 and STAGE_B % 1024 == 0
+
+    def load_tile(t):
+        s, k0 = t % STAGES, t * BK
+        for tid in range(THREADS):
+            for i in range(4):
+                c = tid + THREADS * i
+                r, ch = c >> 3, c & 7
+                row, col = m0 + r, k0 + ch * 8
+                left = K - col if row < M else 0
+                nbytes = max(0, min(left, 8)) * ES
+                vals = A[row, col:col + 8] if nbytes else np.zeros(8)
+                sm.cp_async16(a_smem + s * STAGE_A + swizzle128(r, ch), vals, nbytes)
+            for i in range(8):
+                c = tid + THREADS * i
+                r, ch = c >> 3, c & 7
+                n, col = n0 + r, k0 + ch * 8
+                inside = n < N and col < kp
+                sm.cp_async16(b_smem + s * STAGE_B + swizzle128(r, ch), bt[n, col:col + 8] if inside else np.zeros(8),
+                              16 if inside else 0)
+        # bank groups of the 8 threads that fill one row (tid 8q .. 8q+7, first chunk each)
+        for q in range(0, THREADS, 8):
+            groups = {(swizzle128((q + j) >> 3, (q + j) & 7) >> 4) & 7 for j in range(8)}
+            stats["store_phases"] += 1
+            stats["store_conflicts"] += len(groups) != 8
+
+    d = np.zeros((2, 4, 32, 128))                       # [warpgroup, warp, lane, accumulator]
+    pending = []
+    for t in range(STAGES - 1):                         # prologue
+        if t < ktiles:
+            load_tile(t)
+        pending.append(t)
+    for t in range(ktiles):
+        # cp_async_wait<STAGES-2> + barrier: step t has landed (the replay loads eagerly; check the
+        # slot still holds step t, i.e. no later load overwrote it before its wgmmas ran)
+        if t + STAGES - 1 < ktiles:
+            load_tile_after = t + STAGES - 1
+        else:
+            load_tile_after = None
+        assert (t + STAGES - 1) % STAGES != t % STAGES, "a load would overwrite the slot being read"
+        s = t % STAGES
+        k0 = t * BK
+        for wg in range(2):
+            sa = a_smem + s * STAGE_A + wg * 64 * 128
+            sb = b_smem + s * STAGE_B
+            for kk in range(BK // 16):
+                # the operands as the hardware reads them through the descriptors
+                a_op = np.array([[sm.read(hw_address(sa + kk * 32, m, k)) for k in range(16)] for m in range(64)])
+                b_op = np.array([[sm.read(hw_address(sb + kk * 32, n, k)) for k in range(16)] for n in range(256)])
+                assert not np.isnan(a_op).any() and not np.isnan(b_op).any(), "wgmma read unwritten shared memory"
+                # ... are the elements the math wants (zero past the edges)
+                want_a = np.zeros((64, 16))
+                for m in range(64):
+                    row = m0 + wg * 64 + m
+                    for k in range(16):
+                        col = k0 + kk * 16 + k
+                        if row < M and col < K:
+                            want_a[m, k] = A[row, col]
+                want_b = np.zeros((256, 16))
+                for n in range(256):
+                    for k in range(16):
+                        col = k0 + kk * 16 + k
+                        if n0 + n < N and col < kp:
+                            want_b[n, k] = bt[n0 + n, col]
+                assert np.array_equal(a_op, want_a), f"A operand mismatch (t={t}, wg={wg}, kk={kk})"
+                assert np.array_equal(b_op, want_b), f"B operand mismatch (t={t}, wg={wg}, kk={kk})"
+                prod = a_op @ b_op.T                    # [64, 256]
+                # accumulator d[4j+e] of (warp w, lane l): row 16w + l/4 + 8(e/2), col 8j + 2(l%4) + e%2
+                for w in range(4):
+                    for lane in range(32):
+                        for i in range(128):
+                            j, e = i // 4, i % 4
+                            d[wg, w, lane, i] += prod[16 * w + lane // 4 + 8 * (e // 2), 8 * j + 2 * (lane % 4) + e % 2]
+        if load_tile_after is not None:
+            load_tile(load_tile_after)                  # (issued before the wgmmas in the kernel, into slot t-1)
+    # epilogue
+    for wg in range(2):
+        for w in range(4):
+            for lane in range(32):
+                for half in range(2):
+                    r = m0 + wg * 64 + w * 16 + (lane >> 2) + half * 8
+                    if r >= M:
+                        continue
+                    for j in range(32):
+                        c = n0 + j * 8 + (lane & 3) * 2
+                        lo, hi = d[wg, w, lane, 4 * j + 2 * half], d[wg, w, lane, 4 * j + 2 * half + 1]
+                        if c < N:
+                            C[r, c] = lo
+                            written[r, c] += 1
+                        if c + 1 < N:
+                            C[r, c + 1] = hi
+                            written[r, c + 1] += 1
+
+
+def matmul(A, B, stats):
+    """A [batch, M, K] (or [M, K]), B [K, N] broadcast or [batch, K, N]."""
+    A3 = A if A.ndim == 3 else A[None]
+    B3 = B if B.ndim == 3 else B[None]
+    batch, M, K = A3.shape
+    N = B3.shape[-1]
+    kp = (K + 7) // 8 * 8
+    bts = [transpose_b(Bz, K, N, kp) for Bz in B3]     # nbt = 1 when B is broadcast
+    tiles_m, tiles_n = (M + BM - 1) // BM, (N + BN - 1) // BN
+    seen = sorted(tile_of(i, tiles_m, tiles_n) for i in range(tiles_m * tiles_n))
+    assert seen == [(a, b) for a in range(tiles_m) for b in range(tiles_n)], "rasterisation is not a bijection"
+    out = np.full((batch, M, N), np.nan)
+    for z in range(batch):
+        bt = bts[z if len(bts) > 1 else 0]
+        written = np.zeros((M, N), int)
+        for i in range(tiles_m * tiles_n):
+            tm, tn = tile_of(i, tiles_m, tiles_n)
+            block(A3[z], bt, M, N, K, kp, tm * BM, tn * BN, out[z], written, stats)
+        assert (written == 1).all(), "an element of C was written zero or several times"
+    return out if A.ndim == 3 else out[0]
+
+
+def main():
+    rng = np.random.default_rng(0)
+    stats = {"store_phases": 0, "store_conflicts": 0}
+    worst = 0.0
+    cases = [                                          # (batch or None, M, K, N, B batched?)
+        (None, 1, 1, 1, False),                        # the smallest: one zero-filled chunk each
+        (None, 130, 72, 260, False),                   # ragged M and N tiles, K past one 64-step
+        (None, 64, 200, 40, False),                    # K = 200: 4 steps, the ring wraps, partial chunk
+        (2, 33, 17, 9, False),                         # batch with B broadcast, K not a multiple of 8
+        (2, 20, 24, 300, True),                        # batched B: one transposed copy per batch
+    ]
+    for (batch, M, K, N, b_batched) in cases:
+        A = rng.standard_normal((batch, M, K) if batch else (M, K))
+        B = rng.standard_normal((batch, K, N) if b_batched else (K, N))
+        got = matmul(A, B, stats)
+        want = np.matmul(A, B)
+        err = float(np.abs(got - want).max())
+        worst = max(worst, err)
+        print(f"batch={batch} M={M} K={K} N={N} B batched={b_batched}: max abs err {err:.1e}")
+        assert err < 1e-12, "mismatch against np.matmul"
+    print(f"cp.async row phases: {stats['store_phases']}, with a bank conflict: {stats['store_conflicts']}")
+    assert stats["store_conflicts"] == 0
+    print(f"all cases match np.matmul, worst error (max abs) {worst:.1e}")
+
+
+if __name__ == "__main__":
+    main()
