@@ -9,6 +9,8 @@
 #   resources     registers / spills / shared memory per kernel: cuobjdump on the    ~3 s     120 s
 #                 .so via cpp/cuda/tools/resource_usage.py (no cuobjdump: nvcc -Xptxas -v, ~25 s)
 #   device        _cuda.device_status(): the extension sees the GPU                    ~2 s    60 s
+#   wgmma         matmul v5 alone vs float64 (and 4096^3 bf16 vs v4); on failure the   ~10 s    60 s
+#                 later steps run with PYWORKLOADS_NO_WGMMA=1
 #   smoke         benchmarks/cuda_smoke.py: every algo x small odd shapes vs reference ~10 s    120 s
 #   host-tests    tests/kernels/test_cuda_{host,build,review}.py                      ~10 s    120 s
 #   cuda-tests    tests/kernels/test_cuda_kernels.py (every algo, device arrays)      ~60 s    240 s
@@ -26,7 +28,7 @@
 #
 # Logs go to build/gpu-logs/.  With $OUT set (the device tool brings back at most 8 files), after
 # EVERY step $OUT is refreshed with: summary.txt, logs.tar.gz (all logs), the benchmark JSON,
-# bench.log, smoke.log, pytest-cuda.log, memcheck.log, resource_usage.log -- so a run killed at
+# bench.log, smoke.log, pytest-cuda.log, memcheck.log, wgmma.log -- so a run killed at
 # the tool's limit still returns everything done so far.
 # The interpreter is $PYTHON, else python3 (on the GPU image the one with PyTorch+CUDA); CMake is
 # pointed at it, so the extension is built for that Python.
@@ -75,7 +77,7 @@ publish() {
     summary > "$LOGDIR/summary.txt"
     tar -czf "$OUTDIR/logs.tar.gz" -C "$LOGDIR" . 2>/dev/null
     local f
-    for f in summary.txt bench.log smoke.log pytest-cuda.log memcheck.log resource_usage.log; do
+    for f in summary.txt bench.log smoke.log pytest-cuda.log memcheck.log wgmma.log; do
         [ -f "$LOGDIR/$f" ] && head -c 8000000 "$LOGDIR/$f" > "$OUTDIR/$f"
     done
     f="$(find "$LOGDIR" -maxdepth 1 -name '*.json' ! -name resource_usage.json -newer "$LOGDIR/machine.log" 2>/dev/null | head -1)"
@@ -136,6 +138,8 @@ say "machine"
 timeout 20 nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && HAVE_GPU=1
 CAP="$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')"
 ARCH="${CUDA_ARCH:-${CAP:-90}}"
+# Hopper builds as sm_90a (the arch-specific target with wgmma, which matmul v5 needs)
+[ "$ARCH" = 90 ] && [ -z "${CUDA_ARCH:-}" ] && ARCH=90a
 record machine "$([ "$HAVE_GPU" = 1 ] && echo "GPU found, arch $ARCH" || echo "no GPU (device steps will be skipped)")"
 
 # ---- build ------------------------------------------------------------------------------------
@@ -206,6 +210,38 @@ PYTEST=("$PY" -m pytest -rs -p no:cacheprovider --tb=short)
 # a test stuck in a hung kernel ends the step after 60 s with its name and stacks (pytest-timeout,
 # where installed; "thread": a signal cannot interrupt a blocking CUDA call) instead of eating the cap
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 60 --timeout-method thread)
+# matmul v5 (wgmma) first, in its own process: if it is wrong or faults, the rest of the run goes on
+# with PYWORKLOADS_NO_WGMMA=1 (auto = v4), so one broken kernel cannot take every later step down.
+if needs_gpu wgmma; then
+    run_step wgmma 60 wgmma.log "$PY" - <<'PY'
+import time, numpy as np
+from pyworkloads import _cuda
+rng = np.random.default_rng(0)
+try:
+    _cuda.matmul(np.ones((8, 8), np.float16), np.ones((8, 8), np.float16), algo="wgmma")
+except ValueError as exc:
+    print(f"v5 not available here: {exc}"); raise SystemExit(0)
+for (M, K, N) in [(1, 8, 1), (130, 72, 260), (257, 1000, 513), (128, 4096, 256)]:
+    a, b = rng.standard_normal((M, K)).astype(np.float16), rng.standard_normal((K, N)).astype(np.float16)
+    got = _cuda.matmul(a, b, algo="wgmma").astype(np.float64)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    err = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
+    print(f"wgmma fp16 {M}x{K}x{N}: max err / max |C| = {err:.1e}", flush=True)
+    assert err < 4e-3, "v5 is wrong"
+import torch
+a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16); b = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+ref = (a.float() @ b.float())
+for algo in ("wgmma", "mma"):
+    c = torch.from_dlpack(_cuda.matmul(a, b, algo=algo)).float()
+    err = float((c - ref).abs().max() / ref.abs().max())
+    torch.cuda.synchronize(); t0 = time.perf_counter()
+    for _ in range(10): _cuda.matmul(a, b, algo=algo)
+    torch.cuda.synchronize(); dt = (time.perf_counter() - t0) / 10
+    print(f"{algo} bf16 4096^3: {2 * 4096**3 / dt / 1e12:.0f} TFLOP/s, max err / max |C| = {err:.1e}", flush=True)
+    assert err < 1e-2, f"{algo} is wrong at 4096^3"
+PY
+    [[ "${STEP_STATUS[-1]:-}" == PASS* ]] || { export PYWORKLOADS_NO_WGMMA=1; echo "(v5 failed: the remaining steps run with PYWORKLOADS_NO_WGMMA=1)"; }
+fi
 needs_gpu smoke && run_step smoke 120 smoke.log "$PY" benchmarks/cuda_smoke.py
 host_tests=(tests/kernels/test_cuda_host.py tests/kernels/test_cuda_build.py)
 [ -f tests/kernels/test_cuda_review.py ] && host_tests+=(tests/kernels/test_cuda_review.py)
