@@ -640,7 +640,8 @@ void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
     for (int d = 0; d < p.batch_ndim; ++d) broadcast_b = broadcast_b && p.batch_stride_b[d] == 0;
     const int64_t nbt = broadcast_b ? 1 : p.batch;
     void* bt = nullptr;
-    check(cudaMallocAsync(&bt, size_t(nbt) * size_t(p.N) * size_t(kp) * sizeof(T), stream), "matmul: B^T scratch");
+    const size_t bt_bytes = size_t(nbt) * size_t(p.N) * size_t(kp) * sizeof(T);   // 0 when K == 0: no scratch
+    if (bt_bytes) check(cudaMallocAsync(&bt, bt_bytes, stream), "matmul: B^T scratch");
     try {
         const dim3 tgrid(grid_dim((kp + 31) / 32, INT32_MAX, "matmul K"), grid_dim((p.N + 31) / 32, 65535, "matmul N"),
                          static_cast<unsigned>(std::min<int64_t>(nbt, 65535)));
@@ -655,10 +656,10 @@ void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
                                                                      broadcast_b ? 0 : p.N * kp, c_pairs);
         check_launch("matmul_wgmma");
     } catch (...) {
-        cudaFreeAsync(bt, stream);
+        if (bt) cudaFreeAsync(bt, stream);
         throw;
     }
-    check(cudaFreeAsync(bt, stream), "matmul: freeing the B^T scratch");   // after the kernel, in stream order
+    if (bt) check(cudaFreeAsync(bt, stream), "matmul: freeing the B^T scratch");   // after the kernel, in stream order
 }
 
 template <class T>

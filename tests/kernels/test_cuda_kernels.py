@@ -414,6 +414,7 @@ def wgmma_or_skip(a, b, **kw):
 
 WGMMA_SHAPES = [
     ((1, 8), (8, 1)),                        # one element, one chunk
+    ((4, 0), (0, 3)), ((0, 8), (8, 5)),      # K = 0 (no B^T scratch: C = 0), M = 0
     ((130, 72), (72, 260)),                  # ragged M and N tiles, two K steps (64 + 8)
     ((64, 200), (200, 40)),                  # 4 K steps: the ring fills, partial last step
     ((257, 1000), (1000, 513)),              # 16 K steps: the ring wraps 4 times, 3x3 tiles
