@@ -231,14 +231,21 @@ for (M, K, N) in [(1, 8, 1), (130, 72, 260), (257, 1000, 513), (128, 4096, 256)]
 import torch
 a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16); b = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
 ref = (a.float() @ b.float())
-for algo in ("wgmma", "mma"):
+def run(algo):
     c = torch.from_dlpack(_cuda.matmul(a, b, algo=algo)).float()
     err = float((c - ref).abs().max() / ref.abs().max())
     torch.cuda.synchronize(); t0 = time.perf_counter()
     for _ in range(10): _cuda.matmul(a, b, algo=algo)
     torch.cuda.synchronize(); dt = (time.perf_counter() - t0) / 10
-    print(f"{algo} bf16 4096^3: {2 * 4096**3 / dt / 1e12:.0f} TFLOP/s, max err / max |C| = {err:.1e}", flush=True)
-    assert err < 1e-2, f"{algo} is wrong at 4096^3"
+    print(f"{algo} bf16 4096^3: {2 * 4096**3 / dt / 1e12:.0f} TFLOP/s, max err / max |C| = {err:.1e}"
+          + ("" if err < 1e-2 else "  WRONG"), flush=True)
+    return err
+for algo in ("wgmma", "mma"):
+    assert run(algo) < 1e-2, f"{algo} is wrong at 4096^3"
+try:                                                   # new, not yet verified: reported, never fatal here
+    run("wgmma_overlap")
+except Exception as exc:
+    print(f"wgmma_overlap failed: {type(exc).__name__}: {exc}", flush=True)
 PY
     [[ "${STEP_STATUS[-1]:-}" == PASS* ]] || { export PYWORKLOADS_NO_WGMMA=1; echo "(v5 failed: the remaining steps run with PYWORKLOADS_NO_WGMMA=1)"; }
 fi

@@ -48,6 +48,9 @@
 //                4096^3).  Rows that are not 16-byte aligned, and GPUs or builds without sm_90a,
 //                run v4 (same results).  cpp/cuda/tools/emulate_matmul_wgmma.py replays the
 //                swizzled stores against the descriptor's addressing and the fragment layout.
+//                algo="wgmma_overlap" keeps one K step's wgmma batch in flight across the next
+//                barrier (loads 2 steps ahead instead of 3); not yet run on a GPU, so auto does not
+//                pick it.
 #include <mma.h>
 
 #include <algorithm>
@@ -515,9 +518,15 @@ __global__ void matmul_transpose_b(MatmulProblem p, T* bt, int64_t kp, int64_t n
     }
 }
 
-template <class T>
+// kInFlight 0: each K step's wgmma batch is waited for before the next barrier (verified on an H200).
+// kInFlight 1 (algo="wgmma_overlap", NOT yet run on a GPU): the batch of step t stays in flight
+// while step t+1 is waited for and issued, so the tensor cores are not idle across the barrier; the
+// loads then run 2 steps ahead instead of 3, because slot (t-1) % 4 may still be read by batch t-1.
+template <class T, int kInFlight>
 __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, const T* bt, int64_t kp, int64_t bt_stride,
                                                                bool c_pairs) {
+    static_assert(kInFlight == 0 || kInFlight == 1, "one batch in flight at most");
+    constexpr int kAhead = kWgStages - 1 - kInFlight;   // steps loaded ahead of the one being multiplied
 #if defined(PYW_HAS_WGMMA)
     extern __shared__ unsigned char wg_smem[];
     const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;   // swizzle atoms are 1024-byte aligned
@@ -562,15 +571,15 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
         for (int i = 0; i < 128; ++i) d[i] = 0.f;
 
 #pragma unroll
-        for (int t = 0; t < kWgStages - 1; ++t) {
+        for (int t = 0; t < kAhead; ++t) {            // one commit group per step, possibly empty
             if (t < ktiles) load_tile(t);
             cp_async_commit();
         }
         for (int64_t t = 0; t < ktiles; ++t) {
-            cp_async_wait<kWgStages - 2>();            // step t has landed for this thread ...
+            cp_async_wait<kAhead - 1>();               // step t has landed for this thread ...
             fence_proxy_async_shared();                // ... is visible to wgmma's (async-proxy) reads ...
-            __syncthreads();                           // ... for every thread; step t-1's wgmmas are done
-            if (t + kWgStages - 1 < ktiles) load_tile(t + kWgStages - 1);
+            __syncthreads();                           // ... for every thread; batch t-1-kInFlight is done
+            if (t + kAhead < ktiles) load_tile(t + kAhead);   // into the slot batch t-1-kInFlight read
             cp_async_commit();
             const int s = int(t % kWgStages);
             const uint32_t sa = a_smem + s * kWgStageA + wg * 64 * 128;   // this warpgroup's 64 rows
@@ -580,8 +589,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
             for (int kk = 0; kk < kWgBK / 16; ++kk)    // 16 k = 32 bytes further along each row
                 wgmma_m64n256k16<T>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 32));
             wgmma_commit();
-            wgmma_wait<0>();
+            wgmma_wait<kInFlight>();
         }
+        wgmma_wait<0>();                               // the accumulators are final
         cp_async_wait<0>();
         __syncthreads();                               // the next z reuses the ring
 
@@ -633,7 +643,7 @@ bool wgmma_available() {
 
 namespace {
 
-template <class T>
+template <class T, int kInFlight>
 void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
     const int64_t kp = (p.K + 7) / 8 * 8;
     bool broadcast_b = true;
@@ -647,12 +657,12 @@ void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
                          static_cast<unsigned>(std::min<int64_t>(nbt, 65535)));
         matmul_transpose_b<T><<<tgrid, dim3(32, 8), 0, stream>>>(p, static_cast<T*>(bt), kp, nbt);
         check_launch("matmul_transpose_b");
-        check(cudaFuncSetAttribute(matmul_wgmma<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
+        check(cudaFuncSetAttribute(matmul_wgmma<T, kInFlight>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
               "matmul_wgmma shared memory opt-in");
         const int64_t tiles = ((p.M + kWgBM - 1) / kWgBM) * ((p.N + kWgBN - 1) / kWgBN);
         const dim3 grid(grid_dim(tiles, INT32_MAX, "matmul M x N"), 1, static_cast<unsigned>(std::min<int64_t>(p.batch, 65535)));
         const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
-        matmul_wgmma<T><<<grid, kWgThreads, kWgSmemBytes, stream>>>(p, static_cast<const T*>(bt), kp,
+        matmul_wgmma<T, kInFlight><<<grid, kWgThreads, kWgSmemBytes, stream>>>(p, static_cast<const T*>(bt), kp,
                                                                      broadcast_b ? 0 : p.N * kp, c_pairs);
         check_launch("matmul_wgmma");
     } catch (...) {
@@ -680,8 +690,9 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
         return;
     }
     if constexpr (!std::is_same_v<T, float>) {
-        if (algo == MatmulAlgo::Wgmma) {
-            if (p.a_vec && wgmma_available() && max_optin_smem() >= int(kWgSmemBytes)) return launch_wgmma<T>(p, stream);
+        if (algo == MatmulAlgo::Wgmma || algo == MatmulAlgo::WgmmaOverlap) {
+            if (p.a_vec && wgmma_available() && max_optin_smem() >= int(kWgSmemBytes))
+                return algo == MatmulAlgo::Wgmma ? launch_wgmma<T, 0>(p, stream) : launch_wgmma<T, 1>(p, stream);
             algo = MatmulAlgo::Mma;                    // rows not 16-byte aligned: v4 (same results)
         }
         if (algo == MatmulAlgo::Mma) {                 // 4 stages where the device allows 106 KiB (sm_80, sm_90)
@@ -705,8 +716,12 @@ MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested) {
     // Wgmma runs v4 where v5 cannot (no sm_90a code for the device, unaligned rows): the device is
     // only known at launch, and this function must not touch CUDA (it validates before any call).
     if (requested == MatmulAlgo::Auto) return p.dtype == DType::F32 ? MatmulAlgo::Tiled : MatmulAlgo::Wgmma;
-    const char* name = requested == MatmulAlgo::Mma ? "mma" : requested == MatmulAlgo::Wgmma ? "wgmma" : "tensorcore";
-    if ((requested == MatmulAlgo::TensorCore || requested == MatmulAlgo::Mma || requested == MatmulAlgo::Wgmma) &&
+    const char* name = requested == MatmulAlgo::Mma            ? "mma"
+                       : requested == MatmulAlgo::Wgmma        ? "wgmma"
+                       : requested == MatmulAlgo::WgmmaOverlap ? "wgmma_overlap"
+                                                               : "tensorcore";
+    if ((requested == MatmulAlgo::TensorCore || requested == MatmulAlgo::Mma || requested == MatmulAlgo::Wgmma ||
+         requested == MatmulAlgo::WgmmaOverlap) &&
         p.dtype == DType::F32)
         throw std::invalid_argument(std::string("matmul: algo='") + name + "' needs float16 or bfloat16 inputs, got float32");
     return requested;

@@ -403,9 +403,9 @@ def test_attention_mma_async_unaligned_rows_and_output():
 # padded to 8), 128-byte-swizzled cp.async tiles read through wgmma descriptors, K steps of 64
 # with a 4-slot ring, the m64n256 accumulator layout in the epilogue, and the v4 fallback for
 # rows that are not 16-byte aligned.
-def wgmma_or_skip(a, b, **kw):
+def wgmma_or_skip(a, b, algo="wgmma", **kw):
     try:
-        return _cuda.matmul(a, b, algo="wgmma", **kw)
+        return _cuda.matmul(a, b, algo=algo, **kw)
     except ValueError as exc:
         if "Hopper" in str(exc):
             pytest.skip(f"v5 does not run here: {exc}")
@@ -422,13 +422,16 @@ WGMMA_SHAPES = [
     ((3, 20, 24), (3, 24, 300)),             # batched B: one transposed copy per batch
     ((4, 1, 8, 24), (1, 3, 24, 40)),         # broadcast on both sides
     ((128, 4096), (4096, 256)),              # one block, a long K: FP32 accumulation
+    ((40, 520), (520, 24)),                  # 9 K steps: the ring wraps twice
 ]
 
 
+# wgmma_overlap (one batch in flight, loads 2 steps ahead) had not run on a GPU when written
+@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap"])
 @pytest.mark.parametrize("sa, sb", WGMMA_SHAPES)
-def test_matmul_wgmma_float16(rng, sa, sb):
+def test_matmul_wgmma_float16(rng, sa, sb, algo):
     a, b = rand(rng, *sa, dtype=np.float16), rand(rng, *sb, dtype=np.float16)
-    got = wgmma_or_skip(a, b)
+    got = wgmma_or_skip(a, b, algo)
     want = a.astype(np.float64) @ b.astype(np.float64)
     assert got.dtype == np.float16
     assert_close(got, want, atol=1e-3 * np.sqrt(sa[-1]), rtol=2e-3)   # as test_matmul_float16
@@ -450,13 +453,14 @@ def test_matmul_wgmma_transposed_weight_and_auto(rng):
     np.testing.assert_array_equal(_cuda.matmul(x, w.T), got)     # auto = v5 here (same kernel, same bits)
 
 
-def test_matmul_wgmma_bfloat16_device_arrays():
+@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap"])
+def test_matmul_wgmma_bfloat16_device_arrays(algo):
     torch = torch_cuda()
     g = torch.Generator(device="cuda").manual_seed(0)
     a = torch.randn(2, 300, 256, device="cuda", dtype=torch.bfloat16, generator=g)
     b = torch.randn(256, 520, device="cuda", dtype=torch.bfloat16, generator=g)
     try:
-        c = torch.from_dlpack(_cuda.matmul(a, b, algo="wgmma"))
+        c = torch.from_dlpack(_cuda.matmul(a, b, algo=algo))
     except ValueError as exc:
         if "Hopper" in str(exc):
             pytest.skip(f"v5 does not run here: {exc}")
@@ -464,5 +468,5 @@ def test_matmul_wgmma_bfloat16_device_arrays():
     want = a.double() @ b.double()
     assert torch.allclose(c.double(), want, atol=0.15, rtol=1e-2)
     out = torch.empty(2, 300, 520, device="cuda", dtype=torch.bfloat16)
-    _cuda.matmul(a, b, algo="wgmma", out=out)
+    _cuda.matmul(a, b, algo=algo, out=out)
     assert torch.equal(out, c)

@@ -5,7 +5,9 @@ What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh)
   * matmul_transpose_b: bt[z][n][k] = B[z][k][n] with zero padding to kp = K rounded up to 8, over
     the distinct B matrices (one when B is broadcast over the batch);
   * the block rasterisation (v4's mma_tile_of) and the cp.async ring: slot t % 4, loads issued
-    three steps ahead, chunk -> (row, 16-byte chunk) of the loader, zero-fill past M, N and K;
+    three steps ahead (two with one wgmma batch in flight, algo="wgmma_overlap": no load may
+    overwrite a slot that batch still reads), chunk -> (row, 16-byte chunk) of the loader,
+    zero-fill past M, N and K;
   * the 128-byte swizzle of the stores (swizzle128) against the way the hardware reads a K-major,
     128B-swizzled operand through a descriptor (start address + 32 bytes per 16-wide k slice,
     SBO = 1024 between 8-row groups, the XOR of address bits 4-6 with bits 7-9): every element a
@@ -82,7 +84,7 @@ def transpose_b(B, K, N, kp):
     return bt
 
 
-def block(A, bt, M, N, K, kp, m0, n0, C, written, stats):
+def block(A, bt, M, N, K, kp, m0, n0, C, written, stats, in_flight):
     ktiles = (K + BK - 1) // BK
     sm = Smem(1024 + STAGES * (STAGE_A + STAGE_B))
     base = 1024                                         # any 1024-aligned base: the rule is relative
@@ -114,19 +116,20 @@ def block(A, bt, M, N, K, kp, m0, n0, C, written, stats):
             stats["store_conflicts"] += len(groups) != 8
 
     d = np.zeros((2, 4, 32, 128))                       # [warpgroup, warp, lane, accumulator]
-    pending = []
-    for t in range(STAGES - 1):                         # prologue
+    ahead = STAGES - 1 - in_flight                      # kAhead: steps loaded ahead of the one multiplied
+    for t in range(ahead):                              # prologue
         if t < ktiles:
             load_tile(t)
-        pending.append(t)
     for t in range(ktiles):
-        # cp_async_wait<STAGES-2> + barrier: step t has landed (the replay loads eagerly; check the
-        # slot still holds step t, i.e. no later load overwrote it before its wgmmas ran)
-        if t + STAGES - 1 < ktiles:
-            load_tile_after = t + STAGES - 1
-        else:
-            load_tile_after = None
-        assert (t + STAGES - 1) % STAGES != t % STAGES, "a load would overwrite the slot being read"
+        # cp_async_wait<ahead-1> with ahead + t groups committed: steps <= t have landed (the replay
+        # loads eagerly).  Batches that may still be reading shared memory now: t-1 when one batch
+        # stays in flight (wgmma_wait<1> at the end of step t-1), none otherwise.
+        if t + ahead < ktiles:
+            busy = {(t - 1) % STAGES} if in_flight and t >= 1 else set()
+            slot = (t + ahead) % STAGES
+            assert slot not in busy, "a load overwrites a slot an in-flight wgmma batch reads"
+            assert slot != t % STAGES, "a load overwrites the slot about to be read"
+            load_tile(t + ahead)                         # issued before step t's wgmmas, as in the kernel
         s = t % STAGES
         k0 = t * BK
         for wg in range(2):
@@ -160,8 +163,6 @@ def block(A, bt, M, N, K, kp, m0, n0, C, written, stats):
                         for i in range(128):
                             j, e = i // 4, i % 4
                             d[wg, w, lane, i] += prod[16 * w + lane // 4 + 8 * (e // 2), 8 * j + 2 * (lane % 4) + e % 2]
-        if load_tile_after is not None:
-            load_tile(load_tile_after)                  # (issued before the wgmmas in the kernel, into slot t-1)
     # epilogue
     for wg in range(2):
         for w in range(4):
@@ -181,7 +182,7 @@ def block(A, bt, M, N, K, kp, m0, n0, C, written, stats):
                             written[r, c + 1] += 1
 
 
-def matmul(A, B, stats):
+def matmul(A, B, stats, in_flight=0):
     """A [batch, M, K] (or [M, K]), B [K, N] broadcast or [batch, K, N]."""
     A3 = A if A.ndim == 3 else A[None]
     B3 = B if B.ndim == 3 else B[None]
@@ -198,7 +199,7 @@ def matmul(A, B, stats):
         written = np.zeros((M, N), int)
         for i in range(tiles_m * tiles_n):
             tm, tn = tile_of(i, tiles_m, tiles_n)
-            block(A3[z], bt, M, N, K, kp, tm * BM, tn * BN, out[z], written, stats)
+            block(A3[z], bt, M, N, K, kp, tm * BM, tn * BN, out[z], written, stats, in_flight)
         assert (written == 1).all(), "an element of C was written zero or several times"
     return out if A.ndim == 3 else out[0]
 
@@ -210,19 +211,21 @@ def main():
     cases = [                                          # (batch or None, M, K, N, B batched?)
         (None, 1, 1, 1, False),                        # the smallest: one zero-filled chunk each
         (None, 130, 72, 260, False),                   # ragged M and N tiles, K past one 64-step
-        (None, 64, 200, 40, False),                    # K = 200: 4 steps, the ring wraps, partial chunk
+        (None, 64, 200, 40, False),                    # K = 200: 4 steps, the ring fills, partial chunk
+        (None, 40, 520, 24, False),                    # K = 520: 9 steps, the ring wraps twice
         (2, 33, 17, 9, False),                         # batch with B broadcast, K not a multiple of 8
         (2, 20, 24, 300, True),                        # batched B: one transposed copy per batch
     ]
     for (batch, M, K, N, b_batched) in cases:
         A = rng.standard_normal((batch, M, K) if batch else (M, K))
         B = rng.standard_normal((batch, K, N) if b_batched else (K, N))
-        got = matmul(A, B, stats)
         want = np.matmul(A, B)
-        err = float(np.abs(got - want).max())
-        worst = max(worst, err)
-        print(f"batch={batch} M={M} K={K} N={N} B batched={b_batched}: max abs err {err:.1e}")
-        assert err < 1e-12, "mismatch against np.matmul"
+        for in_flight in (0, 1):                       # algo="wgmma" and "wgmma_overlap"
+            got = matmul(A, B, stats, in_flight)
+            err = float(np.abs(got - want).max())
+            worst = max(worst, err)
+            print(f"in flight {in_flight}: batch={batch} M={M} K={K} N={N} B batched={b_batched}: max abs err {err:.1e}")
+            assert err < 1e-12, "mismatch against np.matmul"
     print(f"cp.async row phases: {stats['store_phases']}, with a bank conflict: {stats['store_conflicts']}")
     assert stats["store_conflicts"] == 0
     print(f"all cases match np.matmul, worst error (max abs) {worst:.1e}")
