@@ -49,8 +49,9 @@
 //                run v4 (same results).  cpp/cuda/tools/emulate_matmul_wgmma.py replays the
 //                swizzled stores against the descriptor's addressing and the fragment layout.
 //                algo="wgmma_overlap" keeps one K step's wgmma batch in flight across the next
-//                barrier (loads 2 steps ahead instead of 3); not yet run on a GPU, so auto does not
-//                pick it.
+//                barrier (loads 2 steps ahead instead of 3); algo="wgmma_direct" does that too and
+//                skips the transpose, reading B's row-major tiles through an MN-major descriptor
+//                (imm-trans-b).  Neither has run on a GPU yet, so auto does not pick them.
 #include <mma.h>
 
 #include <algorithm>
@@ -486,7 +487,9 @@ __device__ int g_wgmma_compiled = 0;
 #endif
 
 #if defined(PYW_HAS_WGMMA)
-// The byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128-byte-swizzled K-major tile.
+constexpr uint32_t kWgAtomN = kWgBK * 128;   // MN-major B tile: bytes from one 64-wide n-atom to the next
+
+// The byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128-byte-swizzled tile.
 __device__ __forceinline__ uint32_t swizzle128(int row, int chunk) {
     return uint32_t(row) * 128u + (uint32_t(chunk ^ (row & 7)) << 4);
 }
@@ -522,12 +525,15 @@ __global__ void matmul_transpose_b(MatmulProblem p, T* bt, int64_t kp, int64_t n
 // kInFlight 1 (algo="wgmma_overlap", NOT yet run on a GPU): the batch of step t stays in flight
 // while step t+1 is waited for and issued, so the tensor cores are not idle across the barrier; the
 // loads then run 2 steps ahead instead of 3, because slot (t-1) % 4 may still be read by batch t-1.
-template <class T, int kInFlight>
+// kDirectB (algo="wgmma_direct", with kInFlight 1; NOT yet run on a GPU): no transpose -- B's
+// row-major [K, N] tile goes to shared memory as it lies, as 4 n-atoms of [64 k][64 n] in the
+// MN-major 128B-swizzled layout, and the wgmmas read it with imm-trans-b = 1 (wgmma.cuh).
+template <class T, int kInFlight, bool kDirectB>
 __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, const T* bt, int64_t kp, int64_t bt_stride,
                                                                bool c_pairs) {
     static_assert(kInFlight == 0 || kInFlight == 1, "one batch in flight at most");
-    constexpr int kAhead = kWgStages - 1 - kInFlight;   // steps loaded ahead of the one being multiplied
 #if defined(PYW_HAS_WGMMA)
+    constexpr int kAhead = kWgStages - 1 - kInFlight;   // steps loaded ahead of the one being multiplied
     extern __shared__ unsigned char wg_smem[];
     const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;   // swizzle atoms are 1024-byte aligned
     const uint32_t a_smem = base, b_smem = base + kWgStages * kWgStageA;
@@ -542,7 +548,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
         int64_t oa, ob;
         batch_offsets(p, z, oa, ob);
         const T* A = static_cast<const T*>(p.a) + oa;
-        const T* Bt = bt + (bt_stride ? z * bt_stride : 0);
+        const T* Bt = bt + (bt_stride ? z * bt_stride : 0);          // K-major B^T (unused when kDirectB)
+        const T* B = static_cast<const T*>(p.b) + ob;                 // row-major B (kDirectB)
         // Chunk c = tid + 256 i of a slot: row c / 8, 16-byte chunk c % 8 of that row's 64 k values
         // (A: 4 chunks per thread, 128 rows; Bt: 8 per thread, 256 rows).  8 consecutive threads
         // fill one 128-byte row, i.e. 8 distinct bank groups after the swizzle.
@@ -557,12 +564,26 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
                 const int bytes = int(left <= 0 ? 0 : left < 8 ? left : 8) * int(sizeof(T));
                 cp_async16(a_smem + s * kWgStageA + swizzle128(r, ch), bytes ? A + row * p.lda + col : A, bytes);
             }
+            if constexpr (kDirectB) {
+                // chunk c = tid + 256 i: k-row c / 32 of the step, 8 n-values 8 (c % 32) -> n-atom
+                // (c % 32) / 8, chunk (c % 8) ^ (k % 8) of that atom's 128-byte k-row.
 #pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int c = tid + kWgThreads * i, r = c >> 3, ch = c & 7;
-                const int64_t n = n0 + r, col = k0 + ch * 8;
-                const bool inside = n < p.N && col < kp;              // kp % 8 == 0: whole chunks
-                cp_async16(b_smem + s * kWgStageB + swizzle128(r, ch), inside ? Bt + n * kp + col : Bt, inside ? 16 : 0);
+                for (int i = 0; i < 8; ++i) {
+                    const int c = tid + kWgThreads * i, r = c >> 5, c8 = c & 31;
+                    const int64_t k = k0 + r, col = n0 + c8 * 8;
+                    const int64_t left = k < p.K ? p.N - col : 0;
+                    const int bytes = int(left <= 0 ? 0 : left < 8 ? left : 8) * int(sizeof(T));
+                    cp_async16(b_smem + s * kWgStageB + (c8 >> 3) * kWgAtomN + swizzle128(r, c8 & 7),
+                               bytes ? B + k * p.ldb + col : B, bytes);
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    const int c = tid + kWgThreads * i, r = c >> 3, ch = c & 7;
+                    const int64_t n = n0 + r, col = k0 + ch * 8;
+                    const bool inside = n < p.N && col < kp;          // kp % 8 == 0: whole chunks
+                    cp_async16(b_smem + s * kWgStageB + swizzle128(r, ch), inside ? Bt + n * kp + col : Bt, inside ? 16 : 0);
+                }
             }
         };
 
@@ -586,8 +607,12 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
             const uint32_t sb = b_smem + s * kWgStageB;
             wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < kWgBK / 16; ++kk)    // 16 k = 32 bytes further along each row
-                wgmma_m64n256k16<T>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 32));
+            for (int kk = 0; kk < kWgBK / 16; ++kk) {  // 16 k: 32 bytes along a K-major row, 2 k-groups MN-major
+                if constexpr (kDirectB)
+                    wgmma_m64n256k16<T, 1>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 2048, kWgAtomN, 1024));
+                else
+                    wgmma_m64n256k16<T, 0>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 32));
+            }
             wgmma_commit();
             wgmma_wait<kInFlight>();
         }
@@ -643,8 +668,19 @@ bool wgmma_available() {
 
 namespace {
 
-template <class T, int kInFlight>
+template <class T, int kInFlight, bool kDirectB>
 void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
+    check(cudaFuncSetAttribute(matmul_wgmma<T, kInFlight, kDirectB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(kWgSmemBytes)),
+          "matmul_wgmma shared memory opt-in");
+    const int64_t tiles = ((p.M + kWgBM - 1) / kWgBM) * ((p.N + kWgBN - 1) / kWgBN);
+    const dim3 grid(grid_dim(tiles, INT32_MAX, "matmul M x N"), 1, static_cast<unsigned>(std::min<int64_t>(p.batch, 65535)));
+    const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
+    if constexpr (kDirectB) {                          // B as it lies: no scratch, no transpose
+        matmul_wgmma<T, kInFlight, true><<<grid, kWgThreads, kWgSmemBytes, stream>>>(p, nullptr, 0, 0, c_pairs);
+        check_launch("matmul_wgmma");
+        return;
+    }
     const int64_t kp = (p.K + 7) / 8 * 8;
     bool broadcast_b = true;
     for (int d = 0; d < p.batch_ndim; ++d) broadcast_b = broadcast_b && p.batch_stride_b[d] == 0;
@@ -657,13 +693,8 @@ void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
                          static_cast<unsigned>(std::min<int64_t>(nbt, 65535)));
         matmul_transpose_b<T><<<tgrid, dim3(32, 8), 0, stream>>>(p, static_cast<T*>(bt), kp, nbt);
         check_launch("matmul_transpose_b");
-        check(cudaFuncSetAttribute(matmul_wgmma<T, kInFlight>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
-              "matmul_wgmma shared memory opt-in");
-        const int64_t tiles = ((p.M + kWgBM - 1) / kWgBM) * ((p.N + kWgBN - 1) / kWgBN);
-        const dim3 grid(grid_dim(tiles, INT32_MAX, "matmul M x N"), 1, static_cast<unsigned>(std::min<int64_t>(p.batch, 65535)));
-        const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
-        matmul_wgmma<T, kInFlight><<<grid, kWgThreads, kWgSmemBytes, stream>>>(p, static_cast<const T*>(bt), kp,
-                                                                     broadcast_b ? 0 : p.N * kp, c_pairs);
+        matmul_wgmma<T, kInFlight, false><<<grid, kWgThreads, kWgSmemBytes, stream>>>(p, static_cast<const T*>(bt), kp,
+                                                                                      broadcast_b ? 0 : p.N * kp, c_pairs);
         check_launch("matmul_wgmma");
     } catch (...) {
         if (bt) cudaFreeAsync(bt, stream);
@@ -690,9 +721,12 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
         return;
     }
     if constexpr (!std::is_same_v<T, float>) {
-        if (algo == MatmulAlgo::Wgmma || algo == MatmulAlgo::WgmmaOverlap) {
-            if (p.a_vec && wgmma_available() && max_optin_smem() >= int(kWgSmemBytes))
-                return algo == MatmulAlgo::Wgmma ? launch_wgmma<T, 0>(p, stream) : launch_wgmma<T, 1>(p, stream);
+        if (algo == MatmulAlgo::Wgmma || algo == MatmulAlgo::WgmmaOverlap || algo == MatmulAlgo::WgmmaDirect) {
+            if (p.a_vec && wgmma_available() && max_optin_smem() >= int(kWgSmemBytes)) {
+                if (algo == MatmulAlgo::Wgmma) return launch_wgmma<T, 0, false>(p, stream);
+                if (algo == MatmulAlgo::WgmmaOverlap || !p.b_vec) return launch_wgmma<T, 1, false>(p, stream);
+                return launch_wgmma<T, 1, true>(p, stream);   // direct B needs 16-byte aligned B rows too
+            }
             algo = MatmulAlgo::Mma;                    // rows not 16-byte aligned: v4 (same results)
         }
         if (algo == MatmulAlgo::Mma) {                 // 4 stages where the device allows 106 KiB (sm_80, sm_90)
@@ -719,9 +753,10 @@ MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested) {
     const char* name = requested == MatmulAlgo::Mma            ? "mma"
                        : requested == MatmulAlgo::Wgmma        ? "wgmma"
                        : requested == MatmulAlgo::WgmmaOverlap ? "wgmma_overlap"
+                       : requested == MatmulAlgo::WgmmaDirect  ? "wgmma_direct"
                                                                : "tensorcore";
     if ((requested == MatmulAlgo::TensorCore || requested == MatmulAlgo::Mma || requested == MatmulAlgo::Wgmma ||
-         requested == MatmulAlgo::WgmmaOverlap) &&
+         requested == MatmulAlgo::WgmmaOverlap || requested == MatmulAlgo::WgmmaDirect) &&
         p.dtype == DType::F32)
         throw std::invalid_argument(std::string("matmul: algo='") + name + "' needs float16 or bfloat16 inputs, got float32");
     return requested;

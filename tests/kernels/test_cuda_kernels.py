@@ -423,11 +423,13 @@ WGMMA_SHAPES = [
     ((4, 1, 8, 24), (1, 3, 24, 40)),         # broadcast on both sides
     ((128, 4096), (4096, 256)),              # one block, a long K: FP32 accumulation
     ((40, 520), (520, 24)),                  # 9 K steps: the ring wraps twice
+    ((64, 64), (64, 100)),                   # N % 8 != 0: direct B rows are not 16-byte aligned (transposed path)
 ]
 
 
-# wgmma_overlap (one batch in flight, loads 2 steps ahead) had not run on a GPU when written
-@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap"])
+# wgmma_overlap (one batch in flight, loads 2 steps ahead) and wgmma_direct (that, with B read
+# through an MN-major descriptor instead of transposed) had not run on a GPU when written
+@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct"])
 @pytest.mark.parametrize("sa, sb", WGMMA_SHAPES)
 def test_matmul_wgmma_float16(rng, sa, sb, algo):
     a, b = rand(rng, *sa, dtype=np.float16), rand(rng, *sb, dtype=np.float16)
@@ -453,7 +455,7 @@ def test_matmul_wgmma_transposed_weight_and_auto(rng):
     np.testing.assert_array_equal(_cuda.matmul(x, w.T), got)     # auto = v5 here (same kernel, same bits)
 
 
-@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap"])
+@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct"])
 def test_matmul_wgmma_bfloat16_device_arrays(algo):
     torch = torch_cuda()
     g = torch.Generator(device="cuda").manual_seed(0)

@@ -12,6 +12,9 @@ What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh)
     128B-swizzled operand through a descriptor (start address + 32 bytes per 16-wide k slice,
     SBO = 1024 between 8-row groups, the XOR of address bits 4-6 with bits 7-9): every element a
     wgmma reads must be the A / B^T element the math wants;
+  * algo="wgmma_direct": B's row-major tile stored as 4 n-atoms of [64 k][64 n] (chunk c of k-row
+    r at c ^ (r % 8)) against the MN-major descriptor model (LBO = 8192 between n-atoms, SBO = 1024
+    between 8-row k-groups, +2048 bytes per 16-wide k slice, imm-trans-b 1);
   * the accumulator layout d[4 j + e] -> (row, column) of the epilogue, each C element written once;
   * that the ring's slots and the atoms are 1024-byte aligned, and that the 8 threads filling a row
     hit 8 distinct bank groups.
@@ -36,6 +39,16 @@ def tile_of(i, tiles_m, tiles_n):                  # v4's mma_tile_of, shared by
 
 def swizzle128(row, chunk):
     return row * 128 + ((chunk ^ (row & 7)) << 4)
+
+
+ATOM_N = BK * 128                                  # MN-major B: bytes from one 64-wide n-atom to the next
+
+
+def hw_address_mn(start, n, k, lbo=ATOM_N, sbo=1024):
+    """The byte the hardware reads for element (n, k) of an MN-major SW128 operand (imm-trans-b 1,
+    n < 256, k < 16): n-atoms of 64 at LBO, k-groups of 8 rows at SBO, 128-byte k-rows, XOR swizzle."""
+    addr = start + (n // 64) * lbo + (k // 8) * sbo + (k % 8) * 128 + (n % 64) * ES
+    return addr ^ (((addr >> 7) & 7) << 4)
 
 
 def hw_address(start, m, k):
@@ -84,7 +97,7 @@ def transpose_b(B, K, N, kp):
     return bt
 
 
-def block(A, bt, M, N, K, kp, m0, n0, C, written, stats, in_flight):
+def block(A, bt, Bm, M, N, K, kp, m0, n0, C, written, stats, in_flight, direct):
     ktiles = (K + BK - 1) // BK
     sm = Smem(1024 + STAGES * (STAGE_A + STAGE_B))
     base = 1024                                         # any 1024-aligned base: the rule is relative
@@ -104,6 +117,14 @@ def block(A, bt, M, N, K, kp, m0, n0, C, written, stats, in_flight):
                 sm.cp_async16(a_smem + s * STAGE_A + swizzle128(r, ch), vals, nbytes)
             for i in range(8):
                 c = tid + THREADS * i
+                if direct:                               # B [K, N] as it lies: k-row c/32, n-chunk c%32
+                    r, c8 = c >> 5, c & 31
+                    k, col = k0 + r, n0 + c8 * 8
+                    left = N - col if k < K else 0
+                    nbytes = max(0, min(left, 8)) * ES
+                    sm.cp_async16(b_smem + s * STAGE_B + (c8 >> 3) * ATOM_N + swizzle128(r, c8 & 7),
+                                  Bm[k, col:col + 8] if nbytes else np.zeros(8), nbytes)
+                    continue
                 r, ch = c >> 3, c & 7
                 n, col = n0 + r, k0 + ch * 8
                 inside = n < N and col < kp
@@ -138,7 +159,10 @@ def block(A, bt, M, N, K, kp, m0, n0, C, written, stats, in_flight):
             for kk in range(BK // 16):
                 # the operands as the hardware reads them through the descriptors
                 a_op = np.array([[sm.read(hw_address(sa + kk * 32, m, k)) for k in range(16)] for m in range(64)])
-                b_op = np.array([[sm.read(hw_address(sb + kk * 32, n, k)) for k in range(16)] for n in range(256)])
+                if direct:
+                    b_op = np.array([[sm.read(hw_address_mn(sb + kk * 2048, n, k)) for k in range(16)] for n in range(256)])
+                else:
+                    b_op = np.array([[sm.read(hw_address(sb + kk * 32, n, k)) for k in range(16)] for n in range(256)])
                 assert not np.isnan(a_op).any() and not np.isnan(b_op).any(), "wgmma read unwritten shared memory"
                 # ... are the elements the math wants (zero past the edges)
                 want_a = np.zeros((64, 16))
@@ -153,7 +177,7 @@ def block(A, bt, M, N, K, kp, m0, n0, C, written, stats, in_flight):
                     for k in range(16):
                         col = k0 + kk * 16 + k
                         if n0 + n < N and col < kp:
-                            want_b[n, k] = bt[n0 + n, col]
+                            want_b[n, k] = Bm[col, n0 + n] if direct and col < K else (0.0 if direct else bt[n0 + n, col])
                 assert np.array_equal(a_op, want_a), f"A operand mismatch (t={t}, wg={wg}, kk={kk})"
                 assert np.array_equal(b_op, want_b), f"B operand mismatch (t={t}, wg={wg}, kk={kk})"
                 prod = a_op @ b_op.T                    # [64, 256]
@@ -182,7 +206,7 @@ def block(A, bt, M, N, K, kp, m0, n0, C, written, stats, in_flight):
                             written[r, c + 1] += 1
 
 
-def matmul(A, B, stats, in_flight=0):
+def matmul(A, B, stats, in_flight=0, direct=False):
     """A [batch, M, K] (or [M, K]), B [K, N] broadcast or [batch, K, N]."""
     A3 = A if A.ndim == 3 else A[None]
     B3 = B if B.ndim == 3 else B[None]
@@ -199,7 +223,8 @@ def matmul(A, B, stats, in_flight=0):
         written = np.zeros((M, N), int)
         for i in range(tiles_m * tiles_n):
             tm, tn = tile_of(i, tiles_m, tiles_n)
-            block(A3[z], bt, M, N, K, kp, tm * BM, tn * BN, out[z], written, stats, in_flight)
+            Bm = B3[z if len(B3) > 1 else 0]
+            block(A3[z], bt, Bm, M, N, K, kp, tm * BM, tn * BN, out[z], written, stats, in_flight, direct)
         assert (written == 1).all(), "an element of C was written zero or several times"
     return out if A.ndim == 3 else out[0]
 
@@ -220,11 +245,11 @@ def main():
         A = rng.standard_normal((batch, M, K) if batch else (M, K))
         B = rng.standard_normal((batch, K, N) if b_batched else (K, N))
         want = np.matmul(A, B)
-        for in_flight in (0, 1):                       # algo="wgmma" and "wgmma_overlap"
-            got = matmul(A, B, stats, in_flight)
+        for name, in_flight, direct in (("wgmma", 0, False), ("wgmma_overlap", 1, False), ("wgmma_direct", 1, True)):
+            got = matmul(A, B, stats, in_flight, direct)
             err = float(np.abs(got - want).max())
             worst = max(worst, err)
-            print(f"in flight {in_flight}: batch={batch} M={M} K={K} N={N} B batched={b_batched}: max abs err {err:.1e}")
+            print(f"{name:<13}: batch={batch} M={M} K={K} N={N} B batched={b_batched}: max abs err {err:.1e}")
             assert err < 1e-12, "mismatch against np.matmul"
     print(f"cp.async row phases: {stats['store_phases']}, with a bank conflict: {stats['store_conflicts']}")
     assert stats["store_conflicts"] == 0
