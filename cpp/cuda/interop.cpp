@@ -153,14 +153,13 @@ TensorArg from_cai(py::handle obj, const std::string& name) {
     return t;
 }
 
-TensorArg from_dlpack(py::handle obj, const std::string& name) {
+// device_type: the producer's __dlpack_device__()[0] when the caller already asked (-1: ask here).
+TensorArg from_dlpack(py::handle obj, const std::string& name, int device_type = -1) {
     // Ask a CUDA producer to order its pending work before the legacy default stream (stream=1),
     // where our kernels run; CPU producers take no stream.
-    bool cuda_producer = false;
-    if (py::hasattr(obj, "__dlpack_device__")) {
-        const auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
-        cuda_producer = dev.first == dlpack::kCUDA || dev.first == dlpack::kCUDAManaged;
-    }
+    if (device_type < 0 && py::hasattr(obj, "__dlpack_device__"))
+        device_type = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>().first;
+    const bool cuda_producer = device_type == dlpack::kCUDA || device_type == dlpack::kCUDAManaged;
     py::object cap = cuda_producer ? obj.attr("__dlpack__")(py::arg("stream") = 1) : obj.attr("__dlpack__")();
     if (!PyCapsule_IsValid(cap.ptr(), "dltensor"))
         type_error(name + ".__dlpack__() did not return an unused 'dltensor' capsule");
@@ -216,7 +215,7 @@ TensorArg parse_tensor(py::handle obj, const std::string& name) {
     const bool has_dlpack = py::hasattr(obj, "__dlpack__");
     if (has_dlpack && py::hasattr(obj, "__dlpack_device__")) {
         const int type = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>().first;
-        if (type == dlpack::kCUDA || type == dlpack::kCUDAManaged) return from_dlpack(obj, name);
+        if (type == dlpack::kCUDA || type == dlpack::kCUDAManaged) return from_dlpack(obj, name, type);
     }
     if (py::hasattr(obj, "__cuda_array_interface__")) return from_cai(obj, name);
     if (has_dlpack) return from_dlpack(obj, name);

@@ -229,3 +229,30 @@ def test_validation_happens_before_device_work_for_device_arrays():
     with pytest.raises(TypeError, match="must have the dtype of q"):
         _cuda.attention(FakeDeviceArray((1, 2, 3, 8)), FakeDeviceArray((1, 2, 3, 8), typestr="<f2"),
                         FakeDeviceArray((1, 2, 3, 8)))
+
+
+def test_dlpack_producer_is_asked_once_for_its_device():
+    # A CUDA DLPack producer is asked __dlpack_device__() once per argument and then __dlpack__(stream=1)
+    # (each is a Python call in PyTorch, paid on every op).  The capsule here comes from a CPU tensor,
+    # so the argument is then read as host data; only the handshake is under test.
+    torch = pytest.importorskip("torch", reason="DLPack producer for the test (pip install torch==2.13.0)")
+
+    class CudaProducer:
+        def __init__(self, t):
+            self.t, self.device_calls, self.dlpack_kwargs = t, 0, []
+
+        def __dlpack_device__(self):
+            self.device_calls += 1
+            return (2, 0)                                            # kDLCUDA, device 0
+
+        def __dlpack__(self, **kw):
+            self.dlpack_kwargs.append(kw)
+            return self.t.__dlpack__()
+
+        def __array__(self, dtype=None, copy=None):                 # the host read of a CPU capsule
+            return self.t.numpy()
+
+    p = CudaProducer(torch.ones(2, 3))
+    d = _cuda.describe(p)
+    assert d["shape"] == (2, 3)
+    assert p.device_calls == 1 and p.dlpack_kwargs == [{"stream": 1}]
