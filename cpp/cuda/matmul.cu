@@ -605,6 +605,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
             const int s = int(t % kWgStages);
             const uint32_t sa = a_smem + s * kWgStageA + wg * 64 * 128;   // this warpgroup's 64 rows
             const uint32_t sb = b_smem + s * kWgStageB;
+            wgmma_fence_operands(d);
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < kWgBK / 16; ++kk) {  // 16 k: 32 bytes along a K-major row, 2 k-groups MN-major
@@ -615,8 +616,10 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
             }
             wgmma_commit();
             wgmma_wait<kInFlight>();
+            wgmma_fence_operands(d);
         }
         wgmma_wait<0>();                               // the accumulators are final
+        wgmma_fence_operands(d);
         cp_async_wait<0>();
         __syncthreads();                               // the next z reuses the ring
 

@@ -46,6 +46,12 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int kPending>
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory"); }
+// A compiler-only fence on the accumulators (no instruction): their reads and writes may not move
+// across it, e.g. an epilogue read above the wgmma_wait that makes the values final.
+__device__ __forceinline__ void wgmma_fence_operands(float (&d)[128]) {
+#pragma unroll
+    for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
 
 // d[64x256] += A[64x16] B[16x256] from shared memory (descriptors above), scale-d 1; A K-major,
 // B K-major (kTransB 0) or MN-major (kTransB 1).  Accumulator d[4 j + e] of thread t (warp
