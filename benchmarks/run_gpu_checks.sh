@@ -12,7 +12,8 @@
 #   wgmma         matmul v5 alone vs float64 (and 4096^3 bf16 vs v4); on failure the   ~10 s    60 s
 #                 later steps run with PYWORKLOADS_NO_WGMMA=1
 #   wgmma_overlap the unverified v5 candidates, the same checks, one process each      ~8 s     40 s
-#   wgmma_direct    (their failure is reported and changes nothing else)
+#   wgmma_direct    each (their failure is reported and changes nothing else)
+#   wgmma_tma
 #   smoke         benchmarks/cuda_smoke.py: every algo x small odd shapes vs reference ~10 s    120 s
 #   host-tests    tests/kernels/test_cuda_{host,build,review}.py                      ~10 s    120 s
 #   cuda-tests    tests/kernels/test_cuda_kernels.py (every algo, device arrays)      ~60 s    240 s
@@ -251,7 +252,7 @@ for algo in (["wgmma", "mma"] if what == "verified" else [what]):
 if needs_gpu wgmma; then
     run_step wgmma 60 wgmma.log "$PY" -c "$WGMMA_PY" verified
     [[ "${STEP_STATUS[-1]:-}" == PASS* ]] || { export PYWORKLOADS_NO_WGMMA=1; echo "(v5 failed: the remaining steps run with PYWORKLOADS_NO_WGMMA=1)"; }
-    for cand in wgmma_overlap wgmma_direct; do
+    for cand in wgmma_overlap wgmma_direct wgmma_tma; do
         run_step "$cand" 40 "$cand.log" "$PY" -c "$WGMMA_PY" "$cand"
         [ -f "$LOGDIR/$cand.log" ] && cat "$LOGDIR/$cand.log" >> "$LOGDIR/wgmma.log"
     done

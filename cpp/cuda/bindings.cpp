@@ -127,7 +127,7 @@ py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_na
         algo_name, {{"auto", MatmulAlgo::Auto}, {"naive", MatmulAlgo::Naive}, {"tiled", MatmulAlgo::Tiled},
                     {"tensorcore", MatmulAlgo::TensorCore}, {"mma", MatmulAlgo::Mma},
                     {"wgmma", MatmulAlgo::Wgmma}, {"wgmma_overlap", MatmulAlgo::WgmmaOverlap},
-                    {"wgmma_direct", MatmulAlgo::WgmmaDirect}}, "matmul");
+                    {"wgmma_direct", MatmulAlgo::WgmmaDirect}, {"wgmma_tma", MatmulAlgo::WgmmaTma}}, "matmul");
     TensorArg a = parse_tensor(a_obj, "a"), b = parse_tensor(b_obj, "b");
     require_float(a, "matmul");
     require_float(b, "matmul");
@@ -174,9 +174,9 @@ py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_na
     {
         py::gil_scoped_release nogil;
         CallContext ctx({&a, &b, out ? &*out : nullptr});
-        if ((requested == MatmulAlgo::Wgmma || requested == MatmulAlgo::WgmmaOverlap || requested == MatmulAlgo::WgmmaDirect) &&
-            !wgmma_available())
-            throw py::value_error("matmul: algo='wgmma'/'wgmma_overlap'/'wgmma_direct' need a Hopper GPU (compute capability 9.0), a build with sm_90a "
+        if ((requested == MatmulAlgo::Wgmma || requested == MatmulAlgo::WgmmaOverlap || requested == MatmulAlgo::WgmmaDirect ||
+             requested == MatmulAlgo::WgmmaTma) && !wgmma_available())
+            throw py::value_error("matmul: algo='wgmma'/'wgmma_overlap'/'wgmma_direct'/'wgmma_tma' need a Hopper GPU (compute capability 9.0), a build with sm_90a "
                                   "code (CMAKE_CUDA_ARCHITECTURES containing 90a) and PYWORKLOADS_NO_WGMMA unset; use 'mma'");
         const MatrixOperand ma = matrix_operand(ctx, a), mb = matrix_operand(ctx, b);
         p.a = ma.ptr;
@@ -386,7 +386,7 @@ PYBIND11_MODULE(_cuda, m) {
               "(__cuda_array_interface__ / DLPack) in -> DeviceArray out, or written into out=.";
     bind_interop(m);
     py::dict algorithms;                  // every kernel version stays callable (tests, teaching, benchmarks)
-    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore", "mma", "wgmma", "wgmma_overlap", "wgmma_direct");
+    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore", "mma", "wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma");
     algorithms["attention"] = py::make_tuple("auto", "simt", "mma", "mma_async");
     algorithms["rms_norm"] = py::make_tuple("auto", "block", "warp", "rows");
     algorithms["layer_norm"] = py::make_tuple("auto", "block", "warp", "rows");
@@ -408,7 +408,8 @@ PYBIND11_MODULE(_cuda, m) {
           "a @ b with np.matmul semantics (batch dimensions broadcast), float32/float16/bfloat16, FP32 "
           "accumulation.  algo: 'auto' | 'naive' | 'tiled' | 'tensorcore' (WMMA) | 'mma' (mma.sync + ldmatrix + cp.async pipeline) | 'wgmma' (Hopper warpgroup MMA, "
           "sm_90a) | 'wgmma_overlap' (the same with one wgmma batch in flight) | 'wgmma_direct' (that, reading B without "
-          "a transpose); the last two not yet verified on a GPU; the last five float16/bfloat16 only.");
+          "a transpose) | 'wgmma_tma' (that, fed by TMA + mbarriers); the last three not yet verified on a GPU; the "
+          "last six float16/bfloat16 only.");
     m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false,
           py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("mask") = py::none(), py::kw_only(),
           py::arg("algo") = "auto", py::arg("out") = py::none(),

@@ -51,7 +51,11 @@
 //                algo="wgmma_overlap" keeps one K step's wgmma batch in flight across the next
 //                barrier (loads 2 steps ahead instead of 3); algo="wgmma_direct" does that too and
 //                skips the transpose, reading B's row-major tiles through an MN-major descriptor
-//                (imm-trans-b).  Neither has run on a GPU yet, so auto does not pick them.
+//                (imm-trans-b); algo="wgmma_tma" feeds that kernel with the Tensor Memory
+//                Accelerator and mbarriers instead of cp.async and __syncthreads (one matrix per
+//                call, else wgmma_direct).  None of the three has run on a GPU yet, so auto does
+//                not pick them.
+#include <cuda.h>   // CUtensorMap and its enums (the encoder is fetched at run time: no libcuda link)
 #include <mma.h>
 
 #include <algorithm>
@@ -648,6 +652,156 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
 #endif
 }
 
+// ---- v5 with TMA (algo="wgmma_tma"; NOT yet run on a GPU) -------------------------------------
+// The same tiles, shared-memory layouts and wgmmas as wgmma_direct, but fed by the Tensor Memory
+// Accelerator: thread 0 alone issues one bulk tensor copy for A's 128x64 tile and four for B's
+// four 64x64 n-atoms (the TMA writes the 128-byte swizzle itself, zero-filling past the matrix
+// edges), and mbarriers replace __syncthreads: full[s] completes when slot s's bytes have landed,
+// empty[s] when both warpgroups' wgmmas have finished reading it.  No thread spends issue slots on
+// address arithmetic or cp.async, and a warpgroup waits only for its own data.
+template <class T>
+__global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma_tma(const __grid_constant__ CUtensorMap tma_a,
+                                                                   const __grid_constant__ CUtensorMap tma_b,
+                                                                   MatmulProblem p, bool c_pairs) {
+#if defined(PYW_HAS_WGMMA)
+    extern __shared__ unsigned char wg_smem[];
+    __shared__ __align__(8) uint64_t bars[2 * kWgStages];          // full[0..S), then empty[0..S)
+    const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;   // TMA's 128B swizzle wants 1024-byte atoms
+    const uint32_t a_smem = base, b_smem = base + kWgStages * kWgStageA;
+    const uint32_t full0 = smem_addr(bars), empty0 = full0 + 8 * kWgStages;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int64_t tiles_m = (p.M + kWgBM - 1) / kWgBM, tiles_n = (p.N + kWgBN - 1) / kWgBN;
+    int64_t tm, tn;
+    mma_tile_of(blockIdx.x, tiles_m, tiles_n, tm, tn);
+    const int64_t m0 = tm * kWgBM, n0 = tn * kWgBN;
+    const int64_t ktiles = (p.K + kWgBK - 1) / kWgBK;
+
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < kWgStages; ++s) {
+            mbar_init(full0 + 8 * s, 1);               // the producer's arrive.expect_tx (+ the bytes)
+            mbar_init(empty0 + 8 * s, 2);              // one arrival per consumer warpgroup
+        }
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+    auto issue = [&](int64_t t) {                      // thread 0: step t into slot t % S
+        const int s = int(t % kWgStages);
+        const uint32_t full = full0 + 8 * s;
+        mbar_arrive_expect_tx(full, kWgStageA + kWgStageB);
+        tma_load_2d(a_smem + s * kWgStageA, &tma_a, int32_t(t * kWgBK), int32_t(m0), full);
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            tma_load_2d(b_smem + s * kWgStageB + j * kWgAtomN, &tma_b, int32_t(n0 + 64 * j), int32_t(t * kWgBK), full);
+    };
+    if (tid == 0)
+        for (int64_t t = 0; t < kWgStages && t < ktiles; ++t) issue(t);   // every slot starts free
+
+    float d[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) d[i] = 0.f;
+    for (int64_t t = 0; t < ktiles; ++t) {
+        const int s = int(t % kWgStages);
+        mbar_wait(full0 + 8 * s, uint32_t((t / kWgStages) & 1));   // the (t / S)-th fill of slot s
+        const uint32_t sa = a_smem + s * kWgStageA + wg * 64 * 128, sb = b_smem + s * kWgStageB;
+        wgmma_fence_operands(d);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kWgBK / 16; ++kk)
+            wgmma_m64n256k16<T, 1>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 2048, kWgAtomN, 1024));
+        wgmma_commit();
+        wgmma_wait<1>();                               // step t-1's batch is done (step t's in flight)
+        wgmma_fence_operands(d);
+        if (t >= 1) {
+            const int sp = int((t - 1) % kWgStages);
+            if ((tid & 127) == 0) mbar_arrive(empty0 + 8 * sp);   // this warpgroup no longer reads slot sp
+            if (tid == 0 && t - 1 + kWgStages < ktiles) {
+                mbar_wait(empty0 + 8 * sp, uint32_t(((t - 1) / kWgStages) & 1));   // nor does the other one
+                issue(t - 1 + kWgStages);
+            }
+            __syncwarp();                              // warp 0 reconverges before the next (aligned) wgmma
+        }
+    }
+    wgmma_wait<0>();
+    wgmma_fence_operands(d);
+
+    T* C = static_cast<T*>(p.c);                       // batch 1 only (the launcher checks)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int64_t r = m0 + wg * 64 + warp * 16 + (lane >> 2) + half * 8;
+        if (r >= p.M) continue;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+            const int64_t c = n0 + j * 8 + (lane & 3) * 2;
+            const float lo = d[4 * j + 2 * half], hi = d[4 * j + 2 * half + 1];
+            if (c_pairs && c + 1 < p.N) {
+                *reinterpret_cast<uint32_t*>(C + r * p.N + c) = pack2<T>(lo, hi);
+            } else {
+                if (c < p.N) C[r * p.N + c] = from_float<T>(lo);
+                if (c + 1 < p.N) C[r * p.N + c + 1] = from_float<T>(hi);
+            }
+        }
+    }
+#else
+    __trap();                                          // never launched: wgmma_available() is false
+#endif
+}
+
+// cuTensorMapEncodeTiled from the driver (null when the driver has none).
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                                   const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+EncodeTiledFn encode_tiled() {
+    static const EncodeTiledFn fn = [] {
+        void* f = nullptr;
+        cudaDriverEntryPointQueryResult found{};
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+            found != cudaDriverEntryPointSuccess) {
+            cudaGetLastError();
+            f = nullptr;
+        }
+        return reinterpret_cast<EncodeTiledFn>(f);
+    }();
+    return fn;
+}
+
+// A row-major [outer, inner] matrix (row stride row_bytes) read in boxes of box_outer x box_inner
+// elements with the 128-byte swizzle; past the edges the TMA fills zeros.
+template <class T>
+CUtensorMap tensor_map_2d(const void* ptr, int64_t inner, int64_t outer, int64_t row_bytes, uint32_t box_inner,
+                          uint32_t box_outer) {
+    CUtensorMap map;
+    const cuuint64_t dims[2] = {cuuint64_t(inner), cuuint64_t(outer)};
+    const cuuint64_t strides[1] = {cuuint64_t(row_bytes)};
+    const cuuint32_t box[2] = {box_inner, box_outer}, elem_strides[2] = {1, 1};
+    const CUresult r = encode_tiled()(&map, std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                                      2, const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) throw std::runtime_error("matmul: cuTensorMapEncodeTiled failed with CUresult " + std::to_string(int(r)));
+    return map;
+}
+
+// Whether v5-TMA takes this problem: one matrix (no batch), aligned rows, sizes the 32-bit TMA
+// coordinates can address, and a driver with the encoder.
+bool tma_fits(const MatmulProblem& p) {
+    return p.batch == 1 && p.a_vec && p.b_vec && p.K > 0 && p.M < (int64_t(1) << 31) && p.N < (int64_t(1) << 31) &&
+           p.K < (int64_t(1) << 31) && encode_tiled() != nullptr;
+}
+
+template <class T>
+void launch_wgmma_tma(const MatmulProblem& p, cudaStream_t stream) {
+    const int64_t es = sizeof(T);
+    const CUtensorMap ta = tensor_map_2d<T>(p.a, p.K, p.M, p.lda * es, kWgBK, kWgBM);   // A [M, K]: 64 k x 128 rows
+    const CUtensorMap tb = tensor_map_2d<T>(p.b, p.N, p.K, p.ldb * es, 64, kWgBK);      // B [K, N]: 64 n x 64 k (one n-atom)
+    check(cudaFuncSetAttribute(matmul_wgmma_tma<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
+          "matmul_wgmma_tma shared memory opt-in");
+    const int64_t tiles = ((p.M + kWgBM - 1) / kWgBM) * ((p.N + kWgBN - 1) / kWgBN);
+    const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
+    matmul_wgmma_tma<T><<<grid_dim(tiles, INT32_MAX, "matmul M x N"), kWgThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
+    check_launch("matmul_wgmma_tma");
+}
+
 }  // namespace
 
 // Hopper (compute capability 9.0) with the sm_90a code loaded, unless PYWORKLOADS_NO_WGMMA is set
@@ -724,9 +878,11 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
         return;
     }
     if constexpr (!std::is_same_v<T, float>) {
-        if (algo == MatmulAlgo::Wgmma || algo == MatmulAlgo::WgmmaOverlap || algo == MatmulAlgo::WgmmaDirect) {
+        if (algo == MatmulAlgo::Wgmma || algo == MatmulAlgo::WgmmaOverlap || algo == MatmulAlgo::WgmmaDirect ||
+            algo == MatmulAlgo::WgmmaTma) {
             if (p.a_vec && wgmma_available() && max_optin_smem() >= int(kWgSmemBytes)) {
                 if (algo == MatmulAlgo::Wgmma) return launch_wgmma<T, 0, false>(p, stream);
+                if (algo == MatmulAlgo::WgmmaTma && tma_fits(p)) return launch_wgmma_tma<T>(p, stream);
                 if (algo == MatmulAlgo::WgmmaOverlap || !p.b_vec) return launch_wgmma<T, 1, false>(p, stream);
                 return launch_wgmma<T, 1, true>(p, stream);   // direct B needs 16-byte aligned B rows too
             }
@@ -757,9 +913,10 @@ MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested) {
                        : requested == MatmulAlgo::Wgmma        ? "wgmma"
                        : requested == MatmulAlgo::WgmmaOverlap ? "wgmma_overlap"
                        : requested == MatmulAlgo::WgmmaDirect  ? "wgmma_direct"
+                       : requested == MatmulAlgo::WgmmaTma     ? "wgmma_tma"
                                                                : "tensorcore";
     if ((requested == MatmulAlgo::TensorCore || requested == MatmulAlgo::Mma || requested == MatmulAlgo::Wgmma ||
-         requested == MatmulAlgo::WgmmaOverlap || requested == MatmulAlgo::WgmmaDirect) &&
+         requested == MatmulAlgo::WgmmaOverlap || requested == MatmulAlgo::WgmmaDirect || requested == MatmulAlgo::WgmmaTma) &&
         p.dtype == DType::F32)
         throw std::invalid_argument(std::string("matmul: algo='") + name + "' needs float16 or bfloat16 inputs, got float32");
     return requested;

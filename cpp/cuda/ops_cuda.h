@@ -50,7 +50,7 @@ struct MatmulProblem {
 // TensorCore: WMMA 16x16x16 fragments (the readable tensor-core version); Mma: mma.sync m16n8k16 with
 // ldmatrix and a multi-stage cp.async pipeline (the fast one).
 enum class MatmulAlgo : int { Auto = 0, Naive = 1, Tiled = 2, TensorCore = 3, Mma = 4, Wgmma = 5, WgmmaOverlap = 6,
-                              WgmmaDirect = 7 };
+                              WgmmaDirect = 7, WgmmaTma = 8 };
 // The algorithm Auto resolves to; throws std::invalid_argument for an impossible request.
 MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested);
 void matmul_device(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream);

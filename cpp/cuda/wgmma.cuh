@@ -128,6 +128,49 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
             : "memory");
     }
 }
+
+// ---- TMA and mbarriers (matmul v5 algo="wgmma_tma") ------------------------------------------
+// An mbarrier is a 64-bit shared-memory object: threads arrive on it, the TMA unit adds the bytes
+// it has written (complete_tx), and a phase completes when the expected arrivals and bytes are in.
+// try_wait.parity P returns once the phase with parity P has completed.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Wait for phase `parity` of the barrier.  The loop is one asm block (as CUTLASS's): spelled in C++
+// around a single try_wait, ptxas injects a wgmma wait into the loop (C7517), serialising the
+// batches.  After 2^26 unsuccessful tries (over a second: each try may also suspend the thread a
+// while) it traps, so a protocol bug fails the call instead of hanging the GPU.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile(
+        "{\n"
+        " .reg .pred p;\n"
+        " .reg .u32 n;\n"
+        " mov.u32 n, 0;\n"
+        "WAIT:\n"
+        " mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        " @p bra DONE;\n"
+        " add.u32 n, n, 1;\n"
+        " setp.lt.u32 p, n, 67108864;\n"
+        " @p bra WAIT;\n"
+        " trap;\n"
+        "DONE:\n"
+        "}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+
+// One TMA tile load global -> shared (2-D tensor map, coordinates innermost first), completing
+// its bytes on `bar`.  The map lives in kernel parameter space (__grid_constant__).
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+        ::"r"(dst), "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
 #endif  // PYW_HAS_WGMMA
 
 }  // namespace pyworkloads::cuda

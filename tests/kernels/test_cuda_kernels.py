@@ -427,9 +427,10 @@ WGMMA_SHAPES = [
 ]
 
 
-# wgmma_overlap (one batch in flight, loads 2 steps ahead) and wgmma_direct (that, with B read
-# through an MN-major descriptor instead of transposed) had not run on a GPU when written
-@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct"])
+# wgmma_overlap (one batch in flight, loads 2 steps ahead), wgmma_direct (that, with B read through
+# an MN-major descriptor instead of transposed) and wgmma_tma (that, fed by TMA and mbarriers; 2-D
+# problems, batched ones run wgmma_direct) had not run on a GPU when written
+@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma"])
 @pytest.mark.parametrize("sa, sb", WGMMA_SHAPES)
 def test_matmul_wgmma_float16(rng, sa, sb, algo):
     a, b = rand(rng, *sa, dtype=np.float16), rand(rng, *sb, dtype=np.float16)
@@ -455,7 +456,7 @@ def test_matmul_wgmma_transposed_weight_and_auto(rng):
     np.testing.assert_array_equal(_cuda.matmul(x, w.T), got)     # auto = v5 here (same kernel, same bits)
 
 
-@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct"])
+@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma"])
 def test_matmul_wgmma_bfloat16_device_arrays(algo):
     torch = torch_cuda()
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -472,3 +473,20 @@ def test_matmul_wgmma_bfloat16_device_arrays(algo):
     out = torch.empty(2, 300, 520, device="cuda", dtype=torch.bfloat16)
     _cuda.matmul(a, b, algo=algo, out=out)
     assert torch.equal(out, c)
+
+
+@pytest.mark.parametrize("M, K, N", [(300, 256, 520), (4096, 4096, 4096), (129, 72, 300), (1, 64, 8)])
+def test_matmul_wgmma_tma_bfloat16_2d(M, K, N):
+    # one matrix, so the TMA path itself runs (ragged edges: the TMA zero-fills past them)
+    torch = torch_cuda()
+    g = torch.Generator(device="cuda").manual_seed(1)
+    a = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
+    b = torch.randn(K, N, device="cuda", dtype=torch.bfloat16, generator=g)
+    try:
+        c = torch.from_dlpack(_cuda.matmul(a, b, algo="wgmma_tma")).double()
+    except ValueError as exc:
+        if "Hopper" in str(exc):
+            pytest.skip(f"v5 does not run here: {exc}")
+        raise
+    want = a.double() @ b.double()
+    assert torch.allclose(c, want, atol=0.02 * K ** 0.5, rtol=1e-2)

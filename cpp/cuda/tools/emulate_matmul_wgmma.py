@@ -15,6 +15,11 @@ What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh)
   * algo="wgmma_direct": B's row-major tile stored as 4 n-atoms of [64 k][64 n] (chunk c of k-row
     r at c ^ (r % 8)) against the MN-major descriptor model (LBO = 8192 between n-atoms, SBO = 1024
     between 8-row k-groups, +2048 bytes per 16-wide k slice, imm-trans-b 1);
+  * algo="wgmma_tma": the mbarrier protocol (full/empty barriers, phase parities, one batch in
+    flight, thread 0 refilling a slot after both warpgroups released it) under random interleavings
+    of the warpgroups, the TMA unit and the tensor cores.  Its shared-memory layouts are those of
+    wgmma_direct, which the TMA's 128-byte swizzle produces by construction (a 64-element box row is
+    one 128-byte row, chunks XORed with the row within 1024-byte atoms);
   * the accumulator layout d[4 j + e] -> (row, column) of the epilogue, each C element written once;
   * that the ring's slots and the atoms are 1024-byte aligned, and that the 8 threads filling a row
     hit 8 distinct bank groups.
@@ -229,7 +234,113 @@ def matmul(A, B, stats, in_flight=0, direct=False):
     return out if A.ndim == 3 else out[0]
 
 
+def check_tma_protocol(ktiles, rng, trials=200):
+    """matmul_wgmma_tma's mbarrier protocol under random interleavings of its two warpgroups, the
+    TMA unit and the tensor cores: no deadlock, no slot overwritten while a batch may read it, and
+    every batch reads its own step's data after it has landed.  full[s]: 1 arrival (+ the bytes),
+    empty[s]: 2 arrivals; try_wait.parity P succeeds once the phase with parity P has completed."""
+    S = STAGES
+
+    class Bar:
+        def __init__(self, count):
+            self.count, self.arrived, self.tx, self.phase = count, 0, 0, 0   # phase = completed phases
+
+        def arrive(self, expect_tx=0):
+            self.arrived += 1
+            self.tx += expect_tx
+            self._maybe_complete()
+
+        def complete_tx(self, n):
+            self.tx -= n
+            self._maybe_complete()
+
+        def _maybe_complete(self):
+            if self.arrived == self.count and self.tx == 0:
+                self.phase += 1
+                self.arrived = 0
+
+        def done(self, parity):
+            return self.phase % 2 != parity
+
+    for _ in range(trials):
+        full, empty = [Bar(1) for _ in range(S)], [Bar(2) for _ in range(S)]
+        slot_step = [None] * S                 # step whose data a slot holds (None: being written)
+        readers = {s: set() for s in range(S)}   # (wg, step) batches that may still read slot s
+        tma = []                               # pending TMA loads: (slot, step)
+        batches = {0: [], 1: []}               # in-flight wgmma batches per warpgroup: steps
+
+        def issue(t):
+            sl = t % S
+            assert not readers[sl], f"slot {sl} refilled (step {t}) while {readers[sl]} may read it"
+            full[sl].arrive(expect_tx=5)       # one A box + four B boxes
+            slot_step[sl] = None
+            tma.extend([(sl, t)] * 5)
+
+        # program counters: each warpgroup is a list of micro-steps run in order
+        def program(wg):
+            if wg == 0:
+                for t in range(min(S, ktiles)):
+                    yield ("do", lambda t=t: issue(t))
+            for t in range(ktiles):
+                sl = t % S
+                yield ("wait", lambda sl=sl, t=t: full[sl].done((t // S) & 1))
+                def start(t=t, sl=sl, wg=wg):
+                    assert slot_step[sl] == t, f"wg{wg} step {t} reads slot {sl} holding {slot_step[sl]}"
+                    batches[wg].append(t)
+                    readers[sl].add((wg, t))
+                yield ("do", start)
+                yield ("wait", lambda wg=wg: len(batches[wg]) <= 1)         # wgmma_wait<1>
+                if t >= 1:
+                    sp = (t - 1) % S
+                    yield ("do", lambda sp=sp: empty[sp].arrive())
+                    if wg == 0 and t - 1 + S < ktiles:
+                        yield ("wait", lambda sp=sp, t=t: empty[sp].done(((t - 1) // S) & 1))
+                        yield ("do", lambda t=t: issue(t - 1 + S))
+            yield ("wait", lambda wg=wg: not batches[wg])                   # wgmma_wait<0>
+
+        progs = {0: program(0), 1: program(1)}
+        cur = {0: next(progs[0]), 1: next(progs[1])}
+        finished = set()
+        while len(finished) < 2 or tma or any(batches.values()):
+            options = []
+            for wg in (0, 1):
+                if wg in finished:
+                    continue
+                kind, fn = cur[wg]
+                if kind == "do" or fn():
+                    options.append(("wg", wg))
+            if tma:
+                options.append(("tma", None))
+            for wg in (0, 1):
+                if batches[wg]:
+                    options.append(("mma", wg))
+            assert options, f"deadlock (ktiles={ktiles})"
+            kind, arg = options[rng.integers(len(options))]
+            if kind == "wg":
+                k, fn = cur[arg]
+                if k == "do":
+                    fn()
+                try:
+                    cur[arg] = next(progs[arg])
+                except StopIteration:
+                    finished.add(arg)
+            elif kind == "tma":
+                sl, t = tma.pop(rng.integers(len(tma)))
+                if not any(x == (sl, t) for x in tma):
+                    slot_step[sl] = t          # the last box of this load landed (order irrelevant)
+                full[sl].complete_tx(1)
+            else:
+                t = batches[arg].pop(0)        # batches of a warpgroup complete in order
+                readers[t % S].discard((arg, t))
+    return True
+
+
 def main():
+    rng_p = np.random.default_rng(1)
+    for kt in (1, 2, 3, 4, 5, 9, 17):
+        check_tma_protocol(kt, rng_p)
+    print("wgmma_tma mbarrier protocol: no deadlock, no early refill, every batch reads its own landed step "
+          "(ktiles 1..17, random interleavings)")
     rng = np.random.default_rng(0)
     stats = {"store_phases": 0, "store_conflicts": 0}
     worst = 0.0
