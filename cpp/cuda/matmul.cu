@@ -493,6 +493,31 @@ __device__ int g_wgmma_compiled = 0;
 #if defined(PYW_HAS_WGMMA)
 constexpr uint32_t kWgAtomN = kWgBK * 128;   // MN-major B tile: bytes from one 64-wide n-atom to the next
 
+// A warpgroup's 64x256 accumulator tile to C [M, N] (row-major, dtype T): d[4 j + e] is row
+// r0 + 8 (e / 2), column c0 + 8 j + e % 2, with r0 = its first row + 16 warp + lane / 4 and
+// c0 = its first column + 2 (lane % 4); each column pair leaves as one 4-byte store when C's rows
+// allow (c_pairs), element by element at the right edge.
+template <class T>
+__device__ __forceinline__ void store_wgmma_tile(T* C, const float (&d)[128], int64_t M, int64_t N, int64_t r0, int64_t c0,
+                                                 bool c_pairs) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int64_t r = r0 + half * 8;
+        if (r >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+            const int64_t c = c0 + j * 8;
+            const float lo = d[4 * j + 2 * half], hi = d[4 * j + 2 * half + 1];
+            if (c_pairs && c + 1 < N) {
+                *reinterpret_cast<uint32_t*>(C + r * N + c) = pack2<T>(lo, hi);
+            } else {
+                if (c < N) C[r * N + c] = from_float<T>(lo);
+                if (c + 1 < N) C[r * N + c + 1] = from_float<T>(hi);
+            }
+        }
+    }
+}
+
 // The byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128-byte-swizzled tile.
 __device__ __forceinline__ uint32_t swizzle128(int row, int chunk) {
     return uint32_t(row) * 128u + (uint32_t(chunk ^ (row & 7)) << 4);
@@ -627,25 +652,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
         cp_async_wait<0>();
         __syncthreads();                               // the next z reuses the ring
 
-        // d[4 j + e]: row 16 warp + lane / 4 + 8 (e / 2) of this warpgroup's 64, column 8 j +
-        // 2 (lane % 4) + e % 2; the column pair leaves as one 4-byte store when C's rows allow.
-        T* C = static_cast<T*>(p.c) + z * p.M * p.N;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int64_t r = m0 + wg * 64 + warp * 16 + (lane >> 2) + half * 8;
-            if (r >= p.M) continue;
-#pragma unroll
-            for (int j = 0; j < 32; ++j) {
-                const int64_t c = n0 + j * 8 + (lane & 3) * 2;
-                const float lo = d[4 * j + 2 * half], hi = d[4 * j + 2 * half + 1];
-                if (c_pairs && c + 1 < p.N) {
-                    *reinterpret_cast<uint32_t*>(C + r * p.N + c) = pack2<T>(lo, hi);
-                } else {
-                    if (c < p.N) C[r * p.N + c] = from_float<T>(lo);
-                    if (c + 1 < p.N) C[r * p.N + c + 1] = from_float<T>(hi);
-                }
-            }
-        }
+        store_wgmma_tile(static_cast<T*>(p.c) + z * p.M * p.N, d, p.M, p.N, m0 + wg * 64 + warp * 16 + (lane >> 2),
+                         n0 + (lane & 3) * 2, c_pairs);
     }
 #else
     __trap();                                          // never launched: wgmma_available() is false
@@ -725,23 +733,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma_tma(const __grid_c
     wgmma_wait<0>();
     wgmma_fence_operands(d);
 
-    T* C = static_cast<T*>(p.c);                       // batch 1 only (the launcher checks)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int64_t r = m0 + wg * 64 + warp * 16 + (lane >> 2) + half * 8;
-        if (r >= p.M) continue;
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            const int64_t c = n0 + j * 8 + (lane & 3) * 2;
-            const float lo = d[4 * j + 2 * half], hi = d[4 * j + 2 * half + 1];
-            if (c_pairs && c + 1 < p.N) {
-                *reinterpret_cast<uint32_t*>(C + r * p.N + c) = pack2<T>(lo, hi);
-            } else {
-                if (c < p.N) C[r * p.N + c] = from_float<T>(lo);
-                if (c + 1 < p.N) C[r * p.N + c + 1] = from_float<T>(hi);
-            }
-        }
-    }
+    store_wgmma_tile(static_cast<T*>(p.c), d, p.M, p.N, m0 + wg * 64 + warp * 16 + (lane >> 2), n0 + (lane & 3) * 2,
+                     c_pairs);                         // batch 1 only (the launcher checks)
 #else
     __trap();                                          // never launched: wgmma_available() is false
 #endif
