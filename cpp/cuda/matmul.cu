@@ -218,14 +218,20 @@ constexpr int kTcStageB = kTcBK * kTcLdB;
 constexpr int kTcStages = 3;               // ring of K-steps in flight (cp.async groups)
 constexpr size_t kTcSmemBytes = size_t(kTcStages) * (kTcStageA + kTcStageB) * 2;   // 56 KiB: opt-in
 
-// Copy one 8-element chunk of a tile row into shared memory, `left` elements of which lie inside
-// the matrix: cp.async when rows are 16-byte aligned (the hardware zero-fills past src_bytes),
-// element by element otherwise.  `safe` is any valid address, used when nothing is read.
+// One 8-element chunk of a tile row by cp.async to shared address dst: the first `left` elements
+// (clamped to 0..8) are read from src -- a 16-byte aligned address -- the hardware zero-fills the
+// rest; `safe` is any valid address, used when nothing is read.
+template <class T>
+__device__ __forceinline__ void cp_async_chunk(uint32_t dst, const T* src, const T* safe, int64_t left) {
+    const int bytes = int(left <= 0 ? 0 : left < 8 ? left : 8) * int(sizeof(T));
+    cp_async16(dst, bytes ? src : safe, bytes);
+}
+
+// The same for any row: cp.async when rows are 16-byte aligned (vec), element by element otherwise.
 template <class T>
 __device__ __forceinline__ void copy_chunk(T* dst, const T* src, const T* safe, int64_t left, bool vec) {
     if (vec) {
-        const int bytes = int(left <= 0 ? 0 : left < 8 ? left : 8) * int(sizeof(T));
-        cp_async16(dst, bytes ? src : safe, bytes);
+        cp_async_chunk(smem_addr(dst), src, safe, left);
     } else {
 #pragma unroll
         for (int e = 0; e < 8; ++e) dst[e] = e < left ? src[e] : from_float<T>(0.f);
@@ -349,6 +355,15 @@ __device__ __forceinline__ void mma_tile_of(int64_t id, int64_t tiles_m, int64_t
     tn = (id % per_group) / rows;
 }
 
+// The first row and column of C this block owns: tile mma_tile_of(blockIdx.x) of kMmaBM x kMmaBN
+// (v5 uses the same block tile).
+__device__ __forceinline__ void block_origin(const MatmulProblem& p, int64_t& m0, int64_t& n0) {
+    int64_t tm, tn;
+    mma_tile_of(blockIdx.x, (p.M + kMmaBM - 1) / kMmaBM, (p.N + kMmaBN - 1) / kMmaBN, tm, tn);
+    m0 = tm * kMmaBM;
+    n0 = tn * kMmaBN;
+}
+
 template <class T, int kStages>
 __global__ void __launch_bounds__(kMmaThreads, 1) matmul_mma(MatmulProblem p, bool c_pairs) {
     extern __shared__ __align__(128) unsigned char mma_smem[];   // kStages x A tiles, then kStages x B tiles
@@ -356,10 +371,8 @@ __global__ void __launch_bounds__(kMmaThreads, 1) matmul_mma(MatmulProblem p, bo
     T* Bs = As + kStages * kMmaStageA;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tg = lane & 3;
     const int wm = warp >> 2, wn = warp & 3;          // warp tile: rows wm*64 .. +63, cols wn*64 .. +63
-    const int64_t tiles_m = (p.M + kMmaBM - 1) / kMmaBM, tiles_n = (p.N + kMmaBN - 1) / kMmaBN;
-    int64_t tm, tn;
-    mma_tile_of(blockIdx.x, tiles_m, tiles_n, tm, tn);
-    const int64_t m0 = tm * kMmaBM, n0 = tn * kMmaBN;
+    int64_t m0, n0;
+    block_origin(p, m0, n0);
     const int64_t ktiles = (p.K + kMmaBK - 1) / kMmaBK;
 
     for (int64_t z = blockIdx.z; z < p.batch; z += gridDim.z) {
@@ -567,10 +580,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
     const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;   // swizzle atoms are 1024-byte aligned
     const uint32_t a_smem = base, b_smem = base + kWgStages * kWgStageA;
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
-    const int64_t tiles_m = (p.M + kWgBM - 1) / kWgBM, tiles_n = (p.N + kWgBN - 1) / kWgBN;
-    int64_t tm, tn;
-    mma_tile_of(blockIdx.x, tiles_m, tiles_n, tm, tn);
-    const int64_t m0 = tm * kWgBM, n0 = tn * kWgBN;
+    int64_t m0, n0;
+    block_origin(p, m0, n0);
     const int64_t ktiles = (p.K + kWgBK - 1) / kWgBK;
 
     for (int64_t z = blockIdx.z; z < p.batch; z += gridDim.z) {
@@ -589,9 +600,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
             for (int i = 0; i < 4; ++i) {
                 const int c = tid + kWgThreads * i, r = c >> 3, ch = c & 7;
                 const int64_t row = m0 + r, col = k0 + ch * 8;
-                const int64_t left = row < p.M ? p.K - col : 0;
-                const int bytes = int(left <= 0 ? 0 : left < 8 ? left : 8) * int(sizeof(T));
-                cp_async16(a_smem + s * kWgStageA + swizzle128(r, ch), bytes ? A + row * p.lda + col : A, bytes);
+                cp_async_chunk(a_smem + s * kWgStageA + swizzle128(r, ch), A + row * p.lda + col, A,
+                               row < p.M ? p.K - col : 0);
             }
             if constexpr (kDirectB) {
                 // chunk c = tid + 256 i: k-row c / 32 of the step, 8 n-values 8 (c % 32) -> n-atom
@@ -600,10 +610,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
                 for (int i = 0; i < 8; ++i) {
                     const int c = tid + kWgThreads * i, r = c >> 5, c8 = c & 31;
                     const int64_t k = k0 + r, col = n0 + c8 * 8;
-                    const int64_t left = k < p.K ? p.N - col : 0;
-                    const int bytes = int(left <= 0 ? 0 : left < 8 ? left : 8) * int(sizeof(T));
-                    cp_async16(b_smem + s * kWgStageB + (c8 >> 3) * kWgAtomN + swizzle128(r, c8 & 7),
-                               bytes ? B + k * p.ldb + col : B, bytes);
+                    cp_async_chunk(b_smem + s * kWgStageB + (c8 >> 3) * kWgAtomN + swizzle128(r, c8 & 7),
+                                   B + k * p.ldb + col, B, k < p.K ? p.N - col : 0);
                 }
             } else {
 #pragma unroll
@@ -678,10 +686,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma_tma(const __grid_c
     const uint32_t a_smem = base, b_smem = base + kWgStages * kWgStageA;
     const uint32_t full0 = smem_addr(bars), empty0 = full0 + 8 * kWgStages;
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
-    const int64_t tiles_m = (p.M + kWgBM - 1) / kWgBM, tiles_n = (p.N + kWgBN - 1) / kWgBN;
-    int64_t tm, tn;
-    mma_tile_of(blockIdx.x, tiles_m, tiles_n, tm, tn);
-    const int64_t m0 = tm * kWgBM, n0 = tn * kWgBN;
+    int64_t m0, n0;
+    block_origin(p, m0, n0);
     const int64_t ktiles = (p.K + kWgBK - 1) / kWgBK;
 
     if (tid == 0) {
