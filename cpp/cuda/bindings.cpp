@@ -125,9 +125,9 @@ MatrixOperand matrix_operand(CallContext& ctx, TensorArg& t) {
 py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_name, py::handle out_obj) {
     const MatmulAlgo requested = parse_algo<MatmulAlgo>(
         algo_name, {{"auto", MatmulAlgo::Auto}, {"naive", MatmulAlgo::Naive}, {"tiled", MatmulAlgo::Tiled},
-                    {"tensorcore", MatmulAlgo::TensorCore}, {"mma", MatmulAlgo::Mma},
-                    {"wgmma", MatmulAlgo::Wgmma}, {"wgmma_overlap", MatmulAlgo::WgmmaOverlap},
-                    {"wgmma_direct", MatmulAlgo::WgmmaDirect}, {"wgmma_tma", MatmulAlgo::WgmmaTma}}, "matmul");
+                    {"tensorcore", MatmulAlgo::TensorCore}, {"mma", MatmulAlgo::Mma}, {"wgmma", MatmulAlgo::Wgmma},
+                    {"wgmma_overlap", MatmulAlgo::WgmmaOverlap}, {"wgmma_direct", MatmulAlgo::WgmmaDirect},
+                    {"wgmma_tma", MatmulAlgo::WgmmaTma}}, "matmul");
     TensorArg a = parse_tensor(a_obj, "a"), b = parse_tensor(b_obj, "b");
     require_float(a, "matmul");
     require_float(b, "matmul");
@@ -174,10 +174,10 @@ py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_na
     {
         py::gil_scoped_release nogil;
         CallContext ctx({&a, &b, out ? &*out : nullptr});
-        if ((requested == MatmulAlgo::Wgmma || requested == MatmulAlgo::WgmmaOverlap || requested == MatmulAlgo::WgmmaDirect ||
-             requested == MatmulAlgo::WgmmaTma) && !wgmma_available())
-            throw py::value_error("matmul: algo='wgmma'/'wgmma_overlap'/'wgmma_direct'/'wgmma_tma' need a Hopper GPU (compute capability 9.0), a build with sm_90a "
-                                  "code (CMAKE_CUDA_ARCHITECTURES containing 90a) and PYWORKLOADS_NO_WGMMA unset; use 'mma'");
+        if (is_wgmma(requested) && !wgmma_available())
+            throw py::value_error(std::string("matmul: algo='") + matmul_algo_name(requested) +
+                                  "' needs a Hopper GPU (compute capability 9.0), a build with sm_90a code "
+                                  "(CMAKE_CUDA_ARCHITECTURES containing 90a) and PYWORKLOADS_NO_WGMMA unset; use 'mma'");
         const MatrixOperand ma = matrix_operand(ctx, a), mb = matrix_operand(ctx, b);
         p.a = ma.ptr;
         p.lda = ma.ld;

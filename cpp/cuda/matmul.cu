@@ -877,8 +877,7 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
         return;
     }
     if constexpr (!std::is_same_v<T, float>) {
-        if (algo == MatmulAlgo::Wgmma || algo == MatmulAlgo::WgmmaOverlap || algo == MatmulAlgo::WgmmaDirect ||
-            algo == MatmulAlgo::WgmmaTma) {
+        if (is_wgmma(algo)) {
             if (p.a_vec && wgmma_available() && max_optin_smem() >= int(kWgSmemBytes)) {
                 if (algo == MatmulAlgo::Wgmma) return launch_wgmma<T, 0, false>(p, stream);
                 if (algo == MatmulAlgo::WgmmaTma && tma_fits(p)) return launch_wgmma_tma<T>(p, stream);
@@ -908,16 +907,10 @@ MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested) {
     // Wgmma runs v4 where v5 cannot (no sm_90a code for the device, unaligned rows): the device is
     // only known at launch, and this function must not touch CUDA (it validates before any call).
     if (requested == MatmulAlgo::Auto) return p.dtype == DType::F32 ? MatmulAlgo::Tiled : MatmulAlgo::Wgmma;
-    const char* name = requested == MatmulAlgo::Mma            ? "mma"
-                       : requested == MatmulAlgo::Wgmma        ? "wgmma"
-                       : requested == MatmulAlgo::WgmmaOverlap ? "wgmma_overlap"
-                       : requested == MatmulAlgo::WgmmaDirect  ? "wgmma_direct"
-                       : requested == MatmulAlgo::WgmmaTma     ? "wgmma_tma"
-                                                               : "tensorcore";
-    if ((requested == MatmulAlgo::TensorCore || requested == MatmulAlgo::Mma || requested == MatmulAlgo::Wgmma ||
-         requested == MatmulAlgo::WgmmaOverlap || requested == MatmulAlgo::WgmmaDirect || requested == MatmulAlgo::WgmmaTma) &&
-        p.dtype == DType::F32)
-        throw std::invalid_argument(std::string("matmul: algo='") + name + "' needs float16 or bfloat16 inputs, got float32");
+    const bool tensor_cores = requested == MatmulAlgo::TensorCore || requested == MatmulAlgo::Mma || is_wgmma(requested);
+    if (tensor_cores && p.dtype == DType::F32)
+        throw std::invalid_argument(std::string("matmul: algo='") + matmul_algo_name(requested) +
+                                    "' needs float16 or bfloat16 inputs, got float32");
     return requested;
 }
 
