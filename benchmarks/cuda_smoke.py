@@ -49,11 +49,15 @@ QUICK = {"matmul": [1, 4, 7], "attention": [1, 2, 8], "norms": [1, 4]}   # --qui
 
 
 class Smoke:
-    def __init__(self, _cuda, torch):
-        self._cuda, self.torch = _cuda, torch
+    def __init__(self, _cuda, torch, skip_algos=frozenset()):
+        self._cuda, self.torch, self.skip_algos = _cuda, torch, frozenset(skip_algos)
         self.passed = self.failed = self.unsupported = 0
         self.failures: list[str] = []
         self.poisoned = False
+
+    def algos(self, op: str) -> list[str]:
+        """The op's algorithms, less --skip-algos."""
+        return [a for a in self._cuda.ALGORITHMS[op] if a not in self.skip_algos]
 
     def to_dtype(self, x: np.ndarray, dt: str):
         """(argument for the op, the same values as float64 for the reference)."""
@@ -118,7 +122,7 @@ class Smoke:
                 a, ar = self.to_dtype(a64, dt)
                 b, br = self.to_dtype(b64, dt)
                 want = reference.matmul(ar, br)
-                for algo in self._cuda.ALGORITHMS["matmul"]:
+                for algo in self.algos("matmul"):
                     self.check(f"matmul {algo:<10} {dt} {sa}x{sb}", lambda: self._cuda.matmul(a, b, algo=algo), want, dt)
                 if dt != "bf16" and len(sb) == 2 and sb[0] > 1 and sb[1] > 1:   # a transposed (W.T) operand
                     bt = np.ascontiguousarray(b.T).T
@@ -150,7 +154,7 @@ class Smoke:
                 want = reference.attention(qr, kr, vr, causal=causal, bias=biasr, mask=mask)
                 shape = f"B{B} Hq{Hq} Hkv{Hkv} Tq{Tq} Tk{Tk} Dh{Dh}{' causal' if causal else ''}" \
                         f"{' bias=' + bias_kind if bias_kind else ''}{' mask=' + mask_kind if mask_kind else ''}"
-                for algo in self._cuda.ALGORITHMS["attention"]:
+                for algo in self.algos("attention"):
                     self.check(f"attention {algo:<9} {dt} {shape}",
                                lambda: self._cuda.attention(q, k, v, causal, None, bias, m, algo=algo), want, dt)
 
@@ -164,10 +168,10 @@ class Smoke:
                 x, xr = self.to_dtype(x64, dt)
                 w, wr = self.to_dtype(w64, dt)
                 b, br = self.to_dtype(b64, dt)
-                for algo in self._cuda.ALGORITHMS["rms_norm"]:
+                for algo in self.algos("rms_norm"):
                     self.check(f"rms_norm   {algo:<5} {dt} {rows}x{D}", lambda: self._cuda.rms_norm(x, w, 1e-6, algo=algo),
                                reference.rms_norm(xr, wr, 1e-6), dt)
-                for algo in self._cuda.ALGORITHMS["layer_norm"]:
+                for algo in self.algos("layer_norm"):
                     self.check(f"layer_norm {algo:<5} {dt} {rows}x{D}",
                                lambda: self._cuda.layer_norm(x, w, b, 1e-5, algo=algo), reference.layer_norm(xr, wr, br, 1e-5), dt)
                     self.check(f"layer_norm {algo:<5} {dt} {rows}x{D} no affine",
@@ -182,7 +186,7 @@ class Smoke:
                 x = flat[1:].view(rows, D)
                 w = torch.from_numpy(rng.standard_normal(D + 1)).to(tdt).cuda()[1:]
                 xr, wr = x.cpu().double().numpy(), w.cpu().double().numpy()
-                for algo in self._cuda.ALGORITHMS["rms_norm"]:
+                for algo in self.algos("rms_norm"):
                     self.check(f"rms_norm   {algo:<5} {dt} {rows}x{D} misaligned views",
                                lambda: self._cuda.rms_norm(x, w, 1e-6, algo=algo), reference.rms_norm(xr, wr, 1e-6), dt)
 
@@ -192,6 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few shapes per op (for racecheck)")
     ap.add_argument("--no-torch", action="store_true", help="NumPy inputs only (no bfloat16, no device views)")
     ap.add_argument("--ops", default="matmul,attention,norms")
+    ap.add_argument("--skip-algos", default="", metavar="A,B",
+                    help="algorithm names left out (run_gpu_checks.sh: the candidates not yet verified on a GPU)")
     args = ap.parse_args(argv)
     try:
         from pyworkloads import _cuda
@@ -212,7 +218,7 @@ def main(argv=None) -> int:
     dtypes = ["fp32", "fp16"] + (["bf16"] if torch is not None else [])
     print(f"cuda_smoke: algorithms {dict(_cuda.ALGORITHMS)}; dtypes {dtypes}"
           + ("" if torch is not None else " (no PyTorch with CUDA: bfloat16 and device views skipped)"), flush=True)
-    s = Smoke(_cuda, torch)
+    s = Smoke(_cuda, torch, {a for a in args.skip_algos.split(",") if a})
     t0 = time.perf_counter()
     ops = [op for op in args.ops.split(",") if op]
     for op in ops:
@@ -227,6 +233,7 @@ def main(argv=None) -> int:
             print(f"cuda_smoke: continuing with {', '.join(ops[i + 1:])} in a new process", flush=True)
             cmd = [sys.executable, str(Path(__file__).resolve()), "--ops", ",".join(ops[i + 1:])]
             cmd += (["--quick"] if args.quick else []) + (["--no-torch"] if args.no_torch else [])
+            cmd += ["--skip-algos", args.skip_algos] if args.skip_algos else []
             rest_rc = subprocess.run(cmd).returncode
             break
     print(f"\ncuda_smoke: {s.passed} passed, {s.failed} failed, {s.unsupported} not supported by that version "

@@ -11,9 +11,10 @@
 #   device        _cuda.device_status(): the extension sees the GPU                    ~2 s    60 s
 #   wgmma         matmul v5 alone vs float64 (and 4096^3 bf16 vs v4); on failure the   ~10 s    60 s
 #                 later steps run with PYWORKLOADS_NO_WGMMA=1
-#   wgmma_overlap the unverified v5 candidates, the same checks, one process each      ~8 s     40 s
-#   wgmma_direct    each (their failure is reported and changes nothing else)
-#   wgmma_tma
+#   wgmma_overlap the v5 candidates not yet verified on a GPU ($CANDIDATES), one        ~8 s     40 s
+#   wgmma_direct    process each: the same checks, then tests-<name>: the GPU tests   ~10 s    60 s
+#   wgmma_tma       of that algorithm (pytest -k <name>).  A failure is reported and
+#   wgmma_ws        changes nothing else: every other step leaves the candidates out
 #   smoke         benchmarks/cuda_smoke.py: every algo x small odd shapes vs reference ~10 s    120 s
 #   host-tests    tests/kernels/test_cuda_{host,build,review}.py                      ~10 s    120 s
 #   cuda-tests    tests/kernels/test_cuda_kernels.py (every algo, device arrays)      ~60 s    240 s
@@ -209,6 +210,12 @@ else
 fi
 
 # ---- smoke, tests, benchmark --------------------------------------------------------------------
+# Kernels written without a GPU run only in their own steps (a trap or fault there would poison the
+# CUDA context of a shared process and fail every later check in it).  Verified on a GPU and made
+# the default: move it out of this list.
+CANDIDATES=(wgmma_overlap wgmma_direct wgmma_tma wgmma_ws)
+SKIP_CANDIDATES="$(IFS=,; echo "${CANDIDATES[*]}")"
+NOT_CANDIDATES="not ($(IFS=' '; echo "${CANDIDATES[*]}" | sed 's/ / or /g'))"
 PYTEST=("$PY" -m pytest -rs -p no:cacheprovider --tb=short)
 # a test stuck in a hung kernel ends the step after 60 s with its name and stacks (pytest-timeout,
 # where installed; "thread": a signal cannot interrupt a blocking CUDA call) instead of eating the cap
@@ -252,17 +259,19 @@ for algo in (["wgmma", "mma"] if what == "verified" else [what]):
 if needs_gpu wgmma; then
     run_step wgmma 60 wgmma.log "$PY" -c "$WGMMA_PY" verified
     [[ "${STEP_STATUS[-1]:-}" == PASS* ]] || { export PYWORKLOADS_NO_WGMMA=1; echo "(v5 failed: the remaining steps run with PYWORKLOADS_NO_WGMMA=1)"; }
-    for cand in wgmma_overlap wgmma_direct wgmma_tma; do
+    for cand in "${CANDIDATES[@]}"; do
         run_step "$cand" 40 "$cand.log" "$PY" -c "$WGMMA_PY" "$cand"
         [ -f "$LOGDIR/$cand.log" ] && cat "$LOGDIR/$cand.log" >> "$LOGDIR/wgmma.log"
+        run_step "tests-$cand" 60 "pytest-$cand.log" "${PYTEST[@]}" -q tests/kernels/test_cuda_kernels.py -k "$cand"
+        [ -f "$LOGDIR/pytest-$cand.log" ] && tail -n 15 "$LOGDIR/pytest-$cand.log" >> "$LOGDIR/wgmma.log"
     done
 fi
-needs_gpu smoke && run_step smoke 120 smoke.log "$PY" benchmarks/cuda_smoke.py
+needs_gpu smoke && run_step smoke 120 smoke.log "$PY" benchmarks/cuda_smoke.py --skip-algos "$SKIP_CANDIDATES"
 host_tests=(tests/kernels/test_cuda_host.py tests/kernels/test_cuda_build.py)
 [ -f tests/kernels/test_cuda_review.py ] && host_tests+=(tests/kernels/test_cuda_review.py)
 run_step host-tests 120 pytest-host.log "${PYTEST[@]}" -q "${host_tests[@]}"
 # -v: each test's name is printed as it starts, so a killed run shows which one hung
-needs_gpu cuda-tests && run_step cuda-tests 240 pytest-cuda.log "${PYTEST[@]}" -v tests/kernels/test_cuda_kernels.py
+needs_gpu cuda-tests && run_step cuda-tests 240 pytest-cuda.log "${PYTEST[@]}" -v tests/kernels/test_cuda_kernels.py -k "$NOT_CANDIDATES"
 if needs_gpu bench; then
     BQ="$QUICK"
     [ $((BUDGET - (SECONDS - START))) -lt 200 ] && BQ=1 && echo "(little time left: benchmark with --quick)"
@@ -292,13 +301,13 @@ fi
 if needs_gpu memcheck; then
     if [ -z "$SANITIZER" ]; then record memcheck "SKIPPED (compute-sanitizer not installed)"
     else run_step memcheck 150 memcheck.log "$SANITIZER" --tool memcheck --leak-check no --print-limit 40 --error-exitcode 99 \
-            "$PY" benchmarks/cuda_smoke.py "${SMOKE_Q[@]}"
+            "$PY" benchmarks/cuda_smoke.py "${SMOKE_Q[@]}" --skip-algos "$SKIP_CANDIDATES"
     fi
 fi
 if needs_gpu racecheck; then
     if [ -z "$SANITIZER" ]; then record racecheck "SKIPPED (compute-sanitizer not installed)"
     else run_step racecheck 120 racecheck.log "$SANITIZER" --tool racecheck --print-limit 40 --error-exitcode 99 \
-            "$PY" benchmarks/cuda_smoke.py --quick --no-torch
+            "$PY" benchmarks/cuda_smoke.py --quick --no-torch --skip-algos "$SKIP_CANDIDATES"
     fi
 fi
 

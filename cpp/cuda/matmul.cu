@@ -53,8 +53,11 @@
 //                skips the transpose, reading B's row-major tiles through an MN-major descriptor
 //                (imm-trans-b); algo="wgmma_tma" feeds that kernel with the Tensor Memory
 //                Accelerator and mbarriers instead of cp.async and __syncthreads (one matrix per
-//                call, else wgmma_direct).  None of the three has run on a GPU yet, so auto does
-//                not pick them.
+//                call, or a batch that folds into one, else wgmma_direct); algo="wgmma_ws" splits
+//                that into a producer warpgroup (TMA) and two consumer warpgroups (wgmma), with
+//                setmaxnreg moving registers to the consumers, in a persistent grid of one block
+//                per SM (the same problems, else v5).  None of the four has run on a GPU yet, so
+//                auto does not pick them.
 #include <cuda.h>   // CUtensorMap and its enums (the encoder is fetched at run time: no libcuda link)
 #include <mma.h>
 
@@ -801,6 +804,140 @@ void launch_wgmma_tma(const MatmulProblem& p, cudaStream_t stream) {
     check_launch("matmul_wgmma_tma");
 }
 
+// A batched problem as one matrix where that is the same computation: B shared by every batch
+// (all its batch strides 0) and A's batches lying one after another at M rows of lda (z's offset
+// z M lda), so the rows of all batches form one [batch M, K] matrix -- and C, [batch, M, N]
+// contiguous, is [batch M, N].  The models' x @ W.T with x [B, T, D] is such a problem.  Returns
+// false (p unchanged) otherwise.
+bool fold_batch(MatmulProblem& p) {
+    if (p.batch <= 1) return p.batch == 1;
+    int64_t want = p.M * p.lda;                    // stride of the innermost batch dimension
+    for (int d = p.batch_ndim - 1; d >= 0; --d) {
+        if (p.batch_stride_b[d] != 0 && p.batch_shape[d] != 1) return false;
+        if (p.batch_shape[d] != 1 && p.batch_stride_a[d] != want) return false;
+        want *= p.batch_shape[d];
+    }
+    p.M *= p.batch;
+    p.batch = 1;
+    p.batch_ndim = 0;
+    return true;
+}
+
+// ---- v5 warp-specialised and persistent (algo="wgmma_ws"; NOT yet run on a GPU) --------------
+// wgmma_tma's tiles, shared-memory layouts, TMA boxes and barriers, arranged as the fast Hopper
+// GEMMs are (CUTLASS's warp-specialised "cooperative" kernels): three warpgroups with separate
+// jobs.  Warpgroup 0 is the producer: it hands most of its registers back (setmaxnreg 40) and one
+// of its threads issues the TMA loads, waiting only for a slot to be free, so it runs up to 4 K
+// steps ahead -- across tile boundaries.  Warpgroups 1 and 2 are the consumers (setmaxnreg 232):
+// each multiplies 64x256 of the block's 128x256 tile, frees a slot as soon as the batch that read
+// it has finished, and at the end of a tile stores C from registers while the producer is already
+// filling the ring with the next tile.  The grid is one block per SM and block b takes tiles b,
+// b + grid, ... (mma_tile_of's grouped order): persistent, so no tile waits for a block launch and
+// every tile's prologue overlaps the previous tile's epilogue.  full[s]/empty[s] as in wgmma_tma;
+// the producer waits for empty[s]'s phase (g / S - 1) of its step g (parity (g / S + 1) % 2: the
+// first S waits pass on fresh barriers), the consumers for full[s]'s phase g / S.
+constexpr int kWsThreads = 384, kWsProducerRegs = 40, kWsConsumerRegs = 232;
+static_assert(kWsProducerRegs * 128 + kWsConsumerRegs * 256 <= (65536 / kWsThreads) / 8 * 8 * kWsThreads,
+              "the consumers' registers come from what the producer hands back");
+
+template <class T>
+__global__ void __launch_bounds__(kWsThreads, 1) matmul_wgmma_ws(const __grid_constant__ CUtensorMap tma_a,
+                                                                  const __grid_constant__ CUtensorMap tma_b,
+                                                                  MatmulProblem p, bool c_pairs) {
+#if defined(PYW_HAS_WGMMA)
+    extern __shared__ unsigned char wg_smem[];
+    __shared__ __align__(8) uint64_t bars[2 * kWgStages];          // full[0..S), then empty[0..S)
+    const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;   // TMA's 128B swizzle wants 1024-byte atoms
+    const uint32_t a_smem = base, b_smem = base + kWgStages * kWgStageA;
+    const uint32_t full0 = smem_addr(bars), empty0 = full0 + 8 * kWgStages;
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const int64_t tiles_m = (p.M + kWgBM - 1) / kWgBM, tiles_n = (p.N + kWgBN - 1) / kWgBN;
+    const int64_t tiles = tiles_m * tiles_n, ktiles = (p.K + kWgBK - 1) / kWgBK;
+
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < kWgStages; ++s) {
+            mbar_init(full0 + 8 * s, 1);               // the producer's arrive.expect_tx (+ the bytes)
+            mbar_init(empty0 + 8 * s, 2);              // one arrival per consumer warpgroup
+        }
+        fence_mbarrier_init();
+    }
+    __syncthreads();                                   // the last block-wide barrier: the producer returns early
+
+    if (wg == 0) {                                     // ---- producer
+        setmaxnreg_dec<kWsProducerRegs>();
+        if (tid == 0) {
+            int64_t g = 0;                             // K steps issued by this block so far, over all its tiles
+            for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                int64_t tm, tn;
+                mma_tile_of(tile, tiles_m, tiles_n, tm, tn);
+                const int32_t m0 = int32_t(tm * kWgBM), n0 = int32_t(tn * kWgBN);
+                for (int64_t t = 0; t < ktiles; ++t, ++g) {
+                    const int s = int(g % kWgStages);
+                    const uint32_t full = full0 + 8 * s;
+                    mbar_wait(empty0 + 8 * s, uint32_t(((g / kWgStages) & 1) ^ 1));   // both consumers are done with it
+                    mbar_arrive_expect_tx(full, kWgStageA + kWgStageB);
+                    tma_load_2d(a_smem + s * kWgStageA, &tma_a, int32_t(t * kWgBK), m0, full);
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        tma_load_2d(b_smem + s * kWgStageB + j * kWgAtomN, &tma_b, n0 + 64 * j, int32_t(t * kWgBK), full);
+                }
+            }
+        }
+        return;
+    }
+
+    setmaxnreg_inc<kWsConsumerRegs>();                 // ---- consumers
+    const int cw = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
+    const bool leader = (tid & 127) == 0;              // arrives on empty[] for its warpgroup
+    int64_t g = 0;                                     // the same step count as the producer's
+    float d[128];
+    for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int64_t tm, tn;
+        mma_tile_of(tile, tiles_m, tiles_n, tm, tn);
+#pragma unroll
+        for (int i = 0; i < 128; ++i) d[i] = 0.f;
+        for (int64_t t = 0; t < ktiles; ++t, ++g) {
+            const int s = int(g % kWgStages);
+            mbar_wait(full0 + 8 * s, uint32_t((g / kWgStages) & 1));   // step g's bytes have landed
+            const uint32_t sa = a_smem + s * kWgStageA + cw * 64 * 128, sb = b_smem + s * kWgStageB;
+            wgmma_fence_operands(d);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < kWgBK / 16; ++kk)
+                wgmma_m64n256k16<T, 1>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 2048, kWgAtomN, 1024));
+            wgmma_commit();
+            wgmma_wait<1>();                           // step g-1's batch is done (step g's in flight)
+            wgmma_fence_operands(d);
+            if (t >= 1 && leader) mbar_arrive(empty0 + 8 * int((g - 1) % kWgStages));
+            __syncwarp();                              // warp 0 reconverges before the next (aligned) wgmma
+        }
+        wgmma_wait<0>();
+        wgmma_fence_operands(d);
+        if (leader) mbar_arrive(empty0 + 8 * int((g - 1) % kWgStages));   // the tile's last step (ktiles >= 1)
+        __syncwarp();
+        store_wgmma_tile(static_cast<T*>(p.c), d, p.M, p.N, tm * kWgBM + cw * 64 + warp * 16 + (lane >> 2),
+                         tn * kWgBN + (lane & 3) * 2, c_pairs);
+    }
+#else
+    __trap();                                          // never launched: wgmma_available() is false
+#endif
+}
+
+template <class T>
+void launch_wgmma_ws(const MatmulProblem& p, cudaStream_t stream) {
+    const int64_t es = sizeof(T);
+    const CUtensorMap ta = tensor_map_2d<T>(p.a, p.K, p.M, p.lda * es, kWgBK, kWgBM);
+    const CUtensorMap tb = tensor_map_2d<T>(p.b, p.N, p.K, p.ldb * es, 64, kWgBK);
+    check(cudaFuncSetAttribute(matmul_wgmma_ws<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
+          "matmul_wgmma_ws shared memory opt-in");
+    const int64_t tiles = ((p.M + kWgBM - 1) / kWgBM) * ((p.N + kWgBN - 1) / kWgBN);
+    const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(tiles, std::max(1, sm_count())));
+    matmul_wgmma_ws<T><<<blocks, kWsThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
+    check_launch("matmul_wgmma_ws");
+}
+
 }  // namespace
 
 // Hopper (compute capability 9.0) with the sm_90a code loaded, unless PYWORKLOADS_NO_WGMMA is set
@@ -880,7 +1017,12 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
         if (is_wgmma(algo)) {
             if (p.a_vec && wgmma_available() && max_optin_smem() >= int(kWgSmemBytes)) {
                 if (algo == MatmulAlgo::Wgmma) return launch_wgmma<T, 0, false>(p, stream);
-                if (algo == MatmulAlgo::WgmmaTma && tma_fits(p)) return launch_wgmma_tma<T>(p, stream);
+                if (algo == MatmulAlgo::WgmmaTma || algo == MatmulAlgo::WgmmaWs) {
+                    MatmulProblem q = p;               // one matrix where the batch folds into M
+                    if (fold_batch(q) && tma_fits(q))
+                        return algo == MatmulAlgo::WgmmaWs ? launch_wgmma_ws<T>(q, stream) : launch_wgmma_tma<T>(q, stream);
+                    if (algo == MatmulAlgo::WgmmaWs) return launch_wgmma<T, 0, false>(p, stream);   // verified v5
+                }
                 if (algo == MatmulAlgo::WgmmaOverlap || !p.b_vec) return launch_wgmma<T, 1, false>(p, stream);
                 return launch_wgmma<T, 1, true>(p, stream);   // direct B needs 16-byte aligned B rows too
             }

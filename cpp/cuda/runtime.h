@@ -41,6 +41,18 @@ inline int max_optin_smem() {
     return cached[dev];
 }
 
+// Streaming multiprocessors of the current device, read once per device: the persistent kernels
+// launch one block per SM.
+inline int sm_count() {
+    static int cached[64] = {};                            // 0: not read yet (benign race: same value)
+    int dev = 0;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    if (dev < 0 || dev >= 64) dev = 0;
+    if (!cached[dev]) check(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev),
+                             "cudaDeviceGetAttribute(MultiProcessorCount)");
+    return cached[dev];
+}
+
 // Owning device buffer (RAII), so an exception between cudaMalloc and cudaFree cannot leak.
 template <class T>
 struct DeviceBuffer {

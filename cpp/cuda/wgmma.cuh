@@ -135,6 +135,21 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
         "}\n" ::"r"(bar), "r"(parity) : "memory");
 }
 
+// Warp specialisation (matmul v5 algo="wgmma_ws"): a warpgroup hands registers back to the CTA's
+// pool (dec) or takes more from it (inc; blocks until the pool has them).  All four warps of the
+// warpgroup execute the same one; ptxas allocates the code after it within the new limit.  The
+// count at entry comes from __launch_bounds__ (65536 / threads, rounded down to a multiple of 8).
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+    static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "a multiple of 8 in [24, 256]");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+    static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "a multiple of 8 in [24, 256]");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
 // One TMA tile load global -> shared (2-D tensor map, coordinates innermost first), completing
 // its bytes on `bar`.  The map lives in kernel parameter space (__grid_constant__).
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar) {

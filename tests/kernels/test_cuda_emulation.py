@@ -33,3 +33,39 @@ def test_emulator_matches_reference(script, capsys):
     finally:
         sys.path[:] = saved
     assert "max" in capsys.readouterr().out.lower()                # it reported its per-case errors
+
+
+def _wgmma_emulator():
+    saved = list(sys.path)
+    try:
+        sys.path.insert(0, str(TOOLS))
+        import emulate_matmul_wgmma
+    finally:
+        sys.path[:] = saved
+    return emulate_matmul_wgmma
+
+
+@pytest.mark.parametrize("kernel, mutation", [("tma", m) for m in _wgmma_emulator().TMA_MUTATIONS] +
+                         [("ws", m) for m in _wgmma_emulator().WS_MUTATIONS])
+def test_protocol_checks_catch_planted_bugs(kernel, mutation):
+    # each mutation is a plausible slip in the mbarrier protocol of matmul_wgmma_tma / matmul_wgmma_ws
+    # (a missing or mis-phased wait, a barrier count of 1, a slot released before its batch is done,
+    # ...): the protocol check must fail on it, or its pass on the real protocol means nothing
+    import numpy as np
+
+    emu = _wgmma_emulator()
+    rng = np.random.default_rng(1)
+    with pytest.raises(AssertionError):
+        if kernel == "tma":
+            for kt in (1, 2, 3, 4, 5, 9, 17):
+                emu.check_tma_protocol(kt, rng, trials=100, mutation=mutation)
+        else:
+            for kt, nt in ((1, 1), (1, 6), (2, 3), (3, 3), (4, 2), (5, 3), (9, 2), (17, 1)):
+                emu.check_ws_protocol(kt, nt, rng, trials=100, mutation=mutation)
+
+
+def test_fold_batch_transcription_agrees_with_the_strided_views():
+    import numpy as np
+
+    folded, refused = _wgmma_emulator().check_fold_batch(np.random.default_rng(0))
+    assert folded >= 3 and refused >= 4

@@ -428,9 +428,11 @@ WGMMA_SHAPES = [
 
 
 # wgmma_overlap (one batch in flight, loads 2 steps ahead), wgmma_direct (that, with B read through
-# an MN-major descriptor instead of transposed) and wgmma_tma (that, fed by TMA and mbarriers; 2-D
-# problems, batched ones run wgmma_direct) had not run on a GPU when written
-@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma"])
+# an MN-major descriptor instead of transposed), wgmma_tma (that, fed by TMA and mbarriers; one
+# matrix, or a batch that folds into one, else wgmma_direct) and wgmma_ws (TMA with a producer
+# warpgroup and two consumer warpgroups, persistent; the same problems, else v5) had not run on a
+# GPU when written
+@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws"])
 @pytest.mark.parametrize("sa, sb", WGMMA_SHAPES)
 def test_matmul_wgmma_float16(rng, sa, sb, algo):
     a, b = rand(rng, *sa, dtype=np.float16), rand(rng, *sb, dtype=np.float16)
@@ -456,7 +458,7 @@ def test_matmul_wgmma_transposed_weight_and_auto(rng):
     np.testing.assert_array_equal(_cuda.matmul(x, w.T), got)     # auto = v5 here (same kernel, same bits)
 
 
-@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma"])
+@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws"])
 def test_matmul_wgmma_bfloat16_device_arrays(algo):
     torch = torch_cuda()
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -475,18 +477,37 @@ def test_matmul_wgmma_bfloat16_device_arrays(algo):
     assert torch.equal(out, c)
 
 
-@pytest.mark.parametrize("M, K, N", [(300, 256, 520), (4096, 4096, 4096), (129, 72, 300), (1, 64, 8)])
-def test_matmul_wgmma_tma_bfloat16_2d(M, K, N):
-    # one matrix, so the TMA path itself runs (ragged edges: the TMA zero-fills past them)
+@pytest.mark.parametrize("algo", ["wgmma_tma", "wgmma_ws"])
+@pytest.mark.parametrize("M, K, N", [(300, 256, 520), (4096, 4096, 4096), (129, 72, 300), (1, 64, 8), (8192, 128, 8192)])
+def test_matmul_tma_one_matrix_bfloat16(M, K, N, algo):
+    # one matrix, so the TMA path itself runs (ragged edges: the TMA zero-fills past them); 4096^3
+    # and 8192 x 128 x 8192 (2048 tiles of 2 K steps) give each persistent wgmma_ws block many tiles
     torch = torch_cuda()
     g = torch.Generator(device="cuda").manual_seed(1)
     a = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
     b = torch.randn(K, N, device="cuda", dtype=torch.bfloat16, generator=g)
     try:
-        c = torch.from_dlpack(_cuda.matmul(a, b, algo="wgmma_tma")).double()
+        c = torch.from_dlpack(_cuda.matmul(a, b, algo=algo)).double()
     except ValueError as exc:
         if "Hopper" in str(exc):
             pytest.skip(f"v5 does not run here: {exc}")
         raise
     want = a.double() @ b.double()
     assert torch.allclose(c, want, atol=0.02 * K ** 0.5, rtol=1e-2)
+
+
+@pytest.mark.parametrize("algo", ["wgmma_tma", "wgmma_ws"])
+@pytest.mark.parametrize("sa, sb, folds", [
+    ((2, 300, 256), (256, 520), True),        # x [B, T, D] @ W: the batch folds into M (one TMA problem)
+    ((2, 3, 40, 64), (64, 72), True),         # two batch dimensions
+    ((3, 20, 64), (3, 64, 300), False),       # B batched: stays batched (the cp.async kernels)
+])
+def test_matmul_tma_batch_fold(rng, sa, sb, folds, algo):
+    a, b = rand(rng, *sa, dtype=np.float16), rand(rng, *sb, dtype=np.float16)
+    got = wgmma_or_skip(a, b, algo)
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    assert got.shape == want.shape
+    assert_close(got, want, atol=1e-3 * np.sqrt(sa[-1]), rtol=2e-3)
+    if folds:                                 # the same rows as one [B T, D] matrix: the same bits
+        flat = wgmma_or_skip(a.reshape(-1, sa[-1]), b, algo)
+        np.testing.assert_array_equal(got.reshape(flat.shape), flat)

@@ -234,105 +234,233 @@ def matmul(A, B, stats, in_flight=0, direct=False):
     return out if A.ndim == 3 else out[0]
 
 
-def check_tma_protocol(ktiles, rng, trials=200):
-    """matmul_wgmma_tma's mbarrier protocol under random interleavings of its two warpgroups, the
-    TMA unit and the tensor cores: no deadlock, no slot overwritten while a batch may read it, and
-    every batch reads its own step's data after it has landed.  full[s]: 1 arrival (+ the bytes),
-    empty[s]: 2 arrivals; try_wait.parity P succeeds once the phase with parity P has completed."""
-    S = STAGES
+class _Bar:
+    """An mbarrier: a phase completes when `count` arrivals and the expected bytes are in;
+    try_wait.parity P succeeds once the phase with parity P has completed -- so on a fresh barrier
+    (phase 0 running) parity 1 passes at once, which is how a producer's first pass over the ring
+    needs no wait."""
 
-    class Bar:
-        def __init__(self, count):
-            self.count, self.arrived, self.tx, self.phase = count, 0, 0, 0   # phase = completed phases
+    def __init__(self, count):
+        self.count, self.arrived, self.tx, self.phase = count, 0, 0, 0   # phase = completed phases
 
-        def arrive(self, expect_tx=0):
-            self.arrived += 1
-            self.tx += expect_tx
-            self._maybe_complete()
+    def arrive(self, expect_tx=0):
+        self.arrived += 1
+        self.tx += expect_tx
+        self._maybe_complete()
 
-        def complete_tx(self, n):
-            self.tx -= n
-            self._maybe_complete()
+    def complete_tx(self, n):
+        self.tx -= n
+        self._maybe_complete()
 
-        def _maybe_complete(self):
-            if self.arrived == self.count and self.tx == 0:
-                self.phase += 1
-                self.arrived = 0
+    def _maybe_complete(self):
+        if self.arrived == self.count and self.tx == 0:
+            self.phase += 1
+            self.arrived = 0
 
-        def done(self, parity):
-            return self.phase % 2 != parity
+    def done(self, parity):
+        return self.phase % 2 != parity
 
-    for _ in range(trials):
-        full, empty = [Bar(1) for _ in range(S)], [Bar(2) for _ in range(S)]
-        slot_step = [None] * S                 # step whose data a slot holds (None: being written)
-        readers = {s: set() for s in range(S)}   # (wg, step) batches that may still read slot s
-        tma = []                               # pending TMA loads: (slot, step)
-        batches = {0: [], 1: []}               # in-flight wgmma batches per warpgroup: steps
 
-        def issue(t):
-            sl = t % S
-            assert not readers[sl], f"slot {sl} refilled (step {t}) while {readers[sl]} may read it"
-            full[sl].arrive(expect_tx=5)       # one A box + four B boxes
-            slot_step[sl] = None
-            tma.extend([(sl, t)] * 5)
+class _Ring:
+    """The S-slot ring of the TMA kernels with its full/empty barriers, the pending TMA boxes and
+    the in-flight wgmma batches of the two consumer warpgroups; issue/start assert the data rules."""
 
-        # program counters: each warpgroup is a list of micro-steps run in order
-        def program(wg):
-            if wg == 0:
-                for t in range(min(S, ktiles)):
-                    yield ("do", lambda t=t: issue(t))
-            for t in range(ktiles):
-                sl = t % S
-                yield ("wait", lambda sl=sl, t=t: full[sl].done((t // S) & 1))
-                def start(t=t, sl=sl, wg=wg):
-                    assert slot_step[sl] == t, f"wg{wg} step {t} reads slot {sl} holding {slot_step[sl]}"
-                    batches[wg].append(t)
-                    readers[sl].add((wg, t))
-                yield ("do", start)
-                yield ("wait", lambda wg=wg: len(batches[wg]) <= 1)         # wgmma_wait<1>
-                if t >= 1:
-                    sp = (t - 1) % S
-                    yield ("do", lambda sp=sp: empty[sp].arrive())
-                    if wg == 0 and t - 1 + S < ktiles:
-                        yield ("wait", lambda sp=sp, t=t: empty[sp].done(((t - 1) // S) & 1))
-                        yield ("do", lambda t=t: issue(t - 1 + S))
-            yield ("wait", lambda wg=wg: not batches[wg])                   # wgmma_wait<0>
+    def __init__(self, empty_count=2):
+        self.full, self.empty = [_Bar(1) for _ in range(STAGES)], [_Bar(empty_count) for _ in range(STAGES)]
+        self.slot_step = [None] * STAGES                # step whose data a slot holds (None: being written)
+        self.readers = {s: set() for s in range(STAGES)}   # (wg, step) batches that may still read slot s
+        self.tma = []                                   # pending TMA boxes: (slot, step)
+        self.batches = {0: [], 1: []}                   # in-flight wgmma batches per warpgroup: steps
 
-        progs = {0: program(0), 1: program(1)}
-        cur = {0: next(progs[0]), 1: next(progs[1])}
-        finished = set()
-        while len(finished) < 2 or tma or any(batches.values()):
-            options = []
-            for wg in (0, 1):
-                if wg in finished:
-                    continue
-                kind, fn = cur[wg]
-                if kind == "do" or fn():
-                    options.append(("wg", wg))
-            if tma:
+    def issue(self, g):                                 # one A box + four B boxes for step g
+        sl = g % STAGES
+        assert not self.readers[sl], f"slot {sl} refilled (step {g}) while {self.readers[sl]} may read it"
+        self.full[sl].arrive(expect_tx=5)
+        self.slot_step[sl] = None
+        self.tma.extend([(sl, g)] * 5)
+
+    def start(self, wg, g):                             # warpgroup wg issues step g's wgmma batch
+        sl = g % STAGES
+        assert self.slot_step[sl] == g, f"wg{wg} step {g} reads slot {sl} holding {self.slot_step[sl]}"
+        self.batches[wg].append(g)
+        self.readers[sl].add((wg, g))
+
+    def run(self, programs, rng, what):
+        """Interleave the programs (generators of ("do", fn) / ("wait", predicate)), the TMA unit
+        (boxes land one at a time, in any order) and the tensor cores (a warpgroup's batches finish
+        in order) at random until everything is done; a state where nothing can move is a deadlock."""
+        cur, live = {}, set()
+        for name, prog in programs.items():
+            cur[name] = next(prog, None)
+            if cur[name] is not None:
+                live.add(name)
+        while live or self.tma or any(self.batches.values()):
+            options = [("prog", n) for n in sorted(live, key=str) if cur[n][0] == "do" or cur[n][1]()]
+            if self.tma:
                 options.append(("tma", None))
-            for wg in (0, 1):
-                if batches[wg]:
-                    options.append(("mma", wg))
-            assert options, f"deadlock (ktiles={ktiles})"
+            options += [("mma", wg) for wg in (0, 1) if self.batches[wg]]
+            assert options, f"deadlock ({what})"
             kind, arg = options[rng.integers(len(options))]
-            if kind == "wg":
+            if kind == "prog":
                 k, fn = cur[arg]
                 if k == "do":
                     fn()
-                try:
-                    cur[arg] = next(progs[arg])
-                except StopIteration:
-                    finished.add(arg)
+                cur[arg] = next(programs[arg], None)
+                if cur[arg] is None:
+                    live.discard(arg)
             elif kind == "tma":
-                sl, t = tma.pop(rng.integers(len(tma)))
-                if not any(x == (sl, t) for x in tma):
-                    slot_step[sl] = t          # the last box of this load landed (order irrelevant)
-                full[sl].complete_tx(1)
+                sl, g = self.tma.pop(rng.integers(len(self.tma)))
+                if not any(x == (sl, g) for x in self.tma):
+                    self.slot_step[sl] = g              # the last box of this step landed
+                self.full[sl].complete_tx(1)
             else:
-                t = batches[arg].pop(0)        # batches of a warpgroup complete in order
-                readers[t % S].discard((arg, t))
+                g = self.batches[arg].pop(0)
+                self.readers[g % STAGES].discard((arg, g))
+
+
+# Deliberate bugs the protocol checks must catch (tests/kernels/test_cuda_emulation.py plants each).
+TMA_MUTATIONS = ("no_empty_wait", "empty_parity_flipped", "empty_count_1", "wait_group_2")
+WS_MUTATIONS = ("no_empty_wait", "empty_parity_not_flipped", "empty_count_1", "release_before_wait",
+                "no_release_at_tile_end", "full_parity_flipped", "step_count_per_tile")
+
+
+def check_tma_protocol(ktiles, rng, trials=200, mutation=None):
+    """matmul_wgmma_tma's mbarrier protocol under random interleavings of its two warpgroups, the
+    TMA unit and the tensor cores: no deadlock, no slot overwritten while a batch may read it, and
+    every batch reads its own step's data after it has landed.  full[s]: 1 arrival (+ the bytes),
+    empty[s]: 2 arrivals.  Thread 0 of warpgroup 0 is also the producer: it fills every slot up
+    front, then refills slot (t-1) % S for step t-1+S once both warpgroups have released it."""
+    assert mutation in (None,) + TMA_MUTATIONS
+    S = STAGES
+    for _ in range(trials):
+        ring = _Ring(empty_count=1 if mutation == "empty_count_1" else 2)
+        pending = 2 if mutation == "wait_group_2" else 1
+
+        def program(wg):
+            if wg == 0:
+                for t in range(min(S, ktiles)):
+                    yield ("do", lambda t=t: ring.issue(t))
+            for t in range(ktiles):
+                sl = t % S
+                yield ("wait", lambda sl=sl, t=t: ring.full[sl].done((t // S) & 1))
+                yield ("do", lambda t=t, wg=wg: ring.start(wg, t))
+                yield ("wait", lambda wg=wg: len(ring.batches[wg]) <= pending)   # wgmma_wait<1>
+                if t >= 1:
+                    sp = (t - 1) % S
+                    yield ("do", lambda sp=sp: ring.empty[sp].arrive())
+                    if wg == 0 and t - 1 + S < ktiles:
+                        if mutation != "no_empty_wait":
+                            parity = ((t - 1) // S) & 1
+                            if mutation == "empty_parity_flipped":
+                                parity ^= 1
+                            yield ("wait", lambda sp=sp, parity=parity: ring.empty[sp].done(parity))
+                        yield ("do", lambda t=t: ring.issue(t - 1 + S))
+            yield ("wait", lambda wg=wg: not ring.batches[wg])                   # wgmma_wait<0>
+
+        ring.run({0: program(0), 1: program(1)}, rng, f"wgmma_tma, ktiles={ktiles}")
     return True
+
+
+def check_ws_protocol(ktiles, ntiles, rng, trials=200, mutation=None):
+    """matmul_wgmma_ws's protocol: a producer thread (warpgroup 0) and two consumer warpgroups that
+    share one step count g over all the block's ntiles tiles.  The producer waits for empty[g % S]
+    with parity (g / S + 1) % 2 (the first S waits pass on fresh barriers) and issues step g; a
+    consumer waits for full[g % S] with parity (g / S) % 2, issues its batch, waits until one batch
+    is left in flight and releases the previous step's slot; at a tile's end it waits for all its
+    batches and releases the last slot before the epilogue.  Asserts as check_tma_protocol."""
+    assert mutation in (None,) + WS_MUTATIONS
+    S = STAGES
+    for _ in range(trials):
+        ring = _Ring(empty_count=1 if mutation == "empty_count_1" else 2)
+
+        def producer():
+            g = 0
+            for _tile in range(ntiles):
+                for _t in range(ktiles):
+                    sl = g % S
+                    if mutation != "no_empty_wait":
+                        parity = (g // S) & 1 if mutation == "empty_parity_not_flipped" else ((g // S) & 1) ^ 1
+                        yield ("wait", lambda sl=sl, parity=parity: ring.empty[sl].done(parity))
+                    yield ("do", lambda g=g: ring.issue(g))
+                    g += 1
+
+        def consumer(wg):
+            g = 0
+            for _tile in range(ntiles):
+                if mutation == "step_count_per_tile":
+                    g = 0                               # a consumer that restarts its count each tile
+                for t in range(ktiles):
+                    sl = g % S
+                    parity = (g // S) & 1
+                    if mutation == "full_parity_flipped":
+                        parity ^= 1
+                    yield ("wait", lambda sl=sl, parity=parity: ring.full[sl].done(parity))
+                    yield ("do", lambda g=g, wg=wg: ring.start(wg, g))
+                    if mutation == "release_before_wait":
+                        yield ("do", lambda sl=sl: ring.empty[sl].arrive())   # releases the slot its batch reads
+                    else:
+                        yield ("wait", lambda wg=wg: len(ring.batches[wg]) <= 1)   # wgmma_wait<1>
+                        if t >= 1:
+                            yield ("do", lambda sp=(g - 1) % S: ring.empty[sp].arrive())
+                    g += 1
+                yield ("wait", lambda wg=wg: not ring.batches[wg])               # wgmma_wait<0>
+                if mutation not in ("no_release_at_tile_end", "release_before_wait"):
+                    yield ("do", lambda sp=(g - 1) % S: ring.empty[sp].arrive())
+                # the epilogue reads registers only: nothing to model
+
+        ring.run({"producer": producer(), 0: consumer(0), 1: consumer(1)}, rng,
+                 f"wgmma_ws, ktiles={ktiles}, tiles={ntiles}")
+    return True
+
+
+def fold_batch(M, lda, batch_shape, stride_a, stride_b):
+    """matmul.cu's fold_batch: (True, batch M) when B is shared by every batch and A's batches lie
+    one after another at M rows of lda, so the batch folds into M; else (False, M)."""
+    batch = int(np.prod(batch_shape)) if len(batch_shape) else 1
+    if batch <= 1:
+        return batch == 1, M
+    want = M * lda
+    for d in range(len(batch_shape) - 1, -1, -1):
+        if stride_b[d] != 0 and batch_shape[d] != 1:
+            return False, M
+        if batch_shape[d] != 1 and stride_a[d] != want:
+            return False, M
+        want *= batch_shape[d]
+    return True, M * batch
+
+
+def check_fold_batch(rng):
+    """For strided A views over one buffer: where fold_batch says yes, the [batch M, K] matrix of
+    row stride lda read from A's base is exactly A's batches stacked (and B is one matrix); where it
+    says no, stacking would read the wrong rows or B differs between batches.  Returns the number of
+    cases of each kind."""
+    folded = refused = 0
+    cases = [  # (batch shape, A's batch strides in elements, B's batch strides, M, K, lda)
+        ((3,), (5 * 8,), (0,), 5, 8, 8),               # x [3, 5, 8] contiguous, B shared: folds
+        ((2, 3), (3 * 4 * 16, 4 * 16), (0, 0), 4, 8, 16),   # padded rows (lda 16 > K 8), two batch dims
+        ((2, 1, 3), (3 * 6 * 8, 7, 6 * 8), (0, 5, 0), 6, 8, 8),   # size-1 dims: any stride
+        ((3,), (5 * 8,), (64,), 5, 8, 8),              # B batched: no
+        ((3,), (0,), (0,), 5, 8, 8),                   # A broadcast: no
+        ((2, 3), (5 * 8, 3 * 5 * 8), (0, 0), 5, 8, 8),   # batch dims transposed: no
+        ((3,), (6 * 8,), (0,), 5, 8, 8),               # a gap between batches: no
+    ]
+    for shape, sa, sb, M, K, lda in cases:
+        buf = rng.standard_normal(4096)
+        ok, m_total = fold_batch(M, lda, shape, sa, sb)
+        z_all = list(np.ndindex(*shape))
+        stacked = np.concatenate([
+            np.stack([buf[sum(i * st for i, st in zip(z, sa)) + r * lda:][:K] for r in range(M)]) for z in z_all])
+        b_differs = any(st != 0 and n != 1 for n, st in zip(shape, sb))
+        if ok:
+            flat = np.stack([buf[r * lda:][:K] for r in range(m_total)])
+            assert m_total == M * len(z_all) and np.array_equal(flat, stacked) and not b_differs, \
+                f"fold_batch folded {shape}, {sa}, {sb} wrongly"
+            folded += 1
+        else:
+            flat = np.stack([buf[r * lda:][:K] for r in range(M * len(z_all))])
+            assert b_differs or not np.array_equal(flat, stacked), f"fold_batch refused foldable {shape}, {sa}"
+            refused += 1
+    return folded, refused
 
 
 def main():
@@ -341,6 +469,12 @@ def main():
         check_tma_protocol(kt, rng_p)
     print("wgmma_tma mbarrier protocol: no deadlock, no early refill, every batch reads its own landed step "
           "(ktiles 1..17, random interleavings)")
+    for kt, nt in ((1, 1), (1, 6), (2, 3), (3, 3), (4, 2), (5, 3), (9, 2), (17, 1)):
+        check_ws_protocol(kt, nt, rng_p, trials=100)
+    print("wgmma_ws producer/consumer protocol: no deadlock, no early refill, every batch reads its own landed "
+          "step (ktiles 1..17 x 1..6 tiles per block, random interleavings)")
+    folded, refused = check_fold_batch(rng_p)
+    print(f"fold_batch: {folded} batched problems folded into one matrix exactly, {refused} refused correctly")
     rng = np.random.default_rng(0)
     stats = {"store_phases": 0, "store_conflicts": 0}
     worst = 0.0
