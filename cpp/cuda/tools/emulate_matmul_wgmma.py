@@ -20,6 +20,12 @@ What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh)
     of the warpgroups, the TMA unit and the tensor cores.  Its shared-memory layouts are those of
     wgmma_direct, which the TMA's 128-byte swizzle produces by construction (a 64-element box row is
     one 128-byte row, chunks XORed with the row within 1024-byte atoms);
+  * algo="wgmma_ws": the producer/consumer protocol of the warp-specialised persistent kernel (one
+    producer thread, two consumer warpgroups, one step count running over several tiles per block,
+    the producer's first pass through fresh empty barriers), the same way; both protocol checks
+    take planted bugs (TMA_MUTATIONS, WS_MUTATIONS) that they must catch;
+  * fold_batch: a batch whose B is shared and whose A batches lie back to back becomes one matrix
+    (checked on strided views of one buffer, folding and refusing);
   * the accumulator layout d[4 j + e] -> (row, column) of the epilogue, each C element written once;
   * that the ring's slots and the atoms are 1024-byte aligned, and that the 8 threads filling a row
     hit 8 distinct bank groups.
