@@ -15,6 +15,7 @@
 #   wgmma_direct    process each: the same checks, then tests-<name>: the GPU tests   ~10 s    60 s
 #   wgmma_tma       of that algorithm (pytest -k <name>).  A failure is reported and
 #   wgmma_ws        changes nothing else: every other step leaves the candidates out
+#   wgmma_ws_kmajor
 #   smoke         benchmarks/cuda_smoke.py: every algo x small odd shapes vs reference ~10 s    120 s
 #   host-tests    tests/kernels/test_cuda_{host,build,review}.py                      ~10 s    120 s
 #   cuda-tests    tests/kernels/test_cuda_kernels.py (every algo, device arrays)      ~60 s    240 s
@@ -213,7 +214,7 @@ fi
 # Kernels written without a GPU run only in their own steps (a trap or fault there would poison the
 # CUDA context of a shared process and fail every later check in it).  Verified on a GPU and made
 # the default: move it out of this list.
-CANDIDATES=(wgmma_overlap wgmma_direct wgmma_tma wgmma_ws)
+CANDIDATES=(wgmma_overlap wgmma_direct wgmma_tma wgmma_ws wgmma_ws_kmajor)
 SKIP_CANDIDATES="$(IFS=,; echo "${CANDIDATES[*]}")"
 NOT_CANDIDATES="not ($(IFS=' '; echo "${CANDIDATES[*]}" | sed 's/ / or /g'))"
 PYTEST=("$PY" -m pytest -rs -p no:cacheprovider --tb=short)
@@ -262,7 +263,9 @@ if needs_gpu wgmma; then
     for cand in "${CANDIDATES[@]}"; do
         run_step "$cand" 40 "$cand.log" "$PY" -c "$WGMMA_PY" "$cand"
         [ -f "$LOGDIR/$cand.log" ] && cat "$LOGDIR/$cand.log" >> "$LOGDIR/wgmma.log"
-        run_step "tests-$cand" 60 "pytest-$cand.log" "${PYTEST[@]}" -q tests/kernels/test_cuda_kernels.py -k "$cand"
+        kexpr="$cand"                                   # -k matches substrings: wgmma_ws is in wgmma_ws_kmajor
+        for other in "${CANDIDATES[@]}"; do [[ "$other" != "$cand" && "$other" == *"$cand"* ]] && kexpr+=" and not $other"; done
+        run_step "tests-$cand" 60 "pytest-$cand.log" "${PYTEST[@]}" -q tests/kernels/test_cuda_kernels.py -k "$kexpr"
         [ -f "$LOGDIR/pytest-$cand.log" ] && tail -n 15 "$LOGDIR/pytest-$cand.log" >> "$LOGDIR/wgmma.log"
     done
 fi

@@ -56,8 +56,9 @@
 //                call, or a batch that folds into one, else wgmma_direct); algo="wgmma_ws" splits
 //                that into a producer warpgroup (TMA) and two consumer warpgroups (wgmma), with
 //                setmaxnreg moving registers to the consumers, in a persistent grid of one block
-//                per SM (the same problems, else v5).  None of the four has run on a GPU yet, so
-//                auto does not pick them.
+//                per SM (the same problems, else v5), and algo="wgmma_ws_kmajor" runs it on v5's
+//                transposed, K-major B.  None of the five has run on a GPU yet, so auto does not
+//                pick them.
 #include <cuda.h>   // CUtensorMap and its enums (the encoder is fetched at run time: no libcuda link)
 #include <mma.h>
 
@@ -836,11 +837,16 @@ bool fold_batch(MatmulProblem& p) {
 // every tile's prologue overlaps the previous tile's epilogue.  full[s]/empty[s] as in wgmma_tma;
 // the producer waits for empty[s]'s phase (g / S - 1) of its step g (parity (g / S + 1) % 2: the
 // first S waits pass on fresh barriers), the consumers for full[s]'s phase g / S.
+// kKMajorB (algo="wgmma_ws_kmajor"): B is first transposed into a K-major scratch copy, as v5 does,
+// and each step loads it as one [256 n][64 k] box -- the TMA's 128-byte swizzle of it is v5's
+// verified shared-memory layout, read through v5's K-major descriptors -- instead of four MN-major
+// n-atoms (wgmma_direct's layout, not yet verified on a GPU): the same kernel with one unverified
+// layout fewer, for ~5 % more traffic at 4096^3.
 constexpr int kWsThreads = 384, kWsProducerRegs = 40, kWsConsumerRegs = 232;
 static_assert(kWsProducerRegs * 128 + kWsConsumerRegs * 256 <= (65536 / kWsThreads) / 8 * 8 * kWsThreads,
               "the consumers' registers come from what the producer hands back");
 
-template <class T>
+template <class T, bool kKMajorB>
 __global__ void __launch_bounds__(kWsThreads, 1) matmul_wgmma_ws(const __grid_constant__ CUtensorMap tma_a,
                                                                   const __grid_constant__ CUtensorMap tma_b,
                                                                   MatmulProblem p, bool c_pairs) {
@@ -878,9 +884,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) matmul_wgmma_ws(const __grid_co
                     mbar_wait(empty0 + 8 * s, uint32_t(((g / kWgStages) & 1) ^ 1));   // both consumers are done with it
                     mbar_arrive_expect_tx(full, kWgStageA + kWgStageB);
                     tma_load_2d(a_smem + s * kWgStageA, &tma_a, int32_t(t * kWgBK), m0, full);
+                    if constexpr (kKMajorB) {
+                        tma_load_2d(b_smem + s * kWgStageB, &tma_b, int32_t(t * kWgBK), n0, full);   // B^T [256 n][64 k]
+                    } else {
 #pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        tma_load_2d(b_smem + s * kWgStageB + j * kWgAtomN, &tma_b, n0 + 64 * j, int32_t(t * kWgBK), full);
+                        for (int j = 0; j < 4; ++j)
+                            tma_load_2d(b_smem + s * kWgStageB + j * kWgAtomN, &tma_b, n0 + 64 * j, int32_t(t * kWgBK), full);
+                    }
                 }
             }
         }
@@ -904,8 +914,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) matmul_wgmma_ws(const __grid_co
             wgmma_fence_operands(d);
             wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < kWgBK / 16; ++kk)
-                wgmma_m64n256k16<T, 1>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 2048, kWgAtomN, 1024));
+            for (int kk = 0; kk < kWgBK / 16; ++kk) {
+                if constexpr (kKMajorB)
+                    wgmma_m64n256k16<T, 0>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 32));
+                else
+                    wgmma_m64n256k16<T, 1>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 2048, kWgAtomN, 1024));
+            }
             wgmma_commit();
             wgmma_wait<1>();                           // step g-1's batch is done (step g's in flight)
             wgmma_fence_operands(d);
@@ -924,18 +938,37 @@ __global__ void __launch_bounds__(kWsThreads, 1) matmul_wgmma_ws(const __grid_co
 #endif
 }
 
-template <class T>
+template <class T, bool kKMajorB>
 void launch_wgmma_ws(const MatmulProblem& p, cudaStream_t stream) {
     const int64_t es = sizeof(T);
-    const CUtensorMap ta = tensor_map_2d<T>(p.a, p.K, p.M, p.lda * es, kWgBK, kWgBM);
-    const CUtensorMap tb = tensor_map_2d<T>(p.b, p.N, p.K, p.ldb * es, 64, kWgBK);
-    check(cudaFuncSetAttribute(matmul_wgmma_ws<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
+    check(cudaFuncSetAttribute(matmul_wgmma_ws<T, kKMajorB>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
           "matmul_wgmma_ws shared memory opt-in");
     const int64_t tiles = ((p.M + kWgBM - 1) / kWgBM) * ((p.N + kWgBN - 1) / kWgBN);
     const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(tiles, std::max(1, sm_count())));
-    matmul_wgmma_ws<T><<<blocks, kWsThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
-    check_launch("matmul_wgmma_ws");
+    const CUtensorMap ta = tensor_map_2d<T>(p.a, p.K, p.M, p.lda * es, kWgBK, kWgBM);   // A [M, K]: 64 k x 128 rows
+    if constexpr (!kKMajorB) {
+        const CUtensorMap tb = tensor_map_2d<T>(p.b, p.N, p.K, p.ldb * es, 64, kWgBK);  // B [K, N]: 64 n x 64 k
+        matmul_wgmma_ws<T, false><<<blocks, kWsThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
+        check_launch("matmul_wgmma_ws");
+        return;
+    }
+    // B^T [N, kp] (kp = K rounded up to 8, zero-padded: whole 16-byte rows) by v5's transpose; one matrix here
+    const int64_t kp = (p.K + 7) / 8 * 8;
+    void* bt = nullptr;
+    check(cudaMallocAsync(&bt, size_t(p.N) * size_t(kp) * sizeof(T), stream), "matmul: B^T scratch");
+    try {
+        const dim3 tgrid(grid_dim((kp + 31) / 32, INT32_MAX, "matmul K"), grid_dim((p.N + 31) / 32, 65535, "matmul N"), 1);
+        matmul_transpose_b<T><<<tgrid, dim3(32, 8), 0, stream>>>(p, static_cast<T*>(bt), kp, 1);
+        check_launch("matmul_transpose_b");
+        const CUtensorMap tb = tensor_map_2d<T>(bt, kp, p.N, kp * es, kWgBK, kWgBN);    // B^T [N, kp]: 64 k x 256 n
+        matmul_wgmma_ws<T, true><<<blocks, kWsThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
+        check_launch("matmul_wgmma_ws");
+    } catch (...) {
+        cudaFreeAsync(bt, stream);
+        throw;
+    }
+    check(cudaFreeAsync(bt, stream), "matmul: freeing the B^T scratch");   // after the kernel, in stream order
 }
 
 }  // namespace
@@ -1017,11 +1050,14 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
         if (is_wgmma(algo)) {
             if (p.a_vec && wgmma_available() && max_optin_smem() >= int(kWgSmemBytes)) {
                 if (algo == MatmulAlgo::Wgmma) return launch_wgmma<T, 0, false>(p, stream);
-                if (algo == MatmulAlgo::WgmmaTma || algo == MatmulAlgo::WgmmaWs) {
+                if (algo == MatmulAlgo::WgmmaTma || algo == MatmulAlgo::WgmmaWs || algo == MatmulAlgo::WgmmaWsKMajor) {
                     MatmulProblem q = p;               // one matrix where the batch folds into M
-                    if (fold_batch(q) && tma_fits(q))
-                        return algo == MatmulAlgo::WgmmaWs ? launch_wgmma_ws<T>(q, stream) : launch_wgmma_tma<T>(q, stream);
-                    if (algo == MatmulAlgo::WgmmaWs) return launch_wgmma<T, 0, false>(p, stream);   // verified v5
+                    if (fold_batch(q) && tma_fits(q)) {
+                        if (algo == MatmulAlgo::WgmmaWs) return launch_wgmma_ws<T, false>(q, stream);
+                        if (algo == MatmulAlgo::WgmmaWsKMajor) return launch_wgmma_ws<T, true>(q, stream);
+                        return launch_wgmma_tma<T>(q, stream);
+                    }
+                    if (algo != MatmulAlgo::WgmmaTma) return launch_wgmma<T, 0, false>(p, stream);   // verified v5
                 }
                 if (algo == MatmulAlgo::WgmmaOverlap || !p.b_vec) return launch_wgmma<T, 1, false>(p, stream);
                 return launch_wgmma<T, 1, true>(p, stream);   // direct B needs 16-byte aligned B rows too

@@ -23,7 +23,9 @@ What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh)
   * algo="wgmma_ws": the producer/consumer protocol of the warp-specialised persistent kernel (one
     producer thread, two consumer warpgroups, one step count running over several tiles per block,
     the producer's first pass through fresh empty barriers), the same way; both protocol checks
-    take planted bugs (TMA_MUTATIONS, WS_MUTATIONS) that they must catch;
+    take planted bugs (TMA_MUTATIONS, WS_MUTATIONS) that they must catch.  algo="wgmma_ws_kmajor"
+    runs the same protocol on v5's K-major B^T tiles (one [256 n][64 k] TMA box: the layout the
+    `wgmma` replay above checks, and which ran correctly on an H200);
   * fold_batch: a batch whose B is shared and whose A batches lie back to back becomes one matrix
     (checked on strided views of one buffer, folding and refusing);
   * the accumulator layout d[4 j + e] -> (row, column) of the epilogue, each C element written once;
