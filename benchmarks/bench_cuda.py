@@ -327,6 +327,8 @@ def run_child(args) -> int:
             try:
                 out.fill_(float("nan"))                    # a kernel that writes nothing cannot pass
                 call(algo)
+                if op == "matmul" and hasattr(_cuda, "matmul_last_kernel"):
+                    row["kernel"] = _cuda.matmul_last_kernel()   # what auto / a fallback actually ran
                 _cuda.synchronize()                        # charge asynchronous faults to this algo
                 torch.cuda.synchronize()
             except ValueError as exc:                      # this version does not take this problem
@@ -476,7 +478,10 @@ def fmt_row(r: dict) -> str:
                     f"({r['cuda_vs_numpy']:5.2f}x)  {r['compared']} rel err {r['rel_err_vs_numpy']:.1e}"
                     f"{'' if r['correct'] else '  WRONG'}")
         return f"{'model':<10} {r.get('case', ''):<30} {r.get('status', '?').upper()}: {(r.get('note') or r.get('error') or '')[:150]}"
-    head = f"{r['op']:<10} {r['case']:<30} {r['dtype']:<4} {r.get('algo', 'auto'):<10}"
+    algo = r.get("algo", "auto")
+    if r.get("kernel") and r["kernel"] != algo:         # auto, or a fallback: the kernel that ran
+        algo = f"{algo}->{r['kernel']}"
+    head = f"{r['op']:<10} {r['case']:<30} {r['dtype']:<4} {algo:<15}"
     if r.get("status") in ("ok", "wrong"):
         unit = "tflops" if "ours_tflops" in r else "gbs"
         pct = f"{r['ours_pct_of_roofline']:5.1f}%" if "ours_pct_of_roofline" in r else "  n/a"

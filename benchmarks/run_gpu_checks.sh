@@ -237,15 +237,20 @@ for algo in algos:
     for (M, K, N) in [(1, 8, 1), (130, 72, 260), (257, 1000, 513), (128, 4096, 256), (40, 520, 24)]:
         a, b = rng.standard_normal((M, K)).astype(np.float16), rng.standard_normal((K, N)).astype(np.float16)
         got = _cuda.matmul(a, b, algo=algo).astype(np.float64)
+        ran = _cuda.matmul_last_kernel()
         want = a.astype(np.float64) @ b.astype(np.float64)
         err = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
-        print(f"{algo} fp16 {M}x{K}x{N}: max err / max |C| = {err:.1e}", flush=True)
+        print(f"{algo} fp16 {M}x{K}x{N} (ran {ran}): max err / max |C| = {err:.1e}", flush=True)
         assert err < 4e-3, f"{algo} is wrong"
 import torch
 a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16); b = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
 ref = a.float() @ b.float()
 for algo in (["wgmma", "mma"] if what == "verified" else [what]):
     c = torch.from_dlpack(_cuda.matmul(a, b, algo=algo)).float()
+    ran = _cuda.matmul_last_kernel()
+    # a candidate that fell back would be timing another kernel; for the verified pair only report it
+    assert ran == algo or what == "verified", f"algo={algo} ran the {ran} kernel at 4096^3 (a fallback)"
+    if ran != algo: print(f"NOTE: algo={algo} ran the {ran} kernel", flush=True)
     err = float((c - ref).abs().max() / ref.abs().max())
     torch.cuda.synchronize(); t0 = time.perf_counter()
     for _ in range(10): _cuda.matmul(a, b, algo=algo)

@@ -405,6 +405,10 @@ PYBIND11_MODULE(_cuda, m) {
         check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     }, "Wait for all queued work on the current device (surfaces asynchronous kernel errors).");
 
+    m.def("matmul_last_kernel", []() { return std::string(matmul_last_kernel()); },
+          "The algorithm whose kernel this thread's last matmul call launched, after 'auto' and the fallbacks "
+          "(e.g. 'wgmma' -> 'mma' without sm_90a code, the TMA kernels -> a cp.async one for a batch that does not "
+          "fold into one matrix); '' before any call or when the last launched nothing.");
     m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::kw_only(), py::arg("algo") = "auto", py::arg("out") = py::none(),
           "a @ b with np.matmul semantics (batch dimensions broadcast), float32/float16/bfloat16, FP32 "
           "accumulation.  algo: 'auto' | 'naive' | 'tiled' | 'tensorcore' (WMMA) | 'mma' (mma.sync + ldmatrix + cp.async pipeline) | 'wgmma' (Hopper warpgroup MMA, "

@@ -77,6 +77,11 @@ namespace pyworkloads::cuda {
 
 namespace {
 
+// The algorithm whose kernel the calling thread's last matmul launched ("" before any, or when the
+// last call launched nothing): what auto and the fallbacks actually chose.
+thread_local const char* g_last_kernel = "";
+void note_kernel(const char* algo) { g_last_kernel = algo; }
+
 __device__ __forceinline__ void batch_offsets(const MatmulProblem& p, int64_t z, int64_t& oa, int64_t& ob) {
     oa = 0;
     ob = 0;
@@ -490,6 +495,7 @@ void launch_mma(const MatmulProblem& p, cudaStream_t stream) {
     const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
     matmul_mma<T, kStages><<<grid, kMmaThreads, bytes, stream>>>(p, c_pairs);
     check_launch("matmul_mma");
+    note_kernel("mma");
 }
 
 // ---- v5 ---------------------------------------------------------------------------------------
@@ -803,6 +809,7 @@ void launch_wgmma_tma(const MatmulProblem& p, cudaStream_t stream) {
     const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
     matmul_wgmma_tma<T><<<grid_dim(tiles, INT32_MAX, "matmul M x N"), kWgThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
     check_launch("matmul_wgmma_tma");
+    note_kernel("wgmma_tma");
 }
 
 // A batched problem as one matrix where that is the same computation: B shared by every batch
@@ -951,6 +958,7 @@ void launch_wgmma_ws(const MatmulProblem& p, cudaStream_t stream) {
         const CUtensorMap tb = tensor_map_2d<T>(p.b, p.N, p.K, p.ldb * es, 64, kWgBK);  // B [K, N]: 64 n x 64 k
         matmul_wgmma_ws<T, false><<<blocks, kWsThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
         check_launch("matmul_wgmma_ws");
+        note_kernel("wgmma_ws");
         return;
     }
     // B^T [N, kp] (kp = K rounded up to 8, zero-padded: whole 16-byte rows) by v5's transpose; one matrix here
@@ -964,6 +972,7 @@ void launch_wgmma_ws(const MatmulProblem& p, cudaStream_t stream) {
         const CUtensorMap tb = tensor_map_2d<T>(bt, kp, p.N, kp * es, kWgBK, kWgBN);    // B^T [N, kp]: 64 k x 256 n
         matmul_wgmma_ws<T, true><<<blocks, kWsThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
         check_launch("matmul_wgmma_ws");
+        note_kernel("wgmma_ws_kmajor");
     } catch (...) {
         cudaFreeAsync(bt, stream);
         throw;
@@ -1005,6 +1014,7 @@ void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
     if constexpr (kDirectB) {                          // B as it lies: no scratch, no transpose
         matmul_wgmma<T, kInFlight, true><<<grid, kWgThreads, kWgSmemBytes, stream>>>(p, nullptr, 0, 0, c_pairs);
         check_launch("matmul_wgmma");
+        note_kernel("wgmma_direct");
         return;
     }
     const int64_t kp = (p.K + 7) / 8 * 8;
@@ -1022,6 +1032,7 @@ void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
         matmul_wgmma<T, kInFlight, false><<<grid, kWgThreads, kWgSmemBytes, stream>>>(p, static_cast<const T*>(bt), kp,
                                                                                       broadcast_b ? 0 : p.N * kp, c_pairs);
         check_launch("matmul_wgmma");
+        note_kernel(kInFlight ? "wgmma_overlap" : "wgmma");
     } catch (...) {
         if (bt) cudaFreeAsync(bt, stream);
         throw;
@@ -1037,6 +1048,7 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
                         grid_dim((p.M + kNaiveTile - 1) / kNaiveTile, 65535, "matmul M"), gz);
         matmul_naive<T><<<grid, dim3(kNaiveTile, kNaiveTile), 0, stream>>>(p);
         check_launch("matmul_naive");
+        note_kernel("naive");
         return;
     }
     const dim3 grid(grid_dim((p.N + kBN - 1) / kBN, INT32_MAX, "matmul N"),
@@ -1044,6 +1056,7 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
     if (algo == MatmulAlgo::Tiled) {
         matmul_tiled<T><<<grid, kThreads, 0, stream>>>(p);
         check_launch("matmul_tiled");
+        note_kernel("tiled");
         return;
     }
     if constexpr (!std::is_same_v<T, float>) {
@@ -1072,6 +1085,7 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
               "matmul_tensorcore shared memory opt-in");
         matmul_tensorcore<T><<<grid, kThreads, kTcSmemBytes, stream>>>(p);
         check_launch("matmul_tensorcore");
+        note_kernel("tensorcore");
         return;
     }
     throw std::invalid_argument("matmul: the tensor-core kernel needs float16 or bfloat16 inputs");
@@ -1092,7 +1106,10 @@ MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested) {
     return requested;
 }
 
+const char* matmul_last_kernel() { return g_last_kernel; }
+
 void matmul_device(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
+    g_last_kernel = "";
     algo = matmul_resolve(p, algo);
     if (p.batch == 0 || p.M == 0 || p.N == 0) return;
     switch (p.dtype) {

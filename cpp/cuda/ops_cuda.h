@@ -65,6 +65,10 @@ void matmul_device(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream)
 // v5 (wgmma) can run on the current device: compute capability 9.0, sm_90a code in this build, and
 // PYWORKLOADS_NO_WGMMA unset.  Calls CUDA (needs a device).
 bool wgmma_available();
+// The algorithm whose kernel this thread's last matmul_device call launched (after auto and the
+// fallbacks: v5 -> v4 without sm_90a code, TMA kernels -> cp.async ones for batched problems), ""
+// if it launched none.
+const char* matmul_last_kernel();
 
 // ---- attention (attention.cu) ---------------------------------------------------------------
 struct AttnOperand {                   // [B, H, T, D] with unit stride along D

@@ -493,6 +493,7 @@ def test_matmul_tma_one_matrix_bfloat16(M, K, N, algo):
         if "Hopper" in str(exc):
             pytest.skip(f"v5 does not run here: {exc}")
         raise
+    assert _cuda.matmul_last_kernel() == algo  # not a silent fallback (e.g. a driver without the TMA encoder)
     want = a.double() @ b.double()
     assert torch.allclose(c, want, atol=0.02 * K ** 0.5, rtol=1e-2)
 
@@ -506,6 +507,8 @@ def test_matmul_tma_one_matrix_bfloat16(M, K, N, algo):
 def test_matmul_tma_batch_fold(rng, sa, sb, folds, algo):
     a, b = rand(rng, *sa, dtype=np.float16), rand(rng, *sb, dtype=np.float16)
     got = wgmma_or_skip(a, b, algo)
+    # folded: the TMA kernel itself; else wgmma_tma runs wgmma_direct and the ws kernels v5
+    assert _cuda.matmul_last_kernel() == (algo if folds else "wgmma_direct" if algo == "wgmma_tma" else "wgmma")
     want = a.astype(np.float64) @ b.astype(np.float64)
     assert got.shape == want.shape
     assert_close(got, want, atol=1e-3 * np.sqrt(sa[-1]), rtol=2e-3)
