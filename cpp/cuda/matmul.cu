@@ -678,6 +678,31 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
 #endif
 }
 
+#if defined(PYW_HAS_WGMMA)
+// The shared-memory ring of the TMA kernels: kWgStages A slots then kWgStages B slots from the
+// first 1024-byte boundary of the dynamic shared memory (TMA's 128-byte swizzle works in 1024-byte
+// atoms), and the barriers full[0..S) then empty[0..S) in `bars` (2 S words).  Thread 0 initialises
+// full[s] for 1 arrival (the producer's arrive.expect_tx, plus the bytes) and empty[s] for 2 (one
+// per consumer warpgroup); every thread of the block must call it (it ends in __syncthreads).
+struct TmaRing {
+    uint32_t a_smem, b_smem, full0, empty0;
+};
+__device__ __forceinline__ TmaRing tma_ring(unsigned char* dynamic_smem, uint64_t* bars) {
+    const uint32_t base = (smem_addr(dynamic_smem) + 1023u) & ~1023u;
+    const TmaRing r{base, base + kWgStages * kWgStageA, smem_addr(bars), smem_addr(bars) + 8 * kWgStages};
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int s = 0; s < kWgStages; ++s) {
+            mbar_init(r.full0 + 8 * s, 1);
+            mbar_init(r.empty0 + 8 * s, 2);
+        }
+        fence_mbarrier_init();
+    }
+    __syncthreads();
+    return r;
+}
+#endif
+
 // ---- v5 with TMA (algo="wgmma_tma"; NOT yet run on a GPU) -------------------------------------
 // The same tiles, shared-memory layouts and wgmmas as wgmma_direct, but fed by the Tensor Memory
 // Accelerator: thread 0 alone issues one bulk tensor copy for A's 128x64 tile and four for B's
@@ -691,24 +716,13 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma_tma(const __grid_c
                                                                    MatmulProblem p, bool c_pairs) {
 #if defined(PYW_HAS_WGMMA)
     extern __shared__ unsigned char wg_smem[];
-    __shared__ __align__(8) uint64_t bars[2 * kWgStages];          // full[0..S), then empty[0..S)
-    const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;   // TMA's 128B swizzle wants 1024-byte atoms
-    const uint32_t a_smem = base, b_smem = base + kWgStages * kWgStageA;
-    const uint32_t full0 = smem_addr(bars), empty0 = full0 + 8 * kWgStages;
+    __shared__ __align__(8) uint64_t bars[2 * kWgStages];
+    const TmaRing ring = tma_ring(wg_smem, bars);
+    const uint32_t a_smem = ring.a_smem, b_smem = ring.b_smem, full0 = ring.full0, empty0 = ring.empty0;
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
     int64_t m0, n0;
     block_origin(p, m0, n0);
     const int64_t ktiles = (p.K + kWgBK - 1) / kWgBK;
-
-    if (tid == 0) {
-#pragma unroll
-        for (int s = 0; s < kWgStages; ++s) {
-            mbar_init(full0 + 8 * s, 1);               // the producer's arrive.expect_tx (+ the bytes)
-            mbar_init(empty0 + 8 * s, 2);              // one arrival per consumer warpgroup
-        }
-        fence_mbarrier_init();
-    }
-    __syncthreads();
     auto issue = [&](int64_t t) {                      // thread 0: step t into slot t % S
         const int s = int(t % kWgStages);
         const uint32_t full = full0 + 8 * s;
@@ -859,23 +873,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) matmul_wgmma_ws(const __grid_co
                                                                   MatmulProblem p, bool c_pairs) {
 #if defined(PYW_HAS_WGMMA)
     extern __shared__ unsigned char wg_smem[];
-    __shared__ __align__(8) uint64_t bars[2 * kWgStages];          // full[0..S), then empty[0..S)
-    const uint32_t base = (smem_addr(wg_smem) + 1023u) & ~1023u;   // TMA's 128B swizzle wants 1024-byte atoms
-    const uint32_t a_smem = base, b_smem = base + kWgStages * kWgStageA;
-    const uint32_t full0 = smem_addr(bars), empty0 = full0 + 8 * kWgStages;
+    __shared__ __align__(8) uint64_t bars[2 * kWgStages];
+    const TmaRing ring = tma_ring(wg_smem, bars);      // the last block-wide barrier: the producer returns early
+    const uint32_t a_smem = ring.a_smem, b_smem = ring.b_smem, full0 = ring.full0, empty0 = ring.empty0;
     const int tid = threadIdx.x, wg = tid >> 7;
     const int64_t tiles_m = (p.M + kWgBM - 1) / kWgBM, tiles_n = (p.N + kWgBN - 1) / kWgBN;
     const int64_t tiles = tiles_m * tiles_n, ktiles = (p.K + kWgBK - 1) / kWgBK;
-
-    if (tid == 0) {
-#pragma unroll
-        for (int s = 0; s < kWgStages; ++s) {
-            mbar_init(full0 + 8 * s, 1);               // the producer's arrive.expect_tx (+ the bytes)
-            mbar_init(empty0 + 8 * s, 2);              // one arrival per consumer warpgroup
-        }
-        fence_mbarrier_init();
-    }
-    __syncthreads();                                   // the last block-wide barrier: the producer returns early
 
     if (wg == 0) {                                     // ---- producer
         setmaxnreg_dec<kWsProducerRegs>();

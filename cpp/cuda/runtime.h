@@ -29,29 +29,25 @@ inline unsigned grid_dim(int64_t tiles, int64_t limit, const char* what) {
     return static_cast<unsigned>(tiles < 1 ? 1 : tiles);
 }
 
-// Shared memory one block of the current device may opt into (cudaFuncSetAttribute), read once
-// per device: the tensor-core launchers pick their pipeline depth, or fall back, by it.
-inline int max_optin_smem() {
-    static int cached[64] = {};                            // 0: not read yet (benign race: same value)
+// An attribute of the current device, read once per device and attribute (0 is "not read yet";
+// a benign race: every thread would store the same value).
+template <cudaDeviceAttr kAttr>
+int device_attribute(const char* what) {
+    static int cached[64] = {};
     int dev = 0;
     check(cudaGetDevice(&dev), "cudaGetDevice");
     if (dev < 0 || dev >= 64) dev = 0;
-    if (!cached[dev]) check(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-                             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+    if (!cached[dev]) check(cudaDeviceGetAttribute(&cached[dev], kAttr, dev), what);
     return cached[dev];
 }
 
-// Streaming multiprocessors of the current device, read once per device: the persistent kernels
-// launch one block per SM.
-inline int sm_count() {
-    static int cached[64] = {};                            // 0: not read yet (benign race: same value)
-    int dev = 0;
-    check(cudaGetDevice(&dev), "cudaGetDevice");
-    if (dev < 0 || dev >= 64) dev = 0;
-    if (!cached[dev]) check(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev),
-                             "cudaDeviceGetAttribute(MultiProcessorCount)");
-    return cached[dev];
+// Shared memory one block may opt into (cudaFuncSetAttribute): the tensor-core launchers pick
+// their pipeline depth, or fall back, by it.
+inline int max_optin_smem() {
+    return device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>("cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
 }
+// Streaming multiprocessors: the persistent kernels launch one block per SM.
+inline int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>("cudaDeviceGetAttribute(MultiProcessorCount)"); }
 
 // Owning device buffer (RAII), so an exception between cudaMalloc and cudaFree cannot leak.
 template <class T>
