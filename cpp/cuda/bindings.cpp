@@ -128,7 +128,8 @@ py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_na
                     {"tensorcore", MatmulAlgo::TensorCore}, {"mma", MatmulAlgo::Mma}, {"wgmma", MatmulAlgo::Wgmma},
                     {"wgmma_overlap", MatmulAlgo::WgmmaOverlap}, {"wgmma_direct", MatmulAlgo::WgmmaDirect},
                     {"wgmma_tma", MatmulAlgo::WgmmaTma}, {"wgmma_ws", MatmulAlgo::WgmmaWs},
-                    {"wgmma_ws_kmajor", MatmulAlgo::WgmmaWsKMajor}}, "matmul");
+                    {"wgmma_ws_kmajor", MatmulAlgo::WgmmaWsKMajor},
+                    {"wgmma_ws_mc", MatmulAlgo::WgmmaWsMc}, {"wgmma_ws_kmajor_mc", MatmulAlgo::WgmmaWsKMajorMc}}, "matmul");
     TensorArg a = parse_tensor(a_obj, "a"), b = parse_tensor(b_obj, "b");
     require_float(a, "matmul");
     require_float(b, "matmul");
@@ -387,7 +388,7 @@ PYBIND11_MODULE(_cuda, m) {
               "(__cuda_array_interface__ / DLPack) in -> DeviceArray out, or written into out=.";
     bind_interop(m);
     py::dict algorithms;                  // every kernel version stays callable (tests, teaching, benchmarks)
-    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore", "mma", "wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor");
+    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore", "mma", "wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor", "wgmma_ws_mc", "wgmma_ws_kmajor_mc");
     algorithms["attention"] = py::make_tuple("auto", "simt", "mma", "mma_async");
     algorithms["rms_norm"] = py::make_tuple("auto", "block", "warp", "rows");
     algorithms["layer_norm"] = py::make_tuple("auto", "block", "warp", "rows");
@@ -414,8 +415,9 @@ PYBIND11_MODULE(_cuda, m) {
           "accumulation.  algo: 'auto' | 'naive' | 'tiled' | 'tensorcore' (WMMA) | 'mma' (mma.sync + ldmatrix + cp.async pipeline) | 'wgmma' (Hopper warpgroup MMA, "
           "sm_90a) | 'wgmma_overlap' (the same with one wgmma batch in flight) | 'wgmma_direct' (that, reading B without "
           "a transpose) | 'wgmma_tma' (that, fed by TMA + mbarriers) | 'wgmma_ws' (TMA, a producer warpgroup and two "
-          "consumer warpgroups, persistent) | 'wgmma_ws_kmajor' (that, with B transposed first as 'wgmma'); the last five "
-          "not yet verified on a GPU; the last eight float16/bfloat16 only.");
+          "consumer warpgroups, persistent) | 'wgmma_ws_kmajor' (that, with B transposed first as 'wgmma') | 'wgmma_ws_mc', "
+          "'wgmma_ws_kmajor_mc' (those two on CTA pairs sharing B by TMA multicast); the last seven not yet verified on a "
+          "GPU; the last ten float16/bfloat16 only.");
     m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false,
           py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("mask") = py::none(), py::kw_only(),
           py::arg("algo") = "auto", py::arg("out") = py::none(),

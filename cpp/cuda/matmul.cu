@@ -57,8 +57,10 @@
 //                that into a producer warpgroup (TMA) and two consumer warpgroups (wgmma), with
 //                setmaxnreg moving registers to the consumers, in a persistent grid of one block
 //                per SM (the same problems, else v5), and algo="wgmma_ws_kmajor" runs it on v5's
-//                transposed, K-major B.  None of the five has run on a GPU yet, so auto does not
-//                pick them.
+//                transposed, K-major B; algo="wgmma_ws_mc" / "wgmma_ws_kmajor_mc" run those two on
+//                CTA pairs (clusters) that share B's tile, each CTA loading half of it and the TMA
+//                multicasting it into both.  None of the seven has run on a GPU yet, so auto does
+//                not pick them.
 #include <cuda.h>   // CUtensorMap and its enums (the encoder is fetched at run time: no libcuda link)
 #include <mma.h>
 
@@ -682,11 +684,13 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
 // The shared-memory ring of the TMA kernels: kWgStages A slots then kWgStages B slots from the
 // first 1024-byte boundary of the dynamic shared memory (TMA's 128-byte swizzle works in 1024-byte
 // atoms), and the barriers full[0..S) then empty[0..S) in `bars` (2 S words).  Thread 0 initialises
-// full[s] for 1 arrival (the producer's arrive.expect_tx, plus the bytes) and empty[s] for 2 (one
-// per consumer warpgroup); every thread of the block must call it (it ends in __syncthreads).
+// full[s] for 1 arrival (the producer's arrive.expect_tx, plus the bytes) and empty[s] for 2 per
+// CTA of the cluster (one per consumer warpgroup that reads slot s's data); every thread of the
+// block -- of the cluster, when kCluster > 1 -- must call it (it ends in a barrier).
 struct TmaRing {
     uint32_t a_smem, b_smem, full0, empty0;
 };
+template <int kCluster = 1>
 __device__ __forceinline__ TmaRing tma_ring(unsigned char* dynamic_smem, uint64_t* bars) {
     const uint32_t base = (smem_addr(dynamic_smem) + 1023u) & ~1023u;
     const TmaRing r{base, base + kWgStages * kWgStageA, smem_addr(bars), smem_addr(bars) + 8 * kWgStages};
@@ -694,11 +698,14 @@ __device__ __forceinline__ TmaRing tma_ring(unsigned char* dynamic_smem, uint64_
 #pragma unroll
         for (int s = 0; s < kWgStages; ++s) {
             mbar_init(r.full0 + 8 * s, 1);
-            mbar_init(r.empty0 + 8 * s, 2);
+            mbar_init(r.empty0 + 8 * s, 2 * kCluster);
         }
         fence_mbarrier_init();
     }
-    __syncthreads();
+    if constexpr (kCluster > 1)
+        cluster_sync();                                // the peers' barriers exist before anything reaches them
+    else
+        __syncthreads();
     return r;
 }
 #endif
@@ -808,8 +815,9 @@ CUtensorMap tensor_map_2d(const void* ptr, int64_t inner, int64_t outer, int64_t
 // Whether v5-TMA takes this problem: one matrix (no batch), aligned rows, sizes the 32-bit TMA
 // coordinates can address, and a driver with the encoder.
 bool tma_fits(const MatmulProblem& p) {
-    return p.batch == 1 && p.a_vec && p.b_vec && p.K > 0 && p.M < (int64_t(1) << 31) && p.N < (int64_t(1) << 31) &&
-           p.K < (int64_t(1) << 31) && encode_tiled() != nullptr;
+    constexpr int64_t kLimit = (int64_t(1) << 31) - 512;   // tile origins past the last tile (a pair's idle half) too
+    return p.batch == 1 && p.a_vec && p.b_vec && p.K > 0 && p.M < kLimit && p.N < kLimit && p.K < kLimit &&
+           encode_tiled() != nullptr;
 }
 
 template <class T>
@@ -858,6 +866,13 @@ bool fold_batch(MatmulProblem& p) {
 // every tile's prologue overlaps the previous tile's epilogue.  full[s]/empty[s] as in wgmma_tma;
 // the producer waits for empty[s]'s phase (g / S - 1) of its step g (parity (g / S + 1) % 2: the
 // first S waits pass on fresh barriers), the consumers for full[s]'s phase g / S.
+// kCluster 2 (algo="wgmma_ws_mc" / "wgmma_ws_kmajor_mc"): CTA pairs (a thread-block cluster) on
+// vertically adjacent tiles that share B's tile: each CTA's producer loads its A and half of B,
+// multicast into both CTAs, so every B byte crosses from L2 once per pair (32 KiB instead of 48
+// per CTA and step).  full[s] still expects all 48 KiB (half of it completed by the peer's TMA);
+// empty[s] counts the 4 consumers of the pair (a consumer releases a slot in both CTAs, since both
+// producers write into it); a producer stays until its empty barriers have seen the peer's last
+// releases, so no arrival reaches a CTA that has exited.
 // kKMajorB (algo="wgmma_ws_kmajor"): B is first transposed into a K-major scratch copy, as v5 does,
 // and each step loads it as one [256 n][64 k] box -- the TMA's 128-byte swizzle of it is v5's
 // verified shared-memory layout, read through v5's K-major descriptors -- instead of four MN-major
@@ -867,41 +882,64 @@ constexpr int kWsThreads = 384, kWsProducerRegs = 40, kWsConsumerRegs = 232;
 static_assert(kWsProducerRegs * 128 + kWsConsumerRegs * 256 <= (65536 / kWsThreads) / 8 * 8 * kWsThreads,
               "the consumers' registers come from what the producer hands back");
 
-template <class T, bool kKMajorB>
+template <class T, bool kKMajorB, int kCluster>
 __global__ void __launch_bounds__(kWsThreads, 1) matmul_wgmma_ws(const __grid_constant__ CUtensorMap tma_a,
                                                                   const __grid_constant__ CUtensorMap tma_b,
                                                                   MatmulProblem p, bool c_pairs) {
+    static_assert(kCluster == 1 || kCluster == 2, "one CTA, or a pair sharing B");
 #if defined(PYW_HAS_WGMMA)
     extern __shared__ unsigned char wg_smem[];
     __shared__ __align__(8) uint64_t bars[2 * kWgStages];
-    const TmaRing ring = tma_ring(wg_smem, bars);      // the last block-wide barrier: the producer returns early
+    const TmaRing ring = tma_ring<kCluster>(wg_smem, bars);   // the last block-wide barrier: the producer returns early
     const uint32_t a_smem = ring.a_smem, b_smem = ring.b_smem, full0 = ring.full0, empty0 = ring.empty0;
     const int tid = threadIdx.x, wg = tid >> 7;
+    // Work units: kCluster M-tiles sharing one N-tile (one per CTA of the cluster, rank r taking
+    // M-tile kCluster um + r; past the last M-tile it multiplies the TMA's zeros and stores nothing),
+    // unit u = first, first + stride, ... in mma_tile_of's grouped order.
+    const uint32_t rank = kCluster > 1 ? cluster_ctarank() : 0;
+    const int64_t first = kCluster > 1 ? int64_t(cluster_id_x()) : int64_t(blockIdx.x);
+    const int64_t stride = kCluster > 1 ? int64_t(cluster_count_x()) : int64_t(gridDim.x);
     const int64_t tiles_m = (p.M + kWgBM - 1) / kWgBM, tiles_n = (p.N + kWgBN - 1) / kWgBN;
-    const int64_t tiles = tiles_m * tiles_n, ktiles = (p.K + kWgBK - 1) / kWgBK;
+    const int64_t units_m = (tiles_m + kCluster - 1) / kCluster, units = units_m * tiles_n;
+    const int64_t ktiles = (p.K + kWgBK - 1) / kWgBK;
 
     if (wg == 0) {                                     // ---- producer
         setmaxnreg_dec<kWsProducerRegs>();
         if (tid == 0) {
             int64_t g = 0;                             // K steps issued by this block so far, over all its tiles
-            for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-                int64_t tm, tn;
-                mma_tile_of(tile, tiles_m, tiles_n, tm, tn);
-                const int32_t m0 = int32_t(tm * kWgBM), n0 = int32_t(tn * kWgBN);
+            for (int64_t u = first; u < units; u += stride) {
+                int64_t um, tn;
+                mma_tile_of(u, units_m, tiles_n, um, tn);
+                const int32_t m0 = int32_t((um * kCluster + rank) * kWgBM), n0 = int32_t(tn * kWgBN);
                 for (int64_t t = 0; t < ktiles; ++t, ++g) {
                     const int s = int(g % kWgStages);
-                    const uint32_t full = full0 + 8 * s;
-                    mbar_wait(empty0 + 8 * s, uint32_t(((g / kWgStages) & 1) ^ 1));   // both consumers are done with it
-                    mbar_arrive_expect_tx(full, kWgStageA + kWgStageB);
-                    tma_load_2d(a_smem + s * kWgStageA, &tma_a, int32_t(t * kWgBK), m0, full);
-                    if constexpr (kKMajorB) {
-                        tma_load_2d(b_smem + s * kWgStageB, &tma_b, int32_t(t * kWgBK), n0, full);   // B^T [256 n][64 k]
-                    } else {
+                    const uint32_t full = full0 + 8 * s, a_dst = a_smem + s * kWgStageA, b_dst = b_smem + s * kWgStageB;
+                    const int32_t k0 = int32_t(t * kWgBK);
+                    mbar_wait(empty0 + 8 * s, uint32_t(((g / kWgStages) & 1) ^ 1));   // every consumer is done with it
+                    mbar_arrive_expect_tx(full, kWgStageA + kWgStageB);   // with kCluster 2, half of B comes from the peer
+                    tma_load_2d(a_dst, &tma_a, k0, m0, full);
+                    if constexpr (kCluster == 1 && kKMajorB) {
+                        tma_load_2d(b_dst, &tma_b, k0, n0, full);          // B^T [256 n][64 k]
+                    } else if constexpr (kCluster == 1) {
 #pragma unroll
-                        for (int j = 0; j < 4; ++j)
-                            tma_load_2d(b_smem + s * kWgStageB + j * kWgAtomN, &tma_b, n0 + 64 * j, int32_t(t * kWgBK), full);
+                        for (int j = 0; j < 4; ++j) tma_load_2d(b_dst + j * kWgAtomN, &tma_b, n0 + 64 * j, k0, full);
+                    } else if constexpr (kKMajorB) {                     // rows [128 r, 128 r + 128) of B^T's tile, to both
+                        tma_load_2d_multicast(b_dst + rank * (kWgStageB / 2), &tma_b, k0, n0 + 128 * int32_t(rank), full, 0x3);
+                    } else {                                              // n-atoms 2 r and 2 r + 1, to both
+#pragma unroll
+                        for (int j = 0; j < 2; ++j) {
+                            const int32_t atom = 2 * int32_t(rank) + j;
+                            tma_load_2d_multicast(b_dst + atom * kWgAtomN, &tma_b, n0 + 64 * atom, k0, full, 0x3);
+                        }
                     }
                 }
+            }
+            if constexpr (kCluster > 1) {
+                // Stay until the peer's consumers have released their last steps: their arrivals
+                // land on this CTA's empty barriers, which must outlive them.  Step h's release
+                // completes phase h / S of empty[h % S].
+                for (int64_t h = g - kWgStages < 0 ? 0 : g - kWgStages; h < g; ++h)
+                    mbar_wait(empty0 + 8 * int(h % kWgStages), uint32_t((h / kWgStages) & 1));
             }
         }
         return;
@@ -910,11 +948,24 @@ __global__ void __launch_bounds__(kWsThreads, 1) matmul_wgmma_ws(const __grid_co
     setmaxnreg_inc<kWsConsumerRegs>();                 // ---- consumers
     const int cw = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
     const bool leader = (tid & 127) == 0;              // arrives on empty[] for its warpgroup
+    // step h's slot is free again here (and, with kCluster 2, in the peer, whose producer also
+    // writes half of B into it)
+    auto release = [&](int64_t h) {
+        if (!leader) return;
+        const uint32_t bar = empty0 + 8 * int(h % kWgStages);
+        if constexpr (kCluster > 1) {
+#pragma unroll
+            for (uint32_t r = 0; r < uint32_t(kCluster); ++r) mbar_arrive_cluster(bar, r);
+        } else {
+            mbar_arrive(bar);
+        }
+    };
     int64_t g = 0;                                     // the same step count as the producer's
     float d[128];
-    for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-        int64_t tm, tn;
-        mma_tile_of(tile, tiles_m, tiles_n, tm, tn);
+    for (int64_t u = first; u < units; u += stride) {
+        int64_t um, tn;
+        mma_tile_of(u, units_m, tiles_n, um, tn);
+        const int64_t tm = um * kCluster + rank;
 #pragma unroll
         for (int i = 0; i < 128; ++i) d[i] = 0.f;
         for (int64_t t = 0; t < ktiles; ++t, ++g) {
@@ -933,12 +984,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) matmul_wgmma_ws(const __grid_co
             wgmma_commit();
             wgmma_wait<1>();                           // step g-1's batch is done (step g's in flight)
             wgmma_fence_operands(d);
-            if (t >= 1 && leader) mbar_arrive(empty0 + 8 * int((g - 1) % kWgStages));
+            if (t >= 1) release(g - 1);
             __syncwarp();                              // warp 0 reconverges before the next (aligned) wgmma
         }
         wgmma_wait<0>();
         wgmma_fence_operands(d);
-        if (leader) mbar_arrive(empty0 + 8 * int((g - 1) % kWgStages));   // the tile's last step (ktiles >= 1)
+        release(g - 1);                                // the tile's last step (ktiles >= 1)
         __syncwarp();
         store_wgmma_tile(static_cast<T*>(p.c), d, p.M, p.N, tm * kWgBM + cw * 64 + warp * 16 + (lane >> 2),
                          tn * kWgBN + (lane & 3) * 2, c_pairs);
@@ -948,21 +999,50 @@ __global__ void __launch_bounds__(kWsThreads, 1) matmul_wgmma_ws(const __grid_co
 #endif
 }
 
-template <class T, bool kKMajorB>
-void launch_wgmma_ws(const MatmulProblem& p, cudaStream_t stream) {
-    const int64_t es = sizeof(T);
-    check(cudaFuncSetAttribute(matmul_wgmma_ws<T, kKMajorB>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
+// One launch of matmul_wgmma_ws: a persistent grid of one block per SM (with kCluster 2: as many
+// co-resident pairs as the device can hold), the algorithm's name recorded for matmul_last_kernel.
+template <class T, bool kKMajorB, int kCluster>
+void launch_ws_kernel(const CUtensorMap& ta, const CUtensorMap& tb, const MatmulProblem& p, bool c_pairs,
+                      cudaStream_t stream, const char* name) {
+    auto kernel = matmul_wgmma_ws<T, kKMajorB, kCluster>;
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
           "matmul_wgmma_ws shared memory opt-in");
-    const int64_t tiles = ((p.M + kWgBM - 1) / kWgBM) * ((p.N + kWgBN - 1) / kWgBN);
+    const int64_t units = ((p.M + kWgBM * kCluster - 1) / (kWgBM * kCluster)) * ((p.N + kWgBN - 1) / kWgBN);
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1] = {};
+    cfg.blockDim = dim3(kWsThreads);
+    cfg.dynamicSmemBytes = kWgSmemBytes;
+    cfg.stream = stream;
+    int64_t groups = std::max(1, sm_count() / kCluster);   // co-resident clusters (blocks when kCluster is 1)
+    if constexpr (kCluster > 1) {
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = kCluster;
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        cfg.gridDim = dim3(unsigned(kCluster * std::min<int64_t>(units, groups)));
+        int fit = 0;                                   // GPCs need not split into whole pairs
+        if (cudaOccupancyMaxActiveClusters(&fit, kernel, &cfg) == cudaSuccess && fit > 0)
+            groups = std::min<int64_t>(groups, fit);
+        else
+            cudaGetLastError();
+    }
+    cfg.gridDim = dim3(unsigned(kCluster * std::min<int64_t>(units, groups)));
+    check(cudaLaunchKernelEx(&cfg, kernel, ta, tb, p, c_pairs), "launching matmul_wgmma_ws");
+    check_launch("matmul_wgmma_ws");
+    note_kernel(name);
+}
+
+template <class T, bool kKMajorB, int kCluster>
+void launch_wgmma_ws(const MatmulProblem& p, cudaStream_t stream, const char* name) {
+    const int64_t es = sizeof(T);
     const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(tiles, std::max(1, sm_count())));
     const CUtensorMap ta = tensor_map_2d<T>(p.a, p.K, p.M, p.lda * es, kWgBK, kWgBM);   // A [M, K]: 64 k x 128 rows
     if constexpr (!kKMajorB) {
-        const CUtensorMap tb = tensor_map_2d<T>(p.b, p.N, p.K, p.ldb * es, 64, kWgBK);  // B [K, N]: 64 n x 64 k
-        matmul_wgmma_ws<T, false><<<blocks, kWsThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
-        check_launch("matmul_wgmma_ws");
-        note_kernel("wgmma_ws");
-        return;
+        // B [K, N] in n-atoms of 64 n x 64 k (4 per step, 2 per CTA with a pair)
+        const CUtensorMap tb = tensor_map_2d<T>(p.b, p.N, p.K, p.ldb * es, 64, kWgBK);
+        return launch_ws_kernel<T, false, kCluster>(ta, tb, p, c_pairs, stream, name);
     }
     // B^T [N, kp] (kp = K rounded up to 8, zero-padded: whole 16-byte rows) by v5's transpose; one matrix here
     const int64_t kp = (p.K + 7) / 8 * 8;
@@ -972,10 +1052,9 @@ void launch_wgmma_ws(const MatmulProblem& p, cudaStream_t stream) {
         const dim3 tgrid(grid_dim((kp + 31) / 32, INT32_MAX, "matmul K"), grid_dim((p.N + 31) / 32, 65535, "matmul N"), 1);
         matmul_transpose_b<T><<<tgrid, dim3(32, 8), 0, stream>>>(p, static_cast<T*>(bt), kp, 1);
         check_launch("matmul_transpose_b");
-        const CUtensorMap tb = tensor_map_2d<T>(bt, kp, p.N, kp * es, kWgBK, kWgBN);    // B^T [N, kp]: 64 k x 256 n
-        matmul_wgmma_ws<T, true><<<blocks, kWsThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
-        check_launch("matmul_wgmma_ws");
-        note_kernel("wgmma_ws_kmajor");
+        // B^T [N, kp] in boxes of 64 k x 256 n (128 n per CTA with a pair)
+        const CUtensorMap tb = tensor_map_2d<T>(bt, kp, p.N, kp * es, kWgBK, kWgBN / kCluster);
+        launch_ws_kernel<T, true, kCluster>(ta, tb, p, c_pairs, stream, name);
     } catch (...) {
         cudaFreeAsync(bt, stream);
         throw;
@@ -1066,12 +1145,17 @@ void launch(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream) {
         if (is_wgmma(algo)) {
             if (p.a_vec && wgmma_available() && max_optin_smem() >= int(kWgSmemBytes)) {
                 if (algo == MatmulAlgo::Wgmma) return launch_wgmma<T, 0, false>(p, stream);
-                if (algo == MatmulAlgo::WgmmaTma || algo == MatmulAlgo::WgmmaWs || algo == MatmulAlgo::WgmmaWsKMajor) {
+                if (algo >= MatmulAlgo::WgmmaTma) {    // the TMA kernels
                     MatmulProblem q = p;               // one matrix where the batch folds into M
                     if (fold_batch(q) && tma_fits(q)) {
-                        if (algo == MatmulAlgo::WgmmaWs) return launch_wgmma_ws<T, false>(q, stream);
-                        if (algo == MatmulAlgo::WgmmaWsKMajor) return launch_wgmma_ws<T, true>(q, stream);
-                        return launch_wgmma_tma<T>(q, stream);
+                        switch (algo) {
+                            case MatmulAlgo::WgmmaWs: return launch_wgmma_ws<T, false, 1>(q, stream, "wgmma_ws");
+                            case MatmulAlgo::WgmmaWsKMajor: return launch_wgmma_ws<T, true, 1>(q, stream, "wgmma_ws_kmajor");
+                            case MatmulAlgo::WgmmaWsMc: return launch_wgmma_ws<T, false, 2>(q, stream, "wgmma_ws_mc");
+                            case MatmulAlgo::WgmmaWsKMajorMc:
+                                return launch_wgmma_ws<T, true, 2>(q, stream, "wgmma_ws_kmajor_mc");
+                            default: return launch_wgmma_tma<T>(q, stream);
+                        }
                     }
                     if (algo != MatmulAlgo::WgmmaTma) return launch_wgmma<T, 0, false>(p, stream);   // verified v5
                 }

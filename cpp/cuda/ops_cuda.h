@@ -50,13 +50,15 @@ struct MatmulProblem {
 // TensorCore: WMMA 16x16x16 fragments (the readable tensor-core version); Mma: mma.sync m16n8k16 with
 // ldmatrix and a multi-stage cp.async pipeline (the fast one).
 enum class MatmulAlgo : int { Auto = 0, Naive = 1, Tiled = 2, TensorCore = 3, Mma = 4, Wgmma = 5, WgmmaOverlap = 6,
-                              WgmmaDirect = 7, WgmmaTma = 8, WgmmaWs = 9, WgmmaWsKMajor = 10 };
+                              WgmmaDirect = 7, WgmmaTma = 8, WgmmaWs = 9, WgmmaWsKMajor = 10,
+                              WgmmaWsMc = 11, WgmmaWsKMajorMc = 12 };
 // The v5 (Hopper wgmma) family: sm_90a code on a compute-capability-9.0 device.
-inline bool is_wgmma(MatmulAlgo a) { return a >= MatmulAlgo::Wgmma && a <= MatmulAlgo::WgmmaWsKMajor; }
+inline bool is_wgmma(MatmulAlgo a) { return a >= MatmulAlgo::Wgmma && a <= MatmulAlgo::WgmmaWsKMajorMc; }
 // The name users pass as algo= (the bindings parse these names).
 inline const char* matmul_algo_name(MatmulAlgo a) {
     constexpr const char* names[] = {"auto", "naive", "tiled", "tensorcore", "mma", "wgmma", "wgmma_overlap",
-                                     "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor"};
+                                     "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor", "wgmma_ws_mc",
+                                     "wgmma_ws_kmajor_mc"};
     return names[int(a)];
 }
 // The algorithm Auto resolves to; throws std::invalid_argument for an impossible request.

@@ -46,11 +46,12 @@ def _wgmma_emulator():
 
 
 @pytest.mark.parametrize("kernel, mutation", [("tma", m) for m in _wgmma_emulator().TMA_MUTATIONS] +
-                         [("ws", m) for m in _wgmma_emulator().WS_MUTATIONS])
+                         [("ws", m) for m in _wgmma_emulator().WS_MUTATIONS] +
+                         [("ws_mc", m) for m in _wgmma_emulator().WS_MC_MUTATIONS])
 def test_protocol_checks_catch_planted_bugs(kernel, mutation):
     # each mutation is a plausible slip in the mbarrier protocol of matmul_wgmma_tma / matmul_wgmma_ws
     # (a missing or mis-phased wait, a barrier count of 1, a slot released before its batch is done,
-    # ...): the protocol check must fail on it, or its pass on the real protocol means nothing
+    # a release that skips the peer CTA, a producer that exits before its peer's last release, ...): the protocol check must fail on it, or its pass on the real protocol means nothing
     import numpy as np
 
     emu = _wgmma_emulator()
@@ -59,9 +60,12 @@ def test_protocol_checks_catch_planted_bugs(kernel, mutation):
         if kernel == "tma":
             for kt in (1, 2, 3, 4, 5, 9, 17):
                 emu.check_tma_protocol(kt, rng, trials=100, mutation=mutation)
-        else:
+        elif kernel == "ws":
             for kt, nt in ((1, 1), (1, 6), (2, 3), (3, 3), (4, 2), (5, 3), (9, 2), (17, 1)):
                 emu.check_ws_protocol(kt, nt, rng, trials=100, mutation=mutation)
+        else:
+            for kt, nt in ((1, 1), (1, 5), (2, 3), (4, 2), (5, 3), (9, 1)):
+                emu.check_ws_protocol(kt, nt, rng, trials=60, mutation=mutation, cluster=2)
 
 
 def test_fold_batch_transcription_agrees_with_the_strided_views():

@@ -431,9 +431,11 @@ WGMMA_SHAPES = [
 # an MN-major descriptor instead of transposed), wgmma_tma (that, fed by TMA and mbarriers; one
 # matrix, or a batch that folds into one, else wgmma_direct) and wgmma_ws (TMA with a producer
 # warpgroup and two consumer warpgroups, persistent; the same problems, else v5) and
-# wgmma_ws_kmajor (that, with B transposed first into v5's K-major layout) had not run on a GPU
-# when written
-@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor"])
+# wgmma_ws_kmajor (that, with B transposed first into v5's K-major layout), and the two on CTA
+# pairs sharing B by TMA multicast (wgmma_ws_mc, wgmma_ws_kmajor_mc; an odd number of M-tiles leaves
+# one CTA of the last pair multiplying zeros) had not run on a GPU when written
+@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor",
+                                  "wgmma_ws_mc", "wgmma_ws_kmajor_mc"])
 @pytest.mark.parametrize("sa, sb", WGMMA_SHAPES)
 def test_matmul_wgmma_float16(rng, sa, sb, algo):
     a, b = rand(rng, *sa, dtype=np.float16), rand(rng, *sb, dtype=np.float16)
@@ -459,7 +461,8 @@ def test_matmul_wgmma_transposed_weight_and_auto(rng):
     np.testing.assert_array_equal(_cuda.matmul(x, w.T), got)     # auto = v5 here (same kernel, same bits)
 
 
-@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor"])
+@pytest.mark.parametrize("algo", ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor",
+                                  "wgmma_ws_mc", "wgmma_ws_kmajor_mc"])
 def test_matmul_wgmma_bfloat16_device_arrays(algo):
     torch = torch_cuda()
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -478,7 +481,7 @@ def test_matmul_wgmma_bfloat16_device_arrays(algo):
     assert torch.equal(out, c)
 
 
-@pytest.mark.parametrize("algo", ["wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor"])
+@pytest.mark.parametrize("algo", ["wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor", "wgmma_ws_mc", "wgmma_ws_kmajor_mc"])
 @pytest.mark.parametrize("M, K, N", [(300, 256, 520), (4096, 4096, 4096), (129, 72, 300), (1, 64, 8), (8192, 128, 8192)])
 def test_matmul_tma_one_matrix_bfloat16(M, K, N, algo):
     # one matrix, so the TMA path itself runs (ragged edges: the TMA zero-fills past them); 4096^3
@@ -498,7 +501,7 @@ def test_matmul_tma_one_matrix_bfloat16(M, K, N, algo):
     assert torch.allclose(c, want, atol=0.02 * K ** 0.5, rtol=1e-2)
 
 
-@pytest.mark.parametrize("algo", ["wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor"])
+@pytest.mark.parametrize("algo", ["wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor", "wgmma_ws_mc", "wgmma_ws_kmajor_mc"])
 @pytest.mark.parametrize("sa, sb, folds", [
     ((2, 300, 256), (256, 520), True),        # x [B, T, D] @ W: the batch folds into M (one TMA problem)
     ((2, 3, 40, 64), (64, 72), True),         # two batch dimensions

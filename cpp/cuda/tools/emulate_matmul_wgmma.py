@@ -26,6 +26,9 @@ What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh)
     take planted bugs (TMA_MUTATIONS, WS_MUTATIONS) that they must catch.  algo="wgmma_ws_kmajor"
     runs the same protocol on v5's K-major B^T tiles (one [256 n][64 k] TMA box: the layout the
     `wgmma` replay above checks, and which ran correctly on an H200);
+  * algo="wgmma_ws_mc" / "wgmma_ws_kmajor_mc": that protocol on a pair of CTAs (a cluster) whose
+    producers each multicast half of B into both, with cross-CTA releases and the producer's tail
+    wait before exit (check_ws_protocol(cluster=2), planted bugs WS_MC_MUTATIONS);
   * fold_batch: a batch whose B is shared and whose A batches lie back to back becomes one matrix
     (checked on strided views of one buffer, folding and refusing);
   * the accumulator layout d[4 j + e] -> (row, column) of the epilogue, each C element written once;
@@ -369,30 +372,101 @@ def check_tma_protocol(ktiles, rng, trials=200, mutation=None):
     return True
 
 
-def check_ws_protocol(ktiles, ntiles, rng, trials=200, mutation=None):
-    """matmul_wgmma_ws's protocol: a producer thread (warpgroup 0) and two consumer warpgroups that
-    share one step count g over all the block's ntiles tiles.  The producer waits for empty[g % S]
-    with parity (g / S + 1) % 2 (the first S waits pass on fresh barriers) and issues step g; a
-    consumer waits for full[g % S] with parity (g / S) % 2, issues its batch, waits until one batch
-    is left in flight and releases the previous step's slot; at a tile's end it waits for all its
-    batches and releases the last slot before the epilogue.  Asserts as check_tma_protocol."""
-    assert mutation in (None,) + WS_MUTATIONS
+WS_MC_MUTATIONS = ("local_release_only", "empty_count_local", "no_producer_tail", "expect_own_bytes_only")
+
+
+class _WsCluster:
+    """matmul_wgmma_ws on `ctas` CTAs of a cluster: per CTA a ring of S slots with full/empty
+    barriers, the parts a slot's step arrives in (A from this CTA's producer; B whole, or, with a
+    pair, half r from CTA r's producer multicast to both), the wgmma batches in flight per consumer
+    warpgroup and the batches that may still read each slot; TMA boxes land one at a time, in any
+    order, in each of their destinations.  A CTA exits when its three programs have finished, after
+    which nothing may land on it or arrive on its barriers."""
+
+    def __init__(self, ctas, empty_count):
+        self.ctas = ctas
+        self.parts = ("A", "B") if ctas == 1 else ("A",) + tuple(f"B{r}" for r in range(ctas))
+        self.full = [[_Bar(1) for _ in range(STAGES)] for _ in range(ctas)]
+        self.empty = [[_Bar(empty_count) for _ in range(STAGES)] for _ in range(ctas)]
+        self.holds = [[dict.fromkeys(self.parts) for _ in range(STAGES)] for _ in range(ctas)]
+        self.readers = [[set() for _ in range(STAGES)] for _ in range(ctas)]
+        self.batches = {(c, wg): [] for c in range(ctas) for wg in (0, 1)}
+        self.landing = []                              # (destination CTA, slot, part, step)
+        self.exited = set()
+
+    def issue(self, c, g, expect_units):               # CTA c's producer issues step g
+        sl = g % STAGES
+        boxes = [(c, "A")] + ([(c, "B")] if self.ctas == 1 else [(d, f"B{c}") for d in range(self.ctas)])
+        for d, part in boxes:
+            assert d not in self.exited, f"CTA {c} writes into CTA {d}, which has exited"
+            assert not self.readers[d][sl], f"slot {sl} of CTA {d} refilled (step {g}) while {self.readers[d][sl]} may read it"
+            self.holds[d][sl][part] = None
+            self.landing.append((d, sl, part, g))
+        self.full[c][sl].arrive(expect_tx=expect_units)
+
+    def land(self, i):
+        d, sl, part, g = self.landing.pop(i)
+        assert d not in self.exited, f"a box lands in CTA {d}, which has exited"
+        self.holds[d][sl][part] = g
+        self.full[d][sl].complete_tx(1)
+
+    def start(self, c, wg, g):                         # consumer wg of CTA c issues step g's batch
+        sl = g % STAGES
+        held = self.holds[c][sl]
+        assert all(v == g for v in held.values()), f"CTA {c} wg{wg} step {g} reads slot {sl} holding {held}"
+        self.batches[(c, wg)].append(g)
+        self.readers[c][sl].add((wg, g))
+
+    def finish_batch(self, key):
+        g = self.batches[key].pop(0)
+        self.readers[key[0]][g % STAGES].discard((key[1], g))
+
+    def arrive_empty(self, c_to, sl):
+        assert c_to not in self.exited, f"an arrival on CTA {c_to}'s empty[{sl}] after it exited"
+        self.empty[c_to][sl].arrive()
+
+
+def check_ws_protocol(ktiles, ntiles, rng, trials=200, mutation=None, cluster=1):
+    """matmul_wgmma_ws's protocol: per CTA a producer thread (warpgroup 0) and two consumer
+    warpgroups that share one step count g over all the block's ntiles tiles.  The producer waits
+    for empty[g % S] with parity (g / S + 1) % 2 (the first S waits pass on fresh barriers), expects
+    the step's bytes on full[g % S] and issues its boxes; a consumer waits for full[g % S] with
+    parity (g / S) % 2, issues its batch, waits until one batch is left in flight and releases the
+    previous step's slot; at a tile's end it waits for all its batches and releases the last slot
+    before the epilogue.  With cluster=2 (algo="wgmma_ws_mc"): each CTA's producer multicasts half of
+    B into both CTAs, so empty[s] counts the 4 consumers of the pair, a consumer arrives on both
+    CTAs' empty[s], each full[s] expects A and both halves, and the producer stays until its empty
+    barriers have seen its peer's last releases.  Asserts no deadlock, no slot refilled while a
+    batch may read it, every batch reading its own step's landed data, nothing reaching an exited
+    CTA."""
+    assert cluster in (1, 2)
+    assert mutation in (None,) + (WS_MUTATIONS if cluster == 1 else WS_MC_MUTATIONS)
     S = STAGES
     for _ in range(trials):
-        ring = _Ring(empty_count=1 if mutation == "empty_count_1" else 2)
+        local_only = mutation in ("local_release_only", "empty_count_local")
+        st = _WsCluster(cluster, empty_count=1 if mutation == "empty_count_1" else
+                        2 if (cluster == 1 or mutation == "empty_count_local") else 2 * cluster)
+        expect = 2 if (cluster == 1 or mutation == "expect_own_bytes_only") else 1 + cluster
 
-        def producer():
+        def producer(c):
             g = 0
             for _tile in range(ntiles):
                 for _t in range(ktiles):
                     sl = g % S
                     if mutation != "no_empty_wait":
                         parity = (g // S) & 1 if mutation == "empty_parity_not_flipped" else ((g // S) & 1) ^ 1
-                        yield ("wait", lambda sl=sl, parity=parity: ring.empty[sl].done(parity))
-                    yield ("do", lambda g=g: ring.issue(g))
+                        yield ("wait", lambda sl=sl, parity=parity: st.empty[c][sl].done(parity))
+                    yield ("do", lambda g=g: st.issue(c, g, expect))
                     g += 1
+            if cluster > 1 and mutation != "no_producer_tail":
+                for h in range(max(0, g - S), g):        # the peer's last releases of each slot
+                    yield ("wait", lambda h=h: st.empty[c][h % S].done((h // S) & 1))
 
-        def consumer(wg):
+        def release(c, h):
+            for r in ([c] if cluster == 1 or local_only else range(cluster)):
+                yield ("do", lambda r=r: st.arrive_empty(r, h % S))
+
+        def consumer(c, wg):
             g = 0
             for _tile in range(ntiles):
                 if mutation == "step_count_per_tile":
@@ -402,22 +476,48 @@ def check_ws_protocol(ktiles, ntiles, rng, trials=200, mutation=None):
                     parity = (g // S) & 1
                     if mutation == "full_parity_flipped":
                         parity ^= 1
-                    yield ("wait", lambda sl=sl, parity=parity: ring.full[sl].done(parity))
-                    yield ("do", lambda g=g, wg=wg: ring.start(wg, g))
+                    yield ("wait", lambda sl=sl, parity=parity: st.full[c][sl].done(parity))
+                    yield ("do", lambda g=g: st.start(c, wg, g))
                     if mutation == "release_before_wait":
-                        yield ("do", lambda sl=sl: ring.empty[sl].arrive())   # releases the slot its batch reads
+                        yield from release(c, g)        # releases the slot its batch reads
                     else:
-                        yield ("wait", lambda wg=wg: len(ring.batches[wg]) <= 1)   # wgmma_wait<1>
+                        yield ("wait", lambda: len(st.batches[(c, wg)]) <= 1)   # wgmma_wait<1>
                         if t >= 1:
-                            yield ("do", lambda sp=(g - 1) % S: ring.empty[sp].arrive())
+                            yield from release(c, g - 1)
                     g += 1
-                yield ("wait", lambda wg=wg: not ring.batches[wg])               # wgmma_wait<0>
+                yield ("wait", lambda: not st.batches[(c, wg)])                  # wgmma_wait<0>
                 if mutation not in ("no_release_at_tile_end", "release_before_wait"):
-                    yield ("do", lambda sp=(g - 1) % S: ring.empty[sp].arrive())
+                    yield from release(c, g - 1)
                 # the epilogue reads registers only: nothing to model
 
-        ring.run({"producer": producer(), 0: consumer(0), 1: consumer(1)}, rng,
-                 f"wgmma_ws, ktiles={ktiles}, tiles={ntiles}")
+        progs = {}
+        for c in range(cluster):
+            progs[(c, "producer")] = producer(c)
+            progs[(c, 0)] = consumer(c, 0)
+            progs[(c, 1)] = consumer(c, 1)
+        cur = {k: next(v, None) for k, v in progs.items()}
+        live = {k for k, v in cur.items() if v is not None}
+        what = f"wgmma_ws cluster={cluster}, ktiles={ktiles}, tiles={ntiles}"
+        while live or st.landing or any(st.batches.values()):
+            options = [("prog", k) for k in sorted(live, key=str) if cur[k][0] == "do" or cur[k][1]()]
+            options += [("land", i) for i in range(len(st.landing))]
+            options += [("mma", k) for k, b in st.batches.items() if b]
+            assert options, f"deadlock ({what})"
+            kind, arg = options[rng.integers(len(options))]
+            if kind == "prog":
+                k, fn = cur[arg]
+                if k == "do":
+                    fn()
+                cur[arg] = next(progs[arg], None)
+                if cur[arg] is None:
+                    live.discard(arg)
+                    c = arg[0]
+                    if not any(k2[0] == c for k2 in live):
+                        st.exited.add(c)                 # all three programs of CTA c are done
+            elif kind == "land":
+                st.land(arg)
+            else:
+                st.finish_batch(arg)
     return True
 
 
@@ -481,6 +581,10 @@ def main():
         check_ws_protocol(kt, nt, rng_p, trials=100)
     print("wgmma_ws producer/consumer protocol: no deadlock, no early refill, every batch reads its own landed "
           "step (ktiles 1..17 x 1..6 tiles per block, random interleavings)")
+    for kt, nt in ((1, 1), (1, 5), (2, 3), (4, 2), (5, 3), (9, 1)):
+        check_ws_protocol(kt, nt, rng_p, trials=60, cluster=2)
+    print("wgmma_ws_mc (CTA pairs, B multicast): no deadlock, no early refill in either CTA, every batch reads "
+          "its own step's A and both B halves, nothing reaches an exited CTA")
     folded, refused = check_fold_batch(rng_p)
     print(f"fold_batch: {folded} batched problems folded into one matrix exactly, {refused} refused correctly")
     rng = np.random.default_rng(0)
