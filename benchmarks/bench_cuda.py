@@ -42,6 +42,7 @@ with status 2 and says which is missing.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import datetime as _dt
 import json
 import math
@@ -58,7 +59,10 @@ from pathlib import Path
 from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The checkout's package where it is built in place (the CMake dev build that run_gpu_checks.sh
+# makes) or where none is installed; otherwise the installed one, which pip built the extension into.
+if any((ROOT / "pyworkloads").glob("_cuda*")) or importlib.util.find_spec("pyworkloads") is None:
+    sys.path.insert(0, str(ROOT))
 
 TARGETS = {  # issue 8: share of the baseline (matmul, attention) or of HBM bandwidth (norms)
     "matmul_fp32_vs_cublas": 0.5,

@@ -20,6 +20,7 @@ Prints one line per check and a summary; exit status 0 when all passed, 1 when a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import time
@@ -28,7 +29,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The checkout's package where it is built in place (the CMake dev build that run_gpu_checks.sh
+# makes) or where none is installed; otherwise the installed one, which pip built the extension into.
+if any((ROOT / "pyworkloads").glob("_cuda*")) or importlib.util.find_spec("pyworkloads") is None:
+    sys.path.insert(0, str(ROOT))
 
 from pyworkloads.kernels import reference  # noqa: E402
 
