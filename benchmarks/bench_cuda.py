@@ -252,6 +252,7 @@ def run_child(args) -> int:
     gen = torch.Generator(device="cuda").manual_seed(0)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     algo_filter = set(args.algos.split(",")) if args.algos else None
+    excluded = set(args.exclude_algos.split(",")) if args.exclude_algos else set()
 
     def rand(*shape, dtype):
         return torch.randn(*shape, device="cuda", dtype=dtype, generator=gen)
@@ -260,7 +261,8 @@ def run_child(args) -> int:
         if c["family"] != args.child or (args.cases and not re.search(args.cases, case_key(c))):
             continue
         op, dt = c["op"], c["dtype"]
-        algos = [a for a in _cuda.ALGORITHMS[op] if algo_filter is None or a in algo_filter or a == "auto"]
+        algos = [a for a in _cuda.ALGORITHMS[op]
+                 if (algo_filter is None or a in algo_filter or a == "auto") and a not in excluded]
         todo = [a for a in algos if f"{case_key(c)}|{a}" not in skip]
         if not todo:
             continue
@@ -637,6 +639,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", help="only cases whose 'op label dtype' matches this regex (e.g. 'matmul.*bf16', "
                     "'attention', 'model llama2')")
     ap.add_argument("--algos", help="comma-separated algorithm names to time besides 'auto' (default: all)")
+    ap.add_argument("--exclude-algos", help="comma-separated algorithm names not to run (run_gpu_checks.sh: the "
+                    "candidates that failed their own checks)")
     ap.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated subset of {','.join(FAMILIES)}")
     ap.add_argument("--idle-timeout", type=float, default=30.0,
                     help="seconds without progress before a child is killed (x4 for the models)")
@@ -661,9 +665,9 @@ def main(argv=None) -> int:
     peaks = roofline_peaks(torch)
     print(f"bench_cuda: {name}; algorithms {dict(_cuda.ALGORITHMS)}", flush=True)
     child_argv = [a for a in ("--quick" if args.quick else None, "--small" if args.small else None) if a]
-    for opt in ("cases", "algos"):
+    for opt in ("cases", "algos", "exclude_algos"):
         if getattr(args, opt):
-            child_argv += [f"--{opt}", getattr(args, opt)]
+            child_argv += [f"--{opt.replace('_', '-')}", getattr(args, opt)]
     child_argv += ["--idle-timeout", str(args.idle_timeout)]
     if args.budget > 0:
         child_argv += ["--deadline", repr(time.time() + args.budget)]
@@ -688,6 +692,7 @@ def main(argv=None) -> int:
             "python": platform.python_version(), "date": date,
             "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "quick": args.quick, "small": args.small, "cases_filter": args.cases, "algos_filter": args.algos,
+            "algos_excluded": args.exclude_algos,
             "families": families, "complete": complete, "algorithms": {k: list(v) for k, v in _cuda.ALGORITHMS.items()},
             "elapsed_s": time.monotonic() - t0, "peaks": peaks, "results": results, "targets": verdict,
             "failed": [f"{r['op']} {r.get('case', '')} {r.get('dtype', '')} {r.get('algo', '')}: {r.get('status')}"

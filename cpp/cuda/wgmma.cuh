@@ -116,23 +116,28 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 }
 // Wait for phase `parity` of the barrier.  The loop is one asm block (as CUTLASS's): spelled in C++
 // around a single try_wait, ptxas injects a wgmma wait into the loop (C7517), serialising the
-// batches.  After 2^26 unsuccessful tries (over a second: each try may also suspend the thread a
-// while) it traps, so a protocol bug fails the call instead of hanging the GPU.
+// batches.  The first try costs nothing extra; after a failed one the wait reads the global timer
+// and traps once it has waited kMbarWaitLimitNs (10 s, where one phase normally takes microseconds),
+// so a protocol bug fails the call with an error instead of hanging the GPU until a watchdog.
+constexpr uint64_t kMbarWaitLimitNs = 10ull * 1000 * 1000 * 1000;
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
     asm volatile(
         "{\n"
         " .reg .pred p;\n"
-        " .reg .u32 n;\n"
-        " mov.u32 n, 0;\n"
+        " .reg .u64 t0, t1;\n"
+        " mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        " @p bra DONE;\n"
+        " mov.u64 t0, %%globaltimer;\n"
         "WAIT:\n"
         " mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
         " @p bra DONE;\n"
-        " add.u32 n, n, 1;\n"
-        " setp.lt.u32 p, n, 67108864;\n"
+        " mov.u64 t1, %%globaltimer;\n"
+        " sub.u64 t1, t1, t0;\n"
+        " setp.lt.u64 p, t1, %2;\n"
         " @p bra WAIT;\n"
         " trap;\n"
         "DONE:\n"
-        "}\n" ::"r"(bar), "r"(parity) : "memory");
+        "}\n" ::"r"(bar), "r"(parity), "l"(kMbarWaitLimitNs) : "memory");
 }
 
 // Warp specialisation (matmul v5 algo="wgmma_ws"): a warpgroup hands registers back to the CTA's
