@@ -46,6 +46,8 @@ def test_run_gpu_checks_keeps_candidates_out_of_shared_steps():
     assert 'cuda_smoke.py --skip-algos "$SKIP_CANDIDATES"' in text
     assert text.count('--skip-algos "$SKIP_CANDIDATES"') == 3
     assert 'test_cuda_kernels.py -k "$NOT_CANDIDATES"' in text
+    assert '--exclude-algos "$FAILED_CANDIDATES"' in text          # the benchmark skips the broken ones
+    assert "--exclude-algos" in (BENCH / "bench_cuda.py").read_text()
     cands = set(text.split("CANDIDATES=(", 1)[1].split(")", 1)[0].split())
     assert {"wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor"} <= cands
 
