@@ -203,6 +203,24 @@ py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_na
     return result.object();
 }
 
+// ---- to_device ----------------------------------------------------------------------------------
+// A C-contiguous DeviceArray copy of any array the ops take (NumPy: uploaded; device arrays: copied
+// on the device, strided layouts packed), so NumPy users can keep operands on the GPU between calls
+// and a call with only DeviceArray arguments imports them without any Python-level protocol.
+py::object to_device(py::handle obj) {
+    TensorArg a = parse_tensor(obj, "a");
+    Result result(py::none(), true, a.dtype, a.shape);
+    {
+        py::gil_scoped_release nogil;
+        CallContext ctx({&a});
+        const void* src = ctx.device_ptr(a, true);
+        result.allocate(ctx, std::nullopt, a.dtype, a.shape);
+        if (result.bytes)   // the legacy stream, like the kernels: ordered before the temporaries are freed
+            check(cudaMemcpyAsync(result.ptr, src, result.bytes, cudaMemcpyDeviceToDevice, nullptr), "to_device: copy");
+    }
+    return result.object();
+}
+
 // ---- attention ----------------------------------------------------------------------------------
 // Strides of a bias/mask broadcast to [B, Hq, Tq, Tk] (0 along broadcast dimensions).
 void broadcast_strides(const TensorArg& t, const int64_t (&full)[4], int64_t (&strides)[4]) {
@@ -406,6 +424,9 @@ PYBIND11_MODULE(_cuda, m) {
         check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     }, "Wait for all queued work on the current device (surfaces asynchronous kernel errors).");
 
+    m.def("to_device", &to_device, py::arg("a"),
+          "A C-contiguous DeviceArray copy of a (NumPy array or CUDA device array; float32, float16, bfloat16 or "
+          "bool): operands kept on the GPU between calls, whose results are then DeviceArrays too.");
     m.def("matmul_last_kernel", []() { return std::string(matmul_last_kernel()); },
           "The algorithm whose kernel this thread's last matmul call launched, after 'auto' and the fallbacks "
           "(e.g. 'wgmma' -> 'mma' without sm_90a code, the TMA kernels -> a cp.async one for a batch that does not "
@@ -426,10 +447,11 @@ PYBIND11_MODULE(_cuda, m) {
     m.def("rms_norm", [](py::handle x, py::handle w, double eps, const std::string& algo, py::handle out) {
               return norm("rms_norm", true, x, w, py::none(), eps, algo, out);
           }, py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6, py::kw_only(), py::arg("algo") = "auto",
-          py::arg("out") = py::none(), "RMSNorm over the last axis.  algo: 'auto' | 'block' | 'warp'.");
+          py::arg("out") = py::none(), "RMSNorm over the last axis.  algo: 'auto' | 'block' | 'warp' | 'rows'.");
     m.def("layer_norm", [](py::handle x, py::handle w, py::handle b, double eps, const std::string& algo, py::handle out) {
               return norm("layer_norm", false, x, w, b, eps, algo, out);
           }, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps") = 1e-5, py::kw_only(),
           py::arg("algo") = "auto", py::arg("out") = py::none(),
-          "LayerNorm over the last axis (biased variance); weight/bias may be None.  algo: 'auto' | 'block' | 'warp'.");
+          "LayerNorm over the last axis (biased variance); weight/bias may be None.  algo: 'auto' | 'block' | 'warp' | "
+          "'rows'.");
 }

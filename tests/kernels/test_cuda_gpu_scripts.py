@@ -71,12 +71,14 @@ def matmul_row(algo, kernel, ratio, status="ok"):
             "rel_err_vs_baseline": 1e-3, "correct": status == "ok"}
 
 
-def norm_row(algo, call_pct, kernel_pct=None):
+def norm_row(algo, call_pct, kernel_pct=None, devarray_pct=None):
     r = {"op": "rms_norm", "case": "16384x4096", "dtype": "bf16", "algo": algo, "status": "ok",
          "ours_gbs": 48 * call_pct, "ours_pct_of_roofline": call_pct, "ours_vs_baseline": 1.0,
          "baseline": "torch rms_norm", "ours_ms": 0.1, "rel_err_vs_baseline": 1e-3, "correct": True}
     if kernel_pct is not None:
         r.update({"ours_kernel_ms": 0.07, "ours_kernel_pct_of_roofline": kernel_pct})
+    if devarray_pct is not None:
+        r.update({"ours_devarray_ms": 0.075, "ours_devarray_pct_of_roofline": devarray_pct})
     return r
 
 
@@ -96,14 +98,20 @@ def test_bench_targets_use_auto_and_the_best_correct_algorithm():
     assert v["best_algo"] == "wgmma_ws" and v["best_achieved"] == pytest.approx(0.61) and v["best_met"]
 
 
-def test_bench_norm_target_prefers_kernel_time_and_falls_back_to_call_time():
+def test_bench_norm_target_prefers_kernel_time_then_device_array_calls_then_call_time():
     bench = load("bench_cuda")
     timed = bench.summarise_targets([norm_row("auto", 45.0, 78.0), norm_row("rows", 46.0, 80.0)], shrink=1)
     v = timed["norms_vs_hbm_bandwidth"]
     assert v["measured_by"].startswith("kernel time") and v["achieved"] == pytest.approx(0.78) and v["met"]
     assert v["achieved_call_time"] == pytest.approx(0.45)
+    v = bench.summarise_targets([norm_row("auto", 45.0, 78.0, 74.0)], shrink=1)["norms_vs_hbm_bandwidth"]
+    assert v["measured_by"].startswith("kernel time") and v["achieved"] == pytest.approx(0.78)
+    v = bench.summarise_targets([norm_row("auto", 45.0, devarray_pct=74.0)], shrink=1)["norms_vs_hbm_bandwidth"]
+    assert v["measured_by"].startswith("calls with DeviceArray") and v["achieved"] == pytest.approx(0.74) and v["met"]
     v = bench.summarise_targets([norm_row("auto", 45.0), norm_row("rows", 46.0)], shrink=1)["norms_vs_hbm_bandwidth"]
     assert v["measured_by"].startswith("call time") and v["achieved"] == pytest.approx(0.45) and not v["met"]
+    line = bench.fmt_row(norm_row("auto", 45.0, devarray_pct=74.0))
+    assert "DeviceArray args" in line and "74.0% roof" in line
 
 
 def test_smoke_skips_the_algorithms_it_is_told_to():

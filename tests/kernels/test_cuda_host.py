@@ -79,7 +79,8 @@ def test_backend_reported_unavailable_without_gpu():
     lambda: _cuda.layer_norm(a(2, 8), None, None, 1e-5),
     lambda: _cuda.matmul(FakeDeviceArray((3, 4)), FakeDeviceArray((4, 5))),
     lambda: _cuda.synchronize(),
-], ids=["matmul", "attention", "rms_norm", "layer_norm", "device-arrays", "synchronize"])
+    lambda: _cuda.to_device(a(3, 4)),
+], ids=["matmul", "attention", "rms_norm", "layer_norm", "device-arrays", "synchronize", "to_device"])
 def test_valid_calls_fail_clearly_without_gpu(call):
     with pytest.raises(RuntimeError, match="no usable CUDA device"):
         call()
@@ -88,6 +89,16 @@ def test_valid_calls_fail_clearly_without_gpu(call):
 # --------------------------------------------------------------------------------------------
 # argument validation (before any device call: the same errors with or without a GPU)
 # --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arg, exc, msg", [
+    (a(3, dtype=np.float64), TypeError, "float32, float16 or bool"),
+    ([1.0, 2.0], TypeError, "NumPy array or a CUDA device array"),
+    (None, TypeError, "got None"),
+])
+def test_to_device_validation(arg, exc, msg):
+    with pytest.raises(exc, match=msg):
+        _cuda.to_device(arg)
+
+
 @pytest.mark.parametrize("args, kwargs, exc, msg", [
     ((a(4), a(4, 5)), {}, ValueError, "at least 2 dimensions"),
     ((a(3, 4), a(3, 5)), {}, ValueError, "must equal b's second-to-last"),

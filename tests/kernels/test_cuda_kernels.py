@@ -293,6 +293,38 @@ def test_device_arrays_cuda_array_interface_and_norms():
     np.testing.assert_allclose(y.numpy().astype(np.float32), yt.float().cpu().numpy())
 
 
+def test_to_device_numpy_and_device_arrays(rng):
+    # NumPy in (C-contiguous, strided view, bool) -> DeviceArray copies with the same values
+    x = rand(rng, 33, 70)
+    for src in (x, x[:, ::3], x.T, np.asarray(x > 0)):
+        d = _cuda.to_device(src)
+        assert isinstance(d, _cuda.DeviceArray) and d.shape == src.shape
+        np.testing.assert_array_equal(d.numpy(), src)
+    # a NumPy matmul with one operand kept on the device: the same bits, a DeviceArray result
+    w = rand(rng, 70, 40)
+    dw = _cuda.to_device(w)
+    got = _cuda.matmul(x, dw)
+    assert isinstance(got, _cuda.DeviceArray)
+    np.testing.assert_array_equal(got.numpy(), _cuda.matmul(x, w))
+    # device arrays: a copy (not a view) of a bfloat16 torch tensor and of a strided one
+    torch = torch_cuda()
+    t = torch.randn(64, 48, device="cuda", dtype=torch.bfloat16)
+    for src in (t, t.t()):
+        d = _cuda.to_device(src)
+        back = torch.from_dlpack(d)
+        assert back.dtype == torch.bfloat16 and back.data_ptr() != src.data_ptr() and torch.equal(back, src.contiguous())
+    before = torch.from_dlpack(_cuda.to_device(t)).clone()
+    d = _cuda.to_device(t)
+    t.add_(1)                                                         # the copy does not follow its source
+    torch.cuda.synchronize()
+    assert torch.equal(torch.from_dlpack(d), before)
+    # norms with every argument a DeviceArray (the C++-only import path bench_cuda times)
+    xn, wn = torch.randn(16, 256, device="cuda"), torch.randn(256, device="cuda")
+    out = _cuda.to_device(torch.empty(16, 256, device="cuda"))
+    assert _cuda.rms_norm(_cuda.to_device(xn), _cuda.to_device(wn), 1e-6, out=out) is out
+    assert torch.allclose(torch.from_dlpack(out), torch.nn.functional.rms_norm(xn, (256,), wn, 1e-6), atol=1e-5, rtol=1e-5)
+
+
 def test_device_arrays_on_different_streams():
     torch = torch_cuda()
     s = torch.cuda.Stream()
