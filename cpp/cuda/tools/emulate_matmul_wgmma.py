@@ -28,7 +28,8 @@ What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh)
     `wgmma` replay above checks, and which ran correctly on an H200);
   * algo="wgmma_ws_mc" / "wgmma_ws_kmajor_mc": that protocol on a pair of CTAs (a cluster) whose
     producers each multicast half of B into both, with cross-CTA releases and the producer's tail
-    wait before exit (check_ws_protocol(cluster=2), planted bugs WS_MC_MUTATIONS);
+    wait before exit (check_ws_protocol(cluster=2), planted bugs WS_MC_MUTATIONS), and the persistent
+    schedule of units over blocks or pairs (check_ws_schedule);
   * fold_batch: a batch whose B is shared and whose A batches lie back to back becomes one matrix
     (checked on strided views of one buffer, folding and refusing);
   * the accumulator layout d[4 j + e] -> (row, column) of the epilogue, each C element written once;
@@ -521,6 +522,36 @@ def check_ws_protocol(ktiles, ntiles, rng, trials=200, mutation=None, cluster=1)
     return True
 
 
+def check_ws_schedule(M, N, groups, cluster):
+    """matmul_wgmma_ws's persistent schedule: `groups` clusters (blocks when cluster is 1) of
+    `cluster` CTAs; cluster c takes units c, c + groups, ... of units_m x tiles_n (tile_of's order),
+    CTA rank r of it M-tile cluster um + r.  Every C tile must be computed by exactly one CTA, every
+    CTA of a cluster must walk the same number of K-step sequences (they share B's boxes), and only
+    M-tiles past the last one may be idle halves.  Returns the number of idle halves."""
+    tiles_m, tiles_n = (M + BM - 1) // BM, (N + BN - 1) // BN
+    units_m = (tiles_m + cluster - 1) // cluster
+    units = units_m * tiles_n
+    done, idle = {}, 0
+    for c in range(groups):
+        walked = []
+        for r in range(cluster):
+            mine = []
+            for u in range(c, units, groups):
+                um, tn = tile_of(u, units_m, tiles_n)
+                tm = um * cluster + r
+                mine.append(u)
+                if tm >= tiles_m:
+                    idle += 1                          # multiplies the TMA's zeros, stores nothing
+                    continue
+                assert (tm, tn) not in done, f"tile {(tm, tn)} computed twice"
+                done[(tm, tn)] = (c, r)
+            walked.append(mine)
+        assert all(w == walked[0] for w in walked), "the CTAs of a cluster walk different units"
+    assert len(done) == tiles_m * tiles_n, f"{tiles_m * tiles_n - len(done)} tiles never computed"
+    assert idle == (units_m * cluster - tiles_m) * tiles_n
+    return idle
+
+
 def fold_batch(M, lda, batch_shape, stride_a, stride_b):
     """matmul.cu's fold_batch: (True, batch M) when B is shared by every batch and A's batches lie
     one after another at M rows of lda, so the batch folds into M; else (False, M)."""
@@ -585,6 +616,12 @@ def main():
         check_ws_protocol(kt, nt, rng_p, trials=60, cluster=2)
     print("wgmma_ws_mc (CTA pairs, B multicast): no deadlock, no early refill in either CTA, every batch reads "
           "its own step's A and both B halves, nothing reaches an exited CTA")
+    idle = 0
+    for M, N in ((1, 1), (128, 256), (300, 520), (4096, 4096), (8192, 128), (3 * 128 + 1, 5 * 256)):
+        for groups in (1, 3, 66, 132):
+            for cluster in (1, 2):
+                idle += check_ws_schedule(M, N, groups, cluster)
+    print(f"wgmma_ws persistent schedule: every tile once, pairs in step ({idle} idle halves past the last M-tile)")
     folded, refused = check_fold_batch(rng_p)
     print(f"fold_batch: {folded} batched problems folded into one matrix exactly, {refused} refused correctly")
     rng = np.random.default_rng(0)
