@@ -273,111 +273,17 @@ class _Bar:
         return self.phase % 2 != parity
 
 
-class _Ring:
-    """The S-slot ring of the TMA kernels with its full/empty barriers, the pending TMA boxes and
-    the in-flight wgmma batches of the two consumer warpgroups; issue/start assert the data rules."""
-
-    def __init__(self, empty_count=2):
-        self.full, self.empty = [_Bar(1) for _ in range(STAGES)], [_Bar(empty_count) for _ in range(STAGES)]
-        self.slot_step = [None] * STAGES                # step whose data a slot holds (None: being written)
-        self.readers = {s: set() for s in range(STAGES)}   # (wg, step) batches that may still read slot s
-        self.tma = []                                   # pending TMA boxes: (slot, step)
-        self.batches = {0: [], 1: []}                   # in-flight wgmma batches per warpgroup: steps
-
-    def issue(self, g):                                 # one A box + four B boxes for step g
-        sl = g % STAGES
-        assert not self.readers[sl], f"slot {sl} refilled (step {g}) while {self.readers[sl]} may read it"
-        self.full[sl].arrive(expect_tx=5)
-        self.slot_step[sl] = None
-        self.tma.extend([(sl, g)] * 5)
-
-    def start(self, wg, g):                             # warpgroup wg issues step g's wgmma batch
-        sl = g % STAGES
-        assert self.slot_step[sl] == g, f"wg{wg} step {g} reads slot {sl} holding {self.slot_step[sl]}"
-        self.batches[wg].append(g)
-        self.readers[sl].add((wg, g))
-
-    def run(self, programs, rng, what):
-        """Interleave the programs (generators of ("do", fn) / ("wait", predicate)), the TMA unit
-        (boxes land one at a time, in any order) and the tensor cores (a warpgroup's batches finish
-        in order) at random until everything is done; a state where nothing can move is a deadlock."""
-        cur, live = {}, set()
-        for name, prog in programs.items():
-            cur[name] = next(prog, None)
-            if cur[name] is not None:
-                live.add(name)
-        while live or self.tma or any(self.batches.values()):
-            options = [("prog", n) for n in sorted(live, key=str) if cur[n][0] == "do" or cur[n][1]()]
-            if self.tma:
-                options.append(("tma", None))
-            options += [("mma", wg) for wg in (0, 1) if self.batches[wg]]
-            assert options, f"deadlock ({what})"
-            kind, arg = options[rng.integers(len(options))]
-            if kind == "prog":
-                k, fn = cur[arg]
-                if k == "do":
-                    fn()
-                cur[arg] = next(programs[arg], None)
-                if cur[arg] is None:
-                    live.discard(arg)
-            elif kind == "tma":
-                sl, g = self.tma.pop(rng.integers(len(self.tma)))
-                if not any(x == (sl, g) for x in self.tma):
-                    self.slot_step[sl] = g              # the last box of this step landed
-                self.full[sl].complete_tx(1)
-            else:
-                g = self.batches[arg].pop(0)
-                self.readers[g % STAGES].discard((arg, g))
-
-
 # Deliberate bugs the protocol checks must catch (tests/kernels/test_cuda_emulation.py plants each).
 TMA_MUTATIONS = ("no_empty_wait", "empty_parity_flipped", "empty_count_1", "wait_group_2")
 WS_MUTATIONS = ("no_empty_wait", "empty_parity_not_flipped", "empty_count_1", "release_before_wait",
                 "no_release_at_tile_end", "full_parity_flipped", "step_count_per_tile")
 
 
-def check_tma_protocol(ktiles, rng, trials=200, mutation=None):
-    """matmul_wgmma_tma's mbarrier protocol under random interleavings of its two warpgroups, the
-    TMA unit and the tensor cores: no deadlock, no slot overwritten while a batch may read it, and
-    every batch reads its own step's data after it has landed.  full[s]: 1 arrival (+ the bytes),
-    empty[s]: 2 arrivals.  Thread 0 of warpgroup 0 is also the producer: it fills every slot up
-    front, then refills slot (t-1) % S for step t-1+S once both warpgroups have released it."""
-    assert mutation in (None,) + TMA_MUTATIONS
-    S = STAGES
-    for _ in range(trials):
-        ring = _Ring(empty_count=1 if mutation == "empty_count_1" else 2)
-        pending = 2 if mutation == "wait_group_2" else 1
-
-        def program(wg):
-            if wg == 0:
-                for t in range(min(S, ktiles)):
-                    yield ("do", lambda t=t: ring.issue(t))
-            for t in range(ktiles):
-                sl = t % S
-                yield ("wait", lambda sl=sl, t=t: ring.full[sl].done((t // S) & 1))
-                yield ("do", lambda t=t, wg=wg: ring.start(wg, t))
-                yield ("wait", lambda wg=wg: len(ring.batches[wg]) <= pending)   # wgmma_wait<1>
-                if t >= 1:
-                    sp = (t - 1) % S
-                    yield ("do", lambda sp=sp: ring.empty[sp].arrive())
-                    if wg == 0 and t - 1 + S < ktiles:
-                        if mutation != "no_empty_wait":
-                            parity = ((t - 1) // S) & 1
-                            if mutation == "empty_parity_flipped":
-                                parity ^= 1
-                            yield ("wait", lambda sp=sp, parity=parity: ring.empty[sp].done(parity))
-                        yield ("do", lambda t=t: ring.issue(t - 1 + S))
-            yield ("wait", lambda wg=wg: not ring.batches[wg])                   # wgmma_wait<0>
-
-        ring.run({0: program(0), 1: program(1)}, rng, f"wgmma_tma, ktiles={ktiles}")
-    return True
-
-
 WS_MC_MUTATIONS = ("local_release_only", "empty_count_local", "no_producer_tail", "expect_own_bytes_only")
 
 
 class _WsCluster:
-    """matmul_wgmma_ws on `ctas` CTAs of a cluster: per CTA a ring of S slots with full/empty
+    """The TMA kernels' state on `ctas` CTAs of a cluster (1 for wgmma_tma and wgmma_ws): per CTA a ring of S slots with full/empty
     barriers, the parts a slot's step arrives in (A from this CTA's producer; B whole, or, with a
     pair, half r from CTA r's producer multicast to both), the wgmma batches in flight per consumer
     warpgroup and the batches that may still read each slot; TMA boxes land one at a time, in any
@@ -425,6 +331,71 @@ class _WsCluster:
     def arrive_empty(self, c_to, sl):
         assert c_to not in self.exited, f"an arrival on CTA {c_to}'s empty[{sl}] after it exited"
         self.empty[c_to][sl].arrive()
+
+
+def _simulate(st, progs, rng, what):
+    """Interleave the programs (generators of ("do", fn) / ("wait", predicate), keyed (cta, name)),
+    the TMA boxes landing (one at a time, in any order) and the tensor cores (a warpgroup's batches
+    finish in order) at random until all is done; a state where nothing can move is a deadlock.  A
+    CTA exits when all its programs have finished."""
+    cur = {k: next(v, None) for k, v in progs.items()}
+    live = {k for k, v in cur.items() if v is not None}
+    while live or st.landing or any(st.batches.values()):
+        options = [("prog", k) for k in sorted(live, key=str) if cur[k][0] == "do" or cur[k][1]()]
+        options += [("land", i) for i in range(len(st.landing))]
+        options += [("mma", k) for k, b in st.batches.items() if b]
+        assert options, f"deadlock ({what})"
+        kind, arg = options[rng.integers(len(options))]
+        if kind == "prog":
+            k, fn = cur[arg]
+            if k == "do":
+                fn()
+            cur[arg] = next(progs[arg], None)
+            if cur[arg] is None:
+                live.discard(arg)
+                if not any(k2[0] == arg[0] for k2 in live):
+                    st.exited.add(arg[0])
+        elif kind == "land":
+            st.land(arg)
+        else:
+            st.finish_batch(arg)
+
+
+def check_tma_protocol(ktiles, rng, trials=200, mutation=None):
+    """matmul_wgmma_tma's mbarrier protocol under random interleavings of its two warpgroups, the
+    TMA unit and the tensor cores: no deadlock, no slot overwritten while a batch may read it, and
+    every batch reads its own step's data after it has landed.  full[s]: 1 arrival (+ the bytes),
+    empty[s]: 2 arrivals.  Thread 0 of warpgroup 0 is also the producer: it fills every slot up
+    front, then refills slot (t-1) % S for step t-1+S once both warpgroups have released it."""
+    assert mutation in (None,) + TMA_MUTATIONS
+    S = STAGES
+    pending = 2 if mutation == "wait_group_2" else 1
+    for _ in range(trials):
+        st = _WsCluster(1, empty_count=1 if mutation == "empty_count_1" else 2)
+
+        def program(wg):
+            if wg == 0:
+                for t in range(min(S, ktiles)):
+                    yield ("do", lambda t=t: st.issue(0, t, 2))
+            for t in range(ktiles):
+                sl = t % S
+                yield ("wait", lambda sl=sl, t=t: st.full[0][sl].done((t // S) & 1))
+                yield ("do", lambda t=t: st.start(0, wg, t))
+                yield ("wait", lambda: len(st.batches[(0, wg)]) <= pending)       # wgmma_wait<1>
+                if t >= 1:
+                    sp = (t - 1) % S
+                    yield ("do", lambda sp=sp: st.arrive_empty(0, sp))
+                    if wg == 0 and t - 1 + S < ktiles:
+                        if mutation != "no_empty_wait":
+                            parity = ((t - 1) // S) & 1
+                            if mutation == "empty_parity_flipped":
+                                parity ^= 1
+                            yield ("wait", lambda sp=sp, parity=parity: st.empty[0][sp].done(parity))
+                        yield ("do", lambda t=t: st.issue(0, t - 1 + S, 2))
+            yield ("wait", lambda: not st.batches[(0, wg)])                       # wgmma_wait<0>
+
+        _simulate(st, {(0, 0): program(0), (0, 1): program(1)}, rng, f"wgmma_tma, ktiles={ktiles}")
+    return True
 
 
 def check_ws_protocol(ktiles, ntiles, rng, trials=200, mutation=None, cluster=1):
@@ -496,29 +467,7 @@ def check_ws_protocol(ktiles, ntiles, rng, trials=200, mutation=None, cluster=1)
             progs[(c, "producer")] = producer(c)
             progs[(c, 0)] = consumer(c, 0)
             progs[(c, 1)] = consumer(c, 1)
-        cur = {k: next(v, None) for k, v in progs.items()}
-        live = {k for k, v in cur.items() if v is not None}
-        what = f"wgmma_ws cluster={cluster}, ktiles={ktiles}, tiles={ntiles}"
-        while live or st.landing or any(st.batches.values()):
-            options = [("prog", k) for k in sorted(live, key=str) if cur[k][0] == "do" or cur[k][1]()]
-            options += [("land", i) for i in range(len(st.landing))]
-            options += [("mma", k) for k, b in st.batches.items() if b]
-            assert options, f"deadlock ({what})"
-            kind, arg = options[rng.integers(len(options))]
-            if kind == "prog":
-                k, fn = cur[arg]
-                if k == "do":
-                    fn()
-                cur[arg] = next(progs[arg], None)
-                if cur[arg] is None:
-                    live.discard(arg)
-                    c = arg[0]
-                    if not any(k2[0] == c for k2 in live):
-                        st.exited.add(c)                 # all three programs of CTA c are done
-            elif kind == "land":
-                st.land(arg)
-            else:
-                st.finish_batch(arg)
+        _simulate(st, progs, rng, f"wgmma_ws cluster={cluster}, ktiles={ktiles}, tiles={ntiles}")
     return True
 
 
