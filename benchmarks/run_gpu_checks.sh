@@ -9,15 +9,15 @@
 #   resources     registers / spills / shared memory per kernel: cuobjdump on the    ~3 s     120 s
 #                 .so via cpp/cuda/tools/resource_usage.py (no cuobjdump: nvcc -Xptxas -v, ~25 s)
 #   device        _cuda.device_status(): the extension sees the GPU                    ~2 s    60 s
-#   wgmma         matmul v5 alone vs float64 (and 4096^3 bf16 vs v4); on failure the   ~10 s    60 s
-#                 later steps run with PYWORKLOADS_NO_WGMMA=1
-#   wgmma_overlap the v5 candidates not yet verified on a GPU ($CANDIDATES), one        ~8 s     30 s
-#   wgmma_direct    process each: the same checks, then tests-<name>: the GPU tests   ~10 s    45 s
-#   wgmma_tma       of that algorithm (pytest -k <name>), if the checks passed.  A
-#   wgmma_ws        failure is reported on its own line and never fails the run; the
-#   wgmma_ws_kmajor shared steps leave the candidates out, the benchmark the failed ones
-#   wgmma_ws_mc     (the _mc ones: CTA pairs sharing B by TMA multicast)
-#   wgmma_ws_kmajor_mc
+#   wgmma         the verified v5 kernels (wgmma, wgmma_overlap, wgmma_direct,        ~10 s    60 s
+#                 wgmma_tma = auto) vs float64, 4096^3 bf16 timings vs v4; on failure
+#                 the later steps run with PYWORKLOADS_NO_WGMMA=1
+#   wgmma_ws      the v5 candidates not yet verified on a GPU ($CANDIDATES), one        ~8 s     30 s
+#   wgmma_ws_kmajor process each: the same checks, then tests-<name>: the GPU tests   ~10 s    45 s
+#   wgmma_ws_mc     of that algorithm (pytest -k <name>), if the checks passed.  A
+#   wgmma_ws_kmajor_mc failure is reported on its own line and never fails the run;
+#                 the shared steps leave the candidates out, the benchmark the failed
+#                 ones (the _mc ones: CTA pairs sharing B by TMA multicast)
 #   smoke         benchmarks/cuda_smoke.py: every algo x small odd shapes vs reference ~10 s    120 s
 #   host-tests    tests/kernels/test_cuda_{host,build,review}.py                      ~10 s    120 s
 #   cuda-tests    tests/kernels/test_cuda_kernels.py (every algo, device arrays)      ~60 s    240 s
@@ -216,7 +216,7 @@ fi
 # Kernels written without a GPU run only in their own steps (a trap or fault there would poison the
 # CUDA context of a shared process and fail every later check in it).  Verified on a GPU and made
 # the default: move it out of this list.
-CANDIDATES=(wgmma_overlap wgmma_direct wgmma_tma wgmma_ws wgmma_ws_kmajor wgmma_ws_mc wgmma_ws_kmajor_mc)
+CANDIDATES=(wgmma_ws wgmma_ws_kmajor wgmma_ws_mc wgmma_ws_kmajor_mc)
 FAILED_CANDIDATES=""
 SKIP_CANDIDATES="$(IFS=,; echo "${CANDIDATES[*]}")"
 NOT_CANDIDATES="not ($(IFS=' '; echo "${CANDIDATES[*]}" | sed 's/ / or /g'))"
@@ -224,8 +224,6 @@ PYTEST=("$PY" -m pytest -rs -p no:cacheprovider --tb=short)
 # a test stuck in a hung kernel ends the step after 60 s with its name and stacks (pytest-timeout,
 # where installed; "thread": a signal cannot interrupt a blocking CUDA call) instead of eating the cap
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 60 --timeout-method thread)
-# matmul v5 (wgmma) first, in its own process: if it is wrong or faults, the rest of the run goes on
-# with PYWORKLOADS_NO_WGMMA=1 (auto = v4), so one broken kernel cannot take every later step down.
 WGMMA_PY='
 import sys, time, numpy as np
 from pyworkloads import _cuda
@@ -235,7 +233,8 @@ try:
     _cuda.matmul(np.ones((8, 8), np.float16), np.ones((8, 8), np.float16), algo="wgmma")
 except ValueError as exc:
     print(f"v5 not available here: {exc}"); raise SystemExit(0)
-algos = ["wgmma"] if what == "verified" else [what]
+VERIFIED = ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "auto"]   # auto: wgmma_tma on Hopper
+algos = VERIFIED if what == "verified" else [what]
 for algo in algos:
     for (M, K, N) in [(1, 8, 1), (130, 72, 260), (257, 1000, 513), (128, 4096, 256), (40, 520, 24)]:
         a, b = rng.standard_normal((M, K)).astype(np.float16), rng.standard_normal((K, N)).astype(np.float16)
@@ -248,15 +247,16 @@ for algo in algos:
 import torch
 a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16); b = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
 ref = a.float() @ b.float()
-for algo in (["wgmma", "mma"] if what == "verified" else [what]):
+out = torch.empty(4096, 4096, device="cuda", dtype=torch.bfloat16)
+for algo in (["auto", "wgmma_tma", "wgmma", "mma"] if what == "verified" else [what]):
     c = torch.from_dlpack(_cuda.matmul(a, b, algo=algo)).float()
     ran = _cuda.matmul_last_kernel()
     # a candidate that fell back would be timing another kernel; for the verified pair only report it
     assert ran == algo or what == "verified", f"algo={algo} ran the {ran} kernel at 4096^3 (a fallback)"
     if ran != algo: print(f"NOTE: algo={algo} ran the {ran} kernel", flush=True)
     err = float((c - ref).abs().max() / ref.abs().max())
-    torch.cuda.synchronize(); t0 = time.perf_counter()
-    for _ in range(10): _cuda.matmul(a, b, algo=algo)
+    _cuda.matmul(a, b, algo=algo, out=out); torch.cuda.synchronize(); t0 = time.perf_counter()
+    for _ in range(10): _cuda.matmul(a, b, algo=algo, out=out)   # into out=: no allocation per call
     torch.cuda.synchronize(); dt = (time.perf_counter() - t0) / 10
     print(f"{algo} bf16 4096^3: {2 * 4096**3 / dt / 1e12:.0f} TFLOP/s, max err / max |C| = {err:.1e}", flush=True)
     assert err < 1e-2, f"{algo} is wrong at 4096^3"

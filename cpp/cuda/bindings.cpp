@@ -437,8 +437,10 @@ PYBIND11_MODULE(_cuda, m) {
           "sm_90a) | 'wgmma_overlap' (the same with one wgmma batch in flight) | 'wgmma_direct' (that, reading B without "
           "a transpose) | 'wgmma_tma' (that, fed by TMA + mbarriers) | 'wgmma_ws' (TMA, a producer warpgroup and two "
           "consumer warpgroups, persistent) | 'wgmma_ws_kmajor' (that, with B transposed first as 'wgmma') | 'wgmma_ws_mc', "
-          "'wgmma_ws_kmajor_mc' (those two on CTA pairs sharing B by TMA multicast); the last seven not yet verified on a "
-          "GPU; the last ten float16/bfloat16 only.");
+          "'wgmma_ws_kmajor_mc' (those two on CTA pairs sharing B by TMA multicast); the last ten float16/bfloat16 only.  "
+          "'auto' is 'tiled' for float32 and 'wgmma_tma' for float16/bfloat16, which runs 'wgmma_direct' for batches "
+          "that do not fold into one matrix, 'wgmma_overlap' for B rows that are not 16-byte aligned and 'mma' off "
+          "Hopper; matmul_last_kernel() names the kernel that ran.");
     m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false,
           py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("mask") = py::none(), py::kw_only(),
           py::arg("algo") = "auto", py::arg("out") = py::none(),

@@ -49,12 +49,12 @@ def test_run_gpu_checks_keeps_candidates_out_of_shared_steps():
     assert '--exclude-algos "$FAILED_CANDIDATES"' in text          # the benchmark skips the broken ones
     assert "--exclude-algos" in (BENCH / "bench_cuda.py").read_text()
     cands = set(text.split("CANDIDATES=(", 1)[1].split(")", 1)[0].split())
-    assert {"wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor"} <= cands
+    assert {"wgmma_ws", "wgmma_ws_kmajor", "wgmma_ws_mc", "wgmma_ws_kmajor_mc"} <= cands
 
 
 # the matmul algorithms that have passed run_gpu_checks.sh on a GPU (H200, 2026-11-26); a new one is
 # a candidate until it has, and moves here when it has
-VERIFIED_MATMUL = {"auto", "naive", "tiled", "tensorcore", "mma", "wgmma"}
+VERIFIED_MATMUL = {"auto", "naive", "tiled", "tensorcore", "mma", "wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma"}
 
 
 def test_every_unverified_matmul_algorithm_is_a_candidate():
