@@ -3,7 +3,8 @@ run against reference.rms_norm / reference.layer_norm in float64.
 
 It checks the kernel's bookkeeping:
   * the launcher's choice (launch / launch_warp_rows): v3 only for 16-byte-aligned rows of at most
-    256 * 8 packs, a warp per row up to 32 * 8 packs, else a power-of-two block of 64..256 threads;
+    256 * 8 packs, a warp per row up to 32 * 8 packs, else a block of 128 threads with 4 packs each
+    (up to 512 packs), of 128 threads with 8 (up to 1024) or of 256 with 8;
     kPacks in {1, 2, 4, 8}, team * kPacks >= n;
   * for every D in 1..20000 and both element sizes (4: fp32, 2: fp16/bf16): thread t of a team
     holding packs t + k * team (k < kPacks, guarded by i < n) covers each of the row's n packs
@@ -39,10 +40,9 @@ def choose(D, elem_size, aligned=True):
     if per_row <= 32 * MAX_PACKS:
         kpacks = 1 if per_row <= 32 else 2 if per_row <= 64 else 4 if per_row <= 128 else 8
         return "warp", kpacks, 32
-    threads = 64
-    while threads * MAX_PACKS < per_row:
-        threads *= 2
-    return "block", MAX_PACKS, threads
+    if per_row <= 128 * 4:
+        return "block", 4, 128
+    return "block", MAX_PACKS, 128 if per_row <= 128 * MAX_PACKS else 256
 
 
 def check_coverage():
@@ -57,13 +57,15 @@ def check_coverage():
                 assert D % kvec or D // kvec > ROWS_THREADS * MAX_PACKS, (D, elem_size)
                 continue
             n = D // kvec
-            assert kpacks in (1, 2, 4, 8) and team in (32, 64, 128, 256) and team * kpacks >= n, (D, kpacks, team)
+            assert kpacks in (1, 2, 4, 8) and team in (32, 128, 256) and team * kpacks >= n, (D, kpacks, team)
             assert team <= ROWS_THREADS                                  # __launch_bounds__(256)
             if kind == "warp":
                 assert kpacks == 1 or 32 * (kpacks // 2) < n            # the smallest kPacks that fits
             else:
-                assert n > 32 * MAX_PACKS and (team == 64 or (team // 2) * MAX_PACKS < n)   # smallest team
-                assert -(-n // team) > MAX_PACKS // 2                    # so 8 slots are needed, not 4
+                assert n > 32 * MAX_PACKS                                # longer than a warp's 8 packs
+                assert (kpacks, team) == (4, 128) or 128 * 4 < n         # 128 x 4 wherever it covers the row
+                assert team == 128 or 128 * MAX_PACKS < n                # 128 threads where 8 packs cover it
+                assert -(-n // team) > kpacks // 2                       # so kPacks slots are needed, not half
             t, k = np.meshgrid(np.arange(team), np.arange(kpacks), indexing="ij")
             i = (t + k * team).ravel()
             owners = np.bincount(i[i < n], minlength=n)
