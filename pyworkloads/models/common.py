@@ -1,0 +1,301 @@
+"""What the four models share: weight access and the layers built from it, argument checks, one
+KV cache, config parsing and random weights.
+
+The layers take their arguments in one order everywhere -- activations, the weights Mapping, the
+Hugging Face module path, then hyper-parameters -- so ``linear(x, weights,
+"model.layers.3.mlp.up_proj")`` reads the tensors ``model.layers.3.mlp.up_proj.weight`` (and
+``.bias`` when the checkpoint has one).
+
+Forward functions written with these helpers also run under :func:`pyworkloads.kernels.trace`
+(the shape-only run the cost model reads its layer list from), so they follow three rules:
+weights are read with :func:`weight` (never ``np.asarray``), arrays made inside a forward pass
+derive from an input (``np.zeros_like(x, shape=...)``), and no Python branch depends on the
+values of an activation.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from .. import io, kernels
+
+__all__ = [
+    "weight", "linear", "layer_norm", "rms_norm", "embedding", "check_weights", "random_weights",
+    "count_params", "check_int", "check_number", "check_bool", "check_choice", "check_token_ids",
+    "config_from_dict", "KVCache", "available_memory", "check_fits",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# weights and the layers built on them
+# ---------------------------------------------------------------------------------------------
+def weight(weights: Mapping, name: str) -> np.ndarray:
+    """The tensor ``name`` as float32, converted now (a view when it is stored as float32), so a
+    memory-mapped fp16/bf16 checkpoint is never held in float32 as a whole."""
+    try:
+        w = weights[name]
+    except KeyError:
+        raise KeyError(f"the weights have no tensor named {name!r}") from None
+    if isinstance(w, np.ndarray) and w.dtype == np.float32:
+        return w
+    if isinstance(w, np.ndarray) or np.isscalar(w):
+        return np.asarray(w, dtype=np.float32)
+    return w                                    # a traced (shape-only) tensor: see kernels.trace
+
+
+def linear(x, weights: Mapping, name: str):
+    """y = x Wᵀ + b of the module ``name``.  x [..., Din] -> [..., Dout]; the bias is used when
+    the checkpoint has ``name.bias``."""
+    from .. import ops
+    bias = weight(weights, f"{name}.bias") if f"{name}.bias" in weights else None
+    return ops.linear(x, weight(weights, f"{name}.weight"), bias)
+
+
+def layer_norm(x, weights: Mapping, name: str, eps: float):
+    """LayerNorm over the last axis with the module's weight and bias.  x [..., D] -> [..., D]."""
+    with kernels.scope(name):
+        w, b = weight(weights, f"{name}.weight"), weight(weights, f"{name}.bias")
+        return kernels.layer_norm(x, w, b, eps)
+
+
+def rms_norm(x, weights: Mapping, name: str, eps: float):
+    """RMSNorm over the last axis with the module's weight.  x [..., D] -> [..., D]."""
+    with kernels.scope(name):
+        return kernels.rms_norm(x, weight(weights, f"{name}.weight"), eps)
+
+
+def embedding(ids: np.ndarray, weights: Mapping, name: str) -> np.ndarray:
+    """Rows of the table ``name``.  ids int [...] -> float32 [..., D].  Only the rows looked up are
+    converted, never a memory-mapped table as a whole."""
+    if hasattr(weights, "raw") and hasattr(weights, "dtype_of"):         # a checkpoint on disk
+        rows = weights.raw(name)[ids]                                      # [..., D] as stored
+        return io.bf16_to_f32(rows) if weights.dtype_of(name) == "BF16" else rows.astype(np.float32)
+    return weight(weights, name)[ids]                                      # [..., D]
+
+
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+def check_weights(weights: Mapping, shapes: Mapping[str, tuple], model: str) -> None:
+    """Every tensor of ``shapes`` is present, of that shape and of a float dtype; the error names
+    the tensor.  Extra tensors (buffers old checkpoints carry) are ignored."""
+    shape_of = getattr(weights, "shape_of", None)
+    dtype_of = getattr(weights, "dtype_of", None)
+    missing = [n for n in shapes if n not in weights]
+    if missing:
+        raise ValueError(f"{model} weights lack {len(missing)} tensor(s) the config needs, "
+                         f"e.g. {missing[0]!r} (shape {tuple(shapes[missing[0]])})")
+    for name, shape in shapes.items():
+        got = tuple(shape_of(name)) if shape_of else tuple(np.shape(weights[name]))
+        if got != tuple(shape):
+            raise ValueError(f"{model} weight {name!r} has shape {got}, "
+                             f"but the config needs {tuple(shape)}")
+        if dtype_of:
+            dt = dtype_of(name)
+        else:
+            dt = np.asarray(weights[name]).dtype
+            dt = "F32" if dt.kind == "f" else str(dt)
+        if dt not in FLOAT_DTYPES:
+            raise TypeError(f"{model} weight {name!r} is stored as {dt}; "
+                            "expected a float dtype (F32, F16, BF16)")
+
+
+Init = Callable[[str, tuple, np.random.Generator], "np.ndarray | None"]
+
+
+def random_weights(shapes: Mapping[str, tuple], seed: int = 0, std: float = 0.02,
+                   init: Init | None = None) -> dict[str, np.ndarray]:
+    """float32 weights of the given shapes: N(0, std) matrices and embeddings, norm weights at 1,
+    biases at 0.  ``init(name, shape, rng)`` may return a tensor for any name (None: the default),
+    e.g. Whisper's fixed sinusoidal positions."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in shapes.items():
+        t = init(name, tuple(shape), rng) if init is not None else None
+        if t is None:
+            if name.endswith(".bias"):
+                t = np.zeros(shape, np.float32)
+            elif len(shape) == 1 and name.endswith(".weight") and ("norm" in name
+                                                                   or "layrnorm" in name):
+                t = np.ones(shape, np.float32)
+            else:
+                t = rng.standard_normal(shape, dtype=np.float32)
+                t *= np.float32(std)
+        out[name] = np.asarray(t, dtype=np.float32)
+    return out
+
+
+def count_params(shapes: Mapping[str, tuple]) -> int:
+    """The number of parameters of a weight layout (each tensor once)."""
+    return sum(math.prod(s) for s in shapes.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks: one wording for every model
+# ---------------------------------------------------------------------------------------------
+def check_int(value, name: str, minimum: int | None = 1, maximum: int | None = None) -> int:
+    """``value`` as an int, refusing bools, floats and values outside [minimum, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value}")
+    return value
+
+
+def check_number(value, name: str, minimum: float | None = None, maximum: float | None = None,
+                 exclusive_minimum: bool = False) -> float:
+    """``value`` as a finite float in [minimum, maximum] ((minimum, maximum] when exclusive)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    value = float(value)
+    if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
+        op = ">" if exclusive_minimum else ">="
+        raise ValueError(f"{name} must be {op} {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_bool(value, name: str) -> bool:
+    """A real bool (``"false"`` or 0 would be truthy or silently coerced)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def check_choice(value, name: str, choices) -> object:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_token_ids(ids, name: str, vocab_size: int, max_length: int | None = None) -> np.ndarray:
+    """Token ids as int64 [B, T] (a 1-D sequence becomes [1, T]), each in [0, vocab_size), at most
+    ``max_length`` per row."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{name} must be integer token ids, got {type(ids).__name__}; "
+                        "tokenize the text first")
+    try:
+        arr = np.asarray(ids)
+    except ValueError:
+        raise ValueError(f"{name} must be a rectangular [batch, tokens] array "
+                         "(rows of equal length)") from None
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be [batch, tokens] (or a 1-D sequence), "
+                         f"got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape}); give at least one token per row")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{name} contains id {bad}, outside the vocabulary [0, {vocab_size})")
+    if max_length is not None and arr.shape[1] > max_length:
+        raise ValueError(f"{name} has {arr.shape[1]} tokens per row, more than the "
+                         f"{max_length} positions left in the model's context")
+    return arr.astype(np.int64, copy=False)
+
+
+def config_from_dict(cls, d, what: str):
+    """A config dataclass from the keys of a Hugging Face config dict that it knows (the others --
+    architectures, id2label, torch_dtype ... -- are bookkeeping this engine does not need)."""
+    if d is None:
+        d = {}
+    if not isinstance(d, Mapping):
+        raise TypeError(f"{what} must be an object (a section of config.json), "
+                        f"got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ---------------------------------------------------------------------------------------------
+# the KV cache
+# ---------------------------------------------------------------------------------------------
+class KVCache:
+    """Keys and values of the tokens seen so far, for every attention layer of a decoder:
+    ``k[i]``, ``v[i]`` are [B, KVH, capacity, Dh], preallocated, and the first ``length``
+    positions are filled.  A decoding step writes its new columns in place (no copy of the past)
+    and attends to the filled prefix.
+
+    ``zeros`` makes the buffers (``np.zeros``; the cost model's trace passes shape-only ones)."""
+
+    def __init__(self, layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int,
+                 zeros: Callable = np.zeros):
+        sizes = dict(layers=layers, batch=batch, kv_heads=kv_heads, head_dim=head_dim,
+                     capacity=capacity)
+        for arg, v in sizes.items():
+            check_int(v, f"KVCache {arg}")
+        shape = (batch, kv_heads, capacity, head_dim)
+        self.k = [zeros(shape, np.float32) for _ in range(layers)]
+        self.v = [zeros(shape, np.float32) for _ in range(layers)]
+        self.batch, self.capacity, self.length = batch, capacity, 0
+
+    def check_room(self, batch: int, new: int) -> None:
+        """Refuse a step of ``new`` tokens for ``batch`` rows that this cache cannot hold."""
+        if batch != self.batch:
+            raise ValueError(f"the input has batch {batch} but the KV cache was made for "
+                             f"batch {self.batch}")
+        if self.length + new > self.capacity:
+            raise ValueError(f"KV cache full: {self.length} cached + {new} new tokens > "
+                             f"its capacity {self.capacity}")
+
+    def append(self, layer: int, k, v):
+        """Write k, v [B, KVH, t, Dh] after the ``length`` cached positions of ``layer`` and return
+        that layer's keys and values so far, [B, KVH, length + t, Dh] each (views, no copy).
+        ``length`` advances once per step, in :meth:`advance`, after every layer has appended."""
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, new: int) -> None:
+        self.length += new
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+# ---------------------------------------------------------------------------------------------
+def available_memory() -> int:
+    """Bytes this process could still allocate: the kernel's MemAvailable, capped by a cgroup
+    (container) limit when there is one."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if avail is None:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def check_fits(need_bytes: int, label: str) -> None:
+    """Refuse, with MemoryError, random float32 weights that would not fit (every from_preset)."""
+    from . import available_memory as avail_fn  # looked up late so tests can patch it there
+    avail = avail_fn()
+    if need_bytes > 0.9 * avail:
+        raise MemoryError(f"{label}: random float32 weights need {need_bytes / 1e9:.1f} GB but "
+                          f"only {avail / 1e9:.1f} GB of memory is available; pick a smaller "
+                          "preset, or load an fp16/bf16 checkpoint with from_pretrained "
+                          "(memory-mapped, converted per use)")
