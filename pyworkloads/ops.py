@@ -17,7 +17,7 @@ from .kernels import attention, layer_norm, matmul, rms_norm  # noqa: F401  (re-
 from .kernels.reference import softmax  # noqa: F401  (re-exported)
 
 __all__ = [
-    "linear", "embedding", "layer_norm", "rms_norm", "softmax", "gelu", "gelu_tanh", "quick_gelu",
+    "linear", "contiguous", "embedding", "layer_norm", "rms_norm", "softmax", "gelu", "gelu_tanh", "quick_gelu",
     "silu", "relu", "rope_cos_sin", "apply_rope", "rope", "attention", "matmul", "conv1d", "conv2d",
     "conv_transpose2d", "interpolate_bilinear", "channel_layer_norm", "ACTIVATIONS",
 ]
@@ -37,6 +37,13 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     if bias is not None:
         y += bias
     return y.reshape(*lead, weight.shape[0])
+
+
+def contiguous(x):
+    """x as a C-contiguous array (a copy only when it is not one already).  Models call this
+    rather than ``np.ascontiguousarray``, which would turn the shape-only arrays of
+    :func:`pyworkloads.kernels.trace` into object arrays."""
+    return x if getattr(x, "flags", None) is None or x.flags.c_contiguous else x.copy(order="C")
 
 
 def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -204,10 +204,15 @@ def profile():
 
 @contextlib.contextmanager
 def scope(name: str):
-    """Name the kernel calls made inside (nested scopes join with '.'), e.g. the HF module path
-    ``model.layers.3.mlp`` so profile records line up with checkpoint tensors and cost-model layers."""
+    """Name the kernel calls made inside, e.g. with the HF module path ``model.layers.3.mlp``, so
+    profile records line up with checkpoint tensors and cost-model layers.
+
+    Inside another scope a name is joined to it with '.', unless it already begins with the
+    enclosing name and a '.': models give every module its full path, and a layer's scope
+    ``model.layers.3`` around its ``model.layers.3.mlp`` stays ``model.layers.3.mlp``."""
     outer = _scope.get()
-    token = _scope.set(f"{outer}.{name}" if outer else name)
+    full = name if not outer or name.startswith(outer + ".") else f"{outer}.{name}"
+    token = _scope.set(full)
     try:
         yield
     finally:
