@@ -21,10 +21,11 @@ def gamma(n, u: float = U32):
     return n * u / (1.0 - n * u)
 
 
-def log_mel_tolerance(power: np.ndarray, filters: np.ndarray, n_fft: int, dynamic_range: float = 8.0,
-                      fft_constant: float = 5.0) -> np.ndarray:
-    """The most a float32 evaluation of Whisper's log-mel can differ from the exact value, element
-    by element.  power float64 [F, K] is the exact |STFT|² of the frames, filters [M, K] the mel bank.
+def log_mel_tolerance(power: np.ndarray, filters: np.ndarray, n_fft: int,
+                      dynamic_range: float = 8.0, fft_constant: float = 5.0) -> np.ndarray:
+    """The most a float32 evaluation of Whisper's log-mel can differ from the exact value,
+    element by element.  power float64 [F, K] is the exact |STFT|² of the frames, filters
+    [M, K] the mel bank.
 
     - the float32 FFT has a normwise error ||ΔX||₂ <= c·log2(N)·u·||X||₂ (Higham §24.1, c a small
       constant; 5 covers the window's rounding too); each bin moves at most by that norm, so its
@@ -39,5 +40,5 @@ def log_mel_tolerance(power: np.ndarray, filters: np.ndarray, n_fft: int, dynami
     mel = filters @ power.T                                                # [M, F]
     d_mel = filters @ d_power.T + gamma(filters.shape[1] + 2) * mel        # [M, F]
     floor = max(float(np.log10(max(mel.max(), 1e-10))) - dynamic_range, -10.0)
-    mel_eff = np.maximum(mel, 10.0 ** floor)                               # where the output is flat
+    mel_eff = np.maximum(mel, 10.0 ** floor)                               # flat below the floor
     return d_mel / (mel_eff * LN10 * 4.0) + 8 * U32 * 3.0
