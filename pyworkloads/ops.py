@@ -53,7 +53,7 @@ def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
         raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
         raise ValueError(f"embedding: ids must lie in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]")
-    return np.asarray(table[ids])
+    return table[ids]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,14 +181,14 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     patches = kernels.matmul(x.transpose(0, 2, 3, 1).reshape(B, H * W, Cin), weight.reshape(Cin, -1))
     patches = patches.reshape(B, H, W, Cout, kh, kw)
     Hf, Wf = (H - 1) * sh + kh, (W - 1) * sw + kw
-    out = np.zeros((B, Cout, Hf, Wf), dtype=patches.dtype)
+    out = np.zeros_like(patches, shape=(B, Cout, Hf, Wf))
     for i in range(kh):
         for j in range(kw):
             out[:, :, i:i + (H - 1) * sh + 1:sh, j:j + (W - 1) * sw + 1:sw] += patches[..., i, j].transpose(0, 3, 1, 2)
     out = out[:, :, ph:Hf - ph, pw:Wf - pw]
     if bias is not None:
         out = out + bias[None, :, None, None]
-    return np.ascontiguousarray(out)
+    return contiguous(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,5 +217,5 @@ def interpolate_bilinear(x, size):
 
 def channel_layer_norm(x, weight, bias, eps: float = 1e-6):
     """LayerNorm over the channel axis of NCHW x [B, C, H, W] (SAM's neck and mask decoder)."""
-    y = kernels.layer_norm(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), weight, bias, eps)
+    y = kernels.layer_norm(contiguous(x.transpose(0, 2, 3, 1)), weight, bias, eps)
     return y.transpose(0, 3, 1, 2)

@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import reference
+from . import tracing as _trace
+from .tracing import trace
 
 __all__ = [
     "matmul", "attention", "rms_norm", "layer_norm", "gelu", "available", "use_backend", "get_backend",
-    "set_backend", "profile", "scope", "set_num_threads", "get_num_threads", "Profile", "KernelCall",
+    "set_backend", "profile", "scope", "trace", "set_num_threads", "get_num_threads", "Profile", "KernelCall",
 ]
 
 BACKENDS = ("numpy", "cpp", "cuda")
@@ -189,6 +191,7 @@ class Profile:
 
 _profiles: contextvars.ContextVar[tuple[Profile, ...]] = contextvars.ContextVar("pyworkloads_profiles", default=())
 _scope: contextvars.ContextVar[str] = contextvars.ContextVar("pyworkloads_scope", default="")
+_trace.SCOPE = _scope
 
 
 @contextlib.contextmanager
@@ -223,7 +226,15 @@ def _nbytes(*arrays) -> int:
     return int(sum(a.nbytes for a in arrays if a is not None))
 
 
-def _run(op: str, args: tuple, kwargs: dict, counts):
+def _run(op: str, args: tuple, kwargs: dict, counts, out_shape: tuple):
+    tr = _trace.active_trace()
+    if tr is not None:                               # shape-only: record, compute nothing
+        out = _trace.Traced(out_shape, np.float32)
+        _, _, macs, flops, _ = counts(out)
+        tr.add(_trace.TraceRecord(op, _scope.get(), [a for a in args] + [kwargs.get(k) for k in ("bias", "mask")],
+                                  out, int(macs), int(flops),
+                                  options={k: v for k, v in kwargs.items() if k not in ("bias", "mask")}))
+        return out
     name = get_backend()
     mod = _backend_modules.get(name) or _load_backend(name)
     fn = getattr(mod, op, None)
@@ -252,7 +263,7 @@ def _is_device_array(x) -> bool:
 
 def _as_float_array(x, argname: str) -> np.ndarray:
     if not isinstance(x, np.ndarray):
-        if _is_device_array(x):
+        if _is_device_array(x) or isinstance(x, _trace.Traced):
             return x
         x = np.asarray(x)
     if x.dtype.kind != "f":
@@ -283,7 +294,7 @@ def matmul(a, b):
         macs = math.prod(batch) * M * N * K
         return (tuple(a.shape), tuple(b.shape)), str(out.dtype), macs, 2 * macs, _nbytes(a, b, out)
 
-    return _run("matmul", (a, b), {}, counts)
+    return _run("matmul", (a, b), {}, counts, tuple(batch) + (a.shape[-2], b.shape[-1]))
 
 
 def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=None, mask=None):
@@ -341,7 +352,8 @@ def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=No
         return ((tuple(q.shape), tuple(k.shape), tuple(v.shape)), str(out.dtype), macs, flops,
                 _nbytes(q, k, v, bias, mask, out))
 
-    return _run("attention", (q, k, v), dict(causal=bool(causal), scale=scale, bias=bias, mask=mask), counts)
+    return _run("attention", (q, k, v), dict(causal=bool(causal), scale=scale, bias=bias, mask=mask), counts,
+                (B, Hq, Tq, v.shape[3]))
 
 
 def _check_norm(x, weight, bias, eps, op):
@@ -368,7 +380,8 @@ def rms_norm(x, weight, eps: float = 1e-6):
     if weight is None:
         raise ValueError("rms_norm: weight is required")
     return _run("rms_norm", (x, weight, eps), {},
-                lambda out: ((tuple(x.shape), tuple(weight.shape)), str(out.dtype), 0, 4 * x.size, _nbytes(x, weight, out)))
+                lambda out: ((tuple(x.shape), tuple(weight.shape)), str(out.dtype), 0, 4 * x.size, _nbytes(x, weight, out)),
+                x.shape)
 
 
 def layer_norm(x, weight, bias, eps: float = 1e-5):
@@ -376,11 +389,13 @@ def layer_norm(x, weight, bias, eps: float = 1e-5):
     x, weight, bias, eps = _check_norm(x, weight, bias, eps, "layer_norm")
     affine = (weight is not None) + (bias is not None)
     return _run("layer_norm", (x, weight, bias, eps), {},
-                lambda out: ((tuple(x.shape),), str(out.dtype), 0, (5 + affine) * x.size, _nbytes(x, weight, bias, out)))
+                lambda out: ((tuple(x.shape),), str(out.dtype), 0, (5 + affine) * x.size, _nbytes(x, weight, bias, out)),
+                x.shape)
 
 
 def gelu(x):
     """Exact-form GELU x·Φ(x), elementwise (CLIP/OpenCLIP, SAM and Whisper MLPs).  Dispatched like
     the heavy ops because erf one float at a time is slow: the cpp kernel vectorises it."""
     x = _as_float_array(x, "x")
-    return _run("gelu", (x,), {}, lambda out: ((tuple(x.shape),), str(out.dtype), 0, 5 * x.size, _nbytes(x, out)))
+    return _run("gelu", (x,), {}, lambda out: ((tuple(x.shape),), str(out.dtype), 0, 5 * x.size, _nbytes(x, out)),
+                x.shape)
