@@ -10,12 +10,16 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, require_transformers
 
 import pyworkloads as pw
 from pyworkloads.models import clip
-from conftest import FIXTURES, require_transformers
 
 FIXTURE = FIXTURES / "clip"
+# Against transformers, both sides in float32 with different summation orders: each output ends a
+# chain of <= 3 blocks and a projection, with dot products of length <= 80 (each off by at most
+# gamma(80) ~ 5e-6 of the magnitudes it sums), on outputs of size <= ~10 (logits: exp(2) * cosine).
+# The fixture's differences are ~1.5e-6; 1e-4 leaves room for other BLAS builds and deeper configs.
 TOL = 1e-4
 
 
@@ -211,6 +215,49 @@ def test_legacy_and_modern_pooling_rules():
         clip.pool_positions(ids, 7)
 
 
+def test_forward_functions_are_what_the_model_runs(fixture_model, expected):
+    """The pure functions of model.py, called with the tower configs, give the CLIP class's
+    outputs bit for bit (they are what it runs after checking the inputs)."""
+    m, cfg = fixture_model, fixture_model.config
+    px, ids = expected["pixel_values"], expected["input_ids"]
+    img = clip.image_features(px, m.weights, cfg.vision_config)                 # [2, 24]
+    txt = clip.text_features(ids, m.weights, cfg.text_config)                   # [4, 24]
+    np.testing.assert_array_equal(img, m.get_image_features(px))
+    np.testing.assert_array_equal(txt, m.get_text_features(ids))
+    per_image, per_text = clip.similarity(img, txt, m.weights["logit_scale"])
+    out = m(input_ids=ids, pixel_values=px)
+    assert per_image.shape == (2, 4) and per_text.shape == (4, 2)
+    np.testing.assert_array_equal(per_image, out.logits_per_image)
+    np.testing.assert_array_equal(per_text, per_image.T)
+    np.testing.assert_array_equal(clip.l2_normalize(img), out.image_embeds)
+    pooled = clip.vision_model(px, m.weights, cfg.vision_config)                # [2, 48]
+    assert pooled.shape == (2, 48)
+    np.testing.assert_array_equal(clip.vision_forward(px, m.weights, cfg.vision_config), pooled)
+    np.testing.assert_array_equal(clip.text_forward(ids, m.weights, cfg.text_config),
+                                  clip.text_model(ids, m.weights, cfg.text_config))
+
+
+def test_tower_configs_check_their_fields():
+    assert clip.TextConfig().hidden_act == clip.VisionConfig().hidden_act == clip.QUICK_GELU
+    with pytest.raises(ValueError, match="text_config.num_hidden_layers must be an integer >= 1"):
+        clip.TextConfig(num_hidden_layers=0)
+    with pytest.raises(ValueError, match="vision_config.image_size must be an integer"):
+        clip.VisionConfig(image_size=224.0)
+    with pytest.raises(ValueError, match="projection_dim"):
+        clip.Config(projection_dim=True)
+    with pytest.raises(TypeError, match="config must be a dict"):
+        clip.Config.from_hf([("text_config", {})])
+
+
+def test_random_weights_layer_norms_start_at_identity():
+    w = clip.random_weights(clip.PRESETS["clip-tiny"], seed=0)
+    for name in ("vision_model.pre_layrnorm", "vision_model.post_layernorm",
+                 "vision_model.encoder.layers.1.layer_norm2", "text_model.final_layer_norm"):
+        np.testing.assert_array_equal(w[f"{name}.weight"], 1)
+        np.testing.assert_array_equal(w[f"{name}.bias"], 0)
+    assert w["logit_scale"] == np.float32(clip.PRESETS["clip-tiny"].logit_scale_init_value)
+
+
 # ---------------------------------------------------------------------------------------------
 # bad inputs
 # ---------------------------------------------------------------------------------------------
@@ -224,11 +271,11 @@ def test_wrong_image_size(fixture_model):
 
 
 def test_ids_beyond_vocabulary(fixture_model):
-    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 573\)"):
+    with pytest.raises(ValueError, match=r"input_ids contains id 573, outside the vocabulary \[0, 573\)"):
         fixture_model.get_text_features(np.array([[571, 573, 572]]))
-    with pytest.raises(ValueError, match="input_ids must lie"):
+    with pytest.raises(ValueError, match="input_ids contains id -1, outside the vocabulary"):
         fixture_model.get_text_features(np.array([[571, -1, 572]]))
-    with pytest.raises(TypeError, match="integers"):
+    with pytest.raises(TypeError, match="input_ids must have an integer dtype"):
         fixture_model.get_text_features(np.array([[571.0, 572.0]]))
 
 
@@ -255,7 +302,7 @@ def test_checkpoint_validation(tmp_path):
     w = dict(pw.io.load_safetensors(FIXTURE / "model.safetensors"))
     w.pop("text_projection.weight")
     pw.io.save_safetensors(tmp_path / "model.safetensors", w)
-    with pytest.raises(ValueError, match="missing 'text_projection.weight'"):
+    with pytest.raises(ValueError, match=r"lack 1 tensor\(s\) .*'text_projection.weight'"):
         clip.from_pretrained(tmp_path)
     w["text_projection.weight"] = np.zeros((24, 33), np.float32)
     pw.io.save_safetensors(tmp_path / "model.safetensors", w)
@@ -289,11 +336,12 @@ def test_profile_scopes_follow_hf_names(fixture_model, expected):
     for name in ("vision_model.embeddings", "vision_model.pre_layrnorm", "vision_model.encoder.layers.1.self_attn",
                  "vision_model.encoder.layers.0.mlp", "vision_model.encoder.layers.0.layer_norm1",
                  "vision_model.post_layernorm", "visual_projection", "text_model.encoder.layers.1.self_attn",
-                 "text_model.encoder.layers.1.mlp", "text_model.final_layer_norm", "text_projection"):
+                 "text_model.encoder.layers.1.mlp", "text_model.final_layer_norm", "text_projection",
+                 "logit_scale"):
         assert name in names, name
     weights = set(clip.weight_shapes(fixture_model.config))
-    for n in names - {""}:                              # every scope names a module whose weights it uses
-        assert any(w.startswith(n + ".") for w in weights), n
+    for n in names:                                     # every scope names a module or tensor it uses
+        assert any(w == n or w.startswith(n + ".") for w in weights), n
     att = [r for r in prof.records if r.op == "attention" and r.name.startswith("text_model")]
     assert len(att) == 2 and att[0].shapes[0] == (4, 4, 16, 8)
 
@@ -323,6 +371,7 @@ def test_from_preset_and_demo():
 
 def test_cli_run_prints_ranked_probabilities(tmp_path, capsys):
     from PIL import Image
+
     from pyworkloads import cli
     img = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(img)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import FIXTURES, require_transformers
+
 from pyworkloads.models import clip
 
 TOKENIZER_DIR = FIXTURES / "clip"
