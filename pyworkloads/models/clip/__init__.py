@@ -34,7 +34,7 @@ from .model import (
 from .preprocess import CLIP_MEAN, CLIP_STD, preprocess
 from .tokenizer import Tokenizer, load_tokenizer, tokenize
 
-# the towers' earlier names (same functions, same arguments)
+# the towers under their other public names (the same functions)
 text_forward = text_model
 vision_forward = vision_model
 

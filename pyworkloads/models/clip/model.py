@@ -237,7 +237,8 @@ def self_attention(x, weights, name: str, config, causal: bool = False, mask=Non
 
 
 def mlp(x, weights, name: str, act: str):
-    """fc1 -> activation (``config.hidden_act``) -> fc2.  x [B, T, D] -> [B, T, D]."""
+    """fc1 -> activation ``act`` (the config's hidden_act: QUICK_GELU or "gelu") -> fc2.
+    x [B, T, D] -> [B, T, D]."""
     with kernels.scope(name):
         h = linear(x, weights, f"{name}.fc1")                                  # [B, T, I]
         h = ops.ACTIVATIONS[act](h)
@@ -360,8 +361,8 @@ def l2_normalize(x):
 
 def similarity(image_embeds, text_embeds, logit_scale):
     """Scaled cosine similarity of every image with every text.  image_embeds [Bi, E],
-    text_embeds [Bt, E]; ``logit_scale`` is stored in log space (exp(logit_scale) = 1 / the
-    temperature, at most 100 after training).
+    text_embeds [Bt, E] (the projected features, normalised here); ``logit_scale`` is stored in
+    log space (exp(logit_scale) = 1 / the temperature, clipped at 100 in training).
     -> logits_per_image [Bi, Bt], logits_per_text [Bt, Bi] (its transpose)."""
     with kernels.scope("logit_scale"):
         img = l2_normalize(image_embeds)                                       # [Bi, E]
