@@ -32,8 +32,8 @@ def sample_image():
         print("matplotlib (or its sample photo) is missing: using a synthetic image instead")
         y, x = np.mgrid[0:240, 0:320]                                        # [H, W] pixel grids
         disk = (x - 160) ** 2 + (y - 120) ** 2 < 70 ** 2
-        return np.stack([np.where(disk, 220, x * 255 // 320), np.where(disk, 40, 90), y * 255 // 240],
-                        axis=-1).astype(np.uint8)                           # [240, 320, 3]
+        channels = [np.where(disk, 220, x * 255 // 320), np.where(disk, 40, 90), y * 255 // 240]
+        return np.stack(channels, axis=-1).astype(np.uint8)                 # [240, 320, 3]
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -44,8 +44,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", metavar="DIR", help="Hugging Face CLIPModel checkpoint directory")
     ap.add_argument("--image", help="an image file (default: matplotlib's sample photo)")
-    ap.add_argument("--labels", default="woman in uniform,cat,dog,diagram", help="comma-separated labels")
-    ap.add_argument("--template", default="a photo of a {}.", help="caption around each label (the paper's)")
+    ap.add_argument("--labels", default="woman in uniform,cat,dog,diagram",
+                    help="comma-separated labels")
+    ap.add_argument("--template", default="a photo of a {}.",
+                    help="caption around each label (the paper's)")
     ap.add_argument("--backend", default="numpy", choices=pw.available(), help="kernel backend")
     args = ap.parse_args()
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
@@ -55,8 +57,9 @@ def main() -> None:
     model_dir = args.model or FIXTURE
     c = pw.clip.from_pretrained(model_dir)
     v = c.config.vision_config
-    print(f"model: {model_dir}{'' if args.model else ' (tiny committed checkpoint, random weights)'}: "
-          f"ViT {v.image_size}px / patch {v.patch_size}, embeddings of width {c.config.projection_dim}")
+    note = "" if args.model else " (tiny committed checkpoint, random weights)"
+    print(f"model: {model_dir}{note}: ViT {v.image_size}px / patch {v.patch_size}, "
+          f"embeddings of width {c.config.projection_dim}")
 
     image = args.image or sample_image()
     # resize the shorter side, centre-crop, normalise with CLIP's channel statistics
@@ -67,9 +70,11 @@ def main() -> None:
     with pw.use_backend(args.backend):
         # the two towers separately: unit-length embeddings compared by a dot product ...
         img = c.get_image_features(pixel_values)                             # [1, E]
-        txt = c.get_text_features(c.tokenize([args.template.format(lb) for lb in labels]))   # [L, E]
+        captions = [args.template.format(lb) for lb in labels]
+        txt = c.get_text_features(c.tokenize(captions))                      # [L, E]
         cos = unit(img) @ unit(txt).T                                        # [1, L]
-        # ... and zero_shot(), which scales those cosines by exp(logit_scale) and softmaxes over labels
+        # ... and zero_shot(), which scales those cosines by exp(logit_scale) and softmaxes over
+        # the labels
         probs = c.zero_shot(pixel_values, labels, template=args.template)[0]   # [L]
     print(f"captions like {args.template.format(labels[0])!r}; cosine similarity and probability:")
     for j in np.argsort(-probs, kind="stable"):
