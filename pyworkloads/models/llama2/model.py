@@ -15,10 +15,11 @@ The architecture::
       -> RMSNorm -> lm_head                                           logits [B, T, V]
 
 Attention is causal and grouped-query (LLaMA 2 70B): K and V have KVH < H heads, each shared by a
-group of H/KVH query heads.  The attention kernel reads each K/V head once per group, without
-copying it; :func:`grouped_query_attention` spells the sharing out.  ``lm_head`` is tied to the
-embedding table in small checkpoints.  Generation keeps the keys and values of past tokens in a
-:class:`~pyworkloads.models.common.KVCache`, so each new token costs one forward with T = 1.
+group of H/KVH query heads.  The attention kernel lets the query heads of a group read the same
+K/V head, with no copy; :func:`grouped_query_attention` spells the sharing out.  ``lm_head`` is
+tied to the embedding table in small checkpoints.  Generation keeps the keys and values of past
+tokens in a :class:`~pyworkloads.models.common.KVCache`, so each new token costs one forward
+with T = 1.
 
 Weights are looked up by their Hugging Face names (``model.layers.3.mlp.up_proj.weight``) and
 converted to float32 at the moment of use, so a memory-mapped fp16/bf16 checkpoint is never held
