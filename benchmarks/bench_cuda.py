@@ -402,7 +402,7 @@ def model_forwards():
 
     out = {}
     m = llama2.from_preset("llama2-tiny", seed=0)
-    ids = llama2._preset_prompt_ids("Hello", m.config)
+    ids = llama2.preset_prompt_ids("Hello", m.config)
     out["llama2"] = (lambda: m(ids), "logits", llama2)
     c = clip.from_preset("clip-tiny", seed=0)
     t, v = c.config.text_config, c.config.vision_config

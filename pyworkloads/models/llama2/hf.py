@@ -1,0 +1,89 @@
+"""Hugging Face compatibility: LLaMA's ``config.json`` (transformers 4.x and 5.x) and checkpoint
+directories (safetensors, sharded or not, and ``tokenizer.json``)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+from ... import io
+from ..common import config_from_dict
+from .api import Llama2
+from .model import Config
+
+__all__ = ["config_from_hf", "config_to_hf", "load_tokenizer", "from_pretrained"]
+
+ROPE_TYPES = ("default", "linear")
+REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "vocab_size")
+
+
+def _rope(cfg: Mapping) -> tuple[float, dict | None]:
+    """RoPE's base and scaling from a config dict: ``rope_parameters`` (5.x) or the top-level
+    ``rope_theta`` and ``rope_scaling`` (4.x, "type" or "rope_type")."""
+    rope_params = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or {}
+    if not isinstance(rope_params, Mapping) or not isinstance(scaling, Mapping):
+        raise ValueError("config.json: rope_parameters / rope_scaling must be objects "
+                         "(per-layer-type RoPE parameters are not used by LLaMA)")
+    theta = rope_params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    rope_type = (rope_params.get("rope_type") or rope_params.get("type")
+                 or scaling.get("rope_type") or scaling.get("type") or "default")
+    factor = rope_params.get("factor", scaling.get("factor"))
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"config.json asks for RoPE scaling type {rope_type!r}, which is not "
+                         f"implemented (supported: {', '.join(ROPE_TYPES)})")
+    return float(theta), (None if rope_type == "default"
+                          else {"rope_type": rope_type, "factor": factor})
+
+
+def config_from_hf(cfg: Mapping, cls=Config) -> Config:
+    """Parse a Hugging Face ``config.json`` dict (transformers 4.x or 5.x).
+
+    RoPE's base is read from ``rope_parameters["rope_theta"]`` (5.x), else top-level
+    ``rope_theta`` (4.x), else 10000; scaling from ``rope_parameters["rope_type"]`` (5.x) or
+    ``rope_scaling`` (4.x: "type" or "rope_type").  Only "default" and "linear" are
+    implemented; dynamic-NTK, YaRN, LongRoPE and llama3 scaling are refused, because running
+    such a checkpoint with plain RoPE would quietly give wrong logits at long contexts."""
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"config must be a dict parsed from config.json, got {type(cfg).__name__}")
+    model_type = cfg.get("model_type", "llama")
+    if model_type != "llama":
+        raise ValueError(f"config.json has model_type {model_type!r}; this module implements "
+                         "'llama' only")
+    missing = [k for k in REQUIRED if cfg.get(k) is None]
+    if missing:
+        raise ValueError(f"config.json lacks {', '.join(missing)} (needed to build a LLaMA model)")
+    # absent keys take transformers' LlamaConfig defaults, which differ from LLaMA 2's for these
+    d = {"max_position_embeddings": 2048, "rms_norm_eps": 1e-6}
+    d.update({k: v for k, v in cfg.items() if v is not None})
+    d.update({k: cfg[k] for k in ("bos_token_id", "eos_token_id") if k in cfg})   # null = none
+    d["rope_theta"], d["rope_scaling"] = _rope(cfg)
+    return config_from_dict(cls, d, "config.json")
+
+
+def config_to_hf(config: Config) -> dict:
+    """The config as a transformers-5 style ``config.json`` dict."""
+    d = asdict(config)
+    theta, scaling = d.pop("rope_theta"), d.pop("rope_scaling")
+    d["rope_parameters"] = {"rope_theta": theta, **(scaling or {"rope_type": "default"})}
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **d}
+
+
+def load_tokenizer(path):
+    """The ``tokenizers.Tokenizer`` of ``tokenizer.json`` next to the checkpoint, or None."""
+    path = Path(path)
+    tok_file = (path if path.is_dir() else path.parent) / "tokenizer.json"
+    if not tok_file.is_file():
+        return None
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(tok_file))
+
+
+def from_pretrained(path, rope_layout: str = "half") -> Llama2:
+    """A Hugging Face LLaMA checkpoint directory: ``config.json``, ``model.safetensors`` or
+    sharded ``model-0000x-of-0000y.safetensors`` + index (F32, F16 or BF16, memory-mapped and
+    converted per use), and ``tokenizer.json`` when present."""
+    path = Path(path)
+    config = Config.from_hf(io.load_config(path))
+    return Llama2(config, io.load_checkpoint(path), load_tokenizer(path), rope_layout)
