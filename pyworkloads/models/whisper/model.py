@@ -196,9 +196,9 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
     """Whisper's fixed encoder positions: [sin | cos] of pos · timescale^(-i / (C/2 - 1)),
     i < C/2 -> float32 [length, channels]."""
     inc = math.log(max_timescale) / (channels // 2 - 1)
-    inv = np.exp(-inc * np.arange(channels // 2, dtype=np.float64))               # [C/2]
-    t = np.arange(length, dtype=np.float64)[:, None] * inv[None, :]                # [length, C/2]
-    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)      # [length, C]
+    inv = np.exp(-inc * np.arange(channels // 2, dtype=np.float64))                 # [C/2]
+    t = np.arange(length, dtype=np.float64)[:, None] * inv[None, :]                 # [length, C/2]
+    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)        # [length, C]
 
 
 # =============================================================================================
@@ -206,28 +206,28 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
 # =============================================================================================
 def split_heads(x, heads: int):
     B, T, D = x.shape
-    return x.reshape(B, T, heads, D // heads).transpose(0, 2, 1, 3)              # [B, H, T, Dh]
+    return x.reshape(B, T, heads, D // heads).transpose(0, 2, 1, 3)                 # [B, H, T, Dh]
 
 
 def merge_heads(x):
     B, H, T, Dh = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(B, T, H * Dh)                          # [B, T, D]
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * Dh)                            # [B, T, D]
 
 
 def attention_kv(x, weights, name: str, heads: int):
     """Keys and values of the attention module ``name`` over x [B, T, D] -> two [B, H, T, Dh]
     (k_proj has no bias)."""
-    k = split_heads(common.linear(x, weights, f"{name}.k_proj"), heads)           # [B, H, T, Dh]
-    v = split_heads(common.linear(x, weights, f"{name}.v_proj"), heads)           # [B, H, T, Dh]
+    k = split_heads(common.linear(x, weights, f"{name}.k_proj"), heads)             # [B, H, T, Dh]
+    v = split_heads(common.linear(x, weights, f"{name}.v_proj"), heads)             # [B, H, T, Dh]
     return k, v
 
 
 def attention(x, k, v, weights, name: str, heads: int, causal: bool = False):
     """Query projection, softmax(q kᵀ / √Dh) v over k, v [B, H, Tk, Dh], output projection.
     x [B, T, D] -> [B, T, D]."""
-    q = split_heads(common.linear(x, weights, f"{name}.q_proj"), heads)           # [B, H, T, Dh]
+    q = split_heads(common.linear(x, weights, f"{name}.q_proj"), heads)             # [B, H, T, Dh]
     o = kernels.attention(q, k, v, causal=causal)                                   # [B, H, T, Dh]
-    return common.linear(merge_heads(o), weights, f"{name}.out_proj")              # [B, T, D]
+    return common.linear(merge_heads(o), weights, f"{name}.out_proj")               # [B, T, D]
 
 
 def self_attention(x, weights, name: str, heads: int, causal: bool = False,
@@ -237,7 +237,7 @@ def self_attention(x, weights, name: str, heads: int, causal: bool = False,
     with kernels.scope(name):
         k, v = attention_kv(x, weights, name, heads)                                # [B, H, T, Dh]
         if cache is not None:
-            k, v = cache.append(layer, k, v)                                    # [B, H, P+T, Dh]
+            k, v = cache.append(layer, k, v)                                       # [B, H, P+T, Dh]
         return attention(x, k, v, weights, name, heads, causal=causal)              # [B, T, D]
 
 
@@ -265,18 +265,18 @@ def conv(x, weights, name: str, act, stride: int = 1):
     x [B, Cin, Lin] -> [B, D, Lin / stride]."""
     with kernels.scope(name):
         w, b = common.weight(weights, f"{name}.weight"), common.weight(weights, f"{name}.bias")
-        return act(ops.conv1d(x, w, b, stride=stride, padding=1))                  # [B, D, L]
+        return act(ops.conv1d(x, w, b, stride=stride, padding=1))                   # [B, D, L]
 
 
 def conv_stem(input_features, weights, config: Config):
     """Two convolutions (the second halves the frame rate) and the fixed sinusoidal positions.
     log-mel [B, M, F] -> [B, S, D]."""
     act = ops.ACTIVATIONS[config.activation_function]
-    x = conv(input_features, weights, "model.encoder.conv1", act)                  # [B, D, F]
-    x = conv(x, weights, "model.encoder.conv2", act, stride=INPUT_STRIDE)          # [B, D, S]
+    x = conv(input_features, weights, "model.encoder.conv1", act)                   # [B, D, F]
+    x = conv(x, weights, "model.encoder.conv2", act, stride=INPUT_STRIDE)           # [B, D, S]
     with kernels.scope("model.encoder.embed_positions"):
         x = ops.contiguous(x.transpose(0, 2, 1))                                    # [B, S, D]
-        return x + common.weight(weights, "model.encoder.embed_positions.weight")  # [B, S, D]
+        return x + common.weight(weights, "model.encoder.embed_positions.weight")   # [B, S, D]
 
 
 def encoder_block(x, weights, name: str, config: Config):
@@ -285,7 +285,7 @@ def encoder_block(x, weights, name: str, config: Config):
     H, act = config.encoder_attention_heads, ops.ACTIVATIONS[config.activation_function]
     with kernels.scope(name):
         h = common.layer_norm(x, weights, f"{name}.self_attn_layer_norm", LN_EPS)   # [B, S, D]
-        x = x + self_attention(h, weights, f"{name}.self_attn", H)                 # [B, S, D]
+        x = x + self_attention(h, weights, f"{name}.self_attn", H)                  # [B, S, D]
         h = common.layer_norm(x, weights, f"{name}.final_layer_norm", LN_EPS)       # [B, S, D]
         return x + mlp(h, weights, name, act)                                       # [B, S, D]
 
@@ -295,7 +295,7 @@ def encoder(input_features, weights, config: Config):
     [B, S, D]."""
     x = conv_stem(input_features, weights, config)                                  # [B, S, D]
     for i in range(config.encoder_layers):
-        x = encoder_block(x, weights, f"model.encoder.layers.{i}", config)         # [B, S, D]
+        x = encoder_block(x, weights, f"model.encoder.layers.{i}", config)          # [B, S, D]
     return common.layer_norm(x, weights, "model.encoder.layer_norm", LN_EPS)        # [B, S, D]
 
 
@@ -320,9 +320,9 @@ def decoder_embed(input_ids, weights, offset: int):
     input_ids int [B, T] -> [B, T, D]."""
     T = input_ids.shape[1]
     with kernels.scope("model.decoder.embed_tokens"):
-        x = common.embedding(input_ids, weights, "model.decoder.embed_tokens.weight")   # [B, T, D]
+        x = common.embedding(input_ids, weights, "model.decoder.embed_tokens.weight")  # [B, T, D]
     with kernels.scope("model.decoder.embed_positions"):
-        pos = common.weight(weights, "model.decoder.embed_positions.weight")         # [T_max, D]
+        pos = common.weight(weights, "model.decoder.embed_positions.weight")        # [T_max, D]
         return x + pos[offset:offset + T]                                           # [B, T, D]
 
 
@@ -368,7 +368,7 @@ def decoder(input_ids, cross_kv, weights, config: Config, cache: KVCache | None 
         cache.advance(T)
     if last_only:
         x = x[:, -1:]                                                               # [B, 1, D]
-    x = common.layer_norm(x, weights, "model.decoder.layer_norm", LN_EPS)           # [B, T, D]
+    x = common.layer_norm(x, weights, "model.decoder.layer_norm", LN_EPS)           # [B, T|1, D]
     out = "model.decoder.embed_tokens" if config.tie_word_embeddings else "proj_out"
     with kernels.scope("proj_out"):
-        return common.linear(x, weights, out)                                       # [B, T, V]
+        return common.linear(x, weights, out)                                       # [B, T|1, V]
