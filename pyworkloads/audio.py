@@ -7,7 +7,8 @@ Hugging Face's ``WhisperFeatureExtractor`` (which must agree with it):
 
 1. pad with zeros / trim to 30 s (480 000 samples);
 2. STFT with a *periodic* Hann window of 400 samples, hop 160, the signal reflect-padded by
-   n_fft/2 on both sides (``torch.stft(center=True)``), and the **last frame dropped** (3001 -> 3000);
+   n_fft/2 on both sides (``torch.stft(center=True)``), and the **last frame dropped**
+   (3001 -> 3000);
 3. power spectrum |X|^2 over the 201 one-sided bins;
 4. Slaney-style mel filters (librosa's default: the Slaney mel scale, linear below 1 kHz and
    logarithmic above, and area normalisation 2 / (f_hi - f_lo) per triangle) from 0 to 8 kHz;
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "CHUNK_LENGTH", "N_SAMPLES", "N_FRAMES", "load_audio",
-           "pad_or_trim", "mel_filters", "hann_window", "log_mel_spectrogram"]
+__all__ = ["SAMPLE_RATE", "N_FFT", "HOP_LENGTH", "CHUNK_LENGTH", "N_SAMPLES", "N_FRAMES",
+           "load_audio", "pad_or_trim", "mel_filters", "hann_window", "log_mel_spectrogram"]
 
 SAMPLE_RATE = 16000
 N_FFT = 400                                  # 25 ms windows
@@ -42,10 +43,12 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH           # 3000
 def _as_waveform(audio, argname: str = "audio") -> np.ndarray:
     """Check a mono waveform: 1-D, non-empty, finite, real numbers -> float32 [N]."""
     if isinstance(audio, (str, os.PathLike)):
-        raise TypeError(f"{argname} must be an array of samples; to read a file use load_audio({str(audio)!r})")
+        raise TypeError(f"{argname} must be an array of samples; to read a file use "
+                        f"load_audio({str(audio)!r})")
     arr = np.asarray(audio)
     if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{argname} must hold real numbers (float or integer samples), got dtype {arr.dtype}")
+        raise TypeError(f"{argname} must hold real numbers (float or integer samples), "
+                        f"got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"{argname} must be 1-D mono samples [N], got shape {arr.shape} "
                          "(mix channels down with load_audio first)")
@@ -61,8 +64,8 @@ def _as_waveform(audio, argname: str = "audio") -> np.ndarray:
 
 
 def _int_to_float(arr: np.ndarray) -> np.ndarray:
-    """PCM integers -> float in [-1, 1): signed types divide by 2^(bits-1); unsigned are offset first
-    (8-bit WAV stores unsigned samples centred at 128)."""
+    """PCM integers -> float in [-1, 1): signed types divide by 2^(bits-1); unsigned are offset
+    first (8-bit WAV stores unsigned samples centred at 128)."""
     info = np.iinfo(arr.dtype)
     if info.min == 0:
         mid = (int(info.max) + 1) // 2
@@ -71,7 +74,8 @@ def _int_to_float(arr: np.ndarray) -> np.ndarray:
 
 
 def _resample(x: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
-    """Polyphase resampling with scipy's anti-aliasing FIR (Kaiser window): x [N] -> [N·sr/orig_sr]."""
+    """Polyphase resampling with scipy's anti-aliasing FIR (Kaiser window):
+    x [N] -> [N·sr/orig_sr]."""
     if orig_sr == sr:
         return x
     from scipy.signal import resample_poly
@@ -89,15 +93,17 @@ def _check_rate(value, argname: str) -> int:
 def load_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None) -> np.ndarray:
     """Audio -> mono float32 samples at ``sr`` Hz, shape [N].
 
-    path_or_array: a file soundfile can read (WAV of any rate, bit depth and channel count; FLAC,
-      OGG ...), or an array: 1-D mono or 2-D [N, channels] (soundfile's layout), float in [-1, 1] or
-      PCM integers.  ``orig_sr`` is the array's sample rate (default: already ``sr``); files carry
-      their own.  Channels are averaged; the rate is converted with an anti-aliased polyphase filter.
+    path_or_array: a file soundfile can read (WAV of any rate, bit depth and channel count;
+      FLAC, OGG ...), or an array: 1-D mono or 2-D [N, channels] (soundfile's layout), float in
+      [-1, 1] or PCM integers.  ``orig_sr`` is the array's sample rate (default: already ``sr``);
+      files carry their own.  Channels are averaged; the rate is converted with an anti-aliased
+      polyphase filter.
     """
     sr = _check_rate(sr, "sr")
     if isinstance(path_or_array, (str, os.PathLike)):
         if orig_sr is not None:
-            raise ValueError("orig_sr is only for arrays; an audio file carries its own sample rate")
+            raise ValueError("orig_sr is only for arrays; an audio file carries its own "
+                             "sample rate")
         data, orig_sr = _read_file(Path(path_or_array))
         source = f"{path_or_array}"
     else:
@@ -113,7 +119,8 @@ def load_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None)
             raise ValueError(f"{source}: has no channels (shape {data.shape})")
         data = data.astype(np.float32, copy=False).mean(axis=1)             # [N, C] -> [N]
     elif data.ndim != 1:
-        raise ValueError(f"{source}: expected 1-D mono [N] or 2-D [N, channels] samples, got shape {data.shape}")
+        raise ValueError(f"{source}: expected 1-D mono [N] or 2-D [N, channels] samples, "
+                         f"got shape {data.shape}")
     wav = _as_waveform(data, argname=source)
     return _as_waveform(_resample(wav, orig_sr, sr), argname=source)
 
@@ -154,7 +161,8 @@ def _hz_to_mel(f):
     27 mels per factor 6.4 in frequency."""
     f = np.asarray(f, dtype=np.float64)
     log_step = np.log(6.4) / 27.0
-    return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-12) / 1000.0) / log_step, 3.0 * f / 200.0)
+    return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-12) / 1000.0) / log_step,
+                    3.0 * f / 200.0)
 
 
 def _mel_to_hz(m):
@@ -164,7 +172,8 @@ def _mel_to_hz(m):
 
 
 @lru_cache(maxsize=8)
-def mel_filters(n_mels: int = 80, n_fft: int = N_FFT, sr: int = SAMPLE_RATE, f_max: float = 8000.0) -> np.ndarray:
+def mel_filters(n_mels: int = 80, n_fft: int = N_FFT, sr: int = SAMPLE_RATE,
+                f_max: float = 8000.0) -> np.ndarray:
     """Slaney-normalised triangular mel filter bank, float64 [M, K] with K = n_fft // 2 + 1.
 
     Triangle m rises from edge f[m] to f[m+1] and falls to f[m+2], where f are M + 2 points evenly
@@ -181,18 +190,21 @@ def mel_filters(n_mels: int = 80, n_fft: int = N_FFT, sr: int = SAMPLE_RATE, f_m
 
 
 def _power_spectrogram_frames(audio: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """|STFT|^2 of frames [start, stop) of the reflect-padded signal: -> float64 [stop - start, K]."""
+    """|STFT|^2 of frames [start, stop) of the reflect-padded signal:
+    -> float64 [stop - start, K]."""
     window = hann_window(N_FFT)
     first = start * HOP_LENGTH
-    seg = audio[first:(stop - 1) * HOP_LENGTH + N_FFT].astype(np.float64)         # samples of these frames
+    seg = audio[first:(stop - 1) * HOP_LENGTH + N_FFT].astype(np.float64)   # these frames' samples
     frames = np.lib.stride_tricks.sliding_window_view(seg, N_FFT)[::HOP_LENGTH]     # [F, n_fft]
     spec = np.fft.rfft(frames * window, axis=-1)                                     # [F, K]
     return spec.real ** 2 + spec.imag ** 2
 
 
-def log_mel_spectrogram(audio, n_mels: int = 80, n_samples: int | None = N_SAMPLES, pad_mode: str = "reflect",
-                        dynamic_range: float | None = 8.0, chunk_frames: int = 6000) -> np.ndarray:
-    """Whisper's log-mel spectrogram.  audio float [N] at 16 kHz -> float32 [n_mels, n_samples // 160].
+def log_mel_spectrogram(audio, n_mels: int = 80, n_samples: int | None = N_SAMPLES,
+                        pad_mode: str = "reflect", dynamic_range: float | None = 8.0,
+                        chunk_frames: int = 6000) -> np.ndarray:
+    """Whisper's log-mel spectrogram.  audio float [N] at 16 kHz -> float32
+    [n_mels, n_samples // 160].
 
     n_samples: pad/trim the audio to this many samples first (default 30 s -> 3000 frames, what
       the encoder takes).  ``None`` keeps the whole clip (N // 160 frames), which is how
@@ -206,21 +218,26 @@ def log_mel_spectrogram(audio, n_mels: int = 80, n_samples: int | None = N_SAMPL
     chunk_frames: frames transformed at a time, bounding memory for hour-long audio.
     """
     if isinstance(n_mels, bool) or not isinstance(n_mels, (int, np.integer)) or n_mels < 1:
-        raise ValueError(f"n_mels must be a positive integer (80, or 128 for large-v3), got {n_mels!r}")
+        raise ValueError(f"n_mels must be a positive integer (80, or 128 for large-v3), "
+                         f"got {n_mels!r}")
     if pad_mode not in ("reflect", "constant"):
         raise ValueError(f"pad_mode must be 'reflect' (Whisper) or 'constant', got {pad_mode!r}")
-    if dynamic_range is not None and not (isinstance(dynamic_range, (int, float)) and dynamic_range > 0):
-        raise ValueError(f"dynamic_range must be a positive number of log10 units or None, got {dynamic_range!r}")
+    if dynamic_range is not None and not (isinstance(dynamic_range, (int, float))
+                                          and dynamic_range > 0):
+        raise ValueError(f"dynamic_range must be a positive number of log10 units or None, "
+                         f"got {dynamic_range!r}")
     wav = _as_waveform(audio)
     if n_samples is not None:
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < HOP_LENGTH:
-            raise ValueError(f"n_samples must be an integer >= {HOP_LENGTH} or None, got {n_samples!r}")
+        if (isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer))
+                or n_samples < HOP_LENGTH):
+            raise ValueError(f"n_samples must be an integer >= {HOP_LENGTH} or None, "
+                             f"got {n_samples!r}")
         wav = pad_or_trim(wav, int(n_samples))
     if wav.size <= N_FFT // 2:
-        raise ValueError(f"audio needs more than {N_FFT // 2} samples for the reflect padding of the "
-                         f"STFT, got {wav.size}")
+        raise ValueError(f"audio needs more than {N_FFT // 2} samples for the reflect padding of "
+                         f"the STFT, got {wav.size}")
     padded = np.pad(wav, N_FFT // 2, mode=pad_mode)                                 # [N + n_fft]
-    n_frames = wav.size // HOP_LENGTH                                                # the last of the 1 + N//hop frames is dropped
+    n_frames = wav.size // HOP_LENGTH                  # the last of the 1 + N // hop frames dropped
     filters = mel_filters(int(n_mels))                                              # [M, K]
     mel = np.empty((int(n_mels), n_frames), dtype=np.float64)                       # [M, F]
     for start in range(0, n_frames, chunk_frames):
