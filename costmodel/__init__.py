@@ -1,5 +1,5 @@
 """costmodel: per-layer FLOPs, bytes and roofline times of LLaMA 2, CLIP, SAM and Whisper on named
-devices, built from the pyworkloads model configs (DESIGN.md §3 and §5).
+devices, built from the pyworkloads model configs (docs/architecture.md §3 and §5).
 
     import costmodel as cm
     r = cm.analyze("llama2-7b", device="h100-sxm", phase="decode", batch=1, seq_len=2048, dtype="bf16")

@@ -19,15 +19,13 @@ import importlib
 from dataclasses import dataclass, field
 
 from . import hardware as _devices
+from .engine import add_trace
 from .graph import COUNT_FIELDS, TIME_FIELDS, GraphBuilder, Layer, Precision
 from .roofline import time_layers
 
-__all__ = ["analyze", "Report", "resolve_model", "MODELS", "PHASES", "presets"]
+__all__ = ["analyze", "Report", "Workload", "resolve_model", "MODELS", "PHASES", "presets"]
 
 MODELS = ("llama2", "clip", "sam", "whisper")
-PHASES = {"llama2": ("prefill", "decode", "generate"), "whisper": ("prefill", "decode", "generate"),
-          "clip": ("all", "image", "text"), "sam": ("all", "encoder", "decoder")}
-DEFAULT_PHASE = {"llama2": "decode", "whisper": "generate", "clip": "all", "sam": "all"}
 
 
 def _module(family: str):
@@ -36,6 +34,10 @@ def _module(family: str):
 
 def _graph(family: str):
     return importlib.import_module(f".graphs.{family}", __package__)
+
+
+def _phases() -> dict[str, tuple]:
+    return {fam: _graph(fam).PHASES for fam in MODELS}
 
 
 def presets() -> dict[str, str]:
@@ -68,13 +70,6 @@ def resolve_model(model) -> tuple[str, str, object]:
         if isinstance(model, mod.Config):
             return fam, f"{fam} (custom config)", model
     raise TypeError(f"model must be a preset name or a pyworkloads model Config, got {type(model).__name__}")
-
-
-def _positive(name: str, v, allow_zero: bool = False) -> int:
-    lo = 0 if allow_zero else 1
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,11 +127,71 @@ def totals(layers) -> dict:
     return t
 
 
-def _t(layers) -> float:
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Workload:
+    """What :func:`analyze` was asked, as the family modules (``graphs/<model>.py``) see it: the
+    config, the device, the precision and the attention/parallelism options; :meth:`layers`
+    turns a trace of the engine into timed records."""
+    family: str
+    cfg: object
+    device: _devices.Device
+    precision: Precision
+    attention: str
+    tp: int
+    fuse_elementwise: bool
+    batch: int
+
+    def layers(self, trace, phase: str, step: str = "") -> list[Layer]:
+        """The timed layer records of one traced forward pass."""
+        gb = GraphBuilder(self.precision, attention=self.attention, tp=self.tp,
+                          fuse_elementwise=self.fuse_elementwise, phase=phase, step=step)
+        add_trace(gb, trace, _graph(self.family).TP)
+        return time_layers(gb.layers, self.device)
+
+
+def seconds(layers) -> float:
+    """The roofline time of some records: their t_lower summed."""
     return sum(r.t_lower for r in layers)
 
 
-# ---------------------------------------------------------------------------------------------
+def positive(name: str, v, allow_zero: bool = False) -> int:
+    lo = 0 if allow_zero else 1
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def generation(w: Workload, phase: str, seq_len: int, new_tokens: int, prefill, decode) -> tuple:
+    """The phases of a decoder that generates token by token (LLaMA, Whisper's text decoder).
+
+    prefill() -> the records of the prompt's forward pass; decode(kv_len, step) -> the records of
+    one step at self-attention KV length ``kv_len``.  Returns (records, summary, final KV length).
+    "generate" is the prefill of seq_len tokens then new_tokens - 1 decode steps, each at its own
+    KV length, summed step by step."""
+    summary: dict = {}
+    if phase == "prefill":
+        layers = prefill()
+        ttft = seconds(layers)
+        summary.update(ttft_s=ttft, prefill_tokens_per_s=w.batch * seq_len / ttft)
+        return layers, summary, seq_len
+    if phase == "decode":
+        layers = decode(seq_len, str(seq_len))
+        tpot = seconds(layers)
+        summary.update(tpot_s=tpot, tokens_per_s=w.batch / tpot)
+        return layers, summary, seq_len
+    layers = prefill()
+    ttft = seconds(layers)
+    steps = _sum_decode(decode, [seq_len + j + 1 for j in range(new_tokens - 1)], f"1..{new_tokens - 1}")
+    t_dec = seconds(steps)
+    total = ttft + t_dec
+    b = w.batch
+    summary.update(ttft_s=ttft, tpot_s=t_dec / (new_tokens - 1) if new_tokens > 1 else None,
+                   total_s=total, tokens_per_s=b * new_tokens / total,
+                   decode_tokens_per_s=b * (new_tokens - 1) / t_dec if t_dec else None)
+    return layers + steps, summary, seq_len + new_tokens - 1
+
+
 def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1, seq_len: int | None = None,
             dtype: str = "bf16", new_tokens: int | None = None, *, weights: str | None = None,
             activations: str | None = None, kv: str | None = None, group_size: int = 128,
@@ -147,145 +202,42 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1, 
     for the phases).  ``dtype`` sets weights/activations/KV at once (int4/int8: weight-only);
     ``weights``/``activations``/``kv`` override each.  ``tp``: tensor-parallel degree (counts are
     per device, plus ring all-reduce time over the interconnect).  ``logits``: "last" (serving)
-    or "all" (every position, as ``model(ids)`` returns)."""
+    or "all" (every position, as ``model(ids)`` returns).
+
+    The layer records come from a shape-only trace of the pyworkloads forward pass of this
+    workload (``costmodel.engine``); the family module (``graphs/<model>.py``) says which forward
+    functions a phase runs."""
     family, label, cfg = resolve_model(model)
     dev = _devices.get_device(device)
-    phase = phase or DEFAULT_PHASE[family]
-    if phase not in PHASES[family]:
-        raise ValueError(f"phase {phase!r} does not apply to {family}; choose one of {', '.join(PHASES[family])}")
-    _positive("batch", batch)
-    _positive("prompts", prompts)
-    _positive("points", points, allow_zero=True)
+    fam = _graph(family)
+    phase = phase or fam.DEFAULT_PHASE
+    if phase not in fam.PHASES:
+        raise ValueError(f"phase {phase!r} does not apply to {family}; choose one of {', '.join(fam.PHASES)}")
+    positive("batch", batch)
     if logits not in ("last", "all"):
         raise ValueError(f"logits must be 'last' or 'all', got {logits!r}")
+    if attention not in ("flash", "unfused"):
+        raise ValueError(f"attention must be 'flash' or 'unfused', got {attention!r}")
+    positive("tp", tp)
     prec = Precision.parse(dtype, weights=weights, activations=activations, kv=kv, group_size=group_size, tf32=tf32)
     for dt in {prec.matmul_dtype, prec.attention_dtype}:
         if not dev.supports(dt):
             raise ValueError(f"device {dev.key!r} ({dev.name}) has no {dt} tensor rate; choose another dtype "
                              f"(it supports {', '.join(d for d in dev.peaks)})")
+    w = Workload(family, cfg, dev, prec, attention, tp, fuse_elementwise, batch)
     opts = dict(batch=batch, dtype=dtype, precision=prec.describe(), attention=attention, tp=tp,
                 fuse_elementwise=fuse_elementwise)
-
-    def builder(ph: str, step: str = "") -> GraphBuilder:
-        return GraphBuilder(prec, attention=attention, tp=tp, fuse_elementwise=fuse_elementwise, phase=ph, step=step)
-
-    g = _graph(family)
-    summary: dict = {}
-    layers: list[Layer] = []
-    kv_bytes = 0.0
-    if family in ("llama2", "whisper"):
-        if family == "llama2":
-            ctx = cfg.max_position_embeddings
-            seq_len = 512 if seq_len is None else seq_len
-        else:
-            ctx = cfg.max_target_positions
-            seq_len = 4 if seq_len is None else seq_len     # <|startoftranscript|><|lang|><|task|><|notimestamps|>
-        _positive("seq_len", seq_len)
-        # defaults: 128 generated tokens for LLaMA; ~100 for 30 s of speech (about 75 words) in Whisper
-        n_new = (128 if family == "llama2" else 100) if new_tokens is None else _positive("new_tokens", new_tokens)
-        last = seq_len + (n_new - 1 if phase == "generate" else 0)
-        if last > ctx:
-            raise ValueError(f"seq_len {seq_len}" + (f" + new_tokens {n_new} - 1" if phase == "generate" else "")
-                             + f" = {last} exceeds the model's context of {ctx} positions")
-        opts.update(seq_len=seq_len, logits=logits, **({"new_tokens": n_new} if phase == "generate" else {}))
-
-        def prefill_graph() -> list[Layer]:
-            gb = builder("prefill")
-            if family == "llama2":
-                g.forward(gb, cfg, batch, seq_len, 0, logits)
-            else:
-                enc = builder("encoder")
-                g.encoder(enc, cfg, batch)
-                g.decoder(gb, cfg, batch, seq_len, 0, "compute", logits)
-                return time_layers(enc.layers, dev) + time_layers(gb.layers, dev)
-            return time_layers(gb.layers, dev)
-
-        def decode_graph(kv_len: int, step: str) -> list[Layer]:
-            gb = builder("decode", step)
-            if family == "llama2":
-                g.forward(gb, cfg, batch, 1, kv_len - 1, "last")
-            else:
-                g.decoder(gb, cfg, batch, 1, kv_len - 1, "cached", "last")
-            return time_layers(gb.layers, dev)
-
-        if phase == "prefill":
-            layers = prefill_graph()
-            ttft = _t(layers)
-            summary.update(ttft_s=ttft, prefill_tokens_per_s=batch * seq_len / ttft)
-            if family == "whisper":
-                summary["encoder_s"] = _t([r for r in layers if r.phase == "encoder"])
-            kv_len = seq_len
-        elif phase == "decode":
-            layers = decode_graph(seq_len, str(seq_len))
-            tpot = _t(layers)
-            summary.update(tpot_s=tpot, tokens_per_s=batch / tpot)
-            kv_len = seq_len
-        else:
-            layers = prefill_graph()
-            ttft = _t(layers)
-            decode = _sum_decode(decode_graph, [seq_len + j + 1 for j in range(n_new - 1)], f"1..{n_new - 1}")
-            layers = layers + decode
-            t_dec = _t(decode)
-            total = ttft + t_dec
-            summary.update(ttft_s=ttft, tpot_s=t_dec / (n_new - 1) if n_new > 1 else None,
-                           total_s=total, tokens_per_s=batch * n_new / total,
-                           decode_tokens_per_s=batch * (n_new - 1) / t_dec if t_dec else None)
-            if family == "whisper":
-                summary["encoder_s"] = _t([r for r in layers if r.phase == "encoder"])
-            kv_len = seq_len + n_new - 1
-        kv_bytes = g.kv_cache_bytes(cfg, batch, kv_len, prec.kv_bytes, tp)
-    elif family == "clip":
-        tb = batch if text_batch is None else _positive("text_batch", text_batch)
-        T = cfg.text_config.max_position_embeddings if seq_len is None else _positive("seq_len", seq_len)
-        if T > cfg.text_config.max_position_embeddings:
-            raise ValueError(f"seq_len {T} exceeds CLIP's text context of {cfg.text_config.max_position_embeddings}")
-        opts.update(text_batch=tb, seq_len=T)
-        if phase in ("image", "all"):
-            gb = builder("image")
-            g.image_tower(gb, cfg, batch)
-            img = time_layers(gb.layers, dev)
-            layers += img
-            summary.update(image_s=_t(img), images_per_s=batch / _t(img))
-        if phase in ("text", "all"):
-            gb = builder("text")
-            g.text_tower(gb, cfg, tb, T)
-            txt = time_layers(gb.layers, dev)
-            layers += txt
-            summary.update(text_s=_t(txt), texts_per_s=tb / _t(txt))
-        if phase == "all":
-            gb = builder("similarity")
-            g.similarity(gb, cfg, batch, tb)
-            layers += time_layers(gb.layers, dev)
-            summary["total_s"] = _t(layers)
-    else:                                                       # sam
-        opts.update(prompts=prompts, points=points, boxes=boxes)
-        t_enc = t_dec = None
-        if phase in ("encoder", "all"):
-            gb = builder("encoder")
-            g.image_encoder(gb, cfg, batch)
-            enc = time_layers(gb.layers, dev)
-            layers += enc
-            t_enc = _t(enc)
-            summary.update(encoder_s=t_enc, images_per_s=batch / t_enc)
-        if phase in ("decoder", "all"):
-            gb = builder("decoder")
-            g.image_positional_embeddings(gb, cfg)
-            g.prompt_decoder(gb, cfg, batch, prompts, points, boxes)
-            dec = time_layers(gb.layers, dev)
-            layers += dec
-            t_dec = _t(dec)
-            summary.update(decoder_s=t_dec, decoder_s_per_prompt=t_dec / (batch * prompts))
-        if phase == "all":
-            summary.update(images_per_s=batch / (t_enc + t_dec),
-                           amortised_s_per_prompt=(t_enc + t_dec) / (batch * prompts),
-                           total_s=t_enc + t_dec)
+    layers, summary, kv_bytes, used = fam.analyze(w, phase, batch=batch, seq_len=seq_len, new_tokens=new_tokens,
+                                                  logits=logits, text_batch=text_batch, prompts=prompts,
+                                                  points=points, boxes=boxes)
+    opts.update(used)
     params = _module(family).count_params(cfg)
     w_bytes = _weight_bytes(params, prec) / tp
     act_bytes = max((r.bytes_act_in + r.bytes_act_out for r in layers), default=0.0)
     mem = {"weights": w_bytes, "kv_cache": kv_bytes, "activations": act_bytes}
     mem["total"] = sum(mem.values())
     summary.update(memory_bytes=mem, fits=mem["total"] <= dev.memory, device_memory_bytes=dev.memory,
-                   time_s=_t(layers))
+                   time_s=seconds(layers))
     return Report(model=label, family=family, config=cfg, device=dev, phase=phase, options=opts, layers=layers,
                   params=params, summary=summary)
 
@@ -356,3 +308,6 @@ def _finish_sum(out: list[Layer], label: str) -> list[Layer]:
         if " kv[" in acc.shapes:
             acc.shapes = acc.shapes.split(" kv[")[0] + f" kv[... summed over steps {label}]"
     return out
+
+
+PHASES = _phases()

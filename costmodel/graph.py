@@ -1,10 +1,12 @@
-"""Per-layer records and the builder the model graphs use to emit them.
+"""Per-layer records (:class:`Layer`), precisions, and the builder that emits the records.
 
-A model graph (``costmodel/graphs/<model>.py``) walks the model's modules in execution order and
-calls one builder method per kernel: ``linear``, ``conv2d``, ``matmul``, ``attention``, ``norm``,
-``elementwise``, ``embedding``, ``allreduce``.  Each method counts the work of that kernel under
-the conventions of DESIGN.md §5 and appends a :class:`Layer`.  Times are filled in afterwards by
-:mod:`costmodel.roofline` for a given device, so the same graph serves every device.
+``costmodel.engine`` walks a shape-only trace of the engine's forward pass and calls one builder
+method per kernel: ``weight_gemm`` (linear layers and convolutions as their im2col GEMMs, with
+``add_bias`` for a fused bias), ``matmul_record`` (products of two activations), ``attention``,
+``norm``, ``gelu``, ``embedding``, ``elementwise_record`` and ``allreduce``.  Each method counts
+the work of that kernel under the conventions of the README's cost-model section and appends a
+:class:`Layer`.  Times are filled in afterwards by :mod:`costmodel.roofline` for a given device,
+so the same records serve every device.
 
 Counts (all exact integers):
   macs         multiply-accumulates of matrix products / convolutions actually executed
@@ -13,7 +15,7 @@ Counts (all exact integers):
                activations, bias adds -- timed at the device's vector peak
   flops_dense  2·macs at full unmasked extent (PyTorch FlopCounterMode's convention)
 The engine-facing conventions (attention softmax = 6 FLOPs per score (+1 with a bias), rms_norm
-4 per element, layer_norm 5 + 1 per affine term) are those of ``pyworkloads.kernels``.
+4 per element, layer_norm 5 + 1 per affine term, GELU 5) are those of ``pyworkloads.kernels``.
 """
 from __future__ import annotations
 
@@ -28,16 +30,17 @@ ACT_DTYPES = ("fp32", "bf16", "fp16", "fp8")
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
 KV_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8")
 
-# FLOPs per element of the elementwise ops the engine runs in NumPy (not seen by pw.profile(),
-# so these are conventions, stated once here): an exp/erf/tanh counts as one FLOP.
-ACT_FLOPS = {"gelu": 5, "gelu_new": 8, "gelu_pytorch_tanh": 8, "quick_gelu": 4, "silu": 4, "swish": 4, "relu": 1}
+# FLOPs per element of the dispatched GELU kernel (scale, erf, add, two multiplies), as
+# pyworkloads.kernels counts it; elementwise work outside the kernels is counted by the trace.
+GELU_FLOPS = 5
 
 
 @dataclass
 class Layer:
-    """One kernel of one layer (DESIGN.md §5 schema, + phase/step and three extension columns)."""
+    """One kernel of one layer (docs/architecture.md §5 schema, + phase/step and three extension columns)."""
     name: str                 # HF module path, e.g. "model.layers.3.self_attn.q_proj"
-    op: str                   # matmul | conv | attention | rms_norm | layer_norm | elementwise | embedding | allreduce
+    op: str                   # matmul | conv | attention | rms_norm | layer_norm | gelu | elementwise
+                              # | embedding | allreduce
     shapes: str               # human-readable operand shapes
     dtype: str                # compute dtype
     macs: int = 0
@@ -59,6 +62,7 @@ class Layer:
     flops_vector: int = 0     # extension: the non-tensor-core part of flops
     bytes_comm: float = 0     # extension: bytes each device sends in collectives (tensor parallel)
     t_comm: float = 0.0       # extension: interconnect time of collectives
+    scope: str = ""           # extension: the kernels.scope() the engine ran it in
 
     @property
     def bytes(self) -> float:
@@ -176,11 +180,16 @@ class GraphBuilder:
         self.fuse = fuse_elementwise
         self.phase = phase
         self.step = step
+        self.scope = ""                     # the engine scope of the records being added
         self.layers: list[Layer] = []
 
-    def _add(self, **kw) -> Layer:
-        rec = Layer(phase=self.phase, step=self.step, **kw)
-        self.layers.append(rec)
+    def _add(self, at: int | None = None, **kw) -> Layer:
+        """Make a record and append it (or put it in the placeholder slot ``at``)."""
+        rec = Layer(phase=self.phase, step=self.step, scope=self.scope, **kw)
+        if at is None:
+            self.layers.append(rec)
+        else:
+            self.layers[at] = rec
         return rec
 
     def split(self, n: int, what: str) -> int:
@@ -190,54 +199,51 @@ class GraphBuilder:
         return n // self.tp
 
     # -- dense ---------------------------------------------------------------------------------
-    def linear(self, name: str, tokens: int, d_in: int, d_out: int, bias: bool, parallel: str | None = None):
-        """x [tokens, d_in] · Wᵀ [d_in, d_out] (+ b).  parallel: None (replicated), "col" (d_out
-        split) or "row" (d_in split, followed by an all-reduce of the output)."""
+    def weight_gemm(self, name: str, op: str, rows: int, d_in: int, d_out: int, weight_elems: int,
+                    act_in_elems: int, act_out_elems: int, parallel: str | None = None) -> Layer:
+        """x [rows, d_in] · W [d_in, d_out]: a linear layer, or a convolution run as its im2col
+        GEMM (op "conv").  ``weight_elems`` / ``act_in_elems`` are the distinct elements read (an
+        im2col matrix reads its image once), ``act_out_elems`` those written.
+
+        parallel: None (replicated), "col" (d_out split over tp devices) or "row" (d_in split, an
+        all-reduce of the output follows)."""
         if parallel == "col":
             d_out = self.split(d_out, f"{name} output width")
+            weight_elems, act_out_elems = weight_elems // self.tp, act_out_elems // self.tp
         elif parallel == "row":
             d_in = self.split(d_in, f"{name} input width")
-        macs = tokens * d_in * d_out
-        # a row-parallel bias is added once, after the reduction
-        bias_flops = tokens * d_out if bias else 0
+            weight_elems, act_in_elems = weight_elems // self.tp, act_in_elems // self.tp
+        macs = rows * d_in * d_out
         a = self.p.act_bytes
-        self._add(name=name, op="matmul", shapes=f"{_shape(tokens, d_in)}x{_shape(d_in, d_out)}",
-                  dtype=self.p.matmul_dtype, macs=macs, flops=2 * macs + bias_flops, flops_vector=bias_flops,
-                  flops_dense=2 * macs,
-                  bytes_weights=self.p.weight_bytes(d_in * d_out, d_out) + (d_out * a if bias else 0),
-                  bytes_act_in=tokens * d_in * a, bytes_act_out=tokens * d_out * a)
+        rec = self._add(name=name, op=op, shapes=f"{_shape(rows, d_in)}x{_shape(d_in, d_out)}",
+                        dtype=self.p.matmul_dtype, macs=macs, flops=2 * macs, flops_dense=2 * macs,
+                        bytes_weights=self.p.weight_bytes(weight_elems, d_out),
+                        bytes_act_in=act_in_elems * a, bytes_act_out=act_out_elems * a)
         if parallel == "row" and self.tp > 1:
-            self.allreduce(name + ".allreduce", tokens * d_out)
+            self.allreduce(name + ".allreduce", act_out_elems)
+        return rec
 
-    def conv2d(self, name: str, batch: int, c_in: int, c_out: int, k: tuple, in_hw: tuple, out_hw: tuple,
-               bias: bool, transposed: bool = False):
-        """A convolution counted as its im2col GEMM (as ops.conv2d runs it): [B·Ho·Wo, Cin·kh·kw] x
-        [Cin·kh·kw, Cout].  Transposed: [B·H·W, Cin] x [Cin, Cout·kh·kw] scattered into the output."""
-        kh, kw = k
-        (H, W), (Ho, Wo) = in_hw, out_hw
-        if transposed:
-            macs = batch * H * W * c_in * c_out * kh * kw
-        else:
-            macs = batch * Ho * Wo * c_in * kh * kw * c_out
-        out_elems = batch * c_out * Ho * Wo
-        bias_flops = out_elems if bias else 0
-        a = self.p.act_bytes
-        self._add(name=name, op="conv", shapes=f"{_shape(batch, c_in, H, W)}*{_shape(c_out, c_in, kh, kw)}",
-                  dtype=self.p.matmul_dtype, macs=macs, flops=2 * macs + bias_flops, flops_vector=bias_flops,
-                  flops_dense=2 * macs,
-                  bytes_weights=self.p.weight_bytes(c_in * c_out * kh * kw, c_out) + (c_out * a if bias else 0),
-                  bytes_act_in=batch * c_in * H * W * a, bytes_act_out=out_elems * a)
+    def add_bias(self, rec: Layer, parallel: str | None, out_elems: int, bias_elems: int) -> None:
+        """A bias add fused into the epilogue of GEMM ``rec``: one vector FLOP per output element
+        and the bias read.  A column-parallel layer adds its slice of the bias; a row-parallel
+        one adds the whole bias once, after the reduction."""
+        split = self.tp if parallel == "col" else 1
+        elems = out_elems // split
+        rec.flops += elems
+        rec.flops_vector += elems
+        rec.bytes_weights += bias_elems // split * self.p.act_bytes
 
-    def conv1d(self, name: str, batch: int, c_in: int, c_out: int, k: int, length: int, out_length: int, bias: bool):
-        self.conv2d(name, batch, c_in, c_out, (1, k), (1, length), (1, out_length), bias)
-
-    def matmul(self, name: str, batch: int, m: int, k: int, n: int):
+    def matmul_record(self, name: str, batch: int, m: int, k: int, n: int, a_elems: int | None = None,
+                      b_elems: int | None = None) -> Layer:
         """A product of two activations (no weights): [batch, m, k] x [batch, k, n]."""
         macs = batch * m * k * n
         a = self.p.act_bytes
-        self._add(name=name, op="matmul", shapes=f"{_shape(batch, m, k)}x{_shape(batch, k, n)}",
-                  dtype=self.p._compute(self.p.activations), macs=macs, flops=2 * macs, flops_dense=2 * macs,
-                  bytes_act_in=batch * (m * k + k * n) * a, bytes_act_out=batch * m * n * a)
+        a_elems = batch * m * k if a_elems is None else a_elems
+        b_elems = batch * k * n if b_elems is None else b_elems
+        return self._add(name=name, op="matmul", shapes=f"{_shape(batch, m, k)}x{_shape(batch, k, n)}",
+                         dtype=self.p._compute(self.p.activations), macs=macs, flops=2 * macs,
+                         flops_dense=2 * macs, bytes_act_in=(a_elems + b_elems) * a,
+                         bytes_act_out=batch * m * n * a)
 
     # -- attention -----------------------------------------------------------------------------
     def attention(self, name: str, batch: int, heads: int, kv_heads: int, tq: int, tk: int, dh: int,
@@ -300,22 +306,25 @@ class GraphBuilder:
                   bytes_weights=(affine if kind == "layer_norm" else 1) * width * a,
                   bytes_act_in=n * a, bytes_act_out=n * a)
 
-    def elementwise(self, name: str, elems: int, flops_per_elem: float, inputs: int = 1, outputs: int = 1,
-                    what: str = ""):
-        """Activations, residual adds, RoPE ...: fused into a neighbouring kernel's epilogue by default
-        (no DRAM traffic of their own); ``fuse_elementwise=False`` charges each its reads and writes."""
-        f = int(round(flops_per_elem * elems))
+    def elementwise_record(self, name: str, flops: int, what: str, shape: str, weight_elems: int = 0,
+                           act_in_elems: int = 0, act_out_elems: int = 0, at: int | None = None) -> Layer:
+        """Elementwise work outside the kernels (residual adds, RoPE, activations, scaling):
+        fused into a neighbouring kernel by default, so only the weights it reads (a position
+        table) cost traffic; ``fuse_elementwise=False`` charges every read and write."""
         a = self.p.act_bytes
-        self._add(name=name, op="elementwise", shapes=f"{_shape(elems)} {what}".strip(), dtype="fp32",
-                  flops=f, flops_vector=f,
-                  bytes_act_in=0 if self.fuse else inputs * elems * a,
-                  bytes_act_out=0 if self.fuse else outputs * elems * a)
+        return self._add(at=at, name=name, op="elementwise", shapes=f"{shape} {what}".strip(), dtype="fp32",
+                         flops=flops, flops_vector=flops, bytes_weights=weight_elems * a,
+                         bytes_act_in=0 if self.fuse else act_in_elems * a,
+                         bytes_act_out=0 if self.fuse else act_out_elems * a)
 
-    def activation(self, name: str, act: str, elems: int, gated: bool = False):
-        if act not in ACT_FLOPS:
-            raise ValueError(f"{name}: unknown activation {act!r}; known: {', '.join(ACT_FLOPS)}")
-        self.elementwise(name, elems, ACT_FLOPS[act] + (1 if gated else 0), inputs=2 if gated else 1,
-                         what=act + (" * up" if gated else ""))
+    def gelu(self, name: str, elems: int, sharded: bool = False) -> Layer:
+        """The dispatched GELU kernel over ``elems`` elements (1/tp of them when the activations
+        are sharded), GELU_FLOPS per element as pyworkloads.kernels counts it."""
+        n = elems // self.tp if sharded else elems
+        a = self.p.act_bytes
+        return self._add(name=name, op="gelu", shapes=_shape(n), dtype="fp32",
+                         flops=GELU_FLOPS * n, flops_vector=GELU_FLOPS * n,
+                         bytes_act_in=0 if self.fuse else n * a, bytes_act_out=0 if self.fuse else n * a)
 
     def embedding(self, name: str, tokens: int, width: int):
         """A table lookup: reads ``tokens`` rows (weights traffic) and writes them (no FLOPs)."""

@@ -14,7 +14,7 @@ from .report import grouped
 __all__ = ["roofline", "breakdown", "save"]
 
 _COLORS = {"matmul": "tab:blue", "conv": "tab:cyan", "attention": "tab:red", "rms_norm": "tab:green",
-           "layer_norm": "tab:green", "elementwise": "tab:olive", "embedding": "tab:gray", "allreduce": "tab:purple"}
+           "layer_norm": "tab:green", "gelu": "tab:olive", "elementwise": "tab:olive", "embedding": "tab:gray", "allreduce": "tab:purple"}
 
 
 def _plt():

@@ -1,5 +1,5 @@
 """Output formats of a :class:`~costmodel.analysis.Report`: JSON, CSV, Markdown and a terminal
-table.  All of them use the one record schema of DESIGN.md §5 (``costmodel.graph.SCHEMA``)."""
+table.  All of them use the one record schema of docs/architecture.md §5 (``costmodel.graph.SCHEMA``)."""
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,4 @@
-"""Roofline times of layer records on a device (DESIGN.md §5).
+"""Roofline times of layer records on a device (docs/architecture.md §5).
 
     t_compute = (flops - flops_vector) / peak(dtype) + flops_vector / vector_peak
     t_memory  = bytes / bandwidth

@@ -12,12 +12,9 @@ import numpy as np
 
 import costmodel as cm
 import pyworkloads as pw
-from costmodel.graph import GraphBuilder, Precision
-from costmodel.graphs import llama2 as g_llama
-from costmodel.roofline import time_layers
 
 KERNEL_OP = {"matmul": "matmul", "conv": "matmul", "attention": "attention", "rms_norm": "rms_norm",
-             "layer_norm": "layer_norm"}
+             "layer_norm": "layer_norm", "gelu": "gelu"}
 
 
 def main():
@@ -35,11 +32,11 @@ def main():
         m(ids[:, :8])                                                  # warm-up
         with pw.profile() as prof:
             m(ids)
-    gb = GraphBuilder(Precision.parse("fp32"), attention="unfused")    # what the NumPy forward runs
-    g_llama.forward(gb, m.config, 1, a.tokens, 0, logits="all")
-    time_layers(gb.layers, dev)
+    # the same forward pass, traced: float32 and the full score matrix, as the NumPy forward runs
+    rep = cm.analyze(m.config, dev, phase="prefill", seq_len=a.tokens, logits="all", dtype="fp32",
+                     attention="unfused")
     bound, measured = defaultdict(float), defaultdict(float)
-    for r in gb.layers:
+    for r in rep.layers:
         if r.op in KERNEL_OP:
             bound[KERNEL_OP[r.op]] += r.t_lower
     for r in prof.records:

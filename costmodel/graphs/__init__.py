@@ -1,1 +1,3 @@
-"""Layer graphs of the four models, one module each, built from the pyworkloads configs."""
+"""One module per model family: which engine forward functions each phase of ``analyze()`` runs,
+traced shape-only (``pyworkloads.kernels.trace``), and the family's summary figures and tensor
+parallel plan.  The layer list itself always comes from the engine."""

@@ -1,61 +1,67 @@
-"""LLaMA 2 as a layer graph: the kernels of one forward pass over ``T`` new tokens with ``past``
-tokens already in the KV cache (prefill: past = 0; one decode step: T = 1, past = KV length).
+"""LLaMA 2 workloads: the engine's ``llama2.forward`` traced over ``T`` new tokens with ``past``
+tokens already in the KV cache (prefill: past = 0; one decode step: T = 1, past = KV length - 1).
 
-Dimensions come from ``pyworkloads.models.llama2.Config`` (HF field names); names are the HF
-module paths, so a record lines up with the checkpoint tensors it reads.
-"""
+Phases: "prefill" (batch x seq_len prompt tokens), "decode" (one token against a KV cache of
+seq_len keys, the new one included), "generate" (prefill of seq_len tokens, then new_tokens - 1
+decode steps, each at its own KV length)."""
 from __future__ import annotations
 
-from ..graph import GraphBuilder
+import numpy as np
+
+from pyworkloads.kernels import trace
+from pyworkloads.kernels.tracing import kv_zeros, traced_weights
+from pyworkloads.models import llama2
+from pyworkloads.models.common import KVCache
+
+from ..analysis import generation, positive
+from ..engine import TensorParallel
+
+PHASES = ("prefill", "decode", "generate")
+DEFAULT_PHASE = "decode"
+# Megatron: q/k/v, gate/up and the vocabulary projection split their outputs, o/down their inputs
+TP = TensorParallel(col=("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "lm_head"),
+                    row=("o_proj", "down_proj"), sharded=("self_attn", "mlp"))
 
 
-def forward(gb: GraphBuilder, cfg, batch: int, tokens: int, past: int = 0, logits: str = "last") -> None:
-    """Emit the records of ``model(ids[B, T])`` continuing a cache of ``past`` tokens.
+def _cache(cfg, batch: int, capacity: int) -> KVCache:
+    return KVCache(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, capacity,
+                   zeros=kv_zeros())
+
+
+def forward_trace(cfg, batch: int, tokens: int, past: int = 0, logits: str = "last"):
+    """The trace of ``forward(ids[B, T])`` continuing a KV cache that holds ``past`` tokens.
 
     logits: "all" computes the vocabulary projection for every position (what ``model(ids)``
-    returns), "last" only for the last one (what generation needs, and HF's ``logits_to_keep=1``)."""
-    D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    H, KVH = cfg.num_attention_heads, cfg.num_key_value_heads
-    Dh = cfg.head_dim or D // H
-    N = batch * tokens                                                  # rows of every GEMM
-    ab, mb = cfg.attention_bias, cfg.mlp_bias
-    gb.embedding("model.embed_tokens", N, D)
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}"
-        gb.norm(f"{p}.input_layernorm", "rms_norm", N, D)
-        gb.linear(f"{p}.self_attn.q_proj", N, D, H * Dh, ab, parallel="col")
-        gb.linear(f"{p}.self_attn.k_proj", N, D, KVH * Dh, ab, parallel="col")
-        gb.linear(f"{p}.self_attn.v_proj", N, D, KVH * Dh, ab, parallel="col")
-        # RoPE on q and k: 2 multiplies + 1 add per output element
-        gb.elementwise(f"{p}.self_attn.rotary_emb", N * (H + KVH) * Dh // gb.tp, 3, what="rope q,k")
-        gb.attention(f"{p}.self_attn", batch, H, KVH, tokens, past + tokens, Dh, causal=True,
-                     kv_cache="cache", new_kv=tokens)
-        gb.linear(f"{p}.self_attn.o_proj", N, H * Dh, D, ab, parallel="row")
-        gb.elementwise(f"{p}.residual_attn", N * D, 1, inputs=2, what="residual add")
-        gb.norm(f"{p}.post_attention_layernorm", "rms_norm", N, D)
-        gb.linear(f"{p}.mlp.gate_proj", N, D, F, mb, parallel="col")
-        gb.linear(f"{p}.mlp.up_proj", N, D, F, mb, parallel="col")
-        gb.activation(f"{p}.mlp.act_fn", cfg.hidden_act, N * F // gb.tp, gated=True)
-        gb.linear(f"{p}.mlp.down_proj", N, F, D, mb, parallel="row")
-        gb.elementwise(f"{p}.residual_mlp", N * D, 1, inputs=2, what="residual add")
-    rows = N if logits == "all" else batch
-    gb.norm("model.norm", "rms_norm", rows, D)
-    gb.linear("lm_head", rows, D, V, False, parallel="col")
+    returns), "last" only for the last one (what generation needs)."""
+    cache = _cache(cfg, batch, past + tokens)
+    cache.advance(past)
+    ids = np.zeros((batch, tokens), np.int64)
+    with trace() as tr:
+        llama2.forward(ids, traced_weights(llama2.weight_shapes(cfg)), cfg, cache=cache,
+                       last_only=logits == "last")
+    return tr
 
 
 def kv_cache_bytes(cfg, batch: int, length: int, kv_bytes: float, tp: int = 1) -> float:
-    """Keys and values of every layer for ``length`` positions (per device under tensor parallelism)."""
-    Dh = cfg.head_dim or cfg.hidden_size // cfg.num_attention_heads
-    kvh = max(cfg.num_key_value_heads // tp, 1)
-    return 2 * cfg.num_hidden_layers * batch * kvh * length * Dh * kv_bytes
+    """Keys and values of every layer for ``length`` positions (per device under tensor
+    parallelism: KV heads split, or replicated when there are fewer than devices)."""
+    cache = _cache(cfg, batch, length)
+    elems = sum(t.size for t in cache.k + cache.v)
+    kvh = cfg.num_key_value_heads
+    return elems * max(kvh // tp, 1) / kvh * kv_bytes
 
 
-def count_params(cfg) -> int:
-    """An independent derivation of the parameter count from the config (no weight table)."""
-    D, F, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
-    Dh = cfg.head_dim or D // cfg.num_attention_heads
-    q, kv = cfg.num_attention_heads * Dh, cfg.num_key_value_heads * Dh
-    attn = D * q + 2 * D * kv + q * D + (q + 2 * kv + D if cfg.attention_bias else 0)
-    mlp = 3 * D * F + (2 * F + D if cfg.mlp_bias else 0)
-    head = 0 if cfg.tie_word_embeddings else V * D
-    return V * D + L * (attn + mlp + 2 * D) + D + head
+def analyze(w, phase: str, *, batch: int, seq_len, new_tokens, logits: str, **_):
+    cfg = w.cfg
+    seq_len = 512 if seq_len is None else positive("seq_len", seq_len)
+    n_new = 128 if new_tokens is None else positive("new_tokens", new_tokens)
+    last = seq_len + (n_new - 1 if phase == "generate" else 0)
+    if last > cfg.max_position_embeddings:
+        raise ValueError(f"seq_len {seq_len}" + (f" + new_tokens {n_new} - 1" if phase == "generate" else "")
+                         + f" = {last} exceeds the model's context of {cfg.max_position_embeddings} positions")
+    layers, summary, kv_len = generation(
+        w, phase, seq_len, n_new,
+        prefill=lambda: w.layers(forward_trace(cfg, batch, seq_len, 0, logits), "prefill"),
+        decode=lambda kv, step: w.layers(forward_trace(cfg, batch, 1, kv - 1, "last"), "decode", step))
+    used = dict(seq_len=seq_len, logits=logits, **({"new_tokens": n_new} if phase == "generate" else {}))
+    return layers, summary, kv_cache_bytes(cfg, batch, kv_len, w.precision.kv_bytes, w.tp), used

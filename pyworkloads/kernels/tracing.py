@@ -142,10 +142,11 @@ class Traced:
     __array_priority__ = 1000
 
     def __init__(self, shape, dtype=np.float32, source: Source | None = None,
-                 unique: int | None = None):
+                 unique: int | None = None, origin: str | None = None):
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self.source = source
+        self.origin = origin              # the weight rows were gathered from (names the use)
         size = self.size
         self.unique = size if unique is None else min(int(unique), size)
 
@@ -198,7 +199,7 @@ class Traced:
         self._refuse("int()")
 
     def __iter__(self):
-        self._refuse("iteration")
+        return (self[i] for i in range(self.shape[0]))       # views along the first axis
 
     def tolist(self):
         self._refuse("tolist()")
@@ -208,7 +209,8 @@ class Traced:
 
     # -- views: same data, new shape --------------------------------------------------------
     def _view(self, shape, unique: int | None = None) -> "Traced":
-        return Traced(shape, self.dtype, self.source, self.unique if unique is None else unique)
+        return Traced(shape, self.dtype, self.source, self.unique if unique is None else unique,
+                      self.origin)
 
     def reshape(self, *shape, order="C") -> "Traced":
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -227,7 +229,7 @@ class Traced:
         return self._view(_dummy(self.shape).squeeze(axis).shape)
 
     def astype(self, dtype, copy=True, **kw) -> "Traced":
-        return Traced(self.shape, dtype, self.source, self.unique)
+        return Traced(self.shape, dtype, self.source, self.unique, self.origin)
 
     def copy(self, order="C") -> "Traced":
         return self._view(self.shape)
@@ -247,10 +249,10 @@ class Traced:
         shape = _dummy(self.shape)[idx].shape
         if not self._is_gather(idx):                                  # a view
             return self._view(shape, min(self.unique, math.prod(shape)))
-        out = Traced(shape, self.dtype, self.source)
+        out = Traced(shape, self.dtype, origin=self.origin)         # a new activation
         if self.source is not None and self.source.kind == "weight":
-            out.unique = min(out.size, self.unique)                 # rows read from the table
-            _record("embedding", [self], out, what="gather")
+            out.origin = self.source.name
+            _record("embedding", [self], out, what="gather")       # rows read from the table
         else:
             _record("elementwise", [self], out, what="gather")
         return out

@@ -1,152 +1,222 @@
-"""The cost model's per-layer FLOPs equal what pw.profile() counts while the NumPy forward runs.
+"""The cost model counts what the engine runs: on random configs of all four families, per
+profiler scope and per kernel, the MACs and FLOPs of ``costmodel.analyze`` equal what
+``pw.profile()`` counts while the NumPy forward pass of the same workload runs; and the reported
+parameter count is the sum of the engine's weight shapes.
 
-Two independent derivations: the graphs in costmodel/graphs/ count from the config; the profiler
-counts the arrays each dispatched kernel actually receives.  Records are matched per profiler
-scope (the HF module path the model wraps around its kernel calls; a cost-model record belongs to
-the longest scope that is a dotted prefix of its name, "" otherwise) and per kernel op."""
+``analyze`` gets its layers from a shape-only trace of the engine's forward functions, so these
+are two runs of one code path -- one on numbers, one on shapes.  What the test guards is that the
+shapes the trace propagates, the kernels it records and the way ``costmodel.engine`` turns them
+into layer records are faithful, on configs nobody tuned by hand: GQA ratios, explicit head
+widths, tied and untied heads, biases, windows that need padding, non-default downsample rates,
+80 and 128 mel bins."""
 from __future__ import annotations
 
+import math
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
-import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import costmodel as cm
 import pyworkloads as pw
-from costmodel.graph import GraphBuilder, Precision
-from costmodel.graphs import clip as g_clip, llama2 as g_llama, sam as g_sam, whisper as g_whisper
 
 KERNEL_OP = {"matmul": "matmul", "conv": "matmul", "attention": "attention", "rms_norm": "rms_norm",
-             "layer_norm": "layer_norm"}
+             "layer_norm": "layer_norm", "gelu": "gelu"}
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-def engine_builder(phase=""):
-    """The engine runs float32 and unfused attention (the full score matrix, masked)."""
-    return GraphBuilder(Precision.parse("fp32"), attention="unfused", phase=phase)
+def analyze(cfg, **kw):
+    """What the engine runs: float32, the full (unfused) score matrix."""
+    return cm.analyze(cfg, "h100-sxm", dtype="fp32", attention="unfused", **kw)
 
 
-def _scope_of(name: str, scopes: list[str]) -> str:
-    """The longest profiler scope containing a cost-model record.  "_" also separates: the SAM
-    engine wraps the HF modules upscale_conv1, upscale_layer_norm and upscale_conv2 in one scope
-    "mask_decoder.upscale"."""
-    best = ""
-    for s in scopes:
-        if s and (name == s or name.startswith(s + ".") or name.startswith(s + "_")) and len(s) > len(best):
-            best = s
-    return best
-
-
-def per_scope(layers, prof):
-    """-> (cost model, profiler): Counters of (scope, op) -> flops and -> macs."""
-    scopes = sorted({r.name for r in prof.records})
-    cm_f, cm_m, pr_f, pr_m = Counter(), Counter(), Counter(), Counter()
+def assert_same_counts(layers, prof) -> None:
+    """Per (scope, kernel): the cost model's MACs and FLOPs == the profiler's."""
+    cm_m, cm_f, pr_m, pr_f = Counter(), Counter(), Counter(), Counter()
     for r in layers:
-        if r.op not in KERNEL_OP:
-            continue
-        key = (_scope_of(r.name, scopes), KERNEL_OP[r.op])
-        # a bias add is an epilogue in the model (flops_vector), a separate NumPy add in the engine
-        cm_f[key] += r.flops - (r.flops_vector if KERNEL_OP[r.op] == "matmul" else 0)
-        cm_m[key] += r.macs
+        if r.op in KERNEL_OP:
+            key = (r.scope, KERNEL_OP[r.op])
+            cm_m[key] += r.macs
+            # a bias add is a GEMM's epilogue in the cost model, a separate NumPy add in the engine
+            cm_f[key] += r.flops - (r.flops_vector if r.op in ("matmul", "conv") else 0)
     for r in prof.records:
-        if r.op not in KERNEL_OP.values():        # activations (gelu) are elementwise records in the model
-            continue
-        pr_f[(r.name, r.op)] += r.flops
         pr_m[(r.name, r.op)] += r.macs
-    return (cm_f, cm_m), (pr_f, pr_m)
+        pr_f[(r.name, r.op)] += r.flops
+    assert sum(pr_f.values()) > 0 and len(pr_f) >= 4, "the profile recorded too little to be a check"
+    assert dict(cm_m) == dict(pr_m), _diff(cm_m, pr_m)
+    assert dict(cm_f) == dict(pr_f), _diff(cm_f, pr_f)
 
 
-def assert_same(layers, prof):
-    (cm_f, cm_m), (pr_f, pr_m) = per_scope(layers, prof)
-    assert len(pr_f) > 5, "the profile recorded too little to be a real check"
-    assert dict(cm_m) == dict(pr_m)
-    diff = {k: (cm_f.get(k), pr_f.get(k)) for k in set(cm_f) | set(pr_f) if cm_f.get(k) != pr_f.get(k)}
-    assert not diff, f"per-layer FLOPs differ (cost model, engine): {diff}"
+def _diff(a, b) -> str:
+    keys = sorted(set(a) | set(b))
+    return "differs (cost model, engine): " + str({k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)})
 
 
-def test_llama2_prefill_and_decode_step():
-    m = pw.llama2.from_preset("llama2-tiny", seed=0)
-    cfg = m.config
-    ids = np.array([[1, 5, 9, 200, 7, 3, 11], [1, 8, 8, 8, 40, 41, 42]])
+def param_count(shapes) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaMA 2
+# ---------------------------------------------------------------------------------------------
+@st.composite
+def llama_configs(draw):
+    kvh = draw(st.sampled_from([1, 2, 3]))
+    heads = kvh * draw(st.sampled_from([1, 2, 4]))                       # GQA ratios 1, 2, 4
+    head_dim = draw(st.sampled_from([4, 6, 8]))
+    hidden = draw(st.sampled_from([heads * head_dim, 24]))               # D = H·Dh, or not
+    return pw.llama2.Config(
+        hidden_size=hidden, intermediate_size=draw(st.integers(5, 40)),
+        num_hidden_layers=draw(st.integers(1, 2)), num_attention_heads=heads, num_key_value_heads=kvh,
+        head_dim=head_dim, vocab_size=draw(st.integers(16, 300)), max_position_embeddings=64,
+        tie_word_embeddings=draw(st.booleans()), attention_bias=draw(st.booleans()),
+        mlp_bias=draw(st.booleans()), hidden_act=draw(st.sampled_from(["silu", "gelu"])))
+
+
+@SETTINGS
+@given(cfg=llama_configs(), B=st.integers(1, 2), T=st.integers(1, 9), past=st.integers(1, 6))
+def test_llama2_prefill_and_decode_step(cfg, B, T, past):
+    m = pw.llama2.from_preset(cfg)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(B, T))
     with pw.profile() as prof:
-        m(ids)
-    gb = engine_builder()
-    g_llama.forward(gb, cfg, 2, 7, 0, logits="all")
-    assert_same(gb.layers, prof)
+        m(ids)                                                           # every position's logits
+    assert_same_counts(analyze(cfg, phase="prefill", batch=B, seq_len=T, logits="all").layers, prof)
 
-    cache = m.new_cache(2, 16)
-    m.forward(ids, cache, last_only=True)
-    with pw.profile() as prof:                       # one decode step at KV length 8
-        m.forward(np.array([[5], [6]]), cache, last_only=True)
-    gb = engine_builder()
-    g_llama.forward(gb, cfg, 2, 1, 7, logits="last")
-    assert_same(gb.layers, prof)
+    cache = m.new_cache(B, past + 1)
+    m.forward(ids[:, :1].repeat(past, axis=1), cache, last_only=True)
+    with pw.profile() as prof:                                           # one step at KV length past + 1
+        m.forward(ids[:, :1], cache, last_only=True)
+    rep = analyze(cfg, phase="decode", batch=B, seq_len=past + 1)
+    assert_same_counts(rep.layers, prof)
+    assert rep.params == pw.llama2.count_params(cfg) == param_count(pw.llama2.weight_shapes(cfg))
 
 
-def test_clip_both_towers_and_similarity():
-    m = pw.clip.from_preset("clip-tiny", seed=0)
-    cfg = m.config
-    t = cfg.text_config
+# ---------------------------------------------------------------------------------------------
+# CLIP
+# ---------------------------------------------------------------------------------------------
+@st.composite
+def clip_configs(draw):
+    clip = pw.clip
+
+    def tower(cls, **kw):
+        heads = draw(st.sampled_from([1, 2, 4]))
+        return cls(hidden_size=heads * draw(st.sampled_from([4, 8])), num_attention_heads=heads,
+                   intermediate_size=draw(st.integers(4, 40)), num_hidden_layers=draw(st.integers(1, 2)),
+                   hidden_act=draw(st.sampled_from(["quick_gelu", "gelu"])), **kw)
+    patch = draw(st.sampled_from([4, 8]))
+    vision = tower(clip.VisionConfig, image_size=patch * draw(st.integers(1, 4)), patch_size=patch)
+    vocab = draw(st.integers(20, 200))
+    text = tower(clip.TextConfig, vocab_size=vocab, max_position_embeddings=draw(st.integers(4, 16)),
+                 bos_token_id=vocab - 2, eos_token_id=draw(st.sampled_from([vocab - 1, 2])))
+    return clip.Config(text, vision, projection_dim=draw(st.integers(2, 24)))
+
+
+@SETTINGS
+@given(cfg=clip_configs(), Bi=st.integers(1, 3), Bt=st.integers(1, 3), data=st.data())
+def test_clip_both_towers_and_similarity(cfg, Bi, Bt, data):
+    t, v = cfg.text_config, cfg.vision_config
+    T = data.draw(st.integers(2, t.max_position_embeddings))
     rng = np.random.default_rng(0)
-    T, Bt, Bi = 9, 3, 2
-    ids = rng.integers(0, t.eos_token_id - 2, size=(Bt, T))
-    ids[:, -1] = t.eos_token_id
-    pix = rng.standard_normal((Bi, 3, cfg.vision_config.image_size, cfg.vision_config.image_size)).astype(np.float32)
+    ids = rng.integers(0, t.vocab_size - 2, size=(Bt, T))
+    ids[:, -1] = t.vocab_size - 1                    # the end-of-text token (the largest id)
+    pix = rng.standard_normal((Bi, v.num_channels, v.image_size, v.image_size)).astype(np.float32)
+    model = pw.clip.CLIP(cfg, pw.clip.random_weights(cfg, 0))
     with pw.profile() as prof:
-        m(input_ids=ids, pixel_values=pix)
-    gb = engine_builder()
-    g_clip.image_tower(gb, cfg, Bi)
-    g_clip.text_tower(gb, cfg, Bt, T)
-    g_clip.similarity(gb, cfg, Bi, Bt)
-    assert_same(gb.layers, prof)
+        model(input_ids=ids, pixel_values=pix)
+    rep = analyze(cfg, phase="all", batch=Bi, text_batch=Bt, seq_len=T)
+    assert_same_counts(rep.layers, prof)
+    assert rep.params == pw.clip.count_params(cfg) == param_count(pw.clip.weight_shapes(cfg))
 
 
-@pytest.mark.parametrize("points,boxes", [(1, False), (2, True)])
-def test_sam_encoder_once_and_decoder_per_prompt(points, boxes):
-    m = pw.sam.from_preset("sam-tiny", seed=0)
-    cfg = m.config
-    S = cfg.vision_config.image_size
+# ---------------------------------------------------------------------------------------------
+# Segment Anything
+# ---------------------------------------------------------------------------------------------
+@st.composite
+def sam_configs(draw):
+    sam = pw.sam
+    heads = draw(st.sampled_from([1, 2, 4]))
+    D = heads * draw(st.sampled_from([4, 8]))
+    patch = draw(st.sampled_from([4, 8]))
+    grid = draw(st.integers(3, 9))
+    layers = draw(st.integers(1, 3))
+    C = 8 * draw(st.integers(1, 3))                                      # decoder width, a multiple of 8
+    dec_heads = draw(st.sampled_from([h for h in (1, 2, 4) if C % (2 * h) == 0]))
+    rate = draw(st.sampled_from([r for r in (1, 2, 4) if C % (r * dec_heads) == 0]))
+    vision = sam.VisionConfig(
+        hidden_size=D, output_channels=C, num_hidden_layers=layers, num_attention_heads=heads,
+        image_size=patch * grid, patch_size=patch, num_pos_feats=C // 2,
+        mlp_dim=draw(st.integers(4, 40)),
+        window_size=draw(st.integers(0, grid)),                          # 0: global; most need padding
+        global_attn_indexes=tuple(draw(st.sets(st.integers(0, layers - 1), max_size=layers))),
+        use_rel_pos=draw(st.booleans()), use_abs_pos=draw(st.booleans()), qkv_bias=draw(st.booleans()))
+    prompt = sam.PromptEncoderConfig(hidden_size=C, image_size=patch * grid, patch_size=patch,
+                                     mask_input_channels=4 * draw(st.integers(1, 3)))
+    decoder = sam.MaskDecoderConfig(
+        hidden_size=C, mlp_dim=draw(st.integers(4, 40)), num_hidden_layers=draw(st.integers(1, 2)),
+        num_attention_heads=dec_heads, attention_downsample_rate=rate,
+        num_multimask_outputs=draw(st.integers(1, 3)), iou_head_depth=draw(st.integers(2, 4)),
+        iou_head_hidden_dim=draw(st.integers(4, 24)))
+    return sam.Config(vision, prompt, decoder)
+
+
+@SETTINGS
+@given(cfg=sam_configs(), B=st.integers(1, 2), P=st.integers(1, 3), N=st.integers(1, 3),
+       boxes=st.booleans())
+def test_sam_encoder_once_and_decoder_per_prompt(cfg, B, P, N, boxes):
+    R = cfg.vision_config.image_size
     rng = np.random.default_rng(1)
-    B, P = 1, 3
-    pix = rng.standard_normal((B, 3, S, S)).astype(np.float32)
-    pts = rng.uniform(0, S, size=(B, P, points, 2))
-    box = np.sort(rng.uniform(0, S, size=(B, P, 2, 2)), axis=2).reshape(B, P, 4) if boxes else None
+    pix = rng.standard_normal((B, 3, R, R)).astype(np.float32)
+    pts = rng.uniform(0, R, size=(B, P, N, 2))
+    box = np.sort(rng.uniform(0, R, size=(B, P, 2, 2)), axis=2).reshape(B, P, 4) if boxes else None
+    model = pw.sam.Sam(cfg, pw.sam.init_weights(cfg, 0))
     with pw.profile() as prof:
-        m(pixel_values=pix, input_points=pts, input_boxes=box)
-    gb = engine_builder()
-    g_sam.image_encoder(gb, cfg, B)
-    g_sam.image_positional_embeddings(gb, cfg)
-    g_sam.prompt_decoder(gb, cfg, B, P, points, boxes)
-    assert_same(gb.layers, prof)
-    # the toy's 8x8 grid in windows of 3 is padded to 9x9: padded tokens are computed
-    attn = [r for r in gb.layers if r.op == "attention" and r.name.startswith("vision_encoder.layers.0.")]
-    assert "q[9,4,9,8]" in attn[0].shapes
+        model(pixel_values=pix, input_points=pts, input_labels=np.ones((B, P, N), np.int64),
+              input_boxes=box)
+    rep = analyze(cfg, phase="all", batch=B, prompts=P, points=N, boxes=boxes)
+    assert_same_counts(rep.layers, prof)
+    shapes = pw.sam.weight_shapes(cfg)                    # the Fourier matrix is a buffer in Meta's count
+    assert rep.params == pw.sam.count_params(cfg) == param_count(shapes) - math.prod(shapes[pw.sam.GAUSSIAN])
 
 
-def test_whisper_encoder_and_decoder():
-    w = pw.whisper.from_preset("whisper-tiny-random", seed=0)
-    cfg = w.config
+# ---------------------------------------------------------------------------------------------
+# Whisper
+# ---------------------------------------------------------------------------------------------
+@st.composite
+def whisper_configs(draw):
+    enc_heads = draw(st.sampled_from([1, 2, 4]))
+    dec_heads = draw(st.sampled_from([1, 2, 4]))
+    D = 4 * draw(st.integers(1, 4))                                      # divisible by 1, 2 and 4
+    return pw.whisper.Config(
+        vocab_size=draw(st.integers(16, 200)), num_mel_bins=draw(st.sampled_from([80, 128])), d_model=D,
+        encoder_layers=draw(st.integers(1, 2)), encoder_attention_heads=enc_heads,
+        encoder_ffn_dim=draw(st.integers(4, 40)), decoder_layers=draw(st.integers(1, 2)),
+        decoder_attention_heads=dec_heads, decoder_ffn_dim=draw(st.integers(4, 40)),
+        max_source_positions=draw(st.integers(2, 12)), max_target_positions=16,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=1,
+        tie_word_embeddings=draw(st.booleans()))
+
+
+@SETTINGS
+@given(cfg=whisper_configs(), B=st.integers(1, 2), T=st.integers(1, 6), past=st.integers(1, 6))
+def test_whisper_prefill_and_decode_step(cfg, B, T, past):
+    W = pw.whisper
+    weights = W.random_weights(cfg, 0)
     rng = np.random.default_rng(2)
-    feats = rng.standard_normal((1, cfg.num_mel_bins, 2 * cfg.max_source_positions)).astype(np.float32)
-    ids = np.array([[cfg.decoder_start_token_id, 3, 4, 5, 6]])
-    with pw.profile() as prof:
-        w(feats, ids)
-    gb = engine_builder()
-    g_whisper.encoder(gb, cfg, 1)
-    g_whisper.decoder(gb, cfg, 1, 5, 0, cross="compute", logits="all")
-    assert_same(gb.layers, prof)
+    feats = rng.standard_normal((B, cfg.num_mel_bins, 2 * cfg.max_source_positions)).astype(np.float32)
+    ids = rng.integers(0, cfg.vocab_size, size=(B, T))
+    with pw.profile() as prof:                       # encoder, cross K/V, teacher-forced decoder
+        cross = W.cross_attention_kv(W.encoder(feats, weights, cfg), weights, cfg)
+        W.decoder(ids, cross, weights, cfg)
+    rep = analyze(cfg, phase="prefill", batch=B, seq_len=T, logits="all")
+    assert_same_counts(rep.layers, prof)
 
-
-def test_whisper_decode_step_rereads_cross_kv():
-    wmod = pw.whisper
-    w = wmod.from_preset("whisper-tiny-random", seed=0)
-    cfg = w.config
-    rng = np.random.default_rng(3)
-    feats = rng.standard_normal((2, cfg.num_mel_bins, 2 * cfg.max_source_positions)).astype(np.float32)
-    audio = wmod.encoder_forward(w.weights, cfg, feats)
-    cross = wmod.cross_attention_kv(w.weights, cfg, audio)
-    cache = wmod.KVCache(cfg, 2)
-    wmod.decoder_forward(w.weights, cfg, np.full((2, 5), cfg.decoder_start_token_id), cross, cache)
-    with pw.profile() as prof:                        # one step at self-attention KV length 6
-        wmod.decoder_forward(w.weights, cfg, np.array([[7], [9]]), cross, cache)
-    gb = engine_builder()
-    g_whisper.decoder(gb, cfg, 2, 1, 5, cross="cached", logits="last")
-    assert_same(gb.layers, prof)
+    cache = W.decoder_cache(cfg, B)
+    W.decoder(ids[:, :1].repeat(past, axis=1), cross, weights, cfg, cache, last_only=True)
+    with pw.profile() as prof:                       # one step at KV length past + 1
+        W.decoder(ids[:, :1], cross, weights, cfg, cache, last_only=True)
+    rep = analyze(cfg, phase="decode", batch=B, seq_len=past + 1)
+    assert_same_counts(rep.layers, prof)
+    assert rep.params == W.count_params(cfg) == param_count(W.weight_shapes(cfg))

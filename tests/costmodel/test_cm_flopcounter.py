@@ -2,18 +2,19 @@
 
 FlopCounterMode counts 2·MACs of matrix products and convolutions at full extent (attention's
 score and value products included, masks ignored) -- the flops_dense convention.  The twins are
-built from the same pyworkloads configs (``Config.to_hf()``) with random weights."""
+built from the same pyworkloads configs (``Config.to_hf()``) with random weights; the cost model's
+records come from its trace of the pyworkloads forward pass of the same workload."""
 from __future__ import annotations
 
+import costmodel as cm
 from conftest import require_transformers
-from costmodel.graph import GraphBuilder, Precision
-from costmodel.graphs import clip as g_clip, llama2 as g_llama, sam as g_sam, whisper as g_whisper
 
 
-def dense(build) -> int:
-    gb = GraphBuilder(Precision.parse("fp32"), attention="flash")     # flops_dense ignores the choice
-    build(gb)
-    return sum(r.flops_dense for r in gb.layers)
+def dense(cfg, **workload) -> int:
+    """Σ flops_dense of the cost model's records for a workload (the attention implementation
+    does not change flops_dense)."""
+    rep = cm.analyze(cfg, "h100-sxm", dtype="fp32", **workload)
+    return sum(r.flops_dense for r in rep.layers)
 
 
 def counted(torch, model, **inputs) -> int:
@@ -33,7 +34,7 @@ def test_llama2_matches_flopcounter():
     model = tf.LlamaForCausalLM(tf.LlamaConfig(**cfg.to_hf()))
     ids = torch.randint(0, cfg.vocab_size, (2, 11))
     got = counted(torch, model, input_ids=ids)
-    assert dense(lambda gb: g_llama.forward(gb, cfg, 2, 11, 0, logits="all")) == got
+    assert dense(cfg, phase="prefill", batch=2, seq_len=11, logits="all") == got
 
 
 def test_clip_matches_flopcounter():
@@ -46,12 +47,7 @@ def test_clip_matches_flopcounter():
     ids[:, -1] = cfg.text_config.eos_token_id
     S = cfg.vision_config.image_size
     got = counted(torch, model, input_ids=ids, pixel_values=torch.randn(Bi, 3, S, S))
-
-    def build(gb):
-        g_clip.image_tower(gb, cfg, Bi)
-        g_clip.text_tower(gb, cfg, Bt, T)
-        g_clip.similarity(gb, cfg, Bi, Bt)
-    assert dense(build) == got
+    assert dense(cfg, phase="all", batch=Bi, text_batch=Bt, seq_len=T) == got
 
 
 def test_sam_matches_flopcounter():
@@ -68,12 +64,7 @@ def test_sam_matches_flopcounter():
     pts = torch.rand(B, P, 1, 2) * S
     got = counted(torch, model, pixel_values=torch.randn(B, 3, S, S), input_points=pts,
                   input_labels=torch.ones(B, P, 1, dtype=torch.long))
-
-    def build(gb):
-        g_sam.image_encoder(gb, cfg, B)
-        g_sam.image_positional_embeddings(gb, cfg)
-        g_sam.prompt_decoder(gb, cfg, B, P, 1, False)
-    assert dense(build) == got
+    assert dense(cfg, phase="all", batch=B, prompts=P, points=1) == got
 
 
 def test_whisper_matches_flopcounter():
@@ -84,8 +75,4 @@ def test_whisper_matches_flopcounter():
     feats = torch.randn(1, cfg.num_mel_bins, 2 * cfg.max_source_positions)
     ids = torch.tensor([[cfg.decoder_start_token_id, 3, 4, 5, 6]])
     got = counted(torch, model, input_features=feats, decoder_input_ids=ids)
-
-    def build(gb):
-        g_whisper.encoder(gb, cfg, 1)
-        g_whisper.decoder(gb, cfg, 1, 5, 0, cross="compute", logits="all")
-    assert dense(build) == got
+    assert dense(cfg, phase="prefill", batch=1, seq_len=5, logits="all") == got
