@@ -220,3 +220,29 @@ def test_whisper_prefill_and_decode_step(cfg, B, T, past):
     rep = analyze(cfg, phase="decode", batch=B, seq_len=past + 1)
     assert_same_counts(rep.layers, prof)
     assert rep.params == W.count_params(cfg) == param_count(W.weight_shapes(cfg))
+
+
+def test_sam_attention_downsample_rate_one_follows_the_engine():
+    """transformers builds the two-way blocks' cross-attentions at rate 2 whatever the config
+    says; with attention_downsample_rate=1 (parity config "pad5") the cost model counts what the
+    engine -- and transformers -- build: its parameters equal transformers' model on the meta
+    device (minus the Fourier matrix, a buffer in Meta's count) and its MACs the profile's."""
+    from conftest import require_transformers
+    cfg = pw.sam.Config.from_hf({
+        "vision_config": dict(hidden_size=24, output_channels=16, num_hidden_layers=4, num_attention_heads=3,
+                              image_size=96, patch_size=8, window_size=5, global_attn_indexes=[0, 3],
+                              num_pos_feats=8, mlp_ratio=2.0, qkv_bias=False),
+        "prompt_encoder_config": dict(hidden_size=16, image_size=96, patch_size=8, mask_input_channels=4),
+        "mask_decoder_config": dict(hidden_size=16, mlp_dim=32, num_attention_heads=4,
+                                    attention_downsample_rate=1, iou_head_hidden_dim=24, iou_head_depth=4)})
+    rep = analyze(cfg, phase="all", batch=1, prompts=2, points=1)
+    model = pw.sam.Sam(cfg, pw.sam.init_weights(cfg, 0))
+    with pw.profile() as prof:
+        model(pixel_values=np.zeros((1, 3, 96, 96), np.float32), input_points=np.full((1, 2, 1, 2), 40.0),
+              input_labels=np.ones((1, 2, 1), np.int64))
+    assert_same_counts(rep.layers, prof)
+    torch, tf = require_transformers()
+    with torch.device("meta"):
+        hf = tf.SamModel(tf.SamConfig(**cfg.to_hf()))
+    n = sum(p.numel() for p in hf.parameters()) - 2 * cfg.vision_config.num_pos_feats
+    assert rep.params == n == 43_581
