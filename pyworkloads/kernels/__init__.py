@@ -8,7 +8,7 @@ Models never call NumPy for the four heavy ops directly; they call these functio
    reference for an op a backend does not implement;
 3. report the call to every active :func:`profile` (op, layer name, shapes, FLOPs, bytes, time).
 
-FLOP conventions of the records (the cost model counts the same way, see DESIGN.md §5):
+FLOP conventions of the records (the cost model counts the same way, see docs/architecture.md §5):
 
 =============  ===================================================================================
 matmul         macs = batch·M·N·K;  flops = 2·macs
