@@ -71,7 +71,7 @@
 //            which keeps the 64-bit arithmetic out of the registers the MMAs need.  exp2 is the
 //            single MUFU instruction ex2.approx; on the other tiles the scale folds into its FMA.
 //          Rows that are not 16-byte aligned, or widths that are not multiples of 8 (p.vec false),
-//          run v2.  cpp/cuda/tools/emulate_attention_mma_async.py checks the lane bookkeeping,
+//          run v2.  dev/cuda/emulate_attention_mma_async.py checks the lane bookkeeping,
 //          the pipeline and the bank-conflict claim in NumPy.
 #include <cmath>
 #include <cstdint>

@@ -34,7 +34,7 @@
 //                3-stage (sm_89: 80 KiB) or 4-stage (sm_80/90: 106 KiB) cp.async ring.  Blocks are
 //                rasterised in groups of 8 M-tiles so concurrently running blocks share A and B
 //                strips in L2, and C leaves as rounded 4-byte pairs.
-//                cpp/cuda/tools/emulate_matmul_mma.py replays its lane/address bookkeeping in NumPy.
+//                dev/cuda/emulate_matmul_mma.py replays its lane/address bookkeeping in NumPy.
 // v5 wgmma       (float16 / bfloat16 on Hopper, sm_90a builds) Hopper's
 //                warpgroup MMA: a 128-thread warpgroup issues one asynchronous
 //                wgmma.m64n256k16 that reads both operands straight from shared memory (no
@@ -46,7 +46,7 @@
 //                without padding).  wgmma wants both operands K-major, so B [K, N] is first
 //                transposed into a [N, K] scratch copy (2 K N elements of extra traffic, ~5 % at
 //                4096^3).  Rows that are not 16-byte aligned, and GPUs or builds without sm_90a,
-//                run v4 (same results).  cpp/cuda/tools/emulate_matmul_wgmma.py replays the
+//                run v4 (same results).  dev/cuda/emulate_matmul_wgmma.py replays the
 //                swizzled stores against the descriptor's addressing and the fragment layout.
 //                algo="wgmma_overlap" keeps one K step's wgmma batch in flight across the next
 //                barrier (loads 2 steps ahead instead of 3); algo="wgmma_direct" does that too and

@@ -1,7 +1,7 @@
 // Thin wrappers over the PTX instructions the tensor-core kernels share (matmul.cu v4,
 // attention.cu v2/v3): asynchronous global->shared copies, ldmatrix fragment loads, the
 // m16n8k16 MMA and packing two floats into one 32-bit pair of halves.  Fragment layouts are
-// those of the PTX ISA; cpp/cuda/tools/emulate_*.py replay them in NumPy.
+// those of the PTX ISA; dev/cuda/emulate_*.py replay them in NumPy.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -1,4 +1,4 @@
-"""What the compiled CUDA kernels use, checked without a GPU (cpp/cuda/tools/resource_usage.py).
+"""What the compiled CUDA kernels use, checked without a GPU (dev/cuda/resource_usage.py).
 
 A kernel that spills registers to local memory runs far below its design speed, and one whose
 registers times its block size exceed the register file does not launch at all -- on a
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("resource_usage", ROOT / "cpp" / "cuda" / "tools" / "resource_usage.py")
+_spec = importlib.util.spec_from_file_location("resource_usage", ROOT / "dev" / "cuda" / "resource_usage.py")
 ru = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("resource_usage", ru)      # dataclasses look their module up by name
 _spec.loader.exec_module(ru)

@@ -1,4 +1,4 @@
-"""The NumPy lane-level transcriptions of the tensor-core kernels (cpp/cuda/tools/emulate_*.py)
+"""The NumPy lane-level transcriptions of the tensor-core kernels (dev/cuda/emulate_*.py)
 keep agreeing with the reference.
 
 They replay each kernel's bookkeeping -- ldmatrix/mma fragment layouts, lane addresses, shared-memory
@@ -16,7 +16,7 @@ import pytest
 
 import pyworkloads.kernels.reference  # noqa: F401  (the installed package, before an emulator puts the checkout on sys.path)
 
-TOOLS = Path(__file__).resolve().parents[2] / "cpp" / "cuda" / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "dev" / "cuda"
 EMULATORS = sorted(p.name for p in TOOLS.glob("emulate_*.py"))
 
 

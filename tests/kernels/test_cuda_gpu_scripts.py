@@ -1,6 +1,6 @@
 """The GPU session's scripts keep working on a machine without a GPU.
 
-benchmarks/run_gpu_checks.sh, bench_cuda.py and cuda_smoke.py only do their real work where a GPU
+dev/cuda/run_gpu_checks.sh, bench_cuda.py and cuda_smoke.py only do their real work where a GPU
 is lent (rarely, for a few minutes); a slip in them found there costs that time.  These tests run
 the parts that need no GPU: the shell script's syntax and help, the benchmark's row formatting and
 target verdicts on synthetic rows, and the smoke run's algorithm filter.

@@ -10,7 +10,7 @@ of the mma.m16n8k16 fragment layouts (both emulated below):
   * that every 8-lane ldmatrix phase touches 8 distinct 16-byte bank groups (no conflicts), and
     that every cp.async destination is 16-byte aligned.
 It does not run the CUDA code: keep it in step with the kernel when either changes.
-Usage: python cpp/cuda/tools/emulate_matmul_mma.py
+Usage: python dev/cuda/emulate_matmul_mma.py
 """
 import numpy as np
 

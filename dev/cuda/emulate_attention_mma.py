@@ -3,14 +3,14 @@ fragments, run against the reference.  It checks the kernel's index bookkeeping 
 addresses, the reuse of the S accumulators as the A operand of P V, the transposed V tile, the
 mask coordinates of each accumulator element and the quad reductions -- given the m16n8k16
 fragment layouts of the PTX ISA (emulated by `mma`).  It does not run the CUDA code: keep it in
-step with the kernel when either changes.  Usage: python cpp/cuda/tools/emulate_attention_mma.py
+step with the kernel when either changes.  Usage: python dev/cuda/emulate_attention_mma.py
 """
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pyworkloads.kernels import reference  # noqa: E402
 
 LANES = np.arange(32)

@@ -1,7 +1,7 @@
 """A small, fast run of every CUDA kernel version on awkward shapes, for compute-sanitizer.
 
-    python benchmarks/cuda_smoke.py [--quick] [--no-torch] [--ops matmul,attention,norms]
-    compute-sanitizer --tool memcheck python benchmarks/cuda_smoke.py
+    python dev/cuda/cuda_smoke.py [--quick] [--no-torch] [--ops matmul,attention,norms]
+    compute-sanitizer --tool memcheck python dev/cuda/cuda_smoke.py
 
 Each algorithm of ``pyworkloads._cuda.ALGORITHMS`` runs on a few small odd shapes (tile edges,
 K not a multiple of the vector width, broadcast batches, causal with Tq < Tk, GQA, a bias, a
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The checkout's package where it is built in place (the CMake dev build that run_gpu_checks.sh
 # makes) or where none is installed; otherwise the installed one, which pip built the extension into.
 if any((ROOT / "pyworkloads").glob("_cuda*")) or importlib.util.find_spec("pyworkloads") is None:

@@ -3,7 +3,7 @@
 // Not part of the package: it includes norms.cu itself to reach the kernels in its anonymous
 // namespace.  benchmarks/README.md ("norms") quotes one run on the H200.
 //   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a \
-//        -Icpp -Icpp/cuda cpp/cuda/tools/norm_variants.cu -o /tmp/norm_variants && /tmp/norm_variants
+//        -Icpp -Icpp/cuda dev/cuda/norm_variants.cu -o /tmp/norm_variants && /tmp/norm_variants
 #include "cuda/norms.cu"
 #include <cstdio>
 #include <vector>

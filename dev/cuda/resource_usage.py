@@ -1,7 +1,7 @@
 """Per-kernel resources of the CUDA extension: registers, local memory (spills), shared memory.
 
-    python cpp/cuda/tools/resource_usage.py [SO] [--arch sm_90] [--json FILE] [--check]
-    python cpp/cuda/tools/resource_usage.py --from-source [--arch sm_90]     # no cuobjdump needed
+    python dev/cuda/resource_usage.py [SO] [--arch sm_90] [--json FILE] [--check]
+    python dev/cuda/resource_usage.py --from-source [--arch sm_90]     # no cuobjdump needed
 
 Why: a kernel that spills registers to local memory, or whose registers times its block size
 exceed the register file, is slow or fails to launch ("too many resources requested") -- and
@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 REGISTER_FILE = 65536            # 32-bit registers per SM (and the most one block may use), sm_50 .. sm_100
 STATIC_SHARED_LIMIT = 48 * 1024  # static __shared__ per block; more needs dynamic shared memory + opt-in
 UNBOUNDED_THREADS = 256          # kernels without __launch_bounds__ are launched with <= 256 threads here

@@ -7,7 +7,7 @@
 #   build         pyworkloads._cuda (+ _kernels) for THIS GPU's arch only (CUDA=ON)  ~40-90 s  300 s
 #                 (no nvcc: the carried pyworkloads/_cuda*.so is used)
 #   resources     registers / spills / shared memory per kernel: cuobjdump on the    ~3 s     120 s
-#                 .so via cpp/cuda/tools/resource_usage.py (no cuobjdump: nvcc -Xptxas -v, ~25 s)
+#                 .so via dev/cuda/resource_usage.py (no cuobjdump: nvcc -Xptxas -v, ~25 s)
 #   device        _cuda.device_status(): the extension sees the GPU                    ~2 s    60 s
 #   wgmma         the verified v5 kernels (wgmma, wgmma_overlap, wgmma_direct,        ~10 s    60 s
 #                 wgmma_tma = auto) vs float64, 4096^3 bf16 timings vs v4; on failure
@@ -18,8 +18,8 @@
 #   wgmma_ws_kmajor_mc failure is reported on its own line and never fails the run;
 #                 the shared steps leave the candidates out, the benchmark the failed
 #                 ones (the _mc ones: CTA pairs sharing B by TMA multicast)
-#   smoke         benchmarks/cuda_smoke.py: every algo x small odd shapes vs reference ~10 s    120 s
-#   host-tests    tests/kernels/test_cuda_{host,build,review}.py                      ~10 s    120 s
+#   smoke         dev/cuda/cuda_smoke.py: every algo x small odd shapes vs reference ~10 s    120 s
+#   host-tests    tests/kernels/test_cuda_{host,build,edge_cases}.py                  ~10 s    120 s
 #   cuda-tests    tests/kernels/test_cuda_kernels.py (every algo, device arrays)      ~60 s    240 s
 #   bench         benchmarks/bench_cuda.py (every algo vs cuBLAS/SDPA/torch norms,  ~2-3 min  240 s
 #                 models end to end) -> benchmarks/results/<device>-<date>.json, copied to $OUT
@@ -40,18 +40,18 @@
 # The interpreter is $PYTHON, else python3 (on the GPU image the one with PyTorch+CUDA); CMake is
 # pointed at it, so the extension is built for that Python.
 #
-# On the device tool: command "bash benchmarks/run_gpu_checks.sh", timeout_s 560 (the default
+# On the device tool: command "bash dev/cuda/run_gpu_checks.sh", timeout_s 560 (the default
 # budget is 480 s, so the steps end well inside the tool's 600 s); a rerun of what failed or was
-# skipped: "bash benchmarks/run_gpu_checks.sh --only build,racecheck" (the build is needed again
+# skipped: "bash dev/cuda/run_gpu_checks.sh --only build,racecheck" (the build is needed again
 # on a fresh machine; on the same warm machine --skip build keeps it).
 #
-#   usage: bash benchmarks/run_gpu_checks.sh [--quick] [--only step,step] [--skip step,step]
+#   usage: bash dev/cuda/run_gpu_checks.sh [--quick] [--only step,step] [--skip step,step]
 #     --quick        fewer benchmark repetitions; memcheck/racecheck on the --quick smoke subset
 #     --only/--skip  a subset of the steps above, e.g. a rerun: --only bench,memcheck
 #   env: OUT (where logs go), CUDA_ARCH (override the detected arch), GPU_CHECKS_BUDGET (seconds),
 #        FORCE_BUILD=1 (build even without a GPU; by default a GPU-less machine keeps its build)
 set -uo pipefail
-cd "$(dirname "$0")/.." || exit 2
+cd "$(dirname "$0")/../.." || exit 2
 
 QUICK="" ONLY="" SKIP=""
 while [ $# -gt 0 ]; do
@@ -173,12 +173,12 @@ fi
 if wanted resources; then
     if [ -z "$SO" ]; then
         record resources "SKIPPED (no built extension)"
-    elif "$PY" -c "import sys; sys.path.insert(0, 'cpp/cuda/tools'); import resource_usage as r; sys.exit(r.find_cuobjdump() is None)"; then
-        run_step resources 120 resource_usage.log "$PY" cpp/cuda/tools/resource_usage.py "$SO" --arch "sm_$ARCH" \
+    elif "$PY" -c "import sys; sys.path.insert(0, 'dev/cuda'); import resource_usage as r; sys.exit(r.find_cuobjdump() is None)"; then
+        run_step resources 120 resource_usage.log "$PY" dev/cuda/resource_usage.py "$SO" --arch "sm_$ARCH" \
             --json "$LOGDIR/resource_usage.json" --check
     elif command -v nvcc >/dev/null 2>&1; then
         echo "(no cuobjdump: compiling the kernels with nvcc -Xptxas -v instead)"
-        run_step resources 120 resource_usage.log "$PY" cpp/cuda/tools/resource_usage.py --from-source --arch "sm_$ARCH" \
+        run_step resources 120 resource_usage.log "$PY" dev/cuda/resource_usage.py --from-source --arch "sm_$ARCH" \
             --json "$LOGDIR/resource_usage.json" --check
     else
         record resources "SKIPPED (neither cuobjdump nor nvcc)"
@@ -284,9 +284,8 @@ if needs_gpu wgmma; then
         [ -f "$LOGDIR/pytest-$cand.log" ] && tail -n 15 "$LOGDIR/pytest-$cand.log" >> "$LOGDIR/wgmma.log"
     done
 fi
-needs_gpu smoke && run_step smoke 120 smoke.log "$PY" benchmarks/cuda_smoke.py --skip-algos "$SKIP_CANDIDATES"
-host_tests=(tests/kernels/test_cuda_host.py tests/kernels/test_cuda_build.py)
-[ -f tests/kernels/test_cuda_review.py ] && host_tests+=(tests/kernels/test_cuda_review.py)
+needs_gpu smoke && run_step smoke 120 smoke.log "$PY" dev/cuda/cuda_smoke.py --skip-algos "$SKIP_CANDIDATES"
+host_tests=(tests/kernels/test_cuda_host.py tests/kernels/test_cuda_build.py tests/kernels/test_cuda_edge_cases.py)
 run_step host-tests 120 pytest-host.log "${PYTEST[@]}" -q "${host_tests[@]}"
 # -v: each test's name is printed as it starts, so a killed run shows which one hung
 needs_gpu cuda-tests && run_step cuda-tests 240 pytest-cuda.log "${PYTEST[@]}" -v tests/kernels/test_cuda_kernels.py -k "$NOT_CANDIDATES"
@@ -313,20 +312,20 @@ SMOKE_Q=()
 if needs_gpu kernel-tests; then
     run_step kernel-tests 180 pytest-kernels-cuda.log "${PYTEST[@]}" -v tests/kernels -k cuda \
         --ignore=tests/kernels/test_cuda_host.py --ignore=tests/kernels/test_cuda_kernels.py \
-        --ignore=tests/kernels/test_cuda_build.py --ignore=tests/kernels/test_cuda_review.py
+        --ignore=tests/kernels/test_cuda_build.py --ignore=tests/kernels/test_cuda_edge_cases.py
     # pytest exits 5 when nothing was selected: not a failure
     [[ "${STEP_STATUS[-1]:-}" == "FAIL (exit 5,"* ]] && STEP_STATUS[-1]="PASS (no tests selected)"
 fi
 if needs_gpu memcheck; then
     if [ -z "$SANITIZER" ]; then record memcheck "SKIPPED (compute-sanitizer not installed)"
     else run_step memcheck 150 memcheck.log "$SANITIZER" --tool memcheck --leak-check no --print-limit 40 --error-exitcode 99 \
-            "$PY" benchmarks/cuda_smoke.py "${SMOKE_Q[@]}" --skip-algos "$SKIP_CANDIDATES"
+            "$PY" dev/cuda/cuda_smoke.py "${SMOKE_Q[@]}" --skip-algos "$SKIP_CANDIDATES"
     fi
 fi
 if needs_gpu racecheck; then
     if [ -z "$SANITIZER" ]; then record racecheck "SKIPPED (compute-sanitizer not installed)"
     else run_step racecheck 120 racecheck.log "$SANITIZER" --tool racecheck --print-limit 40 --error-exitcode 99 \
-            "$PY" benchmarks/cuda_smoke.py --quick --no-torch --skip-algos "$SKIP_CANDIDATES"
+            "$PY" dev/cuda/cuda_smoke.py --quick --no-torch --skip-algos "$SKIP_CANDIDATES"
     fi
 fi
 

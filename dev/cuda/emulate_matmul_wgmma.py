@@ -37,7 +37,7 @@ What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh)
     hit 8 distinct bank groups.
 It cannot check the hardware's own reading of a descriptor -- that is the model, taken from the PTX
 ISA and the LBO 16 / SBO 1024 / 128B-swizzle convention of the TMA-based Hopper kernels.
-Usage: python cpp/cuda/tools/emulate_matmul_wgmma.py
+Usage: python dev/cuda/emulate_matmul_wgmma.py
 """
 import numpy as np
 

@@ -16,14 +16,14 @@ It checks the kernel's bookkeeping:
     warp sums the slots), LayerNorm's mean then centred variance, and the final sweep with weight
     and bias, with storage rounding to float32 / float16 / bfloat16.
 It does not run the CUDA code: keep it in step with the kernel when either changes.
-Usage: python cpp/cuda/tools/emulate_norms_rows.py
+Usage: python dev/cuda/emulate_norms_rows.py
 """
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pyworkloads.kernels import reference  # noqa: E402
 
 # the kernel's constants

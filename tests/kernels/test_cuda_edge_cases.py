@@ -1,5 +1,6 @@
-"""Regression tests for the review of the CUDA interop, copy and norm code (cpp/cuda/interop.cpp,
-copy.cu, norms.cu).
+"""Edge cases of the CUDA interop, copy and norm code (cpp/cuda/interop.cpp, copy.cu, norms*.cu):
+deep and permuted NumPy views, merged pack layouts, odd norm widths, misaligned device views,
+results read on another stream.
 
 Host-side tests use ``_cuda.describe()``, which parses an argument exactly as the ops do but
 touches no device, so they run wherever the extension was built.  The GPU tests skip without a

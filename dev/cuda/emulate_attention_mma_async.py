@@ -18,14 +18,14 @@ What it models, each with the kernel's own formulas (keep them in step when eith
   * the tile loop: Q staged in stage 1, two stages alternating, causal tile skipping, the plain
     fast path, the per-row mask/bias/limit path, the quad shuffles, the paired output stores
     (each output element must be written exactly once).
-It does not run the CUDA code.  Usage: python cpp/cuda/tools/emulate_attention_mma_async.py
+It does not run the CUDA code.  Usage: python dev/cuda/emulate_attention_mma_async.py
 """
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pyworkloads.kernels import reference  # noqa: E402
 
 COLS, STAGES, ES = 64, 2, 2                  # keys per K/V tile, ring stages, bytes per element
