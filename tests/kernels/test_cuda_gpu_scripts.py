@@ -1,6 +1,6 @@
 """The GPU session's scripts keep working on a machine without a GPU.
 
-dev/cuda/run_gpu_checks.sh, bench_cuda.py and cuda_smoke.py only do their real work where a GPU
+dev/cuda/run_gpu_checks.sh, benchmarks/bench_cuda.py and dev/cuda/cuda_smoke.py only do their real work where a GPU
 is lent (rarely, for a few minutes); a slip in them found there costs that time.  These tests run
 the parts that need no GPU: the shell script's syntax and help, the benchmark's row formatting and
 target verdicts on synthetic rows, and the smoke run's algorithm filter.
@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[2]
+BENCH, DEV = ROOT / "benchmarks", ROOT / "dev" / "cuda"
 
 
-def load(name):
+def load(name, where=BENCH):
     saved = list(sys.path)                     # the scripts put the checkout first on sys.path
     try:
-        spec = importlib.util.spec_from_file_location(f"_gpu_script_{name}", BENCH / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"_gpu_script_{name}", where / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     finally:
@@ -31,7 +32,7 @@ def load(name):
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_run_gpu_checks_parses_and_prints_its_help():
-    script = BENCH / "run_gpu_checks.sh"
+    script = DEV / "run_gpu_checks.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     out = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "wgmma_ws" in out.stdout and "--only" in out.stdout
@@ -42,7 +43,7 @@ def test_run_gpu_checks_parses_and_prints_its_help():
 def test_run_gpu_checks_keeps_candidates_out_of_shared_steps():
     # an unverified kernel that traps poisons the CUDA context of its process: the shared steps
     # (smoke, cuda-tests, memcheck, racecheck) must leave every candidate out
-    text = (BENCH / "run_gpu_checks.sh").read_text()
+    text = (DEV / "run_gpu_checks.sh").read_text()
     assert 'cuda_smoke.py --skip-algos "$SKIP_CANDIDATES"' in text
     assert text.count('--skip-algos "$SKIP_CANDIDATES"') == 3
     assert 'test_cuda_kernels.py -k "$NOT_CANDIDATES"' in text
@@ -59,7 +60,7 @@ VERIFIED_MATMUL = {"auto", "naive", "tiled", "tensorcore", "mma", "wgmma", "wgmm
 
 def test_every_unverified_matmul_algorithm_is_a_candidate():
     _cuda = pytest.importorskip("pyworkloads._cuda", reason="the CUDA extension is not built here")
-    text = (BENCH / "run_gpu_checks.sh").read_text()
+    text = (DEV / "run_gpu_checks.sh").read_text()
     cands = set(text.split("CANDIDATES=(", 1)[1].split(")", 1)[0].split())
     assert cands == set(_cuda.ALGORITHMS["matmul"]) - VERIFIED_MATMUL
 
@@ -115,7 +116,7 @@ def test_bench_norm_target_prefers_kernel_time_then_device_array_calls_then_call
 
 
 def test_smoke_skips_the_algorithms_it_is_told_to():
-    smoke = load("cuda_smoke")
+    smoke = load("cuda_smoke", DEV)
 
     class FakeCuda:
         ALGORITHMS = {"matmul": ("auto", "mma", "wgmma", "wgmma_ws"), "rms_norm": ("auto", "rows")}
@@ -131,7 +132,7 @@ def test_smoke_without_a_device_says_so():
 
     if _cuda.device_status()[0] > 0:
         pytest.skip("a GPU is present: the smoke run itself is run_gpu_checks.sh's job")
-    out = subprocess.run([sys.executable, str(BENCH / "cuda_smoke.py"), "--skip-algos", "wgmma_ws"],
+    out = subprocess.run([sys.executable, str(DEV / "cuda_smoke.py"), "--skip-algos", "wgmma_ws"],
                          capture_output=True, text=True, timeout=120)
     # from a clean clone the checkout's pyworkloads (first on the script's path) has no built
     # extension (pip put it in site-packages): that is the other clear refusal
