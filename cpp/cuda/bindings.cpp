@@ -125,11 +125,8 @@ MatrixOperand matrix_operand(CallContext& ctx, TensorArg& t) {
 py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_name, py::handle out_obj) {
     const MatmulAlgo requested = parse_algo<MatmulAlgo>(
         algo_name, {{"auto", MatmulAlgo::Auto}, {"naive", MatmulAlgo::Naive}, {"tiled", MatmulAlgo::Tiled},
-                    {"tensorcore", MatmulAlgo::TensorCore}, {"mma", MatmulAlgo::Mma}, {"wgmma", MatmulAlgo::Wgmma},
-                    {"wgmma_overlap", MatmulAlgo::WgmmaOverlap}, {"wgmma_direct", MatmulAlgo::WgmmaDirect},
-                    {"wgmma_tma", MatmulAlgo::WgmmaTma}, {"wgmma_ws", MatmulAlgo::WgmmaWs},
-                    {"wgmma_ws_kmajor", MatmulAlgo::WgmmaWsKMajor},
-                    {"wgmma_ws_mc", MatmulAlgo::WgmmaWsMc}, {"wgmma_ws_kmajor_mc", MatmulAlgo::WgmmaWsKMajorMc}}, "matmul");
+                    {"mma", MatmulAlgo::Mma}, {"wgmma", MatmulAlgo::Wgmma}, {"wgmma_direct", MatmulAlgo::WgmmaDirect},
+                    {"wgmma_tma", MatmulAlgo::WgmmaTma}}, "matmul");
     TensorArg a = parse_tensor(a_obj, "a"), b = parse_tensor(b_obj, "b");
     require_float(a, "matmul");
     require_float(b, "matmul");
@@ -406,7 +403,7 @@ PYBIND11_MODULE(_cuda, m) {
               "(__cuda_array_interface__ / DLPack) in -> DeviceArray out, or written into out=.";
     bind_interop(m);
     py::dict algorithms;                  // every kernel version stays callable (tests, teaching, benchmarks)
-    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore", "mma", "wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor", "wgmma_ws_mc", "wgmma_ws_kmajor_mc");
+    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "mma", "wgmma", "wgmma_direct", "wgmma_tma");
     algorithms["attention"] = py::make_tuple("auto", "simt", "mma", "mma_async");
     algorithms["rms_norm"] = py::make_tuple("auto", "block", "warp", "rows");
     algorithms["layer_norm"] = py::make_tuple("auto", "block", "warp", "rows");
@@ -429,17 +426,15 @@ PYBIND11_MODULE(_cuda, m) {
           "bool): operands kept on the GPU between calls, whose results are then DeviceArrays too.");
     m.def("matmul_last_kernel", []() { return std::string(matmul_last_kernel()); },
           "The algorithm whose kernel this thread's last matmul call launched, after 'auto' and the fallbacks "
-          "(e.g. 'wgmma' -> 'mma' without sm_90a code, the TMA kernels -> a cp.async one for a batch that does not "
+          "(e.g. 'wgmma' -> 'mma' without sm_90a code, 'wgmma_tma' -> 'wgmma_direct' for a batch that does not "
           "fold into one matrix); '' before any call or when the last launched nothing.");
     m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::kw_only(), py::arg("algo") = "auto", py::arg("out") = py::none(),
           "a @ b with np.matmul semantics (batch dimensions broadcast), float32/float16/bfloat16, FP32 "
-          "accumulation.  algo: 'auto' | 'naive' | 'tiled' | 'tensorcore' (WMMA) | 'mma' (mma.sync + ldmatrix + cp.async pipeline) | 'wgmma' (Hopper warpgroup MMA, "
-          "sm_90a) | 'wgmma_overlap' (the same with one wgmma batch in flight) | 'wgmma_direct' (that, reading B without "
-          "a transpose) | 'wgmma_tma' (that, fed by TMA + mbarriers) | 'wgmma_ws' (TMA, a producer warpgroup and two "
-          "consumer warpgroups, persistent) | 'wgmma_ws_kmajor' (that, with B transposed first as 'wgmma') | 'wgmma_ws_mc', "
-          "'wgmma_ws_kmajor_mc' (those two on CTA pairs sharing B by TMA multicast); the last ten float16/bfloat16 only.  "
-          "'auto' is 'tiled' for float32 and 'wgmma_tma' for float16/bfloat16, which runs 'wgmma_direct' for batches "
-          "that do not fold into one matrix, 'wgmma_overlap' for B rows that are not 16-byte aligned and 'mma' off "
+          "accumulation.  algo: 'auto' | 'naive' | 'tiled' (shared-memory tiles) | 'mma' (tensor cores: mma.sync + "
+          "ldmatrix + cp.async ring) | 'wgmma' (Hopper warpgroup MMA, sm_90a, B transposed first) | 'wgmma_direct' "
+          "(that, reading B as it lies) | 'wgmma_tma' (that, fed by TMA + mbarriers); the last four float16/bfloat16 "
+          "only.  'auto' is 'tiled' for float32 and 'wgmma_tma' for float16/bfloat16, which runs 'wgmma_direct' for "
+          "batches that do not fold into one matrix, 'wgmma' for B rows that are not 16-byte aligned and 'mma' off "
           "Hopper; matmul_last_kernel() names the kernel that ran.");
     m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false,
           py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("mask") = py::none(), py::kw_only(),

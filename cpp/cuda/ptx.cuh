@@ -1,5 +1,5 @@
-// Thin wrappers over the PTX instructions the tensor-core kernels share (matmul.cu v4,
-// attention.cu v2/v3): asynchronous global->shared copies, ldmatrix fragment loads, the
+// Thin wrappers over the PTX instructions the tensor-core kernels share (matmul version 3,
+// attention versions 2 and 3): asynchronous global->shared copies, ldmatrix fragment loads, the
 // m16n8k16 MMA and packing two floats into one 32-bit pair of halves.  Fragment layouts are
 // those of the PTX ISA; dev/cuda/emulate_*.py replay them in NumPy.
 #pragma once

@@ -1,7 +1,7 @@
-// Kernel-time comparison of norm_rows team shapes (norms.cu, v3) for bf16 [16384, 4096] on the
+// Kernel-time comparison of norm_rows team shapes (norms_3_rows.cuh, version 3) for bf16 [16384, 4096] on the
 // current GPU, with a device-to-device copy of the same bytes as the practical bandwidth ceiling.
 // Not part of the package: it includes norms.cu itself to reach the kernels in its anonymous
-// namespace.  benchmarks/README.md ("norms") quotes one run on the H200.
+// namespace.  benchmarks/README.md ("norms") quotes one run.
 //   nvcc -std=c++17 -O3 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a \
 //        -Icpp -Icpp/cuda dev/cuda/norm_variants.cu -o /tmp/norm_variants && /tmp/norm_variants
 #include "cuda/norms.cu"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA backend's checks for a session that has a GPU (issue 8): one command, ~8 minutes on an
+# The CUDA backend's checks for a session that has a GPU: one command, ~8 minutes on an
 # H100 with a 16-core host, every step time-boxed, logs + JSON under $OUT (or build/gpu-logs).
 #
 #   step          what                                                              expected  cap
@@ -9,15 +9,15 @@
 #   resources     registers / spills / shared memory per kernel: cuobjdump on the    ~3 s     120 s
 #                 .so via dev/cuda/resource_usage.py (no cuobjdump: nvcc -Xptxas -v, ~25 s)
 #   device        _cuda.device_status(): the extension sees the GPU                    ~2 s    60 s
-#   wgmma         the verified v5 kernels (wgmma, wgmma_overlap, wgmma_direct,        ~10 s    60 s
-#                 wgmma_tma = auto) vs float64, 4096^3 bf16 timings vs v4; on failure
+#   wgmma         matmul versions 4 and 5 (wgmma, wgmma_direct, wgmma_tma = auto)     ~10 s    60 s
+#                 vs float64, 4096^3 bf16 timings vs mma (version 3); on failure
 #                 the later steps run with PYWORKLOADS_NO_WGMMA=1
-#   wgmma_ws      the v5 candidates ($CANDIDATES: not auto, not in the shared steps), ~8 s     30 s
-#   wgmma_ws_kmajor one process each: the same checks, then tests-<name>: the GPU tests ~10 s  45 s
-#   wgmma_ws_mc     of that algorithm (pytest -k <name>), if the checks passed.  A
-#   wgmma_ws_kmajor_mc failure is reported on its own line and never fails the run;
-#                 the shared steps leave the candidates out, the benchmark the failed
-#                 ones (the _mc ones: CTA pairs sharing B by TMA multicast)
+#   <candidate>   each kernel in $CANDIDATES (none at present: new kernels not yet   ~8 s     30 s
+#                 verified on a GPU), one process each: the same checks, then
+#                 tests-<name>: the GPU tests of that algorithm (pytest -k <name>),     ~10 s    45 s
+#                 if the checks passed.  A failure is reported on its own line and
+#                 never fails the run; the shared steps leave the candidates out, the
+#                 benchmark the failed ones
 #   smoke         dev/cuda/cuda_smoke.py: every algo x small odd shapes vs reference ~10 s    120 s
 #   host-tests    tests/kernels/test_cuda_{host,build,edge_cases}.py                  ~10 s    120 s
 #   cuda-tests    tests/kernels/test_cuda_kernels.py (every algo, device arrays)      ~60 s    240 s
@@ -145,7 +145,7 @@ say "machine"
 timeout 20 nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && HAVE_GPU=1
 CAP="$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')"
 ARCH="${CUDA_ARCH:-${CAP:-90}}"
-# Hopper builds as sm_90a (the arch-specific target with wgmma, which matmul v5 needs)
+# Hopper builds as sm_90a (the arch-specific target with wgmma, which matmul versions 4 and 5 need)
 [ "$ARCH" = 90 ] && [ -z "${CUDA_ARCH:-}" ] && ARCH=90a
 record machine "$([ "$HAVE_GPU" = 1 ] && echo "GPU found, arch $ARCH" || echo "no GPU (device steps will be skipped)")"
 
@@ -216,12 +216,12 @@ fi
 # Kernels written without a GPU, or not yet through the shared steps (memcheck, racecheck), run only
 # in their own steps (a trap or fault there would poison the CUDA context of a shared process and
 # fail every later check in it).  Verified on a GPU and worth running everywhere: move it out of
-# this list (and into VERIFIED_MATMUL in tests/kernels/test_cuda_gpu_scripts.py).  The four ws
-# kernels passed their own checks and tests on the H200 (2026-11-26) but are not auto.
-CANDIDATES=(wgmma_ws wgmma_ws_kmajor wgmma_ws_mc wgmma_ws_kmajor_mc)
+# this list (and into VERIFIED_MATMUL in tests/kernels/test_cuda_gpu_scripts.py).
+CANDIDATES=()
 FAILED_CANDIDATES=""
 SKIP_CANDIDATES="$(IFS=,; echo "${CANDIDATES[*]}")"
-NOT_CANDIDATES="not ($(IFS=' '; echo "${CANDIDATES[*]}" | sed 's/ / or /g'))"
+NOT_CANDIDATES=""                                       # pytest -k "": every test
+[ "${#CANDIDATES[@]}" -gt 0 ] && NOT_CANDIDATES="not ($(IFS=' '; echo "${CANDIDATES[*]}" | sed 's/ / or /g'))"
 PYTEST=("$PY" -m pytest -rs -p no:cacheprovider --tb=short)
 # a test stuck in a hung kernel ends the step after 60 s with its name and stacks (pytest-timeout,
 # where installed; "thread": a signal cannot interrupt a blocking CUDA call) instead of eating the cap
@@ -234,8 +234,8 @@ rng = np.random.default_rng(0)
 try:
     _cuda.matmul(np.ones((8, 8), np.float16), np.ones((8, 8), np.float16), algo="wgmma")
 except ValueError as exc:
-    print(f"v5 not available here: {exc}"); raise SystemExit(0)
-VERIFIED = ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "auto"]   # auto: wgmma_tma on Hopper
+    print(f"wgmma not available here: {exc}"); raise SystemExit(0)
+VERIFIED = ["wgmma", "wgmma_direct", "wgmma_tma", "auto"]   # auto: wgmma_tma on Hopper
 algos = VERIFIED if what == "verified" else [what]
 for algo in algos:
     for (M, K, N) in [(1, 8, 1), (130, 72, 260), (257, 1000, 513), (128, 4096, 256), (40, 520, 24)]:
@@ -263,13 +263,13 @@ for algo in (["auto", "wgmma_tma", "wgmma", "mma"] if what == "verified" else [w
     print(f"{algo} bf16 4096^3: {2 * 4096**3 / dt / 1e12:.0f} TFLOP/s, max err / max |C| = {err:.1e}", flush=True)
     assert err < 1e-2, f"{algo} is wrong at 4096^3"
 '
-# matmul v5 (wgmma) first, in its own process: if it is wrong or faults, the rest of the run goes on
-# with PYWORKLOADS_NO_WGMMA=1 (auto = v4), so one broken kernel cannot take every later step down.
-# The unverified v5 candidates then run one process each (a fault or hang there touches nothing
-# else; their status never turns v5 off).
+# matmul versions 4 and 5 (wgmma) first, in their own process: if they are wrong or fault, the rest
+# of the run goes on with PYWORKLOADS_NO_WGMMA=1 (auto = mma), so one broken kernel cannot take
+# every later step down.  The unverified candidates then run one process each (a fault or hang
+# there touches nothing else; their status never turns wgmma off).
 if needs_gpu wgmma; then
     run_step wgmma 60 wgmma.log "$PY" -c "$WGMMA_PY" verified
-    [[ "${STEP_STATUS[-1]:-}" == PASS* ]] || { export PYWORKLOADS_NO_WGMMA=1; echo "(v5 failed: the remaining steps run with PYWORKLOADS_NO_WGMMA=1)"; }
+    [[ "${STEP_STATUS[-1]:-}" == PASS* ]] || { export PYWORKLOADS_NO_WGMMA=1; echo "(wgmma failed: the remaining steps run with PYWORKLOADS_NO_WGMMA=1)"; }
     for cand in "${CANDIDATES[@]}"; do
         # a deadlocked barrier traps after 10 s (mbar_wait), so 30 s is plenty for a broken one too
         run_step "$cand" 30 "$cand.log" "$PY" -c "$WGMMA_PY" "$cand"
@@ -278,7 +278,7 @@ if needs_gpu wgmma; then
             FAILED_CANDIDATES+="${FAILED_CANDIDATES:+,}$cand"   # and the benchmark leaves it out
             continue
         fi
-        kexpr="$cand"                                   # -k matches substrings: wgmma_ws is in wgmma_ws_kmajor
+        kexpr="$cand"                                   # -k matches substrings: "a" is in "a_b"
         for other in "${CANDIDATES[@]}"; do [[ "$other" != "$cand" && "$other" == *"$cand"* ]] && kexpr+=" and not $other"; done
         run_step "tests-$cand" 45 "pytest-$cand.log" "${PYTEST[@]}" -q tests/kernels/test_cuda_kernels.py -k "$kexpr"
         [ -f "$LOGDIR/pytest-$cand.log" ] && tail -n 15 "$LOGDIR/pytest-$cand.log" >> "$LOGDIR/wgmma.log"
