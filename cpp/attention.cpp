@@ -64,7 +64,6 @@ struct Problem {
     int64_t key_limit(int64_t i) const { return causal ? std::min(Tk, i + Tk - Tq + 1) : Tk; }
 };
 
-
 // Adds bias, applies causal/mask (-inf) to one row of scores s[0:n) for query i, keys j0..j0+n.
 inline void bias_and_mask_row(const Problem& P, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s) {
     if (P.bias.p) {
@@ -180,8 +179,8 @@ inline void tile_mac(int64_t K, const float* A, int64_t ars, int64_t acs, const 
 }
 
 // C[rows x w] (+)= A · B for any rows / w, in 6-row x (NVEC·VL)-column tiles.
-void block_mac(int64_t rows, int64_t w, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb,
-               float* C, int64_t ldc, bool accumulate) {
+void block_mac(int64_t rows, int64_t w, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B,
+               int64_t ldb, float* C, int64_t ldc, bool accumulate) {
     for (int64_t c0 = 0; c0 < w; c0 += NVEC * VL) {
         const int cw = static_cast<int>(std::min<int64_t>(NVEC * VL, w - c0));
         for (int64_t r0 = 0; r0 < rows; r0 += 6) {
@@ -237,7 +236,8 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
         // Sᵀ = K_blk · Qᵀ  [nk x BQ]
         block_mac(nk, BQ, P.Dh, P.k.row(b, hk, j0), P.k.s2, 1, w.qt, BQ, w.st, BQ, false);
         for (int64_t jj = 0; jj < nk; ++jj)
-            for (int v = 0; v < NVEC; ++v) vstore(w.st + jj * BQ + v * VL, vmul(vload(w.st + jj * BQ + v * VL), vscale));
+            for (int v = 0; v < NVEC; ++v)
+                vstore(w.st + jj * BQ + v * VL, vmul(vload(w.st + jj * BQ + v * VL), vscale));
         if (P.bias.p || P.mask.p) {
             int64_t r_done = 0;
 #if defined(__AVX512F__)
@@ -246,7 +246,8 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
                     int64_t jj = 0;
                     for (; jj + 16 <= nk; jj += 16) {
                         __m512 t[16];
-                        for (int i = 0; i < 16; ++i) t[i] = _mm512_loadu_ps(P.bias.frow(b, h, i0 + r_done + i) + j0 + jj);
+                        for (int i = 0; i < 16; ++i)
+                            t[i] = _mm512_loadu_ps(P.bias.frow(b, h, i0 + r_done + i) + j0 + jj);
                         transpose16(t);
                         for (int c = 0; c < 16; ++c) {
                             float* sp = w.st + (jj + c) * BQ + r_done;
@@ -388,8 +389,9 @@ StridedF32 qkv_view(const py::handle& obj, const char* name) {
 Extra extra_view(const py::array& a, const void* data, const char* name, const int64_t full[4], int64_t itemsize) {
     Extra e;
     const int nd = static_cast<int>(a.ndim());
-    if (nd > 4) throw py::value_error(std::string("attention: ") + name + " must have at most 4 dimensions, got " +
-                                      std::to_string(nd));
+    if (nd > 4)
+        throw py::value_error(std::string("attention: ") + name + " must have at most 4 dimensions, got " +
+                              std::to_string(nd));
     for (int d = 0; d < nd; ++d) {
         const int fd = 4 - nd + d;
         const int64_t n = a.shape(d);
@@ -430,8 +432,8 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
         throw py::value_error("attention: k" + shape_str(k.arr) + " and v" + shape_str(v.arr) +
                               " must share heads and length");
     if (P.Hkv == 0 || P.Hq % P.Hkv != 0)
-        throw py::value_error("attention: query heads (" + std::to_string(P.Hq) + ") must be a multiple of key/value heads (" +
-                              std::to_string(P.Hkv) + ")");
+        throw py::value_error("attention: query heads (" + std::to_string(P.Hq) +
+                              ") must be a multiple of key/value heads (" + std::to_string(P.Hkv) + ")");
     if (k.dim(3) != P.Dh)
         throw py::value_error("attention: q and k head widths differ (" + std::to_string(P.Dh) + " vs " +
                               std::to_string(k.dim(3)) + ")");

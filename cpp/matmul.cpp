@@ -239,8 +239,7 @@ GemmPlan plan_gemm(int64_t M, int64_t N, int64_t K, int nt) {
 }
 
 // Runs inside a parallel region of `nt` threads (or serially with nt == 1).
-void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t ldc, const GemmPlan& p,
-               float* ws) {
+void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t ldc, const GemmPlan& p, float* ws) {
     const int nt = team_size(), t = thread_id();
     float* Bp = ws;
     float* Ap = ws + p.bp_floats + static_cast<size_t>(t) * p.ap_floats;
@@ -269,7 +268,8 @@ void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t 
                     const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-                        micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr, pc > 0);
+                        micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr,
+                                     pc > 0);
                     }
                 }
             }
@@ -396,8 +396,7 @@ bool skinny_applies(int64_t M, Mat B) { return M <= SKINNY_M && (B.rs == 1 || B.
 // =============================================================================================
 
 // One matrix product with a team of threads (called from inside a parallel region).
-void matmul_one(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, const GemmPlan& p, float* ws,
-                float* arow) {
+void matmul_one(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, const GemmPlan& p, float* ws, float* arow) {
     if (M == 0 || N == 0) return;
     if (K == 0) {
 #pragma omp for schedule(static)
@@ -544,8 +543,9 @@ void bind_matmul(py::module_& m) {
           "raise TypeError. version: 'fast' (packed, blocked, SIMD, threaded) or 'naive' (triple loop).");
     m.def("_set_matmul_blocking", &set_matmul_blocking, py::arg("kc"), py::arg("mc"), py::arg("nc"),
           "Tuning hook for benchmarks: the GEMM cache-block sizes (K, M and N blocks).");
-    m.def("_matmul_tile", []() { return py::make_tuple(MR, NR, g_block.kc, g_block.mc, g_block.nc); },
-          "(MR, NR, KC, MC, NC) of the GEMM: micro-tile and cache blocks.");
+    m.def(
+        "_matmul_tile", []() { return py::make_tuple(MR, NR, g_block.kc, g_block.mc, g_block.nc); },
+        "(MR, NR, KC, MC, NC) of the GEMM: micro-tile and cache blocks.");
 }
 
 }  // namespace pyworkloads

@@ -32,7 +32,8 @@ void rms_norm_rows_naive(const float* x, const float* w, float* y, int64_t rows,
     }
 }
 
-void layer_norm_rows_naive(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t D, float eps) {
+void layer_norm_rows_naive(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t D,
+                           float eps) {
     for (int64_t r = 0; r < rows; ++r) {
         double s = 0, v = 0;
         for (int64_t j = 0; j < D; ++j) s += x[r * D + j];
@@ -150,13 +151,16 @@ int64_t check_row_param(const f32array& x, const f32array& p, const char* op, co
 }  // namespace
 
 // residual: None, or an array of x's shape added to x first (returns (y, x + residual)).
-py::object finish(f32array& y, py::object& h, bool fused) { return fused ? py::object(py::make_tuple(y, h)) : py::object(y); }
+py::object finish(f32array& y, py::object& h, bool fused) {
+    return fused ? py::object(py::make_tuple(y, h)) : py::object(y);
+}
 
 f32array check_residual(const py::object& res_obj, const f32array& x, const char* op) {
     if (res_obj.is_none()) return f32array();
     f32array r = require_f32(res_obj, "residual");
     if (shape_of(r) != shape_of(x))
-        throw py::value_error(std::string(op) + ": residual must have x's shape " + shape_str(x) + ", got " + shape_str(r));
+        throw py::value_error(std::string(op) + ": residual must have x's shape " + shape_str(x) + ", got " +
+                              shape_str(r));
     return r;
 }
 
@@ -223,8 +227,8 @@ py::object layer_norm(py::handle x_obj, py::handle w_obj, py::handle b_obj, doub
 }
 
 void bind_norms(py::module_& m) {
-    m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6,
-          py::arg("version") = "fast", py::arg("residual") = py::none(),
+    m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6, py::arg("version") = "fast",
+          py::arg("residual") = py::none(),
           "RMSNorm over the last axis of a float32 array: x / sqrt(mean(x^2) + eps) * weight.\n"
           "With residual=r (x's shape) it normalises h = x + r and returns (norm(h), h). Non-float32 -> TypeError;\n"
           "non-contiguous inputs are copied.");

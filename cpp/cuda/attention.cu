@@ -54,14 +54,15 @@ AttnAlgo attention_resolve(const AttnProblem& p, AttnAlgo requested) {
         throw std::invalid_argument(std::string("attention: unsupported dtype ") + dtype_name(p.dtype));
     const int64_t width = p.Dh > p.Dv ? p.Dh : p.Dv;
     if (width > kMaxHeadDim)
-        throw std::invalid_argument("attention: the CUDA kernels support head widths up to " + std::to_string(kMaxHeadDim) +
-                                    ", got " + std::to_string(width));
+        throw std::invalid_argument("attention: the CUDA kernels support head widths up to " +
+                                    std::to_string(kMaxHeadDim) + ", got " + std::to_string(width));
     const bool mma_ok = p.dtype != DType::F32 && width <= 128;
     // Auto: version 3 for half types; its launcher runs version 2 where p.vec is false (the bindings
     // resolve before they know the alignment, so the choice between 2 and 3 is made at launch).
     if (requested == AttnAlgo::Auto) return mma_ok ? AttnAlgo::MmaAsync : AttnAlgo::Simt;
     if ((requested == AttnAlgo::Mma || requested == AttnAlgo::MmaAsync) && !mma_ok)
-        throw std::invalid_argument(std::string("attention: algo='") + (requested == AttnAlgo::Mma ? "mma" : "mma_async") +
+        throw std::invalid_argument(std::string("attention: algo='") +
+                                    (requested == AttnAlgo::Mma ? "mma" : "mma_async") +
                                     "' needs float16/bfloat16 inputs and head widths <= 128");
     return requested;
 }

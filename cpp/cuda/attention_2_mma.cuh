@@ -26,9 +26,11 @@ __device__ __forceinline__ uint32_t ld_shared_u32(const void* ptr) { return *sta
 // 8 consecutive elements of row `row` starting at column d (zeros outside [rows, width)), as
 // one 16-byte register.
 template <class T>
-__device__ __forceinline__ uint4 load8(const T* src, int64_t st, int64_t row, int64_t rows, int d, int64_t width, bool vec) {
+__device__ __forceinline__ uint4 load8(const T* src, int64_t st, int64_t row, int64_t rows, int d, int64_t width,
+                                       bool vec) {
     if (vec)                       // width % 8 == 0: a chunk is entirely inside or outside
-        return (row < rows && d < width) ? *reinterpret_cast<const uint4*>(src + row * st + d) : make_uint4(0u, 0u, 0u, 0u);
+        return (row < rows && d < width) ? *reinterpret_cast<const uint4*>(src + row * st + d)
+                                         : make_uint4(0u, 0u, 0u, 0u);
     alignas(16) T v[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) v[e] = (row < rows && d + e < width) ? src[row * st + d + e] : from_float<T>(0.f);
@@ -76,14 +78,14 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
             for (int i = 0; i < kPer; ++i) {
                 const int c = tid + i * kMmaThreads;
                 kreg[i] = load8(K, p.k.st, k0 + c / kChunks, p.Tk, (c % kChunks) * 8, p.Dh, p.vec);
-                vreg[i] = load8(V, p.v.st, k0 + c % kMmaCols, p.Tk, (c / kMmaCols) * 8, p.Dv, p.vec);   // key fastest
+                vreg[i] = load8(V, p.v.st, k0 + c % kMmaCols, p.Tk, (c / kMmaCols) * 8, p.Dv, p.vec);  // key fastest
             }
         }
     };
     auto store_k = [&](int c, uint4 chunk) {
         *reinterpret_cast<uint4*>(Ks + (c / kChunks) * kLd + (c % kChunks) * 8) = chunk;
     };
-    auto store_v = [&](int c, uint4 chunk) {      // transposed; consecutive lanes: consecutive keys, distinct banks
+    auto store_v = [&](int c, uint4 chunk) {  // transposed; consecutive lanes: consecutive keys, distinct banks
         const int r = c % kMmaCols, d = (c / kMmaCols) * 8;
         const T* e = reinterpret_cast<const T*>(&chunk);
 #pragma unroll
@@ -102,7 +104,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
         if (end > 0) fetch(0);
     }
     for (int64_t k0 = 0; k0 < end; k0 += kMmaCols) {
-        __syncthreads();                               // Q fragments read / previous tile consumed
+        __syncthreads();  // Q fragments read / previous tile consumed
         if constexpr (kPrefetch) {
 #pragma unroll
             for (int i = 0; i < kPer; ++i) {
@@ -160,7 +162,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float m_new = fmaxf(m[rr], mx);
-            const float base = m_new == kNegInf ? 0.f : m_new;   // all masked so far: every p is 0
+            const float base = m_new == kNegInf ? 0.f : m_new;  // all masked so far: every p is 0
             const float corr = exp2f(m[rr] - base);
             m[rr] = m_new;
             l[rr] *= corr;
@@ -196,7 +198,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
         float total = l[rr];
         total += __shfl_xor_sync(0xffffffffu, total, 1);
         total += __shfl_xor_sync(0xffffffffu, total, 2);
-        const float inv = total > 0.f ? 1.f / total : 0.f;   // false for NaN too: zeros
+        const float inv = total > 0.f ? 1.f / total : 0.f;  // false for NaN too: zeros
         const int64_t row = rows[rr];
         if (row >= p.Tq) continue;
 #pragma unroll

@@ -49,15 +49,26 @@ namespace {
 // Block shape per head width (see the opening comment for the reasons): kWarps warps, each owning
 // kMT m-tiles of 16 query rows; K/V tiles of kAsyncCols keys in a ring of kAsyncStages stages.
 constexpr int kAsyncCols = 64, kAsyncStages = 2;
-template <int kD> struct AsyncShape;
-template <> struct AsyncShape<64> { static constexpr int kWarps = 4, kMT = 2; };    // 128 rows, 32 per warp
-template <> struct AsyncShape<128> { static constexpr int kWarps = 4, kMT = 1; };   // 64 rows, 16 per warp
+template <int kD>
+struct AsyncShape;
+template <>
+struct AsyncShape<64> {
+    static constexpr int kWarps = 4, kMT = 2;
+};    // 128 rows, 32 per warp
+template <>
+struct AsyncShape<128> {
+    static constexpr int kWarps = 4, kMT = 1;
+};   // 64 rows, 16 per warp
 
 template <int kD>
-constexpr int async_rows() { return AsyncShape<kD>::kWarps * 16 * AsyncShape<kD>::kMT; }
+constexpr int async_rows() {
+    return AsyncShape<kD>::kWarps * 16 * AsyncShape<kD>::kMT;
+}
 // Stages x (K tile + V tile), [key][d] with a pitch of kD + 8 halves: 36 KiB (64), 68 KiB (128).
 template <int kD>
-constexpr size_t async_smem_bytes() { return size_t(kAsyncStages) * 2 * kAsyncCols * (kD + 8) * 2; }
+constexpr size_t async_smem_bytes() {
+    return size_t(kAsyncStages) * 2 * kAsyncCols * (kD + 8) * 2;
+}
 
 // One MUFU instruction (the library exp2f adds range fix-ups); exp2(-inf) = 0, NaN stays NaN.
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -217,7 +228,8 @@ __global__ void __launch_bounds__(AsyncShape<kD>::kWarps * 32) attention_mma_asy
                 if (row >= p.Tq) last = -1;
                 const int64_t rel = last - col0;
                 const int lim = rel < -1 ? -1 : rel > kCols ? kCols : int(rel);
-                const uint8_t* mrow = p.mask ? p.mask + b * p.mask_stride[0] + h * p.mask_stride[1] + row * p.mask_stride[2] : nullptr;
+                const uint8_t* mrow =
+                    p.mask ? p.mask + b * p.mask_stride[0] + h * p.mask_stride[1] + row * p.mask_stride[2] : nullptr;
                 const T* brow = p.bias ? static_cast<const T*>(p.bias) + b * p.bias_stride[0] + h * p.bias_stride[1] +
                                              row * p.bias_stride[2]
                                        : nullptr;

@@ -18,7 +18,6 @@ namespace pyworkloads::cuda {
 
 namespace {
 
-
 // One 8-element chunk of a tile row by cp.async to shared address dst: the first `left` elements
 // (clamped to 0..8) are read from src -- a 16-byte aligned address -- the hardware zero-fills the
 // rest; `safe` is any valid address, used when nothing is read.
@@ -182,7 +181,8 @@ __global__ void __launch_bounds__(kMmaThreads, 1) matmul_mma(MatmulProblem p, bo
 template <class T, int kStages>
 void launch_mma(const MatmulProblem& p, cudaStream_t stream) {
     const int64_t tiles = ((p.M + kMmaBM - 1) / kMmaBM) * ((p.N + kMmaBN - 1) / kMmaBN);
-    const dim3 grid(grid_dim(tiles, INT32_MAX, "matmul M x N"), 1, static_cast<unsigned>(std::min<int64_t>(p.batch, 65535)));
+    const dim3 grid(grid_dim(tiles, INT32_MAX, "matmul M x N"), 1,
+                    static_cast<unsigned>(std::min<int64_t>(p.batch, 65535)));
     const size_t bytes = mma_smem_bytes(kStages);
     check(cudaFuncSetAttribute(matmul_mma<T, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
           "matmul_mma shared memory opt-in");

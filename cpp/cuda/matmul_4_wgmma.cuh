@@ -49,8 +49,8 @@ constexpr uint32_t kWgAtomN = kWgBK * 128;   // MN-major B tile: bytes from one 
 // c0 = its first column + 2 (lane % 4); each column pair leaves as one 4-byte store when C's rows
 // allow (c_pairs), element by element at the right edge.
 template <class T>
-__device__ __forceinline__ void store_wgmma_tile(T* C, const float (&d)[128], int64_t M, int64_t N, int64_t r0, int64_t c0,
-                                                 bool c_pairs) {
+__device__ __forceinline__ void store_wgmma_tile(T* C, const float (&d)[128], int64_t M, int64_t N, int64_t r0,
+                                                 int64_t c0, bool c_pairs) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         const int64_t r = r0 + half * 8;
@@ -104,8 +104,8 @@ __global__ void matmul_transpose_b(MatmulProblem p, T* bt, int64_t kp, int64_t n
 // kDirectB false (algo="wgmma"): B's tiles come K-major from bt, z's copy bt_stride elements from
 // the first (0 when B is broadcast).  kDirectB true (algo="wgmma_direct"): from B itself, MN-major.
 template <class T, bool kDirectB>
-__global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, const T* bt, int64_t kp, int64_t bt_stride,
-                                                               bool c_pairs) {
+__global__ void __launch_bounds__(kWgThreads, 1)
+    matmul_wgmma(MatmulProblem p, const T* bt, int64_t kp, int64_t bt_stride, bool c_pairs) {
 #if defined(PYW_HAS_WGMMA)
     constexpr int kAhead = kWgStages - 1 - kWgInFlight;   // steps loaded ahead of the one being multiplied
     extern __shared__ unsigned char wg_smem[];
@@ -151,7 +151,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
                     const int c = tid + kWgThreads * i, r = c >> 3, ch = c & 7;
                     const int64_t n = n0 + r, col = k0 + ch * 8;
                     const bool inside = n < p.N && col < kp;          // kp % 8 == 0: whole chunks
-                    cp_async16(b_smem + s * kWgStageB + swizzle128(r, ch), inside ? Bt + n * kp + col : Bt, inside ? 16 : 0);
+                    cp_async16(b_smem + s * kWgStageB + swizzle128(r, ch), inside ? Bt + n * kp + col : Bt,
+                               inside ? 16 : 0);
                 }
             }
         };
@@ -179,9 +180,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
 #pragma unroll
             for (int kk = 0; kk < kWgBK / 16; ++kk) {  // 16 k: 32 bytes along a K-major row, 2 k-groups MN-major
                 if constexpr (kDirectB)
-                    wgmma_m64n256k16<T, 1>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 2048, kWgAtomN, 1024));
-                else
-                    wgmma_m64n256k16<T, 0>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 32));
+                    wgmma_m64n256k16<T, 1>(d, wgmma_desc_sw128(sa + kk * 32),
+                                           wgmma_desc_sw128(sb + kk * 2048, kWgAtomN, 1024));
+                else wgmma_m64n256k16<T, 0>(d, wgmma_desc_sw128(sa + kk * 32), wgmma_desc_sw128(sb + kk * 32));
             }
             wgmma_commit();
             wgmma_wait<kWgInFlight>();
@@ -202,11 +203,12 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma(MatmulProblem p, c
 
 template <class T, bool kDirectB>
 void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
-    check(cudaFuncSetAttribute(matmul_wgmma<T, kDirectB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(kWgSmemBytes)),
-          "matmul_wgmma shared memory opt-in");
+    check(
+        cudaFuncSetAttribute(matmul_wgmma<T, kDirectB>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
+        "matmul_wgmma shared memory opt-in");
     const int64_t tiles = ((p.M + kWgBM - 1) / kWgBM) * ((p.N + kWgBN - 1) / kWgBN);
-    const dim3 grid(grid_dim(tiles, INT32_MAX, "matmul M x N"), 1, static_cast<unsigned>(std::min<int64_t>(p.batch, 65535)));
+    const dim3 grid(grid_dim(tiles, INT32_MAX, "matmul M x N"), 1,
+                    static_cast<unsigned>(std::min<int64_t>(p.batch, 65535)));
     const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
     if constexpr (kDirectB) {                          // B as it lies: no scratch, no transpose
         matmul_wgmma<T, true><<<grid, kWgThreads, kWgSmemBytes, stream>>>(p, nullptr, 0, 0, c_pairs);
@@ -227,14 +229,14 @@ void launch_wgmma(const MatmulProblem& p, cudaStream_t stream) {
         matmul_transpose_b<T><<<tgrid, dim3(32, 8), 0, stream>>>(p, static_cast<T*>(bt), kp, nbt);
         check_launch("matmul_transpose_b");
         matmul_wgmma<T, false><<<grid, kWgThreads, kWgSmemBytes, stream>>>(p, static_cast<const T*>(bt), kp,
-                                                                                      broadcast_b ? 0 : p.N * kp, c_pairs);
+                                                                           broadcast_b ? 0 : p.N * kp, c_pairs);
         check_launch("matmul_wgmma");
         note_kernel("wgmma");
     } catch (...) {
         if (bt) cudaFreeAsync(bt, stream);
         throw;
     }
-    if (bt) check(cudaFreeAsync(bt, stream), "matmul: freeing the B^T scratch");   // after the kernel, in stream order
+    if (bt) check(cudaFreeAsync(bt, stream), "matmul: freeing the B^T scratch");  // after the kernel, in stream order
 }
 
 }  // namespace

@@ -48,9 +48,9 @@ __device__ __forceinline__ TmaRing tma_ring(unsigned char* dynamic_smem, uint64_
 #endif
 
 template <class T>
-__global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma_tma(const __grid_constant__ CUtensorMap tma_a,
-                                                                   const __grid_constant__ CUtensorMap tma_b,
-                                                                   MatmulProblem p, bool c_pairs) {
+__global__ void __launch_bounds__(kWgThreads, 1)
+    matmul_wgmma_tma(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
+                     MatmulProblem p, bool c_pairs) {
 #if defined(PYW_HAS_WGMMA)
     extern __shared__ unsigned char wg_smem[];
     __shared__ __align__(8) uint64_t bars[2 * kWgStages];
@@ -108,14 +108,15 @@ __global__ void __launch_bounds__(kWgThreads, 1) matmul_wgmma_tma(const __grid_c
 }
 
 // cuTensorMapEncodeTiled from the driver (null when the driver has none).
-using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
-                                   const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 EncodeTiledFn encode_tiled() {
     static const EncodeTiledFn fn = [] {
         void* f = nullptr;
         cudaDriverEntryPointQueryResult found{};
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found) !=
+                cudaSuccess ||
             found != cudaDriverEntryPointSuccess) {
             cudaGetLastError();
             f = nullptr;
@@ -134,18 +135,19 @@ CUtensorMap tensor_map_2d(const void* ptr, int64_t inner, int64_t outer, int64_t
     const cuuint64_t dims[2] = {cuuint64_t(inner), cuuint64_t(outer)};
     const cuuint64_t strides[1] = {cuuint64_t(row_bytes)};
     const cuuint32_t box[2] = {box_inner, box_outer}, elem_strides[2] = {1, 1};
-    const CUresult r = encode_tiled()(&map, std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                                      2, const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS) throw std::runtime_error("matmul: cuTensorMapEncodeTiled failed with CUresult " + std::to_string(int(r)));
+    const CUresult r = encode_tiled()(
+        &map, std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+        const_cast<void*>(ptr), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        throw std::runtime_error("matmul: cuTensorMapEncodeTiled failed with CUresult " + std::to_string(int(r)));
     return map;
 }
 
 // Whether version 5 takes this problem: one matrix (no batch), aligned rows, sizes the 32-bit TMA
 // coordinates can address, and a driver with the encoder.
 bool tma_fits(const MatmulProblem& p) {
-    constexpr int64_t kLimit = (int64_t(1) << 31) - 512;   // tile origins past the last tile (a pair's idle half) too
+    constexpr int64_t kLimit = (int64_t(1) << 31) - 512;  // every tile origin fits an int32 coordinate
     return p.batch == 1 && p.a_vec && p.b_vec && p.K > 0 && p.M < kLimit && p.N < kLimit && p.K < kLimit &&
            encode_tiled() != nullptr;
 }
@@ -153,13 +155,15 @@ bool tma_fits(const MatmulProblem& p) {
 template <class T>
 void launch_wgmma_tma(const MatmulProblem& p, cudaStream_t stream) {
     const int64_t es = sizeof(T);
-    const CUtensorMap ta = tensor_map_2d<T>(p.a, p.K, p.M, p.lda * es, kWgBK, kWgBM);   // A [M, K]: 64 k x 128 rows
-    const CUtensorMap tb = tensor_map_2d<T>(p.b, p.N, p.K, p.ldb * es, 64, kWgBK);      // B [K, N]: 64 n x 64 k (one n-atom)
+    const CUtensorMap ta = tensor_map_2d<T>(p.a, p.K, p.M, p.lda * es, kWgBK, kWgBM);  // A [M, K]: 64 k x 128 rows
+    const CUtensorMap tb =
+        tensor_map_2d<T>(p.b, p.N, p.K, p.ldb * es, 64, kWgBK);  // B [K, N]: 64 n x 64 k (one n-atom)
     check(cudaFuncSetAttribute(matmul_wgmma_tma<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kWgSmemBytes)),
           "matmul_wgmma_tma shared memory opt-in");
     const int64_t tiles = ((p.M + kWgBM - 1) / kWgBM) * ((p.N + kWgBN - 1) / kWgBN);
     const bool c_pairs = p.N % 2 == 0 && reinterpret_cast<uintptr_t>(p.c) % 4 == 0;
-    matmul_wgmma_tma<T><<<grid_dim(tiles, INT32_MAX, "matmul M x N"), kWgThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
+    matmul_wgmma_tma<T>
+        <<<grid_dim(tiles, INT32_MAX, "matmul M x N"), kWgThreads, kWgSmemBytes, stream>>>(ta, tb, p, c_pairs);
     check_launch("matmul_wgmma_tma");
     note_kernel("wgmma_tma");
 }
@@ -171,7 +175,7 @@ void launch_wgmma_tma(const MatmulProblem& p, cudaStream_t stream) {
 // false (p unchanged) otherwise.
 bool fold_batch(MatmulProblem& p) {
     if (p.batch <= 1) return p.batch == 1;
-    int64_t want = p.M * p.lda;                    // stride of the innermost batch dimension
+    int64_t want = p.M * p.lda;  // stride of the innermost batch dimension
     for (int d = p.batch_ndim - 1; d >= 0; --d) {
         if (p.batch_stride_b[d] != 0 && p.batch_shape[d] != 1) return false;
         if (p.batch_shape[d] != 1 && p.batch_stride_a[d] != want) return false;

@@ -20,8 +20,8 @@ template <class T>
 void launch(const NormProblem& p, NormAlgo algo, cudaStream_t stream) {
     if (algo == NormAlgo::Block) return launch_block<T>(p, stream);
     constexpr int kVec = 16 / sizeof(T);
-    const bool vec = p.D % kVec == 0 && aligned16(p.x) && aligned16(p.y) && (!p.w || aligned16(p.w)) &&
-                     (!p.b || aligned16(p.b));
+    const bool vec =
+        p.D % kVec == 0 && aligned16(p.x) && aligned16(p.y) && (!p.w || aligned16(p.w)) && (!p.b || aligned16(p.b));
     const int64_t per_row = vec ? p.D / kVec : p.D;   // accesses per row
     const bool rows_fit = vec && per_row <= int64_t(kRowsThreads) * kRowsMaxPacks;
     if ((algo == NormAlgo::Auto || algo == NormAlgo::Rows) && rows_fit) return launch_rows<T, kVec>(p, per_row, stream);

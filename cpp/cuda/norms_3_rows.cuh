@@ -73,7 +73,10 @@ __global__ void __launch_bounds__(kRowsThreads) norm_rows(NormProblem p) {
     T* y = static_cast<T*>(p.y) + row * p.D;
     const T* w = static_cast<const T*>(p.w);
     const T* bb = static_cast<const T*>(p.b);
-    auto row_sum = [&](float v) { if constexpr (kWarpRow) return warp_sum(v); else return block_sum(v, slots); };
+    auto row_sum = [&](float v) {
+        if constexpr (kWarpRow) return warp_sum(v);
+        else return block_sum(v, slots);
+    };
 
     RawPack<T, kVec> a[kPacks];                      // the stored bits: 4 registers a pack
 #pragma unroll

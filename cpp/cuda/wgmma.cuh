@@ -41,12 +41,16 @@ __device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_byte_addr, ui
 #if defined(PYW_HAS_WGMMA)
 // Order this thread's earlier generic-proxy writes to shared memory (cp.async landing, st.shared)
 // before later async-proxy reads of it (wgmma operands).
-__device__ __forceinline__ void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async_shared() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
 // Before the first wgmma of a batch: the accumulator registers' earlier writes are visible to it.
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int kPending>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory"); }
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
 // A compiler-only fence on the accumulators (no instruction): their reads and writes may not move
 // across it, e.g. an epilogue read above the wgmma_wait that makes the values final.
 __device__ __forceinline__ void wgmma_fence_operands(float (&d)[128]) {
@@ -87,20 +91,18 @@ __device__ __forceinline__ void wgmma_fence_operands(float (&d)[128]) {
     "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
     "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
 // clang-format on
-#define PYW_WGMMA_M64N256K16(type)                                                                 \
+#define PYW_WGMMA_M64N256K16(type)                                                                         \
     asm volatile("{\n wgmma.mma_async.sync.aligned.m64n256k16.f32." type "." type " {" PYW_WGMMA_D128_REGS \
-                 "}, %128, %129, 1, 1, 1, 0, %130;\n}\n"                                            \
-                 : PYW_WGMMA_D128_OUTS(d)                                                            \
-                 : "l"(desc_a), "l"(desc_b), "n"(kTransB)                                           \
+                 "}, %128, %129, 1, 1, 1, 0, %130;\n}\n"                                                   \
+                 : PYW_WGMMA_D128_OUTS(d)                                                                  \
+                 : "l"(desc_a), "l"(desc_b), "n"(kTransB)                                                  \
                  : "memory")
 
 template <class T, int kTransB>
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
     static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "16-bit inputs");
-    if constexpr (std::is_same_v<T, __half>)
-        PYW_WGMMA_M64N256K16("f16");
-    else
-        PYW_WGMMA_M64N256K16("bf16");
+    if constexpr (std::is_same_v<T, __half>) PYW_WGMMA_M64N256K16("f16");
+    else PYW_WGMMA_M64N256K16("bf16");
 }
 
 // ---- TMA and mbarriers (matmul version 5, algo="wgmma_tma") -----------------------------------
@@ -110,7 +112,9 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
-__device__ __forceinline__ void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_mbarrier_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
@@ -140,15 +144,19 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
         " @p bra WAIT;\n"
         " trap;\n"
         "DONE:\n"
-        "}\n" ::"r"(bar), "r"(parity), "l"(kMbarWaitLimitNs) : "memory");
+        "}\n" ::"r"(bar),
+        "r"(parity), "l"(kMbarWaitLimitNs)
+        : "memory");
 }
 
 // One TMA tile load global -> shared (2-D tensor map, coordinates innermost first), completing
 // its bytes on `bar`.  The map lives in kernel parameter space (__grid_constant__).
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar) {
     asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
-        ::"r"(dst), "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(bar) : "memory");
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+            "r"(dst),
+        "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
 }
 
 #endif  // PYW_HAS_WGMMA
