@@ -1,6 +1,7 @@
 """matmul GFLOP/s: the cpp backend vs NumPy (OpenBLAS) on square sizes and the models' real shapes.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_matmul.py [--sizes 256 512 1024 2048 4096] [--repeat 7]
+    OMP_NUM_THREADS=2 python benchmarks/bench_matmul.py [--sizes 256 512 1024 2048 4096] [--repeat
+    7]
 
 Both libraries run in the same process with the same thread count, in alternating blocks of
 calls (so load from other processes hits both alike, see block_medians), and the table shows
@@ -8,6 +9,7 @@ medians.  "W.T" rows are the models' linear layers, x @ weight.T with a C-contig
 weight: the transposed operand the cpp kernel packs (or, for 1-row decode GEMVs, streams) in place.
 Unset OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for a fair numpy; the BLAS kernel in use is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout works without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works without installing
 
 from pyworkloads import _kernels
 
@@ -28,8 +30,11 @@ def blas_info() -> str:
         from threadpoolctl import threadpool_info
     except ImportError:
         return "threadpoolctl not installed (pip install threadpoolctl to see the BLAS kernel)"
-    return "; ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture')} x{i['num_threads']}"
-                     for i in threadpool_info() if i["user_api"] == "blas")
+    return "; ".join(
+        f"{i['internal_api']} {i.get('version')} {i.get('architecture')} x{i['num_threads']}"
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    )
 
 
 def block_medians(fns: dict, repeat: int, rounds: int = 3) -> dict:
@@ -40,7 +45,7 @@ def block_medians(fns: dict, repeat: int, rounds: int = 3) -> dict:
     per = max(1, -(-repeat // rounds))
     times = {k: [] for k in fns}
     for r in range(rounds):
-        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+        for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
             time.sleep(0.2)
             fns[k]()
             for _ in range(per):
@@ -51,15 +56,24 @@ def block_medians(fns: dict, repeat: int, rounds: int = 3) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024, 2048, 4096])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--no-model-shapes", action="store_true")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
-    print(f"threads: cpp {_kernels.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
-          f"BLAS: {blas_info()}; cpp build {_kernels.build_info()}, tile (MR, NR, KC, MC, NC) = {_kernels._matmul_tile()}")
-    print(f"{'case':<34} {'numpy GF/s':>10} {'cpp GF/s':>9} {'cpp/np':>7} {'np GB/s':>8} {'cpp GB/s':>8}")
+    print(
+        f"threads: cpp {_kernels.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
+        f"BLAS: {blas_info()}; cpp build {_kernels.build_info()}, tile (MR, NR, KC, MC, NC) = "
+        f"{_kernels._matmul_tile()}"
+    )
+    print(
+        f"{'case':<34} {'numpy GF/s':>10} {'cpp GF/s':>9} {'cpp/np':>7} {'np GB/s':>8} "
+        f"{'cpp GB/s':>8}"
+    )
     cases = [(f"square {n}", (n, n), (n, n), False) for n in args.sizes]
     cases += [(f"square {n}, b = W.T", (n, n), (n, n), True) for n in args.sizes if n >= 1024]
     if not args.no_model_shapes:
@@ -79,14 +93,19 @@ def main(argv=None) -> None:
     for name, sa, sb, transposed in cases:
         a = rng.standard_normal(sa, dtype=np.float32)
         w = rng.standard_normal(sb, dtype=np.float32)
-        b = w.T if transposed else w                     # [K, N] either way
+        b = w.T if transposed else w  # [K, N] either way
         M, K = a.shape
         N = b.shape[1]
-        med = block_medians({"np": lambda: a @ b, "cpp": lambda: _kernels.matmul(a, b)}, args.repeat)
+        med = block_medians(
+            {"np": lambda: a @ b, "cpp": lambda: _kernels.matmul(a, b)}, args.repeat
+        )
         flops, nbytes = 2.0 * M * N * K, 4.0 * (M * K + K * N + M * N)
-        print(f"{name:<34} {flops / med['np'] / 1e9:>10.1f} {flops / med['cpp'] / 1e9:>9.1f} "
-              f"{med['np'] / med['cpp']:>7.2f} {nbytes / med['np'] / 1e9:>8.1f} {nbytes / med['cpp'] / 1e9:>8.1f}",
-              flush=True)
+        print(
+            f"{name:<34} {flops / med['np'] / 1e9:>10.1f} {flops / med['cpp'] / 1e9:>9.1f} "
+            f"{med['np'] / med['cpp']:>7.2f} {nbytes / med['np'] / 1e9:>8.1f} "
+            f"{nbytes / med['cpp'] / 1e9:>8.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

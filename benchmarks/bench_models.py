@@ -2,7 +2,8 @@
 with the same weights, in one process and thread count.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_models.py [--models llama2 clip sam whisper]
-        [--llama2c /path/to/llama2.c]   # a checkout with `run` built: gcc -Ofast -march=native -fopenmp run.c -lm -o run
+        [--llama2c /path/to/llama2.c]   # a checkout with `run` built: gcc -Ofast -march=native
+        -fopenmp run.c -lm -o run
 
 Cases (random weights in real shapes, fp32):
   llama2   stories110M shape (preset llama2-110m): greedy decode tokens/s after a 1-token prompt
@@ -14,6 +15,7 @@ Cases (random weights in real shapes, fp32):
   whisper  base: encoder on 30 s of audio features + 32 decoder steps' logits (no cache)
 Medians of --repeat runs; transformers' time uses torch.inference_mode and torch.set_num_threads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout works without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works without installing
 
 import pyworkloads as pw  # noqa: E402
 
 
 def median_seconds(f, repeat: int) -> float:
-    f()                                                         # warm-up (page-in, scratch buffers)
+    f()  # warm-up (page-in, scratch buffers)
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -48,11 +50,14 @@ def on(backend, f):
     def run():
         with pw.use_backend(backend):
             return f()
+
     return run
 
 
 def hf_model(cls_name: str, config_cls: str, cfg_dict: dict, weights):
-    """A transformers model built from our config, holding exactly our weights (None if unavailable)."""
+    """A transformers model built from our config, holding exactly our weights (None if
+    unavailable).
+    """
     try:
         import torch
         import transformers
@@ -60,14 +65,21 @@ def hf_model(cls_name: str, config_cls: str, cfg_dict: dict, weights):
         print(f"  transformers: skipped ({exc})")
         return None, None
     torch.set_num_threads(pw.kernels.get_num_threads())
-    cfg = getattr(transformers, config_cls)(**{k: v for k, v in cfg_dict.items() if k not in ("model_type", "architectures")})
+    cfg = getattr(transformers, config_cls)(
+        **{k: v for k, v in cfg_dict.items() if k not in ("model_type", "architectures")}
+    )
     model = getattr(transformers, cls_name)(cfg).eval()
-    state = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(weights[k], np.float32))) for k in weights.keys()}
+    state = {
+        k: torch.from_numpy(np.ascontiguousarray(np.asarray(weights[k], np.float32)))
+        for k in weights.keys()
+    }
     missing, unexpected = model.load_state_dict(state, strict=False)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    print(f"  transformers {cls_name}: {len(state)} tensors loaded, missing {sorted(missing)[:3]}, "
-          f"unexpected {sorted(unexpected)[:3]}")
+    print(
+        f"  transformers {cls_name}: {len(state)} tensors loaded, missing {sorted(missing)[:3]}, "
+        f"unexpected {sorted(unexpected)[:3]}"
+    )
     return model, torch
 
 
@@ -81,10 +93,15 @@ def kernel_share(f) -> None:
         total = time.perf_counter() - t
     by_op = prof.totals()
     inside = sum(v["seconds"] for v in by_op.values())
-    ops = ", ".join(f"{op} {v['seconds'] * 1e3:.0f} ms ({v['flops'] / v['seconds'] / 1e9:.0f} GF/s)"
-                    for op, v in sorted(by_op.items(), key=lambda kv: -kv[1]["seconds"]) if v["seconds"] > 0)
-    print(f"  cpp profile: {total * 1e3:.0f} ms total, {inside * 1e3:.0f} ms in kernels [{ops}], "
-          f"{(total - inside) * 1e3:.0f} ms outside")
+    ops = ", ".join(
+        f"{op} {v['seconds'] * 1e3:.0f} ms ({v['flops'] / v['seconds'] / 1e9:.0f} GF/s)"
+        for op, v in sorted(by_op.items(), key=lambda kv: -kv[1]["seconds"])
+        if v["seconds"] > 0
+    )
+    print(
+        f"  cpp profile: {total * 1e3:.0f} ms total, {inside * 1e3:.0f} ms in kernels [{ops}], "
+        f"{(total - inside) * 1e3:.0f} ms outside"
+    )
 
 
 def report(name: str, unit: str, times: dict, work: float) -> None:
@@ -94,7 +111,10 @@ def report(name: str, unit: str, times: dict, work: float) -> None:
     for impl, t in times.items():
         if t is None:
             continue
-        parts.append(f"{impl} {work / t:.2f} {unit}" + (f" ({base / t:.2f}x numpy)" if base and impl != "numpy" else ""))
+        parts.append(
+            f"{impl} {work / t:.2f} {unit}"
+            + (f" ({base / t:.2f}x numpy)" if base and impl != "numpy" else "")
+        )
     print(f"  {name}: " + ", ".join(parts))
     if times.get("cpp") and times.get("transformers"):
         print(f"  {name}: cpp / transformers = {times['transformers'] / times['cpp']:.2f}x")
@@ -108,8 +128,18 @@ def export_llama2c(model, path: Path) -> None:
     head = D // c.num_attention_heads
     vocab = c.vocab_size if c.tie_word_embeddings else -c.vocab_size
     with open(path, "wb") as f:
-        f.write(struct.pack("7i", D, c.intermediate_size, L, c.num_attention_heads, c.num_key_value_heads, vocab,
-                            c.max_position_embeddings))
+        f.write(
+            struct.pack(
+                "7i",
+                D,
+                c.intermediate_size,
+                L,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                vocab,
+                c.max_position_embeddings,
+            )
+        )
 
         def put(name):
             f.write(np.ascontiguousarray(np.asarray(w[name], np.float32)).tobytes())
@@ -123,10 +153,10 @@ def export_llama2c(model, path: Path) -> None:
         for p in ("q", "k", "v", "o"):
             per_layer(f"self_attn.{p}_proj.weight")
         per_layer("post_attention_layernorm.weight")
-        for p in ("gate", "down", "up"):                          # run.c's w1, w2, w3
+        for p in ("gate", "down", "up"):  # run.c's w1, w2, w3
             per_layer(f"mlp.{p}_proj.weight")
         put("model.norm.weight")
-        f.write(np.zeros(c.max_position_embeddings * head, np.float32).tobytes())   # unused freq_cis
+        f.write(np.zeros(c.max_position_embeddings * head, np.float32).tobytes())  # unused freq_cis
         if not c.tie_word_embeddings:
             put("lm_head.weight")
 
@@ -136,15 +166,21 @@ def bench_llama2(args) -> None:
     n = args.tokens
     ids = np.array([[1]])
     print(f"llama2-110m (stories110M shape), greedy decode of {n} tokens, batch 1")
-    gen = lambda: m.generate(ids, max_new_tokens=n, eos_token_id=None)   # noqa: E731
-    times = {"numpy": median_seconds(gen, args.repeat), "cpp": median_seconds(on("cpp", gen), args.repeat)}
+    gen = lambda: m.generate(ids, max_new_tokens=n, eos_token_id=None)  # noqa: E731
+    times = {
+        "numpy": median_seconds(gen, args.repeat),
+        "cpp": median_seconds(on("cpp", gen), args.repeat),
+    }
     model, torch = hf_model("LlamaForCausalLM", "LlamaConfig", m.config.to_hf(), m.weights)
     if model is not None:
         tids = torch.from_numpy(ids)
 
         def hf_gen():
             with torch.inference_mode():
-                model.generate(tids, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True)
+                model.generate(
+                    tids, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True
+                )
+
         times["transformers"] = median_seconds(hf_gen, args.repeat)
     if args.llama2c:
         times["llama2.c"] = run_llama2c(m, Path(args.llama2c), n)
@@ -166,8 +202,27 @@ def run_llama2c(m, repo: Path, n: int) -> float | None:
         env = dict(os.environ, OMP_NUM_THREADS=str(pw.kernels.get_num_threads()))
         for _ in range(3):
             # temperature 1, top-p off: random weights make argmax loops; sampling costs the same
-            out = subprocess.run([str(exe), str(ckpt), "-z", str(tok), "-t", "1.0", "-p", "1.0", "-n", str(n + 1),
-                                  "-i", "", "-s", "1"], capture_output=True, text=True, env=env)
+            out = subprocess.run(
+                [
+                    str(exe),
+                    str(ckpt),
+                    "-z",
+                    str(tok),
+                    "-t",
+                    "1.0",
+                    "-p",
+                    "1.0",
+                    "-n",
+                    str(n + 1),
+                    "-i",
+                    "",
+                    "-s",
+                    "1",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             hit = re.search(r"achieved tok/s: ([0-9.]+)", out.stderr + out.stdout)
             if hit:
                 rates.append(float(hit.group(1)))
@@ -176,7 +231,7 @@ def run_llama2c(m, repo: Path, n: int) -> float | None:
         return None
     rate = float(np.median(rates))
     print(f"  llama2.c run.c: {rate:.2f} tok/s (median of {len(rates)} runs: {rates})")
-    return n / rate                                              # seconds per n tokens
+    return n / rate  # seconds per n tokens
 
 
 def bench_clip(args) -> None:
@@ -188,15 +243,25 @@ def bench_clip(args) -> None:
     ids[:, -1] = t.eos_token_id
     print("clip-vit-b-32: image features of 1 image; text features of 8 x 77 tokens")
     model, torch = hf_model("CLIPModel", "CLIPConfig", c.config.to_hf(), c.weights)
-    for name, f, work, unit in (("image", lambda: c.get_image_features(px), 1, "images/s"),
-                                ("text", lambda: c.get_text_features(ids), 8, "texts/s")):
-        times = {"numpy": median_seconds(f, args.repeat), "cpp": median_seconds(on("cpp", f), args.repeat)}
+    for name, f, work, unit in (
+        ("image", lambda: c.get_image_features(px), 1, "images/s"),
+        ("text", lambda: c.get_text_features(ids), 8, "texts/s"),
+    ):
+        times = {
+            "numpy": median_seconds(f, args.repeat),
+            "cpp": median_seconds(on("cpp", f), args.repeat),
+        }
         if model is not None:
             tin = torch.from_numpy(px if name == "image" else ids)
 
             def hf():
                 with torch.inference_mode():
-                    return model.get_image_features(pixel_values=tin) if name == "image" else model.get_text_features(input_ids=tin)
+                    return (
+                        model.get_image_features(pixel_values=tin)
+                        if name == "image"
+                        else model.get_text_features(input_ids=tin)
+                    )
+
             times["transformers"] = median_seconds(hf, args.repeat)
         report(name, unit, times, work)
         kernel_share(f)
@@ -207,7 +272,7 @@ def bench_sam(args) -> None:
     size = s.config.vision_config.image_size
     px = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     print(f"{args.sam_preset}: image encoder, one {size} x {size} image")
-    f = lambda: s.get_image_embeddings(px)                  # noqa: E731
+    f = lambda: s.get_image_embeddings(px)  # noqa: E731
     reps = max(1, args.repeat // 3)
     times = {"numpy": median_seconds(f, reps), "cpp": median_seconds(on("cpp", f), reps)}
     model, torch = hf_model("SamModel", "SamConfig", s.config.to_hf(), s.weights)
@@ -217,6 +282,7 @@ def bench_sam(args) -> None:
         def hf():
             with torch.inference_mode():
                 return model.get_image_embeddings(tin)
+
         times["transformers"] = median_seconds(hf, reps)
     report("encoder", "images/s", times, 1)
     kernel_share(f)
@@ -229,15 +295,21 @@ def bench_whisper(args) -> None:
     feats = rng.standard_normal((1, cfg.num_mel_bins, 3000)).astype(np.float32)
     dec = np.concatenate([[cfg.decoder_start_token_id], rng.integers(0, 50000, 31)])[None]
     print(f"{args.whisper_preset}: encoder on 30 s + decoder logits for 32 tokens")
-    f = lambda: w(feats, dec)                                # noqa: E731
-    times = {"numpy": median_seconds(f, args.repeat), "cpp": median_seconds(on("cpp", f), args.repeat)}
-    model, torch = hf_model("WhisperForConditionalGeneration", "WhisperConfig", cfg.to_hf(), w.weights)
+    f = lambda: w(feats, dec)  # noqa: E731
+    times = {
+        "numpy": median_seconds(f, args.repeat),
+        "cpp": median_seconds(on("cpp", f), args.repeat),
+    }
+    model, torch = hf_model(
+        "WhisperForConditionalGeneration", "WhisperConfig", cfg.to_hf(), w.weights
+    )
     if model is not None:
         tf, td = torch.from_numpy(feats), torch.from_numpy(dec)
 
         def hf():
             with torch.inference_mode():
                 return model(input_features=tf, decoder_input_ids=td).logits
+
         times["transformers"] = median_seconds(hf, args.repeat)
     report("forward", "runs/s", times, 1)
     kernel_share(f)
@@ -247,7 +319,9 @@ BENCHES = {"llama2": bench_llama2, "clip": bench_clip, "sam": bench_sam, "whispe
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--models", nargs="*", default=list(BENCHES), choices=list(BENCHES))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=128, help="llama2 decode length")

@@ -7,6 +7,7 @@ copy baseline is `x.copy()` -- the same one-read-one-write traffic, including al
 output as the kernels do -- and `np.copyto` into a preallocated array (no fresh pages).
 Medians of alternating blocks of repeats, all in one process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout works without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works without installing
 
 from bench_matmul import block_medians  # noqa: E402  (same folder)
+
 from pyworkloads import _kernels
 from pyworkloads.kernels import reference
 
@@ -25,13 +27,17 @@ SHAPES = [(4096, 768), (16384, 1024), (4096, 4096), (1500, 512), (64, 64 * 64 * 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeat", type=int, default=9)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     print(f"threads {_kernels.get_num_threads()}; GB/s = (read x + write y) / median time")
-    print(f"{'op':<10} {'shape':>14} {'MB':>6} {'numpy':>7} {'cpp':>7} {'copy':>7} {'copyto':>7} "
-          f"{'cpp/np':>7} {'cpp/copy':>8} {'cpp/copyto':>10}")
+    print(
+        f"{'op':<10} {'shape':>14} {'MB':>6} {'numpy':>7} {'cpp':>7} {'copy':>7} {'copyto':>7} "
+        f"{'cpp/np':>7} {'cpp/copy':>8} {'cpp/copyto':>10}"
+    )
     for shape in SHAPES:
         x = rng.standard_normal(shape, dtype=np.float32)
         D = shape[-1]
@@ -39,15 +45,29 @@ def main(argv=None) -> None:
         dst = np.empty_like(x)
         nbytes = 2 * x.nbytes
         for op, ref, cpp in (
-            ("rms_norm", lambda: reference.rms_norm(x, w, 1e-6), lambda: _kernels.rms_norm(x, w, 1e-6)),
-            ("layer_norm", lambda: reference.layer_norm(x, w, b, 1e-5), lambda: _kernels.layer_norm(x, w, b, 1e-5)),
+            (
+                "rms_norm",
+                lambda: reference.rms_norm(x, w, 1e-6),
+                lambda: _kernels.rms_norm(x, w, 1e-6),
+            ),
+            (
+                "layer_norm",
+                lambda: reference.layer_norm(x, w, b, 1e-5),
+                lambda: _kernels.layer_norm(x, w, b, 1e-5),
+            ),
         ):
-            med = block_medians({"np": ref, "cpp": cpp, "copy": x.copy, "copyto": lambda: np.copyto(dst, x)},
-                                      args.repeat)
+            med = block_medians(
+                {"np": ref, "cpp": cpp, "copy": x.copy, "copyto": lambda: np.copyto(dst, x)},
+                args.repeat,
+            )
             gbs = {k: nbytes / t / 1e9 for k, t in med.items()}
-            print(f"{op:<10} {str(shape):>14} {x.nbytes / 1e6:>6.1f} {gbs['np']:>7.1f} {gbs['cpp']:>7.1f} "
-                  f"{gbs['copy']:>7.1f} {gbs['copyto']:>7.1f} {gbs['cpp'] / gbs['np']:>7.2f} "
-                  f"{gbs['cpp'] / gbs['copy']:>8.2f} {gbs['cpp'] / gbs['copyto']:>10.2f}", flush=True)
+            print(
+                f"{op:<10} {str(shape):>14} {x.nbytes / 1e6:>6.1f} {gbs['np']:>7.1f} "
+                f"{gbs['cpp']:>7.1f} "
+                f"{gbs['copy']:>7.1f} {gbs['copyto']:>7.1f} {gbs['cpp'] / gbs['np']:>7.2f} "
+                f"{gbs['cpp'] / gbs['copy']:>8.2f} {gbs['cpp'] / gbs['copyto']:>10.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ f32array gelu(py::handle x_obj, const std::string& version) {
 
 void bind_activations(py::module_& m) {
     m.def("gelu", &gelu, py::arg("x"), py::arg("version") = "fast",
-          "Exact-form GELU x·Φ(x) of a float32 array (fast: vectorised erfc approximation, |error| <= ~4e-7·max(1,|x|)).");
+          "Exact-form GELU x·Φ(x) of a float32 array (fast: vectorised erfc approximation, |error| <= "
+          "~4e-7·max(1,|x|)).");
 }
 
 }  // namespace pyworkloads

@@ -6,33 +6,15 @@
 //   bottom-right aligned (query i sees keys j <= i + Tk - Tq); bias (additive) and mask (boolean,
 //   True = attend) broadcast to [B, Hq, Tq, Tk] and are read through strides (0 along broadcast axes).
 //
-// Versions:
+// Three numbered versions, each section below opening with what it adds over the one before:
 //
-// 1. naive -- per query row: all Tk scores, max, exp, sum, weighted sum of V (double accumulation).
-//    O(Tk) memory per row; the textbook definition, kept as a test oracle.
+//   1. naive   per query row: all Tk scores, max, exp, sum, weighted sum of V (the test oracle)
+//   2. tiled   the FlashAttention recurrence over blocks of queries and keys, SIMD, threaded
+//   3. decode  Tq == 1: one pass over the KV cache for all query heads of a kv group
 //
-// 2. fast, tiled (Tq > 1) -- the FlashAttention recurrence.  A task is one (b, h, block of BQ
-//    queries); it walks the key blocks of BK keys and never forms the Tq x Tk score matrix:
-//
-//       S   = scale · Q_blk · K_blkᵀ (+ bias, masked -> -inf)        [BQ x BK], in L1
-//       m'  = max(m, rowmax S);  P = exp(S - m');  α = exp(m - m')
-//       l   = α·l + rowsum P;    O = α·O + P · V_blk                 running max m, sum l, output O
-//    and finally out = O / l (rows with no allowed key keep l = 0 and give zeros, like the reference).
-//    The scores are kept transposed, Sᵀ [keys x queries] with one SIMD lane per query (BQ = 4
-//    vectors), so the running max / sum / rescale of all BQ queries are plain vector ops, and both
-//    products use one register-tiled kernel (6 rows x 4 vectors of accumulators, broadcast the left
-//    operand, FMA with unit-stride rows of the right one): Sᵀ = K_blk · Qᵀ reads K rows in place
-//    against Qᵀ (packed once per task, Dh·BQ floats), and O += P · V reads V rows in place.
-//    With causal masking, key blocks entirely above the diagonal are skipped (about half the work)
-//    and only blocks crossing it are masked element by element.  Tasks (B·Hq·⌈Tq/BQ⌉) are spread
-//    over threads dynamically, longest (last query blocks) first, since causal tasks differ.
-//
-// 3. fast, single query (Tq == 1, the decode step) -- one pass of Tk dot products (vectorised along
-//    Dh), exp, and a weighted sum of V rows, for all query heads of a kv group at once: streams the
-//    KV cache once per kv head (not once per query head); parallel over (b, kv head).
-//
-// Memory: O(threads · (BK·BQ + Dh·BQ + BQ·Dv)) scratch for Tq > 1 and O(group·Tk) for decode,
-// never a T² buffer.
+// version="naive" runs 1; version="fast" runs 3 for Tq == 1 and 2 otherwise (the dispatch at the
+// end of the file).  Memory: O(threads · (BK·BQ + Dh·BQ + BQ·Dv)) scratch for version 2 and
+// O(group·Tk) for version 3, never a T² buffer.
 // Inputs: float32 (anything else raises TypeError -- no silent casting), mask bool; arbitrary
 // strides are read in place as long as the last axis of q/k/v is unit-stride (else one copy).
 #include "common.h"
@@ -82,6 +64,79 @@ struct Problem {
     int64_t key_limit(int64_t i) const { return causal ? std::min(Tk, i + Tk - Tq + 1) : Tk; }
 };
 
+// Adds bias, applies causal/mask (-inf) to one row of scores s[0:n) for query i, keys j0..j0+n.
+inline void bias_and_mask_row(const Problem& P, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s) {
+    if (P.bias.p) {
+        const float* br = P.bias.frow(b, h, i) + j0 * P.bias.s[3];
+        if (P.bias.s[3] == 1) {
+            int64_t j = 0;
+            for (; j + VL <= n; j += VL) vstore(s + j, vadd(vload(s + j), vload(br + j)));
+            if (j < n) vstore_n(s + j, vadd(vload_n(s + j, int(n - j)), vload_n(br + j, int(n - j))), int(n - j));
+        } else {
+            for (int64_t j = 0; j < n; ++j) s[j] += br[j * P.bias.s[3]];
+        }
+    }
+    if (P.mask.p) {
+        const uint8_t* mr = P.mask.mrow(b, h, i) + j0 * P.mask.s[3];
+        for (int64_t j = 0; j < n; ++j)
+            if (!mr[j * P.mask.s[3]]) s[j] = NEG_INF;
+    }
+    const int64_t lim = P.key_limit(i);
+    for (int64_t j = std::max<int64_t>(0, lim - j0); j < n; ++j) s[j] = NEG_INF;
+}
+
+// =============================================================================================
+// 1. naive: the definition, one query row at a time -- all Tk scores, their max, the exponentials
+// and their sum, then the weighted sum of V rows, accumulated in double.  O(Tk) memory per row, no
+// blocking, no SIMD, no threads.  Kept for reading and as the oracle the tests check version="fast"
+// against.
+// =============================================================================================
+void attention_naive(const Problem& P) {
+    std::vector<double> s(P.Tk);
+    std::vector<float> row(P.Tk);
+    for (int64_t b = 0; b < P.B; ++b)
+        for (int64_t h = 0; h < P.Hq; ++h)
+            for (int64_t i = 0; i < P.Tq; ++i) {
+                const int64_t hk = h / P.group();
+                const float* q = P.q.row(b, h, i);
+                for (int64_t j = 0; j < P.Tk; ++j) {
+                    const float* kr = P.k.row(b, hk, j);
+                    double acc = 0;
+                    for (int64_t d = 0; d < P.Dh; ++d) acc += double(q[d]) * kr[d];
+                    row[j] = float(acc * P.scale);
+                }
+                bias_and_mask_row(P, b, h, i, 0, P.Tk, row.data());
+                double mx = -std::numeric_limits<double>::infinity(), l = 0;
+                for (int64_t j = 0; j < P.Tk; ++j) mx = std::max(mx, double(row[j]));
+                for (int64_t j = 0; j < P.Tk; ++j) l += s[j] = row[j] == NEG_INF ? 0.0 : std::exp(row[j] - mx);
+                float* out = P.out + ((b * P.Hq + h) * P.Tq + i) * P.Dv;
+                for (int64_t d = 0; d < P.Dv; ++d) {
+                    double acc = 0;
+                    for (int64_t j = 0; j < P.Tk; ++j) acc += s[j] * P.v.row(b, hk, j)[d];
+                    out[d] = l > 0 ? float(acc / l) : 0.f;
+                }
+            }
+}
+
+// =============================================================================================
+// 2. tiled (Tq > 1): the FlashAttention recurrence.  Over version 1 it never forms a row of Tk
+// scores: a task is one (b, h, block of BQ queries) and walks the key blocks of BK keys,
+//
+//       S   = scale · Q_blk · K_blkᵀ (+ bias, masked -> -inf)        [BQ x BK], in L1
+//       m'  = max(m, rowmax S);  P = exp(S - m');  α = exp(m - m')
+//       l   = α·l + rowsum P;    O = α·O + P · V_blk                 running max m, sum l, output O
+//
+// and finally out = O / l (rows with no allowed key keep l = 0 and give zeros, like the reference).
+// The scores are kept transposed, Sᵀ [keys x queries] with one SIMD lane per query (BQ = 4
+// vectors), so the running max / sum / rescale of all BQ queries are plain vector ops, and both
+// products use one register-tiled kernel (tile_mac: 6 rows x 4 vectors of accumulators, broadcast
+// the left operand, FMA with unit-stride rows of the right one): Sᵀ = K_blk · Qᵀ reads K rows in
+// place against Qᵀ (packed once per task, Dh·BQ floats), and O += P · V reads V rows in place.
+// With causal masking, key blocks entirely above the diagonal are skipped (about half the work)
+// and only blocks crossing it are masked element by element.  Tasks (B·Hq·⌈Tq/BQ⌉) are spread
+// over threads dynamically, longest (last query blocks) first, since causal tasks differ.
+// =============================================================================================
+
 // C[R x w] (+)= A[R x K] · B[K x w]; A(r, k) = A[r·ars + k·acs]; rows of B and C are ldb and ldc
 // floats apart; w <= NVEC·VL.
 template <int R>
@@ -124,8 +179,8 @@ inline void tile_mac(int64_t K, const float* A, int64_t ars, int64_t acs, const 
 }
 
 // C[rows x w] (+)= A · B for any rows / w, in 6-row x (NVEC·VL)-column tiles.
-void block_mac(int64_t rows, int64_t w, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb,
-               float* C, int64_t ldc, bool accumulate) {
+void block_mac(int64_t rows, int64_t w, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B,
+               int64_t ldb, float* C, int64_t ldc, bool accumulate) {
     for (int64_t c0 = 0; c0 < w; c0 += NVEC * VL) {
         const int cw = static_cast<int>(std::min<int64_t>(NVEC * VL, w - c0));
         for (int64_t r0 = 0; r0 < rows; r0 += 6) {
@@ -141,27 +196,6 @@ void block_mac(int64_t rows, int64_t w, int64_t K, const float* A, int64_t ars, 
             }
         }
     }
-}
-
-// Adds bias, applies causal/mask (-inf) to one row of scores s[0:n) for query i, keys j0..j0+n.
-inline void bias_and_mask_row(const Problem& P, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s) {
-    if (P.bias.p) {
-        const float* br = P.bias.frow(b, h, i) + j0 * P.bias.s[3];
-        if (P.bias.s[3] == 1) {
-            int64_t j = 0;
-            for (; j + VL <= n; j += VL) vstore(s + j, vadd(vload(s + j), vload(br + j)));
-            if (j < n) vstore_n(s + j, vadd(vload_n(s + j, int(n - j)), vload_n(br + j, int(n - j))), int(n - j));
-        } else {
-            for (int64_t j = 0; j < n; ++j) s[j] += br[j * P.bias.s[3]];
-        }
-    }
-    if (P.mask.p) {
-        const uint8_t* mr = P.mask.mrow(b, h, i) + j0 * P.mask.s[3];
-        for (int64_t j = 0; j < n; ++j)
-            if (!mr[j * P.mask.s[3]]) s[j] = NEG_INF;
-    }
-    const int64_t lim = P.key_limit(i);
-    for (int64_t j = std::max<int64_t>(0, lim - j0); j < n; ++j) s[j] = NEG_INF;
 }
 
 struct Scratch {
@@ -202,7 +236,8 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
         // Sᵀ = K_blk · Qᵀ  [nk x BQ]
         block_mac(nk, BQ, P.Dh, P.k.row(b, hk, j0), P.k.s2, 1, w.qt, BQ, w.st, BQ, false);
         for (int64_t jj = 0; jj < nk; ++jj)
-            for (int v = 0; v < NVEC; ++v) vstore(w.st + jj * BQ + v * VL, vmul(vload(w.st + jj * BQ + v * VL), vscale));
+            for (int v = 0; v < NVEC; ++v)
+                vstore(w.st + jj * BQ + v * VL, vmul(vload(w.st + jj * BQ + v * VL), vscale));
         if (P.bias.p || P.mask.p) {
             int64_t r_done = 0;
 #if defined(__AVX512F__)
@@ -211,7 +246,8 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
                     int64_t jj = 0;
                     for (; jj + 16 <= nk; jj += 16) {
                         __m512 t[16];
-                        for (int i = 0; i < 16; ++i) t[i] = _mm512_loadu_ps(P.bias.frow(b, h, i0 + r_done + i) + j0 + jj);
+                        for (int i = 0; i < 16; ++i)
+                            t[i] = _mm512_loadu_ps(P.bias.frow(b, h, i0 + r_done + i) + j0 + jj);
                         transpose16(t);
                         for (int c = 0; c < 16; ++c) {
                             float* sp = w.st + (jj + c) * BQ + r_done;
@@ -280,6 +316,13 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
     }
 }
 
+// =============================================================================================
+// 3. decode (Tq == 1, a generation step): over version 2 it serves the query heads of a kv group
+// together, so each K/V row is streamed from memory once for all of them (not once per query head):
+// one pass of Tk dot products (vectorised along Dh), the softmax over all keys at once (O(group·Tk)
+// scratch), and one weighted pass over V.  Parallel over (b, kv head).
+// =============================================================================================
+
 // Tq == 1: the query heads of one kv group together (each K/V row is read once for all of them),
 // scores for all keys at once (O(group·Tk) scratch), then one weighted pass over V.
 int64_t decode_stride(const Problem& P) { return (P.Tk + VL - 1) / VL * VL + VL; }
@@ -331,33 +374,7 @@ void decode_group(const Problem& P, int64_t b, int64_t hk, float* s) {
     }
 }
 
-void attention_naive(const Problem& P) {
-    std::vector<double> s(P.Tk);
-    std::vector<float> row(P.Tk);
-    for (int64_t b = 0; b < P.B; ++b)
-        for (int64_t h = 0; h < P.Hq; ++h)
-            for (int64_t i = 0; i < P.Tq; ++i) {
-                const int64_t hk = h / P.group();
-                const float* q = P.q.row(b, h, i);
-                for (int64_t j = 0; j < P.Tk; ++j) {
-                    const float* kr = P.k.row(b, hk, j);
-                    double acc = 0;
-                    for (int64_t d = 0; d < P.Dh; ++d) acc += double(q[d]) * kr[d];
-                    row[j] = float(acc * P.scale);
-                }
-                bias_and_mask_row(P, b, h, i, 0, P.Tk, row.data());
-                double mx = -std::numeric_limits<double>::infinity(), l = 0;
-                for (int64_t j = 0; j < P.Tk; ++j) mx = std::max(mx, double(row[j]));
-                for (int64_t j = 0; j < P.Tk; ++j) l += s[j] = row[j] == NEG_INF ? 0.0 : std::exp(row[j] - mx);
-                float* out = P.out + ((b * P.Hq + h) * P.Tq + i) * P.Dv;
-                for (int64_t d = 0; d < P.Dv; ++d) {
-                    double acc = 0;
-                    for (int64_t j = 0; j < P.Tk; ++j) acc += s[j] * P.v.row(b, hk, j)[d];
-                    out[d] = l > 0 ? float(acc / l) : 0.f;
-                }
-            }
-}
-
+// ---- arguments ------------------------------------------------------------------------------
 // A q/k/v argument: float32, 4-D, read in place when its last axis is unit-stride.
 StridedF32 qkv_view(const py::handle& obj, const char* name) {
     StridedF32 a = strided_f32(obj, name);
@@ -372,8 +389,9 @@ StridedF32 qkv_view(const py::handle& obj, const char* name) {
 Extra extra_view(const py::array& a, const void* data, const char* name, const int64_t full[4], int64_t itemsize) {
     Extra e;
     const int nd = static_cast<int>(a.ndim());
-    if (nd > 4) throw py::value_error(std::string("attention: ") + name + " must have at most 4 dimensions, got " +
-                                      std::to_string(nd));
+    if (nd > 4)
+        throw py::value_error(std::string("attention: ") + name + " must have at most 4 dimensions, got " +
+                              std::to_string(nd));
     for (int d = 0; d < nd; ++d) {
         const int fd = 4 - nd + d;
         const int64_t n = a.shape(d);
@@ -392,6 +410,8 @@ Extra extra_view(const py::array& a, const void* data, const char* name, const i
 
 }  // namespace
 
+// The dispatch: version="naive" runs version 1; "fast" runs version 3 when Tq == 1 and version 2
+// otherwise, on one thread below ~1e6 multiply-adds (a fork costs more), else on all of them.
 py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal, py::object scale_obj,
                              py::object bias_obj, py::object mask_obj, const std::string& version) {
     StridedF32 q = qkv_view(q_obj, "q"), k = qkv_view(k_obj, "k"), v = qkv_view(v_obj, "v");
@@ -412,8 +432,8 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
         throw py::value_error("attention: k" + shape_str(k.arr) + " and v" + shape_str(v.arr) +
                               " must share heads and length");
     if (P.Hkv == 0 || P.Hq % P.Hkv != 0)
-        throw py::value_error("attention: query heads (" + std::to_string(P.Hq) + ") must be a multiple of key/value heads (" +
-                              std::to_string(P.Hkv) + ")");
+        throw py::value_error("attention: query heads (" + std::to_string(P.Hq) +
+                              ") must be a multiple of key/value heads (" + std::to_string(P.Hkv) + ")");
     if (k.dim(3) != P.Dh)
         throw py::value_error("attention: q and k head widths differ (" + std::to_string(P.Dh) + " vs " +
                               std::to_string(k.dim(3)) + ")");

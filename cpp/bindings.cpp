@@ -8,7 +8,7 @@ void bind_norms(py::module_& m);
 void bind_matmul(py::module_& m);
 void bind_attention(py::module_& m);
 void bind_activations(py::module_& m);
-}
+}  // namespace pyworkloads
 
 namespace py = pybind11;
 
@@ -19,12 +19,15 @@ PYBIND11_MODULE(_kernels, m) {
     pyworkloads::bind_attention(m);
     pyworkloads::bind_activations(m);
 
-    m.def("set_num_threads", [](int n) {
-        if (n < 1) throw py::value_error("n must be >= 1");
+    m.def(
+        "set_num_threads",
+        [](int n) {
+            if (n < 1) throw py::value_error("n must be >= 1");
 #ifdef PYWORKLOADS_OPENMP
-        omp_set_num_threads(n);
+            omp_set_num_threads(n);
 #endif
-    }, py::arg("n"), "Threads used by the kernels (OpenMP).");
+        },
+        py::arg("n"), "Threads used by the kernels (OpenMP).");
     m.def("get_num_threads", []() {
 #ifdef PYWORKLOADS_OPENMP
         return omp_get_max_threads();
@@ -32,21 +35,24 @@ PYBIND11_MODULE(_kernels, m) {
         return 1;
 #endif
     });
-    m.def("build_info", []() {
-        py::dict d;
+    m.def(
+        "build_info",
+        []() {
+            py::dict d;
 #ifdef PYWORKLOADS_OPENMP
-        d["openmp"] = true;
+            d["openmp"] = true;
 #else
-        d["openmp"] = false;
+            d["openmp"] = false;
 #endif
 #if defined(__AVX512F__)
-        d["simd"] = "avx512";
+            d["simd"] = "avx512";
 #elif defined(__AVX2__) && defined(__FMA__)
-        d["simd"] = "avx2+fma";
+            d["simd"] = "avx2+fma";
 #else
-        d["simd"] = "portable";
+            d["simd"] = "portable";
 #endif
-        d["compiler"] = __VERSION__;
-        return d;
-    }, "How the extension was compiled (OpenMP, SIMD level, compiler).");
+            d["compiler"] = __VERSION__;
+            return d;
+        },
+        "How the extension was compiled (OpenMP, SIMD level, compiler).");
 }

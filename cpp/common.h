@@ -37,8 +37,7 @@ inline f32array require_f32(const py::handle& obj, const char* name, bool allow_
                              std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
     auto a = py::reinterpret_borrow<py::array>(obj);
     if (!a.dtype().is(py::dtype::of<float>()))
-        throw py::type_error(std::string(name) + " must have dtype float32, got " +
-                             std::string(py::str(a.dtype())));
+        throw py::type_error(std::string(name) + " must have dtype float32, got " + std::string(py::str(a.dtype())));
     return f32array::ensure(a);  // copies only when not C-contiguous
 }
 

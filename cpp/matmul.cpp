@@ -1,10 +1,14 @@
 // Matrix multiplication C = A·B in float32, np.matmul semantics ([..., M, K] @ [..., K, N], batch
-// dimensions broadcast), in three versions:
+// dimensions broadcast), as three numbered versions, each section below opening with what it adds
+// over the one before:
 //
-// 1. naive   -- the textbook triple loop (i, k, j order so the inner loop walks rows of B and C),
-//               reading A and B through their strides.  Kept for teaching and as a test oracle.
+//   1. naive    the textbook triple loop, reading A and B through their strides (the test oracle)
+//   2. blocked  the GotoBLAS/BLIS GEMM: packed operands, cache blocks, a SIMD register micro-kernel
+//   3. skinny   M <= SKINNY_M (the decode GEMV x·Wᵀ): B read in place, once, for a few output rows
 //
-// 2. fast, GEMM (M > SKINNY_M) -- the GotoBLAS/BLIS algorithm.  Five loops around a micro-kernel:
+// version="naive" runs 1; version="fast" runs 3 where it applies and 2 otherwise (the dispatch at
+// the end of the file says when, and how batches are spread over threads).  Version 2's loop nest,
+// five loops around a micro-kernel:
 //
 //      for jc in N step NC:                 B panel  Bp = B[pc:pc+kc, jc:jc+nc]  (~L3 / shared L2)
 //        for pc in K step KC:               packed once per (jc, pc) by all threads together
@@ -12,32 +16,6 @@
 //            for jr in nc step NR:          B micro-panel kc x NR stays in L1 ...
 //              for ir in mc step MR:        ... while A micro-panels stream from L2
 //                micro-kernel: C[MR x NR] += Ap(MR x kc) · Bp(kc x NR)
-//
-//    Packing copies each operand into the exact order the micro-kernel reads it (A: MR values per
-//    k; B: NR values per k, zero-padded at the edges), so the micro-kernel does unit-stride loads
-//    only, whatever the strides of A and B were.  That is why a transposed operand costs nothing
-//    extra: `x @ W.T` with W a C-contiguous [N, K] weight is packed straight from W's rows.
-//    The micro-kernel keeps an MR x NR tile of C in registers (AVX-512: 14 x 32 = 28 of the 32
-//    zmm registers; AVX2: 6 x 16 = 12 ymm; portable: 4 x 16 plain floats) and per k does NR/VL
-//    vector loads of B, MR broadcasts of A and MR·NR/VL FMAs; it prefetches its C tile (rows are
-//    ldc apart) and the B micro-panel a few k ahead, since kc x NR outgrows L1 at kc = 512.
-//    Block sizes (KC 512, MC 168, NC 1536) were tuned on this machine's Xeon (48 KB L1d, 2 MB L2);
-//    `_set_matmul_blocking` changes them for experiments (not thread-safe: a tuning hook only).
-//    Threads: the calling team is laid out as a tm x tn grid -- M split into tm contiguous ranges
-//    (balanced, MR-aligned), each nc panel's NR-columns split into tn ranges -- tn > 1 only when M
-//    is too short to feed every thread.  B panels are packed cooperatively (a share per thread,
-//    then a barrier), A blocks per thread.  A row-major B is packed row by row (one pass over each
-//    row of the block); a transposed B panel by panel, NR rows of W side by side.
-//
-// 3. fast, skinny (M <= SKINNY_M, the decode GEMV x·Wᵀ) -- packing B would read the weights twice
-//    for a handful of output rows, so these read B in place: for a transposed B (a weight matrix
-//    W[N, K] with unit stride along K) each output is a dot product of a W row with the M rows of
-//    A (4 W rows at a time, vectorised along K); for a row-major B each block of 4 vectors of C
-//    columns is accumulated over the rows of B.  Both stream the weights exactly once, split over
-//    threads by columns, and are bound by memory bandwidth.
-//
-// Batched calls run the matrices one after the other with all threads each, or, when each matrix is
-// small, whole matrices per thread.
 #include "common.h"
 #include "simd.h"
 #include "strided.h"
@@ -75,9 +53,12 @@ Blocking g_block;
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
-// ---------------------------------------------------------------------------------------------
-// naive
-// ---------------------------------------------------------------------------------------------
+// =============================================================================================
+// 1. naive: the definition, C[i, j] = Σ_k A[i, k] · B[k, j].  The loops run i, k, j so the inner
+// loop walks rows of B and C (unit stride when B is row-major); A and B are read through their
+// strides, so any layout works, and nothing is blocked, packed, vectorised or threaded.  Kept for
+// reading and as the oracle the tests check version="fast" against.
+// =============================================================================================
 void gemm_naive(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C) {
     for (int64_t i = 0; i < M; ++i) {
         float* c = C + i * N;
@@ -89,9 +70,27 @@ void gemm_naive(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// packing
-// ---------------------------------------------------------------------------------------------
+// =============================================================================================
+// 2. blocked: the GotoBLAS/BLIS GEMM (the loop nest at the top of the file).  Over version 1 it
+// reuses every loaded value from cache and registers instead of memory.  Packing copies each
+// operand block into the exact order the micro-kernel reads it (A: MR values per k; B: NR values
+// per k, zero-padded at the edges), so the micro-kernel does unit-stride loads only, whatever the
+// strides of A and B were -- which is why a transposed operand costs nothing extra: `x @ W.T` with
+// W a C-contiguous [N, K] weight is packed straight from W's rows.  The micro-kernel keeps an
+// MR x NR tile of C in registers (AVX-512: 14 x 32 = 28 of the 32 zmm registers; AVX2: 6 x 16 = 12
+// ymm; portable: 4 x 16 plain floats) and per k does NR/VL vector loads of B, MR broadcasts of A and
+// MR·NR/VL FMAs; it prefetches its C tile (rows are ldc apart) and the B micro-panel a few k ahead,
+// since kc x NR outgrows L1 at kc = 512.  The cache blocks (KC 512, MC 168, NC 1536) fit a core with
+// 48 KB of L1d and 2 MB of L2; `_set_matmul_blocking` changes them for experiments (not
+// thread-safe: a tuning hook only).  Threads: the calling team is laid out as a tm x tn grid -- M
+// split into tm contiguous ranges (balanced, MR-aligned), each nc panel's NR-columns split into tn
+// ranges -- tn > 1 only when M is too short to feed every thread.  B panels are packed
+// cooperatively (a share per thread, then a barrier), A blocks per thread.  A row-major B is packed
+// row by row (one pass over each row of the block); a transposed B panel by panel, NR rows of W
+// side by side.
+// =============================================================================================
+
+// ---- 2a. packing ------------------------------------------------------------------------------
 // Ap[ir*kc + k*MR + i] = A[ir+i, k] for the mc x kc block at A; rows past mc are zero.
 void pack_a(int64_t mc, int64_t kc, Mat A, float* Ap) {
     for (int64_t ir = 0; ir < mc; ir += MR) {
@@ -167,9 +166,7 @@ void pack_b(int64_t kc, int64_t nc, int64_t q0, int64_t q1, Mat B, float* Bp) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// micro-kernel: C[mr x nr] (=|+=) Ap(MR x kc) · Bp(kc x NR)
-// ---------------------------------------------------------------------------------------------
+// ---- 2b. micro-kernel: C[mr x nr] (=|+=) Ap(MR x kc) · Bp(kc x NR) ----------------------------
 inline void micro_kernel(int64_t kc, const float* __restrict Ap, const float* __restrict Bp, float* C, int64_t ldc,
                          int mr, int nr, bool accumulate) {
     vf c[MR][NV];
@@ -217,9 +214,7 @@ inline void micro_kernel(int64_t kc, const float* __restrict Ap, const float* __
         }
 }
 
-// ---------------------------------------------------------------------------------------------
-// blocked GEMM
-// ---------------------------------------------------------------------------------------------
+// ---- 2c. the loop nest and its thread grid ----------------------------------------------------
 struct GemmPlan {
     int64_t kc, mc, nc;
     int tm, tn;
@@ -244,8 +239,7 @@ GemmPlan plan_gemm(int64_t M, int64_t N, int64_t K, int nt) {
 }
 
 // Runs inside a parallel region of `nt` threads (or serially with nt == 1).
-void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t ldc, const GemmPlan& p,
-               float* ws) {
+void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t ldc, const GemmPlan& p, float* ws) {
     const int nt = team_size(), t = thread_id();
     float* Bp = ws;
     float* Ap = ws + p.bp_floats + static_cast<size_t>(t) * p.ap_floats;
@@ -274,7 +268,8 @@ void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t 
                     const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-                        micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr, pc > 0);
+                        micro_kernel(kc, Ap + ir * kc, Bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr,
+                                     pc > 0);
                     }
                 }
             }
@@ -283,9 +278,15 @@ void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t 
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// skinny (M <= SKINNY_M): B read in place, once
-// ---------------------------------------------------------------------------------------------
+// =============================================================================================
+// 3. skinny (M <= SKINNY_M, the decode GEMV x·Wᵀ): B read in place, once.  Over version 2 it drops
+// the packing: for a handful of output rows, packing B would read the weights twice.  For a
+// transposed B (a weight matrix W[N, K] with unit stride along K) each output is a dot product of a
+// W row with the M rows of A (4 W rows at a time -- 8 for one row of A -- vectorised along K); for
+// a row-major B each block of 4 vectors of C columns is accumulated over the rows of B.  Both
+// stream the weights exactly once, split over threads by columns, and are bound by memory
+// bandwidth.
+// =============================================================================================
 // C[m, n] = Σ_k A[m, k] · B[k, n] with B[k, n] = W[n*ldw + k] (unit stride along k), A rows contiguous.
 template <int MM>
 void skinny_transposed(int64_t N, int64_t K, const float* A, int64_t lda, const float* W, int64_t ldw, float* C,
@@ -386,11 +387,16 @@ void skinny(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, Mat B,
 
 bool skinny_applies(int64_t M, Mat B) { return M <= SKINNY_M && (B.rs == 1 || B.cs == 1); }
 
-// ---------------------------------------------------------------------------------------------
-// one matrix product with a team of threads (called from inside a parallel region)
-// ---------------------------------------------------------------------------------------------
-void matmul_one(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, const GemmPlan& p, float* ws,
-                float* arow) {
+// =============================================================================================
+// the dispatch: version="fast" runs version 3 where it applies (skinny_applies: M <= SKINNY_M and
+// B unit-stride along one axis) and version 2 otherwise.  Batched calls run the matrices one after
+// the other with all threads each, or, when each matrix is small (under ~2e7 flops) and there are
+// at least as many as threads, whole matrices per thread.  Products too small to pay for a fork
+// get one thread (threads_for).
+// =============================================================================================
+
+// One matrix product with a team of threads (called from inside a parallel region).
+void matmul_one(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, const GemmPlan& p, float* ws, float* arow) {
     if (M == 0 || N == 0) return;
     if (K == 0) {
 #pragma omp for schedule(static)
@@ -537,8 +543,9 @@ void bind_matmul(py::module_& m) {
           "raise TypeError. version: 'fast' (packed, blocked, SIMD, threaded) or 'naive' (triple loop).");
     m.def("_set_matmul_blocking", &set_matmul_blocking, py::arg("kc"), py::arg("mc"), py::arg("nc"),
           "Tuning hook for benchmarks: the GEMM cache-block sizes (K, M and N blocks).");
-    m.def("_matmul_tile", []() { return py::make_tuple(MR, NR, g_block.kc, g_block.mc, g_block.nc); },
-          "(MR, NR, KC, MC, NC) of the GEMM: micro-tile and cache blocks.");
+    m.def(
+        "_matmul_tile", []() { return py::make_tuple(MR, NR, g_block.kc, g_block.mc, g_block.nc); },
+        "(MR, NR, KC, MC, NC) of the GEMM: micro-tile and cache blocks.");
 }
 
 }  // namespace pyworkloads

@@ -1,22 +1,13 @@
-// Row normalisations: RMSNorm (LLaMA) and LayerNorm (CLIP, SAM, Whisper) over the last axis.
+// Row normalisations: RMSNorm (LLaMA) and LayerNorm (CLIP, SAM, Whisper) over the last axis, as
+// two numbered versions, each section below opening with what it adds over the one before:
 //
-// Both are memory-bound: per element they do a handful of flops, so the goal is to touch DRAM once
-// per element read and once per element written.  Each row is normalised by one thread:
+//   1. naive  the textbook loops: scalar, double accumulation (the test oracle)
+//   2. rows   vectorised passes over a row that stays in cache, rows spread over threads
 //
-//   rms_norm:   pass 1  s  = Σ x²                  (vectorised reduction, row now in L1/L2)
-//               pass 2  y  = x · (1/√(s/D + ε)) · w
-//   layer_norm: pass 1  μ  = Σ x / D
-//               pass 2  σ² = Σ (x − μ)² / D          (two-pass: no E[x²] − μ² cancellation)
-//               pass 3  y  = (x − μ) · (1/√(σ² + ε)) · w + b
-//
-// The extra passes re-read a row that is still in cache, so DRAM traffic stays one read + one write.
-// The reductions use four independent SIMD accumulators (simd.h) so the adds pipeline.
-// Rows are spread over OpenMP threads; the GIL is released while they run.  `*_naive` versions are
-// the textbook loops (scalar, double accumulation) kept for teaching and as a test oracle.
-//
-// Fused residual (optional `residual=` argument): transformer blocks compute h = x + r and then
-// norm(h); passing r makes one kernel write both h and norm(h) -- one read of x and r instead of
-// an extra full pass for the add -- and return the pair (norm(h), h).
+// version="naive" runs 1, version="fast" runs 2.  Fused residual (optional `residual=` argument):
+// transformer blocks compute h = x + r and then norm(h); passing r makes one call write both h and
+// norm(h) -- one read of x and r instead of an extra full pass for the add -- and return the pair
+// (norm(h), h).
 #include "common.h"
 #include "simd.h"
 
@@ -25,6 +16,50 @@ namespace pyworkloads {
 namespace {
 
 using namespace simd;
+
+// =============================================================================================
+// 1. naive: the definitions, one row at a time -- rms_norm: y = x / √(Σx²/D + ε) · w; layer_norm:
+// μ = Σx/D, σ² = Σ(x − μ)²/D, y = (x − μ)/√(σ² + ε) · w + b -- in scalar loops accumulating in
+// double.  No SIMD, no threads.  Kept for reading and as the oracle the tests check
+// version="fast" against.
+// =============================================================================================
+void rms_norm_rows_naive(const float* x, const float* w, float* y, int64_t rows, int64_t D, float eps) {
+    for (int64_t r = 0; r < rows; ++r) {
+        double ss = 0;
+        for (int64_t j = 0; j < D; ++j) ss += double(x[r * D + j]) * x[r * D + j];
+        const double inv = 1.0 / std::sqrt(ss / D + eps);
+        for (int64_t j = 0; j < D; ++j) y[r * D + j] = float(x[r * D + j] * inv * w[j]);
+    }
+}
+
+void layer_norm_rows_naive(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t D,
+                           float eps) {
+    for (int64_t r = 0; r < rows; ++r) {
+        double s = 0, v = 0;
+        for (int64_t j = 0; j < D; ++j) s += x[r * D + j];
+        const double mu = s / D;
+        for (int64_t j = 0; j < D; ++j) v += (x[r * D + j] - mu) * (x[r * D + j] - mu);
+        const double inv = 1.0 / std::sqrt(v / D + eps);
+        for (int64_t j = 0; j < D; ++j)
+            y[r * D + j] = float((x[r * D + j] - mu) * inv * (w ? w[j] : 1.f) + (b ? b[j] : 0.f));
+    }
+}
+
+// =============================================================================================
+// 2. rows: memory-bound, so the aim is to touch DRAM once per element read and once per element
+// written.  Over version 1 it vectorises each pass (simd.h) and spreads the rows over OpenMP
+// threads (the GIL is released while they run); a row is normalised by one thread:
+//
+//   rms_norm:   pass 1  s  = Σ x²                  (vectorised reduction, row now in L1/L2)
+//               pass 2  y  = x · (1/√(s/D + ε)) · w
+//   layer_norm: pass 1  μ  = Σ x / D
+//               pass 2  σ² = Σ (x − μ)² / D          (two-pass: no E[x²] − μ² cancellation)
+//               pass 3  y  = (x − μ) · (1/√(σ² + ε)) · w + b
+//
+// The extra passes re-read a row that is still in cache, so DRAM traffic stays one read + one
+// write.  The reductions use four independent SIMD accumulators so the adds pipeline; with a
+// residual, h = x + r is written first and read back from cache.
+// =============================================================================================
 
 // Σ x[j], or Σ (x[j] - mu)² when `squares`, with four independent vector accumulators.
 inline float row_sum(const float* x, int64_t D, bool squares, float mu = 0.f) {
@@ -103,27 +138,6 @@ void layer_norm_rows(const float* x, const float* res, float* h, const float* w,
     }
 }
 
-void rms_norm_rows_naive(const float* x, const float* w, float* y, int64_t rows, int64_t D, float eps) {
-    for (int64_t r = 0; r < rows; ++r) {
-        double ss = 0;
-        for (int64_t j = 0; j < D; ++j) ss += double(x[r * D + j]) * x[r * D + j];
-        const double inv = 1.0 / std::sqrt(ss / D + eps);
-        for (int64_t j = 0; j < D; ++j) y[r * D + j] = float(x[r * D + j] * inv * w[j]);
-    }
-}
-
-void layer_norm_rows_naive(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t D, float eps) {
-    for (int64_t r = 0; r < rows; ++r) {
-        double s = 0, v = 0;
-        for (int64_t j = 0; j < D; ++j) s += x[r * D + j];
-        const double mu = s / D;
-        for (int64_t j = 0; j < D; ++j) v += (x[r * D + j] - mu) * (x[r * D + j] - mu);
-        const double inv = 1.0 / std::sqrt(v / D + eps);
-        for (int64_t j = 0; j < D; ++j)
-            y[r * D + j] = float((x[r * D + j] - mu) * inv * (w ? w[j] : 1.f) + (b ? b[j] : 0.f));
-    }
-}
-
 // Validates (x [..., D], a [D] or None) and returns D; raises naming the argument.
 int64_t check_row_param(const f32array& x, const f32array& p, const char* op, const char* name, bool present) {
     if (x.ndim() < 1) throw py::value_error(std::string(op) + ": x must have at least 1 dimension");
@@ -137,13 +151,16 @@ int64_t check_row_param(const f32array& x, const f32array& p, const char* op, co
 }  // namespace
 
 // residual: None, or an array of x's shape added to x first (returns (y, x + residual)).
-py::object finish(f32array& y, py::object& h, bool fused) { return fused ? py::object(py::make_tuple(y, h)) : py::object(y); }
+py::object finish(f32array& y, py::object& h, bool fused) {
+    return fused ? py::object(py::make_tuple(y, h)) : py::object(y);
+}
 
 f32array check_residual(const py::object& res_obj, const f32array& x, const char* op) {
     if (res_obj.is_none()) return f32array();
     f32array r = require_f32(res_obj, "residual");
     if (shape_of(r) != shape_of(x))
-        throw py::value_error(std::string(op) + ": residual must have x's shape " + shape_str(x) + ", got " + shape_str(r));
+        throw py::value_error(std::string(op) + ": residual must have x's shape " + shape_str(x) + ", got " +
+                              shape_str(r));
     return r;
 }
 
@@ -210,8 +227,8 @@ py::object layer_norm(py::handle x_obj, py::handle w_obj, py::handle b_obj, doub
 }
 
 void bind_norms(py::module_& m) {
-    m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6,
-          py::arg("version") = "fast", py::arg("residual") = py::none(),
+    m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6, py::arg("version") = "fast",
+          py::arg("residual") = py::none(),
           "RMSNorm over the last axis of a float32 array: x / sqrt(mean(x^2) + eps) * weight.\n"
           "With residual=r (x's shape) it normalises h = x + r and returns (norm(h), h). Non-float32 -> TypeError;\n"
           "non-contiguous inputs are copied.");

@@ -43,7 +43,8 @@ inline vf vexp(vf x) {
     const vf lo = vset1(-87.3f);
     const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
     x = _mm512_min_ps(_mm512_max_ps(x, lo), vset1(88.7f));
-    const vf n = _mm512_roundscale_ps(vmul(x, vset1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const vf n =
+        _mm512_roundscale_ps(vmul(x, vset1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     vf r = vfma(n, vset1(-0.693359375f), x);
     r = vfma(n, vset1(2.12194440e-4f), r);
     vf p = vset1(1.9875691500e-4f);
@@ -132,25 +133,55 @@ inline vf vexp(vf x) {
 }
 #else
 constexpr int VL = 8;
-struct vf { float v[VL]; };
+struct vf {
+    float v[VL];
+};
 inline const char* name() { return "portable"; }
-inline vf vload(const float* p) { vf r; std::memcpy(r.v, p, sizeof r.v); return r; }
+inline vf vload(const float* p) {
+    vf r;
+    std::memcpy(r.v, p, sizeof r.v);
+    return r;
+}
 inline void vstore(float* p, vf a) { std::memcpy(p, a.v, sizeof a.v); }
-inline vf vload_n(const float* p, int n) { vf r{}; std::memcpy(r.v, p, sizeof(float) * n); return r; }
+inline vf vload_n(const float* p, int n) {
+    vf r{};
+    std::memcpy(r.v, p, sizeof(float) * n);
+    return r;
+}
 inline void vstore_n(float* p, vf a, int n) { std::memcpy(p, a.v, sizeof(float) * n); }
-inline vf vset1(float x) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = x; return r; }
+inline vf vset1(float x) {
+    vf r;
+    for (int i = 0; i < VL; ++i) r.v[i] = x;
+    return r;
+}
 inline vf vzero() { return vset1(0.f); }
-#define PYW_LANEWISE(name, expr) \
-    inline vf name(vf a, vf b) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = (expr); return r; }
+#define PYW_LANEWISE(name, expr)                      \
+    inline vf name(vf a, vf b) {                      \
+        vf r;                                         \
+        for (int i = 0; i < VL; ++i) r.v[i] = (expr); \
+        return r;                                     \
+    }
 PYW_LANEWISE(vadd, a.v[i] + b.v[i])
 PYW_LANEWISE(vsub, a.v[i] - b.v[i])
 PYW_LANEWISE(vmul, a.v[i] * b.v[i])
 PYW_LANEWISE(vmax, a.v[i] > b.v[i] ? a.v[i] : b.v[i])
 PYW_LANEWISE(vdiv, a.v[i] / b.v[i])
 #undef PYW_LANEWISE
-inline vf vfma(vf a, vf b, vf c) { vf r; for (int i = 0; i < VL; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
-inline float vhsum(vf a) { float s = 0; for (int i = 0; i < VL; ++i) s += a.v[i]; return s; }
-inline float vhmax(vf a) { float s = a.v[0]; for (int i = 1; i < VL; ++i) s = a.v[i] > s ? a.v[i] : s; return s; }
+inline vf vfma(vf a, vf b, vf c) {
+    vf r;
+    for (int i = 0; i < VL; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
+    return r;
+}
+inline float vhsum(vf a) {
+    float s = 0;
+    for (int i = 0; i < VL; ++i) s += a.v[i];
+    return s;
+}
+inline float vhmax(vf a) {
+    float s = a.v[0];
+    for (int i = 1; i < VL; ++i) s = a.v[i] > s ? a.v[i] : s;
+    return s;
+}
 inline vf vexp(vf x) {
     vf r;
     for (int i = 0; i < VL; ++i) r.v[i] = x.v[i] < -87.3f ? 0.f : __builtin_expf(x.v[i]);

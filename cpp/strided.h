@@ -31,7 +31,8 @@ inline StridedF32 strided_f32(const py::handle& obj, const char* name) {
     StridedF32 v;
     v.arr = py::reinterpret_borrow<py::array>(obj);
     if (!v.arr.dtype().is(py::dtype::of<float>()))
-        throw py::type_error(std::string(name) + " must have dtype float32, got " + std::string(py::str(v.arr.dtype())) +
+        throw py::type_error(std::string(name) + " must have dtype float32, got " +
+                             std::string(py::str(v.arr.dtype())) +
                              " (the cpp backend does not cast; convert with .astype(np.float32))");
     for (py::ssize_t i = 0; i < v.arr.ndim(); ++i)
         if (v.arr.strides(i) % static_cast<py::ssize_t>(sizeof(float)) != 0) {

@@ -47,11 +47,13 @@ void check_out(const std::optional<TensorArg>& out, DType dtype, const std::vect
     if (!out) return;
     if (!out->on_device) throw py::type_error(std::string(op) + ": out must be a CUDA device array");
     if (out->dtype != dtype)
-        throw py::type_error(std::string(op) + ": out must have dtype " + dtype_name(dtype) + ", got " + dtype_name(out->dtype));
+        throw py::type_error(std::string(op) + ": out must have dtype " + dtype_name(dtype) + ", got " +
+                             dtype_name(out->dtype));
     if (out->shape != shape) {
         TensorArg want;
         want.shape = shape;
-        throw py::value_error(std::string(op) + ": out must have shape " + want.shape_str() + ", got " + out->shape_str());
+        throw py::value_error(std::string(op) + ": out must have shape " + want.shape_str() + ", got " +
+                              out->shape_str());
     }
     if (!out->c_contiguous()) throw py::value_error(std::string(op) + ": out must be C-contiguous");
 }
@@ -74,13 +76,15 @@ struct Result {
         if (!out.is_none()) {
             out_obj = py::reinterpret_borrow<py::object>(out);
         } else if (!on_device) {
-            if (dtype == DType::BF16) throw py::type_error("bfloat16 results need device inputs (NumPy has no bfloat16)");
+            if (dtype == DType::BF16)
+                throw py::type_error("bfloat16 results need device inputs (NumPy has no bfloat16)");
             host.emplace(py::dtype(dtype == DType::F32 ? "float32" : "float16"),
-                             std::vector<py::ssize_t>(shape.begin(), shape.end()));
+                         std::vector<py::ssize_t>(shape.begin(), shape.end()));
         }
     }
     // With the call's device current (inside the CallContext).
-    void allocate(CallContext& ctx, const std::optional<TensorArg>& out, DType dtype, const std::vector<int64_t>& shape) {
+    void allocate(CallContext& ctx, const std::optional<TensorArg>& out, DType dtype,
+                  const std::vector<int64_t>& shape) {
         if (out) {
             ptr = const_cast<void*>(out->data);
         } else if (host) {
@@ -96,7 +100,8 @@ struct Result {
         }
     }
     void finish() {                      // without the GIL
-        if (host && bytes) check(cudaMemcpy(host->mutable_data(), ptr, bytes, cudaMemcpyDeviceToHost), "copy result to host");
+        if (host && bytes)
+            check(cudaMemcpy(host->mutable_data(), ptr, bytes, cudaMemcpyDeviceToHost), "copy result to host");
     }
     py::object object() {
         if (out_obj) return out_obj;
@@ -123,19 +128,22 @@ MatrixOperand matrix_operand(CallContext& ctx, TensorArg& t) {
 }
 
 py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_name, py::handle out_obj) {
-    const MatmulAlgo requested = parse_algo<MatmulAlgo>(
-        algo_name, {{"auto", MatmulAlgo::Auto}, {"naive", MatmulAlgo::Naive}, {"tiled", MatmulAlgo::Tiled},
-                    {"tensorcore", MatmulAlgo::TensorCore}, {"mma", MatmulAlgo::Mma}, {"wgmma", MatmulAlgo::Wgmma},
-                    {"wgmma_overlap", MatmulAlgo::WgmmaOverlap}, {"wgmma_direct", MatmulAlgo::WgmmaDirect},
-                    {"wgmma_tma", MatmulAlgo::WgmmaTma}, {"wgmma_ws", MatmulAlgo::WgmmaWs},
-                    {"wgmma_ws_kmajor", MatmulAlgo::WgmmaWsKMajor},
-                    {"wgmma_ws_mc", MatmulAlgo::WgmmaWsMc}, {"wgmma_ws_kmajor_mc", MatmulAlgo::WgmmaWsKMajorMc}}, "matmul");
+    const MatmulAlgo requested = parse_algo<MatmulAlgo>(algo_name,
+                                                        {{"auto", MatmulAlgo::Auto},
+                                                         {"naive", MatmulAlgo::Naive},
+                                                         {"tiled", MatmulAlgo::Tiled},
+                                                         {"mma", MatmulAlgo::Mma},
+                                                         {"wgmma", MatmulAlgo::Wgmma},
+                                                         {"wgmma_direct", MatmulAlgo::WgmmaDirect},
+                                                         {"wgmma_tma", MatmulAlgo::WgmmaTma}},
+                                                        "matmul");
     TensorArg a = parse_tensor(a_obj, "a"), b = parse_tensor(b_obj, "b");
     require_float(a, "matmul");
     require_float(b, "matmul");
     require_same_dtype(b, a, "matmul");
     if (a.ndim() < 2 || b.ndim() < 2)
-        throw py::value_error("matmul needs a and b with at least 2 dimensions, got a" + a.shape_str() + " b" + b.shape_str());
+        throw py::value_error("matmul needs a and b with at least 2 dimensions, got a" + a.shape_str() + " b" +
+                              b.shape_str());
     const int64_t M = a.dim(-2), K = a.dim(-1), N = b.dim(-1);
     if (b.dim(-2) != K)
         throw py::value_error("matmul: a's last dimension (" + std::to_string(K) + ") must equal b's second-to-last (" +
@@ -147,7 +155,8 @@ py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_na
         const int ia = i - (nb - (a.ndim() - 2)), ib = i - (nb - (b.ndim() - 2));
         const int64_t da = ia >= 0 ? a.shape[ia] : 1, db = ib >= 0 ? b.shape[ib] : 1;
         if (da != db && da != 1 && db != 1)
-            throw py::value_error("matmul: batch dimensions of a" + a.shape_str() + " and b" + b.shape_str() + " do not broadcast");
+            throw py::value_error("matmul: batch dimensions of a" + a.shape_str() + " and b" + b.shape_str() +
+                                  " do not broadcast");
         out_shape.push_back(da == 1 ? db : da);
     }
     MatmulProblem p;
@@ -177,9 +186,10 @@ py::object matmul(py::handle a_obj, py::handle b_obj, const std::string& algo_na
         py::gil_scoped_release nogil;
         CallContext ctx({&a, &b, out ? &*out : nullptr});
         if (is_wgmma(requested) && !wgmma_available())
-            throw py::value_error(std::string("matmul: algo='") + matmul_algo_name(requested) +
-                                  "' needs a Hopper GPU (compute capability 9.0), a build with sm_90a code "
-                                  "(CMAKE_CUDA_ARCHITECTURES containing 90a) and PYWORKLOADS_NO_WGMMA unset; use 'mma'");
+            throw py::value_error(
+                std::string("matmul: algo='") + matmul_algo_name(requested) +
+                "' needs a Hopper GPU (compute capability 9.0), a build with sm_90a code "
+                "(CMAKE_CUDA_ARCHITECTURES containing 90a) and PYWORKLOADS_NO_WGMMA unset; use 'mma'");
         const MatrixOperand ma = matrix_operand(ctx, a), mb = matrix_operand(ctx, b);
         p.a = ma.ptr;
         p.lda = ma.ld;
@@ -225,11 +235,14 @@ py::object to_device(py::handle obj) {
 // Strides of a bias/mask broadcast to [B, Hq, Tq, Tk] (0 along broadcast dimensions).
 void broadcast_strides(const TensorArg& t, const int64_t (&full)[4], int64_t (&strides)[4]) {
     auto shape_error = [&]() {
-        return py::value_error("attention: " + t.name + " shape " + t.shape_str() + " does not broadcast to [B, Hq, Tq, Tk] = (" +
-                               std::to_string(full[0]) + ", " + std::to_string(full[1]) + ", " + std::to_string(full[2]) +
-                               ", " + std::to_string(full[3]) + ")");
+        return py::value_error("attention: " + t.name + " shape " + t.shape_str() +
+                               " does not broadcast to [B, Hq, Tq, Tk] = (" + std::to_string(full[0]) + ", " +
+                               std::to_string(full[1]) + ", " + std::to_string(full[2]) + ", " +
+                               std::to_string(full[3]) + ")");
     };
-    if (t.ndim() > 4) throw py::value_error("attention: " + t.name + " must have at most 4 dimensions, got " + std::to_string(t.ndim()));
+    if (t.ndim() > 4)
+        throw py::value_error("attention: " + t.name + " must have at most 4 dimensions, got " +
+                              std::to_string(t.ndim()));
     for (int i = 0; i < 4; ++i) {
         const int j = i - (4 - t.ndim());
         const int64_t d = j >= 0 ? t.shape[j] : 1;
@@ -252,7 +265,9 @@ AttnOperand attn_operand(CallContext& ctx, TensorArg& t) {
 py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal, py::object scale_obj,
                      py::object bias_obj, py::handle mask_obj, const std::string& algo_name, py::handle out_obj) {
     const AttnAlgo requested = parse_algo<AttnAlgo>(
-        algo_name, {{"auto", AttnAlgo::Auto}, {"simt", AttnAlgo::Simt}, {"mma", AttnAlgo::Mma}, {"mma_async", AttnAlgo::MmaAsync}}, "attention");
+        algo_name,
+        {{"auto", AttnAlgo::Auto}, {"simt", AttnAlgo::Simt}, {"mma", AttnAlgo::Mma}, {"mma_async", AttnAlgo::MmaAsync}},
+        "attention");
     TensorArg q = parse_tensor(q_obj, "q"), k = parse_tensor(k_obj, "k"), v = parse_tensor(v_obj, "v");
     for (const TensorArg* t : {&q, &k, &v}) {
         require_float(*t, "attention");
@@ -263,25 +278,28 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool 
     require_same_dtype(v, q, "attention");
     const int64_t B = q.dim(0), Hq = q.dim(1), Tq = q.dim(2), Dh = q.dim(3);
     if (k.dim(0) != B || v.dim(0) != B)
-        throw py::value_error("attention: batch sizes differ: q " + std::to_string(B) + ", k " + std::to_string(k.dim(0)) +
-                              ", v " + std::to_string(v.dim(0)));
+        throw py::value_error("attention: batch sizes differ: q " + std::to_string(B) + ", k " +
+                              std::to_string(k.dim(0)) + ", v " + std::to_string(v.dim(0)));
     if (k.dim(1) != v.dim(1) || k.dim(2) != v.dim(2))
-        throw py::value_error("attention: k" + k.shape_str() + " and v" + v.shape_str() + " must share heads and length");
+        throw py::value_error("attention: k" + k.shape_str() + " and v" + v.shape_str() +
+                              " must share heads and length");
     const int64_t Hkv = k.dim(1), Tk = k.dim(2), Dv = v.dim(3);
     if (Hkv == 0 || Hq % Hkv != 0)
-        throw py::value_error("attention: query heads (" + std::to_string(Hq) + ") must be a multiple of key/value heads (" +
-                              std::to_string(Hkv) + ")");
+        throw py::value_error("attention: query heads (" + std::to_string(Hq) +
+                              ") must be a multiple of key/value heads (" + std::to_string(Hkv) + ")");
     if (k.dim(3) != Dh)
-        throw py::value_error("attention: q and k head widths differ (" + std::to_string(Dh) + " vs " + std::to_string(k.dim(3)) + ")");
+        throw py::value_error("attention: q and k head widths differ (" + std::to_string(Dh) + " vs " +
+                              std::to_string(k.dim(3)) + ")");
     if (causal && Tq > Tk)
-        throw py::value_error("attention: causal needs Tq <= Tk (bottom-right alignment), got Tq=" + std::to_string(Tq) +
-                              ", Tk=" + std::to_string(Tk));
+        throw py::value_error("attention: causal needs Tq <= Tk (bottom-right alignment), got Tq=" +
+                              std::to_string(Tq) + ", Tk=" + std::to_string(Tk));
     float scale;
     if (scale_obj.is_none()) {
         scale = Dh > 0 ? float(1.0 / std::sqrt(double(Dh))) : INFINITY;   // as the reference: 1/sqrt(0) = inf
     } else {
         const double s = scale_obj.cast<double>();
-        if (!std::isfinite(s)) throw py::value_error("attention: scale must be a finite number, got " + std::string(py::repr(scale_obj)));
+        if (!std::isfinite(s))
+            throw py::value_error("attention: scale must be a finite number, got " + std::string(py::repr(scale_obj)));
         scale = float(s);
     }
     // A NumPy bias in another float dtype than q is converted (the reference promotes instead;
@@ -324,7 +342,8 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool 
     const std::vector<int64_t> out_shape = {B, Hq, Tq, Dv};
     std::optional<TensorArg> out = parse_optional(out_obj, "out");
     check_out(out, q.dtype, out_shape, "attention");
-    bool any_device = q.on_device || k.on_device || v.on_device || (bias && bias->on_device) || (mask && mask->on_device);
+    bool any_device =
+        q.on_device || k.on_device || v.on_device || (bias && bias->on_device) || (mask && mask->on_device);
     Result result(out_obj, any_device, q.dtype, out_shape);
 
     {
@@ -344,7 +363,8 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool 
         const int64_t es = dtype_size(p.dtype);
         p.vec = Dh % 8 == 0 && Dv % 8 == 0;
         for (const AttnOperand* o : {&p.q, &p.k, &p.v})
-            p.vec = p.vec && aligned16(o->ptr) && (o->sb * es) % 16 == 0 && (o->sh * es) % 16 == 0 && (o->st * es) % 16 == 0;
+            p.vec = p.vec && aligned16(o->ptr) && (o->sb * es) % 16 == 0 && (o->sh * es) % 16 == 0 &&
+                    (o->st * es) % 16 == 0;
         result.allocate(ctx, out, q.dtype, out_shape);
         p.out = result.ptr;
         attention_device(p, algo, nullptr);
@@ -357,7 +377,8 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool 
 py::object norm(const char* op, bool rms, py::handle x_obj, py::handle w_obj, py::handle b_obj, double eps,
                 const std::string& algo_name, py::handle out_obj) {
     const NormAlgo algo = parse_algo<NormAlgo>(
-        algo_name, {{"auto", NormAlgo::Auto}, {"block", NormAlgo::Block}, {"warp", NormAlgo::Warp}, {"rows", NormAlgo::Rows}}, op);
+        algo_name,
+        {{"auto", NormAlgo::Auto}, {"block", NormAlgo::Block}, {"warp", NormAlgo::Warp}, {"rows", NormAlgo::Rows}}, op);
     TensorArg x = parse_tensor(x_obj, "x");
     require_float(x, op);
     if (x.ndim() < 1) throw py::value_error(std::string(op) + ": x must have at least 1 dimension");
@@ -402,58 +423,78 @@ py::object norm(const char* op, bool rms, py::handle x_obj, py::handle w_obj, py
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
-    m.doc() = "pyworkloads CUDA kernels: NumPy in -> NumPy out (copied through the GPU); device arrays "
-              "(__cuda_array_interface__ / DLPack) in -> DeviceArray out, or written into out=.";
+    m.doc() =
+        "pyworkloads CUDA kernels: NumPy in -> NumPy out (copied through the GPU); device arrays "
+        "(__cuda_array_interface__ / DLPack) in -> DeviceArray out, or written into out=.";
     bind_interop(m);
     py::dict algorithms;                  // every kernel version stays callable (tests, teaching, benchmarks)
-    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "tensorcore", "mma", "wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor", "wgmma_ws_mc", "wgmma_ws_kmajor_mc");
+    algorithms["matmul"] = py::make_tuple("auto", "naive", "tiled", "mma", "wgmma", "wgmma_direct", "wgmma_tma");
     algorithms["attention"] = py::make_tuple("auto", "simt", "mma", "mma_async");
     algorithms["rms_norm"] = py::make_tuple("auto", "block", "warp", "rows");
     algorithms["layer_norm"] = py::make_tuple("auto", "block", "warp", "rows");
     m.attr("ALGORITHMS") = algorithms;
     m.def("device_status", &device_status, "(device count, reason if none); never raises");
-    m.def("runtime_version", []() { int v = 0; cudaRuntimeGetVersion(&v); return v; });
-    m.def("driver_version", []() {
+    m.def("runtime_version", []() {
         int v = 0;
-        if (cudaDriverGetVersion(&v) != cudaSuccess) { cudaGetLastError(); return 0; }
+        cudaRuntimeGetVersion(&v);
         return v;
-    }, "The installed driver's CUDA version (0 without a driver); never raises.");
-    m.def("synchronize", []() {
-        py::gil_scoped_release nogil;
-        require_device();
-        check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
-    }, "Wait for all queued work on the current device (surfaces asynchronous kernel errors).");
+    });
+    m.def(
+        "driver_version",
+        []() {
+            int v = 0;
+            if (cudaDriverGetVersion(&v) != cudaSuccess) {
+                cudaGetLastError();
+                return 0;
+            }
+            return v;
+        },
+        "The installed driver's CUDA version (0 without a driver); never raises.");
+    m.def(
+        "synchronize",
+        []() {
+            py::gil_scoped_release nogil;
+            require_device();
+            check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+        },
+        "Wait for all queued work on the current device (surfaces asynchronous kernel errors).");
 
     m.def("to_device", &to_device, py::arg("a"),
           "A C-contiguous DeviceArray copy of a (NumPy array or CUDA device array; float32, float16, bfloat16 or "
           "bool): operands kept on the GPU between calls, whose results are then DeviceArrays too.");
-    m.def("matmul_last_kernel", []() { return std::string(matmul_last_kernel()); },
-          "The algorithm whose kernel this thread's last matmul call launched, after 'auto' and the fallbacks "
-          "(e.g. 'wgmma' -> 'mma' without sm_90a code, the TMA kernels -> a cp.async one for a batch that does not "
-          "fold into one matrix); '' before any call or when the last launched nothing.");
-    m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::kw_only(), py::arg("algo") = "auto", py::arg("out") = py::none(),
+    m.def(
+        "matmul_last_kernel", []() { return std::string(matmul_last_kernel()); },
+        "The algorithm whose kernel this thread's last matmul call launched, after 'auto' and the fallbacks "
+        "(e.g. 'wgmma' -> 'mma' without sm_90a code, 'wgmma_tma' -> 'wgmma_direct' for a batch that does not "
+        "fold into one matrix); '' before any call or when the last launched nothing.");
+    m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::kw_only(), py::arg("algo") = "auto",
+          py::arg("out") = py::none(),
           "a @ b with np.matmul semantics (batch dimensions broadcast), float32/float16/bfloat16, FP32 "
-          "accumulation.  algo: 'auto' | 'naive' | 'tiled' | 'tensorcore' (WMMA) | 'mma' (mma.sync + ldmatrix + cp.async pipeline) | 'wgmma' (Hopper warpgroup MMA, "
-          "sm_90a) | 'wgmma_overlap' (the same with one wgmma batch in flight) | 'wgmma_direct' (that, reading B without "
-          "a transpose) | 'wgmma_tma' (that, fed by TMA + mbarriers) | 'wgmma_ws' (TMA, a producer warpgroup and two "
-          "consumer warpgroups, persistent) | 'wgmma_ws_kmajor' (that, with B transposed first as 'wgmma') | 'wgmma_ws_mc', "
-          "'wgmma_ws_kmajor_mc' (those two on CTA pairs sharing B by TMA multicast); the last ten float16/bfloat16 only.  "
-          "'auto' is 'tiled' for float32 and 'wgmma_tma' for float16/bfloat16, which runs 'wgmma_direct' for batches "
-          "that do not fold into one matrix, 'wgmma_overlap' for B rows that are not 16-byte aligned and 'mma' off "
+          "accumulation.  algo: 'auto' | 'naive' | 'tiled' (shared-memory tiles) | 'mma' (tensor cores: mma.sync + "
+          "ldmatrix + cp.async ring) | 'wgmma' (Hopper warpgroup MMA, sm_90a, B transposed first) | 'wgmma_direct' "
+          "(that, reading B as it lies) | 'wgmma_tma' (that, fed by TMA + mbarriers); the last four float16/bfloat16 "
+          "only.  'auto' is 'tiled' for float32 and 'wgmma_tma' for float16/bfloat16, which runs 'wgmma_direct' for "
+          "batches that do not fold into one matrix, 'wgmma' for B rows that are not 16-byte aligned and 'mma' off "
           "Hopper; matmul_last_kernel() names the kernel that ran.");
     m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false,
           py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("mask") = py::none(), py::kw_only(),
           py::arg("algo") = "auto", py::arg("out") = py::none(),
           "Flash-attention forward (see reference.attention for the semantics).  algo: 'auto' | 'simt' | "
           "'mma' | 'mma_async' (float16/bfloat16, head width <= 128).");
-    m.def("rms_norm", [](py::handle x, py::handle w, double eps, const std::string& algo, py::handle out) {
-              return norm("rms_norm", true, x, w, py::none(), eps, algo, out);
-          }, py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6, py::kw_only(), py::arg("algo") = "auto",
-          py::arg("out") = py::none(), "RMSNorm over the last axis.  algo: 'auto' | 'block' | 'warp' | 'rows'.");
-    m.def("layer_norm", [](py::handle x, py::handle w, py::handle b, double eps, const std::string& algo, py::handle out) {
-              return norm("layer_norm", false, x, w, b, eps, algo, out);
-          }, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps") = 1e-5, py::kw_only(),
-          py::arg("algo") = "auto", py::arg("out") = py::none(),
-          "LayerNorm over the last axis (biased variance); weight/bias may be None.  algo: 'auto' | 'block' | 'warp' | "
-          "'rows'.");
+    m.def(
+        "rms_norm",
+        [](py::handle x, py::handle w, double eps, const std::string& algo, py::handle out) {
+            return norm("rms_norm", true, x, w, py::none(), eps, algo, out);
+        },
+        py::arg("x"), py::arg("weight"), py::arg("eps") = 1e-6, py::kw_only(), py::arg("algo") = "auto",
+        py::arg("out") = py::none(), "RMSNorm over the last axis.  algo: 'auto' | 'block' | 'warp' | 'rows'.");
+    m.def(
+        "layer_norm",
+        [](py::handle x, py::handle w, py::handle b, double eps, const std::string& algo, py::handle out) {
+            return norm("layer_norm", false, x, w, b, eps, algo, out);
+        },
+        py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps") = 1e-5, py::kw_only(),
+        py::arg("algo") = "auto", py::arg("out") = py::none(),
+        "LayerNorm over the last axis (biased variance); weight/bias may be None.  algo: 'auto' | 'block' | 'warp' | "
+        "'rows'.");
 }

@@ -34,17 +34,19 @@ template <class U>
 void launch(const void* src, void* dst, const StridedLayout& layout, int64_t n, unsigned blocks, cudaStream_t stream) {
     // 32-bit indices need i + gridDim*blockDim (the loop's last step) to stay below 2^32 as well
     if (n + int64_t(blocks) * 256 < (int64_t(1) << 32))
-        strided_copy<U, uint32_t><<<blocks, 256, 0, stream>>>(static_cast<const U*>(src), static_cast<U*>(dst), layout, uint32_t(n));
+        strided_copy<U, uint32_t>
+            <<<blocks, 256, 0, stream>>>(static_cast<const U*>(src), static_cast<U*>(dst), layout, uint32_t(n));
     else
-        strided_copy<U, uint64_t><<<blocks, 256, 0, stream>>>(static_cast<const U*>(src), static_cast<U*>(dst), layout, uint64_t(n));
+        strided_copy<U, uint64_t>
+            <<<blocks, 256, 0, stream>>>(static_cast<const U*>(src), static_cast<U*>(dst), layout, uint64_t(n));
 }
 
 }  // namespace
 
 void strided_copy_device(const void* src, void* dst, int elem_size, const StridedLayout& layout, cudaStream_t stream) {
     if (layout.ndim < 0 || layout.ndim > kMaxDims)
-        throw std::invalid_argument("strided_copy: layout has " + std::to_string(layout.ndim) + " dimensions, at most " +
-                                    std::to_string(kMaxDims) + " are supported");
+        throw std::invalid_argument("strided_copy: layout has " + std::to_string(layout.ndim) +
+                                    " dimensions, at most " + std::to_string(kMaxDims) + " are supported");
     int64_t n = 1;
     for (int d = 0; d < layout.ndim; ++d) n *= layout.shape[d];
     if (n == 0) return;

@@ -141,13 +141,15 @@ TensorArg from_cai(py::handle obj, const std::string& name) {
             if (bytes % item) type_error(name + ": strides must be multiples of the element size");
             t.strides.push_back(bytes / item);
         }
-        if (t.strides.size() != t.shape.size()) type_error(name + ": __cuda_array_interface__ strides and shape differ in length");
+        if (t.strides.size() != t.shape.size())
+            type_error(name + ": __cuda_array_interface__ strides and shape differ in length");
     } else {
         t.strides = contiguous_strides(t.shape);
     }
     if (d.contains("stream") && !d["stream"].is_none()) {
         t.stream = d["stream"].cast<int64_t>();
-        if (t.stream == 0) throw py::value_error(name + ": __cuda_array_interface__ stream 0 is disallowed by the protocol");
+        if (t.stream == 0)
+            throw py::value_error(name + ": __cuda_array_interface__ stream 0 is disallowed by the protocol");
     }
     if (!t.data && t.numel() != 0) throw py::value_error(name + ": null data pointer for a non-empty array");
     return t;
@@ -178,8 +180,9 @@ TensorArg from_dlpack(py::handle obj, const std::string& name, int device_type =
     else if (dt.code == dlpack::kFloat && dt.bits == 16) t.dtype = DType::F16;
     else if (dt.code == dlpack::kBfloat && dt.bits == 16) t.dtype = DType::BF16;
     else if (dt.code == dlpack::kBool && dt.bits == 8) t.dtype = DType::Bool;
-    else type_error(name + ": unsupported DLPack dtype (code " + std::to_string(dt.code) + ", " + std::to_string(dt.bits) +
-                    " bits); expected float32, float16, bfloat16 or bool");
+    else
+        type_error(name + ": unsupported DLPack dtype (code " + std::to_string(dt.code) + ", " +
+                   std::to_string(dt.bits) + " bits); expected float32, float16, bfloat16 or bool");
     if (dl.ndim < 0 || dl.ndim > kMaxDims) throw py::value_error(name + " has more than 8 dimensions");
     t.shape.assign(dl.shape, dl.shape + dl.ndim);
     t.strides = dl.strides ? std::vector<int64_t>(dl.strides, dl.strides + dl.ndim) : contiguous_strides(t.shape);
@@ -192,13 +195,14 @@ TensorArg from_dlpack(py::handle obj, const std::string& name, int device_type =
             return t;
         case dlpack::kCPU:
             if (t.dtype == DType::BF16)
-                type_error(name + ": a bfloat16 CPU tensor cannot be passed (NumPy has no bfloat16); "
-                                  "move it to the GPU or convert it to float32");
-        {
-            py::array arr = py::array::ensure(obj);        // float32/float16/bool: via NumPy
-            if (!arr) throw py::error_already_set();
-            return from_numpy(arr, name);
-        }
+                type_error(name +
+                           ": a bfloat16 CPU tensor cannot be passed (NumPy has no bfloat16); "
+                           "move it to the GPU or convert it to float32");
+            {
+                py::array arr = py::array::ensure(obj);        // float32/float16/bool: via NumPy
+                if (!arr) throw py::error_already_set();
+                return from_numpy(arr, name);
+            }
         default:
             type_error(name + ": DLPack device type " + std::to_string(dl.device.device_type) +
                        " is neither CUDA nor CPU");
@@ -295,8 +299,9 @@ StridedLayout collapsed_layout(const TensorArg& arg) {
             continue;
         }
         if (l.ndim == kMaxDims)
-            throw std::invalid_argument(arg.name + ": a strided view with more than " + std::to_string(kMaxDims) +
-                                        " non-mergeable dimensions cannot be packed on the device; pass a contiguous array");
+            throw std::invalid_argument(
+                arg.name + ": a strided view with more than " + std::to_string(kMaxDims) +
+                " non-mergeable dimensions cannot be packed on the device; pass a contiguous array");
         l.shape[l.ndim] = arg.shape[i];
         l.stride[l.ndim] = arg.strides[i];
         ++l.ndim;
@@ -314,7 +319,8 @@ const void* CallContext::device_ptr(TensorArg& arg, bool contiguous) {
     const void* data = arg.data;
     if (!arg.on_device) {                                 // NumPy: a dense block on the host, sent as it lies
         void* dst = scratch(bytes);
-        if (bytes) check(cudaMemcpy(dst, arg.data, bytes, cudaMemcpyHostToDevice), (arg.name + ": copy to device").c_str());
+        if (bytes)
+            check(cudaMemcpy(dst, arg.data, bytes, cudaMemcpyHostToDevice), (arg.name + ": copy to device").c_str());
         data = dst;
     }
     if (!contiguous || arg.c_contiguous()) {
@@ -368,7 +374,9 @@ py::tuple shape_tuple(const std::vector<int64_t>& shape) {
 py::object to_numpy(const DeviceArray& a) {
     if (a.dtype == DType::BF16)
         throw py::type_error("a bfloat16 DeviceArray has no NumPy equivalent; use torch.from_dlpack(array)");
-    py::array out(py::dtype(a.dtype == DType::F32 ? "float32" : a.dtype == DType::F16 ? "float16" : "bool"),
+    py::array out(py::dtype(a.dtype == DType::F32   ? "float32"
+                            : a.dtype == DType::F16 ? "float16"
+                                                    : "bool"),
                   std::vector<py::ssize_t>(a.shape.begin(), a.shape.end()));
     const size_t bytes = size_t(a.numel()) * dtype_size(a.dtype);
     if (bytes) {
@@ -392,18 +400,20 @@ void bind_interop(py::module_& m) {
         .def_property_readonly("nbytes", [](const DeviceArray& a) { return a.numel() * dtype_size(a.dtype); })
         .def_property_readonly("device", [](const DeviceArray& a) { return a.device; })
         .def_property_readonly("data_ptr", [](const DeviceArray& a) { return reinterpret_cast<uintptr_t>(a.data()); })
-        .def_property_readonly("__cuda_array_interface__", [](const DeviceArray& a) {
-            const char* ts = typestr(a.dtype);
-            if (!ts) throw py::attribute_error("bfloat16 has no __cuda_array_interface__ typestr; use __dlpack__");
-            py::dict d;
-            d["shape"] = shape_tuple(a.shape);
-            d["typestr"] = ts;
-            d["data"] = py::make_tuple(reinterpret_cast<uintptr_t>(a.data()), false);
-            d["strides"] = py::none();
-            d["version"] = 3;
-            d["stream"] = 1;                              // produced on the legacy default stream
-            return d;
-        })
+        .def_property_readonly(
+            "__cuda_array_interface__",
+            [](const DeviceArray& a) {
+                const char* ts = typestr(a.dtype);
+                if (!ts) throw py::attribute_error("bfloat16 has no __cuda_array_interface__ typestr; use __dlpack__");
+                py::dict d;
+                d["shape"] = shape_tuple(a.shape);
+                d["typestr"] = ts;
+                d["data"] = py::make_tuple(reinterpret_cast<uintptr_t>(a.data()), false);
+                d["strides"] = py::none();
+                d["version"] = 3;
+                d["stream"] = 1;                              // produced on the legacy default stream
+                return d;
+            })
         .def("__dlpack_device__", [](const DeviceArray& a) { return py::make_tuple(int(dlpack::kCUDA), a.device); })
         .def(
             "__dlpack__",
@@ -432,7 +442,9 @@ void bind_interop(py::module_& m) {
                         cudaError_t err = cudaSuccess;
                         try {
                             c.buffer = std::make_shared<DeviceBuffer<char>>(bytes);
-                            if (bytes) err = cudaMemcpy(c.data(), src.data(), bytes, cudaMemcpyDeviceToDevice);  // legacy stream
+                            if (bytes)
+                                err =
+                                    cudaMemcpy(c.data(), src.data(), bytes, cudaMemcpyDeviceToDevice);  // legacy stream
                         } catch (...) {
                             cudaSetDevice(prev);
                             throw;
@@ -443,7 +455,7 @@ void bind_interop(py::module_& m) {
                     self = py::cast(std::move(c));
                 }
                 const DeviceArray& a = self.cast<const DeviceArray&>();
-                if (!stream.is_none()) {                  // consumer on another stream: finish our work first
+                if (!stream.is_none()) {  // consumer on another stream: finish our work first
                     const int64_t s = stream.cast<int64_t>();
                     if (s != 1 && s != -1) {
                         int prev = 0;
@@ -459,8 +471,8 @@ void bind_interop(py::module_& m) {
                 t->dl_tensor.data = a.data();
                 t->dl_tensor.device = {dlpack::kCUDA, a.device};
                 t->dl_tensor.ndim = int32_t(a.shape.size());
-                t->dl_tensor.dtype = a.dtype == DType::F32   ? dlpack::DataType{dlpack::kFloat, 32, 1}
-                                     : a.dtype == DType::F16 ? dlpack::DataType{dlpack::kFloat, 16, 1}
+                t->dl_tensor.dtype = a.dtype == DType::F32    ? dlpack::DataType{dlpack::kFloat, 32, 1}
+                                     : a.dtype == DType::F16  ? dlpack::DataType{dlpack::kFloat, 16, 1}
                                      : a.dtype == DType::BF16 ? dlpack::DataType{dlpack::kBfloat, 16, 1}
                                                               : dlpack::DataType{dlpack::kBool, 8, 1};
                 t->dl_tensor.shape = ctx->shape.data();
@@ -478,41 +490,50 @@ void bind_interop(py::module_& m) {
             py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
             py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
         .def("numpy", &to_numpy, "Copy to a NumPy array (float32/float16).")
-        .def("__array__", [](const DeviceArray& a, py::object dtype, py::object copy) {
+        .def(
+            "__array__",
+            [](const DeviceArray& a, py::object dtype, py::object copy) {
                 if (!copy.is_none() && !copy.cast<bool>())
                     throw py::value_error("a DeviceArray can only be converted to NumPy by copying (copy=False given)");
                 py::object arr = to_numpy(a);
                 return dtype.is_none() ? arr : arr.attr("astype")(dtype);
-            }, py::arg("dtype") = py::none(), py::arg("copy") = py::none())
+            },
+            py::arg("dtype") = py::none(), py::arg("copy") = py::none())
         .def("__repr__", [](const DeviceArray& a) {
             std::string s = "DeviceArray(shape=(";
             for (size_t i = 0; i < a.shape.size(); ++i) s += (i ? ", " : "") + std::to_string(a.shape[i]);
-            return s + (a.shape.size() == 1 ? ",)" : ")") + ", dtype=" + dtype_name(a.dtype) + ", device=" +
-                   std::to_string(a.device) + ")";
+            return s + (a.shape.size() == 1 ? ",)" : ")") + ", dtype=" + dtype_name(a.dtype) +
+                   ", device=" + std::to_string(a.device) + ")";
         });
 
-    m.def("describe", [](py::handle obj) {
-        TensorArg t = parse_tensor(obj, "x");
-        py::dict d;
-        d["dtype"] = dtype_name(t.dtype);
-        d["shape"] = shape_tuple(t.shape);
-        d["strides"] = shape_tuple(t.strides);
-        d["on_device"] = t.on_device;
-        d["device"] = t.device;
-        d["c_contiguous"] = t.c_contiguous();
-        return d;
-    }, py::arg("x"),
-    "How an argument is seen by the CUDA ops (dtype, shape, element strides, host/device); reads only "
-    "metadata, so it works without a GPU.");
+    m.def(
+        "describe",
+        [](py::handle obj) {
+            TensorArg t = parse_tensor(obj, "x");
+            py::dict d;
+            d["dtype"] = dtype_name(t.dtype);
+            d["shape"] = shape_tuple(t.shape);
+            d["strides"] = shape_tuple(t.strides);
+            d["on_device"] = t.on_device;
+            d["device"] = t.device;
+            d["c_contiguous"] = t.c_contiguous();
+            return d;
+        },
+        py::arg("x"),
+        "How an argument is seen by the CUDA ops (dtype, shape, element strides, host/device); reads only "
+        "metadata, so it works without a GPU.");
 
-    m.def("pack_layout", [](py::handle obj) {
-        TensorArg t = parse_tensor(obj, "x");
-        const StridedLayout l = collapsed_layout(t);      // std::invalid_argument -> ValueError
-        return py::make_tuple(shape_tuple(std::vector<int64_t>(l.shape, l.shape + l.ndim)),
-                              shape_tuple(std::vector<int64_t>(l.stride, l.stride + l.ndim)));
-    }, py::arg("x"),
-    "(shape, element strides) the device copy walks to pack a non-contiguous argument: size-1 dimensions "
-    "dropped, mergeable neighbours merged.  Metadata only; works without a GPU.");
+    m.def(
+        "pack_layout",
+        [](py::handle obj) {
+            TensorArg t = parse_tensor(obj, "x");
+            const StridedLayout l = collapsed_layout(t);  // std::invalid_argument -> ValueError
+            return py::make_tuple(shape_tuple(std::vector<int64_t>(l.shape, l.shape + l.ndim)),
+                                  shape_tuple(std::vector<int64_t>(l.stride, l.stride + l.ndim)));
+        },
+        py::arg("x"),
+        "(shape, element strides) the device copy walks to pack a non-contiguous argument: size-1 dimensions "
+        "dropped, mergeable neighbours merged.  Metadata only; works without a GPU.");
 }
 
 }  // namespace pyworkloads::cuda

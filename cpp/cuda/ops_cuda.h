@@ -4,6 +4,31 @@
 // Everything here is ordinary C++ (no pybind11, no device code), so the bindings and the kernels
 // compile separately, and every problem is fully described -- pointers, sizes, strides, dtype --
 // before anything reaches the GPU.  Strides are in elements, not bytes.
+//
+// ---- algo="auto": which version runs -----------------------------------------------------------
+// Each op keeps every version a reader should learn from callable by name (algo=...); "auto" runs
+// the fastest one that can take the problem.  Part of the choice depends only on the dtype and is
+// made before any CUDA call (matmul_resolve, attention_resolve: they validate the request); the rest
+// depends on the device and on alignment and is made by each op's launch() when it starts a kernel.
+//
+//   matmul (matmul.cu)
+//     float32            2 tiled.  The tensor-core versions take 16-bit inputs only.
+//     float16, bfloat16  5 wgmma_tma, where it can run: a Hopper GPU with the sm_90a code loaded
+//                        (wgmma_available), A's rows 16-byte aligned, and one matrix -- or a batch
+//                        that folds into one (B shared, A's batches back to back).  Otherwise, still
+//                        on Hopper: 4 wgmma_direct for a batch that does not fold, 4 wgmma (B
+//                        transposed first) where B's rows are not 16-byte aligned (the TMA's and
+//                        cp.async's stride rule).  Off Hopper, or with A's rows unaligned: 3 mma.
+//     1 naive is never chosen: it is the definition, kept for reading and as an oracle.
+//     matmul_last_kernel() names the kernel that ran.
+//   attention (attention.cu)
+//     float16, bfloat16 with head widths <= 128: 3 mma_async, or 2 mma where q/k/v rows are not
+//                        16-byte aligned or Dh, Dv are not multiples of 8 (its cp.async chunks).
+//     float32, or head widths 129..256: 1 simt.
+//   rms_norm, layer_norm (norms.cu)
+//     3 rows where the row fits its registers and 16-byte accesses apply (kVec divides D, every
+//     pointer 16-byte aligned, at most 2048 packs of 16 bytes a row: bf16/fp16 D <= 16384, fp32
+//     D <= 8192); otherwise 2 warp.  1 block is never chosen: it is the plain reference.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -47,29 +72,25 @@ struct MatmulProblem {
     int64_t batch_stride_b[kMaxBatchDims] = {};
     bool a_vec = false, b_vec = false; // 16-byte aligned rows (base, lda and batch strides): cp.async ok
 };
-// TensorCore: WMMA 16x16x16 fragments (the readable tensor-core version); Mma: mma.sync m16n8k16 with
-// ldmatrix and a multi-stage cp.async pipeline (the fast one).
-enum class MatmulAlgo : int { Auto = 0, Naive = 1, Tiled = 2, TensorCore = 3, Mma = 4, Wgmma = 5, WgmmaOverlap = 6,
-                              WgmmaDirect = 7, WgmmaTma = 8, WgmmaWs = 9, WgmmaWsKMajor = 10,
-                              WgmmaWsMc = 11, WgmmaWsKMajorMc = 12 };
-// The v5 (Hopper wgmma) family: sm_90a code on a compute-capability-9.0 device.
-inline bool is_wgmma(MatmulAlgo a) { return a >= MatmulAlgo::Wgmma && a <= MatmulAlgo::WgmmaWsKMajorMc; }
+// The versions, in the order matmul.cu lists them: 1 naive, 2 tiled, 3 mma (tensor cores), 4 wgmma
+// (Hopper; B transposed first) and wgmma_direct (B read as it lies), 5 wgmma_tma (fed by the TMA).
+enum class MatmulAlgo : int { Auto = 0, Naive = 1, Tiled = 2, Mma = 3, Wgmma = 4, WgmmaDirect = 5, WgmmaTma = 6 };
+// Versions 4 and 5 (Hopper wgmma): sm_90a code on a compute-capability-9.0 device.
+inline bool is_wgmma(MatmulAlgo a) { return a >= MatmulAlgo::Wgmma && a <= MatmulAlgo::WgmmaTma; }
 // The name users pass as algo= (the bindings parse these names).
 inline const char* matmul_algo_name(MatmulAlgo a) {
-    constexpr const char* names[] = {"auto", "naive", "tiled", "tensorcore", "mma", "wgmma", "wgmma_overlap",
-                                     "wgmma_direct", "wgmma_tma", "wgmma_ws", "wgmma_ws_kmajor", "wgmma_ws_mc",
-                                     "wgmma_ws_kmajor_mc"};
+    constexpr const char* names[] = {"auto", "naive", "tiled", "mma", "wgmma", "wgmma_direct", "wgmma_tma"};
     return names[int(a)];
 }
 // The algorithm Auto resolves to; throws std::invalid_argument for an impossible request.
 MatmulAlgo matmul_resolve(const MatmulProblem& p, MatmulAlgo requested);
 void matmul_device(const MatmulProblem& p, MatmulAlgo algo, cudaStream_t stream);
-// v5 (wgmma) can run on the current device: compute capability 9.0, sm_90a code in this build, and
-// PYWORKLOADS_NO_WGMMA unset.  Calls CUDA (needs a device).
+// Versions 4 and 5 (wgmma) can run on the current device: compute capability 9.0, sm_90a code in
+// this build, and PYWORKLOADS_NO_WGMMA unset.  Calls CUDA (needs a device).
 bool wgmma_available();
 // The algorithm whose kernel this thread's last matmul_device call launched (after auto and the
-// fallbacks: v5 -> v4 without sm_90a code, TMA kernels -> cp.async ones for batched problems), ""
-// if it launched none.
+// fallbacks: wgmma -> mma without sm_90a code, wgmma_tma -> wgmma_direct for a batch that does not
+// fold into one matrix), "" if it launched none.
 const char* matmul_last_kernel();
 
 // ---- attention (attention.cu) ---------------------------------------------------------------
@@ -90,8 +111,8 @@ struct AttnProblem {
     int64_t mask_stride[4] = {};
     bool vec = false;                  // q/k/v rows 16-byte aligned and Dh, Dv multiples of 8
 };
-// Mma: FlashAttention-2 on mma.sync, fragments from 32-bit shared loads, register prefetch;
-// MmaAsync: the same math with ldmatrix fragments and a cp.async double-buffered K/V pipeline.
+// The versions, in the order attention.cu lists them: 1 simt (FP32 FMAs, any dtype), 2 mma
+// (FlashAttention-2 on mma.sync), 3 mma_async (2's math with ldmatrix and a cp.async K/V pipeline).
 enum class AttnAlgo : int { Auto = 0, Simt = 1, Mma = 2, MmaAsync = 3 };
 constexpr int64_t kMaxHeadDim = 256;
 AttnAlgo attention_resolve(const AttnProblem& p, AttnAlgo requested);
@@ -108,6 +129,8 @@ struct NormProblem {
     float eps = 0.f;
     bool rms = true;                   // rms_norm, else layer_norm
 };
+// The versions, in the order norms.cu lists them: 1 block (scalar, a tree reduction), 2 warp
+// (16-byte accesses, shuffle reductions), 3 rows (the row held in registers, read from DRAM once).
 enum class NormAlgo : int { Auto = 0, Block = 1, Warp = 2, Rows = 3 };
 void norm_device(const NormProblem& p, NormAlgo algo, cudaStream_t stream);
 

@@ -16,9 +16,7 @@ inline void check(cudaError_t err, const char* what) {
 
 // After every <<<...>>>: a bad configuration shows up here; faults inside the kernel surface at
 // the next synchronising call (a copy back, or the caller's own synchronisation).
-inline void check_launch(const char* kernel) {
-    check(cudaGetLastError(), (std::string(kernel) + " launch").c_str());
-}
+inline void check_launch(const char* kernel) { check(cudaGetLastError(), (std::string(kernel) + " launch").c_str()); }
 
 // Grid dimensions y and z are limited to 65535; refuse (rather than silently truncate) problems
 // whose tile counts exceed what a kernel's grid layout can address.
@@ -44,10 +42,13 @@ int device_attribute(const char* what) {
 // Shared memory one block may opt into (cudaFuncSetAttribute): the tensor-core launchers pick
 // their pipeline depth, or fall back, by it.
 inline int max_optin_smem() {
-    return device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>("cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+    return device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(
+        "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
 }
 // Streaming multiprocessors: the persistent kernels launch one block per SM.
-inline int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>("cudaDeviceGetAttribute(MultiProcessorCount)"); }
+inline int sm_count() {
+    return device_attribute<cudaDevAttrMultiProcessorCount>("cudaDeviceGetAttribute(MultiProcessorCount)");
+}
 
 // Owning device buffer (RAII), so an exception between cudaMalloc and cudaFree cannot leak.
 template <class T>
@@ -60,15 +61,32 @@ struct DeviceBuffer {
     }
     DeviceBuffer(const DeviceBuffer&) = delete;
     DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    DeviceBuffer(DeviceBuffer&& o) noexcept : ptr(o.ptr), n(o.n) { o.ptr = nullptr; o.n = 0; }
+    DeviceBuffer(DeviceBuffer&& o) noexcept : ptr(o.ptr), n(o.n) {
+        o.ptr = nullptr;
+        o.n = 0;
+    }
     DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-        if (this != &o) { reset(); ptr = o.ptr; n = o.n; o.ptr = nullptr; o.n = 0; }
+        if (this != &o) {
+            reset();
+            ptr = o.ptr;
+            n = o.n;
+            o.ptr = nullptr;
+            o.n = 0;
+        }
         return *this;
     }
     ~DeviceBuffer() { reset(); }
-    void reset() { if (ptr) cudaFree(ptr); ptr = nullptr; n = 0; }
-    void upload(const T* host) { if (n) check(cudaMemcpy(ptr, host, n * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D"); }
-    void download(T* host) const { if (n) check(cudaMemcpy(host, ptr, n * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy D2H"); }
+    void reset() {
+        if (ptr) cudaFree(ptr);
+        ptr = nullptr;
+        n = 0;
+    }
+    void upload(const T* host) {
+        if (n) check(cudaMemcpy(ptr, host, n * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+    }
+    void download(T* host) const {
+        if (n) check(cudaMemcpy(host, ptr, n * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+    }
 };
 
 // A call's temporary (uploaded NumPy data, packed views, a result on its way to the host):
@@ -84,7 +102,10 @@ public:
     explicit StreamBuffer(size_t bytes) {
         if (!bytes) return;
         if (pool_ready()) {
-            if (cudaMallocAsync(&ptr, bytes, nullptr) == cudaSuccess) { async_ = true; return; }
+            if (cudaMallocAsync(&ptr, bytes, nullptr) == cudaSuccess) {
+                async_ = true;
+                return;
+            }
             cudaGetLastError();                           // clear it; try the plain allocator
             ptr = nullptr;
         }
@@ -109,7 +130,10 @@ private:
         static std::mutex mu;
         static int state[64] = {};                        // 0 unknown, 1 ready, 2 unsupported
         int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) { cudaGetLastError(); return false; }
+        if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+            cudaGetLastError();
+            return false;
+        }
         std::lock_guard<std::mutex> lock(mu);
         if (state[dev] == 0) {
             int ok = 0;

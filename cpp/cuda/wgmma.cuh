@@ -1,7 +1,8 @@
-// Hopper warpgroup MMA (wgmma, sm_90a only) for matmul.cu v5: the shared-memory matrix
-// descriptor of a 128-byte-swizzled tile, the fences around an asynchronous batch, and the one
-// instruction shape v5 uses, m64n256k16 with FP32 accumulators.  The wrappers exist only where
-// the code is compiled for sm_90a (PYW_HAS_WGMMA); callers guard their bodies with it.
+// Hopper warpgroup MMA (wgmma, sm_90a only) for matmul versions 4 and 5: the shared-memory matrix
+// descriptor of a 128-byte-swizzled tile, the fences around an asynchronous batch, the one
+// instruction shape they use, m64n256k16 with FP32 accumulators, and the TMA loads and mbarriers
+// of version 5.  The wrappers exist only where the code is compiled for sm_90a (PYW_HAS_WGMMA);
+// callers guard their bodies with it.
 //
 // K-major layout (PTX ISA, "Shared Memory Matrix Layout", 128B swizzle): rows of 64 16-bit
 // elements = 128 bytes, stored one after another; within each group of 8 rows (1024 bytes, the
@@ -40,12 +41,16 @@ __device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_byte_addr, ui
 #if defined(PYW_HAS_WGMMA)
 // Order this thread's earlier generic-proxy writes to shared memory (cp.async landing, st.shared)
 // before later async-proxy reads of it (wgmma operands).
-__device__ __forceinline__ void fence_proxy_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async_shared() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
 // Before the first wgmma of a batch: the accumulator registers' earlier writes are visible to it.
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int kPending>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory"); }
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
 // A compiler-only fence on the accumulators (no instruction): their reads and writes may not move
 // across it, e.g. an epilogue read above the wgmma_wait that makes the values final.
 __device__ __forceinline__ void wgmma_fence_operands(float (&d)[128]) {
@@ -58,6 +63,7 @@ __device__ __forceinline__ void wgmma_fence_operands(float (&d)[128]) {
 // w = (t / 32) % 4 of the warpgroup, lane l = t % 32) is row 16 w + l / 4 + 8 (e / 2), column
 // 8 j + 2 (l % 4) + e % 2 -- the m16n8 C fragment, once per 8-column block j.
 // The 128 accumulator operands of an m64n256 wgmma, %0..%127 in the asm string and d[0..127] bound.
+// clang-format off: the operand tables read best 16 (8) to a line
 #define PYW_WGMMA_D128_REGS \
     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
@@ -84,30 +90,31 @@ __device__ __forceinline__ void wgmma_fence_operands(float (&d)[128]) {
     "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
     "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
     "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-#define PYW_WGMMA_M64N256K16(type)                                                                 \
+// clang-format on
+#define PYW_WGMMA_M64N256K16(type)                                                                         \
     asm volatile("{\n wgmma.mma_async.sync.aligned.m64n256k16.f32." type "." type " {" PYW_WGMMA_D128_REGS \
-                 "}, %128, %129, 1, 1, 1, 0, %130;\n}\n"                                            \
-                 : PYW_WGMMA_D128_OUTS(d)                                                            \
-                 : "l"(desc_a), "l"(desc_b), "n"(kTransB)                                           \
+                 "}, %128, %129, 1, 1, 1, 0, %130;\n}\n"                                                   \
+                 : PYW_WGMMA_D128_OUTS(d)                                                                  \
+                 : "l"(desc_a), "l"(desc_b), "n"(kTransB)                                                  \
                  : "memory")
 
 template <class T, int kTransB>
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
     static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "16-bit inputs");
-    if constexpr (std::is_same_v<T, __half>)
-        PYW_WGMMA_M64N256K16("f16");
-    else
-        PYW_WGMMA_M64N256K16("bf16");
+    if constexpr (std::is_same_v<T, __half>) PYW_WGMMA_M64N256K16("f16");
+    else PYW_WGMMA_M64N256K16("bf16");
 }
 
-// ---- TMA and mbarriers (matmul v5 algo="wgmma_tma") ------------------------------------------
+// ---- TMA and mbarriers (matmul version 5, algo="wgmma_tma") -----------------------------------
 // An mbarrier is a 64-bit shared-memory object: threads arrive on it, the TMA unit adds the bytes
 // it has written (complete_tx), and a phase completes when the expected arrivals and bytes are in.
 // try_wait.parity P returns once the phase with parity P has completed.
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
-__device__ __forceinline__ void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_mbarrier_init() {
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
@@ -137,73 +144,21 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
         " @p bra WAIT;\n"
         " trap;\n"
         "DONE:\n"
-        "}\n" ::"r"(bar), "r"(parity), "l"(kMbarWaitLimitNs) : "memory");
-}
-
-// Warp specialisation (matmul v5 algo="wgmma_ws"): a warpgroup hands registers back to the CTA's
-// pool (dec) or takes more from it (inc; blocks until the pool has them).  All four warps of the
-// warpgroup execute the same one; ptxas allocates the code after it within the new limit.  The
-// count at entry comes from __launch_bounds__ (65536 / threads, rounded down to a multiple of 8).
-template <int kRegs>
-__device__ __forceinline__ void setmaxnreg_dec() {
-    static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "a multiple of 8 in [24, 256]");
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
-}
-template <int kRegs>
-__device__ __forceinline__ void setmaxnreg_inc() {
-    static_assert(kRegs % 8 == 0 && kRegs >= 24 && kRegs <= 256, "a multiple of 8 in [24, 256]");
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+        "}\n" ::"r"(bar),
+        "r"(parity), "l"(kMbarWaitLimitNs)
+        : "memory");
 }
 
 // One TMA tile load global -> shared (2-D tensor map, coordinates innermost first), completing
 // its bytes on `bar`.  The map lives in kernel parameter space (__grid_constant__).
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar) {
     asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
-        ::"r"(dst), "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(bar) : "memory");
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+            "r"(dst),
+        "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
 }
 
-// ---- thread-block clusters (matmul v5 algo="wgmma_ws_mc") -------------------------------------
-// Two CTAs of a cluster run on one GPC and can reach each other's shared memory: a TMA load can be
-// multicast (the same box written at the same offset into every CTA of ctaMask, each completing
-// the bytes on its own mbarrier at the same offset), and a thread can arrive on a peer's mbarrier
-// through the address mapa gives for it.
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const void* tmap, int32_t c0, int32_t c1, uint32_t bar,
-                                                      uint16_t cta_mask) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-        " [%0], [%1, {%2, %3}], [%4], %5;\n"
-        ::"r"(dst), "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask) : "memory");
-}
-// Arrive on the mbarrier at shared offset `bar` of cluster CTA `rank` (this CTA's own included).
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
-    asm volatile(
-        "{\n"
-        " .reg .b32 remote;\n"
-        " mapa.shared::cluster.u32 remote, %0, %1;\n"
-        " mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
-        "}\n" ::"r"(bar), "r"(rank) : "memory");
-}
-__device__ __forceinline__ uint32_t cluster_ctarank() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ uint32_t cluster_id_x() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ uint32_t cluster_count_x() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
-    return r;
-}
-// Every thread of every CTA of the cluster: this thread's earlier writes (mbarrier inits) are
-// visible cluster-wide before any thread goes on.
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
 #endif  // PYW_HAS_WGMMA
 
 }  // namespace pyworkloads::cuda

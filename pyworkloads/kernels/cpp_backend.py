@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from .. import _kernels  # noqa: F401  (ImportError here means "backend unavailable")
 
-_EXPORTED = ("matmul", "attention", "rms_norm", "layer_norm", "gelu", "set_num_threads", "get_num_threads")
+_EXPORTED = (
+    "matmul", "attention", "rms_norm", "layer_norm", "gelu", "set_num_threads", "get_num_threads",
+)
 
 
 def unavailable_reason() -> str | None:

@@ -1,5 +1,6 @@
 """Helpers shared by the kernel property tests: the compiled backends to check, array layouts
 (strided and transposed views with the same values) and error bounds scaled by reduction length."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,10 @@ import pyworkloads.kernels as K
 # Every backend except the reference: the cpp backend (and cuda when a GPU is present).
 COMPILED = [b for b in K.available() if b != "numpy"]
 backends = pytest.mark.parametrize(
-    "backend", COMPILED or [pytest.param("cpp", marks=pytest.mark.skip(reason="no compiled backend is available"))])
+    "backend",
+    COMPILED
+    or [pytest.param("cpp", marks=pytest.mark.skip(reason="no compiled backend is available"))],
+)
 
 
 def backends_with(op: str):
@@ -23,10 +27,22 @@ def backends_with(op: str):
     for b in COMPILED:
         mod = importlib.import_module(f"pyworkloads.kernels.{b}_backend")
         has = hasattr(mod, op)
-        params.append(b if has else pytest.param(
-            b, marks=pytest.mark.skip(reason=f"the {b} backend has no {op} kernel (the NumPy reference runs it)")))
+        params.append(
+            b
+            if has
+            else pytest.param(
+                b,
+                marks=pytest.mark.skip(
+                    reason=f"the {b} backend has no {op} kernel (the NumPy reference runs it)"
+                ),
+            )
+        )
     return pytest.mark.parametrize(
-        "backend", params or [pytest.param("cpp", marks=pytest.mark.skip(reason="no compiled backend is available"))])
+        "backend",
+        params
+        or [pytest.param("cpp", marks=pytest.mark.skip(reason="no compiled backend is available"))],
+    )
+
 
 EPS32 = float(np.finfo(np.float32).eps)
 LAYOUTS = ("c", "f", "strided", "reversed")
@@ -34,7 +50,8 @@ LAYOUTS = ("c", "f", "strided", "reversed")
 
 def laid_out(x: np.ndarray, layout: str) -> np.ndarray:
     """The same values as x in another memory layout: C order, transposed last two axes
-    (Fortran-like, as `W.T` arrives), every other element of a larger buffer, or negative strides."""
+    (Fortran-like, as `W.T` arrives), every other element of a larger buffer, or negative strides.
+    """
     if layout == "c" or x.ndim < 2:
         return np.ascontiguousarray(x)
     if layout == "f":
@@ -66,4 +83,6 @@ def assert_within(got: np.ndarray, want: np.ndarray, bound) -> None:
     if not np.all(ok):
         i = np.unravel_index(np.argmax(~ok), ok.shape)
         b = bound[i] if np.ndim(bound) else bound
-        raise AssertionError(f"at {i}: got {got[i]}, want {want[i]}, error {err[i]:.3g} > bound {b:.3g}")
+        raise AssertionError(
+            f"at {i}: got {got[i]}, want {want[i]}, error {err[i]:.3g} > bound {b:.3g}"
+        )

@@ -1,14 +1,16 @@
 """GELU on the compiled backends against a float64 definition (property tests)."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from _kernel_testing import backends_with, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyworkloads.kernels as K
-from _kernel_testing import backends_with, run
 
 backends = backends_with("gelu")
 
@@ -20,22 +22,29 @@ def gelu64(x):
 
 @backends
 @settings(max_examples=60, deadline=None)
-@given(shape=st.sampled_from([(0,), (1,), (7,), (3, 17), (2, 3, 33), (1000,)]),
-       scale=st.sampled_from([1e-3, 1.0, 4.0, 30.0]), strided=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    shape=st.sampled_from([(0,), (1,), (7,), (3, 17), (2, 3, 33), (1000,)]),
+    scale=st.sampled_from([1e-3, 1.0, 4.0, 30.0]),
+    strided=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_gelu_matches_float64(backend, shape, scale, strided, seed):
     x = (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
     if strided and x.ndim:
         x = np.repeat(x, 2, axis=-1)[..., ::2]
     got = run(backend, "gelu", x)
     assert got.shape == x.shape and got.dtype == np.float32
-    # the approximation's error is below 1.5e-7 in Φ, so below ~2e-7·|x| in gelu, plus float32 rounding
-    np.testing.assert_allclose(got, gelu64(x), rtol=0, atol=1e-6 * (1 + float(np.abs(x).max(initial=0))))
+    # the approximation's error is below 1.5e-7 in Φ, so below ~2e-7·|x| in gelu, plus float32
+    # rounding
+    np.testing.assert_allclose(
+        got, gelu64(x), rtol=0, atol=1e-6 * (1 + float(np.abs(x).max(initial=0)))
+    )
 
 
 @backends
 def test_gelu_special_values_behave_like_the_reference(backend):
     x = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e30, -1e30, -10.0, 10.0], np.float32)
-    with np.errstate(invalid="ignore"):                  # -inf · Φ(-inf) = -inf · 0 is NaN, as in the reference
+    with np.errstate(invalid="ignore"):  # -inf · Φ(-inf) = -inf · 0 is NaN, as in the reference
         want = K.reference.gelu(x)
     got = run(backend, "gelu", x)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))

@@ -4,13 +4,15 @@ Error bound: outputs are convex combinations of V rows, so they are compared wit
 tolerance in units of max|V|; the score rounding (a float32 dot product of length Dh) moves the
 softmax weights by about exp(Δs) - 1, which grows with |scale·q·k|, hence the second term.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from _kernel_testing import EPS32, assert_within, backends, dims, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from pyworkloads.kernels import reference
 
 # cpp tiles: 64 queries x 48 keys per block (AVX-512); Dh/Dv around the 16-lane vectors.
@@ -22,14 +24,22 @@ def reference64(q, k, v, **kw):
     kw = dict(kw)
     if kw.get("bias") is not None:
         kw["bias"] = kw["bias"].astype(np.float64)
-    return reference.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), **kw)
+    return reference.attention(
+        q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), **kw
+    )
 
 
 def check(backend, q, k, v, **kw):
     want = reference64(q, k, v, **kw)
     scale = kw.get("scale") or 1 / np.sqrt(max(q.shape[-1], 1))
     vmax = float(np.abs(v).max()) if v.size else 0.0
-    score_err = 4 * q.shape[-1] * EPS32 * scale * (float(np.abs(q).max()) * float(np.abs(k).max()) if q.size and k.size else 0)
+    score_err = (
+        4
+        * q.shape[-1]
+        * EPS32
+        * scale
+        * (float(np.abs(q).max()) * float(np.abs(k).max()) if q.size and k.size else 0)
+    )
     got = run(backend, "attention", q, k, v, **kw)
     assert got.dtype == np.float32
     assert_within(got, want, vmax * (2e-6 + 4 * score_err) + 1e-30)
@@ -41,13 +51,24 @@ def problems(draw):
     group = draw(st.sampled_from([1, 2, 3, 4]))
     causal = draw(st.booleans())
     Tk = draw(dims(*T_EDGES, lo=1, hi=100))
-    Tq = draw(dims(*T_EDGES, lo=0, hi=Tk if causal else 100).filter(lambda t: not causal or t <= Tk))
-    return dict(B=draw(st.integers(1, 2)), Hq=Hkv * group, Hkv=Hkv, Tq=Tq, Tk=Tk,
-                Dh=draw(dims(*D_EDGES, lo=1, hi=20)), Dv=draw(dims(*D_EDGES, lo=1, hi=20)), causal=causal,
-                bias=draw(st.sampled_from([None, "full", "heads", "keys"])),
-                mask=draw(st.sampled_from([None, "full", "rows", "keys"])),
-                layout=draw(st.sampled_from(["c", "heads-split", "strided"])),
-                scale=draw(st.sampled_from([None, 0.1, 2.0])), seed=draw(st.integers(0, 2**16)))
+    Tq = draw(
+        dims(*T_EDGES, lo=0, hi=Tk if causal else 100).filter(lambda t: not causal or t <= Tk)
+    )
+    return dict(
+        B=draw(st.integers(1, 2)),
+        Hq=Hkv * group,
+        Hkv=Hkv,
+        Tq=Tq,
+        Tk=Tk,
+        Dh=draw(dims(*D_EDGES, lo=1, hi=20)),
+        Dv=draw(dims(*D_EDGES, lo=1, hi=20)),
+        causal=causal,
+        bias=draw(st.sampled_from([None, "full", "heads", "keys"])),
+        mask=draw(st.sampled_from([None, "full", "rows", "keys"])),
+        layout=draw(st.sampled_from(["c", "heads-split", "strided"])),
+        scale=draw(st.sampled_from([None, 0.1, 2.0])),
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 def make(p):
@@ -56,15 +77,19 @@ def make(p):
     q = rng.standard_normal((B, Hq, Tq, Dh), dtype=np.float32)
     k = rng.standard_normal((B, Hkv, Tk, Dh), dtype=np.float32)
     v = rng.standard_normal((B, Hkv, Tk, Dv), dtype=np.float32)
-    if p["layout"] == "heads-split":                  # [B, T, H, D] activations viewed as [B, H, T, D]
-        q, k, v = (np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3) for x in (q, k, v))
+    if p["layout"] == "heads-split":  # [B, T, H, D] activations viewed as [B, H, T, D]
+        q, k, v = (
+            np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3) for x in (q, k, v)
+        )
     elif p["layout"] == "strided":
         q, k, v = (np.repeat(x, 2, axis=2)[:, :, ::2] for x in (q, k, v))
     kw = dict(causal=p["causal"], scale=p["scale"])
     bias_shape = {"full": (B, Hq, Tq, Tk), "heads": (Hq, Tq, Tk), "keys": (Tk,)}.get(p["bias"])
     if bias_shape:
         kw["bias"] = rng.standard_normal(bias_shape, dtype=np.float32)
-    mask_shape = {"full": (B, Hq, Tq, Tk), "rows": (B, 1, Tq, 1), "keys": (1, 1, 1, Tk)}.get(p["mask"])
+    mask_shape = {"full": (B, Hq, Tq, Tk), "rows": (B, 1, Tq, 1), "keys": (1, 1, 1, Tk)}.get(
+        p["mask"]
+    )
     if mask_shape:
         kw["mask"] = rng.random(mask_shape) < 0.6
     return q, k, v, kw
@@ -81,9 +106,12 @@ def test_attention_matches_reference(backend, p):
 @backends
 @pytest.mark.parametrize("Tq, Tk", [(1, 1), (1, 200), (5, 130), (130, 130)])
 def test_attention_all_masked_rows_give_zeros(backend, rng, Tq, Tk):
-    q, k, v = (rng.standard_normal(s, dtype=np.float32) for s in ((1, 2, Tq, 16), (1, 2, Tk, 16), (1, 2, Tk, 16)))
+    q, k, v = (
+        rng.standard_normal(s, dtype=np.float32)
+        for s in ((1, 2, Tq, 16), (1, 2, Tk, 16), (1, 2, Tk, 16))
+    )
     mask = rng.random((1, 1, Tq, Tk)) < 0.5
-    mask[..., 0, :] = False                                   # query 0 may attend to nothing
+    mask[..., 0, :] = False  # query 0 may attend to nothing
     check(backend, q, k, v, mask=mask)
     bias = np.where(mask, 0.0, -np.inf).astype(np.float32)  # the same as an additive -inf mask
     check(backend, q, k, v, bias=bias)
@@ -114,18 +142,19 @@ def test_attention_decode_step_sees_whole_cache(backend, rng, T, group):
 @backends
 def test_attention_bad_inputs_raise(backend, rng):
     import pyworkloads.kernels as K
+
     q = rng.standard_normal((1, 4, 5, 8), dtype=np.float32)
     kv = rng.standard_normal((1, 3, 5, 8), dtype=np.float32)
     with K.use_backend(backend):
         with pytest.raises(ValueError):
-            K.attention(q, kv, kv)                                    # 4 query heads, 3 kv heads
+            K.attention(q, kv, kv)  # 4 query heads, 3 kv heads
         with pytest.raises(ValueError):
-            K.attention(q[0], q[0], q[0])                             # 3-D
+            K.attention(q[0], q[0], q[0])  # 3-D
         with pytest.raises(ValueError):
-            K.attention(q, q[:, :, :3], q[:, :, :3], causal=True)     # causal with Tq > Tk
+            K.attention(q, q[:, :, :3], q[:, :, :3], causal=True)  # causal with Tq > Tk
         with pytest.raises(ValueError):
-            K.attention(q, q, q, bias=np.zeros((2, 5), np.float32))   # bias does not broadcast
+            K.attention(q, q, q, bias=np.zeros((2, 5), np.float32))  # bias does not broadcast
         with pytest.raises(TypeError):
-            K.attention(q, q, q, mask=np.ones((5, 5), np.float32))   # mask must be boolean
+            K.attention(q, q, q, mask=np.ones((5, 5), np.float32))  # mask must be boolean
         with pytest.raises(ValueError):
             K.attention(q, q, q, scale=float("nan"))

@@ -1,14 +1,15 @@
 """Every model runs end to end on the compiled backends and matches the numpy backend (max abs
 error <= 1e-4, relative to the output's scale when it is larger than 1), on the tiny presets."""
+
 from __future__ import annotations
 
 import importlib
 
 import numpy as np
 import pytest
+from _kernel_testing import backends
 
 import pyworkloads as pw
-from _kernel_testing import backends
 
 
 def model(name):
@@ -22,7 +23,9 @@ def same_on(backend, f):
     want = f()
     with pw.use_backend(backend):
         got = f()
-    for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
+    for w, g in zip(
+        want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)
+    ):
         w, g = np.asarray(w, np.float64), np.asarray(g, np.float64)
         assert g.shape == w.shape
         assert np.abs(g - w).max() <= 1e-4 * max(1.0, np.abs(w).max())
@@ -44,10 +47,22 @@ def test_clip_embeddings_and_logits(backend, rng):
     c = model("clip").from_preset("clip-tiny")
     t, v = c.config.text_config, c.config.vision_config
     ids = np.zeros((2, t.max_position_embeddings), np.int64)
-    ids[:, 0], ids[0, 1:4], ids[0, 4], ids[1, 1:3], ids[1, 3] = t.bos_token_id, [5, 6, 7], t.eos_token_id, [8, 9], t.eos_token_id
+    ids[:, 0], ids[0, 1:4], ids[0, 4], ids[1, 1:3], ids[1, 3] = (
+        t.bos_token_id,
+        [5, 6, 7],
+        t.eos_token_id,
+        [8, 9],
+        t.eos_token_id,
+    )
     px = rng.standard_normal((2, 3, v.image_size, v.image_size)).astype(np.float32)
-    same_on(backend, lambda: (c.get_image_features(px), c.get_text_features(ids),
-                              c(input_ids=ids, pixel_values=px).logits_per_image))
+    same_on(
+        backend,
+        lambda: (
+            c.get_image_features(px),
+            c.get_text_features(ids),
+            c(input_ids=ids, pixel_values=px).logits_per_image,
+        ),
+    )
 
 
 @backends
@@ -55,9 +70,12 @@ def test_sam_embeddings_and_masks(backend, rng):
     s = model("sam").from_preset("sam-tiny")
     size = s.config.vision_config.image_size
     px = rng.standard_normal((1, 3, size, size)).astype(np.float32)
-    points = np.array([[[[30.0, 40.0], [90.0, 70.0]]]], np.float32)               # [B, P, N, 2]
+    points = np.array([[[[30.0, 40.0], [90.0, 70.0]]]], np.float32)  # [B, P, N, 2]
     same_on(backend, lambda: s.get_image_embeddings(px))
-    same_on(backend, lambda: (lambda o: (o.pred_masks, o.iou_scores))(s(pixel_values=px, input_points=points)))
+    same_on(
+        backend,
+        lambda: (lambda o: (o.pred_masks, o.iou_scores))(s(pixel_values=px, input_points=points)),
+    )
 
 
 @backends

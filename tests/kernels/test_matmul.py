@@ -4,13 +4,14 @@ The error bound is the classical one for a float32 dot product of length K in an
 order: |err| <= 2·K·eps32·(|a| @ |b|), so it holds for blocked, threaded and vectorised sums alike
 and still catches any wrong element (whose error is of the order of |a| @ |b| itself).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from _kernel_testing import EPS32, LAYOUTS, assert_within, backends, dims, laid_out, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # Edge sizes around the cpp kernel's tiles (MR 14 / 6 / 4, NR 32 / 16, KC 512) and SIMD widths.
 M_EDGES = (1, 2, 3, 4, 5, 6, 7, 13, 14, 15, 28, 29, 57)
@@ -20,7 +21,12 @@ K_EDGES = (1, 7, 8, 9, 16, 17, 33, 511, 512, 513)
 
 def check(backend, a, b):
     want = np.matmul(a.astype(np.float64), b.astype(np.float64))
-    bound = 2 * max(a.shape[-1], 1) * EPS32 * np.matmul(np.abs(a).astype(np.float64), np.abs(b).astype(np.float64))
+    bound = (
+        2
+        * max(a.shape[-1], 1)
+        * EPS32
+        * np.matmul(np.abs(a).astype(np.float64), np.abs(b).astype(np.float64))
+    )
     got = run(backend, "matmul", a, b)
     assert got.dtype == np.float32
     assert_within(got, want, bound + 1e-30)
@@ -28,8 +34,14 @@ def check(backend, a, b):
 
 @backends
 @settings(max_examples=60, deadline=None)
-@given(M=dims(*M_EDGES), N=dims(*N_EDGES), K=dims(*K_EDGES, hi=70), la=st.sampled_from(LAYOUTS),
-       lb=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16))
+@given(
+    M=dims(*M_EDGES),
+    N=dims(*N_EDGES),
+    K=dims(*K_EDGES, hi=70),
+    la=st.sampled_from(LAYOUTS),
+    lb=st.sampled_from(LAYOUTS),
+    seed=st.integers(0, 2**16),
+)
 def test_matmul_2d_shapes_and_layouts(backend, M, N, K, la, lb, seed):
     rng = np.random.default_rng(seed)
     a = laid_out(rng.standard_normal((M, K), dtype=np.float32), la)
@@ -39,22 +51,31 @@ def test_matmul_2d_shapes_and_layouts(backend, M, N, K, la, lb, seed):
 
 @backends
 @settings(max_examples=30, deadline=None)
-@given(rows=st.sampled_from([1, 2, 3, 4, 5]), N=dims(*N_EDGES, hi=300), K=dims(*K_EDGES, hi=300),
-       seed=st.integers(0, 2**16))
+@given(
+    rows=st.sampled_from([1, 2, 3, 4, 5]),
+    N=dims(*N_EDGES, hi=300),
+    K=dims(*K_EDGES, hi=300),
+    seed=st.integers(0, 2**16),
+)
 def test_matmul_decode_gemv_with_transposed_weight(backend, rows, N, K, seed):
     """The models' linear layers: x [rows, K] @ W.T with W a C-contiguous [N, K] weight."""
     rng = np.random.default_rng(seed)
     W = rng.standard_normal((N, K), dtype=np.float32)
     x = rng.standard_normal((rows, K), dtype=np.float32)
     check(backend, x, W.T)
-    check(backend, x, np.ascontiguousarray(W.T))          # row-major B too
+    check(backend, x, np.ascontiguousarray(W.T))  # row-major B too
 
 
 @backends
 @settings(max_examples=40, deadline=None)
-@given(batch_a=st.sampled_from([(), (1,), (3,), (2, 1), (1, 4), (2, 3)]),
-       batch_b=st.sampled_from([(), (1,), (3,), (2, 1), (1, 3), (4, 1, 3)]),
-       M=dims(1, 5, 15, hi=20), N=dims(1, 17, 33, hi=20), K=dims(1, 9, hi=20), seed=st.integers(0, 2**16))
+@given(
+    batch_a=st.sampled_from([(), (1,), (3,), (2, 1), (1, 4), (2, 3)]),
+    batch_b=st.sampled_from([(), (1,), (3,), (2, 1), (1, 3), (4, 1, 3)]),
+    M=dims(1, 5, 15, hi=20),
+    N=dims(1, 17, 33, hi=20),
+    K=dims(1, 9, hi=20),
+    seed=st.integers(0, 2**16),
+)
 def test_matmul_batched_broadcasting(backend, batch_a, batch_b, M, N, K, seed):
     try:
         np.broadcast_shapes(batch_a, batch_b)
@@ -86,13 +107,16 @@ def test_matmul_real_model_shapes(backend, rng):
 @backends
 def test_matmul_bad_inputs_raise(backend, rng):
     import pyworkloads.kernels as K
+
     a = rng.standard_normal((3, 4), dtype=np.float32)
     with K.use_backend(backend):
         with pytest.raises(ValueError):
-            K.matmul(a, a)                                   # inner dimensions differ
+            K.matmul(a, a)  # inner dimensions differ
         with pytest.raises(ValueError):
-            K.matmul(a[0], a.T)                              # 1-D operand
+            K.matmul(a[0], a.T)  # 1-D operand
         with pytest.raises(ValueError):
-            K.matmul(np.zeros((2, 3, 4), np.float32), np.zeros((3, 4, 5), np.float32))   # batch 2 vs 3
+            K.matmul(
+                np.zeros((2, 3, 4), np.float32), np.zeros((3, 4, 5), np.float32)
+            )  # batch 2 vs 3
         with pytest.raises(TypeError):
             K.matmul(a.astype(np.int32), a.T)

@@ -1,11 +1,12 @@
 """rms_norm / layer_norm on the compiled backends against float64 NumPy (property tests)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from _kernel_testing import EPS32, assert_within, backends, dims, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def rms64(x, w, eps):
@@ -51,14 +52,18 @@ def test_rms_norm_matches_float64(backend, r, eps):
     x, rng = make_x(*r)
     w = rng.standard_normal(x.shape[-1]).astype(np.float32)
     if eps == 0.0:
-        x[..., 0] += 1                                          # keep rows away from 0/0
+        x[..., 0] += 1  # keep rows away from 0/0
     want = rms64(x, w, eps)
     assert_within(run(backend, "rms_norm", x, w, eps), want, tol(want, x.shape[-1]))
 
 
 @backends
 @settings(max_examples=60, deadline=None)
-@given(r=rows(), affine=st.sampled_from(["both", "weight", "bias", "none"]), eps=st.sampled_from([1e-5, 1e-6]))
+@given(
+    r=rows(),
+    affine=st.sampled_from(["both", "weight", "bias", "none"]),
+    eps=st.sampled_from([1e-5, 1e-6]),
+)
 def test_layer_norm_matches_float64(backend, r, affine, eps):
     x, rng = make_x(*r)
     D = x.shape[-1]
@@ -67,13 +72,18 @@ def test_layer_norm_matches_float64(backend, r, affine, eps):
     want = ln64(x, w, b, eps)
     # a row with huge mean and small spread loses digits in float32 itself: scale by |x|/σ
     xd = x.astype(np.float64)
-    cond = (np.abs(xd).max(-1, keepdims=True) / (xd.std(-1, keepdims=True) + np.sqrt(eps) + 1e-300)) if x.size else 1
+    cond = (
+        (np.abs(xd).max(-1, keepdims=True) / (xd.std(-1, keepdims=True) + np.sqrt(eps) + 1e-300))
+        if x.size
+        else 1
+    )
     assert_within(run(backend, "layer_norm", x, w, b, eps), want, tol(want, D) * cond)
 
 
 @backends
 def test_norms_bad_inputs_raise(backend):
     import pyworkloads.kernels as K
+
     x = np.ones((2, 8), np.float32)
     with K.use_backend(backend):
         with pytest.raises(ValueError):
@@ -85,7 +95,9 @@ def test_norms_bad_inputs_raise(backend):
 
 
 @backends
-@pytest.mark.parametrize("rows, D", [(0, 8192), (1, 8192), (3, 8191), (257, 4096), (1000, 1), (2, 5000)])
+@pytest.mark.parametrize(
+    "rows, D", [(0, 8192), (1, 8192), (3, 8191), (257, 4096), (1000, 1), (2, 5000)]
+)
 def test_norms_wide_and_many_rows(backend, rows, D):
     """The widths real models use (up to 8192, LLaMA-70B) and odd row counts, beyond what the
     property test draws."""

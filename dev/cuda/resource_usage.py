@@ -1,7 +1,7 @@
 """Per-kernel resources of the CUDA extension: registers, local memory (spills), shared memory.
 
-    python cpp/cuda/tools/resource_usage.py [SO] [--arch sm_90] [--json FILE] [--check]
-    python cpp/cuda/tools/resource_usage.py --from-source [--arch sm_90]     # no cuobjdump needed
+    python dev/cuda/resource_usage.py [SO] [--arch sm_90] [--json FILE] [--check]
+    python dev/cuda/resource_usage.py --from-source [--arch sm_90]     # no cuobjdump needed
 
 Why: a kernel that spills registers to local memory, or whose registers times its block size
 exceed the register file, is slow or fails to launch ("too many resources requested") -- and
@@ -21,6 +21,7 @@ cuobjdump is looked up on PATH, in $CUDA_HOME/bin, /usr/local/cuda/bin, and in t
 ``nvidia-cuda-cuobjdump`` wheel (``pip install nvidia-cuda-cuobjdump``: nvidia/cu13/bin).
 ``--check`` exits 1 when a kernel uses local memory or does not fit its launch bounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,23 +36,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-REGISTER_FILE = 65536            # 32-bit registers per SM (and the most one block may use), sm_50 .. sm_100
-STATIC_SHARED_LIMIT = 48 * 1024  # static __shared__ per block; more needs dynamic shared memory + opt-in
-UNBOUNDED_THREADS = 256          # kernels without __launch_bounds__ are launched with <= 256 threads here
+ROOT = Path(__file__).resolve().parents[2]
+REGISTER_FILE = 65536  # 32-bit registers per SM (and the most one block may use), sm_50 .. sm_100
+STATIC_SHARED_LIMIT = (
+    48 * 1024
+)  # static __shared__ per block; more needs dynamic shared memory + opt-in
+UNBOUNDED_THREADS = 256  # kernels without __launch_bounds__ are launched with <= 256 threads here
 
 
 @dataclasses.dataclass
 class KernelUsage:
-    arch: str                    # "sm_90"
-    name: str                    # mangled
+    arch: str  # "sm_90"
+    name: str  # mangled
     registers: int
-    stack: int = 0               # bytes per thread
-    local: int = 0               # bytes per thread
-    shared: int = 0              # static shared memory, bytes per block
-    spill_stores: int | None = None   # only known from ptxas (--from-source)
+    stack: int = 0  # bytes per thread
+    local: int = 0  # bytes per thread
+    shared: int = 0  # static shared memory, bytes per block
+    spill_stores: int | None = None  # only known from ptxas (--from-source)
     spill_loads: int | None = None
-    max_threads: int | None = None    # __launch_bounds__ (None: none declared)
+    max_threads: int | None = None  # __launch_bounds__ (None: none declared)
     max_registers: int | None = None  # ptxas's register cap
     pretty: str = ""
 
@@ -80,16 +83,23 @@ def problems(k: KernelUsage) -> list[str]:
     out = []
     if k.uses_local_memory:
         if k.spill_stores is not None:
-            out.append(f"spills: {k.spill_stores} B stores, {k.spill_loads} B loads, stack frame {k.stack} B")
+            out.append(
+                f"spills: {k.spill_stores} B stores, {k.spill_loads} B loads, stack frame "
+                f"{k.stack} B"
+            )
         else:
-            out.append(f"uses local memory: stack frame {k.stack} B, local {k.local} B per thread "
-                       "(register spills or a local array)")
+            out.append(
+                f"uses local memory: stack frame {k.stack} B, local {k.local} B per thread "
+                "(register spills or a local array)"
+            )
     if k.max_registers is not None and k.registers > k.max_registers:
         out.append(f"{k.registers} registers exceed the cap {k.max_registers}")
     threads = k.max_threads or UNBOUNDED_THREADS
     need = allocated_registers(k.registers) * (-(-threads // 32) * 32)
     if need > REGISTER_FILE:
-        out.append(f"{k.registers} registers x {threads} threads = {need} > {REGISTER_FILE}: cannot launch")
+        out.append(
+            f"{k.registers} registers x {threads} threads = {need} > {REGISTER_FILE}: cannot launch"
+        )
     if k.shared > STATIC_SHARED_LIMIT:
         out.append(f"static shared memory {k.shared} B > {STATIC_SHARED_LIMIT} B")
     return out
@@ -115,9 +125,17 @@ def parse_resource_usage(text: str) -> list[KernelUsage]:
         elif name and "REG:" in line:
             f = {}
             for key, val in _FIELDS.findall(line):
-                f.setdefault(key, int(val))          # CONSTANT[0] and CONSTANT[2]: keep the first
-            out.append(KernelUsage(arch=arch, name=name, registers=f.get("REG", 0), stack=f.get("STACK", 0),
-                                   local=f.get("LOCAL", 0), shared=f.get("SHARED", 0)))
+                f.setdefault(key, int(val))  # CONSTANT[0] and CONSTANT[2]: keep the first
+            out.append(
+                KernelUsage(
+                    arch=arch,
+                    name=name,
+                    registers=f.get("REG", 0),
+                    stack=f.get("STACK", 0),
+                    local=f.get("LOCAL", 0),
+                    shared=f.get("SHARED", 0),
+                )
+            )
             name = None
     return out
 
@@ -134,9 +152,9 @@ def parse_elf_bounds(lines) -> dict[tuple[str, str], dict[str, int]]:
         if m := _ARCH.match(line):
             arch, name = m.group(1), None
         elif line.startswith(".nv.info."):
-            name, attr = line[len(".nv.info."):].strip(), None
+            name, attr = line[len(".nv.info.") :].strip(), None
         elif line and not line[0].isspace():
-            name, attr = None, None                 # another section or header
+            name, attr = None, None  # another section or header
         elif name and "Attribute:" in line:
             attr = line.split("Attribute:", 1)[1].strip()
         elif name and attr and "Value:" in line:
@@ -154,7 +172,9 @@ def parse_elf_bounds(lines) -> dict[tuple[str, str], dict[str, int]]:
 
 _PTXAS_ENTRY = re.compile(r"Compiling entry function '(\S+)' for '(sm_\w+)'")
 _PTXAS_PROPS = re.compile(r"Function properties for (\S+)")
-_PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_PTXAS_FRAME = re.compile(
+    r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
+)
 _PTXAS_USED = re.compile(r"Used (\d+) registers")
 _PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
 
@@ -184,11 +204,13 @@ def find_cuobjdump() -> str | None:
     """cuobjdump from PATH, the toolkit next to nvcc, or the nvidia-cuda-cuobjdump wheel."""
     if path := shutil.which("cuobjdump"):
         return path
-    dirs = [os.path.join(os.environ[v], "bin") for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    dirs = [
+        os.path.join(os.environ[v], "bin") for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)
+    ]
     if nvcc := shutil.which("nvcc"):
         dirs.append(os.path.dirname(os.path.realpath(nvcc)))
     dirs += sorted(glob.glob("/usr/local/cuda*/bin"))
-    for p in sys.path:                                   # pip wheel: nvidia/cu13/bin or nvidia/cuda_cuobjdump/bin
+    for p in sys.path:  # pip wheel: nvidia/cu13/bin or nvidia/cuda_cuobjdump/bin
         dirs += sorted(glob.glob(os.path.join(p, "nvidia", "*", "bin")))
     for d in dirs:
         exe = os.path.join(d, "cuobjdump")
@@ -203,6 +225,7 @@ def find_extension() -> Path | None:
     if hits:
         return hits[-1]
     import importlib.util
+
     try:
         spec = importlib.util.find_spec("pyworkloads._cuda")
     except ImportError:
@@ -216,7 +239,9 @@ def demangle(usages: list[KernelUsage]) -> None:
         return
     names = sorted({k.name for k in usages})
     try:
-        res = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            [cxxfilt], input="\n".join(names), capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError):
         return
     pretty = dict(zip(names, res.stdout.splitlines())) if res.returncode == 0 else {}
@@ -227,12 +252,15 @@ def demangle(usages: list[KernelUsage]) -> None:
 def from_binary(so: Path, cuobjdump: str, arch: str | None = None) -> list[KernelUsage]:
     """Resource usage of every kernel in the extension (all architectures, or `arch`)."""
     base = [cuobjdump] + (["-arch", arch] if arch else [])
-    res = subprocess.run(base + ["--dump-resource-usage", str(so)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        base + ["--dump-resource-usage", str(so)], capture_output=True, text=True, timeout=120
+    )
     if res.returncode != 0:
         raise RuntimeError(f"cuobjdump failed ({res.returncode}): {res.stderr.strip()[:500]}")
     usages = parse_resource_usage(res.stdout)
-    with subprocess.Popen(base + ["--dump-elf", str(so)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          text=True) as proc:                  # ~1M lines: streamed, not held
+    with subprocess.Popen(
+        base + ["--dump-elf", str(so)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as proc:  # ~1M lines: streamed, not held
         bounds = parse_elf_bounds(proc.stdout)
     for k in usages:
         b = bounds.get((k.arch, k.name), {})
@@ -251,9 +279,23 @@ def from_source(arch: str = "sm_90", sources: list[Path] | None = None) -> list[
     usages: list[KernelUsage] = []
     with tempfile.TemporaryDirectory() as tmp:
         for src in sources:
-            cmd = [nvcc, "-cubin", f"-arch={arch}", "-O3", "--expt-relaxed-constexpr", "-std=c++17",
-                   "-Xptxas", "-v", "-I", str(ROOT / "cpp"), "-I", str(ROOT / "cpp" / "cuda"),
-                   "-o", os.path.join(tmp, src.stem + ".cubin"), str(src)]
+            cmd = [
+                nvcc,
+                "-cubin",
+                f"-arch={arch}",
+                "-O3",
+                "--expt-relaxed-constexpr",
+                "-std=c++17",
+                "-Xptxas",
+                "-v",
+                "-I",
+                str(ROOT / "cpp"),
+                "-I",
+                str(ROOT / "cpp" / "cuda"),
+                "-o",
+                os.path.join(tmp, src.stem + ".cubin"),
+                str(src),
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             if res.returncode != 0:
                 raise RuntimeError(f"nvcc failed on {src.name}: {res.stderr.strip()[-800:]}")
@@ -263,21 +305,35 @@ def from_source(arch: str = "sm_90", sources: list[Path] | None = None) -> list[
 
 
 def format_table(usages: list[KernelUsage]) -> str:
-    rows = [f"{'arch':<6} {'reg':>4} {'cap':>4} {'thr':>5} {'stack':>6} {'spillST':>7} {'local':>5} {'smem':>7}  kernel  [problems]"]
+    rows = [
+        f"{'arch':<6} {'reg':>4} {'cap':>4} {'thr':>5} {'stack':>6} {'spillST':>7} {'local':>5} "
+        f"{'smem':>7}  kernel  [problems]"
+    ]
     for k in sorted(usages, key=lambda k: (k.arch, k.short)):
         spill = "-" if k.spill_stores is None else str(k.spill_stores)
         bad = problems(k)
-        rows.append(f"{k.arch:<6} {k.registers:>4} {k.max_registers if k.max_registers is not None else '-':>4} "
-                    f"{k.max_threads if k.max_threads is not None else '-':>5} {k.stack:>6} {spill:>7} {k.local:>5} "
-                    f"{k.shared:>7}  {k.short}" + (f"  [{'; '.join(bad)}]" if bad else ""))
+        rows.append(
+            f"{k.arch:<6} {k.registers:>4} "
+            f"{k.max_registers if k.max_registers is not None else '-':>4} "
+            f"{k.max_threads if k.max_threads is not None else '-':>5} {k.stack:>6} {spill:>7} "
+            f"{k.local:>5} "
+            f"{k.shared:>7}  {k.short}" + (f"  [{'; '.join(bad)}]" if bad else "")
+        )
     return "\n".join(rows)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("so", nargs="?", help="the built extension (default: pyworkloads/_cuda*.so)")
-    ap.add_argument("--arch", help="one architecture, e.g. sm_90 (default: all in the binary; sm_90 for --from-source)")
-    ap.add_argument("--from-source", action="store_true", help="compile cpp/cuda/*.cu with nvcc -Xptxas -v instead")
+    ap.add_argument(
+        "--arch",
+        help="one architecture, e.g. sm_90 (default: all in the binary; sm_90 for --from-source)",
+    )
+    ap.add_argument(
+        "--from-source",
+        action="store_true",
+        help="compile cpp/cuda/*.cu with nvcc -Xptxas -v instead",
+    )
     ap.add_argument("--json", help="also write the table as JSON here")
     ap.add_argument("--check", action="store_true", help="exit 1 if any kernel has a problem")
     args = ap.parse_args(argv)
@@ -288,12 +344,19 @@ def main(argv=None) -> int:
         else:
             so = Path(args.so) if args.so else find_extension()
             if so is None or not so.exists():
-                print("resource_usage: no built pyworkloads._cuda found (build it: cmake --build build/dev)", file=sys.stderr)
+                print(
+                    "resource_usage: no built pyworkloads._cuda found (build it: cmake --build "
+                    "build/dev)",
+                    file=sys.stderr,
+                )
                 return 2
             tool = find_cuobjdump()
             if tool is None:
-                print("resource_usage: cuobjdump not found (PATH, CUDA_HOME, /usr/local/cuda, or "
-                      "`pip install nvidia-cuda-cuobjdump`); try --from-source", file=sys.stderr)
+                print(
+                    "resource_usage: cuobjdump not found (PATH, CUDA_HOME, /usr/local/cuda, or "
+                    "`pip install nvidia-cuda-cuobjdump`); try --from-source",
+                    file=sys.stderr,
+                )
                 return 2
             usages = from_binary(so, tool, args.arch)
             source = f"{tool} on {so}"
@@ -307,9 +370,19 @@ def main(argv=None) -> int:
     for k, why in bad:
         print(f"#   {k.arch} {k.short}: {'; '.join(why)}")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"source": source, "kernels": [dict(dataclasses.asdict(k), short=k.short, problems=problems(k)) for k in usages]},
-            indent=1) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "source": source,
+                    "kernels": [
+                        dict(dataclasses.asdict(k), short=k.short, problems=problems(k))
+                        for k in usages
+                    ],
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return 1 if (args.check and bad) else 0
 
 

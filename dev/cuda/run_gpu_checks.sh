@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA backend's checks for a session that has a GPU (issue 8): one command, ~8 minutes on an
+# The CUDA backend's checks for a session that has a GPU: one command, ~8 minutes on an
 # H100 with a 16-core host, every step time-boxed, logs + JSON under $OUT (or build/gpu-logs).
 #
 #   step          what                                                              expected  cap
@@ -7,19 +7,19 @@
 #   build         pyworkloads._cuda (+ _kernels) for THIS GPU's arch only (CUDA=ON)  ~40-90 s  300 s
 #                 (no nvcc: the carried pyworkloads/_cuda*.so is used)
 #   resources     registers / spills / shared memory per kernel: cuobjdump on the    ~3 s     120 s
-#                 .so via cpp/cuda/tools/resource_usage.py (no cuobjdump: nvcc -Xptxas -v, ~25 s)
+#                 .so via dev/cuda/resource_usage.py (no cuobjdump: nvcc -Xptxas -v, ~25 s)
 #   device        _cuda.device_status(): the extension sees the GPU                    ~2 s    60 s
-#   wgmma         the verified v5 kernels (wgmma, wgmma_overlap, wgmma_direct,        ~10 s    60 s
-#                 wgmma_tma = auto) vs float64, 4096^3 bf16 timings vs v4; on failure
+#   wgmma         matmul versions 4 and 5 (wgmma, wgmma_direct, wgmma_tma = auto)     ~10 s    60 s
+#                 vs float64, 4096^3 bf16 timings vs mma (version 3); on failure
 #                 the later steps run with PYWORKLOADS_NO_WGMMA=1
-#   wgmma_ws      the v5 candidates ($CANDIDATES: not auto, not in the shared steps), ~8 s     30 s
-#   wgmma_ws_kmajor one process each: the same checks, then tests-<name>: the GPU tests ~10 s  45 s
-#   wgmma_ws_mc     of that algorithm (pytest -k <name>), if the checks passed.  A
-#   wgmma_ws_kmajor_mc failure is reported on its own line and never fails the run;
-#                 the shared steps leave the candidates out, the benchmark the failed
-#                 ones (the _mc ones: CTA pairs sharing B by TMA multicast)
-#   smoke         benchmarks/cuda_smoke.py: every algo x small odd shapes vs reference ~10 s    120 s
-#   host-tests    tests/kernels/test_cuda_{host,build,review}.py                      ~10 s    120 s
+#   <candidate>   each kernel in $CANDIDATES (none at present: new kernels not yet   ~8 s     30 s
+#                 verified on a GPU), one process each: the same checks, then
+#                 tests-<name>: the GPU tests of that algorithm (pytest -k <name>),     ~10 s    45 s
+#                 if the checks passed.  A failure is reported on its own line and
+#                 never fails the run; the shared steps leave the candidates out, the
+#                 benchmark the failed ones
+#   smoke         dev/cuda/cuda_smoke.py: every algo x small odd shapes vs reference ~10 s    120 s
+#   host-tests    tests/kernels/test_cuda_{host,build,edge_cases}.py                  ~10 s    120 s
 #   cuda-tests    tests/kernels/test_cuda_kernels.py (every algo, device arrays)      ~60 s    240 s
 #   bench         benchmarks/bench_cuda.py (every algo vs cuBLAS/SDPA/torch norms,  ~2-3 min  240 s
 #                 models end to end) -> benchmarks/results/<device>-<date>.json, copied to $OUT
@@ -40,18 +40,18 @@
 # The interpreter is $PYTHON, else python3 (on the GPU image the one with PyTorch+CUDA); CMake is
 # pointed at it, so the extension is built for that Python.
 #
-# On the device tool: command "bash benchmarks/run_gpu_checks.sh", timeout_s 560 (the default
+# On the device tool: command "bash dev/cuda/run_gpu_checks.sh", timeout_s 560 (the default
 # budget is 480 s, so the steps end well inside the tool's 600 s); a rerun of what failed or was
-# skipped: "bash benchmarks/run_gpu_checks.sh --only build,racecheck" (the build is needed again
+# skipped: "bash dev/cuda/run_gpu_checks.sh --only build,racecheck" (the build is needed again
 # on a fresh machine; on the same warm machine --skip build keeps it).
 #
-#   usage: bash benchmarks/run_gpu_checks.sh [--quick] [--only step,step] [--skip step,step]
+#   usage: bash dev/cuda/run_gpu_checks.sh [--quick] [--only step,step] [--skip step,step]
 #     --quick        fewer benchmark repetitions; memcheck/racecheck on the --quick smoke subset
 #     --only/--skip  a subset of the steps above, e.g. a rerun: --only bench,memcheck
 #   env: OUT (where logs go), CUDA_ARCH (override the detected arch), GPU_CHECKS_BUDGET (seconds),
 #        FORCE_BUILD=1 (build even without a GPU; by default a GPU-less machine keeps its build)
 set -uo pipefail
-cd "$(dirname "$0")/.." || exit 2
+cd "$(dirname "$0")/../.." || exit 2
 
 QUICK="" ONLY="" SKIP=""
 while [ $# -gt 0 ]; do
@@ -145,7 +145,7 @@ say "machine"
 timeout 20 nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && HAVE_GPU=1
 CAP="$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')"
 ARCH="${CUDA_ARCH:-${CAP:-90}}"
-# Hopper builds as sm_90a (the arch-specific target with wgmma, which matmul v5 needs)
+# Hopper builds as sm_90a (the arch-specific target with wgmma, which matmul versions 4 and 5 need)
 [ "$ARCH" = 90 ] && [ -z "${CUDA_ARCH:-}" ] && ARCH=90a
 record machine "$([ "$HAVE_GPU" = 1 ] && echo "GPU found, arch $ARCH" || echo "no GPU (device steps will be skipped)")"
 
@@ -173,12 +173,12 @@ fi
 if wanted resources; then
     if [ -z "$SO" ]; then
         record resources "SKIPPED (no built extension)"
-    elif "$PY" -c "import sys; sys.path.insert(0, 'cpp/cuda/tools'); import resource_usage as r; sys.exit(r.find_cuobjdump() is None)"; then
-        run_step resources 120 resource_usage.log "$PY" cpp/cuda/tools/resource_usage.py "$SO" --arch "sm_$ARCH" \
+    elif "$PY" -c "import sys; sys.path.insert(0, 'dev/cuda'); import resource_usage as r; sys.exit(r.find_cuobjdump() is None)"; then
+        run_step resources 120 resource_usage.log "$PY" dev/cuda/resource_usage.py "$SO" --arch "sm_$ARCH" \
             --json "$LOGDIR/resource_usage.json" --check
     elif command -v nvcc >/dev/null 2>&1; then
         echo "(no cuobjdump: compiling the kernels with nvcc -Xptxas -v instead)"
-        run_step resources 120 resource_usage.log "$PY" cpp/cuda/tools/resource_usage.py --from-source --arch "sm_$ARCH" \
+        run_step resources 120 resource_usage.log "$PY" dev/cuda/resource_usage.py --from-source --arch "sm_$ARCH" \
             --json "$LOGDIR/resource_usage.json" --check
     else
         record resources "SKIPPED (neither cuobjdump nor nvcc)"
@@ -216,12 +216,12 @@ fi
 # Kernels written without a GPU, or not yet through the shared steps (memcheck, racecheck), run only
 # in their own steps (a trap or fault there would poison the CUDA context of a shared process and
 # fail every later check in it).  Verified on a GPU and worth running everywhere: move it out of
-# this list (and into VERIFIED_MATMUL in tests/kernels/test_cuda_gpu_scripts.py).  The four ws
-# kernels passed their own checks and tests on the H200 (2026-11-26) but are not auto.
-CANDIDATES=(wgmma_ws wgmma_ws_kmajor wgmma_ws_mc wgmma_ws_kmajor_mc)
+# this list (and into VERIFIED_MATMUL in tests/kernels/test_cuda_gpu_scripts.py).
+CANDIDATES=()
 FAILED_CANDIDATES=""
 SKIP_CANDIDATES="$(IFS=,; echo "${CANDIDATES[*]}")"
-NOT_CANDIDATES="not ($(IFS=' '; echo "${CANDIDATES[*]}" | sed 's/ / or /g'))"
+NOT_CANDIDATES=""                                       # pytest -k "": every test
+[ "${#CANDIDATES[@]}" -gt 0 ] && NOT_CANDIDATES="not ($(IFS=' '; echo "${CANDIDATES[*]}" | sed 's/ / or /g'))"
 PYTEST=("$PY" -m pytest -rs -p no:cacheprovider --tb=short)
 # a test stuck in a hung kernel ends the step after 60 s with its name and stacks (pytest-timeout,
 # where installed; "thread": a signal cannot interrupt a blocking CUDA call) instead of eating the cap
@@ -234,8 +234,8 @@ rng = np.random.default_rng(0)
 try:
     _cuda.matmul(np.ones((8, 8), np.float16), np.ones((8, 8), np.float16), algo="wgmma")
 except ValueError as exc:
-    print(f"v5 not available here: {exc}"); raise SystemExit(0)
-VERIFIED = ["wgmma", "wgmma_overlap", "wgmma_direct", "wgmma_tma", "auto"]   # auto: wgmma_tma on Hopper
+    print(f"wgmma not available here: {exc}"); raise SystemExit(0)
+VERIFIED = ["wgmma", "wgmma_direct", "wgmma_tma", "auto"]   # auto: wgmma_tma on Hopper
 algos = VERIFIED if what == "verified" else [what]
 for algo in algos:
     for (M, K, N) in [(1, 8, 1), (130, 72, 260), (257, 1000, 513), (128, 4096, 256), (40, 520, 24)]:
@@ -263,13 +263,13 @@ for algo in (["auto", "wgmma_tma", "wgmma", "mma"] if what == "verified" else [w
     print(f"{algo} bf16 4096^3: {2 * 4096**3 / dt / 1e12:.0f} TFLOP/s, max err / max |C| = {err:.1e}", flush=True)
     assert err < 1e-2, f"{algo} is wrong at 4096^3"
 '
-# matmul v5 (wgmma) first, in its own process: if it is wrong or faults, the rest of the run goes on
-# with PYWORKLOADS_NO_WGMMA=1 (auto = v4), so one broken kernel cannot take every later step down.
-# The unverified v5 candidates then run one process each (a fault or hang there touches nothing
-# else; their status never turns v5 off).
+# matmul versions 4 and 5 (wgmma) first, in their own process: if they are wrong or fault, the rest
+# of the run goes on with PYWORKLOADS_NO_WGMMA=1 (auto = mma), so one broken kernel cannot take
+# every later step down.  The unverified candidates then run one process each (a fault or hang
+# there touches nothing else; their status never turns wgmma off).
 if needs_gpu wgmma; then
     run_step wgmma 60 wgmma.log "$PY" -c "$WGMMA_PY" verified
-    [[ "${STEP_STATUS[-1]:-}" == PASS* ]] || { export PYWORKLOADS_NO_WGMMA=1; echo "(v5 failed: the remaining steps run with PYWORKLOADS_NO_WGMMA=1)"; }
+    [[ "${STEP_STATUS[-1]:-}" == PASS* ]] || { export PYWORKLOADS_NO_WGMMA=1; echo "(wgmma failed: the remaining steps run with PYWORKLOADS_NO_WGMMA=1)"; }
     for cand in "${CANDIDATES[@]}"; do
         # a deadlocked barrier traps after 10 s (mbar_wait), so 30 s is plenty for a broken one too
         run_step "$cand" 30 "$cand.log" "$PY" -c "$WGMMA_PY" "$cand"
@@ -278,15 +278,14 @@ if needs_gpu wgmma; then
             FAILED_CANDIDATES+="${FAILED_CANDIDATES:+,}$cand"   # and the benchmark leaves it out
             continue
         fi
-        kexpr="$cand"                                   # -k matches substrings: wgmma_ws is in wgmma_ws_kmajor
+        kexpr="$cand"                                   # -k matches substrings: "a" is in "a_b"
         for other in "${CANDIDATES[@]}"; do [[ "$other" != "$cand" && "$other" == *"$cand"* ]] && kexpr+=" and not $other"; done
         run_step "tests-$cand" 45 "pytest-$cand.log" "${PYTEST[@]}" -q tests/kernels/test_cuda_kernels.py -k "$kexpr"
         [ -f "$LOGDIR/pytest-$cand.log" ] && tail -n 15 "$LOGDIR/pytest-$cand.log" >> "$LOGDIR/wgmma.log"
     done
 fi
-needs_gpu smoke && run_step smoke 120 smoke.log "$PY" benchmarks/cuda_smoke.py --skip-algos "$SKIP_CANDIDATES"
-host_tests=(tests/kernels/test_cuda_host.py tests/kernels/test_cuda_build.py)
-[ -f tests/kernels/test_cuda_review.py ] && host_tests+=(tests/kernels/test_cuda_review.py)
+needs_gpu smoke && run_step smoke 120 smoke.log "$PY" dev/cuda/cuda_smoke.py --skip-algos "$SKIP_CANDIDATES"
+host_tests=(tests/kernels/test_cuda_host.py tests/kernels/test_cuda_build.py tests/kernels/test_cuda_edge_cases.py)
 run_step host-tests 120 pytest-host.log "${PYTEST[@]}" -q "${host_tests[@]}"
 # -v: each test's name is printed as it starts, so a killed run shows which one hung
 needs_gpu cuda-tests && run_step cuda-tests 240 pytest-cuda.log "${PYTEST[@]}" -v tests/kernels/test_cuda_kernels.py -k "$NOT_CANDIDATES"
@@ -313,20 +312,20 @@ SMOKE_Q=()
 if needs_gpu kernel-tests; then
     run_step kernel-tests 180 pytest-kernels-cuda.log "${PYTEST[@]}" -v tests/kernels -k cuda \
         --ignore=tests/kernels/test_cuda_host.py --ignore=tests/kernels/test_cuda_kernels.py \
-        --ignore=tests/kernels/test_cuda_build.py --ignore=tests/kernels/test_cuda_review.py
+        --ignore=tests/kernels/test_cuda_build.py --ignore=tests/kernels/test_cuda_edge_cases.py
     # pytest exits 5 when nothing was selected: not a failure
     [[ "${STEP_STATUS[-1]:-}" == "FAIL (exit 5,"* ]] && STEP_STATUS[-1]="PASS (no tests selected)"
 fi
 if needs_gpu memcheck; then
     if [ -z "$SANITIZER" ]; then record memcheck "SKIPPED (compute-sanitizer not installed)"
     else run_step memcheck 150 memcheck.log "$SANITIZER" --tool memcheck --leak-check no --print-limit 40 --error-exitcode 99 \
-            "$PY" benchmarks/cuda_smoke.py "${SMOKE_Q[@]}" --skip-algos "$SKIP_CANDIDATES"
+            "$PY" dev/cuda/cuda_smoke.py "${SMOKE_Q[@]}" --skip-algos "$SKIP_CANDIDATES"
     fi
 fi
 if needs_gpu racecheck; then
     if [ -z "$SANITIZER" ]; then record racecheck "SKIPPED (compute-sanitizer not installed)"
     else run_step racecheck 120 racecheck.log "$SANITIZER" --tool racecheck --print-limit 40 --error-exitcode 99 \
-            "$PY" benchmarks/cuda_smoke.py --quick --no-torch --skip-algos "$SKIP_CANDIDATES"
+            "$PY" dev/cuda/cuda_smoke.py --quick --no-torch --skip-algos "$SKIP_CANDIDATES"
     fi
 fi
 

@@ -1,35 +1,27 @@
-"""A NumPy transcription of matmul_wgmma (matmul.cu, v5) and its B-transpose pre-pass, at the level
-of shared-memory bytes, wgmma descriptors and accumulator fragments, run against np.matmul in float64.
+"""A NumPy transcription of matmul versions 4 and 5 (cpp/cuda/matmul_4_wgmma.cuh,
+matmul_5_wgmma_tma.cuh)
+and the B-transpose pre-pass, at the level of shared-memory bytes, wgmma descriptors and accumulator
+fragments, run against np.matmul in float64.
 
 What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh):
   * matmul_transpose_b: bt[z][n][k] = B[z][k][n] with zero padding to kp = K rounded up to 8, over
     the distinct B matrices (one when B is broadcast over the batch);
-  * the block rasterisation (v4's mma_tile_of) and the cp.async ring: slot t % 4, loads issued
-    three steps ahead (two with one wgmma batch in flight, algo="wgmma_overlap": no load may
-    overwrite a slot that batch still reads), chunk -> (row, 16-byte chunk) of the loader,
-    zero-fill past M, N and K;
-  * the 128-byte swizzle of the stores (swizzle128) against the way the hardware reads a K-major,
-    128B-swizzled operand through a descriptor (start address + 32 bytes per 16-wide k slice,
-    SBO = 1024 between 8-row groups, the XOR of address bits 4-6 with bits 7-9): every element a
-    wgmma reads must be the A / B^T element the math wants;
+  * the block rasterisation (version 3's mma_tile_of) and the cp.async ring: slot t % 4, loads
+    issued two steps ahead with one wgmma batch in flight (no load may overwrite a slot that batch
+    still reads), chunk -> (row, 16-byte chunk) of the loader, zero-fill past M, N and K;
+  * algo="wgmma": the 128-byte swizzle of the stores (swizzle128) against the way the hardware
+    reads a K-major, 128B-swizzled operand through a descriptor (start address + 32 bytes per
+    16-wide k slice, SBO = 1024 between 8-row groups, the XOR of address bits 4-6 with bits 7-9):
+    every element a wgmma reads must be the A / B^T element the math wants;
   * algo="wgmma_direct": B's row-major tile stored as 4 n-atoms of [64 k][64 n] (chunk c of k-row
     r at c ^ (r % 8)) against the MN-major descriptor model (LBO = 8192 between n-atoms, SBO = 1024
     between 8-row k-groups, +2048 bytes per 16-wide k slice, imm-trans-b 1);
   * algo="wgmma_tma": the mbarrier protocol (full/empty barriers, phase parities, one batch in
     flight, thread 0 refilling a slot after both warpgroups released it) under random interleavings
-    of the warpgroups, the TMA unit and the tensor cores.  Its shared-memory layouts are those of
-    wgmma_direct, which the TMA's 128-byte swizzle produces by construction (a 64-element box row is
-    one 128-byte row, chunks XORed with the row within 1024-byte atoms);
-  * algo="wgmma_ws": the producer/consumer protocol of the warp-specialised persistent kernel (one
-    producer thread, two consumer warpgroups, one step count running over several tiles per block,
-    the producer's first pass through fresh empty barriers), the same way; both protocol checks
-    take planted bugs (TMA_MUTATIONS, WS_MUTATIONS) that they must catch.  algo="wgmma_ws_kmajor"
-    runs the same protocol on v5's K-major B^T tiles (one [256 n][64 k] TMA box: the layout the
-    `wgmma` replay above checks, and which ran correctly on an H200);
-  * algo="wgmma_ws_mc" / "wgmma_ws_kmajor_mc": that protocol on a pair of CTAs (a cluster) whose
-    producers each multicast half of B into both, with cross-CTA releases and the producer's tail
-    wait before exit (check_ws_protocol(cluster=2), planted bugs WS_MC_MUTATIONS), and the persistent
-    schedule of units over blocks or pairs (check_ws_schedule);
+    of the warpgroups, the TMA unit and the tensor cores, and planted bugs (TMA_MUTATIONS) the check
+    must catch.  Its shared-memory layouts are those of wgmma_direct, which the TMA's 128-byte
+    swizzle produces by construction (a 64-element box row is one 128-byte row, chunks XORed with
+    the row within 1024-byte atoms);
   * fold_batch: a batch whose B is shared and whose A batches lie back to back becomes one matrix
     (checked on strided views of one buffer, folding and refusing);
   * the accumulator layout d[4 j + e] -> (row, column) of the epilogue, each C element written once;
@@ -37,17 +29,18 @@ What it replays, given the PTX ISA's definitions (modelled below, see wgmma.cuh)
     hit 8 distinct bank groups.
 It cannot check the hardware's own reading of a descriptor -- that is the model, taken from the PTX
 ISA and the LBO 16 / SBO 1024 / 128B-swizzle convention of the TMA-based Hopper kernels.
-Usage: python cpp/cuda/tools/emulate_matmul_wgmma.py
+Usage: python dev/cuda/emulate_matmul_wgmma.py
 """
+
 import numpy as np
 
 BM, BN, BK, THREADS, STAGES = 128, 256, 64, 256, 4
-STAGE_A, STAGE_B = BM * BK * 2, BN * BK * 2        # bytes
+STAGE_A, STAGE_B = BM * BK * 2, BN * BK * 2  # bytes
 GROUP_M = 8
-ES = 2                                             # bytes per element
+ES = 2  # bytes per element
 
 
-def tile_of(i, tiles_m, tiles_n):                  # v4's mma_tile_of, shared by v5
+def tile_of(i, tiles_m, tiles_n):  # version 3's mma_tile_of, shared by 4 and 5
     per_group = GROUP_M * tiles_n
     first_m = (i // per_group) * GROUP_M
     rows = min(tiles_m - first_m, GROUP_M)
@@ -58,12 +51,13 @@ def swizzle128(row, chunk):
     return row * 128 + ((chunk ^ (row & 7)) << 4)
 
 
-ATOM_N = BK * 128                                  # MN-major B: bytes from one 64-wide n-atom to the next
+ATOM_N = BK * 128  # MN-major B: bytes from one 64-wide n-atom to the next
 
 
 def hw_address_mn(start, n, k, lbo=ATOM_N, sbo=1024):
     """The byte the hardware reads for element (n, k) of an MN-major SW128 operand (imm-trans-b 1,
-    n < 256, k < 16): n-atoms of 64 at LBO, k-groups of 8 rows at SBO, 128-byte k-rows, XOR swizzle."""
+    n < 256, k < 16): n-atoms of 64 at LBO, k-groups of 8 rows at SBO, 128-byte k-rows, XOR swizzle.
+    """
     addr = start + (n // 64) * lbo + (k // 8) * sbo + (k % 8) * 128 + (n % 64) * ES
     return addr ^ (((addr >> 7) & 7) << 4)
 
@@ -86,7 +80,7 @@ class Smem:
         chunk = np.zeros(8)
         n = nbytes // ES
         chunk[:n] = values[:n]
-        self.v[dst // ES: dst // ES + 8] = chunk
+        self.v[dst // ES : dst // ES + 8] = chunk
 
     def read(self, addr):
         return self.v[addr // ES]
@@ -117,7 +111,7 @@ def transpose_b(B, K, N, kp):
 def block(A, bt, Bm, M, N, K, kp, m0, n0, C, written, stats, in_flight, direct):
     ktiles = (K + BK - 1) // BK
     sm = Smem(1024 + STAGES * (STAGE_A + STAGE_B))
-    base = 1024                                         # any 1024-aligned base: the rule is relative
+    base = 1024  # any 1024-aligned base: the rule is relative
     a_smem, b_smem = base, base + STAGES * STAGE_A
     assert a_smem % 1024 == 0 and b_smem % 1024 == 0 and STAGE_A % 1024 == 0 and STAGE_B % 1024 == 0
 
@@ -130,32 +124,38 @@ def block(A, bt, Bm, M, N, K, kp, m0, n0, C, written, stats, in_flight, direct):
                 row, col = m0 + r, k0 + ch * 8
                 left = K - col if row < M else 0
                 nbytes = max(0, min(left, 8)) * ES
-                vals = A[row, col:col + 8] if nbytes else np.zeros(8)
+                vals = A[row, col : col + 8] if nbytes else np.zeros(8)
                 sm.cp_async16(a_smem + s * STAGE_A + swizzle128(r, ch), vals, nbytes)
             for i in range(8):
                 c = tid + THREADS * i
-                if direct:                               # B [K, N] as it lies: k-row c/32, n-chunk c%32
+                if direct:  # B [K, N] as it lies: k-row c/32, n-chunk c%32
                     r, c8 = c >> 5, c & 31
                     k, col = k0 + r, n0 + c8 * 8
                     left = N - col if k < K else 0
                     nbytes = max(0, min(left, 8)) * ES
-                    sm.cp_async16(b_smem + s * STAGE_B + (c8 >> 3) * ATOM_N + swizzle128(r, c8 & 7),
-                                  Bm[k, col:col + 8] if nbytes else np.zeros(8), nbytes)
+                    sm.cp_async16(
+                        b_smem + s * STAGE_B + (c8 >> 3) * ATOM_N + swizzle128(r, c8 & 7),
+                        Bm[k, col : col + 8] if nbytes else np.zeros(8),
+                        nbytes,
+                    )
                     continue
                 r, ch = c >> 3, c & 7
                 n, col = n0 + r, k0 + ch * 8
                 inside = n < N and col < kp
-                sm.cp_async16(b_smem + s * STAGE_B + swizzle128(r, ch), bt[n, col:col + 8] if inside else np.zeros(8),
-                              16 if inside else 0)
+                sm.cp_async16(
+                    b_smem + s * STAGE_B + swizzle128(r, ch),
+                    bt[n, col : col + 8] if inside else np.zeros(8),
+                    16 if inside else 0,
+                )
         # bank groups of the 8 threads that fill one row (tid 8q .. 8q+7, first chunk each)
         for q in range(0, THREADS, 8):
             groups = {(swizzle128((q + j) >> 3, (q + j) & 7) >> 4) & 7 for j in range(8)}
             stats["store_phases"] += 1
             stats["store_conflicts"] += len(groups) != 8
 
-    d = np.zeros((2, 4, 32, 128))                       # [warpgroup, warp, lane, accumulator]
-    ahead = STAGES - 1 - in_flight                      # kAhead: steps loaded ahead of the one multiplied
-    for t in range(ahead):                              # prologue
+    d = np.zeros((2, 4, 32, 128))  # [warpgroup, warp, lane, accumulator]
+    ahead = STAGES - 1 - in_flight  # kAhead: steps loaded ahead of the one multiplied
+    for t in range(ahead):  # prologue
         if t < ktiles:
             load_tile(t)
     for t in range(ktiles):
@@ -167,7 +167,7 @@ def block(A, bt, Bm, M, N, K, kp, m0, n0, C, written, stats, in_flight, direct):
             slot = (t + ahead) % STAGES
             assert slot not in busy, "a load overwrites a slot an in-flight wgmma batch reads"
             assert slot != t % STAGES, "a load overwrites the slot about to be read"
-            load_tile(t + ahead)                         # issued before step t's wgmmas, as in the kernel
+            load_tile(t + ahead)  # issued before step t's wgmmas, as in the kernel
         s = t % STAGES
         k0 = t * BK
         for wg in range(2):
@@ -175,12 +175,29 @@ def block(A, bt, Bm, M, N, K, kp, m0, n0, C, written, stats, in_flight, direct):
             sb = b_smem + s * STAGE_B
             for kk in range(BK // 16):
                 # the operands as the hardware reads them through the descriptors
-                a_op = np.array([[sm.read(hw_address(sa + kk * 32, m, k)) for k in range(16)] for m in range(64)])
+                a_op = np.array(
+                    [
+                        [sm.read(hw_address(sa + kk * 32, m, k)) for k in range(16)]
+                        for m in range(64)
+                    ]
+                )
                 if direct:
-                    b_op = np.array([[sm.read(hw_address_mn(sb + kk * 2048, n, k)) for k in range(16)] for n in range(256)])
+                    b_op = np.array(
+                        [
+                            [sm.read(hw_address_mn(sb + kk * 2048, n, k)) for k in range(16)]
+                            for n in range(256)
+                        ]
+                    )
                 else:
-                    b_op = np.array([[sm.read(hw_address(sb + kk * 32, n, k)) for k in range(16)] for n in range(256)])
-                assert not np.isnan(a_op).any() and not np.isnan(b_op).any(), "wgmma read unwritten shared memory"
+                    b_op = np.array(
+                        [
+                            [sm.read(hw_address(sb + kk * 32, n, k)) for k in range(16)]
+                            for n in range(256)
+                        ]
+                    )
+                assert not np.isnan(a_op).any() and not np.isnan(b_op).any(), (
+                    "wgmma read unwritten shared memory"
+                )
                 # ... are the elements the math wants (zero past the edges)
                 want_a = np.zeros((64, 16))
                 for m in range(64):
@@ -194,16 +211,23 @@ def block(A, bt, Bm, M, N, K, kp, m0, n0, C, written, stats, in_flight, direct):
                     for k in range(16):
                         col = k0 + kk * 16 + k
                         if n0 + n < N and col < kp:
-                            want_b[n, k] = Bm[col, n0 + n] if direct and col < K else (0.0 if direct else bt[n0 + n, col])
+                            want_b[n, k] = (
+                                Bm[col, n0 + n]
+                                if direct and col < K
+                                else (0.0 if direct else bt[n0 + n, col])
+                            )
                 assert np.array_equal(a_op, want_a), f"A operand mismatch (t={t}, wg={wg}, kk={kk})"
                 assert np.array_equal(b_op, want_b), f"B operand mismatch (t={t}, wg={wg}, kk={kk})"
-                prod = a_op @ b_op.T                    # [64, 256]
-                # accumulator d[4j+e] of (warp w, lane l): row 16w + l/4 + 8(e/2), col 8j + 2(l%4) + e%2
+                prod = a_op @ b_op.T  # [64, 256]
+                # accumulator d[4j+e] of (warp w, lane l): row 16w + l/4 + 8(e/2), col 8j + 2(l%4) +
+                # e%2
                 for w in range(4):
                     for lane in range(32):
                         for i in range(128):
                             j, e = i // 4, i % 4
-                            d[wg, w, lane, i] += prod[16 * w + lane // 4 + 8 * (e // 2), 8 * j + 2 * (lane % 4) + e % 2]
+                            d[wg, w, lane, i] += prod[
+                                16 * w + lane // 4 + 8 * (e // 2), 8 * j + 2 * (lane % 4) + e % 2
+                            ]
     # epilogue
     for wg in range(2):
         for w in range(4):
@@ -214,7 +238,10 @@ def block(A, bt, Bm, M, N, K, kp, m0, n0, C, written, stats, in_flight, direct):
                         continue
                     for j in range(32):
                         c = n0 + j * 8 + (lane & 3) * 2
-                        lo, hi = d[wg, w, lane, 4 * j + 2 * half], d[wg, w, lane, 4 * j + 2 * half + 1]
+                        lo, hi = (
+                            d[wg, w, lane, 4 * j + 2 * half],
+                            d[wg, w, lane, 4 * j + 2 * half + 1],
+                        )
                         if c < N:
                             C[r, c] = lo
                             written[r, c] += 1
@@ -230,10 +257,12 @@ def matmul(A, B, stats, in_flight=0, direct=False):
     batch, M, K = A3.shape
     N = B3.shape[-1]
     kp = (K + 7) // 8 * 8
-    bts = [transpose_b(Bz, K, N, kp) for Bz in B3]     # nbt = 1 when B is broadcast
+    bts = [transpose_b(Bz, K, N, kp) for Bz in B3]  # nbt = 1 when B is broadcast
     tiles_m, tiles_n = (M + BM - 1) // BM, (N + BN - 1) // BN
     seen = sorted(tile_of(i, tiles_m, tiles_n) for i in range(tiles_m * tiles_n))
-    assert seen == [(a, b) for a in range(tiles_m) for b in range(tiles_n)], "rasterisation is not a bijection"
+    assert seen == [(a, b) for a in range(tiles_m) for b in range(tiles_n)], (
+        "rasterisation is not a bijection"
+    )
     out = np.full((batch, M, N), np.nan)
     for z in range(batch):
         bt = bts[z if len(bts) > 1 else 0]
@@ -241,7 +270,22 @@ def matmul(A, B, stats, in_flight=0, direct=False):
         for i in range(tiles_m * tiles_n):
             tm, tn = tile_of(i, tiles_m, tiles_n)
             Bm = B3[z if len(B3) > 1 else 0]
-            block(A3[z], bt, Bm, M, N, K, kp, tm * BM, tn * BN, out[z], written, stats, in_flight, direct)
+            block(
+                A3[z],
+                bt,
+                Bm,
+                M,
+                N,
+                K,
+                kp,
+                tm * BM,
+                tn * BN,
+                out[z],
+                written,
+                stats,
+                in_flight,
+                direct,
+            )
         assert (written == 1).all(), "an element of C was written zero or several times"
     return out if A.ndim == 3 else out[0]
 
@@ -253,7 +297,7 @@ class _Bar:
     needs no wait."""
 
     def __init__(self, count):
-        self.count, self.arrived, self.tx, self.phase = count, 0, 0, 0   # phase = completed phases
+        self.count, self.arrived, self.tx, self.phase = count, 0, 0, 0  # phase = completed phases
 
     def arrive(self, expect_tx=0):
         self.arrived += 1
@@ -275,15 +319,11 @@ class _Bar:
 
 # Deliberate bugs the protocol checks must catch (tests/kernels/test_cuda_emulation.py plants each).
 TMA_MUTATIONS = ("no_empty_wait", "empty_parity_flipped", "empty_count_1", "wait_group_2")
-WS_MUTATIONS = ("no_empty_wait", "empty_parity_not_flipped", "empty_count_1", "release_before_wait",
-                "no_release_at_tile_end", "full_parity_flipped", "step_count_per_tile")
 
 
-WS_MC_MUTATIONS = ("local_release_only", "empty_count_local", "no_producer_tail", "expect_own_bytes_only")
-
-
-class _WsCluster:
-    """The TMA kernels' state on `ctas` CTAs of a cluster (1 for wgmma_tma and wgmma_ws): per CTA a ring of S slots with full/empty
+class _TmaRing:
+    """The TMA kernel's state on `ctas` CTAs (1 for wgmma_tma): per CTA a ring of S slots with
+    full/empty
     barriers, the parts a slot's step arrives in (A from this CTA's producer; B whole, or, with a
     pair, half r from CTA r's producer multicast to both), the wgmma batches in flight per consumer
     warpgroup and the batches that may still read each slot; TMA boxes land one at a time, in any
@@ -298,15 +338,19 @@ class _WsCluster:
         self.holds = [[dict.fromkeys(self.parts) for _ in range(STAGES)] for _ in range(ctas)]
         self.readers = [[set() for _ in range(STAGES)] for _ in range(ctas)]
         self.batches = {(c, wg): [] for c in range(ctas) for wg in (0, 1)}
-        self.landing = []                              # (destination CTA, slot, part, step)
+        self.landing = []  # (destination CTA, slot, part, step)
         self.exited = set()
 
-    def issue(self, c, g, expect_units):               # CTA c's producer issues step g
+    def issue(self, c, g, expect_units):  # CTA c's producer issues step g
         sl = g % STAGES
-        boxes = [(c, "A")] + ([(c, "B")] if self.ctas == 1 else [(d, f"B{c}") for d in range(self.ctas)])
+        boxes = [(c, "A")] + (
+            [(c, "B")] if self.ctas == 1 else [(d, f"B{c}") for d in range(self.ctas)]
+        )
         for d, part in boxes:
             assert d not in self.exited, f"CTA {c} writes into CTA {d}, which has exited"
-            assert not self.readers[d][sl], f"slot {sl} of CTA {d} refilled (step {g}) while {self.readers[d][sl]} may read it"
+            assert not self.readers[d][sl], (
+                f"slot {sl} of CTA {d} refilled (step {g}) while {self.readers[d][sl]} may read it"
+            )
             self.holds[d][sl][part] = None
             self.landing.append((d, sl, part, g))
         self.full[c][sl].arrive(expect_tx=expect_units)
@@ -317,10 +361,12 @@ class _WsCluster:
         self.holds[d][sl][part] = g
         self.full[d][sl].complete_tx(1)
 
-    def start(self, c, wg, g):                         # consumer wg of CTA c issues step g's batch
+    def start(self, c, wg, g):  # consumer wg of CTA c issues step g's batch
         sl = g % STAGES
         held = self.holds[c][sl]
-        assert all(v == g for v in held.values()), f"CTA {c} wg{wg} step {g} reads slot {sl} holding {held}"
+        assert all(v == g for v in held.values()), (
+            f"CTA {c} wg{wg} step {g} reads slot {sl} holding {held}"
+        )
         self.batches[(c, wg)].append(g)
         self.readers[c][sl].add((wg, g))
 
@@ -371,7 +417,7 @@ def check_tma_protocol(ktiles, rng, trials=200, mutation=None):
     S = STAGES
     pending = 2 if mutation == "wait_group_2" else 1
     for _ in range(trials):
-        st = _WsCluster(1, empty_count=1 if mutation == "empty_count_1" else 2)
+        st = _TmaRing(1, empty_count=1 if mutation == "empty_count_1" else 2)
 
         def program(wg):
             if wg == 0:
@@ -381,7 +427,7 @@ def check_tma_protocol(ktiles, rng, trials=200, mutation=None):
                 sl = t % S
                 yield ("wait", lambda sl=sl, t=t: st.full[0][sl].done((t // S) & 1))
                 yield ("do", lambda t=t: st.start(0, wg, t))
-                yield ("wait", lambda: len(st.batches[(0, wg)]) <= pending)       # wgmma_wait<1>
+                yield ("wait", lambda: len(st.batches[(0, wg)]) <= pending)  # wgmma_wait<1>
                 if t >= 1:
                     sp = (t - 1) % S
                     yield ("do", lambda sp=sp: st.arrive_empty(0, sp))
@@ -390,119 +436,20 @@ def check_tma_protocol(ktiles, rng, trials=200, mutation=None):
                             parity = ((t - 1) // S) & 1
                             if mutation == "empty_parity_flipped":
                                 parity ^= 1
-                            yield ("wait", lambda sp=sp, parity=parity: st.empty[0][sp].done(parity))
+                            yield (
+                                "wait",
+                                lambda sp=sp, parity=parity: st.empty[0][sp].done(parity),
+                            )
                         yield ("do", lambda t=t: st.issue(0, t - 1 + S, 2))
-            yield ("wait", lambda: not st.batches[(0, wg)])                       # wgmma_wait<0>
+            yield ("wait", lambda: not st.batches[(0, wg)])  # wgmma_wait<0>
 
         _simulate(st, {(0, 0): program(0), (0, 1): program(1)}, rng, f"wgmma_tma, ktiles={ktiles}")
     return True
 
 
-def check_ws_protocol(ktiles, ntiles, rng, trials=200, mutation=None, cluster=1):
-    """matmul_wgmma_ws's protocol: per CTA a producer thread (warpgroup 0) and two consumer
-    warpgroups that share one step count g over all the block's ntiles tiles.  The producer waits
-    for empty[g % S] with parity (g / S + 1) % 2 (the first S waits pass on fresh barriers), expects
-    the step's bytes on full[g % S] and issues its boxes; a consumer waits for full[g % S] with
-    parity (g / S) % 2, issues its batch, waits until one batch is left in flight and releases the
-    previous step's slot; at a tile's end it waits for all its batches and releases the last slot
-    before the epilogue.  With cluster=2 (algo="wgmma_ws_mc"): each CTA's producer multicasts half of
-    B into both CTAs, so empty[s] counts the 4 consumers of the pair, a consumer arrives on both
-    CTAs' empty[s], each full[s] expects A and both halves, and the producer stays until its empty
-    barriers have seen its peer's last releases.  Asserts no deadlock, no slot refilled while a
-    batch may read it, every batch reading its own step's landed data, nothing reaching an exited
-    CTA."""
-    assert cluster in (1, 2)
-    assert mutation in (None,) + (WS_MUTATIONS if cluster == 1 else WS_MC_MUTATIONS)
-    S = STAGES
-    for _ in range(trials):
-        local_only = mutation in ("local_release_only", "empty_count_local")
-        st = _WsCluster(cluster, empty_count=1 if mutation == "empty_count_1" else
-                        2 if (cluster == 1 or mutation == "empty_count_local") else 2 * cluster)
-        expect = 2 if (cluster == 1 or mutation == "expect_own_bytes_only") else 1 + cluster
-
-        def producer(c):
-            g = 0
-            for _tile in range(ntiles):
-                for _t in range(ktiles):
-                    sl = g % S
-                    if mutation != "no_empty_wait":
-                        parity = (g // S) & 1 if mutation == "empty_parity_not_flipped" else ((g // S) & 1) ^ 1
-                        yield ("wait", lambda sl=sl, parity=parity: st.empty[c][sl].done(parity))
-                    yield ("do", lambda g=g: st.issue(c, g, expect))
-                    g += 1
-            if cluster > 1 and mutation != "no_producer_tail":
-                for h in range(max(0, g - S), g):        # the peer's last releases of each slot
-                    yield ("wait", lambda h=h: st.empty[c][h % S].done((h // S) & 1))
-
-        def release(c, h):
-            for r in ([c] if cluster == 1 or local_only else range(cluster)):
-                yield ("do", lambda r=r: st.arrive_empty(r, h % S))
-
-        def consumer(c, wg):
-            g = 0
-            for _tile in range(ntiles):
-                if mutation == "step_count_per_tile":
-                    g = 0                               # a consumer that restarts its count each tile
-                for t in range(ktiles):
-                    sl = g % S
-                    parity = (g // S) & 1
-                    if mutation == "full_parity_flipped":
-                        parity ^= 1
-                    yield ("wait", lambda sl=sl, parity=parity: st.full[c][sl].done(parity))
-                    yield ("do", lambda g=g: st.start(c, wg, g))
-                    if mutation == "release_before_wait":
-                        yield from release(c, g)        # releases the slot its batch reads
-                    else:
-                        yield ("wait", lambda: len(st.batches[(c, wg)]) <= 1)   # wgmma_wait<1>
-                        if t >= 1:
-                            yield from release(c, g - 1)
-                    g += 1
-                yield ("wait", lambda: not st.batches[(c, wg)])                  # wgmma_wait<0>
-                if mutation not in ("no_release_at_tile_end", "release_before_wait"):
-                    yield from release(c, g - 1)
-                # the epilogue reads registers only: nothing to model
-
-        progs = {}
-        for c in range(cluster):
-            progs[(c, "producer")] = producer(c)
-            progs[(c, 0)] = consumer(c, 0)
-            progs[(c, 1)] = consumer(c, 1)
-        _simulate(st, progs, rng, f"wgmma_ws cluster={cluster}, ktiles={ktiles}, tiles={ntiles}")
-    return True
-
-
-def check_ws_schedule(M, N, groups, cluster):
-    """matmul_wgmma_ws's persistent schedule: `groups` clusters (blocks when cluster is 1) of
-    `cluster` CTAs; cluster c takes units c, c + groups, ... of units_m x tiles_n (tile_of's order),
-    CTA rank r of it M-tile cluster um + r.  Every C tile must be computed by exactly one CTA, every
-    CTA of a cluster must walk the same number of K-step sequences (they share B's boxes), and only
-    M-tiles past the last one may be idle halves.  Returns the number of idle halves."""
-    tiles_m, tiles_n = (M + BM - 1) // BM, (N + BN - 1) // BN
-    units_m = (tiles_m + cluster - 1) // cluster
-    units = units_m * tiles_n
-    done, idle = {}, 0
-    for c in range(groups):
-        walked = []
-        for r in range(cluster):
-            mine = []
-            for u in range(c, units, groups):
-                um, tn = tile_of(u, units_m, tiles_n)
-                tm = um * cluster + r
-                mine.append(u)
-                if tm >= tiles_m:
-                    idle += 1                          # multiplies the TMA's zeros, stores nothing
-                    continue
-                assert (tm, tn) not in done, f"tile {(tm, tn)} computed twice"
-                done[(tm, tn)] = (c, r)
-            walked.append(mine)
-        assert all(w == walked[0] for w in walked), "the CTAs of a cluster walk different units"
-    assert len(done) == tiles_m * tiles_n, f"{tiles_m * tiles_n - len(done)} tiles never computed"
-    assert idle == (units_m * cluster - tiles_m) * tiles_n
-    return idle
-
-
 def fold_batch(M, lda, batch_shape, stride_a, stride_b):
-    """matmul.cu's fold_batch: (True, batch M) when B is shared by every batch and A's batches lie
+    """matmul_5_wgmma_tma.cuh's fold_batch: (True, batch M) when B is shared by every batch and A's
+    batches lie
     one after another at M rows of lda, so the batch folds into M; else (False, M)."""
     batch = int(np.prod(batch_shape)) if len(batch_shape) else 1
     if batch <= 1:
@@ -524,29 +471,45 @@ def check_fold_batch(rng):
     cases of each kind."""
     folded = refused = 0
     cases = [  # (batch shape, A's batch strides in elements, B's batch strides, M, K, lda)
-        ((3,), (5 * 8,), (0,), 5, 8, 8),               # x [3, 5, 8] contiguous, B shared: folds
-        ((2, 3), (3 * 4 * 16, 4 * 16), (0, 0), 4, 8, 16),   # padded rows (lda 16 > K 8), two batch dims
-        ((2, 1, 3), (3 * 6 * 8, 7, 6 * 8), (0, 5, 0), 6, 8, 8),   # size-1 dims: any stride
-        ((3,), (5 * 8,), (64,), 5, 8, 8),              # B batched: no
-        ((3,), (0,), (0,), 5, 8, 8),                   # A broadcast: no
-        ((2, 3), (5 * 8, 3 * 5 * 8), (0, 0), 5, 8, 8),   # batch dims transposed: no
-        ((3,), (6 * 8,), (0,), 5, 8, 8),               # a gap between batches: no
+        ((3,), (5 * 8,), (0,), 5, 8, 8),  # x [3, 5, 8] contiguous, B shared: folds
+        (
+            (2, 3),
+            (3 * 4 * 16, 4 * 16),
+            (0, 0),
+            4,
+            8,
+            16,
+        ),  # padded rows (lda 16 > K 8), two batch dims
+        ((2, 1, 3), (3 * 6 * 8, 7, 6 * 8), (0, 5, 0), 6, 8, 8),  # size-1 dims: any stride
+        ((3,), (5 * 8,), (64,), 5, 8, 8),  # B batched: no
+        ((3,), (0,), (0,), 5, 8, 8),  # A broadcast: no
+        ((2, 3), (5 * 8, 3 * 5 * 8), (0, 0), 5, 8, 8),  # batch dims transposed: no
+        ((3,), (6 * 8,), (0,), 5, 8, 8),  # a gap between batches: no
     ]
     for shape, sa, sb, M, K, lda in cases:
         buf = rng.standard_normal(4096)
         ok, m_total = fold_batch(M, lda, shape, sa, sb)
         z_all = list(np.ndindex(*shape))
-        stacked = np.concatenate([
-            np.stack([buf[sum(i * st for i, st in zip(z, sa)) + r * lda:][:K] for r in range(M)]) for z in z_all])
+        stacked = np.concatenate(
+            [
+                np.stack(
+                    [buf[sum(i * st for i, st in zip(z, sa)) + r * lda :][:K] for r in range(M)]
+                )
+                for z in z_all
+            ]
+        )
         b_differs = any(st != 0 and n != 1 for n, st in zip(shape, sb))
         if ok:
-            flat = np.stack([buf[r * lda:][:K] for r in range(m_total)])
-            assert m_total == M * len(z_all) and np.array_equal(flat, stacked) and not b_differs, \
+            flat = np.stack([buf[r * lda :][:K] for r in range(m_total)])
+            assert m_total == M * len(z_all) and np.array_equal(flat, stacked) and not b_differs, (
                 f"fold_batch folded {shape}, {sa}, {sb} wrongly"
+            )
             folded += 1
         else:
-            flat = np.stack([buf[r * lda:][:K] for r in range(M * len(z_all))])
-            assert b_differs or not np.array_equal(flat, stacked), f"fold_batch refused foldable {shape}, {sa}"
+            flat = np.stack([buf[r * lda :][:K] for r in range(M * len(z_all))])
+            assert b_differs or not np.array_equal(flat, stacked), (
+                f"fold_batch refused foldable {shape}, {sa}"
+            )
             refused += 1
     return folded, refused
 
@@ -555,46 +518,44 @@ def main():
     rng_p = np.random.default_rng(1)
     for kt in (1, 2, 3, 4, 5, 9, 17):
         check_tma_protocol(kt, rng_p)
-    print("wgmma_tma mbarrier protocol: no deadlock, no early refill, every batch reads its own landed step "
-          "(ktiles 1..17, random interleavings)")
-    for kt, nt in ((1, 1), (1, 6), (2, 3), (3, 3), (4, 2), (5, 3), (9, 2), (17, 1)):
-        check_ws_protocol(kt, nt, rng_p, trials=100)
-    print("wgmma_ws producer/consumer protocol: no deadlock, no early refill, every batch reads its own landed "
-          "step (ktiles 1..17 x 1..6 tiles per block, random interleavings)")
-    for kt, nt in ((1, 1), (1, 5), (2, 3), (4, 2), (5, 3), (9, 1)):
-        check_ws_protocol(kt, nt, rng_p, trials=60, cluster=2)
-    print("wgmma_ws_mc (CTA pairs, B multicast): no deadlock, no early refill in either CTA, every batch reads "
-          "its own step's A and both B halves, nothing reaches an exited CTA")
-    idle = 0
-    for M, N in ((1, 1), (128, 256), (300, 520), (4096, 4096), (8192, 128), (3 * 128 + 1, 5 * 256)):
-        for groups in (1, 3, 66, 132):
-            for cluster in (1, 2):
-                idle += check_ws_schedule(M, N, groups, cluster)
-    print(f"wgmma_ws persistent schedule: every tile once, pairs in step ({idle} idle halves past the last M-tile)")
+    print(
+        "wgmma_tma mbarrier protocol: no deadlock, no early refill, every batch reads its own "
+        "landed step "
+        "(ktiles 1..17, random interleavings)"
+    )
     folded, refused = check_fold_batch(rng_p)
-    print(f"fold_batch: {folded} batched problems folded into one matrix exactly, {refused} refused correctly")
+    print(
+        f"fold_batch: {folded} batched problems folded into one matrix exactly, {refused} refused "
+        "correctly"
+    )
     rng = np.random.default_rng(0)
     stats = {"store_phases": 0, "store_conflicts": 0}
     worst = 0.0
-    cases = [                                          # (batch or None, M, K, N, B batched?)
-        (None, 1, 1, 1, False),                        # the smallest: one zero-filled chunk each
-        (None, 130, 72, 260, False),                   # ragged M and N tiles, K past one 64-step
-        (None, 64, 200, 40, False),                    # K = 200: 4 steps, the ring fills, partial chunk
-        (None, 40, 520, 24, False),                    # K = 520: 9 steps, the ring wraps twice
-        (2, 33, 17, 9, False),                         # batch with B broadcast, K not a multiple of 8
-        (2, 20, 24, 300, True),                        # batched B: one transposed copy per batch
+    cases = [  # (batch or None, M, K, N, B batched?)
+        (None, 1, 1, 1, False),  # the smallest: one zero-filled chunk each
+        (None, 130, 72, 260, False),  # ragged M and N tiles, K past one 64-step
+        (None, 64, 200, 40, False),  # K = 200: 4 steps, the ring fills, partial chunk
+        (None, 40, 520, 24, False),  # K = 520: 9 steps, the ring wraps twice
+        (2, 33, 17, 9, False),  # batch with B broadcast, K not a multiple of 8
+        (2, 20, 24, 300, True),  # batched B: one transposed copy per batch
     ]
-    for (batch, M, K, N, b_batched) in cases:
+    for batch, M, K, N, b_batched in cases:
         A = rng.standard_normal((batch, M, K) if batch else (M, K))
         B = rng.standard_normal((batch, K, N) if b_batched else (K, N))
         want = np.matmul(A, B)
-        for name, in_flight, direct in (("wgmma", 0, False), ("wgmma_overlap", 1, False), ("wgmma_direct", 1, True)):
+        for name, in_flight, direct in (("wgmma", 1, False), ("wgmma_direct", 1, True)):
             got = matmul(A, B, stats, in_flight, direct)
             err = float(np.abs(got - want).max())
             worst = max(worst, err)
-            print(f"{name:<13}: batch={batch} M={M} K={K} N={N} B batched={b_batched}: max abs err {err:.1e}")
+            print(
+                f"{name:<13}: batch={batch} M={M} K={K} N={N} B batched={b_batched}: max abs err "
+                f"{err:.1e}"
+            )
             assert err < 1e-12, "mismatch against np.matmul"
-    print(f"cp.async row phases: {stats['store_phases']}, with a bank conflict: {stats['store_conflicts']}")
+    print(
+        f"cp.async row phases: {stats['store_phases']}, with a bank conflict: "
+        f"{stats['store_conflicts']}"
+    )
     assert stats["store_conflicts"] == 0
     print(f"all cases match np.matmul, worst error (max abs) {worst:.1e}")
 

@@ -1,5 +1,5 @@
-"""A NumPy transcription of attention_mma_async (attention.cu, v3) at the level of warp lanes, run
-against the reference.
+"""A NumPy transcription of attention_mma_async (attention_3_mma_async.cuh, version 3) at the level
+of warp lanes, run against the reference.
 
 What it models, each with the kernel's own formulas (keep them in step when either changes):
   * shared memory as a flat array of 16-bit slots (values kept in float64, so the index
@@ -18,18 +18,19 @@ What it models, each with the kernel's own formulas (keep them in step when eith
   * the tile loop: Q staged in stage 1, two stages alternating, causal tile skipping, the plain
     fast path, the per-row mask/bias/limit path, the quad shuffles, the paired output stores
     (each output element must be written exactly once).
-It does not run the CUDA code.  Usage: python cpp/cuda/tools/emulate_attention_mma_async.py
+It does not run the CUDA code.  Usage: python dev/cuda/emulate_attention_mma_async.py
 """
+
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pyworkloads.kernels import reference  # noqa: E402
 
-COLS, STAGES, ES = 64, 2, 2                  # keys per K/V tile, ring stages, bytes per element
-SHAPES = {64: (4, 2), 128: (4, 1)}           # kD -> (warps, 16-row m-tiles per warp): AsyncShape
+COLS, STAGES, ES = 64, 2, 2  # keys per K/V tile, ring stages, bytes per element
+SHAPES = {64: (4, 2), 128: (4, 1)}  # kD -> (warps, 16-row m-tiles per warp): AsyncShape
 LANES = np.arange(32)
 G, TG = LANES >> 2, LANES & 3
 LOG2E = 1.4426950408889634
@@ -58,7 +59,7 @@ class Shared:
         # dst: byte address, 16-byte aligned; values: the 8 elements that land there
         assert dst % 16 == 0 and len(values) == 8
         if self.mode == "early":
-            self.mem[dst // ES:dst // ES + 8] = values
+            self.mem[dst // ES : dst // ES + 8] = values
         else:
             self.pending.append((dst, values))
 
@@ -66,20 +67,20 @@ class Shared:
         self.groups.append(self.pending)
         self.pending = []
 
-    def wait_group(self, n):          # all but the n most recent groups have landed
+    def wait_group(self, n):  # all but the n most recent groups have landed
         while len(self.groups) > n:
             for dst, values in self.groups.pop(0):
-                self.mem[dst // ES:dst // ES + 8] = values
+                self.mem[dst // ES : dst // ES + 8] = values
 
     def ldmatrix_x4(self, addrs, trans=False):
         addrs = np.asarray(addrs)
         assert addrs.shape == (32,) and np.all(addrs % 16 == 0)
         regs = np.zeros((32, 4, 2))
         for i in range(4):
-            phase = addrs[8 * i:8 * i + 8]
+            phase = addrs[8 * i : 8 * i + 8]
             self.stats.ldmatrix_phases += 1
             self.stats.ldmatrix_conflicts += not distinct_groups(phase)
-            M = np.stack([self.mem[a // ES:a // ES + 8] for a in phase])      # [8 rows, 8 columns]
+            M = np.stack([self.mem[a // ES : a // ES + 8] for a in phase])  # [8 rows, 8 columns]
             if trans:
                 regs[:, i, 0], regs[:, i, 1] = M[2 * TG, G], M[2 * TG + 1, G]
             else:
@@ -117,19 +118,21 @@ def copy_rows_async(sh, dst, src, r0, rows, width, n, kD, threads):
             r, d = c // chunks, (c % chunks) * 8
             inside = r0 + r < rows and d < width
             if inside:
-                assert d + 8 <= width                  # p.vec: width % 8 == 0
-                values = src[r0 + r, d:d + 8]
+                assert d + 8 <= width  # p.vec: width % 8 == 0
+                values = src[r0 + r, d : d + 8]
             else:
-                values = np.zeros(8)                   # src-size 0: zero-filled, nothing read
+                values = np.zeros(8)  # src-size 0: zero-filled, nothing read
             a = dst + (r * ld + d) * ES
             sh.cp_async16(a, values)
             addrs.append(a)
-        for ph in range(0, threads, 8):                # 16-byte stores: 8 lanes per phase
+        for ph in range(0, threads, 8):  # 16-byte stores: 8 lanes per phase
             sh.stats.cp_phases += 1
-            sh.stats.cp_conflicts += not distinct_groups(addrs[ph:ph + 8])
+            sh.stats.cp_conflicts += not distinct_groups(addrs[ph : ph + 8])
         copied += addrs
     # every row and chunk of the tile exactly once
-    assert sorted(copied) == sorted(dst + (rr * ld + c * 8) * ES for rr in range(n) for c in range(chunks))
+    assert sorted(copied) == sorted(
+        dst + (rr * ld + c * 8) * ES for rr in range(n) for c in range(chunks)
+    )
 
 
 def kv_end(Tq, Tk, causal, q0, nrows):
@@ -139,22 +142,28 @@ def kv_end(Tq, Tk, causal, q0, nrows):
     return min(last + 1, Tk)
 
 
-def pack(x):            # pack2<T>: two floats -> one register (rounding not modelled)
+def pack(x):  # pack2<T>: two floats -> one register (rounding not modelled)
     return x
 
 
 def block_coords(block, tiles, Hq, B):
-    """The kernel's linear grid: block -> (query tile, head, batch), query tiles slowest (longest first)."""
+    """The kernel's linear grid: block -> (query tile, head, batch), query tiles slowest (longest
+    first).
+    """
     heads = Hq * B
     bh = block % heads
     return tiles - 1 - block // heads, bh % Hq, bh // Hq
 
 
 def check_block_coords():
-    """Every (tile, head, batch) is visited exactly once, and all heads' tile t before any tile t - 1."""
+    """Every (tile, head, batch) is visited exactly once, and all heads' tile t before any tile t -
+    1.
+    """
     for tiles, Hq, B in [(1, 1, 1), (32, 16, 4), (3, 5, 2), (7, 1, 3)]:
         seen = [block_coords(i, tiles, Hq, B) for i in range(tiles * Hq * B)]
-        assert sorted(seen) == [(t, h, b) for t in range(tiles) for h in range(Hq) for b in range(B)], (tiles, Hq, B)
+        assert sorted(seen) == [
+            (t, h, b) for t in range(tiles) for h in range(Hq) for b in range(B)
+        ], (tiles, Hq, B)
         assert all(x[0] >= y[0] for x, y in zip(seen, seen[1:])), "query tiles must not increase"
 
 
@@ -174,7 +183,9 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
         q0 = (grid - 1 - bx) * nrows
         sh = Shared(STAGES * stage_elems, mode, stats)
         end = kv_end(Tq, Tk, causal, q0, nrows)
-        q_lane = [(((w * MT * 16) + (LANES & 15)) * ld + (LANES >> 4) * 8) * ES for w in range(warps)]
+        q_lane = [
+            (((w * MT * 16) + (LANES & 15)) * ld + (LANES >> 4) * 8) * ES for w in range(warps)
+        ]
         k_lane = (((LANES >> 4) * 8 + (LANES & 7)) * ld + ((LANES >> 3) & 1) * 8) * ES
         v_lane = ((LANES & 15) * ld + (LANES >> 4) * 8) * ES
 
@@ -184,18 +195,30 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
             copy_rows_async(sh, 0, k, 0, Tk, Dh, COLS, kD, threads)
             copy_rows_async(sh, tile * ES, v, 0, Tk, Dv, COLS, kD, threads)
         sh.commit()
-        sh.wait_group(1)                                   # + __syncthreads
-        qa = [[[sh.ldmatrix_x4(stage_elems * ES + q_lane[w] + (mt * 16 * ld + ks * 16) * ES)
-                for ks in range(kD // 16)] for mt in range(MT)] for w in range(warps)]
+        sh.wait_group(1)  # + __syncthreads
+        qa = [
+            [
+                [
+                    sh.ldmatrix_x4(stage_elems * ES + q_lane[w] + (mt * 16 * ld + ks * 16) * ES)
+                    for ks in range(kD // 16)
+                ]
+                for mt in range(MT)
+            ]
+            for w in range(warps)
+        ]
         o = np.zeros((warps, MT, kD // 8, 32, 4))
         m = np.full((warps, MT, 2, 32), -np.inf)
-        l = np.zeros((warps, MT, 2, 32))
-        rows = np.array([[[q0 + w * MT * 16 + mt * 16 + G + 8 * rr for rr in range(2)] for mt in range(MT)]
-                         for w in range(warps)])           # [warps, MT, 2, 32]
+        lsum = np.zeros((warps, MT, 2, 32))
+        rows = np.array(
+            [
+                [[q0 + w * MT * 16 + mt * 16 + G + 8 * rr for rr in range(2)] for mt in range(MT)]
+                for w in range(warps)
+            ]
+        )  # [warps, MT, 2, 32]
 
         stage, k0 = 0, 0
         while k0 < end:
-            sh.wait_group(0)                               # + __syncthreads
+            sh.wait_group(0)  # + __syncthreads
             if k0 + COLS < end:
                 nxt = (stage ^ 1) * stage_elems * ES
                 copy_rows_async(sh, nxt, k, k0 + COLS, Tk, Dh, COLS, kD, threads)
@@ -203,8 +226,14 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
             sh.commit()
             ks_base = stage * stage_elems * ES
             vs_base = ks_base + tile * ES
-            plain = (scale_log2 > 0 and mask is None and bias is None and k0 + COLS <= Tk and q0 + nrows <= Tq
-                     and (not causal or k0 + COLS - 1 <= q0 + (Tk - Tq)))
+            plain = (
+                scale_log2 > 0
+                and mask is None
+                and bias is None
+                and k0 + COLS <= Tk
+                and q0 + nrows <= Tq
+                and (not causal or k0 + COLS - 1 <= q0 + (Tk - Tq))
+            )
             mul = scale_log2 if plain else 1.0
             stats.plain_tiles += plain
             stats.masked_tiles += not plain
@@ -215,13 +244,15 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
                         kb = sh.ldmatrix_x4(ks_base + k_lane + (np_ * 16 * ld + ks * 16) * ES)
                         for mt in range(MT):
                             s[mt, 2 * np_] = mma(s[mt, 2 * np_], qa[w][mt][ks], kb[:, 0], kb[:, 1])
-                            s[mt, 2 * np_ + 1] = mma(s[mt, 2 * np_ + 1], qa[w][mt][ks], kb[:, 2], kb[:, 3])
+                            s[mt, 2 * np_ + 1] = mma(
+                                s[mt, 2 * np_ + 1], qa[w][mt][ks], kb[:, 2], kb[:, 3]
+                            )
                 for mt in range(MT):
                     tile_max = np.full((2, 32), -np.inf)
                     for rr in range(2):
                         if plain:
                             for nt in range(8):
-                                for j in range(2):                 # raw scores
+                                for j in range(2):  # raw scores
                                     tile_max[rr] = np.fmax(tile_max[rr], s[mt, nt, :, 2 * rr + j])
                             continue
                         row, col0 = rows[w, mt, rr], k0 + TG * 2
@@ -236,7 +267,10 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
                                 c = nt * 8 + j
                                 x = s[mt, nt, :, 2 * rr + j] * scale
                                 ok = c <= lim
-                                rs, cs = np.where(ok, row, 0), np.where(ok, col0 + c, 0)   # read only where ok
+                                rs, cs = (
+                                    np.where(ok, row, 0),
+                                    np.where(ok, col0 + c, 0),
+                                )  # read only where ok
                                 if mask is not None:
                                     ok = ok & mask[rs, cs]
                                 if bias is not None:
@@ -251,13 +285,15 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
                         base = np.where(m_new == -np.inf, 0.0, m_new)
                         corr = np.exp2(m[w, mt, rr] - base)
                         m[w, mt, rr] = m_new
-                        l[w, mt, rr] *= corr
+                        lsum[w, mt, rr] *= corr
                         o[w, mt, :, :, 2 * rr] *= corr
                         o[w, mt, :, :, 2 * rr + 1] *= corr
                         for nt in range(8):
                             s[mt, nt, :, 2 * rr] = np.exp2(s[mt, nt, :, 2 * rr] * mul - base)
-                            s[mt, nt, :, 2 * rr + 1] = np.exp2(s[mt, nt, :, 2 * rr + 1] * mul - base)
-                            l[w, mt, rr] += s[mt, nt, :, 2 * rr] + s[mt, nt, :, 2 * rr + 1]
+                            s[mt, nt, :, 2 * rr + 1] = np.exp2(
+                                s[mt, nt, :, 2 * rr + 1] * mul - base
+                            )
+                            lsum[w, mt, rr] += s[mt, nt, :, 2 * rr] + s[mt, nt, :, 2 * rr + 1]
                 for kk in range(COLS // 16):
                     pa = np.zeros((MT, 32, 4, 2))
                     for mt in range(MT):
@@ -266,10 +302,14 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
                         pa[mt, :, 2] = pack(s[mt, 2 * kk + 1, :, 0:2])
                         pa[mt, :, 3] = pack(s[mt, 2 * kk + 1, :, 2:4])
                     for dp in range(kD // 16):
-                        vb = sh.ldmatrix_x4(vs_base + v_lane + (kk * 16 * ld + dp * 16) * ES, trans=True)
+                        vb = sh.ldmatrix_x4(
+                            vs_base + v_lane + (kk * 16 * ld + dp * 16) * ES, trans=True
+                        )
                         for mt in range(MT):
                             o[w, mt, 2 * dp] = mma(o[w, mt, 2 * dp], pa[mt], vb[:, 0], vb[:, 1])
-                            o[w, mt, 2 * dp + 1] = mma(o[w, mt, 2 * dp + 1], pa[mt], vb[:, 2], vb[:, 3])
+                            o[w, mt, 2 * dp + 1] = mma(
+                                o[w, mt, 2 * dp + 1], pa[mt], vb[:, 2], vb[:, 3]
+                            )
             k0 += COLS
             stage ^= 1
         sh.wait_group(0)
@@ -277,7 +317,7 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
         for w in range(warps):
             for mt in range(MT):
                 for rr in range(2):
-                    total = l[w, mt, rr]
+                    total = lsum[w, mt, rr]
                     total = total + shfl_xor(total, 1)
                     total = total + shfl_xor(total, 2)
                     inv = np.where(total > 0, 1 / np.where(total > 0, total, 1), 0.0)
@@ -289,7 +329,7 @@ def kernel(q, k, v, causal, scale, mask, bias, kD, mode, stats):
                             col = dt * 8 + TG[L] * 2
                             if col >= Dv:
                                 continue
-                            for e in range(2):                 # the pair store: col, col + 1
+                            for e in range(2):  # the pair store: col, col + 1
                                 val = o[w, mt, dt, L, 2 * rr + e]
                                 out[row, col + e] = val * inv[L] if inv[L] != 0 else 0.0
                                 written[row, col + e] += 1
@@ -310,9 +350,18 @@ def attention(q, k, v, causal=False, scale=None, bias=None, mask=None, mode="lat
     for b in range(B):
         for h in range(Hq):
             hk = h // (Hq // Hkv)
-            out[b, h] = kernel(q[b, h], k[b, hk], v[b, hk], causal, scale,
-                               None if maskb is None else maskb[b, h], None if biasb is None else biasb[b, h],
-                               kD, mode, stats)
+            out[b, h] = kernel(
+                q[b, h],
+                k[b, hk],
+                v[b, hk],
+                causal,
+                scale,
+                None if maskb is None else maskb[b, h],
+                None if biasb is None else biasb[b, h],
+                kD,
+                mode,
+                stats,
+            )
     return out
 
 
@@ -323,33 +372,33 @@ def main():
     worst = 0.0
     # B, Hq, Hkv, Tq, Tk, Dh, Dv, causal, extras
     cases = [
-        (1, 1, 1, 300, 300, 64, 64, True, {}),                  # multi-tile ring wrap, plain + diagonal tiles
-        (1, 1, 1, 260, 200, 64, 64, False, {}),                 # non-causal, plain tiles, ragged Tq/Tk
+        (1, 1, 1, 300, 300, 64, 64, True, {}),  # multi-tile ring wrap, plain + diagonal tiles
+        (1, 1, 1, 260, 200, 64, 64, False, {}),  # non-causal, plain tiles, ragged Tq/Tk
         (1, 1, 1, 260, 200, 64, 64, False, {"scale": -0.2}),  # scale <= 0: no plain tiles
-        (2, 4, 2, 70, 70, 64, 64, True, {}),                    # GQA, tile boundary + 6
-        (1, 2, 2, 50, 77, 64, 32, False, {}),                   # cross attention, Dv != Dh
-        (1, 1, 1, 33, 129, 80, 80, True, {}),                   # kD 128, causal with Tq < Tk
-        (1, 2, 1, 1, 130, 128, 128, True, {}),                  # decode: one query, GQA
-        (1, 1, 1, 100, 40, 64, 64, True, {}),                   # Tq > Tk: the first 60 rows see nothing (the
-        #                                                         bindings refuse it; the kernel copes)
-        (1, 1, 1, 1, 1, 8, 8, False, {}),                       # the smallest
+        (2, 4, 2, 70, 70, 64, 64, True, {}),  # GQA, tile boundary + 6
+        (1, 2, 2, 50, 77, 64, 32, False, {}),  # cross attention, Dv != Dh
+        (1, 1, 1, 33, 129, 80, 80, True, {}),  # kD 128, causal with Tq < Tk
+        (1, 2, 1, 1, 130, 128, 128, True, {}),  # decode: one query, GQA
+        (1, 1, 1, 100, 40, 64, 64, True, {}),  # Tq > Tk: the first 60 rows see nothing (the
+        # bindings refuse it; the kernel copes)
+        (1, 1, 1, 1, 1, 8, 8, False, {}),  # the smallest
         (1, 2, 2, 9, 9, 32, 32, False, {"scale": 0.3, "row_mask": True}),
         (2, 2, 1, 37, 90, 64, 64, False, {"bias": True, "mask": True}),
         (2, 2, 1, 37, 90, 64, 64, True, {"bias": True, "mask": True}),
-        (1, 2, 2, 70, 90, 32, 32, True, {"big": True}),         # scores in the thousands
-        (1, 1, 1, 150, 150, 128, 96, True, {"bias": True}),     # kD 128, bias only, several tiles
+        (1, 2, 2, 70, 90, 32, 32, True, {"big": True}),  # scores in the thousands
+        (1, 1, 1, 150, 150, 128, 96, True, {"bias": True}),  # kD 128, bias only, several tiles
     ]
-    for (B, Hq, Hkv, Tq, Tk, Dh, Dv, causal, ex) in cases:
+    for B, Hq, Hkv, Tq, Tk, Dh, Dv, causal, ex in cases:
         q = rng.standard_normal((B, Hq, Tq, Dh))
         k, v = rng.standard_normal((B, Hkv, Tk, Dh)), rng.standard_normal((B, Hkv, Tk, Dv))
         if ex.get("big"):
             q *= 30
         kw = {"causal": causal, "scale": ex.get("scale")}
         if ex.get("bias"):
-            kw["bias"] = rng.standard_normal((1, Hq, Tq, Tk))                   # broadcast over batch
+            kw["bias"] = rng.standard_normal((1, Hq, Tq, Tk))  # broadcast over batch
         if ex.get("mask"):
-            mask = rng.random((B, 1, 1, Tk)) > 0.3                               # key padding
-            mask[-1] = False                                                     # last batch: zeros
+            mask = rng.random((B, 1, 1, Tk)) > 0.3  # key padding
+            mask[-1] = False  # last batch: zeros
             kw["mask"] = mask
         if ex.get("row_mask"):
             mask = np.ones((Tq, Tk), bool)
@@ -363,11 +412,17 @@ def main():
                 raise AssertionError("the reference gave NaN")
             err = float(np.abs(got - want).max())
             worst = max(worst, err)
-            print(f"B={B} Hq={Hq} Hkv={Hkv} Tq={Tq} Tk={Tk} Dh={Dh} Dv={Dv} causal={causal} {sorted(ex)} "
-                  f"copies land {mode}: max error {err:.1e}")
+            print(
+                f"B={B} Hq={Hq} Hkv={Hkv} Tq={Tq} Tk={Tk} Dh={Dh} Dv={Dv} causal={causal} "
+                f"{sorted(ex)} "
+                f"copies land {mode}: max error {err:.1e}"
+            )
     print(f"key tiles: {stats.plain_tiles} plain, {stats.masked_tiles} with per-element tests")
-    print(f"ldmatrix phases: {stats.ldmatrix_phases}, with a bank conflict: {stats.ldmatrix_conflicts}; "
-          f"cp.async store phases: {stats.cp_phases}, with a bank conflict: {stats.cp_conflicts}")
+    print(
+        f"ldmatrix phases: {stats.ldmatrix_phases}, with a bank conflict: "
+        f"{stats.ldmatrix_conflicts}; "
+        f"cp.async store phases: {stats.cp_phases}, with a bank conflict: {stats.cp_conflicts}"
+    )
     assert stats.ldmatrix_conflicts == 0 and stats.cp_conflicts == 0
     assert worst < 1e-12, worst
     print(f"all cases match the reference, worst error {worst:.1e}")

@@ -1,5 +1,5 @@
-"""A NumPy transcription of matmul_mma (matmul.cu, v4) at the level of warp lanes, shared-memory
-addresses and MMA fragments, run against np.matmul in float64.
+"""A NumPy transcription of matmul_mma (matmul_3_mma.cuh, version 3) at the level of warp lanes,
+shared-memory addresses and MMA fragments, run against np.matmul in float64.
 
 It checks the kernel's bookkeeping, given the PTX ISA's definitions of ldmatrix (.x4, .trans) and
 of the mma.m16n8k16 fragment layouts (both emulated below):
@@ -10,8 +10,9 @@ of the mma.m16n8k16 fragment layouts (both emulated below):
   * that every 8-lane ldmatrix phase touches 8 distinct 16-byte bank groups (no conflicts), and
     that every cp.async destination is 16-byte aligned.
 It does not run the CUDA code: keep it in step with the kernel when either changes.
-Usage: python cpp/cuda/tools/emulate_matmul_mma.py
+Usage: python dev/cuda/emulate_matmul_mma.py
 """
+
 import numpy as np
 
 # the kernel's constants
@@ -35,28 +36,30 @@ def copy_chunk(smem, dst, src_mat, row, col, left):
     zero-fills past src-size, the element path writes zeros)."""
     assert dst % 8 == 0, "cp.async destination not 16-byte aligned"
     n = int(max(0, min(left, 8)))
-    smem[dst:dst + 8] = 0.0
+    smem[dst : dst + 8] = 0.0
     if n:
-        smem[dst:dst + n] = src_mat[row, col:col + n]
+        smem[dst : dst + n] = src_mat[row, col : col + n]
 
 
 def ldmatrix_x4(smem, addr, trans=False):
     """addr[32]: each lane's row address (in elements).  Returns regs [32, 4, 2]."""
     regs = np.zeros((32, 4, 2))
     for i in range(4):
-        rows = [smem[addr[8 * i + r]: addr[8 * i + r] + 8] for r in range(8)]   # matrix i, row r
-        mat = np.stack(rows)                                                        # [8, 8]
+        rows = [smem[addr[8 * i + r] : addr[8 * i + r] + 8] for r in range(8)]  # matrix i, row r
+        mat = np.stack(rows)  # [8, 8]
         for lane in range(32):
             r, c = lane >> 2, 2 * (lane & 3)
-            regs[lane, i] = (mat[c:c + 2, r] if trans else mat[r, c:c + 2])
+            regs[lane, i] = mat[c : c + 2, r] if trans else mat[r, c : c + 2]
     return regs
 
 
 def check_banks(addr, elem_bytes=2):
     for i in range(4):
-        units = [(int(a) * elem_bytes // 16) % 8 for a in addr[8 * i: 8 * i + 8]]
+        units = [(int(a) * elem_bytes // 16) % 8 for a in addr[8 * i : 8 * i + 8]]
         assert len(set(units)) == 8, f"ldmatrix phase {i} bank conflict: 16-byte units {units}"
-        assert all(int(a) * elem_bytes % 16 == 0 for a in addr[8 * i: 8 * i + 8]), "ldmatrix row not 16-byte aligned"
+        assert all(int(a) * elem_bytes % 16 == 0 for a in addr[8 * i : 8 * i + 8]), (
+            "ldmatrix row not 16-byte aligned"
+        )
 
 
 def mma(c, a, b0, b1):
@@ -99,20 +102,34 @@ def kernel(A, B, stages=3):
                     c = tid + THREADS * i
                     r, col = c >> 2, (c & 3) * 8
                     row = m0 + r
-                    copy_chunk(As, s * STAGE_A + r * LDA + col, A, row, k0 + col, K - (k0 + col) if row < M else 0)
+                    copy_chunk(
+                        As,
+                        s * STAGE_A + r * LDA + col,
+                        A,
+                        row,
+                        k0 + col,
+                        K - (k0 + col) if row < M else 0,
+                    )
                 for i in range(4):
                     c = tid + THREADS * i
                     r, col = c >> 5, (c & 31) * 8
                     k = k0 + r
-                    copy_chunk(Bs, s * STAGE_B + r * LDB + col, B, k, n0 + col, N - (n0 + col) if k < K else 0)
+                    copy_chunk(
+                        Bs,
+                        s * STAGE_B + r * LDB + col,
+                        B,
+                        k,
+                        n0 + col,
+                        N - (n0 + col) if k < K else 0,
+                    )
 
-        acc = np.zeros((8, 4, 8, 32, 4))                 # [warp, i, j, lane, e]
+        acc = np.zeros((8, 4, 8, 32, 4))  # [warp, i, j, lane, e]
         for t in range(stages - 1):
             if t < ktiles:
                 load_tile(t)
         for t in range(ktiles):
             if t + stages - 1 < ktiles:
-                load_tile(t + stages - 1)                # must not clobber slot t % stages
+                load_tile(t + stages - 1)  # must not clobber slot t % stages
             for warp in range(8):
                 wm, wn = warp >> 2, warp & 3
                 a_off = (wm * 64 + (LANES & 15)) * LDA + (LANES >> 4) * 8
@@ -143,7 +160,9 @@ def kernel(A, B, stages=3):
                         cols = n0 + wn * 64 + j * 8 + TG * 2
                         for e in range(2):
                             ok = (rows < M) & (cols + e < N)
-                            assert np.all(np.isnan(C[rows[ok], cols[ok] + e])), "an element written twice"
+                            assert np.all(np.isnan(C[rows[ok], cols[ok] + e])), (
+                                "an element written twice"
+                            )
                             C[rows[ok], cols[ok] + e] = acc[warp, i, j, ok, 2 * half + e]
     assert len(seen) == tiles_m * tiles_n
     return C
@@ -153,13 +172,27 @@ def main():
     rng = np.random.default_rng(0)
     # the stage strides keep 128-byte alignment, so the bank pattern of stage 0 holds for all
     assert (STAGE_A * 2) % 128 == 0 and (STAGE_B * 2) % 128 == 0
-    for g_tiles in [(1, 1), (3, 5), (9, 2), (17, 3), (8, 8), (20, 1)]:         # rasterisation is a bijection
+    for g_tiles in [
+        (1, 1),
+        (3, 5),
+        (9, 2),
+        (17, 3),
+        (8, 8),
+        (20, 1),
+    ]:  # rasterisation is a bijection
         tm_, tn_ = g_tiles
         got = {tile_of(i, tm_, tn_) for i in range(tm_ * tn_)}
         assert got == {(a, b) for a in range(tm_) for b in range(tn_)}, g_tiles
     worst = 0.0
-    for (M, N, K), stages in [((1, 1, 1), 3), ((5, 7, 3), 4), ((128, 256, 32), 3), ((129, 257, 33), 3),
-                              ((130, 264, 100), 4), ((64, 8, 200), 3), ((200, 300, 72), 4)]:
+    for (M, N, K), stages in [
+        ((1, 1, 1), 3),
+        ((5, 7, 3), 4),
+        ((128, 256, 32), 3),
+        ((129, 257, 33), 3),
+        ((130, 264, 100), 4),
+        ((64, 8, 200), 3),
+        ((200, 300, 72), 4),
+    ]:
         A = rng.standard_normal((M, K))
         B = rng.standard_normal((K, N))
         got = kernel(A, B, stages)
@@ -168,7 +201,9 @@ def main():
         assert err < 1e-9, (M, N, K, err)
         worst = max(worst, err)
         print(f"M={M:4d} N={N:4d} K={K:4d} stages={stages}: max |err| = {err:.1e}")
-    print(f"matmul_mma emulation matches np.matmul (worst {worst:.1e}); ldmatrix phases conflict-free")
+    print(
+        f"matmul_mma emulation matches np.matmul (worst {worst:.1e}); ldmatrix phases conflict-free"
+    )
 
 
 if __name__ == "__main__":

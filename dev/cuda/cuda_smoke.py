@@ -1,7 +1,7 @@
 """A small, fast run of every CUDA kernel version on awkward shapes, for compute-sanitizer.
 
-    python benchmarks/cuda_smoke.py [--quick] [--no-torch] [--ops matmul,attention,norms]
-    compute-sanitizer --tool memcheck python benchmarks/cuda_smoke.py
+    python dev/cuda/cuda_smoke.py [--quick] [--no-torch] [--ops matmul,attention,norms]
+    compute-sanitizer --tool memcheck python dev/cuda/cuda_smoke.py
 
 Each algorithm of ``pyworkloads._cuda.ALGORITHMS`` runs on a few small odd shapes (tile edges,
 K not a multiple of the vector width, broadcast batches, causal with Tq < Tk, GQA, a bias, a
@@ -17,6 +17,7 @@ NumPy; bfloat16 (and the misaligned views) need PyTorch with CUDA and are skippe
 Prints one line per check and a summary; exit status 0 when all passed, 1 when any failed,
 2 when there is no GPU or no extension (nothing was run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The checkout's package where it is built in place (the CMake dev build that run_gpu_checks.sh
-# makes) or where none is installed; otherwise the installed one, which pip built the extension into.
+# makes) or where none is installed; otherwise the installed one, which pip built the extension
+# into.
 if any((ROOT / "pyworkloads").glob("_cuda*")) or importlib.util.find_spec("pyworkloads") is None:
     sys.path.insert(0, str(ROOT))
 
@@ -40,16 +42,30 @@ from pyworkloads.kernels import reference  # noqa: E402
 # first, so this only covers accumulation and output rounding)
 TOL = {"fp32": 1e-4, "fp16": 4e-3, "bf16": 3e-2}
 
-MATMUL = [((1, 1), (1, 1)), ((5, 3), (3, 7)), ((33, 17), (17, 65)), ((19, 13), (13, 21)), ((130, 72), (72, 136)),
-          ((64, 64), (64, 64)), ((1, 600), (600, 3)), ((2, 1, 17, 24), (3, 24, 40))]
+MATMUL = [
+    ((1, 1), (1, 1)),
+    ((5, 3), (3, 7)),
+    ((33, 17), (17, 65)),
+    ((19, 13), (13, 21)),
+    ((130, 72), (72, 136)),
+    ((64, 64), (64, 64)),
+    ((1, 600), (600, 3)),
+    ((2, 1, 17, 24), (3, 24, 40)),
+]
 # (B, Hq, Hkv, Tq, Tk, Dh, causal, bias, mask)
-ATTENTION = [(1, 1, 1, 1, 1, 64, False, None, None), (2, 4, 2, 33, 47, 64, True, None, None),
-             (1, 2, 1, 17, 17, 32, False, "full", "hole"), (1, 2, 2, 65, 130, 128, True, None, None),
-             (1, 2, 2, 5, 9, 80, False, "row", None), (1, 3, 1, 1, 70, 64, True, None, "keys"),
-             (1, 2, 2, 20, 20, 256, True, None, None), (2, 2, 2, 64, 64, 64, False, None, None),
-             (1, 2, 2, 9, 11, 20, True, "full", None)]
+ATTENTION = [
+    (1, 1, 1, 1, 1, 64, False, None, None),
+    (2, 4, 2, 33, 47, 64, True, None, None),
+    (1, 2, 1, 17, 17, 32, False, "full", "hole"),
+    (1, 2, 2, 65, 130, 128, True, None, None),
+    (1, 2, 2, 5, 9, 80, False, "row", None),
+    (1, 3, 1, 1, 70, 64, True, None, "keys"),
+    (1, 2, 2, 20, 20, 256, True, None, None),
+    (2, 2, 2, 64, 64, 64, False, None, None),
+    (1, 2, 2, 9, 11, 20, True, "full", None),
+]
 NORMS = [(1, 1), (3, 7), (5, 1000), (2, 4096), (1, 8193), (4, 24), (0, 8), (3, 0)]
-QUICK = {"matmul": [1, 4, 7], "attention": [1, 2, 8], "norms": [1, 4]}   # --quick: indices kept
+QUICK = {"matmul": [1, 4, 7], "attention": [1, 2, 8], "norms": [1, 4]}  # --quick: indices kept
 
 
 class Smoke:
@@ -74,18 +90,22 @@ class Smoke:
     def result(self, out) -> np.ndarray:
         if isinstance(out, np.ndarray):
             return out.astype(np.float64)
-        return self.torch.from_dlpack(out).cpu().float().numpy().astype(np.float64)   # DeviceArray via DLPack
+        return (
+            self.torch.from_dlpack(out).cpu().float().numpy().astype(np.float64)
+        )  # DeviceArray via DLPack
 
     def check(self, label: str, fn, want: np.ndarray, dt: str) -> None:
         if self.poisoned:
             return
-        print(f"  {label} ... ", end="", flush=True)     # a hang leaves this line unfinished in the log
+        print(
+            f"  {label} ... ", end="", flush=True
+        )  # a hang leaves this line unfinished in the log
         t0 = time.perf_counter()
         try:
             got = fn()
             self._cuda.synchronize()
             got = self.result(got)
-        except ValueError as exc:                          # this version does not take this problem
+        except ValueError as exc:  # this version does not take this problem
             self.unsupported += 1
             print(f"n/a: {exc}", flush=True)
             return
@@ -127,23 +147,40 @@ class Smoke:
                 b, br = self.to_dtype(b64, dt)
                 want = reference.matmul(ar, br)
                 for algo in self.algos("matmul"):
-                    self.check(f"matmul {algo:<10} {dt} {sa}x{sb}", lambda: self._cuda.matmul(a, b, algo=algo), want, dt)
-                if dt != "bf16" and len(sb) == 2 and sb[0] > 1 and sb[1] > 1:   # a transposed (W.T) operand
+                    self.check(
+                        f"matmul {algo:<10} {dt} {sa}x{sb}",
+                        lambda: self._cuda.matmul(a, b, algo=algo),
+                        want,
+                        dt,
+                    )
+                if (
+                    dt != "bf16" and len(sb) == 2 and sb[0] > 1 and sb[1] > 1
+                ):  # a transposed (W.T) operand
                     bt = np.ascontiguousarray(b.T).T
-                    self.check(f"matmul auto       {dt} {sa}x{sb} b=W.T", lambda: self._cuda.matmul(a, bt), want, dt)
+                    self.check(
+                        f"matmul auto       {dt} {sa}x{sb} b=W.T",
+                        lambda: self._cuda.matmul(a, bt),
+                        want,
+                        dt,
+                    )
 
     def attention(self, dtypes, idx):
         rng = np.random.default_rng(2)
         for i, (B, Hq, Hkv, Tq, Tk, Dh, causal, bias_kind, mask_kind) in enumerate(ATTENTION):
             if idx is not None and i not in idx:
                 continue
-            q64, k64, v64 = (rng.standard_normal((B, h, t, Dh)) for h, t in ((Hq, Tq), (Hkv, Tk), (Hkv, Tk)))
-            bias64 = {None: None, "full": rng.standard_normal((B, Hq, Tq, Tk)),
-                      "row": rng.standard_normal((1, 1, Tq, Tk))}[bias_kind]
+            q64, k64, v64 = (
+                rng.standard_normal((B, h, t, Dh)) for h, t in ((Hq, Tq), (Hkv, Tk), (Hkv, Tk))
+            )
+            bias64 = {
+                None: None,
+                "full": rng.standard_normal((B, Hq, Tq, Tk)),
+                "row": rng.standard_normal((1, 1, Tq, Tk)),
+            }[bias_kind]
             mask = None
             if mask_kind == "hole":
                 mask = rng.random((B, 1, Tq, Tk)) < 0.7
-                mask[:, :, 0, :] = False                   # a query that may attend to nothing -> zeros
+                mask[:, :, 0, :] = False  # a query that may attend to nothing -> zeros
             elif mask_kind == "keys":
                 mask = np.ones((1, 1, 1, Tk), bool)
                 mask[..., ::3] = False
@@ -156,52 +193,85 @@ class Smoke:
                 if dt == "bf16" and mask is not None:
                     m = self.torch.from_numpy(mask).cuda()
                 want = reference.attention(qr, kr, vr, causal=causal, bias=biasr, mask=mask)
-                shape = f"B{B} Hq{Hq} Hkv{Hkv} Tq{Tq} Tk{Tk} Dh{Dh}{' causal' if causal else ''}" \
-                        f"{' bias=' + bias_kind if bias_kind else ''}{' mask=' + mask_kind if mask_kind else ''}"
+                shape = (
+                    f"B{B} Hq{Hq} Hkv{Hkv} Tq{Tq} Tk{Tk} Dh{Dh}{' causal' if causal else ''}"
+                    f"{' bias=' + bias_kind if bias_kind else ''}"
+                    f"{' mask=' + mask_kind if mask_kind else ''}"
+                )
                 for algo in self.algos("attention"):
-                    self.check(f"attention {algo:<9} {dt} {shape}",
-                               lambda: self._cuda.attention(q, k, v, causal, None, bias, m, algo=algo), want, dt)
+                    self.check(
+                        f"attention {algo:<9} {dt} {shape}",
+                        lambda: self._cuda.attention(q, k, v, causal, None, bias, m, algo=algo),
+                        want,
+                        dt,
+                    )
 
     def norms(self, dtypes, idx):
         rng = np.random.default_rng(3)
         for i, (rows, D) in enumerate(NORMS):
             if idx is not None and i not in idx:
                 continue
-            x64, w64, b64 = rng.standard_normal((rows, D)) + 3.0, rng.standard_normal(D), rng.standard_normal(D)
+            x64, w64, b64 = (
+                rng.standard_normal((rows, D)) + 3.0,
+                rng.standard_normal(D),
+                rng.standard_normal(D),
+            )
             for dt in dtypes:
                 x, xr = self.to_dtype(x64, dt)
                 w, wr = self.to_dtype(w64, dt)
                 b, br = self.to_dtype(b64, dt)
                 for algo in self.algos("rms_norm"):
-                    self.check(f"rms_norm   {algo:<5} {dt} {rows}x{D}", lambda: self._cuda.rms_norm(x, w, 1e-6, algo=algo),
-                               reference.rms_norm(xr, wr, 1e-6), dt)
+                    self.check(
+                        f"rms_norm   {algo:<5} {dt} {rows}x{D}",
+                        lambda: self._cuda.rms_norm(x, w, 1e-6, algo=algo),
+                        reference.rms_norm(xr, wr, 1e-6),
+                        dt,
+                    )
                 for algo in self.algos("layer_norm"):
-                    self.check(f"layer_norm {algo:<5} {dt} {rows}x{D}",
-                               lambda: self._cuda.layer_norm(x, w, b, 1e-5, algo=algo), reference.layer_norm(xr, wr, br, 1e-5), dt)
-                    self.check(f"layer_norm {algo:<5} {dt} {rows}x{D} no affine",
-                               lambda: self._cuda.layer_norm(x, None, None, 1e-5, algo=algo),
-                               reference.layer_norm(xr, np.ones(D), np.zeros(D), 1e-5), dt)
+                    self.check(
+                        f"layer_norm {algo:<5} {dt} {rows}x{D}",
+                        lambda: self._cuda.layer_norm(x, w, b, 1e-5, algo=algo),
+                        reference.layer_norm(xr, wr, br, 1e-5),
+                        dt,
+                    )
+                    self.check(
+                        f"layer_norm {algo:<5} {dt} {rows}x{D} no affine",
+                        lambda: self._cuda.layer_norm(x, None, None, 1e-5, algo=algo),
+                        reference.layer_norm(xr, np.ones(D), np.zeros(D), 1e-5),
+                        dt,
+                    )
         if self.torch is None:
             return
         torch = self.torch
-        for rows, D in ((3, 16), (2, 4096)):              # device views 2 / 4 bytes off a 16-byte boundary
+        for rows, D in ((3, 16), (2, 4096)):  # device views 2 / 4 bytes off a 16-byte boundary
             for dt, tdt in (("fp32", torch.float32), ("fp16", torch.float16)):
                 flat = torch.from_numpy(rng.standard_normal(rows * D + 1)).to(tdt).cuda()
                 x = flat[1:].view(rows, D)
                 w = torch.from_numpy(rng.standard_normal(D + 1)).to(tdt).cuda()[1:]
                 xr, wr = x.cpu().double().numpy(), w.cpu().double().numpy()
                 for algo in self.algos("rms_norm"):
-                    self.check(f"rms_norm   {algo:<5} {dt} {rows}x{D} misaligned views",
-                               lambda: self._cuda.rms_norm(x, w, 1e-6, algo=algo), reference.rms_norm(xr, wr, 1e-6), dt)
+                    self.check(
+                        f"rms_norm   {algo:<5} {dt} {rows}x{D} misaligned views",
+                        lambda: self._cuda.rms_norm(x, w, 1e-6, algo=algo),
+                        reference.rms_norm(xr, wr, 1e-6),
+                        dt,
+                    )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few shapes per op (for racecheck)")
-    ap.add_argument("--no-torch", action="store_true", help="NumPy inputs only (no bfloat16, no device views)")
+    ap.add_argument(
+        "--no-torch", action="store_true", help="NumPy inputs only (no bfloat16, no device views)"
+    )
     ap.add_argument("--ops", default="matmul,attention,norms")
-    ap.add_argument("--skip-algos", default="", metavar="A,B",
-                    help="algorithm names left out (run_gpu_checks.sh: the candidates not yet verified on a GPU)")
+    ap.add_argument(
+        "--skip-algos",
+        default="",
+        metavar="A,B",
+        help="algorithm names left out "
+        "(run_gpu_checks.sh: the candidates not yet verified on a GPU)",
+    )
     args = ap.parse_args(argv)
     try:
         from pyworkloads import _cuda
@@ -216,12 +286,20 @@ def main(argv=None) -> int:
     if not args.no_torch:
         try:
             import torch as _torch
+
             torch = _torch if _torch.cuda.is_available() else None
         except ImportError:
             pass
     dtypes = ["fp32", "fp16"] + (["bf16"] if torch is not None else [])
-    print(f"cuda_smoke: algorithms {dict(_cuda.ALGORITHMS)}; dtypes {dtypes}"
-          + ("" if torch is not None else " (no PyTorch with CUDA: bfloat16 and device views skipped)"), flush=True)
+    print(
+        f"cuda_smoke: algorithms {dict(_cuda.ALGORITHMS)}; dtypes {dtypes}"
+        + (
+            ""
+            if torch is not None
+            else " (no PyTorch with CUDA: bfloat16 and device views skipped)"
+        ),
+        flush=True,
+    )
     s = Smoke(_cuda, torch, {a for a in args.skip_algos.split(",") if a})
     t0 = time.perf_counter()
     ops = [op for op in args.ops.split(",") if op]
@@ -232,16 +310,23 @@ def main(argv=None) -> int:
     for i, op in enumerate(ops):
         print(f"== {op}", flush=True)
         getattr(s, op)(dtypes, set(QUICK[op]) if args.quick else None)
-        if s.poisoned and ops[i + 1:]:
+        if s.poisoned and ops[i + 1 :]:
             # a fault poisons this process's CUDA context: the other ops run in a fresh process
-            print(f"cuda_smoke: continuing with {', '.join(ops[i + 1:])} in a new process", flush=True)
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--ops", ",".join(ops[i + 1:])]
+            print(
+                f"cuda_smoke: continuing with {', '.join(ops[i + 1 :])} in a new process",
+                flush=True,
+            )
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--ops", ",".join(ops[i + 1 :])]
             cmd += (["--quick"] if args.quick else []) + (["--no-torch"] if args.no_torch else [])
             cmd += ["--skip-algos", args.skip_algos] if args.skip_algos else []
             rest_rc = subprocess.run(cmd).returncode
             break
-    print(f"\ncuda_smoke: {s.passed} passed, {s.failed} failed, {s.unsupported} not supported by that version "
-          f"({time.perf_counter() - t0:.1f} s)" + (" -- STOPPED EARLY: context poisoned" if s.poisoned else ""))
+    print(
+        f"\ncuda_smoke: {s.passed} passed, {s.failed} failed, {s.unsupported} not supported by "
+        "that version "
+        f"({time.perf_counter() - t0:.1f} s)"
+        + (" -- STOPPED EARLY: context poisoned" if s.poisoned else "")
+    )
     for f in s.failures:
         print(f"  FAILED {f}")
     return 1 if s.failed or s.poisoned or rest_rc else 0
