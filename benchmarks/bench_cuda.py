@@ -16,7 +16,7 @@ per-dtype tolerance): a wrong result is timed but marked WRONG and never counts 
 algorithm that raises is recorded with its error and the others go on.  Then, per model, the
 `cuda` backend runs a tiny random-weight forward against the `numpy` backend (outputs compared,
 both timed) and the model's demo().  Results go to ``<out>/<device>-<date>.json`` (device
-name, driver, CUDA and torch versions, all rows, and whether the issue's targets were met, by
+name, driver, CUDA and torch versions, all rows, and whether the GPU targets were met, by
 'auto' and by the best correct algorithm).
 
 Isolation: a kernel fault (illegal address, a hang) poisons the CUDA context of its process, so
@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if any((ROOT / "pyworkloads").glob("_cuda*")) or importlib.util.find_spec("pyworkloads") is None:
     sys.path.insert(0, str(ROOT))
 
-TARGETS = {  # issue 8: share of the baseline (matmul, attention) or of HBM bandwidth (norms)
+TARGETS = {  # share of the baseline (matmul, attention) or of HBM bandwidth (norms)
     "matmul_fp32_vs_cublas": 0.5,
     "matmul_bf16_vs_cublas": 0.5,
     "attention_causal_T4096_Dh64_vs_sdpa": 0.5,
@@ -211,7 +211,7 @@ def case_key(c: dict) -> str:
 
 
 def skip_reason(c: dict, algo: str) -> str | None:
-    """Versions too slow to time at this size (the issue's figures do not need them)."""
+    """Versions too slow to time at this size (the target figures do not need them)."""
     if c["op"] == "matmul" and algo == "naive" and c["M"] * c["N"] * c["K"] > 1024**3:
         return "naive matmul is timed at 1024^3 only (seconds per call at 4096^3)"
     return None
@@ -846,7 +846,7 @@ def run_family(family: str, args, child_argv: list[str]) -> list[dict]:
 
 
 def summarise_targets(results: list[dict], shrink: int) -> dict:
-    """The issue's targets, by 'auto' and by the best correct algorithm."""
+    """The GPU targets, by 'auto' and by the best correct algorithm."""
 
     def good(r):
         return r.get("status") == "ok"
@@ -929,7 +929,7 @@ def main(argv=None) -> int:
         "--small",
         action="store_true",
         help="shrink every problem 8x per dimension (a smoke test of the script; "
-        "not the issue's figures)",
+        "not the target figures)",
     )
     ap.add_argument(
         "--cases",
@@ -1045,7 +1045,7 @@ def main(argv=None) -> int:
     verdict, bad = write_report(complete=True)
     elapsed = time.monotonic() - t0
 
-    print("\ntargets (issue 8)                          auto     best correct algorithm")
+    print("\ntargets                                    auto     best correct algorithm")
     for k, v in verdict.items():
         a = "n/a" if v["achieved"] is None else f"{100 * v['achieved']:.1f}%"
         b = "n/a" if v["best_achieved"] is None else f"{100 * v['best_achieved']:.1f}%"

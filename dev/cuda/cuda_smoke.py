@@ -270,7 +270,7 @@ def main(argv=None) -> int:
         default="",
         metavar="A,B",
         help="algorithm names left out "
-        "(run_gpu_checks.sh: the candidates not yet verified on a GPU)",
+        "(run_gpu_checks.sh: candidate versions that have not passed their own GPU checks)",
     )
     args = ap.parse_args(argv)
     try:
