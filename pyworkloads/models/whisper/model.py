@@ -31,6 +31,7 @@ Glossary
     F    MLP inner width (4 D)          T    tokens in this decoder call
     Tc   tokens already in the cache    V    vocabulary (text + specials + 1501 timestamps)
     L    layers (encoder_layers, decoder_layers)
+    C    channels: a convolution's input (Mel, then D), the sinusoid table's width (D)
 """
 from __future__ import annotations
 
@@ -194,7 +195,7 @@ def count_params(config: Config) -> int:
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
     """Whisper's fixed encoder positions: [sin | cos] of pos · timescale^(-i / (C/2 - 1)),
-    i < C/2 -> float32 [length, channels]."""
+    i < C/2 -> float32 [length, C], C = channels (the encoder's table: [S, D])."""
     inc = math.log(max_timescale) / (channels // 2 - 1)
     inv = np.exp(-inc * np.arange(channels // 2, dtype=np.float64))                 # [C/2]
     t = np.arange(length, dtype=np.float64)[:, None] * inv[None, :]                 # [length, C/2]
@@ -317,13 +318,13 @@ def cross_attention_kv(audio_features, weights, config: Config) -> list[tuple]:
 # the decoder
 # =============================================================================================
 def decoder_embed(input_ids, weights, offset: int):
-    """Token embeddings plus the learned positions offset .. offset + T - 1.
-    input_ids int [B, T] -> [B, T, D]."""
+    """Token embeddings plus the learned positions offset .. offset + T - 1 (rows of a
+    [max_target_positions, D] table).  input_ids int [B, T] -> [B, T, D]."""
     T = input_ids.shape[1]
     with kernels.scope("model.decoder.embed_tokens"):
         x = common.embedding(input_ids, weights, "model.decoder.embed_tokens.weight")  # [B, T, D]
     with kernels.scope("model.decoder.embed_positions"):
-        pos = common.weight(weights, "model.decoder.embed_positions.weight")        # [T_max, D]
+        pos = common.weight(weights, "model.decoder.embed_positions.weight")
         return x + pos[offset:offset + T]                                           # [B, T, D]
 
 
