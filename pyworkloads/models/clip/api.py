@@ -120,7 +120,7 @@ class CLIP:
                                           self.image_std) for im in images])
 
     def tokenize(self, texts, truncate: bool = False) -> np.ndarray:
-        """Texts -> ids [N, context_length] with this checkpoint's tokenizer."""
+        """Texts -> ids [B, context_length] with this checkpoint's tokenizer."""
         if self.tokenizer is None:
             raise ValueError("this CLIP has no tokenizer (from_pretrained loads the checkpoint's "
                              "tokenizer.json; set .tokenizer = load_tokenizer(path))")

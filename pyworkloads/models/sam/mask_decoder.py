@@ -37,7 +37,7 @@ def attention(q, k, v, weights, name: str, config: MaskDecoderConfig):
     """transformers' ``SamAttention``: project q, k, v to the inner width Ci = C / downsample
     (the projections' shapes say which: see BLOCK_DOWNSAMPLE_RATE in :mod:`.model`), attend
     with H heads, project back to C.  q [n, Tq, C], k and v [n, Tk, C] -> [n, Tq, C]
-    (n = B·Pr, one sequence per prompt)."""
+    (n = B·Pr, one sequence per prompt; Tq and Tk are T tokens or G² image positions)."""
     H = config.num_attention_heads
     with kernels.scope(name):
         q = linear(q, weights, f"{name}.q_proj")                              # [n, Tq, Ci]

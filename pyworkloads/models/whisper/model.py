@@ -224,8 +224,8 @@ def attention_kv(x, weights, name: str, heads: int):
 
 
 def attention(x, k, v, weights, name: str, heads: int, causal: bool = False):
-    """Query projection, softmax(q kᵀ / √Dh) v over k, v [B, H, Tk, Dh], output projection.
-    x [B, T, D] -> [B, T, D]."""
+    """Query projection, softmax(q kᵀ / √Dh) v over k, v [B, H, Tc + T, Dh] (self-attention) or
+    [B, H, S, Dh] (cross-attention), output projection.  x [B, T, D] -> [B, T, D]."""
     q = split_heads(common.linear(x, weights, f"{name}.q_proj"), heads)             # [B, H, T, Dh]
     o = kernels.attention(q, k, v, causal=causal)                                   # [B, H, T, Dh]
     return common.linear(merge_heads(o), weights, f"{name}.out_proj")               # [B, T, D]
