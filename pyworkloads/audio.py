@@ -15,7 +15,10 @@ Hugging Face's ``WhisperFeatureExtractor`` (which must agree with it):
 5. log10 with a clamp at 1e-10, then a floor at ``max - 8`` (the global maximum of the whole
    spectrogram, i.e. an 80 dB dynamic range), then ``(x + 4) / 4`` to bring values near [-1, 1].
 
-Glossary: N samples, F frames (100 per second), M mel channels, K = n_fft // 2 + 1 = 201 bins.
+Glossary: shapes write ``Mel`` for the mel bins (n_mels: 80, or 128 for large-v3) and name the
+other axes in words: samples (16 000 a second), frames (100 a second; the encoder's 30-s window
+is 2S = 3000 of them, S = 1500 its audio positions) and bins, the n_fft // 2 + 1 = 201 frequency
+bins of the one-sided spectrum.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH           # 3000
 # validation and loading
 # ---------------------------------------------------------------------------------------------
 def _as_waveform(audio, argname: str = "audio") -> np.ndarray:
-    """Check a mono waveform: 1-D, non-empty, finite, real numbers -> float32 [N]."""
+    """Check a mono waveform: 1-D, non-empty, finite, real numbers -> float32 [samples]."""
     if isinstance(audio, (str, os.PathLike)):
         raise TypeError(f"{argname} must be an array of samples; to read a file use "
                         f"load_audio({str(audio)!r})")
@@ -75,7 +78,7 @@ def _int_to_float(arr: np.ndarray) -> np.ndarray:
 
 def _resample(x: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
     """Polyphase resampling with scipy's anti-aliasing FIR (Kaiser window):
-    x [N] -> [N·sr/orig_sr]."""
+    x [samples] -> [samples·sr/orig_sr]."""
     if orig_sr == sr:
         return x
     from scipy.signal import resample_poly
@@ -91,13 +94,13 @@ def _check_rate(value, argname: str) -> int:
 
 
 def load_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None) -> np.ndarray:
-    """Audio -> mono float32 samples at ``sr`` Hz, shape [N].
+    """Audio -> mono float32 samples at ``sr`` Hz, shape [samples].
 
     path_or_array: a file soundfile can read (WAV of any rate, bit depth and channel count;
-      FLAC, OGG ...), or an array: 1-D mono or 2-D [N, channels] (soundfile's layout), float in
-      [-1, 1] or PCM integers.  ``orig_sr`` is the array's sample rate (default: already ``sr``);
-      files carry their own.  Channels are averaged; the rate is converted with an anti-aliased
-      polyphase filter.
+      FLAC, OGG ...), or an array: 1-D mono or 2-D [samples, channels] (soundfile's layout),
+      float in [-1, 1] or PCM integers.  ``orig_sr`` is the array's sample rate (default:
+      already ``sr``); files carry their own.  Channels are averaged; the rate is converted with
+      an anti-aliased polyphase filter.
     """
     sr = _check_rate(sr, "sr")
     if isinstance(path_or_array, (str, os.PathLike)):
@@ -117,7 +120,7 @@ def load_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None)
     if data.ndim == 2:
         if data.shape[1] == 0:
             raise ValueError(f"{source}: has no channels (shape {data.shape})")
-        data = data.astype(np.float32, copy=False).mean(axis=1)             # [N, C] -> [N]
+        data = data.astype(np.float32, copy=False).mean(axis=1)   # [samples, channels] -> [samples]
     elif data.ndim != 1:
         raise ValueError(f"{source}: expected 1-D mono [N] or 2-D [N, channels] samples, "
                          f"got shape {data.shape}")
@@ -126,14 +129,14 @@ def load_audio(path_or_array, sr: int = SAMPLE_RATE, orig_sr: int | None = None)
 
 
 def _read_file(path: Path):
-    """soundfile read -> (float32 [N, C], rate), with errors that name the file."""
+    """soundfile read -> (float32 [samples, channels], rate), with errors that name the file."""
     import soundfile as sf
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such audio file")
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory, not an audio file")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)   # [N, C]
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)       # [samples, channels]
     except (RuntimeError, sf.LibsndfileError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read audio ({exc}); expected a format libsndfile reads "
                          "(WAV, FLAC, OGG, ...)") from None
@@ -174,40 +177,40 @@ def _mel_to_hz(m):
 @lru_cache(maxsize=8)
 def mel_filters(n_mels: int = 80, n_fft: int = N_FFT, sr: int = SAMPLE_RATE,
                 f_max: float = 8000.0) -> np.ndarray:
-    """Slaney-normalised triangular mel filter bank, float64 [M, K] with K = n_fft // 2 + 1.
+    """Slaney-normalised triangular mel filter bank, float64 [Mel, bins], bins = n_fft // 2 + 1.
 
-    Triangle m rises from edge f[m] to f[m+1] and falls to f[m+2], where f are M + 2 points evenly
-    spaced on the mel scale from 0 Hz to f_max; each is scaled by 2 / (f[m+2] - f[m]) so every
-    channel carries about the same energy (librosa ``norm="slaney"``)."""
+    Triangle m rises from edge f[m] to f[m+1] and falls to f[m+2], where f are n_mels + 2 points
+    evenly spaced on the mel scale from 0 Hz to f_max; each is scaled by 2 / (f[m+2] - f[m]) so
+    every channel carries about the same energy (librosa ``norm="slaney"``)."""
     if not isinstance(n_mels, int) or n_mels < 1:
         raise ValueError(f"n_mels must be a positive integer, got {n_mels!r}")
-    fft_freqs = np.linspace(0.0, sr // 2, n_fft // 2 + 1)                         # [K]
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(f_max), n_mels + 2))   # [M + 2]
-    rising = (fft_freqs[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]   # [M, K]
-    falling = (edges[2:, None] - fft_freqs[None, :]) / np.diff(edges)[1:, None]    # [M, K]
-    weights = np.maximum(0.0, np.minimum(rising, falling))                          # [M, K]
+    fft_freqs = np.linspace(0.0, sr // 2, n_fft // 2 + 1)                           # [bins]
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(f_max), n_mels + 2))      # [Mel + 2]
+    rising = (fft_freqs[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]    # [Mel, bins]
+    falling = (edges[2:, None] - fft_freqs[None, :]) / np.diff(edges)[1:, None]     # [Mel, bins]
+    weights = np.maximum(0.0, np.minimum(rising, falling))                          # [Mel, bins]
     return weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
 
 
 def _power_spectrogram_frames(audio: np.ndarray, start: int, stop: int) -> np.ndarray:
     """|STFT|^2 of frames [start, stop) of the reflect-padded signal:
-    -> float64 [stop - start, K]."""
+    -> float64 [stop - start, bins]."""
     window = hann_window(N_FFT)
     first = start * HOP_LENGTH
     seg = audio[first:(stop - 1) * HOP_LENGTH + N_FFT].astype(np.float64)   # these frames' samples
-    frames = np.lib.stride_tricks.sliding_window_view(seg, N_FFT)[::HOP_LENGTH]     # [F, n_fft]
-    spec = np.fft.rfft(frames * window, axis=-1)                                     # [F, K]
+    frames = np.lib.stride_tricks.sliding_window_view(seg, N_FFT)[::HOP_LENGTH]    # [frames, n_fft]
+    spec = np.fft.rfft(frames * window, axis=-1)                                    # [frames, bins]
     return spec.real ** 2 + spec.imag ** 2
 
 
 def log_mel_spectrogram(audio, n_mels: int = 80, n_samples: int | None = N_SAMPLES,
                         pad_mode: str = "reflect", dynamic_range: float | None = 8.0,
                         chunk_frames: int = 6000) -> np.ndarray:
-    """Whisper's log-mel spectrogram.  audio float [N] at 16 kHz -> float32
-    [n_mels, n_samples // 160].
+    """Whisper's log-mel spectrogram.  audio float [samples] at 16 kHz -> float32
+    [Mel, n_samples // 160].
 
     n_samples: pad/trim the audio to this many samples first (default 30 s -> 3000 frames, what
-      the encoder takes).  ``None`` keeps the whole clip (N // 160 frames), which is how
+      the encoder takes).  ``None`` keeps the whole clip (samples // 160 frames), which is how
       transformers prepares long-form input (``truncation=False``) -- note the max-8 floor then
       uses the maximum over the whole clip.
     pad_mode: how the STFT extends the signal by n_fft/2 at both ends; "reflect" is what
@@ -236,14 +239,14 @@ def log_mel_spectrogram(audio, n_mels: int = 80, n_samples: int | None = N_SAMPL
     if wav.size <= N_FFT // 2:
         raise ValueError(f"audio needs more than {N_FFT // 2} samples for the reflect padding of "
                          f"the STFT, got {wav.size}")
-    padded = np.pad(wav, N_FFT // 2, mode=pad_mode)                                 # [N + n_fft]
-    n_frames = wav.size // HOP_LENGTH                  # the last of the 1 + N // hop frames dropped
-    filters = mel_filters(int(n_mels))                                              # [M, K]
-    mel = np.empty((int(n_mels), n_frames), dtype=np.float64)                       # [M, F]
+    padded = np.pad(wav, N_FFT // 2, mode=pad_mode)                              # [samples + n_fft]
+    n_frames = wav.size // HOP_LENGTH                  # the last of 1 + samples // hop dropped
+    filters = mel_filters(int(n_mels))                                              # [Mel, bins]
+    mel = np.empty((int(n_mels), n_frames), dtype=np.float64)                       # [Mel, frames]
     for start in range(0, n_frames, chunk_frames):
         stop = min(start + chunk_frames, n_frames)
-        power = _power_spectrogram_frames(padded, start, stop)                       # [f, K]
-        mel[:, start:stop] = filters @ power.T                                      # [M, f]
+        power = _power_spectrogram_frames(padded, start, stop)                      # [chunk, bins]
+        mel[:, start:stop] = filters @ power.T                                      # [Mel, chunk]
     log_spec = np.log10(np.maximum(mel, 1e-10))
     if dynamic_range is not None:
         log_spec = np.maximum(log_spec, log_spec.max() - dynamic_range)

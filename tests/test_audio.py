@@ -54,7 +54,7 @@ def _signals():
 # ---------------------------------------------------------------------------------------------
 def _exact_power(x: np.ndarray, n_samples: int | None = A.N_SAMPLES) -> np.ndarray:
     """|STFT|² in float64 of the frames Whisper uses (an independent transcription: reflect
-    padding, periodic Hann window, hop 160, the last frame dropped) -> [F, K]."""
+    padding, periodic Hann window, hop 160, the last frame dropped) -> [frames, bins]."""
     x = x.astype(np.float64)
     if n_samples is not None:
         x = np.pad(x[:n_samples], (0, max(0, n_samples - x.size)))
@@ -84,7 +84,7 @@ def test_log_mel_matches_transformers(n_mels):
     from transformers import WhisperFeatureExtractor
     fe = WhisperFeatureExtractor(feature_size=n_mels)
     for name, x in _signals().items():
-        ref = fe(x, sampling_rate=SR, return_tensors="np").input_features[0]            # [M, 3000]
+        ref = fe(x, sampling_rate=SR, return_tensors="np").input_features[0]          # [Mel, 3000]
         ours = A.log_mel_spectrogram(x, n_mels)
         assert ours.shape == ref.shape == (n_mels, 3000), name
         assert ours.dtype == np.float32
@@ -110,7 +110,7 @@ def test_mel_filters_match_transformers(n_mels):
     require_transformers()
     from transformers.audio_utils import mel_filter_bank
     ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000.0,
-                          sampling_rate=SR, norm="slaney", mel_scale="slaney")               # [K, M]
+                          sampling_rate=SR, norm="slaney", mel_scale="slaney")         # [bins, Mel]
     np.testing.assert_allclose(A.mel_filters(n_mels), ref.T, rtol=1e-12, atol=1e-15)
 
 
@@ -220,7 +220,7 @@ def test_resampling_is_anti_aliased():
 def test_load_array_forms():
     x = np.linspace(-1, 1, 1000).astype(np.float32)
     np.testing.assert_array_equal(A.load_audio(x), x)
-    stereo = np.stack([x, -x], axis=1)                                                  # [N, 2]: cancels
+    stereo = np.stack([x, -x], axis=1)                                       # [samples, 2]: cancels
     np.testing.assert_allclose(A.load_audio(stereo), 0, atol=1e-7)
     pcm = np.array([0, 16384, -32768], np.int16)
     np.testing.assert_allclose(A.load_audio(pcm), [0, 0.5, -1.0])

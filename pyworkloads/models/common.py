@@ -252,8 +252,8 @@ class KVCache:
                              f"its capacity {self.capacity}")
 
     def append(self, layer: int, k, v):
-        """Write k, v [B, KVH, t, Dh] after the ``length`` cached positions of ``layer`` and return
-        that layer's keys and values so far, [B, KVH, length + t, Dh] each (views, no copy).
+        """Write k, v [B, KVH, T, Dh] after the Tc = ``length`` cached positions of ``layer`` and
+        return that layer's keys and values so far, [B, KVH, Tc + T, Dh] each (views, no copy).
         ``length`` advances once per step, in :meth:`advance`, after every layer has appended."""
         end = self.length + k.shape[2]
         self.k[layer][:, :, self.length:end] = k

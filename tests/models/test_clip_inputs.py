@@ -180,7 +180,7 @@ def test_contrastive_loss_matches_pytorch(n, e, logit_scale):
     ours = clip.contrastive_loss(img, txt, np.float32(logit_scale))
     ref = _torch_loss(img, txt, np.float32(logit_scale))
     # both in float64 (u = 1.1e-16) from the same float32 inputs: dozens of roundings on logits of
-    # at most exp(20) ~ 5e8, a loss of the same order, move it by ~1e-14 relative; N = 1 gives 0
+    # at most exp(20) ~ 5e8, a loss of the same order, move it by ~1e-14 relative; B = 1 gives 0
     assert ours == pytest.approx(ref, rel=1e-6, abs=1e-12)
     assert isinstance(ours, float)
 

@@ -43,10 +43,10 @@ def speech_features(tiny):
 # ---------------------------------------------------------------------------------------------
 def _exact_power(audio) -> np.ndarray:
     """|STFT|² in float64 of Whisper's 3000 frames of 30 s: reflect padding, periodic Hann
-    window, hop 160 -> [3000, K]."""
+    window, hop 160 -> [3000, bins], bins = n_fft / 2 + 1."""
     x = np.pad(A.pad_or_trim(audio).astype(np.float64), A.N_FFT // 2, mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(x, A.N_FFT)[::A.HOP_LENGTH][:A.N_FRAMES]
-    spec = np.fft.rfft(frames * A.hann_window(A.N_FFT), axis=-1)                   # [3000, K]
+    spec = np.fft.rfft(frames * A.hann_window(A.N_FFT), axis=-1)                # [3000, bins]
     return spec.real ** 2 + spec.imag ** 2
 
 
@@ -55,7 +55,7 @@ def test_fixture_log_mel(speech_features, expected):
     within that FFT's float32 error bound (derived in tests/tolerances.py)."""
     head = expected["input_features_head"][0]                                       # [80, 320]
     n = head.shape[1]
-    power = _exact_power(W.load_audio(FIX / "speech.wav"))                          # [3000, K]
+    power = _exact_power(W.load_audio(FIX / "speech.wav"))                       # [3000, bins]
     tol = log_mel_tolerance(power, A.mel_filters(80), A.N_FFT)[:, :n]               # [80, 320]
     err = np.abs(speech_features[0, :, :n].astype(np.float64) - head)
     assert np.all(err <= tol), np.abs(err - tol).max()
@@ -247,7 +247,7 @@ def test_long_form_walks_every_window_with_progress(tiny, capsys):
     starts = [s.start for s in res.segments]
     assert starts == sorted(starts) and all(s.start <= s.end for s in res.segments)
     assert max(s.end for s in res.segments) >= 30.0                     # past the first window
-    mel = W.log_mel_spectrogram(audio, n_samples=None)[None]                # [1, 80, N / 160]
+    mel = W.log_mel_spectrogram(audio, n_samples=None)[None]          # [1, 80, samples / 160]
     _, segs = tiny.generate(mel, language="en", return_timestamps=True, return_segments=True)
     assert [s["tokens"] for s in segs[0]] == [s.tokens for s in res.segments]
 

@@ -62,7 +62,7 @@ class CLIP:
             raise TypeError("pixel_values must be a float array (see preprocess()), "
                             f"got dtype {x.dtype}")
         if x.ndim == 3:
-            x = x[None]                                                        # [1, C, S, S]
+            x = x[None]                                                        # [1, C, R, R]
         want = (v.num_channels, v.image_size, v.image_size)
         if x.ndim != 4 or x.shape[1:] != want or x.shape[0] == 0:
             raise ValueError(f"pixel_values must be [B, {want[0]}, {want[1]}, {want[2]}] for this "
@@ -89,7 +89,7 @@ class CLIP:
 
     # -- features -------------------------------------------------------------------------------
     def get_image_features(self, pixel_values) -> np.ndarray:
-        """pixel_values [B, 3, S, S] -> projected (unnormalised) image embeddings [B, E]."""
+        """pixel_values [B, 3, R, R] -> projected (unnormalised) image embeddings [B, E]."""
         pixels = self._check_pixels(pixel_values)
         return image_features(pixels, self.weights, self.config.vision_config)
 
@@ -113,14 +113,14 @@ class CLIP:
 
     # -- convenience ----------------------------------------------------------------------------
     def preprocess(self, images) -> np.ndarray:
-        """One image or a list of them (paths, PIL images, uint8 arrays) -> float32 [B, 3, S, S]."""
+        """One image or a list of them (paths, PIL images, uint8 arrays) -> float32 [B, 3, R, R]."""
         if not isinstance(images, (list, tuple)):
             images = [images]
         return np.concatenate([preprocess(im, self.image_size, self.crop_size, self.image_mean,
                                           self.image_std) for im in images])
 
     def tokenize(self, texts, truncate: bool = False) -> np.ndarray:
-        """Texts -> ids [N, context_length] with this checkpoint's tokenizer."""
+        """Texts -> ids [B, context_length] with this checkpoint's tokenizer."""
         if self.tokenizer is None:
             raise ValueError("this CLIP has no tokenizer (from_pretrained loads the checkpoint's "
                              "tokenizer.json; set .tokenizer = load_tokenizer(path))")
@@ -130,7 +130,7 @@ class CLIP:
     def zero_shot(self, images, labels, template: str = "a photo of a {}.") -> np.ndarray:
         """Probability of each label for each image, by softmax over the scaled similarities to
         the texts ``template.format(label)`` (the paper's prompt).  images: as for preprocess(),
-        or pixel_values [B, 3, S, S]; labels: list of str -> float32 [B, len(labels)], rows sum
+        or pixel_values [B, 3, R, R]; labels: list of str -> float32 [B, len(labels)], rows sum
         to 1."""
         if isinstance(labels, str) or not labels or not all(isinstance(lb, str) for lb in labels):
             raise TypeError("labels must be a non-empty list of strings")
@@ -144,14 +144,14 @@ class CLIP:
 
 
 def contrastive_loss(image_embeds, text_embeds, logit_scale) -> float:
-    """CLIP's symmetric contrastive loss (:func:`.model.contrastive_loss`) of a batch of N matched
-    pairs, computed in float64.  image_embeds [N, E], text_embeds [N, E]; ``logit_scale`` is the
+    """CLIP's symmetric contrastive loss (:func:`.model.contrastive_loss`) of a batch of B matched
+    pairs, computed in float64.  image_embeds [B, E], text_embeds [B, E]; ``logit_scale`` is the
     log of the inverse temperature, as CLIP stores it."""
     img = np.asarray(image_embeds, dtype=np.float64)
     txt = np.asarray(text_embeds, dtype=np.float64)
     if img.ndim != 2 or txt.ndim != 2 or img.shape != txt.shape or img.shape[0] == 0:
-        raise ValueError("contrastive_loss: image_embeds and text_embeds must both be [N, E] with "
-                         f"N >= 1 and the same shape, got {img.shape} and {txt.shape}")
+        raise ValueError("contrastive_loss: image_embeds and text_embeds must both be [B, E] with "
+                         f"B >= 1 and the same shape, got {img.shape} and {txt.shape}")
     for name, a in (("image_embeds", img), ("text_embeds", txt)):
         if not np.all(np.isfinite(a)):
             raise ValueError(f"contrastive_loss: {name} contains NaN or infinity")

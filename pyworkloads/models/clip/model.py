@@ -4,7 +4,7 @@ same direction of one embedding space.
 
 Both towers are pre-norm transformers over Hugging Face's ``CLIPModel`` weight names:
 
-    image [B, 3, S, S] -> patches (conv, stride P) -> [class] + patches + positions -> pre-LN
+    image [B, 3, R, R] -> patches (conv, stride P) -> [class] + patches + positions -> pre-LN
         -> L blocks -> post-LN of the class token -> visual_projection -> image embedding [B, E]
     ids [B, T] -> token + position embeddings -> L causal blocks -> final LN
         -> hidden state at the end-of-text token -> text_projection -> text embedding [B, E]
@@ -18,9 +18,15 @@ Training raises the diagonal of that matrix (pair i is image i with caption i) a
 and columns: :func:`contrastive_loss`.  Zero-shot classification reads one row as the scores of
 captions "a photo of a {label}." (``api.CLIP.zero_shot``).
 
-Glossary: B batch (Bi images, Bt texts), T tokens, V vocabulary, D width of a tower, H heads,
-Dh = D / H head width, I MLP width, L blocks per tower, E projection width (``projection_dim``),
-S image side, P patch side, G = S // P patches per side, N = G² patches.
+Glossary (shapes in comments use these):
+    B   batch; the similarity matrix pairs Bi images with Bt texts
+    T   tokens (at most 77)                  V   vocabulary
+    D   width of a tower                     H   heads;  Dh = D / H head width
+    F   MLP width (intermediate_size)        L   blocks per tower
+    E   shared embedding width (projection_dim)
+    C   image channels (3)                   R   image side (224, 336)
+    P   patch side (14, 16, 32)              G   patches per side, R / P
+    Np  patches per image, G²
 
 The forward functions take (activations, weights, then the tower's config: ``VisionConfig`` or
 ``TextConfig``); layers take (x, weights, the full HF module path, hyper-parameters).
@@ -172,7 +178,7 @@ PRESETS: dict[str, Config] = {
 # weight layout
 # ---------------------------------------------------------------------------------------------
 def _encoder_shapes(name: str, config) -> dict[str, tuple]:
-    D, I = config.hidden_size, config.intermediate_size                    # noqa: E741
+    D, F = config.hidden_size, config.intermediate_size
     shapes = {}
     for i in range(config.num_hidden_layers):
         p = f"{name}.layers.{i}"
@@ -182,8 +188,8 @@ def _encoder_shapes(name: str, config) -> dict[str, tuple]:
         for norm in ("layer_norm1", "layer_norm2"):
             shapes[f"{p}.{norm}.weight"] = (D,)
             shapes[f"{p}.{norm}.bias"] = (D,)
-        shapes[f"{p}.mlp.fc1.weight"], shapes[f"{p}.mlp.fc1.bias"] = (I, D), (I,)
-        shapes[f"{p}.mlp.fc2.weight"], shapes[f"{p}.mlp.fc2.bias"] = (D, I), (D,)
+        shapes[f"{p}.mlp.fc1.weight"], shapes[f"{p}.mlp.fc1.bias"] = (F, D), (F,)
+        shapes[f"{p}.mlp.fc2.weight"], shapes[f"{p}.mlp.fc2.bias"] = (D, F), (D,)
     return shapes
 
 
@@ -240,7 +246,7 @@ def mlp(x, weights, name: str, act: str):
     """fc1 -> activation ``act`` (the config's hidden_act: QUICK_GELU or "gelu") -> fc2.
     x [B, T, D] -> [B, T, D]."""
     with kernels.scope(name):
-        h = linear(x, weights, f"{name}.fc1")                                  # [B, T, I]
+        h = linear(x, weights, f"{name}.fc1")                                  # [B, T, F]
         h = ops.ACTIVATIONS[act](h)
         return linear(h, weights, f"{name}.fc2")                               # [B, T, D]
 
@@ -267,30 +273,30 @@ def encoder(x, weights, name: str, config, causal: bool = False, mask=None):
 # ---------------------------------------------------------------------------------------------
 def vision_embeddings(pixel_values, weights, name: str, config: VisionConfig):
     """ViT's input: each P×P patch linearly embedded (a conv of stride P), a learned class token
-    in front, learned positions added.  pixel_values [B, C, S, S] -> [B, N+1, D]."""
+    in front, learned positions added.  pixel_values [B, C, R, R] -> [B, Np+1, D]."""
     B, D = pixel_values.shape[0], config.hidden_size
     with kernels.scope(name):
         w = weight(weights, f"{name}.patch_embedding.weight")                 # [D, C, P, P]
         x = ops.conv2d(pixel_values, w, stride=config.patch_size)              # [B, D, G, G]
-        x = x.reshape(B, D, -1).transpose(0, 2, 1)                             # [B, N, D]
+        x = x.reshape(B, D, -1).transpose(0, 2, 1)                             # [B, Np, D]
         cls = np.broadcast_to(weight(weights, f"{name}.class_embedding"), (B, 1, D))   # [B, 1, D]
-        x = np.concatenate([cls, x], axis=1)                                   # [B, N+1, D]
-        return x + weight(weights, f"{name}.position_embedding.weight")        # [B, N+1, D]
+        x = np.concatenate([cls, x], axis=1)                                   # [B, Np+1, D]
+        return x + weight(weights, f"{name}.position_embedding.weight")        # [B, Np+1, D]
 
 
 def vision_model(pixel_values, weights, config: VisionConfig):
     """The image tower up to its pooled state: the class token after the post-LN.
-    pixel_values [B, C, S, S] -> [B, D]."""
+    pixel_values [B, C, R, R] -> [B, D]."""
     eps = config.layer_norm_eps
-    x = vision_embeddings(pixel_values, weights, "vision_model.embeddings", config)   # [B, N+1, D]
+    x = vision_embeddings(pixel_values, weights, "vision_model.embeddings", config)   # [B, Np+1, D]
     x = layer_norm(x, weights, "vision_model.pre_layrnorm", eps)
-    x = encoder(x, weights, "vision_model.encoder", config)                   # [B, N+1, D]
+    x = encoder(x, weights, "vision_model.encoder", config)                   # [B, Np+1, D]
     return layer_norm(x[:, 0], weights, "vision_model.post_layernorm", eps)   # [B, D]
 
 
 def image_features(pixel_values, weights, config: VisionConfig):
     """Image tower + projection into the shared space (not yet normalised).
-    pixel_values [B, C, S, S] -> [B, E]."""
+    pixel_values [B, C, R, R] -> [B, E]."""
     pooled = vision_model(pixel_values, weights, config)                       # [B, D]
     with kernels.scope("visual_projection"):
         return linear(pooled, weights, "visual_projection")                    # [B, E]
@@ -353,10 +359,10 @@ def text_features(input_ids, weights, config: TextConfig, attention_mask=None):
 # the shared space: similarity and the contrastive loss
 # ---------------------------------------------------------------------------------------------
 def l2_normalize(x):
-    """Rows scaled to unit length.  x [N, E] -> [N, E].  Dividing by the row's largest |entry|
+    """Rows scaled to unit length.  x [B, E] -> [B, E].  Dividing by the row's largest |entry|
     first keeps the squares finite for huge embeddings (float32 squares overflow past ~1.8e19)."""
-    x = x / np.abs(x).max(axis=-1, keepdims=True)                              # [N, E]
-    return x / np.sqrt((x * x).sum(axis=-1, keepdims=True))                    # [N, E]
+    x = x / np.abs(x).max(axis=-1, keepdims=True)                              # [B, E]
+    return x / np.sqrt((x * x).sum(axis=-1, keepdims=True))                    # [B, E]
 
 
 def similarity(image_embeds, text_embeds, logit_scale):
@@ -374,10 +380,10 @@ def similarity(image_embeds, text_embeds, logit_scale):
 
 def cross_entropy_to_diagonal(logits):
     """Mean cross-entropy of each row against the class on the diagonal (row i's target is i),
-    with log-sum-exp so huge logits stay finite.  logits [N, N] -> scalar."""
+    with log-sum-exp so huge logits stay finite.  logits [B, B] -> scalar."""
     n = np.arange(logits.shape[0])
-    top = logits.max(axis=1, keepdims=True)                                    # [N, 1]
-    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))                 # [N]
+    top = logits.max(axis=1, keepdims=True)                                    # [B, 1]
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))                 # [B]
     return (lse - logits[n, n]).mean()
 
 
@@ -385,13 +391,13 @@ def contrastive_loss(image_embeds, text_embeds, logit_scale):
     """CLIP's symmetric cross-entropy (the paper's Figure 3): pair i of the batch is the positive
     for row i and for column i of the similarity matrix.
 
-        logits = exp(logit_scale) · normalise(image) · normalise(text)ᵀ      [N, N]
+        logits = exp(logit_scale) · normalise(image) · normalise(text)ᵀ      [B, B]
         loss   = (CE(logits, rows -> i) + CE(logitsᵀ, rows -> i)) / 2
 
-    image_embeds [N, E], text_embeds [N, E]; ``logit_scale`` is the log of the inverse
+    image_embeds [B, E], text_embeds [B, E]; ``logit_scale`` is the log of the inverse
     temperature, as CLIP stores it (exp is taken here).  Runs in the inputs' dtype: the public
     ``clip.contrastive_loss`` checks its inputs and calls this in float64."""
-    img = l2_normalize(image_embeds)                                           # [N, E]
-    txt = l2_normalize(text_embeds)                                            # [N, E]
-    logits = np.exp(logit_scale) * (img @ txt.T)                               # [N, N]
+    img = l2_normalize(image_embeds)                                           # [B, E]
+    txt = l2_normalize(text_embeds)                                            # [B, E]
+    logits = np.exp(logit_scale) * (img @ txt.T)                               # [B, B]
     return 0.5 * (cross_entropy_to_diagonal(logits) + cross_entropy_to_diagonal(logits.T))

@@ -17,7 +17,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def to_rgb_uint8(image) -> np.ndarray:
-    """A path, PIL image or uint8 array (H×W, H×W×1, H×W×3, H×W×4) -> uint8 [H, W, 3].
+    """A path, PIL image or uint8 array of h×w pixels ([h, w], or [h, w, 1 | 3 | 4] channels)
+    -> uint8 [h, w, 3].
 
     Transparency is composited onto white, as transformers' ``convert_to_rgb`` does (PIL images
     via PIL's alpha_composite, arrays with the rounded linear blend)."""
@@ -42,14 +43,14 @@ def to_rgb_uint8(image) -> np.ndarray:
         raise TypeError("image: arrays must be uint8 pixels in [0, 255] (H×W or H×W×C), "
                         f"got dtype {image.dtype}")
     if image.ndim == 2:
-        image = image[:, :, None]                                              # [H, W, 1]
+        image = image[:, :, None]                                              # [h, w, 1]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
         raise ValueError("image: array must be H×W or H×W×C with C in (1, 3, 4), "
                          f"got shape {image.shape}")
     if image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)                                     # [H, W, 3]
+        return np.repeat(image, 3, axis=2)                                     # [h, w, 3]
     if image.shape[2] == 4:
-        alpha = image[..., 3:4] / 255.0                                        # [H, W, 1]
+        alpha = image[..., 3:4] / 255.0                                        # [h, w, 1]
         return np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(np.uint8)
     return image
 

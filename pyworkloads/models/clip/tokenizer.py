@@ -54,7 +54,7 @@ def load_tokenizer(path) -> Tokenizer:
 
 def tokenize(texts, tokenizer: Tokenizer, context_length: int = 77, truncate: bool = False,
              padding: str = "max_length") -> np.ndarray:
-    """Texts -> int64 ids [N, T] with start and end tokens, padded with the tokenizer's pad id.
+    """Texts -> int64 ids [B, T] with start and end tokens, padded with the tokenizer's pad id.
 
     padding="max_length" pads to ``context_length`` (OpenAI's ``clip.tokenize``), "longest" to
     the longest text.  A text longer than ``context_length`` raises ValueError unless
@@ -82,7 +82,7 @@ def tokenize(texts, tokenizer: Tokenizer, context_length: int = 77, truncate: bo
                                  "pass truncate=True")
             rows[i] = row[:context_length - 1] + [eos]
     T = context_length if padding == "max_length" else max(map(len, rows))
-    ids = np.full((len(rows), T), pad, dtype=np.int64)                         # [N, T]
+    ids = np.full((len(rows), T), pad, dtype=np.int64)                         # [B, T]
     for i, row in enumerate(rows):
         ids[i, :len(row)] = row
     return ids

@@ -29,9 +29,10 @@ Dimensions, as the shape comments name them:
 
     B    batch                               H    query heads
     T    new tokens in this forward          KVH  key/value heads (H, or 8 for 70B)
-    S    keys: cached + new tokens           Dh   head width (D / H)
-    D    hidden_size                         V    vocabulary size
-    F    intermediate_size (MLP width)       L    layers (num_hidden_layers)
+    Tc   tokens already in the KV cache      Dh   head width (D / H)
+    S    keys: Tc + T (cached + new)         V    vocabulary size
+    D    hidden_size                         L    layers (num_hidden_layers)
+    F    intermediate_size (MLP width)
 """
 from __future__ import annotations
 
@@ -242,7 +243,7 @@ def grouped_query_attention(q, k, v):
     tests.  q [B, H, T, Dh], k, v [B, KVH, S, Dh] -> [B, H, T, Dh].
 
     Query head h uses K/V head h // (H/KVH).  The T queries are the last T of the S positions
-    (the cache holds the first S - T), and query t sees the keys s <= S - T + t."""
+    (the cache holds the first Tc = S - T), and query t sees the keys s <= Tc + t."""
     group = q.shape[1] // k.shape[1]                                            # H / KVH
     k = np.repeat(k, group, axis=1)                                             # [B, H, S, Dh]
     v = np.repeat(v, group, axis=1)                                             # [B, H, S, Dh]
@@ -260,7 +261,7 @@ def self_attention(x, weights: Mapping, name: str, config: Config, cos, sin,
     """Causal grouped-query self-attention with RoPE.  x [B, T, D] -> [B, T, D].
 
     cos, sin [T, Dh/2] rotate these T positions.  With a ``cache``, the new keys and values are
-    appended to its layer ``layer`` and the queries attend to all S = cached + T of them (the
+    appended to its layer ``layer`` and the queries attend to all S = Tc + T of them (the
     kernel's causal mask is bottom-right aligned: the last query sees the whole cache)."""
     B, T, _ = x.shape
     H, KVH, Dh = config.num_attention_heads, config.num_key_value_heads, config.head_dim

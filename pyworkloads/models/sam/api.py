@@ -32,7 +32,7 @@ def _as_float(x, name: str, ndim: int, layout: str) -> np.ndarray:
 
 
 def _check_labels(labels, points: np.ndarray) -> np.ndarray:
-    """One integer label per point, each 1, 0, -1 or PAD_LABEL -> int64 [B, P, N]."""
+    """One integer label per point, each 1, 0, -1 or PAD_LABEL -> int64 [B, Pr, Pt]."""
     if labels is None:
         return np.ones(points.shape[:3], np.int64)
     labels = np.asarray(labels)
@@ -87,7 +87,8 @@ def _check_masks(masks, config: Config):
 
 def check_prompts(points, labels, boxes, masks, config: Config):
     """Validate prompt arrays (transformers' shapes) and return them as arrays: float32 points
-    [B, P, N, 2], int64 labels [B, P, N], float32 boxes [B, P, 4] and masks [B, 1, 4E, 4E]."""
+    [B, Pr, Pt, 2], int64 labels [B, Pr, Pt], float32 boxes [B, Pr, 4] and masks
+    [B, 1, 4G, 4G]."""
     if points is not None:
         points = _check_points(points)
         labels = _check_labels(labels, points)
@@ -105,8 +106,9 @@ def check_prompts(points, labels, boxes, masks, config: Config):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class SamOutput:
-    """pred_masks [B, P, K, 4E, 4E] low-resolution logits (K = 3 or 1), iou_scores [B, P, K],
-    image_embeddings [B, C, E, E] (reuse them for further prompts on the same images)."""
+    """pred_masks [B, Pr, Mo, 4G, 4G] low-resolution logits (Mo = 3 or 1), iou_scores
+    [B, Pr, Mo], image_embeddings [B, C, G, G] (reuse them for further prompts on the same
+    images)."""
     pred_masks: np.ndarray
     iou_scores: np.ndarray
     image_embeddings: np.ndarray
@@ -121,7 +123,7 @@ class Sam:
         check_weights(self.weights, weight_shapes(config), "SAM")
 
     def get_image_embeddings(self, pixel_values) -> np.ndarray:
-        """pixel_values [B, 3, S, S] (preprocessed, see :func:`preprocess`) -> [B, C, E, E]."""
+        """pixel_values [B, 3, R, R] (preprocessed, see :func:`preprocess`) -> [B, C, G, G]."""
         v = self.config.vision_config
         layout = f"[batch, {v.num_channels}, {v.image_size}, {v.image_size}]"
         x = _as_float(pixel_values, "pixel_values", 4, layout)
@@ -131,15 +133,15 @@ class Sam:
         return image_encoder(x, self.weights, self.config)
 
     def get_image_wide_positional_embeddings(self) -> np.ndarray:
-        """[C, E, E]: the Fourier encoding of every embedding cell (the decoder's key positions)."""
+        """[C, G, G]: the Fourier encoding of every embedding cell (the decoder's key positions)."""
         return image_positional_embeddings(self.weights, self.config)
 
     def _check_embeddings(self, image_embeddings) -> np.ndarray:
         C = self.config.mask_decoder_config.hidden_size
-        E = self.config.prompt_encoder_config.image_embedding_size
-        x = _as_float(image_embeddings, "image_embeddings", 4, f"[batch, {C}, {E}, {E}]")
-        if x.shape[1:] != (C, E, E):
-            raise ValueError(f"image_embeddings must be [batch, {C}, {E}, {E}], "
+        G = self.config.prompt_encoder_config.image_embedding_size
+        x = _as_float(image_embeddings, "image_embeddings", 4, f"[batch, {C}, {G}, {G}]")
+        if x.shape[1:] != (C, G, G):
+            raise ValueError(f"image_embeddings must be [batch, {C}, {G}, {G}], "
                              f"got {tuple(x.shape)}")
         return x
 
@@ -148,10 +150,10 @@ class Sam:
                  image_embeddings=None) -> SamOutput:
         """Masks for prompts, in transformers' shapes and model-input pixel coordinates.
 
-        input_points [B, P, N, 2] (x, y), input_labels [B, P, N] (default: all foreground),
-        input_boxes [B, P, 4] (x0, y0, x1, y1; with points, box p joins prompt p),
-        input_masks [B, 1, 4E, 4E] (previous low-res logits).  Pass either pixel_values
-        [B, 3, S, S] or image_embeddings [B, C, E, E] from :meth:`get_image_embeddings`."""
+        input_points [B, Pr, Pt, 2] (x, y), input_labels [B, Pr, Pt] (default: all foreground),
+        input_boxes [B, Pr, 4] (x0, y0, x1, y1; with points, box i joins prompt i),
+        input_masks [B, 1, 4G, 4G] (previous low-res logits).  Pass either pixel_values
+        [B, 3, R, R] or image_embeddings [B, C, G, G] from :meth:`get_image_embeddings`."""
         if (pixel_values is None) == (image_embeddings is None):
             raise ValueError("pass exactly one of pixel_values and image_embeddings")
         points, labels, boxes, masks = check_prompts(input_points, input_labels, input_boxes,

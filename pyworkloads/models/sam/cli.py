@@ -60,7 +60,7 @@ def add_run_arguments(parser) -> None:
 
 
 def overlay(rgb: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
-    """rgb [H, W, 3] uint8 with the pixels of mask [H, W] blended towards the SAM demo's blue."""
+    """rgb [h, w, 3] uint8 with the pixels of mask [h, w] blended towards the SAM demo's blue."""
     colour = np.array([30, 144, 255], np.float32)
     out = rgb.astype(np.float32)
     out[mask] = (1 - alpha) * out[mask] + alpha * colour

@@ -1,6 +1,6 @@
 """SAM's image encoder: a ViT over 16x16 patches whose blocks attend inside ws x ws windows (a
 few attend globally), with decomposed relative positions, and a convolutional neck down to the
-decoder's width.  pixel_values [B, 3, S, S] -> image embeddings [B, C, E, E].
+decoder's width.  pixel_values [B, 3, R, R] -> image embeddings [B, C, G, G].
 
 HF modules: ``vision_encoder.patch_embed``, ``vision_encoder.layers.{i}`` (``layer_norm1``,
 ``attn``, ``layer_norm2``, ``mlp``), ``vision_encoder.neck``.  Glossary in :mod:`.model`.
@@ -30,13 +30,13 @@ def channel_layer_norm(x, weights, name: str, eps: float = 1e-6):
 # patch embedding
 # ---------------------------------------------------------------------------------------------
 def patch_embed(pixel_values, weights, name: str, config: VisionConfig):
-    """Cut the image into p x p patches and project each to D channels (a stride-p conv).
-    pixel_values [B, 3, S, S] -> [B, E, E, D] (channels last, as the blocks use them)."""
+    """Cut the image into P x P patches and project each to D channels (a stride-P conv).
+    pixel_values [B, 3, R, R] -> [B, G, G, D] (channels last, as the blocks use them)."""
     with kernels.scope(name):
         x = ops.conv2d(pixel_values, weight(weights, f"{name}.projection.weight"),
                        weight(weights, f"{name}.projection.bias"),
-                       stride=config.patch_size)                              # [B, D, E, E]
-    return ops.contiguous(x.transpose(0, 2, 3, 1))                            # [B, E, E, D]
+                       stride=config.patch_size)                              # [B, D, G, G]
+    return ops.contiguous(x.transpose(0, 2, 3, 1))                            # [B, G, G, D]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,10 +47,10 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos):
 
     Args:
         q_size, k_size: query and key positions along the axis.
-        rel_pos [L, Dh]: one row per offset -(L-1)/2 .. +(L-1)/2.  When L != 2·max(q, k) - 1
-            it is first resized along L by linear interpolation (PyTorch's
-            ``interpolate(mode="linear")``); when q_size != k_size the shorter side's
-            coordinates are stretched to the longer one's.
+        rel_pos [rows, Dh]: one row per offset -(rows-1)/2 .. +(rows-1)/2.  When
+            rows != 2·max(q, k) - 1 it is first resized along its rows by linear interpolation
+            (PyTorch's ``interpolate(mode="linear")``); when q_size != k_size the shorter
+            side's coordinates are stretched to the longer one's.
     Returns:
         [q_size, k_size, Dh]; with q_size == k_size, row q - k + (k_size - 1) of the table for
         the pair (q, k)."""
@@ -103,7 +103,7 @@ def add_decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size: tuple[int, int]):
 def vision_attention(x, weights, name: str, config: VisionConfig):
     """Multi-head self-attention over each grid of x (a window, or the whole image), with
     decomposed relative positions.  x [n, h, w, D] -> [n, h, w, D]; n = B·nW windows of side
-    h = w = ws, or B images of side E."""
+    h = w = ws, or B images of side G."""
     n, h, w, D = x.shape
     H = config.num_attention_heads
     Dh = D // H
@@ -163,23 +163,23 @@ def window_unpartition(windows, ws: int, padded: tuple[int, int], size: tuple[in
 # ---------------------------------------------------------------------------------------------
 def vision_layer(x, weights, name: str, config: VisionConfig, window: int):
     """Pre-norm ViT block: attention inside windows of side ``window`` (over the whole grid when
-    it is 0), then an MLP, each with a residual.  x [B, E, E, D] -> [B, E, E, D]."""
+    it is 0), then an MLP, each with a residual.  x [B, G, G, D] -> [B, G, G, D]."""
     eps = config.layer_norm_eps
     with kernels.scope(name):
-        y = layer_norm(x, weights, f"{name}.layer_norm1", eps)                # [B, E, E, D]
+        y = layer_norm(x, weights, f"{name}.layer_norm1", eps)                # [B, G, G, D]
         if window > 0:
             windows, padded = window_partition(y, window)                     # [B·nW,ws,ws,D]
             y = vision_attention(windows, weights, f"{name}.attn", config)
-            y = window_unpartition(y, window, padded, x.shape[1:3])           # [B, E, E, D]
+            y = window_unpartition(y, window, padded, x.shape[1:3])           # [B, G, G, D]
         else:
-            y = vision_attention(y, weights, f"{name}.attn", config)          # [B, E, E, D]
+            y = vision_attention(y, weights, f"{name}.attn", config)          # [B, G, G, D]
         x = x + y
 
         y = layer_norm(x, weights, f"{name}.layer_norm2", eps)
         with kernels.scope(f"{name}.mlp"):
-            y = linear(y, weights, f"{name}.mlp.lin1")                        # [B, E, E, mlp]
+            y = linear(y, weights, f"{name}.mlp.lin1")                        # [B, G, G, F]
             y = ops.ACTIVATIONS[config.hidden_act](y)
-            y = linear(y, weights, f"{name}.mlp.lin2")                        # [B, E, E, D]
+            y = linear(y, weights, f"{name}.mlp.lin2")                        # [B, G, G, D]
         return x + y
 
 
@@ -188,23 +188,23 @@ def vision_layer(x, weights, name: str, config: VisionConfig, window: int):
 # ---------------------------------------------------------------------------------------------
 def neck(x, weights, name: str):
     """1x1 conv to C channels, channel LayerNorm, 3x3 conv, channel LayerNorm (no biases).
-    x [B, E, E, D] -> [B, C, E, E]."""
+    x [B, G, G, D] -> [B, C, G, G]."""
     with kernels.scope(name):
-        x = ops.contiguous(x.transpose(0, 3, 1, 2))                           # [B, D, E, E]
-        x = ops.conv2d(x, weight(weights, f"{name}.conv1.weight"))            # [B, C, E, E]
+        x = ops.contiguous(x.transpose(0, 3, 1, 2))                           # [B, D, G, G]
+        x = ops.conv2d(x, weight(weights, f"{name}.conv1.weight"))            # [B, C, G, G]
         x = channel_layer_norm(x, weights, f"{name}.layer_norm1")
-        x = ops.conv2d(x, weight(weights, f"{name}.conv2.weight"), padding=1)  # [B, C, E, E]
+        x = ops.conv2d(x, weight(weights, f"{name}.conv2.weight"), padding=1)  # [B, C, G, G]
         return channel_layer_norm(x, weights, f"{name}.layer_norm2")
 
 
 def image_encoder(pixel_values, weights, config: Config):
-    """ViT image encoder + neck.  pixel_values [B, 3, S, S] -> image embeddings [B, C, E, E]."""
+    """ViT image encoder + neck.  pixel_values [B, 3, R, R] -> image embeddings [B, C, G, G]."""
     v, ve = config.vision_config, "vision_encoder"
     with kernels.scope(ve):
-        x = patch_embed(pixel_values, weights, f"{ve}.patch_embed", v)        # [B, E, E, D]
+        x = patch_embed(pixel_values, weights, f"{ve}.patch_embed", v)        # [B, G, G, D]
         if v.use_abs_pos:
-            x = x + weight(weights, f"{ve}.pos_embed")                        # + [1, E, E, D]
+            x = x + weight(weights, f"{ve}.pos_embed")                        # + [1, G, G, D]
         for i in range(v.num_hidden_layers):
             x = vision_layer(x, weights, f"{ve}.layers.{i}", v, v.layer_window(i))
-        x = neck(x, weights, f"{ve}.neck")                                    # [B, C, E, E]
+        x = neck(x, weights, f"{ve}.neck")                                    # [B, C, G, G]
     return ops.contiguous(x)

@@ -1,29 +1,29 @@
 """Segment Anything (SAM): a ViT image encoder run once per image, a prompt encoder for points,
 boxes and masks, and a light two-way-transformer mask decoder run once per prompt.
 
-    pixel_values [B, 3, S, S]                  points [B, P, N, 2]   boxes [B, P, 4]
-          |                                    labels [B, P, N]      masks [B, 1, 4E, 4E]
+    pixel_values [B, 3, R, R]                  points [B, Pr, Pt, 2]  boxes [B, Pr, 4]
+          |                                    labels [B, Pr, Pt]     masks [B, 1, 4G, 4G]
     image_encoder.py (once per image)                 |
-      patch embedding, stride p    [B, E, E, D]       prompt_encoder.py
+      patch embedding, stride P    [B, G, G, D]       prompt_encoder.py
       + absolute positions                              points, box corners: random Fourier
       L x ViT block: LN, attention in ws x ws           features + a learned embedding per
-          windows or over the whole grid (with          kind      -> sparse [B, P, N', C]
+          windows or over the whole grid (with          kind      -> sparse [B, Pr, Ns, C]
           decomposed relative positions), LN, MLP       mask: strided convs, or a learned
-      neck: 1x1 conv, LN, 3x3 conv, LN                  "no mask" -> dense [B, C, E, E]
-          |  image embeddings [B, C, E, E]              |
+      neck: 1x1 conv, LN, 3x3 conv, LN                  "no mask" -> dense [B, C, G, G]
+          |  image embeddings [B, C, G, G]              |
           +------------------------+--------------------+
                                    |
-    mask_decoder.py (once per prompt: BP = B·P sequences)
-      tokens = [IoU token, M mask tokens, sparse]            [BP, T, C]
-      image  = image embeddings + dense, flattened           [BP, E², C]
+    mask_decoder.py (once per prompt: B·Pr sequences)
+      tokens = [IoU token, Mt mask tokens, sparse]           [B·Pr, T, C]
+      image  = image embeddings + dense, flattened           [B·Pr, G², C]
       2 x two-way block: tokens attend to themselves, tokens -> image, MLP on the tokens,
                          image -> tokens
       final attention tokens -> image
-      upscale the image 4x with two transposed convs         [BP, C/8, 4E, 4E]
+      upscale the image 4x with two transposed convs         [B·Pr, C/8, 4G, 4G]
       mask token j -> hypernetwork MLP -> w_j [C/8];  mask_j = w_j · upscaled image
       IoU token -> MLP -> one predicted IoU per mask
           |
-    masks [B, P, K, 4E, 4E] (low-resolution logits), iou [B, P, K]; K = 3 (multimask) or 1
+    masks [B, Pr, Mo, 4G, 4G] (low-resolution logits), iou [B, Pr, Mo]; Mo = 3 (multimask) or 1
 
 The forward pass follows Hugging Face ``transformers``' ``SamModel`` (itself a port of Meta's
 ``segment_anything``) so that a checkpoint saved by ``SamModel.save_pretrained`` gives the same
@@ -32,17 +32,19 @@ names, e.g. ``vision_encoder.layers.3.attn.qkv.weight``; every module runs insid
 ``kernels.scope(<that module path>)`` so profiles and the cost model use the same names.
 
 Glossary (shapes in comments use these):
-    B   images                       P   prompts per image (HF's "point batch")
-    S   input image side (1024)      p   patch side (16)
-    E   embedding grid side, S / p   D   vision width (768 .. 1280)
-    C   prompt / decoder width (256) F   Fourier features per sin / cos (C / 2)
+    B   images                       Pr  prompts per image (HF's "point batch")
+    R   input image side (1024)      P   patch side (16)
+    G   embedding grid side, R / P   D   vision width (768 .. 1280)
+    C   image embedding and prompt / decoder width (256); C/2 Fourier features per sin / cos
+    Cm  mask prompt channels (mask_input_channels, 16)
+    F   MLP width (mlp_dim)          L   ViT blocks (num_hidden_layers)
     H   heads                        Dh  head width
     ws  window side (14)             nW  windows per image (after padding the grid)
-    N   points per prompt            N'  sparse tokens per prompt (points, box corners)
-    M   mask tokens (num_multimask_outputs + 1 = 4)
-    BP  the mask decoder's sequences, one per prompt: B·P
-    T   decoder tokens: 1 IoU + M mask tokens + N'
-    K   masks returned per prompt (3, or 1 without multimask_output)
+    Pt  points per prompt            Ns  sparse tokens per prompt (points, box corners)
+    Mt  mask tokens (num_multimask_outputs + 1 = 4)
+    T   decoder tokens: 1 IoU + Mt mask tokens + Ns
+    Mo  masks returned per prompt (3, or 1 without multimask_output)
+    The mask decoder runs B·Pr sequences, one per prompt.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ from .image_encoder import image_encoder
 from .mask_decoder import mask_decoder
 from .prompt_encoder import image_positional_embeddings, prompt_encoder
 
-# The random-Fourier matrix [2, F]: a trained *buffer* in Meta's release, a parameter in
+# The random-Fourier matrix [2, C/2]: a trained *buffer* in Meta's release, a parameter in
 # transformers, tied between the model and its prompt encoder (saved under either name).
 GAUSSIAN = "shared_image_embedding.positional_embedding"
 GAUSSIAN_ALIAS = "prompt_encoder.shared_embedding.positional_embedding"
@@ -122,7 +124,7 @@ class VisionConfig:
 
     @property
     def grid(self) -> int:
-        """E: patches per side."""
+        """G: patches per side."""
         return self.image_size // self.patch_size
 
     def layer_window(self, i: int) -> int:
@@ -268,23 +270,23 @@ def _conv(s: dict, name: str, cout: int, cin: int, k: int, bias: bool = True) ->
 
 
 def _vision_encoder_shapes(s: dict, v: VisionConfig) -> None:
-    D, E, ve = v.hidden_size, v.grid, "vision_encoder"
+    D, G, ve = v.hidden_size, v.grid, "vision_encoder"
     _conv(s, f"{ve}.patch_embed.projection", D, v.num_channels, v.patch_size)
     if v.use_abs_pos:
-        s[f"{ve}.pos_embed"] = (1, E, E, D)
+        s[f"{ve}.pos_embed"] = (1, G, G, D)
     Dh = D // v.num_attention_heads
     for i in range(v.num_hidden_layers):
-        L = f"{ve}.layers.{i}"
-        _norm(s, f"{L}.layer_norm1", D)
-        _linear(s, f"{L}.attn.qkv", 3 * D, D, v.qkv_bias)
-        _linear(s, f"{L}.attn.proj", D, D)
+        layer = f"{ve}.layers.{i}"
+        _norm(s, f"{layer}.layer_norm1", D)
+        _linear(s, f"{layer}.attn.qkv", 3 * D, D, v.qkv_bias)
+        _linear(s, f"{layer}.attn.proj", D, D)
         if v.use_rel_pos:                   # one row per offset -(side-1) .. side-1
-            side = v.layer_window(i) or E
-            s[f"{L}.attn.rel_pos_h"] = (2 * side - 1, Dh)
-            s[f"{L}.attn.rel_pos_w"] = (2 * side - 1, Dh)
-        _norm(s, f"{L}.layer_norm2", D)
-        _linear(s, f"{L}.mlp.lin1", v.mlp_dim, D)
-        _linear(s, f"{L}.mlp.lin2", D, v.mlp_dim)
+            side = v.layer_window(i) or G
+            s[f"{layer}.attn.rel_pos_h"] = (2 * side - 1, Dh)
+            s[f"{layer}.attn.rel_pos_w"] = (2 * side - 1, Dh)
+        _norm(s, f"{layer}.layer_norm2", D)
+        _linear(s, f"{layer}.mlp.lin1", v.mlp_dim, D)
+        _linear(s, f"{layer}.mlp.lin2", D, v.mlp_dim)
     C = v.output_channels
     _conv(s, f"{ve}.neck.conv1", C, D, 1, bias=False)
     _norm(s, f"{ve}.neck.layer_norm1", C)
@@ -293,12 +295,12 @@ def _vision_encoder_shapes(s: dict, v: VisionConfig) -> None:
 
 
 def _prompt_encoder_shapes(s: dict, p: PromptEncoderConfig) -> None:
-    pe, mc, C = "prompt_encoder", p.mask_input_channels, p.hidden_size
-    _conv(s, f"{pe}.mask_embed.conv1", mc // 4, 1, 2)
-    _conv(s, f"{pe}.mask_embed.conv2", mc, mc // 4, 2)
-    _conv(s, f"{pe}.mask_embed.conv3", C, mc, 1)
-    _norm(s, f"{pe}.mask_embed.layer_norm1", mc // 4)
-    _norm(s, f"{pe}.mask_embed.layer_norm2", mc)
+    pe, Cm, C = "prompt_encoder", p.mask_input_channels, p.hidden_size
+    _conv(s, f"{pe}.mask_embed.conv1", Cm // 4, 1, 2)
+    _conv(s, f"{pe}.mask_embed.conv2", Cm, Cm // 4, 2)
+    _conv(s, f"{pe}.mask_embed.conv3", C, Cm, 1)
+    _norm(s, f"{pe}.mask_embed.layer_norm1", Cm // 4)
+    _norm(s, f"{pe}.mask_embed.layer_norm2", Cm)
     s[f"{pe}.no_mask_embed.weight"] = (1, C)
     for j in range(p.num_point_embeddings):
         s[f"{pe}.point_embed.{j}.weight"] = (1, C)
@@ -319,21 +321,21 @@ def _feed_forward_shapes(s: dict, name: str, din: int, hidden: int, dout: int, d
 
 
 def _mask_decoder_shapes(s: dict, m: MaskDecoderConfig) -> None:
-    md, C, M = "mask_decoder", m.hidden_size, m.num_mask_tokens
+    md, C, Mt = "mask_decoder", m.hidden_size, m.num_mask_tokens
     s[f"{md}.iou_token.weight"] = (1, C)
-    s[f"{md}.mask_tokens.weight"] = (M, C)
+    s[f"{md}.mask_tokens.weight"] = (Mt, C)
     tr = f"{md}.transformer"
     for i in range(m.num_hidden_layers):
-        L = f"{tr}.layers.{i}"
-        _attention_shapes(s, f"{L}.self_attn", C, 1)
-        _norm(s, f"{L}.layer_norm1", C)
-        _attention_shapes(s, f"{L}.cross_attn_token_to_image", C, BLOCK_DOWNSAMPLE_RATE)
-        _norm(s, f"{L}.layer_norm2", C)
-        _linear(s, f"{L}.mlp.lin1", m.mlp_dim, C)
-        _linear(s, f"{L}.mlp.lin2", C, m.mlp_dim)
-        _norm(s, f"{L}.layer_norm3", C)
-        _norm(s, f"{L}.layer_norm4", C)
-        _attention_shapes(s, f"{L}.cross_attn_image_to_token", C, BLOCK_DOWNSAMPLE_RATE)
+        layer = f"{tr}.layers.{i}"
+        _attention_shapes(s, f"{layer}.self_attn", C, 1)
+        _norm(s, f"{layer}.layer_norm1", C)
+        _attention_shapes(s, f"{layer}.cross_attn_token_to_image", C, BLOCK_DOWNSAMPLE_RATE)
+        _norm(s, f"{layer}.layer_norm2", C)
+        _linear(s, f"{layer}.mlp.lin1", m.mlp_dim, C)
+        _linear(s, f"{layer}.mlp.lin2", C, m.mlp_dim)
+        _norm(s, f"{layer}.layer_norm3", C)
+        _norm(s, f"{layer}.layer_norm4", C)
+        _attention_shapes(s, f"{layer}.cross_attn_image_to_token", C, BLOCK_DOWNSAMPLE_RATE)
     _attention_shapes(s, f"{tr}.final_attn_token_to_image", C, m.attention_downsample_rate)
     _norm(s, f"{tr}.layer_norm_final_attn", C)
     # transposed convs: weight [Cin, Cout, 2, 2]
@@ -341,9 +343,9 @@ def _mask_decoder_shapes(s: dict, m: MaskDecoderConfig) -> None:
     s[f"{md}.upscale_conv2.weight"] = (C // 4, C // 8, 2, 2)
     s[f"{md}.upscale_conv2.bias"] = (C // 8,)
     _norm(s, f"{md}.upscale_layer_norm", C // 4)
-    for j in range(M):
+    for j in range(Mt):
         _feed_forward_shapes(s, f"{md}.output_hypernetworks_mlps.{j}", C, C, C // 8, 3)
-    _feed_forward_shapes(s, f"{md}.iou_prediction_head", C, m.iou_head_hidden_dim, M,
+    _feed_forward_shapes(s, f"{md}.iou_prediction_head", C, m.iou_head_hidden_dim, Mt,
                          m.iou_head_depth)
 
 
@@ -374,20 +376,20 @@ def decode_prompts(image_embeddings, points, labels, boxes, masks, weights, conf
                    multimask_output: bool = True):
     """Masks for prompts on encoded images (run once per prompt set).
 
-    image_embeddings [B, C, E, E]; points [B, P, N, 2] with labels [B, P, N], boxes [B, P, 4],
-    masks [B, 1, 4E, 4E], each or None (coordinates in model-input pixels)
-    -> masks [B, P, K, 4E, 4E] logits, iou [B, P, K]."""
-    sparse, dense = prompt_encoder(points, labels, boxes, masks, weights, config)  # [B,P,N',C]
-    image_pe = image_positional_embeddings(weights, config)                        # [C, E, E]
+    image_embeddings [B, C, G, G]; points [B, Pr, Pt, 2] with labels [B, Pr, Pt], boxes
+    [B, Pr, 4], masks [B, 1, 4G, 4G], each or None (coordinates in model-input pixels)
+    -> masks [B, Pr, Mo, 4G, 4G] logits, iou [B, Pr, Mo]."""
+    sparse, dense = prompt_encoder(points, labels, boxes, masks, weights, config)  # [B,Pr,Ns,C]
+    image_pe = image_positional_embeddings(weights, config)                        # [C, G, G]
     return mask_decoder(image_embeddings, image_pe, sparse, dense, weights, config,
                         multimask_output)
 
 
 def forward(pixel_values, points, labels, boxes, masks, weights, config: Config,
             multimask_output: bool = True):
-    """The whole model.  pixel_values [B, 3, S, S] and prompts as in :func:`decode_prompts`
-    -> masks [B, P, K, 4E, 4E], iou [B, P, K], image embeddings [B, C, E, E]."""
-    image_embeddings = image_encoder(pixel_values, weights, config)                # [B, C, E, E]
+    """The whole model.  pixel_values [B, 3, R, R] and prompts as in :func:`decode_prompts`
+    -> masks [B, Pr, Mo, 4G, 4G], iou [B, Pr, Mo], image embeddings [B, C, G, G]."""
+    image_embeddings = image_encoder(pixel_values, weights, config)                # [B, C, G, G]
     pred_masks, iou = decode_prompts(image_embeddings, points, labels, boxes, masks, weights,
                                      config, multimask_output)
     return pred_masks, iou, image_embeddings

@@ -17,19 +17,19 @@ class SamPredictor:
         self.original_size = self.reshaped_size = None
 
     def set_image(self, image) -> None:
-        """image: a path, PIL image or [H, W, 3] uint8 array."""
+        """image: a path, PIL image or [h, w, 3] uint8 array."""
         S = self.model.config.vision_config.image_size
         pixel_values, self.original_size, self.reshaped_size = preprocess(image, S)
         self.image_embeddings = self.model.get_image_embeddings(pixel_values)
 
     def _points(self, points, labels, S: int):
-        """points [N, 2], labels [N] or None -> model inputs [1, 1, N, 2], [1, 1, N]."""
+        """points [Pt, 2], labels [Pt] or None -> model inputs [1, 1, Pt, 2], [1, 1, Pt]."""
         pts = np.asarray(points, dtype=np.float64)
         if pts.ndim != 2 or pts.shape[1] != 2:
-            raise ValueError(f"points must be [N, 2] (x, y), got shape {tuple(pts.shape)}")
+            raise ValueError(f"points must be [points, 2] (x, y), got shape {tuple(pts.shape)}")
         lab = np.ones(len(pts), np.int64) if labels is None else np.asarray(labels)
         if lab.ndim != 1 or len(lab) != len(pts):
-            raise ValueError(f"labels must be [N] with one label per point: {len(pts)} points, "
+            raise ValueError(f"labels must be [points], one label per point: {len(pts)} points, "
                              f"got labels of shape {tuple(lab.shape)}")
         return transform_coords(pts, self.original_size, S)[None, None], lab[None, None]
 
@@ -43,11 +43,11 @@ class SamPredictor:
 
     def predict(self, points=None, labels=None, box=None, mask_input=None,
                 multimask_output: bool = True, return_logits: bool = False):
-        """points [N, 2] (x, y), labels [N] (default: all 1), box [4] (x0, y0, x1, y1), all in
-        the original image's pixels; mask_input [1, 4E, 4E] low-res logits of an earlier call.
+        """points [Pt, 2] (x, y), labels [Pt] (default: all 1), box [4] (x0, y0, x1, y1), all in
+        the original image's pixels; mask_input [1, 4G, 4G] low-res logits of an earlier call.
 
-        -> masks [K, H, W] (bool, or float logits with return_logits), scores [K],
-        low_res [K, 4E, 4E]."""
+        -> masks [Mo, height, width] (the original image's; bool, or float logits with
+        return_logits), scores [Mo], low_res [Mo, 4G, 4G]."""
         if self.image_embeddings is None:
             raise RuntimeError("call set_image(image) before predict()")
         if points is None and box is None and mask_input is None:
@@ -57,15 +57,15 @@ class SamPredictor:
         S = self.model.config.vision_config.image_size
         in_points = in_labels = in_box = in_mask = None
         if points is not None:
-            in_points, in_labels = self._points(points, labels, S)            # [1, 1, N, 2]
+            in_points, in_labels = self._points(points, labels, S)            # [1, 1, Pt, 2]
         if box is not None:
             in_box = self._box(box, S)                                        # [1, 1, 4]
         if mask_input is not None:
-            in_mask = np.asarray(mask_input, dtype=np.float32)[None]          # [1, 1, 4E, 4E]
+            in_mask = np.asarray(mask_input, dtype=np.float32)[None]          # [1, 1, 4G, 4G]
         out = self.model(image_embeddings=self.image_embeddings, input_points=in_points,
                          input_labels=in_labels, input_boxes=in_box, input_masks=in_mask,
                          multimask_output=multimask_output)
-        low_res = out.pred_masks[0, 0]                                        # [K, 4E, 4E]
+        low_res = out.pred_masks[0, 0]                                        # [Mo, 4G, 4G]
         masks = postprocess_masks(low_res, self.original_size, self.reshaped_size, S,
                                   threshold=None if return_logits else 0.0)
         return masks, out.iou_scores[0, 0], low_res

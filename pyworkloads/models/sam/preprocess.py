@@ -15,7 +15,7 @@ IMAGE_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def to_rgb_array(image) -> np.ndarray:
-    """A path, PIL image or [H, W, 3] / [H, W, 4] / [H, W] uint8 array -> [H, W, 3] uint8."""
+    """A path, PIL image or [h, w, 3] / [h, w, 4] / [h, w] uint8 array -> [h, w, 3] uint8."""
     from PIL import Image
 
     if isinstance(image, (str, Path)):
@@ -25,9 +25,9 @@ def to_rgb_array(image) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
     arr = np.asarray(image)
     if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)                            # [H, W, 3]
+        arr = np.repeat(arr[..., None], 3, axis=2)                            # [h, w, 3]
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError("image must be [H, W, 3] (RGB), [H, W, 4] or [H, W], "
+        raise ValueError("image must be [h, w, 3] (RGB), [h, w, 4] or [h, w], "
                          f"got shape {tuple(arr.shape)}")
     if arr.dtype != np.uint8:
         raise TypeError(f"image arrays must be uint8 (0..255), got dtype {arr.dtype}")
@@ -47,7 +47,8 @@ def preprocess(image, image_size: int = 1024, mean=IMAGE_MEAN, std=IMAGE_STD):
     """Resize the longer side to ``image_size`` (Pillow bilinear on uint8, as transformers' PIL
     image processor), scale to 0..1, normalise with ImageNet statistics, zero-pad bottom/right.
 
-    -> pixel_values [1, 3, S, S] float32, original_size (H, W), reshaped_size (h, w)."""
+    -> pixel_values [1, 3, R, R] float32 (R = image_size), original_size (height, width),
+    reshaped_size (h, w)."""
     from PIL import Image
 
     rgb = to_rgb_array(image)
@@ -74,16 +75,17 @@ def transform_coords(coords, original_size: tuple[int, int], image_size: int = 1
 
 def postprocess_masks(masks, original_size, reshaped_size, image_size: int = 1024,
                       threshold: float | None = 0.0):
-    """Low-res logits [..., 4E, 4E] -> full-resolution masks [..., H, W] as transformers'
-    ``SamProcessor.post_process_masks``: bilinear up to the padded input size, crop the padding,
-    bilinear to the original size, then ``> threshold`` (``threshold=None`` keeps the logits)."""
+    """Low-res logits [..., 4G, 4G] -> full-resolution masks [..., height, width] (the original
+    image's size) as transformers' ``SamProcessor.post_process_masks``: bilinear up to the
+    padded input size, crop the padding, bilinear to the original size, then ``> threshold``
+    (``threshold=None`` keeps the logits)."""
     masks = np.asarray(masks, dtype=np.float32)
     if masks.ndim < 2:
         raise ValueError(f"masks must be [..., h, w], got shape {tuple(masks.shape)}")
-    (H, W), (h, w) = original_size, reshaped_size
+    (height, width), (h, w) = original_size, reshaped_size
     if not (0 < h <= image_size and 0 < w <= image_size):
         raise ValueError(f"reshaped_size {reshaped_size} must fit in the "
                          f"{image_size}x{image_size} input")
     x = ops.interpolate_bilinear(masks, (image_size, image_size))[..., :h, :w]
-    x = ops.interpolate_bilinear(np.ascontiguousarray(x), (H, W))
+    x = ops.interpolate_bilinear(np.ascontiguousarray(x), (height, width))
     return x if threshold is None else x > threshold

@@ -36,14 +36,14 @@ class Whisper:
 
     # ------------------------------------------------------------------ inputs
     def _features(self, input_features, exact_frames: bool = True) -> np.ndarray:
-        """Check a log-mel batch: float [B, M, F] (or [M, F]), finite; F = 3000 unless
-        ``exact_frames`` is off (long-form input) -> float32 [B, M, F]."""
+        """Check a log-mel batch: float [B, Mel, frames] (or [Mel, frames]), finite; frames =
+        2S = 3000 unless ``exact_frames`` is off (long-form input) -> float32 [B, Mel, frames]."""
         c = self.config
         x = np.asarray(input_features)
         if x.dtype.kind != "f":
             raise TypeError(f"input_features must be a float array (log-mel), got dtype {x.dtype}")
         if x.ndim == 2:
-            x = x[None]                                                      # [M, F] -> [1, M, F]
+            x = x[None]                                          # [Mel, frames] -> [1, Mel, frames]
         if x.ndim != 3 or x.shape[1] != c.num_mel_bins:
             raise ValueError(f"input_features must be [B, {c.num_mel_bins}, frames] (log-mel from "
                              f"log_mel_spectrogram(audio, n_mels={c.num_mel_bins})), "
@@ -60,11 +60,11 @@ class Whisper:
 
     # ------------------------------------------------------------------ forward
     def encode(self, input_features) -> np.ndarray:
-        """log-mel [B, M, 3000] -> audio features [B, 1500, D]."""
+        """log-mel [B, Mel, 3000] -> audio features [B, 1500, D]."""
         return encoder(self._features(input_features), self.weights, self.config)
 
     def __call__(self, input_features, decoder_input_ids) -> np.ndarray:
-        """Teacher-forced logits.  input_features [B, M, 3000], decoder_input_ids int [B, T]
+        """Teacher-forced logits.  input_features [B, Mel, 3000], decoder_input_ids int [B, T]
         -> [B, T, V]."""
         w, c = self.weights, self.config
         feats = self._features(input_features)
@@ -86,7 +86,7 @@ class Whisper:
                              "it is English-only")
         n = self.config.n_audio_frames
         feats = self._features(input_features, exact_frames=False)
-        feats = pad_frames(feats[:, :, :n], n)                                        # [B, M, 3000]
+        feats = pad_frames(feats[:, :, :n], n)                                      # [B, Mel, 3000]
         return decoding.detect_language(feats, self.weights, self.config,
                                         self.generation_config)
 
@@ -126,8 +126,8 @@ class Whisper:
                  task: str | None = None, return_timestamps: bool | None = None,
                  max_new_tokens: int | None = None, max_length: int | None = None,
                  return_segments: bool = False, progress: bool = False):
-        """Greedy decoding with transformers' semantics -> int64 [B, L] (right-padded with
-        pad_token_id).
+        """Greedy decoding with transformers' semantics -> int64 [B, n]: each row's tokens,
+        right-padded with pad_token_id to the longest row's n.
 
         Like ``WhisperForConditionalGeneration.generate`` the result holds the generated tokens
         only (no prompt, no final <|endoftext|>), with timestamp tokens when
@@ -137,7 +137,7 @@ class Whisper:
         start, end, tokens).  language=None on a multilingual checkpoint detects it; a list gives
         one language per example.  ``max_length`` (total tokens, prompt included; default from the
         generation config) or ``max_new_tokens`` bound each window's decoding."""
-        feats = self._features(input_features, exact_frames=False)                   # [B, M, F]
+        feats = self._features(input_features, exact_frames=False)                # [B, Mel, frames]
         gc, B, total = self.generation_config, feats.shape[0], feats.shape[2]
         timestamps = self._check_generate(B, total, return_timestamps, max_new_tokens,
                                           max_length)

@@ -198,7 +198,7 @@ def language_id(language: str, gc: GenerationConfig) -> int:
 
 def detect_language(input_features, weights, config: Config, gc: GenerationConfig) -> np.ndarray:
     """Most likely language token per example: the decoder's logits after
-    <|startoftranscript|>, restricted to the language tokens.  log-mel [B, M, 3000] -> int [B]."""
+    <|startoftranscript|>, restricted to the language tokens.  log-mel [B, Mel, 3000] -> int [B]."""
     if not gc.lang_to_id:
         raise ValueError("this checkpoint has no language tokens (lang_to_id); it is English-only")
     sot = np.full((input_features.shape[0], 1), gc.decoder_start_token_id, np.int64)   # [B, 1]

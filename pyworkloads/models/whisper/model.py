@@ -3,9 +3,9 @@ cross-attention to the audio.
 
 The model in one picture (the lecture's, with Hugging Face module names)::
 
-    log-mel [B, M, F = 3000]                                (pyworkloads/audio.py: 30 s, 100 / s)
-      -> model.encoder.conv1 (k3, pad 1) + GELU            [B, D, F]
-      -> model.encoder.conv2 (k3, stride 2, pad 1) + GELU  [B, D, S = F / 2 = 1500]
+    log-mel [B, Mel, 2S = 3000]                             (pyworkloads/audio.py: 30 s, 100 / s)
+      -> model.encoder.conv1 (k3, pad 1) + GELU            [B, D, 2S]
+      -> model.encoder.conv2 (k3, stride 2, pad 1) + GELU  [B, D, S = 1500]
       -> + sinusoidal positions (model.encoder.embed_positions, S x D, fixed)
       -> model.encoder.layers.{i}, pre-LN:  x += self_attn(LN(x))
                                             x += fc2(GELU(fc1(LN(x))))
@@ -25,12 +25,13 @@ by the vocabulary matrix.  Decoding rules live in ``decoding.py``, long-form aud
 ``transcribe.py``.
 
 Glossary
-    B  batch                          M  mel bins (80; 128 for large-v3)
-    F  mel frames (3000 = 30 s)       S  audio positions = F / 2 (max_source_positions, 1500)
-    D  d_model                        H  attention heads;  Dh = D / H per head
-    I  MLP inner width (4 D)          T  tokens in this decoder call
-    P  tokens already in the cache    V  vocabulary (text tokens + specials + 1501 timestamps)
-    L  layers (encoder_layers, decoder_layers)
+    B    batch                          Mel  mel bins (80; 128 for large-v3)
+    S    audio positions (max_source_positions, 1500): the encoder reads 2S mel frames (30 s)
+    D    d_model                        H    attention heads;  Dh = D / H per head
+    F    MLP inner width (4 D)          T    tokens in this decoder call
+    Tc   tokens already in the cache    V    vocabulary (text + specials + 1501 timestamps)
+    L    layers (encoder_layers, decoder_layers)
+    C    channels: a convolution's input (Mel, then D), the sinusoid table's width (D)
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import kernels, ops
-from ...audio import log_mel_spectrogram  # noqa: F401  (the front end: audio -> log-mel [M, F])
+from ...audio import log_mel_spectrogram  # noqa: F401  (front end: audio -> log-mel [Mel, frames])
 from .. import common
 from ..common import KVCache
 
@@ -194,7 +195,7 @@ def count_params(config: Config) -> int:
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
     """Whisper's fixed encoder positions: [sin | cos] of pos · timescale^(-i / (C/2 - 1)),
-    i < C/2 -> float32 [length, channels]."""
+    i < C/2 -> float32 [length, C], C = channels (the encoder's table: [S, D])."""
     inc = math.log(max_timescale) / (channels // 2 - 1)
     inv = np.exp(-inc * np.arange(channels // 2, dtype=np.float64))                 # [C/2]
     t = np.arange(length, dtype=np.float64)[:, None] * inv[None, :]                 # [length, C/2]
@@ -223,8 +224,8 @@ def attention_kv(x, weights, name: str, heads: int):
 
 
 def attention(x, k, v, weights, name: str, heads: int, causal: bool = False):
-    """Query projection, softmax(q kᵀ / √Dh) v over k, v [B, H, Tk, Dh], output projection.
-    x [B, T, D] -> [B, T, D]."""
+    """Query projection, softmax(q kᵀ / √Dh) v over k, v [B, H, Tc + T, Dh] (self-attention) or
+    [B, H, S, Dh] (cross-attention), output projection.  x [B, T, D] -> [B, T, D]."""
     q = split_heads(common.linear(x, weights, f"{name}.q_proj"), heads)             # [B, H, T, Dh]
     o = kernels.attention(q, k, v, causal=causal)                                   # [B, H, T, Dh]
     return common.linear(merge_heads(o), weights, f"{name}.out_proj")               # [B, T, D]
@@ -232,12 +233,12 @@ def attention(x, k, v, weights, name: str, heads: int, causal: bool = False):
 
 def self_attention(x, weights, name: str, heads: int, causal: bool = False,
                    cache: KVCache | None = None, layer: int = 0):
-    """x attends to itself (and, with a cache, to the P positions before it).  x [B, T, D] ->
+    """x attends to itself (and, with a cache, to the Tc positions before it).  x [B, T, D] ->
     [B, T, D]; with ``cache``, this step's keys and values are written to its ``layer``."""
     with kernels.scope(name):
         k, v = attention_kv(x, weights, name, heads)                                # [B, H, T, Dh]
         if cache is not None:
-            k, v = cache.append(layer, k, v)                                       # [B, H, P+T, Dh]
+            k, v = cache.append(layer, k, v)                                      # [B, H, Tc+T, Dh]
         return attention(x, k, v, weights, name, heads, causal=causal)              # [B, T, D]
 
 
@@ -252,7 +253,7 @@ def decoder_cache(config: Config, batch: int, capacity: int | None = None,
 def mlp(x, weights, name: str, act):
     """fc1 -> activation -> fc2 of the block ``name``.  x [B, T, D] -> [B, T, D]."""
     with kernels.scope(f"{name}.fc1"):
-        h = act(common.linear(x, weights, f"{name}.fc1"))                           # [B, T, I]
+        h = act(common.linear(x, weights, f"{name}.fc1"))                           # [B, T, F]
     with kernels.scope(f"{name}.fc2"):
         return common.linear(h, weights, f"{name}.fc2")                             # [B, T, D]
 
@@ -262,17 +263,18 @@ def mlp(x, weights, name: str, act):
 # =============================================================================================
 def conv(x, weights, name: str, act, stride: int = 1):
     """A kernel-3 convolution over time (zero padding 1) and its activation.
-    x [B, Cin, Lin] -> [B, D, Lin / stride]."""
+    x [B, C, n] -> [B, D, m], m = n / stride: C = Mel channels and n = 2S frames into conv1,
+    D and 2S into conv2 (m = S)."""
     with kernels.scope(name):
         w, b = common.weight(weights, f"{name}.weight"), common.weight(weights, f"{name}.bias")
-        return act(ops.conv1d(x, w, b, stride=stride, padding=1))                   # [B, D, L]
+        return act(ops.conv1d(x, w, b, stride=stride, padding=1))                   # [B, D, m]
 
 
 def conv_stem(input_features, weights, config: Config):
     """Two convolutions (the second halves the frame rate) and the fixed sinusoidal positions.
-    log-mel [B, M, F] -> [B, S, D]."""
+    log-mel [B, Mel, 2S] -> [B, S, D]."""
     act = ops.ACTIVATIONS[config.activation_function]
-    x = conv(input_features, weights, "model.encoder.conv1", act)                   # [B, D, F]
+    x = conv(input_features, weights, "model.encoder.conv1", act)                   # [B, D, 2S]
     x = conv(x, weights, "model.encoder.conv2", act, stride=INPUT_STRIDE)           # [B, D, S]
     with kernels.scope("model.encoder.embed_positions"):
         x = ops.contiguous(x.transpose(0, 2, 1))                                    # [B, S, D]
@@ -291,7 +293,7 @@ def encoder_block(x, weights, name: str, config: Config):
 
 
 def encoder(input_features, weights, config: Config):
-    """The audio encoder.  log-mel input_features float32 [B, M, F = 2 S] -> audio features
+    """The audio encoder.  log-mel input_features float32 [B, Mel, 2S] -> audio features
     [B, S, D]."""
     x = conv_stem(input_features, weights, config)                                  # [B, S, D]
     for i in range(config.encoder_layers):
@@ -316,13 +318,13 @@ def cross_attention_kv(audio_features, weights, config: Config) -> list[tuple]:
 # the decoder
 # =============================================================================================
 def decoder_embed(input_ids, weights, offset: int):
-    """Token embeddings plus the learned positions offset .. offset + T - 1.
-    input_ids int [B, T] -> [B, T, D]."""
+    """Token embeddings plus the learned positions offset .. offset + T - 1 (rows of a
+    [max_target_positions, D] table).  input_ids int [B, T] -> [B, T, D]."""
     T = input_ids.shape[1]
     with kernels.scope("model.decoder.embed_tokens"):
         x = common.embedding(input_ids, weights, "model.decoder.embed_tokens.weight")  # [B, T, D]
     with kernels.scope("model.decoder.embed_positions"):
-        pos = common.weight(weights, "model.decoder.embed_positions.weight")        # [T_max, D]
+        pos = common.weight(weights, "model.decoder.embed_positions.weight")
         return x + pos[offset:offset + T]                                           # [B, T, D]
 
 
@@ -350,17 +352,17 @@ def decoder_block(x, cross_kv, weights, name: str, config: Config,
 
 def decoder(input_ids, cross_kv, weights, config: Config, cache: KVCache | None = None,
             last_only: bool = False):
-    """The text decoder.  input_ids int [B, T] (the tokens after the P already in ``cache``),
+    """The text decoder.  input_ids int [B, T] (the tokens after the Tc already in ``cache``),
     cross_kv from :func:`cross_attention_kv` -> logits float32 [B, T, V], or [B, 1, V] for the
     last position with ``last_only`` (all that greedy decoding needs).  Advances ``cache`` by T."""
     B, T = input_ids.shape
-    P = 0 if cache is None else cache.length
+    Tc = 0 if cache is None else cache.length
     if cache is not None:
         cache.check_room(B, T)
-    if P + T > config.max_target_positions:
-        raise ValueError(f"decoder input of {P + T} tokens exceeds max_target_positions "
+    if Tc + T > config.max_target_positions:
+        raise ValueError(f"decoder input of {Tc + T} tokens exceeds max_target_positions "
                          f"({config.max_target_positions})")
-    x = decoder_embed(input_ids, weights, P)                                        # [B, T, D]
+    x = decoder_embed(input_ids, weights, Tc)                                       # [B, T, D]
     for i in range(config.decoder_layers):
         x = decoder_block(x, cross_kv[i], weights, f"model.decoder.layers.{i}", config,
                           cache, i)                                                 # [B, T, D]

@@ -40,7 +40,7 @@ class Transcription:
 
 def pad_frames(x: np.ndarray, n: int) -> np.ndarray:
     """Zero-pad (the value transformers pads features with) or cut the frame axis to n.
-    [B, M, F] -> [B, M, n]."""
+    [B, Mel, frames] -> [B, Mel, n]."""
     if x.shape[2] >= n:
         return np.ascontiguousarray(x[:, :, :n])
     return np.pad(x, ((0, 0), (0, 0), (0, n - x.shape[2])))
@@ -93,9 +93,10 @@ def progress_bar(total, enabled):
 
 def decode_windows(model, features, prompt, timestamps: bool, max_new_tokens=None,
                    max_length=None, bar=None) -> list[dict]:
-    """Greedy decoding of one example's log-mel features [1, M, F], any F, window after window
-    -> its segments (dicts with start, end, tokens).  ``max_new_tokens`` or ``max_length``
-    (total tokens, prompt included; default from the generation config) bound each window."""
+    """Greedy decoding of one example's log-mel features [1, Mel, frames], any number of frames,
+    window after window -> its segments (dicts with start, end, tokens).  ``max_new_tokens`` or
+    ``max_length`` (total tokens, prompt included; default from the generation config) bound each
+    window."""
     gc, c = model.generation_config, model.config
     n_win, total, n_init = c.n_audio_frames, features.shape[2], len(prompt)
     max_pos = c.max_target_positions
@@ -112,7 +113,7 @@ def decode_windows(model, features, prompt, timestamps: bool, max_new_tokens=Non
         else:
             limit = max_new_tokens + n_init
         n_frames = min(total - seek, n_win)
-        window = pad_frames(features[:, :, seek:seek + n_frames], n_win)          # [1, M, 3000]
+        window = pad_frames(features[:, :, seek:seek + n_frames], n_win)        # [1, Mel, 3000]
         audio = encoder(window, model.weights, c)                                  # [1, S, D]
         seq = greedy(audio, prompt, model.weights, c, gc, limit, timestamps)
         if seq and seq[-1] == gc.eos_token_id:
@@ -132,10 +133,10 @@ def transcribe(model, path_or_array, language: str | None = None, task: str | No
     n_mels = model.config.num_mel_bins
     window = model.config.n_audio_frames * HOP_LENGTH                   # 480 000 samples = 30 s
     if audio.size > window:
-        feats = log_mel_spectrogram(audio, n_mels, n_samples=None)     # [M, N / 160]
+        feats = log_mel_spectrogram(audio, n_mels, n_samples=None)     # [Mel, samples / 160]
     else:
-        feats = log_mel_spectrogram(audio, n_mels, n_samples=window)   # [M, 3000]
-    feats = feats[None]                                                 # [1, M, F]
+        feats = log_mel_spectrogram(audio, n_mels, n_samples=window)   # [Mel, 3000]
+    feats = feats[None]                                                 # [1, Mel, frames]
     gc = model.generation_config
     if gc.lang_to_id:
         lang_id = (language_id(language, gc) if language is not None
