@@ -3,7 +3,8 @@ costmodel, as HTML under the given folder (default build/docs).
 
     python docs/build.py [OUTPUT_DIR]
 
-A module that fails to import fails the build, so CI runs this as a check."""
+A module that fails to import fails the build, so CI runs this as a check.  It documents the
+pyworkloads that Python imports: the installed one, or a checkout with ``PYTHONPATH=.``."""
 from __future__ import annotations
 
 import pkgutil
@@ -21,7 +22,6 @@ def modules() -> list[str]:
     """Every Python module of the two packages, except the backend adapters (``*_backend``: they
     import a compiled extension that a machine may lack; ``pyworkloads.kernels`` documents the
     ops they provide)."""
-    sys.path.insert(0, str(ROOT))
     out = []
     for name in PACKAGES:
         pkg = __import__(name)
