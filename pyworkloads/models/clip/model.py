@@ -19,14 +19,11 @@ and columns: :func:`contrastive_loss`.  Zero-shot classification reads one row a
 captions "a photo of a {label}." (``api.CLIP.zero_shot``).
 
 Glossary (shapes in comments use these):
-    B   batch; the similarity matrix pairs Bi images with Bt texts
-    T   tokens (at most 77)                  V   vocabulary
+    B   batch (Bi images, Bt texts)          T   tokens (at most 77);  V  vocabulary
     D   width of a tower                     H   heads;  Dh = D / H head width
     F   MLP width (intermediate_size)        L   blocks per tower
-    E   shared embedding width (projection_dim)
-    C   image channels (3)                   R   image side (224, 336)
-    P   patch side (14, 16, 32)              G   patches per side, R / P
-    Np  patches per image, G²
+    E   shared embedding width               C   image channels (3);  R  image side (224)
+    P   patch side (14, 16, 32)              G   patches per side, R / P;  Np = G² patches
 
 The forward functions take (activations, weights, then the tower's config: ``VisionConfig`` or
 ``TextConfig``); layers take (x, weights, the full HF module path, hyper-parameters).
