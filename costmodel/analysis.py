@@ -69,7 +69,8 @@ def resolve_model(model) -> tuple[str, str, object]:
             continue
         if isinstance(model, mod.Config):
             return fam, f"{fam} (custom config)", model
-    raise TypeError(f"model must be a preset name or a pyworkloads model Config, got {type(model).__name__}")
+    raise TypeError(f"model must be a preset name or a pyworkloads model Config, got "
+                    f"{type(model).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +183,8 @@ def generation(w: Workload, phase: str, seq_len: int, new_tokens: int, prefill, 
         return layers, summary, seq_len
     layers = prefill()
     ttft = seconds(layers)
-    steps = _sum_decode(decode, [seq_len + j + 1 for j in range(new_tokens - 1)], f"1..{new_tokens - 1}")
+    steps = _sum_decode(decode, [seq_len + j + 1 for j in range(new_tokens - 1)],
+                        f"1..{new_tokens - 1}")
     t_dec = seconds(steps)
     total = ttft + t_dec
     b = w.batch
@@ -192,11 +194,12 @@ def generation(w: Workload, phase: str, seq_len: int, new_tokens: int, prefill, 
     return layers + steps, summary, seq_len + new_tokens - 1
 
 
-def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1, seq_len: int | None = None,
-            dtype: str = "bf16", new_tokens: int | None = None, *, weights: str | None = None,
-            activations: str | None = None, kv: str | None = None, group_size: int = 128,
-            attention: str = "flash", tp: int = 1, fuse_elementwise: bool = True, tf32: bool = False,
-            logits: str = "last", text_batch: int | None = None, prompts: int = 1, points: int = 1,
+def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1,
+            seq_len: int | None = None, dtype: str = "bf16", new_tokens: int | None = None, *,
+            weights: str | None = None, activations: str | None = None, kv: str | None = None,
+            group_size: int = 128, attention: str = "flash", tp: int = 1,
+            fuse_elementwise: bool = True, tf32: bool = False, logits: str = "last",
+            text_batch: int | None = None, prompts: int = 1, points: int = 1,
             boxes: bool = False) -> Report:
     """Per-layer FLOPs, bytes and roofline times of ``model`` on ``device`` (see the module doc
     for the phases).  ``dtype`` sets weights/activations/KV at once (int4/int8: weight-only);
@@ -212,23 +215,26 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1, 
     fam = _graph(family)
     phase = phase or fam.DEFAULT_PHASE
     if phase not in fam.PHASES:
-        raise ValueError(f"phase {phase!r} does not apply to {family}; choose one of {', '.join(fam.PHASES)}")
+        raise ValueError(f"phase {phase!r} does not apply to {family}; choose one of "
+                         f"{', '.join(fam.PHASES)}")
     positive("batch", batch)
     if logits not in ("last", "all"):
         raise ValueError(f"logits must be 'last' or 'all', got {logits!r}")
     if attention not in ("flash", "unfused"):
         raise ValueError(f"attention must be 'flash' or 'unfused', got {attention!r}")
     positive("tp", tp)
-    prec = Precision.parse(dtype, weights=weights, activations=activations, kv=kv, group_size=group_size, tf32=tf32)
+    prec = Precision.parse(dtype, weights=weights, activations=activations, kv=kv,
+                           group_size=group_size, tf32=tf32)
     for dt in {prec.matmul_dtype, prec.attention_dtype}:
         if not dev.supports(dt):
-            raise ValueError(f"device {dev.key!r} ({dev.name}) has no {dt} tensor rate; choose another dtype "
-                             f"(it supports {', '.join(d for d in dev.peaks)})")
+            raise ValueError(f"device {dev.key!r} ({dev.name}) has no {dt} tensor rate; choose "
+                             f"another dtype (it supports {', '.join(d for d in dev.peaks)})")
     w = Workload(family, cfg, dev, prec, attention, tp, fuse_elementwise, batch)
     opts = dict(batch=batch, dtype=dtype, precision=prec.describe(), attention=attention, tp=tp,
                 fuse_elementwise=fuse_elementwise)
-    layers, summary, kv_bytes, used = fam.analyze(w, phase, batch=batch, seq_len=seq_len, new_tokens=new_tokens,
-                                                  logits=logits, text_batch=text_batch, prompts=prompts,
+    layers, summary, kv_bytes, used = fam.analyze(w, phase, batch=batch, seq_len=seq_len,
+                                                  new_tokens=new_tokens, logits=logits,
+                                                  text_batch=text_batch, prompts=prompts,
                                                   points=points, boxes=boxes)
     opts.update(used)
     params = _module(family).count_params(cfg)
@@ -236,10 +242,10 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1, 
     act_bytes = max((r.bytes_act_in + r.bytes_act_out for r in layers), default=0.0)
     mem = {"weights": w_bytes, "kv_cache": kv_bytes, "activations": act_bytes}
     mem["total"] = sum(mem.values())
-    summary.update(memory_bytes=mem, fits=mem["total"] <= dev.memory, device_memory_bytes=dev.memory,
-                   time_s=seconds(layers))
-    return Report(model=label, family=family, config=cfg, device=dev, phase=phase, options=opts, layers=layers,
-                  params=params, summary=summary)
+    summary.update(memory_bytes=mem, fits=mem["total"] <= dev.memory,
+                   device_memory_bytes=dev.memory, time_s=seconds(layers))
+    return Report(model=label, family=family, config=cfg, device=dev, phase=phase, options=opts,
+                  layers=layers, params=params, summary=summary)
 
 
 def _weight_bytes(params: int, prec: Precision) -> float:

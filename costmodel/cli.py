@@ -14,7 +14,8 @@ import json
 import os
 import sys
 
-from . import analysis, hardware as _devices
+from . import analysis
+from . import hardware as _devices
 from .report import fmt_bytes, fmt_time
 
 FORMATS = ("table", "md", "csv", "json")
@@ -32,21 +33,25 @@ class _Usage(Exception):
 
 
 def _workload_args(p):
-    p.add_argument("model", help="a preset name, e.g. llama2-7b, clip-vit-l-14, sam-vit-h, whisper-large-v3")
+    p.add_argument("model",
+                   help="a preset name, e.g. llama2-7b, clip-vit-l-14, sam-vit-h, whisper-large-v3")
     p.add_argument("--phase", help="llama2/whisper: prefill|decode|generate; clip: all|image|text; "
                                    "sam: all|encoder|decoder (default per model)")
     p.add_argument("--batch", type=int, default=1, help="batch size (CLIP: images, SAM: images)")
     p.add_argument("--seq-len", type=int, default=None,
                    help="prompt tokens (prefill/generate) or KV length (decode); CLIP text tokens")
-    p.add_argument("--new-tokens", type=int, default=None, help="tokens generated in phase generate")
-    p.add_argument("--dtype", default="bf16", choices=DTYPES, help="weights+activations+KV (int4/int8: weight-only)")
+    p.add_argument("--new-tokens", type=int, default=None,
+                   help="tokens generated in phase generate")
+    p.add_argument("--dtype", default="bf16", choices=DTYPES,
+                   help="weights+activations+KV (int4/int8: weight-only)")
     p.add_argument("--weights-dtype", choices=DTYPES)
     p.add_argument("--act-dtype", choices=("fp32", "bf16", "fp16", "fp8"))
     p.add_argument("--kv-dtype", choices=("fp32", "bf16", "fp16", "fp8", "int8"))
     p.add_argument("--group-size", type=int, default=128, help="int4 quantisation group")
     p.add_argument("--attention", choices=("flash", "unfused"), default="flash")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    p.add_argument("--no-fuse", action="store_true", help="charge elementwise ops their own DRAM traffic")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="charge elementwise ops their own DRAM traffic")
     p.add_argument("--tf32", action="store_true", help="fp32 matmuls on TF32 tensor cores")
     p.add_argument("--text-batch", type=int, default=None, help="CLIP: texts (default = --batch)")
     p.add_argument("--prompts", type=int, default=1, help="SAM: prompts per image")
@@ -55,14 +60,17 @@ def _workload_args(p):
 
 
 def _analyze(a, device):
-    return analysis.analyze(a.model, device, phase=a.phase, batch=a.batch, seq_len=a.seq_len, dtype=a.dtype,
-                            new_tokens=a.new_tokens, weights=a.weights_dtype, activations=a.act_dtype, kv=a.kv_dtype,
-                            group_size=a.group_size, attention=a.attention, tp=a.tp, fuse_elementwise=not a.no_fuse,
-                            tf32=a.tf32, text_batch=a.text_batch, prompts=a.prompts, points=a.points, boxes=a.boxes)
+    return analysis.analyze(a.model, device, phase=a.phase, batch=a.batch, seq_len=a.seq_len,
+                            dtype=a.dtype, new_tokens=a.new_tokens, weights=a.weights_dtype,
+                            activations=a.act_dtype, kv=a.kv_dtype, group_size=a.group_size,
+                            attention=a.attention, tp=a.tp, fuse_elementwise=not a.no_fuse,
+                            tf32=a.tf32, text_batch=a.text_batch, prompts=a.prompts,
+                            points=a.points, boxes=a.boxes)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="costmodel", description="Roofline cost model of LLaMA 2, CLIP, SAM and Whisper per layer.")
+    p = _Parser(prog="costmodel",
+                description="Roofline cost model of LLaMA 2, CLIP, SAM and Whisper per layer.")
     p.add_argument("--devices-file", action="append", default=[], metavar="FILE",
                    help="add devices from a TOML/JSON file (layout of costmodel/devices.toml)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -70,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     _workload_args(r)
     r.add_argument("--device", required=True)
     r.add_argument("--format", choices=FORMATS, default="table")
-    r.add_argument("--per-layer", action="store_true", help="every layer, not aggregated over repeats (table/md)")
+    r.add_argument("--per-layer", action="store_true",
+                   help="every layer, not aggregated over repeats (table/md)")
     r.add_argument("-o", "--output", help="write to this file instead of stdout")
     pl = sub.add_parser("plot", help="roofline PNG (and per-layer time breakdown)")
     _workload_args(pl)
@@ -79,11 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--kind", choices=("roofline", "breakdown", "both"), default="both")
     d = sub.add_parser("devices", help="the device database")
     d.add_argument("--json", action="store_true")
-    d.add_argument("--cpu", action="store_true", help="include this machine (runs the short calibration)")
+    d.add_argument("--cpu", action="store_true",
+                   help="include this machine (runs the short calibration)")
     d.add_argument("--recalibrate", action="store_true", help="re-measure the cpu device")
     d.add_argument("--check", metavar="FILE", nargs="?", const="",
-                   help="lint a devices file (default: the built-in one): every figure must re-derive from its "
-                        "quoted source; exit 1 on problems")
+                   help="lint a devices file (default: the built-in one): every figure must "
+                        "re-derive from its quoted source; exit 1 on problems")
     c = sub.add_parser("compare", help="one model on several devices, side by side")
     _workload_args(c)
     c.add_argument("--devices", required=True, help="comma-separated device names")
@@ -113,17 +123,19 @@ def _cmd_devices(a) -> int:
     if a.json:
         print(json.dumps({k: d.as_dict() for k, d in db.items()}, indent=1))
         return 0
-    head = f"{'device':<15} {'name':<34} {'fp32':>7} {'tf32':>7} {'bf16':>7} {'fp16':>7} {'fp8':>7} {'int8':>7} " \
-           f"{'GB/s':>7} {'memory':>9} {'link GB/s':>9}"
+    head = f"{'device':<15} {'name':<34} {'fp32':>7} {'tf32':>7} {'bf16':>7} {'fp16':>7} " \
+           f"{'fp8':>7} {'int8':>7} {'GB/s':>7} {'memory':>9} {'link GB/s':>9}"
     print(head + "\n" + "-" * len(head))
     for k, d in db.items():
-        pk = lambda dt: f"{d.peaks[dt] / 1e12:7.1f}" if dt in d.peaks else f"{'-':>7}"
+        def pk(dt):
+            return f"{d.peaks[dt] / 1e12:7.1f}" if dt in d.peaks else f"{'-':>7}"
         link = f"{d.interconnect / 1e9:9.0f}" if d.interconnect else f"{'-':>9}"
         flag = "" if d.confirmed else " *"
-        print(f"{k:<15} {(d.name + flag)[:34]:<34} {d.vector_peak / 1e12:7.1f} {pk('tf32')} {pk('bf16')} {pk('fp16')} "
-              f"{pk('fp8')} {pk('int8')} {d.bandwidth / 1e9:7.0f} {fmt_bytes(d.memory):>9} {link}")
-    print("\nDense TFLOP/s (int8: TOPS); fp32 = vector rate; link = per direction. * = figures not yet confirmed "
-          "against the vendor datasheet. Sources: `costmodel devices --json`.")
+        print(f"{k:<15} {(d.name + flag)[:34]:<34} {d.vector_peak / 1e12:7.1f} {pk('tf32')} "
+              f"{pk('bf16')} {pk('fp16')} {pk('fp8')} {pk('int8')} {d.bandwidth / 1e9:7.0f} "
+              f"{fmt_bytes(d.memory):>9} {link}")
+    print("\nDense TFLOP/s (int8: TOPS); fp32 = vector rate; link = per direction. * = figures not "
+          "yet confirmed against the vendor datasheet. Sources: `costmodel devices --json`.")
     return 0
 
 
@@ -134,7 +146,8 @@ def _cmd_compare(a) -> int:
     reps = [_analyze(a, n.strip()) for n in names]
     keys = [k for k in reps[0].summary if k not in ("memory_bytes", "device_memory_bytes")]
     if a.format == "json":
-        print(json.dumps({r.device.key: {"summary": r.summary, "total": r.total} for r in reps}, indent=1, default=str))
+        print(json.dumps({r.device.key: {"summary": r.summary, "total": r.total} for r in reps},
+                         indent=1, default=str))
         return 0
     def cell(k, v):
         if isinstance(v, bool) or v is None:
@@ -146,8 +159,9 @@ def _cmd_compare(a) -> int:
         return str(v)
     rows = [[k] + [cell(k, r.summary.get(k)) for r in reps] for k in keys]
     rows.append(["memory total"] + [fmt_bytes(r.summary["memory_bytes"]["total"]) for r in reps])
-    rows.append(["memory-bound share"] + [f"{100 * sum(x.t_lower for x in r.layers if x.bound == 'memory') / r.total['t_lower']:.0f}%"
-                                          for r in reps])
+    rows.append(["memory-bound share"] + [
+        f"{100 * sum(x.t_lower for x in r.layers if x.bound == 'memory') / r.total['t_lower']:.0f}%"
+        for r in reps])
     head = ["", *[r.device.key for r in reps]]
     title = f"{reps[0].model} ({reps[0].params:,} params), phase {reps[0].phase}, " + \
             ", ".join(f"{k}={v}" for k, v in reps[0].options.items() if k != "precision")
@@ -180,7 +194,8 @@ def main(argv=None) -> int:
             _emit_path = save(rep, a.output, a.kind)
             print(f"wrote {_emit_path}", file=sys.stderr)
             return 0
-        text = {"table": lambda: rep.to_table(a.per_layer), "md": lambda: rep.to_markdown(a.per_layer),
+        text = {"table": lambda: rep.to_table(a.per_layer),
+                "md": lambda: rep.to_markdown(a.per_layer),
                 "csv": rep.to_csv, "json": rep.to_json}[a.format]()
         _emit(text, a.output)
         return 0
@@ -197,7 +212,8 @@ def main(argv=None) -> int:
         print(f"costmodel: error: {exc}", file=sys.stderr)
         return 1
     except ImportError as exc:
-        print(f"costmodel: error: {exc} (plots need matplotlib: pip install matplotlib)", file=sys.stderr)
+        print(f"costmodel: error: {exc} (plots need matplotlib: pip install matplotlib)",
+              file=sys.stderr)
         return 1
 
 

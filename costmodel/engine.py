@@ -10,8 +10,9 @@ trace record    layer record
 ==============  ==================================================================================
 matmul          with a weight operand: a weight GEMM named after the weight's module
                 (``model.layers.3.mlp.up_proj``) -- or after the scope using it, for a tied
-                weight (``lm_head`` reads the embedding table) --, op ``conv`` when the stored weight is a
-                convolution kernel; the bias add that follows it joins it as its epilogue.
+                weight (``lm_head`` reads the embedding table) --, op ``conv`` when the stored
+                weight is a convolution kernel; the bias add that follows it joins it as its
+                epilogue.
                 Without one: a product of activations, named after the table its rows were
                 gathered from (SAM's ``rel_pos_h``), else ``<scope>.matmul``.
 attention       named after the scope; K/V read from a KV-cache buffer are ``cache`` traffic
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pyworkloads.kernels.tracing import Trace, TraceRecord, Traced
+from pyworkloads.kernels.tracing import Trace, Traced, TraceRecord
 
 from .graph import GraphBuilder, Layer, _shape
 
@@ -122,13 +123,15 @@ class _Converter:
             kv, new = "cross", 0
         else:
             kv, new = "none", 0
-        self.gb.attention(r.scope or "attention", B, H, k.shape[1], Tq, k.shape[2], Dh, dv=v.shape[3],
-                          causal=bool(r.options.get("causal")), bias=bias is not None, kv_cache=kv,
-                          new_kv=new, bias_elems=bias.unique if isinstance(bias, Traced) else 0)
+        self.gb.attention(r.scope or "attention", B, H, k.shape[1], Tq, k.shape[2], Dh,
+                          dv=v.shape[3], causal=bool(r.options.get("causal")),
+                          bias=bias is not None, kv_cache=kv, new_kv=new,
+                          bias_elems=bias.unique if isinstance(bias, Traced) else 0)
 
     def norm(self, r: TraceRecord) -> None:
         x = r.inputs[0]
-        params = [p for p in (r.inputs[1:3] if r.op == "layer_norm" else r.inputs[1:2]) if isinstance(p, Traced)]
+        params = [p for p in (r.inputs[1:3] if r.op == "layer_norm" else r.inputs[1:2])
+                  if isinstance(p, Traced)]
         name = module_name(_weight(params[0])) if params and _weight(params[0]) else r.scope or r.op
         D = x.shape[-1]
         self.gb.norm(name, r.op, x.size // D, D, affine=len(params))
@@ -170,7 +173,8 @@ class _Converter:
             self.gb.scope = scope
             self.gb.elementwise_record(f"{scope}.elementwise" if scope else "elementwise",
                                        flops=acc["flops"] // split, what=what,
-                                       shape=_shape(acc["elems"] // split), weight_elems=acc["weights"],
+                                       shape=_shape(acc["elems"] // split),
+                                       weight_elems=acc["weights"],
                                        act_in_elems=acc["act_in"] // split,
                                        act_out_elems=acc["act_out"] // split, at=acc["slot"])
 

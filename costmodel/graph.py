@@ -25,7 +25,8 @@ from dataclasses import dataclass, fields
 __all__ = ["Layer", "Precision", "GraphBuilder", "DTYPE_BYTES", "SCHEMA"]
 
 # storage bytes per element; int4 adds its group-scale metadata in Precision.weight_bytes
-DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0,
+               "int4": 0.5}
 ACT_DTYPES = ("fp32", "bf16", "fp16", "fp8")
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
 KV_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8")
@@ -37,10 +38,11 @@ GELU_FLOPS = 5
 
 @dataclass
 class Layer:
-    """One kernel of one layer (docs/architecture.md §5 schema, + phase/step and three extension columns)."""
+    """One kernel of one layer (docs/architecture.md §5 schema, + phase/step and three extension
+    columns)."""
     name: str                 # HF module path, e.g. "model.layers.3.self_attn.q_proj"
-    op: str                   # matmul | conv | attention | rms_norm | layer_norm | gelu | elementwise
-                              # | embedding | allreduce
+    op: str                   # matmul | conv | attention | rms_norm | layer_norm | gelu
+                              # | elementwise | embedding | allreduce
     shapes: str               # human-readable operand shapes
     dtype: str                # compute dtype
     macs: int = 0
@@ -102,15 +104,19 @@ class Precision:
     tf32: bool = False
 
     def __post_init__(self):
-        for arg, val, allowed in (("weights", self.weights, WEIGHT_DTYPES), ("activations", self.activations, ACT_DTYPES),
-                                  ("kv", self.kv, KV_DTYPES), ("scale_dtype", self.scale_dtype, ("fp32", "bf16", "fp16"))):
+        for arg, val, allowed in (("weights", self.weights, WEIGHT_DTYPES),
+                                  ("activations", self.activations, ACT_DTYPES),
+                                  ("kv", self.kv, KV_DTYPES),
+                                  ("scale_dtype", self.scale_dtype, ("fp32", "bf16", "fp16"))):
             if val not in allowed:
                 raise ValueError(f"{arg} dtype must be one of {', '.join(allowed)}, got {val!r}")
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+        if (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
+                or self.group_size < 1):
             raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
 
     @classmethod
-    def parse(cls, dtype: str | None = None, weights=None, activations=None, kv=None, **kw) -> "Precision":
+    def parse(cls, dtype: str | None = None, weights=None, activations=None, kv=None,
+              **kw) -> "Precision":
         """``dtype`` sets all three (int4 / int8 mean weight-only: 16-bit activations and cache);
         explicit ``weights`` / ``activations`` / ``kv`` override it."""
         dtype = dtype or "bf16"
@@ -128,7 +134,8 @@ class Precision:
         return DTYPE_BYTES[self.kv]
 
     def weight_bytes(self, n: int, rows: int) -> float:
-        """Bytes of an n-element weight with ``rows`` output channels, quantisation metadata included."""
+        """Bytes of an n-element weight with ``rows`` output channels, quantisation metadata
+        included."""
         b = n * DTYPE_BYTES[self.weights]
         if self.weights == "int4":
             b += math.ceil(n / self.group_size) * DTYPE_BYTES[self.scale_dtype]
@@ -145,7 +152,8 @@ class Precision:
 
     @property
     def attention_dtype(self) -> str:
-        return "fp8" if self.activations == "fp8" and self.kv == "fp8" else self._compute(self.activations)
+        return ("fp8" if self.activations == "fp8" and self.kv == "fp8"
+                else self._compute(self.activations))
 
     def _compute(self, dt: str) -> str:
         if dt == "fp32":
@@ -233,22 +241,23 @@ class GraphBuilder:
         rec.flops_vector += elems
         rec.bytes_weights += bias_elems // split * self.p.act_bytes
 
-    def matmul_record(self, name: str, batch: int, m: int, k: int, n: int, a_elems: int | None = None,
-                      b_elems: int | None = None) -> Layer:
+    def matmul_record(self, name: str, batch: int, m: int, k: int, n: int,
+                      a_elems: int | None = None, b_elems: int | None = None) -> Layer:
         """A product of two activations (no weights): [batch, m, k] x [batch, k, n]."""
         macs = batch * m * k * n
         a = self.p.act_bytes
         a_elems = batch * m * k if a_elems is None else a_elems
         b_elems = batch * k * n if b_elems is None else b_elems
-        return self._add(name=name, op="matmul", shapes=f"{_shape(batch, m, k)}x{_shape(batch, k, n)}",
+        return self._add(name=name, op="matmul",
+                         shapes=f"{_shape(batch, m, k)}x{_shape(batch, k, n)}",
                          dtype=self.p._compute(self.p.activations), macs=macs, flops=2 * macs,
                          flops_dense=2 * macs, bytes_act_in=(a_elems + b_elems) * a,
                          bytes_act_out=batch * m * n * a)
 
     # -- attention -----------------------------------------------------------------------------
     def attention(self, name: str, batch: int, heads: int, kv_heads: int, tq: int, tk: int, dh: int,
-                  dv: int | None = None, causal: bool = False, bias: bool = False, kv_cache: str = "none",
-                  new_kv: int = 0, bias_elems: int = 0):
+                  dv: int | None = None, causal: bool = False, bias: bool = False,
+                  kv_cache: str = "none", new_kv: int = 0, bias_elems: int = 0):
         """softmax(q kᵀ · scale [+ bias]) v.  q [B, H, Tq, Dh], k/v [B, KVH, Tk, Dh/Dv].
 
         kv_cache: "none" (k/v are fresh activations, e.g. encoders), "cache" (k/v are read from the
@@ -260,7 +269,8 @@ class GraphBuilder:
         masked, as the NumPy reference does, and S and P go through DRAM."""
         dv = dh if dv is None else dv
         heads = self.split(heads, f"{name} heads")
-        kv_heads = kv_heads // self.tp if kv_heads >= self.tp else 1    # fewer KV heads than devices: replicated
+        # fewer KV heads than devices: replicated
+        kv_heads = kv_heads // self.tp if kv_heads >= self.tp else 1
         full = batch * heads * tq * tk
         if causal and self.attention_impl == "flash":
             if tq > tk:
@@ -272,7 +282,8 @@ class GraphBuilder:
         vec = pairs * (6 + (1 if bias else 0))
         a, kvb = self.p.act_bytes, self.p.kv_bytes
         kv_elems = batch * kv_heads * tk * (dh + dv)
-        rec = dict(bytes_act_in=batch * heads * tq * dh * a, bytes_act_out=batch * heads * tq * dv * a)
+        rec = dict(bytes_act_in=batch * heads * tq * dh * a,
+                   bytes_act_out=batch * heads * tq * dv * a)
         if kv_cache == "none":
             rec["bytes_act_in"] += kv_elems * a
         elif kv_cache in ("cache", "cross"):
@@ -302,17 +313,20 @@ class GraphBuilder:
             raise ValueError(f"norm kind must be 'rms_norm' or 'layer_norm', got {kind!r}")
         n = rows * width
         a = self.p.act_bytes
-        self._add(name=name, op=kind, shapes=_shape(rows, width), dtype="fp32", flops=per * n, flops_vector=per * n,
+        self._add(name=name, op=kind, shapes=_shape(rows, width), dtype="fp32", flops=per * n,
+                  flops_vector=per * n,
                   bytes_weights=(affine if kind == "layer_norm" else 1) * width * a,
                   bytes_act_in=n * a, bytes_act_out=n * a)
 
-    def elementwise_record(self, name: str, flops: int, what: str, shape: str, weight_elems: int = 0,
-                           act_in_elems: int = 0, act_out_elems: int = 0, at: int | None = None) -> Layer:
+    def elementwise_record(self, name: str, flops: int, what: str, shape: str,
+                           weight_elems: int = 0, act_in_elems: int = 0, act_out_elems: int = 0,
+                           at: int | None = None) -> Layer:
         """Elementwise work outside the kernels (residual adds, RoPE, activations, scaling):
         fused into a neighbouring kernel by default, so only the weights it reads (a position
         table) cost traffic; ``fuse_elementwise=False`` charges every read and write."""
         a = self.p.act_bytes
-        return self._add(at=at, name=name, op="elementwise", shapes=f"{shape} {what}".strip(), dtype="fp32",
+        return self._add(at=at, name=name, op="elementwise", shapes=f"{shape} {what}".strip(),
+                         dtype="fp32",
                          flops=flops, flops_vector=flops, bytes_weights=weight_elems * a,
                          bytes_act_in=0 if self.fuse else act_in_elems * a,
                          bytes_act_out=0 if self.fuse else act_out_elems * a)
@@ -324,20 +338,24 @@ class GraphBuilder:
         a = self.p.act_bytes
         return self._add(name=name, op="gelu", shapes=_shape(n), dtype="fp32",
                          flops=GELU_FLOPS * n, flops_vector=GELU_FLOPS * n,
-                         bytes_act_in=0 if self.fuse else n * a, bytes_act_out=0 if self.fuse else n * a)
+                         bytes_act_in=0 if self.fuse else n * a,
+                         bytes_act_out=0 if self.fuse else n * a)
 
     def embedding(self, name: str, tokens: int, width: int):
         """A table lookup: reads ``tokens`` rows (weights traffic) and writes them (no FLOPs)."""
         a = self.p.act_bytes
         self._add(name=name, op="embedding", shapes=_shape(tokens, width), dtype=self.p.activations,
-                  bytes_weights=tokens * width * DTYPE_BYTES[self.p.weights if self.p.weights != "int4" else "bf16"],
+                  bytes_weights=tokens * width * DTYPE_BYTES[
+                      self.p.weights if self.p.weights != "int4" else "bf16"],
                   bytes_act_out=tokens * width * a)
 
     def allreduce(self, name: str, elems: int):
-        """Ring all-reduce over ``tp`` devices: each sends (and receives) 2·(tp-1)/tp of the tensor."""
+        """Ring all-reduce over ``tp`` devices: each sends (and receives) 2·(tp-1)/tp of the
+        tensor."""
         if self.tp == 1:
             return
         sent = 2 * (self.tp - 1) / self.tp * elems * self.p.act_bytes
-        self._add(name=name, op="allreduce", shapes=f"{_shape(elems)} x tp{self.tp}", dtype=self.p.activations,
-                  flops=elems * (self.tp - 1) // self.tp, flops_vector=elems * (self.tp - 1) // self.tp,
+        self._add(name=name, op="allreduce", shapes=f"{_shape(elems)} x tp{self.tp}",
+                  dtype=self.p.activations, flops=elems * (self.tp - 1) // self.tp,
+                  flops_vector=elems * (self.tp - 1) // self.tp,
                   bytes_comm=sent)

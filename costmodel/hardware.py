@@ -17,20 +17,23 @@ import os
 import platform
 import re
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tomllib
 
-__all__ = ["Device", "get_device", "devices", "load_devices", "cpu_device", "check_file", "DATA_FILE", "PEAK_FIELDS"]
+__all__ = ["Device", "get_device", "devices", "load_devices", "cpu_device", "check_file",
+           "DATA_FILE", "PEAK_FIELDS"]
 
 DATA_FILE = Path(__file__).with_name("devices.toml")
 
 # dtype -> the field holding its dense peak (TFLOP/s; TOPS for int8)
-PEAK_FIELDS = {"fp64": "fp64_tflops", "fp32": "fp32_tflops", "tf32": "tf32_tflops", "fp16": "fp16_tflops",
-               "bf16": "bf16_tflops", "fp8": "fp8_tflops", "int8": "int8_tops"}
-NUMERIC_FIELDS = tuple(PEAK_FIELDS.values()) + ("memory_gb", "bandwidth_gbps", "l2_mb", "interconnect_gbps")
+PEAK_FIELDS = {"fp64": "fp64_tflops", "fp32": "fp32_tflops", "tf32": "tf32_tflops",
+               "fp16": "fp16_tflops", "bf16": "bf16_tflops", "fp8": "fp8_tflops",
+               "int8": "int8_tops"}
+NUMERIC_FIELDS = tuple(PEAK_FIELDS.values()) + ("memory_gb", "bandwidth_gbps", "l2_mb",
+                                                "interconnect_gbps")
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class Device:
     vendor: str
     segment: str                       # "datacenter" | "geforce" | "cpu" | user-defined
     peaks: dict                        # dtype -> FLOP/s (dense)
-    vector_peak: float                 # FLOP/s of non-tensor FP32 work (softmax, norms, activations)
+    vector_peak: float                 # FLOP/s of non-tensor FP32 work (softmax, norms,
+                                       # activations)
     bandwidth: float                   # B/s
     memory: int                        # bytes
     l2: int | None                     # bytes
@@ -51,13 +55,14 @@ class Device:
     references: dict = field(default_factory=dict)  # source id -> URL / description
 
     def peak(self, dtype: str) -> float:
-        """Dense FLOP/s of matrix products in ``dtype`` (fp32 = without TF32, the PyTorch default)."""
+        """Dense FLOP/s of matrix products in ``dtype`` (fp32 = without TF32, the PyTorch
+        default)."""
         if dtype not in PEAK_FIELDS:
             raise ValueError(f"dtype must be one of {', '.join(PEAK_FIELDS)}, got {dtype!r}")
         if dtype not in self.peaks:
             have = ", ".join(d for d in PEAK_FIELDS if d in self.peaks)
-            raise ValueError(f"device {self.key!r} ({self.name}) has no {dtype} peak in its datasheet; "
-                             f"it has: {have}")
+            raise ValueError(f"device {self.key!r} ({self.name}) has no {dtype} peak in its "
+                             f"datasheet; it has: {have}")
         return self.peaks[dtype]
 
     def supports(self, dtype: str) -> bool:
@@ -69,7 +74,8 @@ class Device:
 
     def as_dict(self) -> dict:
         return {"key": self.key, "name": self.name, "vendor": self.vendor, "segment": self.segment,
-                "confirmed": self.confirmed, "peaks_flops": dict(self.peaks), "vector_peak_flops": self.vector_peak,
+                "confirmed": self.confirmed, "peaks_flops": dict(self.peaks),
+                "vector_peak_flops": self.vector_peak,
                 "bandwidth_Bps": self.bandwidth, "memory_bytes": self.memory, "l2_bytes": self.l2,
                 "interconnect_Bps_per_direction": self.interconnect, "sources": dict(self.sources)}
 
@@ -81,16 +87,19 @@ def _device_from_entry(key: str, e: dict, refs: dict) -> Device:
         if need not in e:
             raise ValueError(f"device {key!r}: missing field {need!r}")
     for f in NUMERIC_FIELDS:
-        if f in e and (isinstance(e[f], bool) or not isinstance(e[f], (int, float)) or not e[f] > 0):
+        if f in e and (isinstance(e[f], bool) or not isinstance(e[f], (int, float))
+                       or not e[f] > 0):
             raise ValueError(f"device {key!r}: {f} must be a positive number, got {e[f]!r}")
     peaks = {dt: float(e[f]) * 1e12 for dt, f in PEAK_FIELDS.items() if f in e}
     return Device(
-        key=key, name=str(e["name"]), vendor=str(e.get("vendor", "")), segment=str(e.get("segment", "")),
+        key=key, name=str(e["name"]), vendor=str(e.get("vendor", "")),
+        segment=str(e.get("segment", "")),
         peaks=peaks, vector_peak=float(e.get("vector_tflops", e["fp32_tflops"])) * 1e12,
         bandwidth=float(e["bandwidth_gbps"]) * 1e9, memory=int(round(float(e["memory_gb"]) * 1e9)),
         l2=int(round(float(e["l2_mb"]) * 1e6)) if "l2_mb" in e else None,
         interconnect=float(e["interconnect_gbps"]) * 1e9 if "interconnect_gbps" in e else None,
-        confirmed=bool(e.get("confirmed", True)), sources=dict(e.get("source", {})), references=refs)
+        confirmed=bool(e.get("confirmed", True)), sources=dict(e.get("source", {})),
+        references=refs)
 
 
 def load_devices(path: str | os.PathLike) -> dict[str, Device]:
@@ -102,7 +111,8 @@ def load_devices(path: str | os.PathLike) -> dict[str, Device]:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text.decode())
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"devices file {str(path)!r} is not valid {path.suffix[1:].upper() or 'TOML'}: {exc}") from None
+        raise ValueError(f"devices file {str(path)!r} is not valid "
+                         f"{path.suffix[1:].upper() or 'TOML'}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("device"), dict):
         raise ValueError(f"devices file {str(path)!r} needs a [device.<name>] table per device")
     refs = dict(data.get("sources", {}))
@@ -154,7 +164,8 @@ def get_device(name) -> Device:
     if key not in db:
         close = [k for k in db if key and (key in k or k in key)]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown device {name!r}{hint}; known devices: {', '.join(sorted(db))}, cpu")
+        raise ValueError(f"unknown device {name!r}{hint}; known devices: "
+                         f"{', '.join(sorted(db))}, cpu")
     return db[key]
 
 
@@ -171,7 +182,8 @@ def _cache_dir() -> Path:
 
 def _machine_id() -> str:
     """What invalidates the calibration: another CPU, core count or NumPy (BLAS) build."""
-    return f"{platform.node()}|{platform.machine()}|{platform.processor()}|{os.cpu_count()}|numpy {np.__version__}"
+    return (f"{platform.node()}|{platform.machine()}|{platform.processor()}|{os.cpu_count()}"
+            f"|numpy {np.__version__}")
 
 
 def _best_time(fn, reps: int) -> float:
@@ -191,7 +203,7 @@ def calibrate_cpu() -> dict:
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     gemm = 2 * n ** 3 / _best_time(lambda: np.matmul(a, b), 5)
-    x = rng.standard_normal(1 << 16, dtype=np.float32)      # 256 KB: stays in cache, so compute-bound
+    x = rng.standard_normal(1 << 16, dtype=np.float32)    # 256 KB: stays in cache, so compute-bound
     y = np.empty_like(x)
     vec = x.size / _best_time(lambda: np.multiply(x, x, out=y), 20)
     big = np.ones(16 << 20, dtype=np.float32)                 # 64 MB: far beyond the caches
@@ -202,7 +214,8 @@ def calibrate_cpu() -> dict:
     except (ValueError, OSError, AttributeError):
         mem = 0
     return {"machine": _machine_id(), "fp32_flops": gemm, "vector_flops": vec, "bandwidth_Bps": bw,
-            "memory_bytes": int(mem), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "memory_bytes": int(mem),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def cpu_device(recalibrate: bool = False) -> Device:
@@ -223,18 +236,22 @@ def cpu_device(recalibrate: bool = False) -> Device:
             path.write_text(json.dumps(cal, indent=1))
         except OSError:
             pass                           # read-only home: use the measurement uncached
-    note = f"measured {cal['measured_at']} by costmodel.devices.calibrate_cpu (NumPy), cached in {path}"
+    note = (f"measured {cal['measured_at']} by costmodel.devices.calibrate_cpu (NumPy), "
+            f"cached in {path}")
     gemm = float(cal["fp32_flops"])
     # NumPy has no half-precision GEMM worth the name: every dtype computes at the FP32 rate.
     peaks = {dt: gemm for dt in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")}
     peaks["fp64"] = gemm / 2
-    return Device(key="cpu", name=f"this CPU ({os.cpu_count()} threads, {platform.machine()})", vendor="",
+    return Device(key="cpu", name=f"this CPU ({os.cpu_count()} threads, {platform.machine()})",
+                  vendor="",
                   segment="cpu", peaks=peaks, vector_peak=float(cal["vector_flops"]),
                   bandwidth=float(cal["bandwidth_Bps"]), memory=int(cal["memory_bytes"]), l2=None,
                   interconnect=None, confirmed=True,
-                  sources={"fp32_tflops": note + ": np.matmul 768^3", "vector_tflops": note + ": np.multiply 64K",
+                  sources={"fp32_tflops": note + ": np.matmul 768^3",
+                           "vector_tflops": note + ": np.multiply 64K",
                            "bandwidth_gbps": note + ": np.copyto 64 MB (read + write)",
-                           "fp64_tflops": "assumed half the FP32 rate", "memory_gb": "os.sysconf physical pages"})
+                           "fp64_tflops": "assumed half the FP32 rate",
+                           "memory_gb": "os.sysconf physical pages"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +303,8 @@ def check_entry(key: str, e: dict, sources: dict) -> list[str]:
         if derived is None or abs(derived - e[f]) > 0.005 * abs(e[f]):
             problems.append(f"{key}.{f} = {e[f]} but its quote {quote!r} gives {derived}")
     if not isinstance(e.get("memory_gb"), int):
-        problems.append(f"{key}.memory_gb must be the printed integer GB, got {e.get('memory_gb')!r}")
+        problems.append(f"{key}.memory_gb must be the printed integer GB, got "
+                        f"{e.get('memory_gb')!r}")
     return problems
 
 
@@ -296,4 +314,5 @@ def check_file(path: str | os.PathLike = DATA_FILE) -> list[str]:
     text = path.read_bytes()
     data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text.decode())
     load_devices(path)                                     # the structural checks first
-    return [p for key, e in data["device"].items() for p in check_entry(key, e, data.get("sources", {}))]
+    return [p for key, e in data["device"].items()
+            for p in check_entry(key, e, data.get("sources", {}))]

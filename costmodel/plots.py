@@ -13,8 +13,9 @@ from .report import grouped
 
 __all__ = ["roofline", "breakdown", "save"]
 
-_COLORS = {"matmul": "tab:blue", "conv": "tab:cyan", "attention": "tab:red", "rms_norm": "tab:green",
-           "layer_norm": "tab:green", "gelu": "tab:olive", "elementwise": "tab:olive", "embedding": "tab:gray", "allreduce": "tab:purple"}
+_COLORS = {"matmul": "tab:blue", "conv": "tab:cyan", "attention": "tab:red",
+           "rms_norm": "tab:green", "layer_norm": "tab:green", "gelu": "tab:olive",
+           "elementwise": "tab:olive", "embedding": "tab:gray", "allreduce": "tab:purple"}
 
 
 def _plt():
@@ -36,23 +37,27 @@ def roofline(rep, ax=None, label_top: int = 6):
         raise ValueError("the report has no layer with both FLOPs and bytes to place on a roofline")
     xs = [r.intensity for r in pts]
     ys = [r.flops / r.t_lower for r in pts]
-    dtypes = sorted({r.dtype for r in pts if r.op in ("matmul", "conv", "attention") and dev.supports(r.dtype)},
+    dtypes = sorted({r.dtype for r in pts
+                     if r.op in ("matmul", "conv", "attention") and dev.supports(r.dtype)},
                     key=dev.peak)
     top_peak = max([dev.peak(dt) for dt in dtypes] + [dev.vector_peak])
-    # the x range always reaches past the highest ridge point, so every roof is drawn with its corner
+    # the x range always reaches past the highest ridge point, so every roof is drawn with its
+    # corner
     lo, hi = min(xs + [0.1]) / 2, max(xs + [top_peak / dev.bandwidth]) * 4
     grid = [lo * (hi / lo) ** (i / 400) for i in range(401)]
-    # the memory roof rises until the highest compute roof; each compute roof starts at its ridge point
+    # the memory roof rises until the highest compute roof; each compute roof starts at its ridge
+    # point
     ax.plot(grid, [min(dev.bandwidth * x, top_peak) for x in grid], color="black", lw=1.4,
             label=f"memory roof {dev.bandwidth / 1e9:,.0f} GB/s")
     for dt in dtypes:
         roof = [dev.peak(dt) for x in grid if dev.bandwidth * x >= dev.peak(dt)]
         ax.plot(grid[len(grid) - len(roof):], roof, color="tab:blue", ls="--", lw=1.2)
-        ax.text(hi / 1.2, dev.peak(dt) * 1.1, f"tensor {dt} {dev.peak(dt) / 1e12:,.1f} TFLOP/s", fontsize=8,
-                color="tab:blue", ha="right")
+        ax.text(hi / 1.2, dev.peak(dt) * 1.1, f"tensor {dt} {dev.peak(dt) / 1e12:,.1f} TFLOP/s",
+                fontsize=8, color="tab:blue", ha="right")
     vroof = [dev.vector_peak for x in grid if dev.bandwidth * x >= dev.vector_peak]
     ax.plot(grid[len(grid) - len(vroof):], vroof, color="tab:green", ls=":", lw=1.2)
-    ax.text(hi / 1.2, dev.vector_peak * 1.1, f"vector fp32 {dev.vector_peak / 1e12:,.1f} TFLOP/s (softmax, norms, "
+    ax.text(hi / 1.2, dev.vector_peak * 1.1,
+            f"vector fp32 {dev.vector_peak / 1e12:,.1f} TFLOP/s (softmax, norms, "
             f"activations)", fontsize=8, color="tab:green", ha="right")
     seen = set()
     for r, x, y in zip(pts, xs, ys):
@@ -67,8 +72,9 @@ def roofline(rep, ax=None, label_top: int = 6):
             at = (float(f"{g['intensity']:.3g}"), float(f"{g['flops'] / g['t_lower']:.3g}"))
             labels.setdefault(at, []).append(f"{short} ({g['phase']})" if g["phase"] else short)
     for k, (at, names) in enumerate(labels.items()):
-        ax.annotate("\n".join(names), at, fontsize=7, xytext=(8, -14 - 10 * (k % 3)), textcoords="offset points",
-                    va="top", arrowprops=dict(arrowstyle="-", lw=0.5, color="gray"))
+        ax.annotate("\n".join(names), at, fontsize=7, xytext=(8, -14 - 10 * (k % 3)),
+                    textcoords="offset points", va="top",
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="gray"))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
@@ -88,16 +94,18 @@ def breakdown(rep, ax=None, top: int = 20):
     rows = sorted(grouped(rep), key=lambda g: -g["t_lower"])[:top][::-1]
     if ax is None:
         fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5), dpi=110)
-    names = [f"{g['phase']}: {g['name']}" + (f" ({g['op']})" if g["op"] not in ("matmul",) else "") for g in rows]
+    names = [f"{g['phase']}: {g['name']}" + (f" ({g['op']})" if g["op"] not in ("matmul",) else "")
+             for g in rows]
     comp = [g["t_lower"] * 1e3 if g["bound"] == "compute" else 0 for g in rows]
     mem = [g["t_lower"] * 1e3 if g["bound"] == "memory" else 0 for g in rows]
     other = [g["t_lower"] * 1e3 if g["bound"] not in ("compute", "memory") else 0 for g in rows]
     ax.barh(names, comp, color="tab:orange", label="compute-bound")
     ax.barh(names, mem, left=comp, color="tab:blue", label="memory-bound")
-    ax.barh(names, other, left=[c + m for c, m in zip(comp, mem)], color="tab:purple", label="collective")
+    ax.barh(names, other, left=[c + m for c, m in zip(comp, mem)], color="tab:purple",
+            label="collective")
     ax.set_xlabel("time at the roofline bound (ms, summed over repeated layers)")
-    ax.set_title(f"{rep.model} · {rep.phase} · {rep.device.name}: total {rep.total['t_lower'] * 1e3:,.3f} ms",
-                 fontsize=10)
+    ax.set_title(f"{rep.model} · {rep.phase} · {rep.device.name}: "
+                 f"total {rep.total['t_lower'] * 1e3:,.3f} ms", fontsize=10)
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(fontsize=8)
     return fig or ax.figure

@@ -1,5 +1,6 @@
 """Output formats of a :class:`~costmodel.analysis.Report`: JSON, CSV, Markdown and a terminal
-table.  All of them use the one record schema of docs/architecture.md §5 (``costmodel.graph.SCHEMA``)."""
+table.  All of them use the one record schema of docs/architecture.md §5
+(``costmodel.graph.SCHEMA``)."""
 from __future__ import annotations
 
 import csv
@@ -7,9 +8,10 @@ import io
 import json
 import math
 
-from .graph import SCHEMA, COUNT_FIELDS, TIME_FIELDS
+from .graph import COUNT_FIELDS, SCHEMA, TIME_FIELDS
 
-__all__ = ["to_json", "to_csv", "to_markdown", "to_table", "grouped", "fmt_time", "fmt_bytes", "fmt_summary"]
+__all__ = ["to_json", "to_csv", "to_markdown", "to_table", "grouped", "fmt_time", "fmt_bytes",
+           "fmt_summary"]
 
 
 def _jsonable(v):
@@ -33,7 +35,8 @@ def to_json(rep, indent=1) -> str:
 
 
 def to_csv(rep) -> str:
-    """One row per record; a leading comment line carries model, device, phase and parameter count."""
+    """One row per record; a leading comment line carries model, device, phase and parameter
+    count."""
     buf = io.StringIO()
     m = _meta(rep)
     buf.write(f"# model={m['model']} params={m['params']} device={m['device']} phase={m['phase']} "
@@ -64,8 +67,10 @@ def fmt_bytes(b) -> str:
 
 def fmt_summary(rep) -> list[tuple[str, str]]:
     s = rep.summary
-    rows = [("model", f"{rep.model} ({rep.params:,} parameters)"), ("device", f"{rep.device.name} [{rep.device.key}]"),
-            ("phase", rep.phase), ("options", ", ".join(f"{k}={v}" for k, v in rep.options.items()))]
+    rows = [("model", f"{rep.model} ({rep.params:,} parameters)"),
+            ("device", f"{rep.device.name} [{rep.device.key}]"),
+            ("phase", rep.phase),
+            ("options", ", ".join(f"{k}={v}" for k, v in rep.options.items()))]
     for k, v in s.items():
         if k == "memory_bytes":
             rows.append(("memory", ", ".join(f"{kind} {fmt_bytes(b)}" for kind, b in v.items())))
@@ -99,24 +104,29 @@ def grouped(rep) -> list[dict]:
     for g in out.values():
         g["intensity"] = g["flops"] / g["bytes"] if g["bytes"] else 0.0
         g["bound"] = "comm" if g["op"] == "allreduce" else (
-            "-" if not (g["t_compute"] or g["t_memory"]) else "compute" if g["t_compute"] >= g["t_memory"] else "memory")
+            "-" if not (g["t_compute"] or g["t_memory"])
+            else "compute" if g["t_compute"] >= g["t_memory"] else "memory")
     return list(out.values())
 
 
 def _rows(rep, per_layer: bool):
     total = sum(r.t_lower for r in rep.layers) or float("nan")
     if per_layer:
-        src = [dict(r.as_dict(), count=1, bytes=r.bytes, name=r.name + (f" @{r.step}" if r.step else ""))
+        src = [dict(r.as_dict(), count=1, bytes=r.bytes,
+                    name=r.name + (f" @{r.step}" if r.step else ""))
                for r in rep.layers]
     else:
         src = grouped(rep)
-    head = ["phase", "layer", "op", "n", "GFLOP", "MB", "FLOP/B", "bound", "t_lower", "t_upper", "%"]
-    rows = [[g["phase"], g["name"], g["op"], str(g["count"]), f"{g['flops'] / 1e9:,.3f}", f"{g['bytes'] / 1e6:,.2f}",
-             f"{g['intensity']:,.1f}", g["bound"], fmt_time(g["t_lower"]), fmt_time(g["t_upper"]),
+    head = ["phase", "layer", "op", "n", "GFLOP", "MB", "FLOP/B", "bound", "t_lower", "t_upper",
+            "%"]
+    rows = [[g["phase"], g["name"], g["op"], str(g["count"]), f"{g['flops'] / 1e9:,.3f}",
+             f"{g['bytes'] / 1e6:,.2f}", f"{g['intensity']:,.1f}", g["bound"],
+             fmt_time(g["t_lower"]), fmt_time(g["t_upper"]),
              f"{100 * g['t_lower'] / total:.1f}"] for g in src]
     t = rep.total
-    rows.append(["", "TOTAL", "", str(len(rep.layers)), f"{t['flops'] / 1e9:,.3f}", f"{t['bytes'] / 1e6:,.2f}",
-                 f"{t['intensity']:,.1f}", "", fmt_time(t["t_lower"]), fmt_time(t["t_upper"]), "100.0"])
+    rows.append(["", "TOTAL", "", str(len(rep.layers)), f"{t['flops'] / 1e9:,.3f}",
+                 f"{t['bytes'] / 1e6:,.2f}", f"{t['intensity']:,.1f}", "", fmt_time(t["t_lower"]),
+                 fmt_time(t["t_upper"]), "100.0"])
     return head, rows
 
 
@@ -125,7 +135,8 @@ def _phase_rows(rep) -> list[list[str]]:
     ph = rep.by_phase()
     if len(ph) < 2:
         return []
-    return [[name, f"{t['flops'] / 1e9:,.3f}", f"{t['bytes'] / 1e6:,.2f}", fmt_time(t["t_lower"]), fmt_time(t["t_upper"])]
+    return [[name, f"{t['flops'] / 1e9:,.3f}", f"{t['bytes'] / 1e6:,.2f}", fmt_time(t["t_lower"]),
+             fmt_time(t["t_upper"])]
             for name, t in ph.items()]
 
 
@@ -137,13 +148,15 @@ def to_markdown(rep, per_layer: bool = False) -> str:
     lines += [f"| {k} | {v} |" for k, v in fmt_summary(rep)]
     phases = _phase_rows(rep)
     if phases:
-        lines += ["", "| " + " | ".join(PHASE_HEAD) + " |", "|---|" + "---:|" * (len(PHASE_HEAD) - 1)]
+        lines += ["", "| " + " | ".join(PHASE_HEAD) + " |",
+                  "|---|" + "---:|" * (len(PHASE_HEAD) - 1)]
         lines += ["| " + " | ".join(r) + " |" for r in phases]
     head, rows = _rows(rep, per_layer)
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "|".join("---:" if i > 2 else "---" for i in range(len(head))) + "|"]
+    lines += ["", "| " + " | ".join(head) + " |",
+              "|" + "|".join("---:" if i > 2 else "---" for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "t_lower = max(compute, memory) (+ collectives): the roofline bound; t_upper = their sum. "
-              "Peaks are dense datasheet figures; see `costmodel devices`."]
+    lines += ["", "t_lower = max(compute, memory) (+ collectives): the roofline bound; "
+              "t_upper = their sum. Peaks are dense datasheet figures; see `costmodel devices`."]
     return "\n".join(lines) + "\n"
 
 

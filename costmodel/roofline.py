@@ -10,21 +10,22 @@ on the critical path), so their interconnect time adds to both bounds.
 """
 from __future__ import annotations
 
-from .hardware import Device
 from .graph import Layer
+from .hardware import Device
 
 __all__ = ["time_layer", "time_layers"]
 
 
 def time_layer(rec: Layer, device: Device) -> Layer:
     tensor = rec.flops - rec.flops_vector
-    t_c = (tensor / device.peak(rec.dtype) if tensor else 0.0) + rec.flops_vector / device.vector_peak
+    t_c = ((tensor / device.peak(rec.dtype) if tensor else 0.0)
+           + rec.flops_vector / device.vector_peak)
     t_m = rec.bytes / device.bandwidth
     t_comm = 0.0
     if rec.bytes_comm:
         if not device.interconnect:
-            raise ValueError(f"device {device.key!r} has no interconnect bandwidth; tensor parallelism "
-                             f"cannot be timed on it")
+            raise ValueError(f"device {device.key!r} has no interconnect bandwidth; tensor "
+                             f"parallelism cannot be timed on it")
         t_comm = rec.bytes_comm / device.interconnect
     rec.t_compute, rec.t_memory, rec.t_comm = t_c, t_m, t_comm
     rec.t_lower = max(t_c, t_m) + t_comm

@@ -24,8 +24,9 @@ def main():
     ap.add_argument("--backend", default="numpy", choices=pw.kernels.available())
     a = ap.parse_args()
     dev = cm.get_device("cpu")
-    print(f"{dev.name}: fp32 GEMM {dev.peak('fp32') / 1e9:.1f} GFLOP/s, elementwise {dev.vector_peak / 1e9:.1f} "
-          f"GFLOP/s, copy bandwidth {dev.bandwidth / 1e9:.1f} GB/s (measured, cached)")
+    print(f"{dev.name}: fp32 GEMM {dev.peak('fp32') / 1e9:.1f} GFLOP/s, elementwise "
+          f"{dev.vector_peak / 1e9:.1f} GFLOP/s, copy bandwidth {dev.bandwidth / 1e9:.1f} GB/s "
+          f"(measured, cached)")
     m = pw.llama2.from_preset(a.preset, seed=0)
     ids = np.random.default_rng(0).integers(3, m.config.vocab_size, size=(1, a.tokens))
     with pw.use_backend(a.backend):
@@ -44,7 +45,8 @@ def main():
     print(f"\n{a.preset}, {a.tokens} tokens, backend {a.backend}")
     print(f"{'kernel':<12} {'bound ms':>10} {'measured ms':>12} {'bound/measured':>15}")
     for op in measured:
-        print(f"{op:<12} {bound[op] * 1e3:10.2f} {measured[op] * 1e3:12.2f} {bound[op] / measured[op]:15.0%}")
+        print(f"{op:<12} {bound[op] * 1e3:10.2f} {measured[op] * 1e3:12.2f} "
+              f"{bound[op] / measured[op]:15.0%}")
     tb, tm = sum(bound.values()), sum(measured.values())
     print(f"{'all':<12} {tb * 1e3:10.2f} {tm * 1e3:12.2f} {tb / tm:15.0%}")
 

@@ -1,4 +1,4 @@
-"""The cost model's bounds next to published measurements (the figures quoted in the costmodel note).
+"""The cost model's bounds next to published measurements (listed below with their sources).
 
 Run:  python examples/costmodel_published.py   (PYTHONPATH=. from a source checkout)
 Published measurements used:
@@ -15,7 +15,8 @@ import costmodel as cm
 
 
 def line(label, seconds, measured=None):
-    extra = f"   published {measured * 1e3:8.1f} ms -> bound / measured = {seconds / measured:4.0%}" if measured else ""
+    extra = (f"   published {measured * 1e3:8.1f} ms -> bound / measured = "
+             f"{seconds / measured:4.0%}" if measured else "")
     print(f"{label:<68} {seconds * 1e3:8.2f} ms{extra}")
 
 
@@ -23,11 +24,14 @@ print("Llama-2-7B, bf16, batch 1, one decode step (time per output token):")
 for dev in ("a100-sxm-80gb", "h100-sxm"):
     for kv in (128, 2048):
         r = cm.analyze("llama2-7b", dev, phase="decode", batch=1, seq_len=kv, dtype="bf16")
-        line(f"  {dev:<14} KV length {kv:>5}: {r.summary['tokens_per_s']:6.1f} tokens/s", r.summary["tpot_s"])
+        line(f"  {dev:<14} KV length {kv:>5}: {r.summary['tokens_per_s']:6.1f} tokens/s",
+             r.summary["tpot_s"])
 
-print("\nLlama-2-7B, bf16, batch 1, 128 prompt tokens + 20 generated (NeMo Framework's published setup):")
+print("\nLlama-2-7B, bf16, batch 1, 128 prompt tokens + 20 generated (NeMo Framework's published "
+      "setup):")
 for dev, measured in (("a100-sxm-80gb", 0.2340), ("h100-sxm", 0.1538)):
-    r = cm.analyze("llama2-7b", dev, phase="generate", batch=1, seq_len=128, new_tokens=20, dtype="bf16")
+    r = cm.analyze("llama2-7b", dev, phase="generate", batch=1, seq_len=128, new_tokens=20,
+                   dtype="bf16")
     line(f"  {dev:<14} end-to-end", r.summary["total_s"], measured)
 
 print("\nSAM ViT-H image encoder, one 1024x1024 image:")
@@ -39,9 +43,12 @@ line("  a100-sxm-80gb  fp32 weights/activations on TF32 tensor cores", r.summary
 
 print("\nWhisper, one 30-s window, greedy, 4 prompt tokens + 100 generated tokens, fp16:")
 for model in ("whisper-large-v3", "whisper-large-v3-turbo"):
-    r = cm.analyze(model, "h100-sxm", phase="generate", batch=1, seq_len=4, new_tokens=100, dtype="fp16")
+    r = cm.analyze(model, "h100-sxm", phase="generate", batch=1, seq_len=4, new_tokens=100,
+                   dtype="fp16")
     s = r.summary
-    line(f"  {model:<23} h100-sxm  (encoder {s['encoder_s'] * 1e3:.2f} ms, {s['tpot_s'] * 1e6:.0f} us/token)",
-         s["total_s"])
-r = cm.analyze("whisper-large-v3-turbo", "h100-sxm", phase="generate", batch=4, seq_len=4, new_tokens=100, dtype="fp16")
-line("  whisper-large-v3-turbo h100-sxm, 4 windows batched (120 s of audio)", r.summary["total_s"], 0.201)
+    line(f"  {model:<23} h100-sxm  (encoder {s['encoder_s'] * 1e3:.2f} ms, "
+         f"{s['tpot_s'] * 1e6:.0f} us/token)", s["total_s"])
+r = cm.analyze("whisper-large-v3-turbo", "h100-sxm", phase="generate", batch=4, seq_len=4,
+               new_tokens=100, dtype="fp16")
+line("  whisper-large-v3-turbo h100-sxm, 4 windows batched (120 s of audio)", r.summary["total_s"],
+     0.201)

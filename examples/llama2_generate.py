@@ -2,8 +2,10 @@
 greedy-decode with the KV cache.
 
     python examples/llama2_generate.py                                  # tiny committed checkpoint
-    python examples/llama2_generate.py --model ~/models/Llama-2-7b-hf --prompt "The capital of France is"
-    python examples/llama2_generate.py --preset llama2-110m --backend cpp   # random weights, real shapes
+    python examples/llama2_generate.py --model ~/models/Llama-2-7b-hf \\
+        --prompt "The capital of France is"
+    python examples/llama2_generate.py --preset llama2-110m --backend cpp   # random weights,
+                                                                            # real shapes
 
 With no --model the script loads tests/fixtures/llama2/: two layers, random weights and a
 320-token tokenizer, so the text it writes is noise -- but the token ids are the ones
@@ -36,7 +38,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="DIR", help="Hugging Face LLaMA checkpoint directory")
-    src.add_argument("--preset", choices=list(pw.llama2.PRESETS), help="random weights in a preset's shapes")
+    src.add_argument("--preset", choices=list(pw.llama2.PRESETS),
+                     help="random weights in a preset's shapes")
     ap.add_argument("--prompt", default="Once upon a time")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -49,10 +52,12 @@ def main() -> None:
     else:
         model_dir = args.model or FIXTURE
         m = pw.llama2.from_pretrained(model_dir)
-        source = str(model_dir) + ("" if args.model else " (tiny committed checkpoint, random weights)")
+        source = str(model_dir) + ("" if args.model
+                                   else " (tiny committed checkpoint, random weights)")
     c = m.config
-    print(f"model: {source}: {m.num_parameters / 1e6:.2f}M parameters, {c.num_hidden_layers} layers, "
-          f"hidden {c.hidden_size}, {c.num_attention_heads} query / {c.num_key_value_heads} key-value heads")
+    print(f"model: {source}: {m.num_parameters / 1e6:.2f}M parameters, "
+          f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} query / "
+          f"{c.num_key_value_heads} key-value heads")
 
     ids = prompt_ids(m, args.prompt)                                   # [1, T]
     print(f"prompt: {args.prompt!r} -> input_ids {ids[0].tolist()}")
@@ -68,7 +73,8 @@ def main() -> None:
         # generate = one prefill pass over the prompt, then one single-token pass per new token,
         # each reading the keys and values of all earlier tokens from the KV cache
         t0 = time.perf_counter()
-        out = m.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=0)
+        out = m.generate(ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         seed=0)
         dt = time.perf_counter() - t0
     new = out[0, ids.shape[1]:]                                        # [n]
     print(f"generated ids: {new.tolist()}")

@@ -1,7 +1,8 @@
 """Segment Anything: encode an image once, then ask for masks with a point and with a box.
 
     python examples/sam_segment.py                                       # tiny committed checkpoint
-    python examples/sam_segment.py --model ~/models/sam-vit-base --image dog.jpg --point 420,310 --out mask.png
+    python examples/sam_segment.py --model ~/models/sam-vit-base --image dog.jpg \\
+        --point 420,310 --out mask.png
 
 The default image is matplotlib's sample photo of Grace Hopper (a synthetic picture when
 matplotlib is missing); the default prompts are a point at the image centre and a box around the
@@ -33,8 +34,8 @@ def sample_image() -> np.ndarray:
         print("matplotlib (or its sample photo) is missing: using a synthetic image instead")
         y, x = np.mgrid[0:240, 0:320]                                        # [H, W] pixel grids
         disk = (x - 160) ** 2 + (y - 120) ** 2 < 70 ** 2
-        return np.stack([np.where(disk, 220, x * 255 // 320), np.where(disk, 40, 90), y * 255 // 240],
-                        axis=-1).astype(np.uint8)                           # [240, 320, 3]
+        return np.stack([np.where(disk, 220, x * 255 // 320), np.where(disk, 40, 90),
+                         y * 255 // 240], axis=-1).astype(np.uint8)         # [240, 320, 3]
 
 
 def numbers(text: str, n: int, what: str) -> list[float]:
@@ -51,8 +52,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", metavar="DIR", help="Hugging Face SamModel checkpoint directory")
     ap.add_argument("--image", help="an image file (default: matplotlib's sample photo)")
-    ap.add_argument("--point", metavar="X,Y", help="foreground point in image pixels (default: the centre)")
-    ap.add_argument("--box", metavar="X0,Y0,X1,Y1", help="box in image pixels (default: the middle half)")
+    ap.add_argument("--point", metavar="X,Y",
+                    help="foreground point in image pixels (default: the centre)")
+    ap.add_argument("--box", metavar="X0,Y0,X1,Y1",
+                    help="box in image pixels (default: the middle half)")
     ap.add_argument("--out", metavar="PNG", help="write the best point mask over the image here")
     ap.add_argument("--backend", default="numpy", choices=pw.available(), help="kernel backend")
     args = ap.parse_args()
@@ -62,7 +65,8 @@ def main() -> None:
     model_dir = args.model or FIXTURE
     predictor = pw.sam.SamPredictor(pw.sam.from_pretrained(model_dir))
     S = predictor.model.config.vision_config.image_size
-    print(f"model: {model_dir}{'' if args.model else ' (tiny committed checkpoint, random weights)'}: "
+    print(f"model: {model_dir}"
+          f"{'' if args.model else ' (tiny committed checkpoint, random weights)'}: "
           f"input {S}x{S} pixels")
 
     if args.image:
@@ -80,19 +84,23 @@ def main() -> None:
         t0 = time.perf_counter()
         predictor.set_image(rgb)
         t_enc = time.perf_counter() - t0
-        print(f"image {W}x{H} -> image embeddings {list(predictor.image_embeddings.shape)} in {t_enc * 1e3:.0f} ms")
+        print(f"image {W}x{H} -> image embeddings {list(predictor.image_embeddings.shape)} in "
+              f"{t_enc * 1e3:.0f} ms")
 
         # then each prompt costs only the small prompt encoder and mask decoder; an ambiguous
         # single point gets three candidate masks (whole, part, subpart), each with a predicted IoU
         t0 = time.perf_counter()
-        masks, scores, low_res = predictor.predict(points=[point], labels=[1])   # [3, H, W], [3], [3, 4E, 4E]
+        # [3, H, W], [3], [3, 4E, 4E]
+        masks, scores, low_res = predictor.predict(points=[point], labels=[1])
         t_dec = time.perf_counter() - t0
-        print(f"point ({point[0]:.0f}, {point[1]:.0f}): {len(scores)} masks {list(masks.shape[1:])} "
-              f"from low-res logits {list(low_res.shape[1:])} in {t_dec * 1e3:.0f} ms")
+        print(f"point ({point[0]:.0f}, {point[1]:.0f}): {len(scores)} masks "
+              f"{list(masks.shape[1:])} from low-res logits {list(low_res.shape[1:])} in "
+              f"{t_dec * 1e3:.0f} ms")
         for k in range(len(scores)):
             print(f"  mask {k}: predicted IoU {scores[k]:.3f}, {masks[k].mean():6.1%} of the image")
 
-        box_masks, box_scores, _ = predictor.predict(box=box, multimask_output=False)   # [1, H, W], [1]
+        # [1, H, W], [1]
+        box_masks, box_scores, _ = predictor.predict(box=box, multimask_output=False)
     print(f"box ({', '.join(f'{b:.0f}' for b in box)}): 1 mask, predicted IoU {box_scores[0]:.3f}, "
           f"{box_masks[0].mean():6.1%} of the image")
 

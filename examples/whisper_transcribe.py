@@ -27,20 +27,24 @@ FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "whisper
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", metavar="DIR", help="Hugging Face Whisper checkpoint directory")
-    ap.add_argument("--audio", help="an audio file, any rate and channel count (default: the committed clip)")
-    ap.add_argument("--language", help="language code or name (default: detect; 'en' for the committed clip)")
+    ap.add_argument("--audio",
+                    help="an audio file, any rate and channel count (default: the committed clip)")
+    ap.add_argument("--language",
+                    help="language code or name (default: detect; 'en' for the committed clip)")
     ap.add_argument("--backend", default="numpy", choices=pw.available(), help="kernel backend")
     args = ap.parse_args()
 
     model_dir = args.model or FIXTURES / "tiny"
     w = pw.whisper.from_pretrained(model_dir)
     c = w.config
-    print(f"model: {model_dir}{'' if args.model else ' (tiny committed checkpoint, random weights)'}: "
-          f"{c.encoder_layers} encoder + {c.decoder_layers} decoder layers, d_model {c.d_model}, {c.num_mel_bins} mels")
+    print(f"model: {model_dir}"
+          f"{'' if args.model else ' (tiny committed checkpoint, random weights)'}: "
+          f"{c.encoder_layers} encoder + {c.decoder_layers} decoder layers, d_model {c.d_model}, "
+          f"{c.num_mel_bins} mels")
 
     audio_path = args.audio or FIXTURES / "speech.wav"
     language = args.language or (None if args.audio else "en")      # the committed clip is English
-    audio = pw.whisper.load_audio(audio_path)                       # float32 [N], mono, resampled to 16 kHz
+    audio = pw.whisper.load_audio(audio_path)                       # float32 [N], mono, 16 kHz
     print(f"audio: {audio_path}: {audio.size / 16000:.2f} s")
 
     # the front end: 25 ms windows every 10 ms, 80 (or 128) mel bands, log10, clamped 8 below the

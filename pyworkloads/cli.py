@@ -34,13 +34,15 @@ def _cpu_features() -> str:
             flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
     except OSError:
         return platform.processor() or "unknown"
-    wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_tile"]
+    wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16",
+              "amx_tile"]
     return " ".join(f for f in wanted if f in flags) or "none of the tracked SIMD extensions"
 
 
 def cmd_info(args) -> int:
-    print(f"pyworkloads {__version__}  (Python {platform.python_version()}, NumPy {np.__version__}, "
-          f"{platform.system()} {platform.machine()}, {os.cpu_count()} logical cores)")
+    print(f"pyworkloads {__version__}  (Python {platform.python_version()}, "
+          f"NumPy {np.__version__}, {platform.system()} {platform.machine()}, "
+          f"{os.cpu_count()} logical cores)")
     print(f"CPU features: {_cpu_features()}")
     print("backends:")
     for name in kernels.BACKENDS:
@@ -102,14 +104,16 @@ def cmd_profile(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pyworkloads", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"pyworkloads {__version__}")
-    p.add_argument("--threads", type=int, help="threads for the compiled kernels (default: all cores)")
+    p.add_argument("--threads", type=int,
+                   help="threads for the compiled kernels (default: all cores)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("info", help="version, backends, CPU features, CUDA status")
     sp.set_defaults(func=cmd_info)
 
     mods = _model_modules()
-    sp = sub.add_parser("demo", help="run every model on tiny random weights on every available backend")
+    sp = sub.add_parser("demo",
+                        help="run every model on tiny random weights on every available backend")
     sp.add_argument("--models", help=f"comma-separated subset of: {', '.join(mods)}")
     sp.add_argument("--backends", help="comma-separated subset of the available backends")
     sp.set_defaults(func=cmd_demo)
@@ -117,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("profile", help="per-kernel FLOPs, bytes and time of a model's demo run")
     sp.add_argument("model", choices=list(mods))
     sp.add_argument("--backend", default="numpy", choices=kernels.BACKENDS)
-    sp.add_argument("--by", default="op", choices=["op", "name"], help="group by kernel op or by layer scope")
+    sp.add_argument("--by", default="op", choices=["op", "name"],
+                    help="group by kernel op or by layer scope")
     sp.set_defaults(func=cmd_profile)
 
     run = sub.add_parser("run", help="run a model on a checkpoint directory or a preset")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_safetensors", "save_safetensors", "load_checkpoint", "load_config", "SafeTensors", "bf16_to_f32", "f32_to_bf16",
-           "CheckpointWeights", "PICKLE_SUFFIXES"]
+__all__ = ["load_safetensors", "save_safetensors", "load_checkpoint", "load_config", "SafeTensors",
+           "bf16_to_f32", "f32_to_bf16", "CheckpointWeights", "PICKLE_SUFFIXES"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024          # the reference implementation's own limit
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -39,9 +39,10 @@ _FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
 def _refuse_pickle(path: Path) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ValueError(
-            f"{path}: {path.suffix} checkpoints are Python pickles, which can run arbitrary code when "
-            "loaded; pyworkloads reads safetensors only. Convert once with "
-            "`transformers`' save_pretrained(..., safe_serialization=True) or safetensors' convert script.")
+            f"{path}: {path.suffix} checkpoints are Python pickles, which can run arbitrary code "
+            "when loaded; pyworkloads reads safetensors only. Convert once with "
+            "`transformers`' save_pretrained(..., safe_serialization=True) or safetensors' "
+            "convert script.")
 
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -67,13 +68,16 @@ class SafeTensors(Mapping):
             raise FileNotFoundError(f"{self.path}: no such safetensors file")
         size = self.path.stat().st_size
         if size < 8:
-            raise ValueError(f"{self.path}: not a safetensors file (only {size} bytes; the 8-byte header length is missing)")
+            raise ValueError(f"{self.path}: not a safetensors file (only {size} bytes; "
+                             "the 8-byte header length is missing)")
         with open(self.path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > MAX_HEADER_BYTES:
-                raise ValueError(f"{self.path}: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit (corrupt or not safetensors)")
+                raise ValueError(f"{self.path}: header length {n} exceeds the "
+                                 f"{MAX_HEADER_BYTES}-byte limit (corrupt or not safetensors)")
             if 8 + n > size:
-                raise ValueError(f"{self.path}: header length {n} runs past the end of the {size}-byte file (truncated?)")
+                raise ValueError(f"{self.path}: header length {n} runs past the end of the "
+                                 f"{size}-byte file (truncated?)")
             header_bytes = f.read(n)
         self.metadata, self._entries = self._parse_header(header_bytes, size - 8 - n)
         self._data_start = 8 + n
@@ -100,27 +104,34 @@ class SafeTensors(Mapping):
         if not isinstance(header, dict):
             raise self._err("header must be a JSON object")
         metadata = header.pop("__metadata__", None) or {}
-        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in metadata.items()):
             raise self._err("__metadata__ must map strings to strings")
         entries = {}
         spans = []
         for name, info in header.items():
             if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-                raise self._err(f"tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
+                raise self._err(f"tensor {name!r}: entry must have exactly dtype, shape and "
+                                "data_offsets")
             code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
             if code not in _DTYPES:
-                raise self._err(f"tensor {name!r}: unsupported dtype {code!r} (known: {', '.join(_DTYPES)})")
-            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-                raise self._err(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+                raise self._err(f"tensor {name!r}: unsupported dtype {code!r} "
+                                f"(known: {', '.join(_DTYPES)})")
+            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                      and d >= 0 for d in shape):
+                raise self._err(f"tensor {name!r}: shape must be a list of non-negative integers, "
+                                f"got {shape!r}")
             if (not isinstance(offs, list) or len(offs) != 2
                     or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
                 raise self._err(f"tensor {name!r}: data_offsets must be two integers, got {offs!r}")
             begin, end = offs
             if not 0 <= begin <= end <= data_len:
-                raise self._err(f"tensor {name!r}: data_offsets {offs} fall outside the {data_len}-byte data section (truncated file?)")
+                raise self._err(f"tensor {name!r}: data_offsets {offs} fall outside the "
+                                f"{data_len}-byte data section (truncated file?)")
             nbytes = math.prod(shape) * _DTYPES[code].itemsize
             if end - begin != nbytes:
-                raise self._err(f"tensor {name!r}: {code} {shape} needs {nbytes} bytes but data_offsets span {end - begin}")
+                raise self._err(f"tensor {name!r}: {code} {shape} needs {nbytes} bytes but "
+                                f"data_offsets span {end - begin}")
             entries[name] = (code, tuple(shape), begin, end)
             spans.append((begin, end, name))
         spans.sort()
@@ -160,7 +171,8 @@ class SafeTensors(Mapping):
         dt = _DTYPES[code]
         if end == begin:
             return np.zeros(shape, dtype=dt)
-        arr = np.frombuffer(self._mmap, dtype=dt, count=(end - begin) // dt.itemsize, offset=self._data_start + begin)
+        arr = np.frombuffer(self._mmap, dtype=dt, count=(end - begin) // dt.itemsize,
+                            offset=self._data_start + begin)
         return arr.reshape(shape)
 
     def dtype_of(self, name: str) -> str:
@@ -179,8 +191,8 @@ def load_safetensors(path) -> SafeTensors:
     return SafeTensors(path)
 
 
-def save_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None,
-                     dtype: str | None = None) -> None:
+def save_safetensors(path, tensors: Mapping[str, np.ndarray],
+                     metadata: dict[str, str] | None = None, dtype: str | None = None) -> None:
     """Write NumPy arrays as safetensors (float arrays optionally stored as "F16" or "BF16").
 
     The file is written to a temporary name and renamed, so a crash never leaves half a file."""
@@ -194,12 +206,15 @@ def save_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: dict[str
         elif arr.dtype.kind == "f" and dtype == "F16":
             code, data = "F16", arr.astype("<f2")
         else:
-            code = {np.dtype(v): k for k, v in _DTYPES.items() if k != "BF16"}.get(arr.dtype.newbyteorder("<"))
+            code = {np.dtype(v): k for k, v in _DTYPES.items()
+                    if k != "BF16"}.get(arr.dtype.newbyteorder("<"))
             if code is None:
-                raise TypeError(f"save_safetensors: tensor {name!r} has unsupported dtype {arr.dtype}")
+                raise TypeError(f"save_safetensors: tensor {name!r} has unsupported dtype "
+                                f"{arr.dtype}")
             data = arr.astype(_DTYPES[code])
         buf = np.ascontiguousarray(data).tobytes()
-        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + len(buf)]}
+        header[name] = {"dtype": code, "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(buf)]}
         blobs.append(buf)
         offset += len(buf)
     hjson = json.dumps(header, separators=(",", ":")).encode()
@@ -214,7 +229,8 @@ def save_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: dict[str
 
 
 class CheckpointWeights(Mapping):
-    """The union of a checkpoint's shards: ``weights[hf_name]`` -> np.ndarray (float32 for floats)."""
+    """The union of a checkpoint's shards: ``weights[hf_name]`` -> np.ndarray (float32 for
+    floats)."""
 
     def __init__(self, files: list[SafeTensors]):
         self.files = files
@@ -222,7 +238,8 @@ class CheckpointWeights(Mapping):
         for st in files:
             for name in st:
                 if name in self._where:
-                    raise ValueError(f"tensor {name!r} appears in both {self._where[name].path} and {st.path}")
+                    raise ValueError(f"tensor {name!r} appears in both {self._where[name].path} "
+                                     f"and {st.path}")
                 self._where[name] = st
 
     def _file(self, name):
@@ -267,16 +284,19 @@ def load_checkpoint(path) -> CheckpointWeights:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{index}: not a valid safetensors index (needs a 'weight_map' object): {exc}") from None
+            raise ValueError(f"{index}: not a valid safetensors index (needs a 'weight_map' "
+                             f"object): {exc}") from None
         shards = sorted(set(weight_map.values()))
         for s in shards:
             if Path(s).name != s:
-                raise ValueError(f"{index}: shard name {s!r} must be a plain file name in the same directory")
+                raise ValueError(f"{index}: shard name {s!r} must be a plain file name in the "
+                                 "same directory")
         files = [SafeTensors(path / s) for s in shards]
         ckpt = CheckpointWeights(files)
         missing = [n for n in weight_map if n not in ckpt]
         if missing:
-            raise ValueError(f"{index}: {len(missing)} tensors listed in the index are missing from the shards, e.g. {missing[0]!r}")
+            raise ValueError(f"{index}: {len(missing)} tensors listed in the index are missing "
+                             f"from the shards, e.g. {missing[0]!r}")
         return ckpt
     single = path / "model.safetensors"
     if single.is_file():
@@ -286,8 +306,9 @@ def load_checkpoint(path) -> CheckpointWeights:
         return CheckpointWeights([SafeTensors(f) for f in found])
     pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
-        raise ValueError(f"{path}: only pickle checkpoints found ({', '.join(pickles)}); pyworkloads loads "
-                         "safetensors only -- re-save with save_pretrained(..., safe_serialization=True)")
+        raise ValueError(f"{path}: only pickle checkpoints found ({', '.join(pickles)}); "
+                         "pyworkloads loads safetensors only -- re-save with "
+                         "save_pretrained(..., safe_serialization=True)")
     raise FileNotFoundError(f"{path}: no *.safetensors files")
 
 
@@ -296,7 +317,8 @@ def load_config(path) -> dict:
     path = Path(path)
     f = path / "config.json" if path.is_dir() else path
     if not f.is_file():
-        raise FileNotFoundError(f"{f}: no config.json (a Hugging Face checkpoint directory has one)")
+        raise FileNotFoundError(f"{f}: no config.json (a Hugging Face checkpoint directory has "
+                                "one)")
     try:
         cfg = json.loads(f.read_text())
     except json.JSONDecodeError as exc:

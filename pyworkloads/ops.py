@@ -17,8 +17,9 @@ from .kernels import attention, layer_norm, matmul, rms_norm  # noqa: F401  (re-
 from .kernels.reference import softmax  # noqa: F401  (re-exported)
 
 __all__ = [
-    "linear", "contiguous", "embedding", "layer_norm", "rms_norm", "softmax", "gelu", "gelu_tanh", "quick_gelu",
-    "silu", "relu", "rope_cos_sin", "apply_rope", "rope", "attention", "matmul", "conv1d", "conv2d",
+    "linear", "contiguous", "embedding", "layer_norm", "rms_norm", "softmax", "gelu", "gelu_tanh",
+    "quick_gelu", "silu", "relu", "rope_cos_sin", "apply_rope", "rope", "attention", "matmul",
+    "conv1d", "conv2d",
     "conv_transpose2d", "interpolate_bilinear", "channel_layer_norm", "ACTIVATIONS",
 ]
 
@@ -31,7 +32,8 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
 
     Leading dimensions are folded into one GEMM of (prod(...), Din) x (Din, Dout)."""
     if x.shape[-1] != weight.shape[-1]:
-        raise ValueError(f"linear: x's last dimension {x.shape[-1]} != weight's input width {weight.shape[-1]}")
+        raise ValueError(f"linear: x's last dimension {x.shape[-1]} != weight's input width "
+                         f"{weight.shape[-1]}")
     lead = x.shape[:-1]
     y = kernels.matmul(x.reshape(-1, x.shape[-1]), weight.T)              # [N, Dout]
     if bias is not None:
@@ -52,7 +54,8 @@ def embedding(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
-        raise ValueError(f"embedding: ids must lie in [0, {table.shape[0]}), got range [{ids.min()}, {ids.max()}]")
+        raise ValueError(f"embedding: ids must lie in [0, {table.shape[0]}), got range "
+                         f"[{ids.min()}, {ids.max()}]")
     return table[ids]
 
 
@@ -92,7 +95,8 @@ ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_ta
 # rotary position embeddings
 # ---------------------------------------------------------------------------------------------
 def rope_cos_sin(head_dim: int, positions, theta: float = 10000.0, dtype=np.float32):
-    """cos, sin of the rotation angles pos · θ^(-2i/Dh), i < Dh/2.  positions int [T] -> two [T, Dh/2]."""
+    """cos, sin of the rotation angles pos · θ^(-2i/Dh), i < Dh/2.  positions int [T] -> two
+    [T, Dh/2]."""
     if head_dim % 2:
         raise ValueError(f"rope: head_dim must be even, got {head_dim}")
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
@@ -121,7 +125,8 @@ def apply_rope(x, cos, sin, layout: str = "half"):
 
 
 def rope(x, theta: float = 10000.0, offset: int = 0, layout: str = "half"):
-    """RoPE for x [..., T, Dh] at positions offset .. offset+T-1 (offset = tokens already cached)."""
+    """RoPE for x [..., T, Dh] at positions offset .. offset+T-1 (offset = tokens already
+    cached)."""
     cos, sin = rope_cos_sin(x.shape[-1], np.arange(offset, offset + x.shape[-2]), theta, x.dtype)
     return apply_rope(x, cos, sin, layout)
 
@@ -140,9 +145,10 @@ def conv1d(x, weight, bias=None, stride: int = 1, padding: int = 0):
         raise ValueError(f"conv1d: x must be [B, {Cin}, L], got {tuple(x.shape)}")
     if padding:
         x = np.pad(x, ((0, 0), (0, 0), (padding, padding)))
-    cols = np.lib.stride_tricks.sliding_window_view(x, K, axis=2)[:, :, ::stride]   # [B, Cin, Lout, K]
-    cols = cols.transpose(0, 2, 1, 3).reshape(x.shape[0], -1, Cin * K)             # [B, Lout, Cin·K]
-    y = linear(cols, weight.reshape(Cout, Cin * K), bias)                            # [B, Lout, Cout]
+    cols = np.lib.stride_tricks.sliding_window_view(
+        x, K, axis=2)[:, :, ::stride]                                    # [B, Cin, Lout, K]
+    cols = cols.transpose(0, 2, 1, 3).reshape(x.shape[0], -1, Cin * K)   # [B, Lout, Cin·K]
+    y = linear(cols, weight.reshape(Cout, Cin * K), bias)                # [B, Lout, Cout]
     return y.transpose(0, 2, 1)
 
 
@@ -162,8 +168,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     else:
         win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
         Ho, Wo = win.shape[2], win.shape[3]
-        cols = win.transpose(0, 2, 3, 1, 4, 5)                                      # [B, Ho, Wo, Cin, kh, kw]
-    y = linear(cols.reshape(B, Ho * Wo, Cin * kh * kw), weight.reshape(Cout, -1), bias)   # [B, Ho·Wo, Cout]
+        cols = win.transpose(0, 2, 3, 1, 4, 5)                          # [B, Ho, Wo, Cin, kh, kw]
+    y = linear(cols.reshape(B, Ho * Wo, Cin * kh * kw),
+               weight.reshape(Cout, -1), bias)                          # [B, Ho·Wo, Cout]
     return y.transpose(0, 2, 1).reshape(B, Cout, Ho, Wo)
 
 
@@ -178,13 +185,15 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
         raise ValueError(f"conv_transpose2d: x must be [B, {Cin}, H, W], got {tuple(x.shape)}")
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     B, _, H, W = x.shape
-    patches = kernels.matmul(x.transpose(0, 2, 3, 1).reshape(B, H * W, Cin), weight.reshape(Cin, -1))
+    patches = kernels.matmul(x.transpose(0, 2, 3, 1).reshape(B, H * W, Cin),
+                             weight.reshape(Cin, -1))
     patches = patches.reshape(B, H, W, Cout, kh, kw)
     Hf, Wf = (H - 1) * sh + kh, (W - 1) * sw + kw
     out = np.zeros_like(patches, shape=(B, Cout, Hf, Wf))
     for i in range(kh):
         for j in range(kw):
-            out[:, :, i:i + (H - 1) * sh + 1:sh, j:j + (W - 1) * sw + 1:sw] += patches[..., i, j].transpose(0, 3, 1, 2)
+            out[:, :, i:i + (H - 1) * sh + 1:sh, j:j + (W - 1) * sw + 1:sw] += (
+                patches[..., i, j].transpose(0, 3, 1, 2))
     out = out[:, :, ph:Hf - ph, pw:Wf - pw]
     if bias is not None:
         out = out + bias[None, :, None, None]
@@ -211,7 +220,8 @@ def interpolate_bilinear(x, size):
     i0, i1, a0, a1 = _linear_taps(x.shape[-2], Ho)
     j0, j1, b0, b1 = _linear_taps(x.shape[-1], Wo)
     dt = x.dtype
-    rows = x[..., i0, :] * a0[:, None].astype(dt) + x[..., i1, :] * a1[:, None].astype(dt)   # [..., Ho, W]
+    rows = (x[..., i0, :] * a0[:, None].astype(dt)
+            + x[..., i1, :] * a1[:, None].astype(dt))                       # [..., Ho, W]
     return rows[..., j0] * b0.astype(dt) + rows[..., j1] * b1.astype(dt)
 
 

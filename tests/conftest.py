@@ -16,10 +16,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def require_transformers():
     """Import torch and transformers or skip the calling test, saying why."""
-    torch = pytest.importorskip("torch", reason="parity with transformers needs torch (pip install torch==2.13.0)",
-                                exc_type=ImportError)
-    transformers = pytest.importorskip("transformers", reason="parity needs transformers (pip install transformers)",
-                                       exc_type=ImportError)
+    torch = pytest.importorskip(
+        "torch", reason="parity with transformers needs torch (pip install torch==2.13.0)",
+        exc_type=ImportError)
+    transformers = pytest.importorskip(
+        "transformers", reason="parity needs transformers (pip install transformers)",
+        exc_type=ImportError)
     torch.manual_seed(0)
     return torch, transformers
 

@@ -1,14 +1,14 @@
-"""Audio front end: log-mel parity with transformers' WhisperFeatureExtractor, loading and resampling
-checked against closed forms (pure tones), and clear errors for bad input."""
+"""Audio front end: log-mel parity with transformers' WhisperFeatureExtractor, loading and
+resampling checked against closed forms (pure tones), and clear errors for bad input."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import FIXTURES, require_transformers
+from tolerances import U32, log_mel_tolerance
 
 from pyworkloads import audio as A
-from conftest import FIXTURES, require_transformers
-from tolerances import log_mel_tolerance
 
 SR = 16000
 
@@ -25,6 +25,8 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
 SPEECH = FIXTURES / "whisper" / "speech.wav"
 
 
@@ -72,8 +74,8 @@ def _assert_log_mel_close(ours, ref, x, n_mels, name, n_samples=A.N_SAMPLES):
     tol = log_mel_tolerance(_exact_power(x, n_samples), A.mel_filters(n_mels), A.N_FFT)
     err = np.abs(ours.astype(np.float64) - ref)
     worst = np.unravel_index(np.argmax(err / tol), err.shape)
-    assert np.all(err <= tol), (f"{name}: |diff| {err[worst]:.3g} at {worst} exceeds the float32 bound "
-                                f"{tol[worst]:.3g} (max abs diff {err.max():.3g})")
+    assert np.all(err <= tol), (f"{name}: |diff| {err[worst]:.3g} at {worst} exceeds the float32 "
+                                f"bound {tol[worst]:.3g} (max abs diff {err.max():.3g})")
     # the bound is tight enough to mean something: most elements must agree to ~1e-5
     assert np.median(err) <= 1e-5, f"{name}: median abs diff {np.median(err):.3g}"
 
@@ -97,10 +99,13 @@ def test_log_mel_untruncated_long_clip_matches_transformers(n_mels):
     require_transformers()
     from transformers import WhisperFeatureExtractor
     rng = np.random.default_rng(1)
-    x = np.concatenate([A.load_audio(SPEECH), 0.05 * rng.standard_normal(SR * 40), np.zeros(12345)]).astype(np.float32)
+    x = np.concatenate([A.load_audio(SPEECH), 0.05 * rng.standard_normal(SR * 40),
+                        np.zeros(12345)]).astype(np.float32)
     ref = WhisperFeatureExtractor(feature_size=n_mels)(
-        x, sampling_rate=SR, truncation=False, padding="longest", return_tensors="np").input_features[0]
-    ours = A.log_mel_spectrogram(x, n_mels, n_samples=None, chunk_frames=1000)       # chunking must not matter
+        x, sampling_rate=SR, truncation=False, padding="longest",
+        return_tensors="np").input_features[0]
+    # chunking must not matter
+    ours = A.log_mel_spectrogram(x, n_mels, n_samples=None, chunk_frames=1000)
     assert ours.shape == ref.shape == (n_mels, x.size // 160)
     _assert_log_mel_close(ours, ref, x, n_mels, "long clip", n_samples=None)
 
@@ -109,8 +114,12 @@ def test_log_mel_untruncated_long_clip_matches_transformers(n_mels):
 def test_mel_filters_match_transformers(n_mels):
     require_transformers()
     from transformers.audio_utils import mel_filter_bank
-    ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000.0,
-                          sampling_rate=SR, norm="slaney", mel_scale="slaney")         # [bins, Mel]
+    ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0,
+                          max_frequency=8000.0, sampling_rate=SR, norm="slaney",
+                          mel_scale="slaney")                                       # [bins, Mel]
+    # both are float64 evaluations of the same Slaney formulas, a dozen operations per weight:
+    # a few ulps (2^-52 ≈ 2e-16) relative; atol covers the cancellation where a triangle's
+    # sides meet zero (weights <= 0.03, so a few ulps of them are < 1e-17)
     np.testing.assert_allclose(A.mel_filters(n_mels), ref.T, rtol=1e-12, atol=1e-15)
 
 
@@ -119,34 +128,47 @@ def test_mel_filters_match_transformers(n_mels):
 # ---------------------------------------------------------------------------------------------
 def test_hann_window_is_periodic():
     from scipy.signal import get_window
-    np.testing.assert_allclose(A.hann_window(400), get_window("hann", 400, fftbins=True), atol=1e-15)
+    # float64 0.5 - 0.5·cos(2πn/N) two ways, values <= 1: a few ulps (2^-53 ≈ 1.1e-16) apart
+    np.testing.assert_allclose(A.hann_window(400), get_window("hann", 400, fftbins=True),
+                               atol=1e-15)
 
 
 def test_mel_filters_slaney_properties():
-    """Slaney mel scale: linear 200/3 Hz per mel below 1 kHz, log above; area-normalised triangles."""
-    np.testing.assert_allclose(A._hz_to_mel(np.array([0.0, 600.0, 1000.0, 6400.0])), [0.0, 9.0, 15.0, 42.0], atol=1e-12)
-    np.testing.assert_allclose(A._mel_to_hz(A._hz_to_mel(np.linspace(0, 8000, 50))), np.linspace(0, 8000, 50), atol=1e-9)
+    """Slaney mel scale: linear 200/3 Hz per mel below 1 kHz, log above; area-normalised
+    triangles."""
+    # float64 closed forms of values <= 42: a few ulps, ~1e-14
+    np.testing.assert_allclose(A._hz_to_mel(np.array([0.0, 600.0, 1000.0, 6400.0])),
+                               [0.0, 9.0, 15.0, 42.0], atol=1e-12)
+    # float64 log then exp: an error of a few ulps of the mel value (~1e-14) is scaled by
+    # d hz / d mel = hz·ln(6.4)/27 <= 550 at 8 kHz, plus a few ulps of 8000: ≈ 1e-11 Hz
+    np.testing.assert_allclose(A._mel_to_hz(A._hz_to_mel(np.linspace(0, 8000, 50))),
+                               np.linspace(0, 8000, 50), atol=1e-9)
     fb = A.mel_filters(80)
     assert fb.shape == (80, 201) and fb.min() >= 0
     edges = A._mel_to_hz(np.linspace(0, A._hz_to_mel(8000.0), 82))
     freqs = np.linspace(0, 8000, 201)
-    for m in (0, 10, 40, 79):                          # each triangle lives between its two outer edges
+    for m in (0, 10, 40, 79):           # each triangle lives between its two outer edges
         inside = (freqs > edges[m]) & (freqs < edges[m + 2])
         assert np.all(fb[m, ~inside] == 0)
-        # peak height 2 / (f_hi - f_lo) at the centre (reached where a bin falls on it)
+        # peak height 2 / (f_hi - f_lo) at the centre (reached where a bin falls on it); both
+        # sides are float64 values <= 0.03 a few roundings apart, ~1e-17
         assert fb[m].max() <= 2.0 / (edges[m + 2] - edges[m]) + 1e-12
 
 
 def test_log_mel_of_a_tone_peaks_at_its_mel_channel():
-    """Closed-form check independent of any reference implementation: a 1 kHz tone puts its energy
-    in the channel whose triangle is centred nearest 1 kHz; silence around it sits at the max-8 floor."""
+    """Closed-form check independent of any reference implementation: a 1 kHz tone puts its
+    energy in the channel whose triangle is centred nearest 1 kHz; silence around it sits at the
+    max-8 floor."""
     t = np.arange(SR) / SR
     x = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
-    mel = A.log_mel_spectrogram(x)                                                      # [80, 3000]
+    mel = A.log_mel_spectrogram(x)                      # [80, 3000]
     centres = A._mel_to_hz(np.linspace(0, A._hz_to_mel(8000.0), 82))[1:-1]
     assert int(np.argmax(mel[:, 50])) == int(np.argmin(np.abs(centres - 1000)))
-    floor = mel.max() - 2.0                                                             # the max-8 floor after (x+4)/4
-    assert np.allclose(mel[:, 200:], floor, atol=1e-6)                                  # silent tail: clamped
+    floor = mel.max() - 2.0                             # the max-8 floor after (x+4)/4
+    # silent tail: clamped.  It is float32((M - 8 + 4) / 4) and floor is float32((M + 4) / 4) - 2
+    # (exact subtraction) for the float64 maximum M: two roundings of values < 2, so at most one
+    # ulp of 1 (1.2e-7) apart
+    assert np.allclose(mel[:, 200:], floor, atol=1e-6)
 
 
 def test_log_mel_shapes_and_padding():
@@ -157,18 +179,21 @@ def test_log_mel_shapes_and_padding():
     long = np.zeros(A.N_SAMPLES + 5000, np.float32)
     long[:1000] = 1.0
     # trimming keeps the first 30 s: identical to computing on the trimmed clip
-    np.testing.assert_array_equal(A.log_mel_spectrogram(long), A.log_mel_spectrogram(long[:A.N_SAMPLES]))
+    np.testing.assert_array_equal(A.log_mel_spectrogram(long),
+                                  A.log_mel_spectrogram(long[:A.N_SAMPLES]))
     np.testing.assert_array_equal(A.pad_or_trim(np.ones(3), 5), [1, 1, 1, 0, 0])
 
 
 def test_log_mel_conventions_are_named_parameters():
     """Zero padding only changes the frames that overlap the edges; without the floor, silence
     sits at log10(1e-10) = -10, i.e. (-10 + 4) / 4 = -1.5."""
-    x = (0.1 * np.random.default_rng(3).standard_normal(SR * 2)).astype(np.float32)   # sound from sample 0
+    # sound from sample 0
+    x = (0.1 * np.random.default_rng(3).standard_normal(SR * 2)).astype(np.float32)
     ref = A.log_mel_spectrogram(x)
     zero = A.log_mel_spectrogram(x, pad_mode="constant")
     # frames 0 and 1 (centred on samples 0 and 160) reach 200 samples back, into the padding
-    assert np.abs(zero[:, 2:] - ref[:, 2:]).max() == 0 and np.abs(zero[:, :2] - ref[:, :2]).min() > 0
+    assert np.abs(zero[:, 2:] - ref[:, 2:]).max() == 0
+    assert np.abs(zero[:, :2] - ref[:, :2]).min() > 0
     raw = A.log_mel_spectrogram(x, dynamic_range=None)
     assert raw.min() == np.float32(-1.5) and ref.min() > -1.5
     np.testing.assert_array_equal(np.maximum(raw, raw.max() - 2.0), ref)
@@ -189,7 +214,11 @@ def test_load_wav_any_bit_depth(tmp_path, subtype):
     sf.write(f, x, SR, subtype=subtype)
     y = A.load_audio(f)
     assert y.dtype == np.float32 and y.shape == x.shape
-    tol = {"PCM_U8": 1e-2, "PCM_16": 1e-4}.get(subtype, 1e-6)
+    # a b-bit PCM code: libsndfile writes round(x·(2^(b-1) - 1)) and reads code / 2^(b-1), which
+    # is off by at most (|x| + 1/2)·2^(1-b) <= 2^(1-b) for |x| <= 0.5; FLOAT and DOUBLE only
+    # round to float32 (<= u·|x| <= U32 / 2)
+    step = {"PCM_U8": 2.0 ** -7, "PCM_16": 2.0 ** -15, "PCM_24": 2.0 ** -23, "PCM_32": 2.0 ** -31}
+    tol = step.get(subtype, 0.0) + U32 / 2
     assert np.abs(y - x).max() <= tol
 
 
@@ -205,24 +234,32 @@ def test_load_resamples_stereo_to_16k_mono(tmp_path, rate):
     y = A.load_audio(f)
     assert y.shape == (2 * SR,)
     ref = 0.4 * np.sin(2 * np.pi * 440 * np.arange(2 * SR) / SR)
-    mid = slice(SR // 4, -SR // 4)                                                      # away from the filter's edges
+    mid = slice(SR // 4, -SR // 4)                      # away from the filter's edges
+    # resample_poly's Kaiser (β = 5) FIR is a ≈ 54 dB design: pass-band gain within 1.3e-3 of 1
+    # and its stop band (the images and aliases) below 2e-3, so the tone of amplitude 0.4 is
+    # within 0.4·(1.3e-3 + 2e-3) ≈ 1.3e-3
     assert np.abs(y[mid] - ref[mid]).max() < 2e-3
 
 
 def test_resampling_is_anti_aliased():
-    """A 12 kHz tone cannot exist at 16 kHz (Nyquist 8 kHz): it must be filtered out, not folded to 4 kHz."""
+    """A 12 kHz tone cannot exist at 16 kHz (Nyquist 8 kHz): it must be filtered out, not folded
+    to 4 kHz."""
     t = np.arange(48000) / 48000
     y = A.load_audio(np.sin(2 * np.pi * 12000 * t).astype(np.float32), orig_sr=48000)
     mid = y[2000:-2000]
+    # the 61-tap Kaiser (β = 5) FIR of resample_poly for 48 -> 16 kHz passes |H(12 kHz)| ≈ 4e-4:
+    # the folded tone keeps an rms of ≈ 4e-4 / √2 ≈ 3e-4; without the filter it would be 0.71
     assert np.sqrt(np.mean(mid ** 2)) < 1e-3
 
 
 def test_load_array_forms():
     x = np.linspace(-1, 1, 1000).astype(np.float32)
     np.testing.assert_array_equal(A.load_audio(x), x)
-    stereo = np.stack([x, -x], axis=1)                                       # [samples, 2]: cancels
+    stereo = np.stack([x, -x], axis=1)                  # [samples, 2]: cancels
+    # the channel mean (x + (-x)) / 2 is exactly 0
     np.testing.assert_allclose(A.load_audio(stereo), 0, atol=1e-7)
     pcm = np.array([0, 16384, -32768], np.int16)
+    # int16 / 32768: powers of two, exact
     np.testing.assert_allclose(A.load_audio(pcm), [0, 0.5, -1.0])
     assert A.load_audio(x, sr=8000, orig_sr=16000).shape == (500,)
 

@@ -31,7 +31,8 @@ def test_demo_runs_every_model_on_every_backend(capsys):
     out = capsys.readouterr().out
     for model in cli._model_modules():
         for backend in pw.available():
-            assert any(line.split()[:2] == [model, backend] for line in out.splitlines()), (model, backend, out)
+            assert any(line.split()[:2] == [model, backend]
+                       for line in out.splitlines()), (model, backend, out)
 
 
 def test_unavailable_backend_and_unknown_model_are_clean_errors(capsys):

@@ -21,15 +21,19 @@ def test_expected_backends_are_built():
     C++ test skipping."""
     expected = [b for b in os.environ.get("PYWORKLOADS_EXPECT_BACKENDS", "").split(",") if b]
     if not expected:
-        pytest.skip("PYWORKLOADS_EXPECT_BACKENDS not set (CI sets it to the backends the build must provide)")
+        pytest.skip("PYWORKLOADS_EXPECT_BACKENDS not set (CI sets it to the backends the build "
+                    "must provide)")
     for b in expected:
-        assert b in pw.available(), f"backend {b} expected but unavailable: {kernels.unavailable_reason(b)}"
+        assert b in pw.available(), (f"backend {b} expected but unavailable: "
+                                     f"{kernels.unavailable_reason(b)}")
 
 
 def test_cuda_extension_is_built_when_expected():
-    """CI compiles the CUDA code (it cannot run it): the extension must import and report devices."""
+    """CI compiles the CUDA code (it cannot run it): the extension must import and report
+    devices."""
     if not os.environ.get("PYWORKLOADS_EXPECT_CUDA_BUILD"):
-        pytest.skip("PYWORKLOADS_EXPECT_CUDA_BUILD not set (CI sets it: its build must include the CUDA extension)")
+        pytest.skip("PYWORKLOADS_EXPECT_CUDA_BUILD not set (CI sets it: its build must "
+                    "include the CUDA extension)")
     from pyworkloads import _cuda
     n, why = _cuda.device_status()
     assert n > 0 or why, "device_status must explain why there is no device"
@@ -78,7 +82,8 @@ def test_profile_counts_and_scopes(rng):
         kernels.rms_norm(x, w, 1e-6)
         kernels.layer_norm(x, w, None, 1e-5)
     mm, att, rms, ln = prof.records
-    assert (mm.op, mm.name, mm.macs, mm.flops) == ("matmul", "model.layers.0", 2 * 3 * 5 * 4, 2 * 2 * 3 * 5 * 4)
+    assert (mm.op, mm.name, mm.macs, mm.flops) == ("matmul", "model.layers.0", 2 * 3 * 5 * 4,
+                                                   2 * 2 * 3 * 5 * 4)
     assert mm.bytes == (a.size + b.size + 2 * 3 * 5) * 4
     assert att.macs == 1 * 4 * 3 * 6 * (8 + 8)
     assert att.flops == 2 * att.macs + 6 * (4 * 3 * 6)
@@ -98,20 +103,37 @@ def test_no_profile_no_records(rng):
 
 
 @pytest.mark.parametrize("call, exc, message", [
-    (lambda: kernels.matmul(np.ones((2, 3), np.float32), np.ones((4, 2), np.float32)), ValueError, "a's last dimension"),
-    (lambda: kernels.matmul(np.ones(3, np.float32), np.ones((3, 2), np.float32)), ValueError, "at least 2 dimensions"),
-    (lambda: kernels.matmul(np.ones((2, 2, 3), np.float32), np.ones((3, 3, 2), np.float32)), ValueError, "do not broadcast"),
-    (lambda: kernels.matmul(np.ones((2, 2), np.int64), np.ones((2, 2), np.float32)), TypeError, "floating-point"),
-    (lambda: kernels.attention(np.ones((1, 3, 2, 4)), np.ones((1, 2, 2, 4)), np.ones((1, 2, 2, 4))), ValueError, "multiple of key/value heads"),
-    (lambda: kernels.attention(np.ones((1, 2, 2, 4)), np.ones((1, 2, 2, 5)), np.ones((1, 2, 2, 5))), ValueError, "head widths"),
-    (lambda: kernels.attention(np.ones((2, 4)), np.ones((2, 4)), np.ones((2, 4))), ValueError, "4-D"),
-    (lambda: kernels.attention(np.ones((1, 1, 3, 4)), np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), causal=True), ValueError, "Tq <= Tk"),
-    (lambda: kernels.attention(np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), mask=np.ones((2, 2))), TypeError, "boolean"),
-    (lambda: kernels.attention(np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), bias=np.ones((3, 2))), ValueError, "does not broadcast"),
-    (lambda: kernels.attention(np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), np.ones((1, 1, 3, 4))), ValueError, "share heads and length"),
-    (lambda: kernels.rms_norm(np.ones((2, 4), np.float32), np.ones(3, np.float32)), ValueError, r"weight must have shape \(4,\)"),
-    (lambda: kernels.rms_norm(np.ones((2, 4), np.float32), np.ones(4, np.float32), eps=-1.0), ValueError, "eps"),
-    (lambda: kernels.layer_norm(np.ones((2, 4), np.float32), None, np.ones(5, np.float32)), ValueError, r"bias must have shape \(4,\)"),
+    (lambda: kernels.matmul(np.ones((2, 3), np.float32), np.ones((4, 2), np.float32)),
+     ValueError, "a's last dimension"),
+    (lambda: kernels.matmul(np.ones(3, np.float32), np.ones((3, 2), np.float32)),
+     ValueError, "at least 2 dimensions"),
+    (lambda: kernels.matmul(np.ones((2, 2, 3), np.float32), np.ones((3, 3, 2), np.float32)),
+     ValueError, "do not broadcast"),
+    (lambda: kernels.matmul(np.ones((2, 2), np.int64), np.ones((2, 2), np.float32)),
+     TypeError, "floating-point"),
+    (lambda: kernels.attention(np.ones((1, 3, 2, 4)), np.ones((1, 2, 2, 4)), np.ones((1, 2, 2, 4))),
+     ValueError, "multiple of key/value heads"),
+    (lambda: kernels.attention(np.ones((1, 2, 2, 4)), np.ones((1, 2, 2, 5)), np.ones((1, 2, 2, 5))),
+     ValueError, "head widths"),
+    (lambda: kernels.attention(np.ones((2, 4)), np.ones((2, 4)), np.ones((2, 4))),
+     ValueError, "4-D"),
+    (lambda: kernels.attention(np.ones((1, 1, 3, 4)), np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)),
+                               causal=True),
+     ValueError, "Tq <= Tk"),
+    (lambda: kernels.attention(np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)),
+                               mask=np.ones((2, 2))),
+     TypeError, "boolean"),
+    (lambda: kernels.attention(np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)),
+                               bias=np.ones((3, 2))),
+     ValueError, "does not broadcast"),
+    (lambda: kernels.attention(np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), np.ones((1, 1, 3, 4))),
+     ValueError, "share heads and length"),
+    (lambda: kernels.rms_norm(np.ones((2, 4), np.float32), np.ones(3, np.float32)),
+     ValueError, r"weight must have shape \(4,\)"),
+    (lambda: kernels.rms_norm(np.ones((2, 4), np.float32), np.ones(4, np.float32), eps=-1.0),
+     ValueError, "eps"),
+    (lambda: kernels.layer_norm(np.ones((2, 4), np.float32), None, np.ones(5, np.float32)),
+     ValueError, r"bias must have shape \(4,\)"),
     (lambda: kernels.set_num_threads(0), ValueError, "positive integer"),
 ])
 def test_validation_messages(call, exc, message):

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from tolerances import gamma
 
 from pyworkloads import ops
 
@@ -18,6 +19,9 @@ def test_softmax_matches_float64_and_is_stable(rng):
     x = (rng.standard_normal((4, 9)) * 50).astype(np.float32)
     x[0, 0] = 1e30                                         # huge logit: no overflow
     e = np.exp(f64(x) - f64(x).max(-1, keepdims=True))
+    # p = e_i / Σe in float32, all relative to p <= 1: the rounding of x - m (moves e^(x-m) by at
+    # most u·|x-m|·e^(x-m) <= u/e), a few ulps from exp, γ_9 from the 9-term sum and one division:
+    # ≈ 15u ≈ 9e-7
     np.testing.assert_allclose(ops.softmax(x), e / e.sum(-1, keepdims=True), atol=1e-6)
 
 
@@ -34,10 +38,16 @@ def test_softmax_propagates_nan():
 def test_activations_closed_forms(rng):
     x = (rng.standard_normal(200) * 4).astype(np.float32)
     erf = np.vectorize(math.erf)
-    np.testing.assert_allclose(ops.gelu(x), 0.5 * f64(x) * (1 + erf(f64(x) / math.sqrt(2))), atol=1e-6)
+    # each activation is x times a float32 gate g(x) in [0, 1] (erf, tanh or the logistic within
+    # a few ulps, then ~3 roundings): ≲ 3u·|ref| where g is near 1, at most 3u·9.6 ≈ 1.7e-6 <=
+    # 1e-6 + 1e-7·|ref| (assert_allclose's default rtol), and a few u·|x|·g(x) ≪ 1e-6 where g
+    # is small
+    np.testing.assert_allclose(ops.gelu(x), 0.5 * f64(x) * (1 + erf(f64(x) / math.sqrt(2))),
+                               atol=1e-6)
     t = np.tanh(math.sqrt(2 / math.pi) * (f64(x) + 0.044715 * f64(x) ** 3))
     np.testing.assert_allclose(ops.gelu_tanh(x), 0.5 * f64(x) * (1 + t), atol=1e-6)
-    np.testing.assert_allclose(ops.quick_gelu(x), f64(x) / (1 + np.exp(-1.702 * f64(x))), atol=1e-6)
+    np.testing.assert_allclose(ops.quick_gelu(x), f64(x) / (1 + np.exp(-1.702 * f64(x))),
+                               atol=1e-6)
     np.testing.assert_allclose(ops.silu(x), f64(x) / (1 + np.exp(-f64(x))), atol=1e-6)
     np.testing.assert_array_equal(ops.relu(x), np.maximum(x, 0))
     for fn in (ops.gelu, ops.gelu_tanh, ops.quick_gelu, ops.silu):
@@ -50,8 +60,15 @@ def test_norm_references_match_float64(rng):
     w, b = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
     xd = f64(x)
     ref_rms = xd / np.sqrt((xd ** 2).mean(-1, keepdims=True) + 1e-6) * w
-    np.testing.assert_allclose(ops.rms_norm(x, w, 1e-6), ref_rms, rtol=1e-5, atol=1e-5)
+    # RMSNorm is a chain of products: mean(x²) + eps is 64 squares summed and eps added, all
+    # positive (γ_65 relative), the sqrt halves that and rounds once more, then x / rms and
+    # · w: every element within (γ_65 / 2 + γ_4)·|ref| ≈ 36u·|ref|
+    np.testing.assert_allclose(ops.rms_norm(x, w, 1e-6), ref_rms, rtol=gamma(65) / 2 + gamma(4),
+                               atol=0)
     ref_ln = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5) * w + b
+    # the mean of 64 values ≈ 10 is off by up to γ_64·10 ≈ 4e-5, a shift of every centred value;
+    # divided by σ >= 2 and times |w| <= 2.7 that is <= 5e-5, plus ≈ 40u·|ref| from the
+    # variance, the sqrt and the affine terms: inside 1e-4 + 1e-4·|ref|
     np.testing.assert_allclose(ops.layer_norm(x, w, b, 1e-5), ref_ln, rtol=1e-4, atol=1e-4)
 
 
@@ -61,6 +78,9 @@ def test_channel_layer_norm(rng):
     xd = f64(x)
     mu, var = xd.mean(1, keepdims=True), xd.var(1, keepdims=True)
     ref = (xd - mu) / np.sqrt(var + 1e-6) * w[:, None, None] + b[:, None, None]
+    # LayerNorm over C = 6 values ~1: the mean is off by <= γ_6·max|x| ≈ 1e-6, divided by
+    # σ >= 0.4 and times |w| <= 2: <= 5e-6, plus ≈ 10u·|ref| ≈ 2e-6 (|ref| <= 3.4) from the
+    # variance, the sqrt and the affine terms
     np.testing.assert_allclose(ops.channel_layer_norm(x, w, b, 1e-6), ref, atol=1e-5)
 
 
@@ -68,7 +88,11 @@ def test_channel_layer_norm(rng):
 def test_linear_and_embedding(rng):
     x, w, b = rng.standard_normal((2, 3, 8)), rng.standard_normal((5, 8)), rng.standard_normal(5)
     x, w, b = x.astype(np.float32), w.astype(np.float32), b.astype(np.float32)
-    np.testing.assert_allclose(ops.linear(x, w, b), f64(x) @ f64(w).T + b, atol=1e-5)
+    # a length-8 float32 dot product plus the bias: 9 roundings of terms whose magnitudes sum to
+    # at most S = max(|x|·|w|ᵀ + |b|), in any summation order: <= γ_9·S
+    S = (np.abs(f64(x)) @ np.abs(f64(w)).T + np.abs(b)).max()
+    np.testing.assert_allclose(ops.linear(x, w, b), f64(x) @ f64(w).T + b, atol=gamma(9) * S,
+                               rtol=0)
     table = rng.standard_normal((10, 4)).astype(np.float32)
     np.testing.assert_array_equal(ops.embedding(np.array([[1, 9]]), table), table[[[1, 9]]])
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
@@ -85,13 +109,21 @@ def test_linear_and_embedding(rng):
 def test_rope_preserves_norms_and_is_relative(rng):
     q = rng.standard_normal((1, 2, 6, 16)).astype(np.float32)
     r = ops.rope(q, theta=10000.0)
-    np.testing.assert_allclose(np.linalg.norm(r, axis=-1), np.linalg.norm(q, axis=-1), rtol=1e-5)
+    # each rotated pair is 2 products and a sum with float32 cos/sin (γ_3 of |x1·c| + |x2·s|),
+    # which moves the 16-vector by <= √2·γ_3·||q||; each float32 norm sums 16 squares (γ_16,
+    # halved by the sqrt) and rounds the sqrt: <= (γ_16 + γ_7)·||q|| together
+    np.testing.assert_allclose(np.linalg.norm(r, axis=-1), np.linalg.norm(q, axis=-1),
+                               rtol=gamma(16) + gamma(7))
     # <R(m) q, R(n) k> depends only on m - n
     a, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
     def at(v, pos):
         return ops.rope(v[None, None, None, :], offset=pos)[0, 0, 0]
+    # both sides: two rotations (√2·γ_3 each) and a length-16 dot (γ_16) of values ~1, so each is
+    # within ≈ 25u·Σ|a||b| ≈ 2e-5 of the exact <a, R(4) b> (≈ 10 here, Σ|a||b| ≈ 12): far inside
+    # 1e-4·|ref| ≈ 1e-3
     np.testing.assert_allclose(at(a, 7) @ at(b, 3), at(a, 104) @ at(b, 100), rtol=1e-4)
-    np.testing.assert_allclose(ops.rope(q, offset=0)[..., 0, :], q[..., 0, :])   # position 0: identity
+    # position 0: cos 0 = 1 and sin 0 = 0 exactly, so the identity is exact
+    np.testing.assert_allclose(ops.rope(q, offset=0)[..., 0, :], q[..., 0, :])
 
 
 def test_rope_half_layout_on_permuted_weights_equals_interleaved(rng):
@@ -99,25 +131,36 @@ def test_rope_half_layout_on_permuted_weights_equals_interleaved(rng):
     scores must not change."""
     Dh, D, T = 8, 12, 5
     x = rng.standard_normal((T, D)).astype(np.float32)
-    wq, wk = rng.standard_normal((Dh, D)).astype(np.float32), rng.standard_normal((Dh, D)).astype(np.float32)
+    wq = rng.standard_normal((Dh, D)).astype(np.float32)
+    wk = rng.standard_normal((Dh, D)).astype(np.float32)
     perm = np.concatenate([np.arange(0, Dh, 2), np.arange(1, Dh, 2)])
     def scores(wq, wk, layout):
         q = ops.rope((x @ wq.T)[None, None], theta=500.0, layout=layout)
         k = ops.rope((x @ wk.T)[None, None], theta=500.0, layout=layout)
         return q[0, 0] @ k[0, 0].T
-    np.testing.assert_allclose(scores(wq[perm], wk[perm], "half"), scores(wq, wk, "interleaved"), rtol=1e-4, atol=1e-4)
+    # both layouts do the same products; only the order of the length-8 score sums differs
+    # (Σ|q||k| <= 160): ~√8·u·160 ≈ 3e-5 apart with random rounding (2·γ_8·160 ≈ 1.5e-4 only if
+    # every rounding went the same way)
+    np.testing.assert_allclose(scores(wq[perm], wk[perm], "half"), scores(wq, wk, "interleaved"),
+                               rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="layout"):
         ops.rope(x[None, None], layout="sideways")
 
 
 def test_rope_matches_transformers_rotate_half(rng):
-    torch = pytest.importorskip("torch", reason="cross-check against transformers' RoPE needs torch")
-    llama = pytest.importorskip("transformers.models.llama.modeling_llama", reason="needs transformers")
+    torch = pytest.importorskip("torch",
+                                reason="cross-check against transformers' RoPE needs torch")
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama",
+                                reason="needs transformers")
     q = rng.standard_normal((1, 2, 6, 16)).astype(np.float32)
     inv = 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)
     ang = torch.arange(3, 9).float()[:, None] * inv[None]
     emb = torch.cat([ang, ang], -1)
-    ref, _ = llama.apply_rotary_pos_emb(torch.from_numpy(q), torch.from_numpy(q), emb.cos()[None], emb.sin()[None])
+    ref, _ = llama.apply_rotary_pos_emb(torch.from_numpy(q), torch.from_numpy(q), emb.cos()[None],
+                                        emb.sin()[None])
+    # transformers computes the angles (<= 8 rad) in float32 from a float32 inv_freq, a few ulps
+    # of 8 (≈ 24u absolute), we in float64; plus 3 roundings on each side, for |q| <= 2.4:
+    # ≈ 30u·2.4 ≈ 4e-6
     np.testing.assert_allclose(ops.rope(q, offset=3), ref.numpy(), atol=1e-5)
 
 
@@ -154,9 +197,14 @@ def test_reference_attention_matches_loops(rng, B, Hq, Hkv, Tq, Tk, Dh, causal):
     v = rng.standard_normal((B, Hkv, Tk, Dh)).astype(np.float32)
     bias = rng.standard_normal((1, Hq, Tq, Tk)).astype(np.float32)
     mask = rng.random((B, 1, Tq, Tk)) > 0.3
-    np.testing.assert_allclose(ops.attention(q, k, v, causal=causal), attention_loops(q, k, v, causal), atol=1e-5)
-    np.testing.assert_allclose(ops.attention(q, k, v, causal=causal, bias=bias, mask=mask, scale=0.3),
-                               attention_loops(q, k, v, causal, 0.3, bias, mask), atol=1e-5)
+    # float32 scores are length-Dh (<= 16) dots, |s| ≲ 8; softmax rows of <= 9 terms; the
+    # output a length-Tk (<= 9) dot of probabilities with |v| ≲ 3: a few tens of roundings of
+    # O(1) values, ≈ 30u·3 ≈ 5e-6
+    np.testing.assert_allclose(ops.attention(q, k, v, causal=causal),
+                               attention_loops(q, k, v, causal), atol=1e-5)
+    np.testing.assert_allclose(
+        ops.attention(q, k, v, causal=causal, bias=bias, mask=mask, scale=0.3),
+        attention_loops(q, k, v, causal, 0.3, bias, mask), atol=1e-5)
 
 
 def test_attention_all_masked_rows_give_zeros(rng):
@@ -170,9 +218,9 @@ def test_attention_all_masked_rows_give_zeros(rng):
 def conv2d_loops(x, w, b, s, p):
     x = np.pad(f64(x), ((0, 0), (0, 0), (p, p), (p, p)))
     B, C, H, W = x.shape
-    O, _, kh, kw = w.shape
+    Cout, _, kh, kw = w.shape
     Ho, Wo = (H - kh) // s + 1, (W - kw) // s + 1
-    out = np.zeros((B, O, Ho, Wo))
+    out = np.zeros((B, Cout, Ho, Wo))
     for i in range(Ho):
         for j in range(Wo):
             patch = x[:, :, i * s:i * s + kh, j * s:j * s + kw]
@@ -180,11 +228,16 @@ def conv2d_loops(x, w, b, s, p):
     return out + (0 if b is None else f64(b)[None, :, None, None])
 
 
-@pytest.mark.parametrize("k,s,p,H", [(3, 1, 1, 7), (3, 2, 1, 8), (4, 4, 0, 8), (16, 16, 0, 32), (1, 1, 0, 5), (2, 2, 0, 5)])
+@pytest.mark.parametrize("k,s,p,H", [(3, 1, 1, 7), (3, 2, 1, 8), (4, 4, 0, 8), (16, 16, 0, 32),
+                                     (1, 1, 0, 5), (2, 2, 0, 5)])
 def test_conv2d(rng, k, s, p, H):
     x = rng.standard_normal((2, 3, H, H + 1)).astype(np.float32)
     w = rng.standard_normal((4, 3, k, k)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
+    # one float32 GEMM of length K = 3·k² plus the bias.  Up to K = 27 even the worst case
+    # γ_(K+1)·Σ|x||w| is below 1e-4 (5.5e-5); beyond, the products have random signs, so the
+    # partial sums stay ~√K and the rounding error is ~u·K/√6: ≈ 1e-6 at K = 48 and 2e-5 (one
+    # σ) at K = 768, where 1e-4 is 5σ
     np.testing.assert_allclose(ops.conv2d(x, w, b, s, p), conv2d_loops(x, w, b, s, p), atol=1e-4)
 
 
@@ -193,19 +246,24 @@ def test_conv1d(rng, s, p):
     x = rng.standard_normal((2, 3, 11)).astype(np.float32)
     w = rng.standard_normal((5, 3, 3)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
-    ref = conv2d_loops(x[:, :, None, :], w[:, :, None, :], b, 1, 0)   # as a 1-row 2-D conv, then stride/pad
+    # as a 1-row 2-D conv, then stride/pad
+    ref = conv2d_loops(x[:, :, None, :], w[:, :, None, :], b, 1, 0)
     xp = np.pad(x, ((0, 0), (0, 0), (p, p)))
     ref = conv2d_loops(xp[:, :, None, :], w[:, :, None, :], b, 1, 0)[:, :, 0, ::s]
-    np.testing.assert_allclose(ops.conv1d(x, w, b, stride=s, padding=p), ref, atol=1e-4)
+    # one float32 GEMM of length K = Cin·k = 9 plus the bias: <= γ_(K+1)·max(Σ|x||w| + |b|)
+    S = conv2d_loops(np.abs(xp)[:, :, None, :], np.abs(w)[:, :, None, :], np.abs(b), 1, 0).max()
+    np.testing.assert_allclose(ops.conv1d(x, w, b, stride=s, padding=p), ref,
+                               atol=gamma(3 * 3 + 1) * S, rtol=0)
 
 
 def conv_transpose2d_loops(x, w, b, s, p):
     B, C, H, W = x.shape
-    _, O, kh, kw = w.shape
-    out = np.zeros((B, O, (H - 1) * s + kh, (W - 1) * s + kw))
+    _, Cout, kh, kw = w.shape
+    out = np.zeros((B, Cout, (H - 1) * s + kh, (W - 1) * s + kw))
     for i in range(H):
         for j in range(W):
-            out[:, :, i * s:i * s + kh, j * s:j * s + kw] += np.einsum("bc,cohw->bohw", f64(x[:, :, i, j]), f64(w))
+            out[:, :, i * s:i * s + kh, j * s:j * s + kw] += np.einsum("bc,cohw->bohw",
+                                                                       f64(x[:, :, i, j]), f64(w))
     out = out[:, :, p:out.shape[2] - p, p:out.shape[3] - p]
     return out + f64(b)[None, :, None, None]
 
@@ -215,28 +273,44 @@ def test_conv_transpose2d(rng, k, s, p):
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
     w = rng.standard_normal((3, 6, k, k)).astype(np.float32)
     b = rng.standard_normal(6).astype(np.float32)
-    np.testing.assert_allclose(ops.conv_transpose2d(x, w, b, s, p), conv_transpose2d_loops(x, w, b, s, p), atol=1e-4)
+    # each output sums at most n = Cin·⌈k/s⌉² products (Cin = 3 per tap, ⌈k/s⌉² taps) and the
+    # bias: in any order within γ_(n+1) of the sum of their magnitudes
+    n = 3 * math.ceil(k / s) ** 2
+    S = conv_transpose2d_loops(np.abs(x), np.abs(w), np.abs(b), s, p).max()
+    np.testing.assert_allclose(ops.conv_transpose2d(x, w, b, s, p),
+                               conv_transpose2d_loops(x, w, b, s, p), atol=gamma(n + 1) * S, rtol=0)
 
 
 def test_convs_match_torch(rng):
-    torch = pytest.importorskip("torch", reason="cross-check against torch.nn.functional needs torch")
+    torch = pytest.importorskip("torch",
+                                reason="cross-check against torch.nn.functional needs torch")
     F = torch.nn.functional
     x = rng.standard_normal((1, 4, 9, 10)).astype(np.float32)
     w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
     wt = rng.standard_normal((4, 5, 2, 2)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
     T = torch.from_numpy
-    np.testing.assert_allclose(ops.conv2d(x, w, b, 2, 1), F.conv2d(T(x), T(w), T(b), 2, 1).numpy(), atol=1e-4)
-    np.testing.assert_allclose(ops.conv_transpose2d(x, wt, b, 2), F.conv_transpose2d(T(x), T(wt), T(b), 2).numpy(), atol=1e-4)
+    # two float32 evaluations, each a sum of at most 36 products of N(0, 1) values and the bias
+    # (Σ|x||w| ≲ 35): with random signs the partial sums stay ~√K and each side is off by
+    # ~u·K/√6 ≈ 1e-6; 2·γ_37·35 ≈ 1.5e-4 only if every rounding went the same way
+    np.testing.assert_allclose(ops.conv2d(x, w, b, 2, 1),
+                               F.conv2d(T(x), T(w), T(b), 2, 1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(ops.conv_transpose2d(x, wt, b, 2),
+                               F.conv_transpose2d(T(x), T(wt), T(b), 2).numpy(), atol=1e-4)
     x1, w1 = x[:, :, 0], w[:, :, 0]
-    np.testing.assert_allclose(ops.conv1d(x1, w1, b, 2, 1), F.conv1d(T(x1), T(w1), T(b), 2, 1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(ops.conv1d(x1, w1, b, 2, 1),
+                               F.conv1d(T(x1), T(w1), T(b), 2, 1).numpy(), atol=1e-4)
 
 
 # ---- bilinear resize -----------------------------------------------------------------------
 def test_bilinear_identity_and_constant(rng):
     x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    # same size: the taps are the pixel itself with weight 1 and its neighbour with weight 0,
+    # so the result is exact
     np.testing.assert_allclose(ops.interpolate_bilinear(x, (5, 7)), x, atol=1e-6)
     c = np.full((1, 1, 4, 4), 3.0, np.float32)
+    # two weights summing to 1 (each rounded to float32), 2 products and a sum per pass, two
+    # passes: 3·(1 ± γ_6) ≈ 3 ± 1.1e-6 <= atol + rtol·3 (assert_allclose's default rtol=1e-7)
     np.testing.assert_allclose(ops.interpolate_bilinear(c, (9, 13)), 3.0, atol=1e-6)
 
 
@@ -244,5 +318,9 @@ def test_bilinear_identity_and_constant(rng):
 def test_bilinear_matches_torch(rng, size):
     torch = pytest.importorskip("torch", reason="cross-check against F.interpolate needs torch")
     x = rng.standard_normal((2, 3, 8, 6)).astype(np.float32)
-    ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=size, mode="bilinear", align_corners=False)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=size, mode="bilinear",
+                                          align_corners=False)
+    # two passes of two weighted terms, |x| <= 3.2: ≈ 6u·3.2 ≈ 1e-6 on each side; torch derives
+    # its weights in float32 from source coordinates <= 8 (≈ 16u absolute), which moves a pass
+    # by ≈ 16u·|x1 - x0| ≲ 6e-6 at most
     np.testing.assert_allclose(ops.interpolate_bilinear(x, size), ref.numpy(), atol=1e-5)

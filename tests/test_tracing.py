@@ -17,14 +17,16 @@ from pyworkloads.models.common import KVCache, layer_norm, linear
 
 def block(x, weights, cache=None):
     """A little of everything the models do: a conv stem, a padded window reshape, a biased
-    projection, an attention with a KV cache, a norm, GELU, a residual, gathers and concatenation."""
+    projection, an attention with a KV cache, a norm, GELU, a residual, gathers and
+    concatenation."""
     with kernels.scope("stem"):
-        x = ops.conv2d(x, weights["stem.weight"], weights["stem.bias"], stride=2, padding=1)   # [B, C, 4, 4]
+        x = ops.conv2d(x, weights["stem.weight"], weights["stem.bias"],
+                       stride=2, padding=1)                                   # [B, C, 4, 4]
     B, C, Hh, Ww = x.shape
-    x = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (0, 1), (0, 1), (0, 0)))                # [B, 5, 5, C]
+    x = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (0, 1), (0, 1), (0, 0)))     # [B, 5, 5, C]
     x = x.reshape(B, 25, C)
     cls = np.broadcast_to(weights["cls"], (B, 1, C))
-    x = np.concatenate([cls, x], axis=1)                                                 # [B, 26, C]
+    x = np.concatenate([cls, x], axis=1)                                      # [B, 26, C]
     with kernels.scope("blk"):
         h = layer_norm(x, weights, "blk.ln", 1e-5)
         q = linear(h, weights, "blk.q").reshape(B, 26, 2, C // 2).transpose(0, 2, 1, 3)
@@ -32,10 +34,10 @@ def block(x, weights, cache=None):
         if cache is not None:
             k, _ = cache.append(0, k, k)
             cache.advance(26)
-        o = kernels.attention(q, k, k, causal=True)                                       # [B, 2, 26, C/2]
+        o = kernels.attention(q, k, k, causal=True)                           # [B, 2, 26, C/2]
         x = x + ops.gelu(o.transpose(0, 2, 1, 3).reshape(B, 26, C))
         x = x * special.expit(x)
-    return np.where(np.arange(26)[None, :, None] > 3, x, 0.0)[:, 0]                     # [B, C]
+    return np.where(np.arange(26)[None, :, None] > 3, x, 0.0)[:, 0]           # [B, C]
 
 
 SHAPES = {"stem.weight": (8, 3, 3, 3), "stem.bias": (8,), "cls": (1, 1, 8), "blk.ln.weight": (8,),

@@ -57,11 +57,15 @@ def analyze(w, phase: str, *, batch: int, seq_len, new_tokens, logits: str, **_)
     n_new = 128 if new_tokens is None else positive("new_tokens", new_tokens)
     last = seq_len + (n_new - 1 if phase == "generate" else 0)
     if last > cfg.max_position_embeddings:
-        raise ValueError(f"seq_len {seq_len}" + (f" + new_tokens {n_new} - 1" if phase == "generate" else "")
-                         + f" = {last} exceeds the model's context of {cfg.max_position_embeddings} positions")
+        raise ValueError(f"seq_len {seq_len}"
+                         + (f" + new_tokens {n_new} - 1" if phase == "generate" else "")
+                         + f" = {last} exceeds the model's context of "
+                           f"{cfg.max_position_embeddings} positions")
     layers, summary, kv_len = generation(
         w, phase, seq_len, n_new,
         prefill=lambda: w.layers(forward_trace(cfg, batch, seq_len, 0, logits), "prefill"),
-        decode=lambda kv, step: w.layers(forward_trace(cfg, batch, 1, kv - 1, "last"), "decode", step))
-    used = dict(seq_len=seq_len, logits=logits, **({"new_tokens": n_new} if phase == "generate" else {}))
+        decode=lambda kv, step: w.layers(forward_trace(cfg, batch, 1, kv - 1, "last"), "decode",
+                                         step))
+    used = dict(seq_len=seq_len, logits=logits,
+                **({"new_tokens": n_new} if phase == "generate" else {}))
     return layers, summary, kv_cache_bytes(cfg, batch, kv_len, w.precision.kv_bytes, w.tp), used

@@ -41,7 +41,8 @@ def encoder_trace(cfg, batch: int):
 
 def _stored_cross_kv(cfg, batch: int) -> list:
     shape = (batch, cfg.decoder_attention_heads, cfg.max_source_positions, _head_dim(cfg))
-    return [tuple(Traced(shape, source=Source("cross", f"model.decoder.layers.{i}.encoder_attn", shape))
+    return [tuple(Traced(shape,
+                         source=Source("cross", f"model.decoder.layers.{i}.encoder_attn", shape))
                   for _ in "kv") for i in range(cfg.decoder_layers)]
 
 
@@ -79,8 +80,10 @@ def analyze(w, phase: str, *, batch: int, seq_len, new_tokens, logits: str, **_)
     n_new = 100 if new_tokens is None else positive("new_tokens", new_tokens)
     last = seq_len + (n_new - 1 if phase == "generate" else 0)
     if last > cfg.max_target_positions:
-        raise ValueError(f"seq_len {seq_len}" + (f" + new_tokens {n_new} - 1" if phase == "generate" else "")
-                         + f" = {last} exceeds the model's context of {cfg.max_target_positions} positions")
+        raise ValueError(f"seq_len {seq_len}"
+                         + (f" + new_tokens {n_new} - 1" if phase == "generate" else "")
+                         + f" = {last} exceeds the model's context of "
+                           f"{cfg.max_target_positions} positions")
 
     def prefill():
         return (w.layers(encoder_trace(cfg, batch), "encoder")
@@ -92,5 +95,6 @@ def analyze(w, phase: str, *, batch: int, seq_len, new_tokens, logits: str, **_)
                                          "decode", step))
     if phase != "decode":
         summary["encoder_s"] = seconds(r for r in layers if r.phase == "encoder")
-    used = dict(seq_len=seq_len, logits=logits, **({"new_tokens": n_new} if phase == "generate" else {}))
+    used = dict(seq_len=seq_len, logits=logits,
+                **({"new_tokens": n_new} if phase == "generate" else {}))
     return layers, summary, kv_cache_bytes(cfg, batch, kv_len, w.precision.kv_bytes, w.tp), used

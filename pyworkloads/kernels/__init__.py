@@ -39,8 +39,9 @@ from . import tracing as _trace
 from .tracing import trace
 
 __all__ = [
-    "matmul", "attention", "rms_norm", "layer_norm", "gelu", "available", "use_backend", "get_backend",
-    "set_backend", "profile", "scope", "trace", "set_num_threads", "get_num_threads", "Profile", "KernelCall",
+    "matmul", "attention", "rms_norm", "layer_norm", "gelu", "available", "use_backend",
+    "get_backend", "set_backend", "profile", "scope", "trace", "set_num_threads", "get_num_threads",
+    "Profile", "KernelCall",
 ]
 
 BACKENDS = ("numpy", "cpp", "cuda")
@@ -85,7 +86,8 @@ def unavailable_reason(name: str) -> str | None:
 
 
 _default_backend = os.environ.get("PYWORKLOADS_BACKEND", "numpy")
-_active: contextvars.ContextVar[str | None] = contextvars.ContextVar("pyworkloads_backend", default=None)
+_active: contextvars.ContextVar[str | None] = contextvars.ContextVar("pyworkloads_backend",
+                                                                    default=None)
 
 
 def _check_backend(name: str) -> str:
@@ -165,7 +167,8 @@ class Profile:
     def totals(self, by: str = "op") -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for r in self.records:
-            t = out.setdefault(getattr(r, by), {"calls": 0, "macs": 0, "flops": 0, "bytes": 0, "seconds": 0.0})
+            t = out.setdefault(getattr(r, by),
+                               {"calls": 0, "macs": 0, "flops": 0, "bytes": 0, "seconds": 0.0})
             t["calls"] += 1
             t["macs"] += r.macs
             t["flops"] += r.flops
@@ -176,12 +179,14 @@ class Profile:
     def summary(self, by: str = "op") -> str:
         rows = self.totals(by)
         total_s = sum(t["seconds"] for t in rows.values()) or float("nan")
-        head = f"{by:<28} {'calls':>7} {'GFLOP':>10} {'MB':>10} {'ms':>10} {'%time':>6} {'GFLOP/s':>9} {'GB/s':>8}"
+        head = (f"{by:<28} {'calls':>7} {'GFLOP':>10} {'MB':>10} {'ms':>10} {'%time':>6} "
+                f"{'GFLOP/s':>9} {'GB/s':>8}")
         lines = [head, "-" * len(head)]
         for key, t in sorted(rows.items(), key=lambda kv: -kv[1]["seconds"]):
             s = t["seconds"]
-            lines.append(f"{key or '(no scope)':<28} {t['calls']:>7} {t['flops'] / 1e9:>10.3f} {t['bytes'] / 1e6:>10.2f} "
-                         f"{s * 1e3:>10.2f} {100 * s / total_s:>6.1f} {t['flops'] / s / 1e9 if s else 0:>9.2f} "
+            lines.append(f"{key or '(no scope)':<28} {t['calls']:>7} {t['flops'] / 1e9:>10.3f} "
+                         f"{t['bytes'] / 1e6:>10.2f} {s * 1e3:>10.2f} {100 * s / total_s:>6.1f} "
+                         f"{t['flops'] / s / 1e9 if s else 0:>9.2f} "
                          f"{t['bytes'] / s / 1e9 if s else 0:>8.2f}")
         return "\n".join(lines)
 
@@ -189,7 +194,8 @@ class Profile:
         return self.summary()
 
 
-_profiles: contextvars.ContextVar[tuple[Profile, ...]] = contextvars.ContextVar("pyworkloads_profiles", default=())
+_profiles: contextvars.ContextVar[tuple[Profile, ...]] = contextvars.ContextVar(
+    "pyworkloads_profiles", default=())
 _scope: contextvars.ContextVar[str] = contextvars.ContextVar("pyworkloads_scope", default="")
 _trace.SCOPE = _scope
 
@@ -231,9 +237,11 @@ def _run(op: str, args: tuple, kwargs: dict, counts, out_shape: tuple):
     if tr is not None:                               # shape-only: record, compute nothing
         out = _trace.Traced(out_shape, np.float32)
         _, _, macs, flops, _ = counts(out)
-        tr.add(_trace.TraceRecord(op, _scope.get(), [a for a in args] + [kwargs.get(k) for k in ("bias", "mask")],
+        tr.add(_trace.TraceRecord(op, _scope.get(),
+                                  [a for a in args] + [kwargs.get(k) for k in ("bias", "mask")],
                                   out, int(macs), int(flops),
-                                  options={k: v for k, v in kwargs.items() if k not in ("bias", "mask")}))
+                                  options={k: v for k, v in kwargs.items()
+                                           if k not in ("bias", "mask")}))
         return out
     name = get_backend()
     mod = _backend_modules.get(name) or _load_backend(name)
@@ -247,7 +255,8 @@ def _run(op: str, args: tuple, kwargs: dict, counts, out_shape: tuple):
     out = fn(*args, **kwargs)
     seconds = time.perf_counter() - t0
     shapes, dtype, macs, flops, nbytes = counts(out)
-    rec = KernelCall(op, _scope.get(), name, shapes, dtype, int(macs), int(flops), int(nbytes), seconds)
+    rec = KernelCall(op, _scope.get(), name, shapes, dtype, int(macs), int(flops), int(nbytes),
+                     seconds)
     for p in profs:
         p.records.append(rec)
     return out
@@ -258,7 +267,8 @@ def _run(op: str, args: tuple, kwargs: dict, counts, out_shape: tuple):
 # --------------------------------------------------------------------------------------------
 def _is_device_array(x) -> bool:
     """A GPU array (CuPy, PyTorch, ...): validated by the cuda backend, never copied to the host."""
-    return not isinstance(x, np.ndarray) and (hasattr(x, "__cuda_array_interface__") or hasattr(x, "__dlpack_device__"))
+    return not isinstance(x, np.ndarray) and (hasattr(x, "__cuda_array_interface__")
+                                              or hasattr(x, "__dlpack_device__"))
 
 
 def _as_float_array(x, argname: str) -> np.ndarray:
@@ -280,14 +290,17 @@ def matmul(a, b):
     a = _as_float_array(a, "a")
     b = _as_float_array(b, "b")
     if a.ndim < 2 or b.ndim < 2:
-        raise ValueError(f"matmul needs a and b with at least 2 dimensions, got a{tuple(a.shape)} b{tuple(b.shape)}")
+        raise ValueError(f"matmul needs a and b with at least 2 dimensions, got "
+                         f"a{tuple(a.shape)} b{tuple(b.shape)}")
     if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: a's last dimension ({a.shape[-1]}) must equal b's second-to-last "
-                         f"({b.shape[-2]}); got a{tuple(a.shape)} b{tuple(b.shape)}")
+        raise ValueError(f"matmul: a's last dimension ({a.shape[-1]}) must equal b's "
+                         f"second-to-last ({b.shape[-2]}); got a{tuple(a.shape)} "
+                         f"b{tuple(b.shape)}")
     try:
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except ValueError:
-        raise ValueError(f"matmul: batch dimensions of a{tuple(a.shape)} and b{tuple(b.shape)} do not broadcast") from None
+        raise ValueError(f"matmul: batch dimensions of a{tuple(a.shape)} and b{tuple(b.shape)} "
+                         "do not broadcast") from None
 
     def counts(out):
         M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -309,37 +322,44 @@ def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=No
     v = _as_float_array(v, "v")
     for nm, t in (("q", q), ("k", k), ("v", v)):
         if t.ndim != 4:
-            raise ValueError(f"attention: {nm} must be 4-D [B, H, T, Dh], got shape {tuple(t.shape)}")
+            raise ValueError(f"attention: {nm} must be 4-D [B, H, T, Dh], got shape "
+                             f"{tuple(t.shape)}")
     B, Hq, Tq, Dh = q.shape
     if k.shape[0] != B or v.shape[0] != B:
         raise ValueError(f"attention: batch sizes differ: q {B}, k {k.shape[0]}, v {v.shape[0]}")
     if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-        raise ValueError(f"attention: k{tuple(k.shape)} and v{tuple(v.shape)} must share heads and length")
+        raise ValueError(f"attention: k{tuple(k.shape)} and v{tuple(v.shape)} must share heads "
+                         "and length")
     Hkv, Tk = k.shape[1], k.shape[2]
     if Hkv == 0 or Hq % Hkv != 0:
-        raise ValueError(f"attention: query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+        raise ValueError(f"attention: query heads ({Hq}) must be a multiple of key/value heads "
+                         f"({Hkv})")
     if k.shape[3] != Dh:
         raise ValueError(f"attention: q and k head widths differ ({Dh} vs {k.shape[3]})")
     if causal and Tq > Tk:
-        raise ValueError(f"attention: causal needs Tq <= Tk (bottom-right alignment), got Tq={Tq}, Tk={Tk}")
+        raise ValueError(f"attention: causal needs Tq <= Tk (bottom-right alignment), got "
+                         f"Tq={Tq}, Tk={Tk}")
     full = (B, Hq, Tq, Tk)
     if bias is not None:
         bias = _as_float_array(bias, "bias")
         try:
             np.broadcast_shapes(bias.shape, full)
         except ValueError:
-            raise ValueError(f"attention: bias shape {tuple(bias.shape)} does not broadcast to [B, Hq, Tq, Tk] = {full}") from None
+            raise ValueError(f"attention: bias shape {tuple(bias.shape)} does not broadcast to "
+                             f"[B, Hq, Tq, Tk] = {full}") from None
         if bias.ndim > 4:
             raise ValueError(f"attention: bias must have at most 4 dimensions, got {bias.ndim}")
     if mask is not None:
         if not _is_device_array(mask):
             mask = np.asarray(mask)
         if str(mask.dtype).rsplit(".", 1)[-1] not in ("bool", "bool_"):
-            raise TypeError(f"attention: mask must be a boolean array (True = attend), got dtype {mask.dtype}")
+            raise TypeError(f"attention: mask must be a boolean array (True = attend), got dtype "
+                            f"{mask.dtype}")
         try:
             np.broadcast_shapes(mask.shape, full)
         except ValueError:
-            raise ValueError(f"attention: mask shape {tuple(mask.shape)} does not broadcast to [B, Hq, Tq, Tk] = {full}") from None
+            raise ValueError(f"attention: mask shape {tuple(mask.shape)} does not broadcast to "
+                             f"[B, Hq, Tq, Tk] = {full}") from None
         if mask.ndim > 4:
             raise ValueError(f"attention: mask must have at most 4 dimensions, got {mask.ndim}")
     if scale is not None and not np.isfinite(scale):
@@ -352,7 +372,8 @@ def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=No
         return ((tuple(q.shape), tuple(k.shape), tuple(v.shape)), str(out.dtype), macs, flops,
                 _nbytes(q, k, v, bias, mask, out))
 
-    return _run("attention", (q, k, v), dict(causal=bool(causal), scale=scale, bias=bias, mask=mask), counts,
+    return _run("attention", (q, k, v),
+                dict(causal=bool(causal), scale=scale, bias=bias, mask=mask), counts,
                 (B, Hq, Tq, v.shape[3]))
 
 
@@ -364,12 +385,15 @@ def _check_norm(x, weight, bias, eps, op):
     if weight is not None:
         weight = _as_float_array(weight, "weight")
         if weight.shape != (D,):
-            raise ValueError(f"{op}: weight must have shape ({D},) to match x's last axis, got {tuple(weight.shape)}")
+            raise ValueError(f"{op}: weight must have shape ({D},) to match x's last axis, got "
+                             f"{tuple(weight.shape)}")
     if bias is not None:
         bias = _as_float_array(bias, "bias")
         if bias.shape != (D,):
-            raise ValueError(f"{op}: bias must have shape ({D},) to match x's last axis, got {tuple(bias.shape)}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) or not (eps >= 0 and np.isfinite(eps)):
+            raise ValueError(f"{op}: bias must have shape ({D},) to match x's last axis, got "
+                             f"{tuple(bias.shape)}")
+    if (isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer))
+            or not (eps >= 0 and np.isfinite(eps))):
         raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps!r}")
     return x, weight, bias, float(eps)
 
@@ -380,7 +404,8 @@ def rms_norm(x, weight, eps: float = 1e-6):
     if weight is None:
         raise ValueError("rms_norm: weight is required")
     return _run("rms_norm", (x, weight, eps), {},
-                lambda out: ((tuple(x.shape), tuple(weight.shape)), str(out.dtype), 0, 4 * x.size, _nbytes(x, weight, out)),
+                lambda out: ((tuple(x.shape), tuple(weight.shape)), str(out.dtype), 0, 4 * x.size,
+                             _nbytes(x, weight, out)),
                 x.shape)
 
 
@@ -389,7 +414,8 @@ def layer_norm(x, weight, bias, eps: float = 1e-5):
     x, weight, bias, eps = _check_norm(x, weight, bias, eps, "layer_norm")
     affine = (weight is not None) + (bias is not None)
     return _run("layer_norm", (x, weight, bias, eps), {},
-                lambda out: ((tuple(x.shape),), str(out.dtype), 0, (5 + affine) * x.size, _nbytes(x, weight, bias, out)),
+                lambda out: ((tuple(x.shape),), str(out.dtype), 0, (5 + affine) * x.size,
+                             _nbytes(x, weight, bias, out)),
                 x.shape)
 
 
@@ -397,5 +423,6 @@ def gelu(x):
     """Exact-form GELU x·Φ(x), elementwise (CLIP/OpenCLIP, SAM and Whisper MLPs).  Dispatched like
     the heavy ops because erf one float at a time is slow: the cpp kernel vectorises it."""
     x = _as_float_array(x, "x")
-    return _run("gelu", (x,), {}, lambda out: ((tuple(x.shape),), str(out.dtype), 0, 5 * x.size, _nbytes(x, out)),
+    return _run("gelu", (x,), {},
+                lambda out: ((tuple(x.shape),), str(out.dtype), 0, 5 * x.size, _nbytes(x, out)),
                 x.shape)

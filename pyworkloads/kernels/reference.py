@@ -15,7 +15,8 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax.  Rows that are entirely -inf (fully masked) give all zeros,
     not NaN, so a query that may attend to nothing contributes nothing."""
     m = np.max(x, axis=axis, keepdims=True)
-    m = np.where(np.isneginf(m), 0.0, m).astype(x.dtype, copy=False)   # all -inf row: avoid -inf - -inf
+    # all -inf row: avoid -inf - -inf
+    m = np.where(np.isneginf(m), 0.0, m).astype(x.dtype, copy=False)
     e = np.exp(x - m)
     s = np.sum(e, axis=axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -24,7 +25,8 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[..., M, K] @ [..., K, N] -> [..., M, N], batch dimensions broadcast (np.matmul semantics)."""
+    """[..., M, K] @ [..., K, N] -> [..., M, N], batch dimensions broadcast (np.matmul
+    semantics)."""
     return np.matmul(a, b)
 
 
@@ -62,7 +64,8 @@ def attention(q, k, v, causal=False, scale=None, bias=None, mask=None):
 
 
 def gelu(x):
-    """Exact GELU: x · Φ(x) = x/2 · (1 + erf(x/√2)) (erf from SciPy, correctly rounded per element)."""
+    """Exact GELU: x · Φ(x) = x/2 · (1 + erf(x/√2)) (erf from SciPy, correctly rounded per
+    element)."""
     return 0.5 * x * (1.0 + special.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
 
 
@@ -73,7 +76,8 @@ def rms_norm(x, weight, eps):
 
 
 def layer_norm(x, weight, bias, eps):
-    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance, as PyTorch)."""
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (biased variance, as
+    PyTorch)."""
     mu = np.mean(x, axis=-1, keepdims=True)
     xc = x - mu
     var = np.mean(np.square(xc), axis=-1, keepdims=True)

@@ -78,7 +78,8 @@ class Trace:
         self.records.append(rec)
 
 
-_trace: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("pyworkloads_trace", default=None)
+_trace: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("pyworkloads_trace",
+                                                                     default=None)
 
 
 def active_trace() -> Trace | None:
@@ -183,8 +184,9 @@ class Traced:
         return f"Traced({list(self.shape)}, {self.dtype}{src})"
 
     def _refuse(self, what: str):
-        raise TypeError(f"{what} of a traced array {self!r} (scope {_scope()!r}): a forward function "
-                        "run by kernels.trace() may not depend on the values of its arrays")
+        raise TypeError(f"{what} of a traced array {self!r} (scope {_scope()!r}): a forward "
+                        "function run by kernels.trace() may not depend on the values of its "
+                        "arrays")
 
     def __array__(self, dtype=None, copy=None):
         self._refuse("np.asarray / np.array / np.ascontiguousarray")
@@ -397,9 +399,11 @@ def _concatenate(arrays, axis=0, out=None, dtype=None, **kw):
     for a in arrays[1:]:
         if len(a.shape) != len(first) or any(d != e for i, (d, e) in enumerate(zip(a.shape, first))
                                              if i != axis):
-            raise ValueError(f"concatenate: shapes {[a.shape for a in arrays]} differ off axis {axis}")
+            raise ValueError(f"concatenate: shapes {[a.shape for a in arrays]} differ off axis "
+                             f"{axis}")
     shape = first[:axis] + (sum(a.shape[axis] for a in arrays),) + first[axis + 1:]
-    return _movement("concatenate", arrays, shape, dtype or np.result_type(*[a.dtype for a in arrays]))
+    return _movement("concatenate", arrays, shape,
+                     dtype or np.result_type(*[a.dtype for a in arrays]))
 
 
 def _stack(arrays, axis=0, out=None, dtype=None, **kw):
@@ -482,7 +486,8 @@ def _einsum(subscripts, *operands, **kw):
         for letter, d in zip(spec, _shape_of(op)):
             extent[letter] = max(extent.get(letter, 1), d)
     if not output and "->" not in subscripts:
-        output = "".join(sorted(c for c in extent if inputs.count(c) == 1 and c in string.ascii_letters))
+        output = "".join(sorted(c for c in extent
+                                if inputs.count(c) == 1 and c in string.ascii_letters))
     shape = tuple(extent[c] for c in output)
     out = Traced(shape, np.result_type(*[_dtype_of(o) for o in operands]))
     macs = math.prod(extent.values())

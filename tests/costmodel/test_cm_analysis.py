@@ -14,8 +14,9 @@ def t(rep, **sel):
 
 
 def test_schema_is_design_5():
-    want = ("name op shapes dtype macs flops flops_dense bytes_weights bytes_act_in bytes_act_out bytes_kv_read "
-            "bytes_kv_write intensity bound t_compute t_memory t_lower t_upper phase step").split()
+    want = ("name op shapes dtype macs flops flops_dense bytes_weights bytes_act_in bytes_act_out "
+            "bytes_kv_read bytes_kv_write intensity bound t_compute t_memory t_lower t_upper phase "
+            "step").split()
     assert list(SCHEMA[:len(want)]) == want
 
 
@@ -23,6 +24,8 @@ def test_roofline_times_follow_the_definitions():
     rep = cm.analyze("llama2-7b", "a100-sxm-80gb", phase="prefill", seq_len=256)
     dev = rep.device
     for r in rep.layers:
+        # the definitions in float64, as costmodel/roofline.py evaluates them: equal up to the
+        # rounding of the 2-3 operations (~1e-16 relative), far inside approx's default 1e-6
         tensor = (r.flops - r.flops_vector) / dev.peak(r.dtype) if r.flops - r.flops_vector else 0.0
         assert r.t_compute == pytest.approx(tensor + r.flops_vector / dev.vector_peak)
         assert r.t_memory == pytest.approx(r.bytes / dev.bandwidth)
@@ -33,14 +36,19 @@ def test_roofline_times_follow_the_definitions():
 
 
 def test_llama_decode_is_weight_streaming_bound():
-    """Batch-1 decode reads every weight once: time ~= bf16 weight bytes / bandwidth (closed form)."""
+    """Batch-1 decode reads every weight once: time ~= bf16 weight bytes / bandwidth (closed
+    form)."""
     for dev in ("a100-sxm-80gb", "h100-sxm"):
         rep = cm.analyze("llama2-7b", dev, phase="decode", batch=1, seq_len=1024)
         d = cm.get_device(dev)
         weights = 2 * rep.params
-        assert rep.total["bytes_weights"] == pytest.approx(weights - 2 * (32000 - 1) * 4096, rel=1e-9)
+        # every weight but the embedding table (of which one row is read), 2 bytes each: the
+        # per-layer byte counts are integers and their float64 sum stays below 2^53, so it is exact
+        assert rep.total["bytes_weights"] == weights - 2 * (32000 - 1) * 4096
+        # every kernel that moves bytes is memory-bound here; the only other time is the fused
+        # elementwise work at the vector peak (no DRAM bytes), ~2e-5 of the total
         assert rep.summary["tpot_s"] == pytest.approx(rep.total["bytes"] / d.bandwidth, rel=0.01)
-        kv = 2 * 32 * 1024 * 4096 * 2                                   # K and V, 32 layers, 1024 keys, bf16
+        kv = 2 * 32 * 1024 * 4096 * 2                   # K and V, 32 layers, 1024 keys, bf16
         assert rep.total["bytes_kv_read"] == kv
 
 
@@ -48,12 +56,17 @@ def test_generate_sums_decode_steps_one_by_one():
     kw = dict(batch=2, dtype="bf16")
     gen = cm.analyze("llama2-7b", "h100-sxm", phase="generate", seq_len=100, new_tokens=6, **kw)
     pre = cm.analyze("llama2-7b", "h100-sxm", phase="prefill", seq_len=100, **kw)
-    steps = [cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=100 + j, **kw) for j in range(1, 6)]
+    steps = [cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=100 + j, **kw)
+             for j in range(1, 6)]
+    # float64 sums of the same positive per-layer times, possibly grouped differently: n terms
+    # agree to γ_n(2^-53) ≈ n·1e-16 (n < 2000 here), far inside approx's default 1e-6
     assert gen.summary["ttft_s"] == pytest.approx(pre.summary["ttft_s"])
     assert t(gen, phase="decode") == pytest.approx(sum(s.summary["tpot_s"] for s in steps))
     kv_read = sum(r.bytes_kv_read for r in gen.layers if r.phase == "decode")
     assert kv_read == sum(s.total["bytes_kv_read"] for s in steps)
-    assert kv_read != 5 * steps[-1].total["bytes_kv_read"]            # never the final length for every step
+    # never the final length for every step
+    assert kv_read != 5 * steps[-1].total["bytes_kv_read"]
+    # one float64 division: ~1e-16 relative
     assert gen.summary["tokens_per_s"] == pytest.approx(2 * 6 / gen.summary["total_s"])
 
 
@@ -61,9 +74,12 @@ def test_long_generation_equals_explicit_step_loop():
     """The fast path (counts affine in the KV length, checked against the last step) gives what
     building and timing every step does."""
     gen = cm.analyze("whisper-large-v3", "l4", phase="generate", seq_len=4, new_tokens=41, batch=3)
-    steps = [cm.analyze("whisper-large-v3", "l4", phase="decode", seq_len=4 + j, batch=3) for j in range(1, 41)]
+    steps = [cm.analyze("whisper-large-v3", "l4", phase="decode", seq_len=4 + j, batch=3)
+             for j in range(1, 41)]
     dec = [r for r in gen.layers if r.phase == "decode"]
     for i, r in enumerate(dec):
+        # 40 positive float64 terms, summed in another order or from the affine counts: within
+        # γ_40(2^-53) ≈ 4e-15 of each other up to a few roundings of the affine form
         assert r.t_lower == pytest.approx(sum(s.layers[i].t_lower for s in steps), rel=1e-12)
         assert r.bytes_kv_read == sum(s.layers[i].bytes_kv_read for s in steps)
         assert r.flops == sum(s.layers[i].flops for s in steps)
@@ -77,18 +93,22 @@ def test_flash_skips_causal_tiles_unfused_moves_scores():
     assert a_fl.flops_dense == a_un.flops_dense == 2 * 32 * 512 * 512 * 256
     assert a_fl.macs == 32 * (512 * 513 // 2) * 256                    # allowed (q, k) pairs only
     assert a_un.macs == 32 * 512 * 512 * 256
-    assert a_un.bytes - a_fl.bytes == 4 * 32 * 512 * 512 * 2           # S and P written and read, bf16
+    # S and P written and read, bf16
+    assert a_un.bytes - a_fl.bytes == 4 * 32 * 512 * 512 * 2
 
 
 def test_int4_weights_carry_group_scales():
     rep = cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=128, dtype="int4")
     q = [r for r in rep.layers if r.name == "model.layers.0.self_attn.q_proj"][0]
     n = 4096 * 4096
-    assert q.bytes_weights == n / 2 + n / 128 * 2                      # 4-bit codes + one fp16 scale per 128
-    assert q.dtype == "bf16"                                           # weight-only: bf16 tensor cores
-    g = cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=128, dtype="int4", group_size=64)
+    # 4-bit codes + one fp16 scale per 128
+    assert q.bytes_weights == n / 2 + n / 128 * 2
+    assert q.dtype == "bf16"                            # weight-only: bf16 tensor cores
+    g = cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=128, dtype="int4",
+                   group_size=64)
     assert [r for r in g.layers if r.name == q.name][0].bytes_weights == n / 2 + n / 64 * 2
-    assert cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=128, dtype="fp8").layers[2].dtype == "fp8"
+    fp8 = cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=128, dtype="fp8")
+    assert fp8.layers[2].dtype == "fp8"
     with pytest.raises(ValueError, match="no fp8 tensor rate"):
         cm.analyze("llama2-7b", "a100-sxm-80gb", dtype="fp8")
 
@@ -96,7 +116,8 @@ def test_int4_weights_carry_group_scales():
 def test_tensor_parallel_splits_work_and_adds_ring_allreduce():
     one = cm.analyze("llama2-70b", "h100-sxm", phase="decode", seq_len=512)
     four = cm.analyze("llama2-70b", "h100-sxm", phase="decode", seq_len=512, tp=4)
-    mm = lambda rep: sum(r.macs for r in rep.layers if r.op == "matmul")
+    def mm(rep):
+        return sum(r.macs for r in rep.layers if r.op == "matmul")
     assert mm(four) == mm(one) // 4
     # GQA: 8 KV heads -> cache reads use 8 heads, query-side products 64
     assert one.total["bytes_kv_read"] == 2 * 80 * 8 * 128 * 512 * 2
@@ -105,6 +126,7 @@ def test_tensor_parallel_splits_work_and_adds_ring_allreduce():
     ar = [r for r in four.layers if r.op == "allreduce"]
     assert len(ar) == 2 * 80                                           # after o_proj and down_proj
     d = cm.get_device("h100-sxm")
+    # the ring all-reduce closed form in float64: a few roundings (~1e-16 relative) apart
     assert ar[0].t_comm == pytest.approx(2 * 3 / 4 * 8192 * 2 / d.interconnect)
     assert one.summary["fits"] is False and four.summary["fits"] is True
     with pytest.raises(ValueError, match="tp=3 does not divide"):
@@ -116,8 +138,10 @@ def test_whisper_cross_kv_once_then_reread():
     cross_proj = [r for r in gen.layers if r.name.endswith("encoder_attn.k_proj")]
     assert cross_proj and {r.phase for r in cross_proj} == {"prefill"}
     cross = [r for r in gen.layers if r.name.endswith(".encoder_attn") and r.phase == "decode"]
-    assert all(r.bytes_kv_read == 19 * 2 * 1500 * 1280 * 2 for r in cross)   # 19 steps re-read 1500 frames
+    # 19 steps re-read 1500 frames
+    assert all(r.bytes_kv_read == 19 * 2 * 1500 * 1280 * 2 for r in cross)
     enc = [r for r in gen.layers if r.phase == "encoder"]
+    # the same float64 sum of positive times, maybe in another order: ~n·1e-16 relative
     assert enc and gen.summary["encoder_s"] == pytest.approx(sum(r.t_lower for r in enc))
     with pytest.raises(ValueError, match="exceeds the model's context of 448"):
         cm.analyze("whisper-large-v3", "h100-sxm", phase="generate", seq_len=4, new_tokens=446)
@@ -132,14 +156,15 @@ def test_clip_batches_are_separate():
     assert sum(r.macs for r in b.layers if r.phase == "text") == txt
     sim = [r for r in a.layers if r.phase == "similarity" and r.op == "matmul"][0]
     assert sim.macs == 3 * 512 * 8
-    assert a.summary["images_per_s"] == pytest.approx(8 / a.summary["image_s"])
+    assert a.summary["images_per_s"] == pytest.approx(8 / a.summary["image_s"])   # one division
 
 
 # open_clip's published profile (docs/model_profile.csv, PyTorch FlopCounterMode, batch 1, 77 text
-# tokens): image_gflops, text_gflops -- https://github.com/mlfoundations/open_clip/blob/main/docs/model_profile.csv
-OPEN_CLIP_GFLOPS = {"clip-vit-b-32": (8.82, 5.96), "clip-vit-b-16": (35.13, 5.96), "clip-vit-l-14": (162.03, 13.3),
-                    "clip-vit-l-14-336": (381.92, 13.3), "clip-vit-h-14": (334.59, 47.09),
-                    "clip-vit-g-14": (534.06, 47.09)}
+# tokens): image_gflops, text_gflops --
+# https://github.com/mlfoundations/open_clip/blob/main/docs/model_profile.csv
+OPEN_CLIP_GFLOPS = {"clip-vit-b-32": (8.82, 5.96), "clip-vit-b-16": (35.13, 5.96),
+                    "clip-vit-l-14": (162.03, 13.3), "clip-vit-l-14-336": (381.92, 13.3),
+                    "clip-vit-h-14": (334.59, 47.09), "clip-vit-g-14": (534.06, 47.09)}
 
 
 @pytest.mark.parametrize("name", sorted(OPEN_CLIP_GFLOPS))
@@ -151,22 +176,29 @@ def test_clip_flops_dense_match_open_clip_profile(name):
 
 
 def test_sam_vit_h_encoder_macs_near_published():
-    """EfficientViT-SAM (arXiv 2402.05008, §1) quotes 2973 GMACs for SAM-ViT-H's image encoder; our
-    count (window padding 64 -> 70 and the relative-position products included, equal to
-    FlopCounterMode on the twin) is within 0.3 % of it."""
+    """EfficientViT-SAM (arXiv 2402.05008, §1) quotes 2973 GMACs for SAM-ViT-H's image encoder.
+    Our count (window padding 64 -> 70 included, equal to FlopCounterMode on the twin) also has
+    the decomposed relative-position products, 7.6 GMACs that the quoted figure leaves out;
+    without them it is that figure to the unit."""
     a = cm.analyze("sam-vit-h", "a100-sxm-80gb", phase="encoder")
-    assert a.total["flops_dense"] / 2 / 1e9 == pytest.approx(2973, rel=0.003)
+    gmacs = a.total["flops_dense"] / 2 / 1e9
+    rel_pos = sum(r.flops_dense for r in a.layers if r.op == "matmul" and "rel_pos" in r.name)
+    assert 7 < rel_pos / 2 / 1e9 < 8
+    # the paper prints whole GMACs: within half a unit
+    assert gmacs - rel_pos / 2 / 1e9 == pytest.approx(2973, abs=0.5)
 
 
 def test_sam_amortises_the_encoder_over_prompts():
     one = cm.analyze("sam-vit-h", "a100-sxm-80gb", prompts=1)
     many = cm.analyze("sam-vit-h", "a100-sxm-80gb", prompts=64)
+    # float64 sums of the same per-layer times (and one division): ~n·1e-16 relative apart
     assert many.summary["encoder_s"] == pytest.approx(one.summary["encoder_s"])
     assert many.summary["amortised_s_per_prompt"] == pytest.approx(
         (many.summary["encoder_s"] + many.summary["decoder_s"]) / 64)
     assert many.summary["amortised_s_per_prompt"] < one.summary["amortised_s_per_prompt"] / 10
     attn = [r for r in one.layers if r.name == "vision_encoder.layers.0.attn"][0]
-    assert "q[25,16,196,80]" in attn.shapes                            # 64 -> 70 padded: 25 windows of 14x14
+    # 64 -> 70 padded: 25 windows of 14x14
+    assert "q[25,16,196,80]" in attn.shapes
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -202,12 +234,14 @@ def test_outputs_are_consistent():
 
 def test_custom_config_and_its_label():
     import dataclasses
+
     import pyworkloads as pw
     cfg = dataclasses.replace(pw.llama2.PRESETS["llama2-7b"], num_hidden_layers=2)
     rep = cm.analyze(cfg, "h100-sxm", phase="prefill", seq_len=64)
     assert rep.model == "llama2 (custom config)"
     assert rep.params == pw.llama2.count_params(cfg)
-    assert {r.name.split(".")[2] for r in rep.layers if r.name.startswith("model.layers.")} == {"0", "1"}
+    layer_ids = {r.name.split(".")[2] for r in rep.layers if r.name.startswith("model.layers.")}
+    assert layer_ids == {"0", "1"}
     with pytest.raises(TypeError, match="preset name or a pyworkloads model Config"):
         cm.analyze(42, "h100-sxm")
 
@@ -215,10 +249,11 @@ def test_custom_config_and_its_label():
 def test_devices_from_the_environment(tmp_path, monkeypatch):
     import costmodel.hardware as hw
     f = tmp_path / "extra.toml"
-    f.write_text('[device.lab-gpu]\nname = "Lab GPU"\nfp32_tflops = 20\nbf16_tflops = 200\n'
-                 'memory_gb = 48\nbandwidth_gbps = 1000\n')
+    f.write_text('[device.lab-gpu]\nname = "Lab GPU"\nfp32_tflops = 20\n'
+                 'bf16_tflops = 200\nmemory_gb = 48\nbandwidth_gbps = 1000\n')
     monkeypatch.setenv("COSTMODEL_DEVICES", str(f))
     monkeypatch.setattr(hw, "_db", None)
     rep = cm.analyze("llama2-7b", "lab-gpu", phase="decode", seq_len=64)
+    # batch-1 decode is memory-bound in every kernel that moves bytes (see the A100/H100 test)
     assert rep.summary["tpot_s"] == pytest.approx(rep.total["bytes"] / 1000e9, rel=0.01)
     monkeypatch.setattr(hw, "_db", None)

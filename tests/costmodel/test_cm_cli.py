@@ -24,8 +24,8 @@ def run(capsys, *argv):
 
 @pytest.mark.parametrize("fmt", ["table", "md", "csv", "json"])
 def test_report_every_format(capsys, fmt):
-    rc, out, err = run(capsys, "report", "llama2-7b", "--device", "h100-sxm", "--phase", "decode", "--seq-len", "2048",
-                       "--format", fmt)
+    rc, out, err = run(capsys, "report", "llama2-7b", "--device", "h100-sxm", "--phase", "decode",
+                       "--seq-len", "2048", "--format", fmt)
     assert rc == 0, err
     if fmt == "json":
         doc = json.loads(out)
@@ -42,7 +42,8 @@ def test_report_every_format(capsys, fmt):
 
 def test_report_to_file_and_per_layer(capsys, tmp_path):
     f = tmp_path / "r.md"
-    rc, out, err = run(capsys, "report", "whisper-tiny", "--device", "l4", "--format", "md", "--per-layer", "-o", str(f))
+    rc, out, err = run(capsys, "report", "whisper-tiny", "--device", "l4", "--format", "md",
+                       "--per-layer", "-o", str(f))
     assert rc == 0 and f.is_file() and "model.decoder.layers.3.encoder_attn" in f.read_text()
 
 
@@ -50,7 +51,8 @@ def test_report_to_file_and_per_layer(capsys, tmp_path):
 def test_plot_is_written(capsys, tmp_path, kind):
     pytest.importorskip("matplotlib", reason="plots need matplotlib")
     png = tmp_path / f"{kind}.png"
-    rc, out, err = run(capsys, "plot", "sam-vit-b", "--device", "a100-sxm-80gb", "--kind", kind, "-o", str(png))
+    rc, out, err = run(capsys, "plot", "sam-vit-b", "--device", "a100-sxm-80gb", "--kind", kind,
+                       "-o", str(png))
     assert rc == 0, err
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -63,7 +65,8 @@ def test_devices_and_compare(capsys):
     assert json.loads(out)["a100-sxm-80gb"]["sources"]["bandwidth_gbps"].startswith("ref")
     rc, out, err = run(capsys, "devices", "--check")
     assert rc == 0 and "0 problem(s)" in err
-    rc, out, err = run(capsys, "compare", "clip-vit-l-14", "--devices", "a100-sxm-80gb,h100-sxm,l4", "--batch", "32")
+    rc, out, err = run(capsys, "compare", "clip-vit-l-14", "--devices", "a100-sxm-80gb,h100-sxm,l4",
+                       "--batch", "32")
     assert rc == 0, err
     assert "images_per_s" in out and "l4" in out.splitlines()[1]
 
@@ -72,7 +75,8 @@ def test_devices_and_compare(capsys):
     (["report", "llama2-7x", "--device", "h100-sxm"], "unknown model 'llama2-7x'"),
     (["report", "llama2-7b", "--device", "h1000"], "unknown device 'h1000'"),
     (["report", "llama2-7b", "--device", "h100-sxm", "--batch", "-1"], "batch must be"),
-    (["report", "llama2-7b", "--device", "h100-sxm", "--phase", "image"], "phase 'image' does not apply"),
+    (["report", "llama2-7b", "--device", "h100-sxm", "--phase", "image"],
+     "phase 'image' does not apply"),
     (["report", "llama2-7b", "--device", "v100-sxm2"], "no bf16 tensor rate"),
     (["report", "llama2-7b", "--device", "h100-sxm", "--format", "xml"], "invalid choice"),
     (["report", "llama2-7b"], "--device"),
@@ -86,6 +90,6 @@ def test_bad_input_is_a_clean_error(capsys, argv, msg):
 
 
 def test_console_entry_point_runs_as_a_process():
-    p = subprocess.run([sys.executable, "-m", "costmodel.cli", "report", "nope", "--device", "h100-sxm"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    p = subprocess.run([sys.executable, "-m", "costmodel.cli", "report", "nope", "--device",
+                        "h100-sxm"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2 and "unknown model 'nope'" in p.stderr and "Traceback" not in p.stderr

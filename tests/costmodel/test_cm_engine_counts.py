@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import replace
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -45,14 +44,16 @@ def assert_same_counts(layers, prof) -> None:
     for r in prof.records:
         pr_m[(r.name, r.op)] += r.macs
         pr_f[(r.name, r.op)] += r.flops
-    assert sum(pr_f.values()) > 0 and len(pr_f) >= 4, "the profile recorded too little to be a check"
+    assert sum(pr_f.values()) > 0 and len(pr_f) >= 4, \
+        "the profile recorded too little to be a check"
     assert dict(cm_m) == dict(pr_m), _diff(cm_m, pr_m)
     assert dict(cm_f) == dict(pr_f), _diff(cm_f, pr_f)
 
 
 def _diff(a, b) -> str:
     keys = sorted(set(a) | set(b))
-    return "differs (cost model, engine): " + str({k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)})
+    return "differs (cost model, engine): " + str({k: (a.get(k), b.get(k)) for k in keys
+                                                   if a.get(k) != b.get(k)})
 
 
 def param_count(shapes) -> int:
@@ -70,7 +71,8 @@ def llama_configs(draw):
     hidden = draw(st.sampled_from([heads * head_dim, 24]))               # D = H·Dh, or not
     return pw.llama2.Config(
         hidden_size=hidden, intermediate_size=draw(st.integers(5, 40)),
-        num_hidden_layers=draw(st.integers(1, 2)), num_attention_heads=heads, num_key_value_heads=kvh,
+        num_hidden_layers=draw(st.integers(1, 2)), num_attention_heads=heads,
+        num_key_value_heads=kvh,
         head_dim=head_dim, vocab_size=draw(st.integers(16, 300)), max_position_embeddings=64,
         tie_word_embeddings=draw(st.booleans()), attention_bias=draw(st.booleans()),
         mlp_bias=draw(st.booleans()), hidden_act=draw(st.sampled_from(["silu", "gelu"])))
@@ -87,7 +89,8 @@ def test_llama2_prefill_and_decode_step(cfg, B, T, past):
 
     cache = m.new_cache(B, past + 1)
     m.forward(ids[:, :1].repeat(past, axis=1), cache, last_only=True)
-    with pw.profile() as prof:                                           # one step at KV length past + 1
+    # one step at KV length past + 1
+    with pw.profile() as prof:
         m.forward(ids[:, :1], cache, last_only=True)
     rep = analyze(cfg, phase="decode", batch=B, seq_len=past + 1)
     assert_same_counts(rep.layers, prof)
@@ -104,12 +107,14 @@ def clip_configs(draw):
     def tower(cls, **kw):
         heads = draw(st.sampled_from([1, 2, 4]))
         return cls(hidden_size=heads * draw(st.sampled_from([4, 8])), num_attention_heads=heads,
-                   intermediate_size=draw(st.integers(4, 40)), num_hidden_layers=draw(st.integers(1, 2)),
+                   intermediate_size=draw(st.integers(4, 40)),
+                   num_hidden_layers=draw(st.integers(1, 2)),
                    hidden_act=draw(st.sampled_from(["quick_gelu", "gelu"])), **kw)
     patch = draw(st.sampled_from([4, 8]))
     vision = tower(clip.VisionConfig, image_size=patch * draw(st.integers(1, 4)), patch_size=patch)
     vocab = draw(st.integers(20, 200))
-    text = tower(clip.TextConfig, vocab_size=vocab, max_position_embeddings=draw(st.integers(4, 16)),
+    text = tower(clip.TextConfig, vocab_size=vocab,
+                 max_position_embeddings=draw(st.integers(4, 16)),
                  bos_token_id=vocab - 2, eos_token_id=draw(st.sampled_from([vocab - 1, 2])))
     return clip.Config(text, vision, projection_dim=draw(st.integers(2, 24)))
 
@@ -142,16 +147,18 @@ def sam_configs(draw):
     patch = draw(st.sampled_from([4, 8]))
     grid = draw(st.integers(3, 9))
     layers = draw(st.integers(1, 3))
-    C = 8 * draw(st.integers(1, 3))                                      # decoder width, a multiple of 8
+    # decoder width, a multiple of 8
+    C = 8 * draw(st.integers(1, 3))
     dec_heads = draw(st.sampled_from([h for h in (1, 2, 4) if C % (2 * h) == 0]))
     rate = draw(st.sampled_from([r for r in (1, 2, 4) if C % (r * dec_heads) == 0]))
     vision = sam.VisionConfig(
         hidden_size=D, output_channels=C, num_hidden_layers=layers, num_attention_heads=heads,
         image_size=patch * grid, patch_size=patch, num_pos_feats=C // 2,
         mlp_dim=draw(st.integers(4, 40)),
-        window_size=draw(st.integers(0, grid)),                          # 0: global; most need padding
+        window_size=draw(st.integers(0, grid)),          # 0: global; most need padding
         global_attn_indexes=tuple(draw(st.sets(st.integers(0, layers - 1), max_size=layers))),
-        use_rel_pos=draw(st.booleans()), use_abs_pos=draw(st.booleans()), qkv_bias=draw(st.booleans()))
+        use_rel_pos=draw(st.booleans()), use_abs_pos=draw(st.booleans()),
+        qkv_bias=draw(st.booleans()))
     prompt = sam.PromptEncoderConfig(hidden_size=C, image_size=patch * grid, patch_size=patch,
                                      mask_input_channels=4 * draw(st.integers(1, 3)))
     decoder = sam.MaskDecoderConfig(
@@ -177,8 +184,9 @@ def test_sam_encoder_once_and_decoder_per_prompt(cfg, B, P, N, boxes):
               input_boxes=box)
     rep = analyze(cfg, phase="all", batch=B, prompts=P, points=N, boxes=boxes)
     assert_same_counts(rep.layers, prof)
-    shapes = pw.sam.weight_shapes(cfg)                    # the Fourier matrix is a buffer in Meta's count
-    assert rep.params == pw.sam.count_params(cfg) == param_count(shapes) - math.prod(shapes[pw.sam.GAUSSIAN])
+    shapes = pw.sam.weight_shapes(cfg)      # the Fourier matrix is a buffer in Meta's count
+    assert rep.params == pw.sam.count_params(cfg) == (param_count(shapes)
+                                                      - math.prod(shapes[pw.sam.GAUSSIAN]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +198,8 @@ def whisper_configs(draw):
     dec_heads = draw(st.sampled_from([1, 2, 4]))
     D = 4 * draw(st.integers(1, 4))                                      # divisible by 1, 2 and 4
     return pw.whisper.Config(
-        vocab_size=draw(st.integers(16, 200)), num_mel_bins=draw(st.sampled_from([80, 128])), d_model=D,
+        vocab_size=draw(st.integers(16, 200)), num_mel_bins=draw(st.sampled_from([80, 128])),
+        d_model=D,
         encoder_layers=draw(st.integers(1, 2)), encoder_attention_heads=enc_heads,
         encoder_ffn_dim=draw(st.integers(4, 40)), decoder_layers=draw(st.integers(1, 2)),
         decoder_attention_heads=dec_heads, decoder_ffn_dim=draw(st.integers(4, 40)),
@@ -205,7 +214,8 @@ def test_whisper_prefill_and_decode_step(cfg, B, T, past):
     W = pw.whisper
     weights = W.random_weights(cfg, 0)
     rng = np.random.default_rng(2)
-    feats = rng.standard_normal((B, cfg.num_mel_bins, 2 * cfg.max_source_positions)).astype(np.float32)
+    feats = rng.standard_normal((B, cfg.num_mel_bins,
+                                 2 * cfg.max_source_positions)).astype(np.float32)
     ids = rng.integers(0, cfg.vocab_size, size=(B, T))
     with pw.profile() as prof:                       # encoder, cross K/V, teacher-forced decoder
         cross = W.cross_attention_kv(W.encoder(feats, weights, cfg), weights, cfg)
@@ -229,17 +239,20 @@ def test_sam_attention_downsample_rate_one_follows_the_engine():
     device (minus the Fourier matrix, a buffer in Meta's count) and its MACs the profile's."""
     from conftest import require_transformers
     cfg = pw.sam.Config.from_hf({
-        "vision_config": dict(hidden_size=24, output_channels=16, num_hidden_layers=4, num_attention_heads=3,
-                              image_size=96, patch_size=8, window_size=5, global_attn_indexes=[0, 3],
-                              num_pos_feats=8, mlp_ratio=2.0, qkv_bias=False),
-        "prompt_encoder_config": dict(hidden_size=16, image_size=96, patch_size=8, mask_input_channels=4),
+        "vision_config": dict(hidden_size=24, output_channels=16, num_hidden_layers=4,
+                              num_attention_heads=3, image_size=96, patch_size=8, window_size=5,
+                              global_attn_indexes=[0, 3], num_pos_feats=8, mlp_ratio=2.0,
+                              qkv_bias=False),
+        "prompt_encoder_config": dict(hidden_size=16, image_size=96, patch_size=8,
+                                      mask_input_channels=4),
         "mask_decoder_config": dict(hidden_size=16, mlp_dim=32, num_attention_heads=4,
-                                    attention_downsample_rate=1, iou_head_hidden_dim=24, iou_head_depth=4)})
+                                    attention_downsample_rate=1, iou_head_hidden_dim=24,
+                                    iou_head_depth=4)})
     rep = analyze(cfg, phase="all", batch=1, prompts=2, points=1)
     model = pw.sam.Sam(cfg, pw.sam.init_weights(cfg, 0))
     with pw.profile() as prof:
-        model(pixel_values=np.zeros((1, 3, 96, 96), np.float32), input_points=np.full((1, 2, 1, 2), 40.0),
-              input_labels=np.ones((1, 2, 1), np.int64))
+        model(pixel_values=np.zeros((1, 3, 96, 96), np.float32),
+              input_points=np.full((1, 2, 1, 2), 40.0), input_labels=np.ones((1, 2, 1), np.int64))
     assert_same_counts(rep.layers, prof)
     torch, tf = require_transformers()
     with torch.device("meta"):

@@ -6,8 +6,9 @@ built from the same pyworkloads configs (``Config.to_hf()``) with random weights
 records come from its trace of the pyworkloads forward pass of the same workload."""
 from __future__ import annotations
 
-import costmodel as cm
 from conftest import require_transformers
+
+import costmodel as cm
 
 
 def dense(cfg, **workload) -> int:
@@ -21,7 +22,8 @@ def counted(torch, model, **inputs) -> int:
     from torch.utils.flop_counter import FlopCounterMode
     # eager attention: PyTorch's CPU SDPA kernel is not one FlopCounterMode has a formula for
     model.set_attn_implementation("eager")
-    model.eval().requires_grad_(False)     # SAM returns parameters as module outputs; no autograd hooks
+    # SAM returns parameters as module outputs; no autograd hooks
+    model.eval().requires_grad_(False)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(**inputs)
     return fc.get_total_flops()
