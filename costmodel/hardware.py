@@ -17,11 +17,11 @@ import os
 import platform
 import re
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 __all__ = ["Device", "get_device", "devices", "load_devices", "cpu_device", "check_file",
            "DATA_FILE", "PEAK_FIELDS"]

@@ -72,20 +72,8 @@ def test_norm_references_match_float64(rng):
     np.testing.assert_allclose(ops.layer_norm(x, w, b, 1e-5), ref_ln, rtol=1e-4, atol=1e-4)
 
 
-def test_channel_layer_norm(rng):
-    x = rng.standard_normal((2, 6, 3, 4)).astype(np.float32)
-    w, b = rng.standard_normal(6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
-    xd = f64(x)
-    mu, var = xd.mean(1, keepdims=True), xd.var(1, keepdims=True)
-    ref = (xd - mu) / np.sqrt(var + 1e-6) * w[:, None, None] + b[:, None, None]
-    # LayerNorm over C = 6 values ~1: the mean is off by <= γ_6·max|x| ≈ 1e-6, divided by
-    # σ >= 0.4 and times |w| <= 2: <= 5e-6, plus ≈ 10u·|ref| ≈ 2e-6 (|ref| <= 3.4) from the
-    # variance, the sqrt and the affine terms
-    np.testing.assert_allclose(ops.channel_layer_norm(x, w, b, 1e-6), ref, atol=1e-5)
-
-
-# ---- linear / embedding ----------------------------------------------------------------------
-def test_linear_and_embedding(rng):
+# ---- linear ----------------------------------------------------------------------------------
+def test_linear(rng):
     x, w, b = rng.standard_normal((2, 3, 8)), rng.standard_normal((5, 8)), rng.standard_normal(5)
     x, w, b = x.astype(np.float32), w.astype(np.float32), b.astype(np.float32)
     # a length-8 float32 dot product plus the bias: 9 roundings of terms whose magnitudes sum to
@@ -93,75 +81,8 @@ def test_linear_and_embedding(rng):
     S = (np.abs(f64(x)) @ np.abs(f64(w)).T + np.abs(b)).max()
     np.testing.assert_allclose(ops.linear(x, w, b), f64(x) @ f64(w).T + b, atol=gamma(9) * S,
                                rtol=0)
-    table = rng.standard_normal((10, 4)).astype(np.float32)
-    np.testing.assert_array_equal(ops.embedding(np.array([[1, 9]]), table), table[[[1, 9]]])
-    with pytest.raises(ValueError, match=r"\[0, 10\)"):
-        ops.embedding(np.array([10]), table)
-    with pytest.raises(ValueError, match=r"\[0, 10\)"):
-        ops.embedding(np.array([-1]), table)
-    with pytest.raises(TypeError, match="integers"):
-        ops.embedding(np.array([1.0]), table)
     with pytest.raises(ValueError, match="input width"):
         ops.linear(x, w[:, :3])
-
-
-# ---- RoPE ----------------------------------------------------------------------------------
-def test_rope_preserves_norms_and_is_relative(rng):
-    q = rng.standard_normal((1, 2, 6, 16)).astype(np.float32)
-    r = ops.rope(q, theta=10000.0)
-    # each rotated pair is 2 products and a sum with float32 cos/sin (γ_3 of |x1·c| + |x2·s|),
-    # which moves the 16-vector by <= √2·γ_3·||q||; each float32 norm sums 16 squares (γ_16,
-    # halved by the sqrt) and rounds the sqrt: <= (γ_16 + γ_7)·||q|| together
-    np.testing.assert_allclose(np.linalg.norm(r, axis=-1), np.linalg.norm(q, axis=-1),
-                               rtol=gamma(16) + gamma(7))
-    # <R(m) q, R(n) k> depends only on m - n
-    a, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
-    def at(v, pos):
-        return ops.rope(v[None, None, None, :], offset=pos)[0, 0, 0]
-    # both sides: two rotations (√2·γ_3 each) and a length-16 dot (γ_16) of values ~1, so each is
-    # within ≈ 25u·Σ|a||b| ≈ 2e-5 of the exact <a, R(4) b> (≈ 10 here, Σ|a||b| ≈ 12): far inside
-    # 1e-4·|ref| ≈ 1e-3
-    np.testing.assert_allclose(at(a, 7) @ at(b, 3), at(a, 104) @ at(b, 100), rtol=1e-4)
-    # position 0: cos 0 = 1 and sin 0 = 0 exactly, so the identity is exact
-    np.testing.assert_allclose(ops.rope(q, offset=0)[..., 0, :], q[..., 0, :])
-
-
-def test_rope_half_layout_on_permuted_weights_equals_interleaved(rng):
-    """HF's Meta->HF conversion permutes q/k rows (pairs (2i, 2i+1) -> (i, i + Dh/2)); attention
-    scores must not change."""
-    Dh, D, T = 8, 12, 5
-    x = rng.standard_normal((T, D)).astype(np.float32)
-    wq = rng.standard_normal((Dh, D)).astype(np.float32)
-    wk = rng.standard_normal((Dh, D)).astype(np.float32)
-    perm = np.concatenate([np.arange(0, Dh, 2), np.arange(1, Dh, 2)])
-    def scores(wq, wk, layout):
-        q = ops.rope((x @ wq.T)[None, None], theta=500.0, layout=layout)
-        k = ops.rope((x @ wk.T)[None, None], theta=500.0, layout=layout)
-        return q[0, 0] @ k[0, 0].T
-    # both layouts do the same products; only the order of the length-8 score sums differs
-    # (Σ|q||k| <= 160): ~√8·u·160 ≈ 3e-5 apart with random rounding (2·γ_8·160 ≈ 1.5e-4 only if
-    # every rounding went the same way)
-    np.testing.assert_allclose(scores(wq[perm], wk[perm], "half"), scores(wq, wk, "interleaved"),
-                               rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="layout"):
-        ops.rope(x[None, None], layout="sideways")
-
-
-def test_rope_matches_transformers_rotate_half(rng):
-    torch = pytest.importorskip("torch",
-                                reason="cross-check against transformers' RoPE needs torch")
-    llama = pytest.importorskip("transformers.models.llama.modeling_llama",
-                                reason="needs transformers")
-    q = rng.standard_normal((1, 2, 6, 16)).astype(np.float32)
-    inv = 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)
-    ang = torch.arange(3, 9).float()[:, None] * inv[None]
-    emb = torch.cat([ang, ang], -1)
-    ref, _ = llama.apply_rotary_pos_emb(torch.from_numpy(q), torch.from_numpy(q), emb.cos()[None],
-                                        emb.sin()[None])
-    # transformers computes the angles (<= 8 rad) in float32 from a float32 inv_freq, a few ulps
-    # of 8 (≈ 24u absolute), we in float64; plus 3 roundings on each side, for |q| <= 2.4:
-    # ≈ 30u·2.4 ≈ 4e-6
-    np.testing.assert_allclose(ops.rope(q, offset=3), ref.numpy(), atol=1e-5)
 
 
 # ---- attention reference -------------------------------------------------------------------

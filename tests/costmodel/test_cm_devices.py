@@ -3,9 +3,9 @@ tables."""
 from __future__ import annotations
 
 import json
+import tomllib
 
 import pytest
-import tomllib
 
 import costmodel as cm
 from costmodel.hardware import DATA_FILE, NUMERIC_FIELDS, load_devices, value_from_quote

@@ -362,22 +362,86 @@ def test_grouped_query_attention_reference_equals_the_kernel(backend, T, S):
     assert np.abs(tiled - got).max() > 100 * bound
 
 
-def test_rope_matches_the_ops_definitions():
-    """The model's RoPE tables and rotation are exactly ops.rope_cos_sin / ops.apply_rope (the
-    engine's tested building blocks), in both layouts and with linear scaling."""
-    from pyworkloads import ops
-    x = np.random.default_rng(6).standard_normal((2, 3, 5, 8), dtype=np.float32)
-    for cfg in (tiny(), tiny(rope_scaling={"rope_type": "linear", "factor": 2.0})):
+def rope(x, theta: float = 10000.0, offset: int = 0, layout: str = "half"):
+    """The model's RoPE on x [..., T, Dh] at positions offset .. offset + T - 1."""
+    cfg = Config(hidden_size=x.shape[-1], intermediate_size=1, num_hidden_layers=1,
+                 num_attention_heads=1, vocab_size=1, rope_theta=theta)
+    cos, sin = llama2.rope_tables(cfg, offset, x.shape[-2])                    # [T, Dh/2]
+    return llama2.apply_rope(x, cos, sin, layout)
+
+
+def test_rope_tables_and_linear_scaling():
+    """The angles are p · θ^(-2i/Dh) at positions p (divided by the factor with linear
+    scaling), evaluated in float64 and rounded once to float32."""
+    for factor in (None, 2.0):
+        scaling = None if factor is None else {"rope_type": "linear", "factor": factor}
+        cfg = tiny(rope_scaling=scaling)
         cos, sin = llama2.rope_tables(cfg, 4, 5)                               # [5, 4] each
-        f = cfg.rope_scaling["factor"] if cfg.rope_scaling else 1.0
-        want = ops.rope_cos_sin(8, np.arange(4, 9) / f, cfg.rope_theta, np.float32)
-        np.testing.assert_array_equal(cos, want[0])
-        np.testing.assert_array_equal(sin, want[1])
-        for layout in llama2.ROPE_LAYOUTS:
-            np.testing.assert_array_equal(llama2.apply_rope(x, cos, sin, layout),
-                                          ops.apply_rope(x, cos, sin, layout))
+        inv = cfg.rope_theta ** (-np.arange(0, 8, 2) / 8)
+        angles = (np.arange(4, 9) / (factor or 1.0))[:, None] * inv[None, :]
+        np.testing.assert_array_equal(cos, np.cos(angles).astype(np.float32))
+        np.testing.assert_array_equal(sin, np.sin(angles).astype(np.float32))
+    x = np.zeros((1, 1, 5, 8), np.float32)
     with pytest.raises(ValueError, match="rope_layout"):
         llama2.apply_rope(x, cos, sin, "meta")
+
+
+def test_rope_preserves_norms_and_is_relative(rng):
+    q = rng.standard_normal((1, 2, 6, 16)).astype(np.float32)
+    r = rope(q, theta=10000.0)
+    # each rotated pair is 2 products and a sum with float32 cos/sin (γ_3 of |x1·c| + |x2·s|),
+    # which moves the 16-vector by <= √2·γ_3·||q||; each float32 norm sums 16 squares (γ_16,
+    # halved by the sqrt) and rounds the sqrt: <= (γ_16 + γ_7)·||q|| together
+    np.testing.assert_allclose(np.linalg.norm(r, axis=-1), np.linalg.norm(q, axis=-1),
+                               rtol=gamma(16) + gamma(7))
+    # <R(m) q, R(n) k> depends only on m - n
+    a, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    def at(v, pos):
+        return rope(v[None, None, None, :], offset=pos)[0, 0, 0]
+    # both sides: two rotations (√2·γ_3 each) and a length-16 dot (γ_16) of values ~1, so each is
+    # within ≈ 25u·Σ|a||b| ≈ 2e-5 of the exact <a, R(4) b> (≈ 10 here, Σ|a||b| ≈ 12): far inside
+    # 1e-4·|ref| ≈ 1e-3
+    np.testing.assert_allclose(at(a, 7) @ at(b, 3), at(a, 104) @ at(b, 100), rtol=1e-4)
+    # position 0: cos 0 = 1 and sin 0 = 0 exactly, so the identity is exact
+    np.testing.assert_allclose(rope(q, offset=0)[..., 0, :], q[..., 0, :])
+
+
+def test_rope_half_layout_on_permuted_weights_equals_interleaved(rng):
+    """HF's Meta->HF conversion permutes q/k rows (pairs (2i, 2i+1) -> (i, i + Dh/2)); attention
+    scores must not change."""
+    Dh, D, T = 8, 12, 5
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    wq = rng.standard_normal((Dh, D)).astype(np.float32)
+    wk = rng.standard_normal((Dh, D)).astype(np.float32)
+    perm = np.concatenate([np.arange(0, Dh, 2), np.arange(1, Dh, 2)])
+    def scores(wq, wk, layout):
+        q = rope((x @ wq.T)[None, None], theta=500.0, layout=layout)
+        k = rope((x @ wk.T)[None, None], theta=500.0, layout=layout)
+        return q[0, 0] @ k[0, 0].T
+    # both layouts do the same products; only the order of the length-8 score sums differs
+    # (Σ|q||k| <= 160): ~√8·u·160 ≈ 3e-5 apart with random rounding (2·γ_8·160 ≈ 1.5e-4 only if
+    # every rounding went the same way)
+    np.testing.assert_allclose(scores(wq[perm], wk[perm], "half"), scores(wq, wk, "interleaved"),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="layout"):
+        rope(x[None, None], layout="sideways")
+
+
+def test_rope_matches_transformers_rotate_half(rng):
+    torch = pytest.importorskip("torch",
+                                reason="cross-check against transformers' RoPE needs torch")
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama",
+                                reason="needs transformers")
+    q = rng.standard_normal((1, 2, 6, 16)).astype(np.float32)
+    inv = 1.0 / 10000 ** (torch.arange(0, 16, 2).float() / 16)
+    ang = torch.arange(3, 9).float()[:, None] * inv[None]
+    emb = torch.cat([ang, ang], -1)
+    ref, _ = llama.apply_rotary_pos_emb(torch.from_numpy(q), torch.from_numpy(q), emb.cos()[None],
+                                        emb.sin()[None])
+    # transformers computes the angles (<= 8 rad) in float32 from a float32 inv_freq, a few ulps
+    # of 8 (≈ 24u absolute), we in float64; plus 3 roundings on each side, for |q| <= 2.4:
+    # ≈ 30u·2.4 ≈ 4e-6
+    np.testing.assert_allclose(rope(q, offset=3), ref.numpy(), atol=1e-5)
 
 
 def test_forward_function_with_a_cache():

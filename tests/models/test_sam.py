@@ -525,3 +525,18 @@ def test_config_dataclasses_are_plain():
     names = {f.name for f in dataclasses.fields(sam.VisionConfig)}
     assert {"hidden_size", "num_hidden_layers", "window_size", "global_attn_indexes",
             "mlp_dim"} <= names
+
+
+def test_channel_layer_norm(rng):
+    """SAM's channels-first LayerNorm (neck, mask embedding, upscaling) against float64."""
+    from pyworkloads.models.sam.image_encoder import channel_layer_norm
+    x = rng.standard_normal((2, 6, 3, 4)).astype(np.float32)
+    w, b = rng.standard_normal(6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    xd = x.astype(np.float64)
+    mu, var = xd.mean(1, keepdims=True), xd.var(1, keepdims=True)
+    ref = (xd - mu) / np.sqrt(var + 1e-6) * w[:, None, None] + b[:, None, None]
+    # LayerNorm over C = 6 values ~1: the mean is off by <= γ_6·max|x| ≈ 1e-6, divided by
+    # σ >= 0.4 and times |w| <= 2: <= 5e-6, plus ≈ 10u·|ref| ≈ 2e-6 (|ref| <= 3.4) from the
+    # variance, the sqrt and the affine terms
+    got = channel_layer_norm(x, {"n.weight": w, "n.bias": b}, "n", 1e-6)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
