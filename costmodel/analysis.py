@@ -163,35 +163,45 @@ def positive(name: str, v, allow_zero: bool = False) -> int:
     return v
 
 
-def generation(w: Workload, phase: str, seq_len: int, new_tokens: int, prefill, decode) -> tuple:
+def generation(w: Workload, phase: str, seq_len: int | None, new_tokens: int | None,
+               logits: str, context: int, defaults: tuple[int, int], prefill, decode) -> tuple:
     """The phases of a decoder that generates token by token (LLaMA, Whisper's text decoder).
 
-    prefill() -> the records of the prompt's forward pass; decode(kv_len, step) -> the records of
-    one step at self-attention KV length ``kv_len``.  Returns (records, summary, final KV length).
-    "generate" is the prefill of seq_len tokens then new_tokens - 1 decode steps, each at its own
-    KV length, summed step by step."""
+    prefill(seq_len) -> the records of the prompt's forward pass; decode(kv_len, step) -> the
+    records of one step at self-attention KV length ``kv_len``.  seq_len and new_tokens default
+    to ``defaults`` and must fit in ``context`` positions.  "generate" is the prefill of seq_len
+    tokens then new_tokens - 1 decode steps, each at its own KV length, summed step by step.
+    Returns (records, summary, final KV length, the options used)."""
+    seq_len = defaults[0] if seq_len is None else positive("seq_len", seq_len)
+    n_new = defaults[1] if new_tokens is None else positive("new_tokens", new_tokens)
+    last = seq_len + (n_new - 1 if phase == "generate" else 0)
+    if last > context:
+        raise ValueError(f"seq_len {seq_len}"
+                         + (f" + new_tokens {n_new} - 1" if phase == "generate" else "")
+                         + f" = {last} exceeds the model's context of {context} positions")
+    used = dict(seq_len=seq_len, logits=logits,
+                **({"new_tokens": n_new} if phase == "generate" else {}))
     summary: dict = {}
     if phase == "prefill":
-        layers = prefill()
+        layers = prefill(seq_len)
         ttft = seconds(layers)
         summary.update(ttft_s=ttft, prefill_tokens_per_s=w.batch * seq_len / ttft)
-        return layers, summary, seq_len
+        return layers, summary, seq_len, used
     if phase == "decode":
         layers = decode(seq_len, str(seq_len))
         tpot = seconds(layers)
         summary.update(tpot_s=tpot, tokens_per_s=w.batch / tpot)
-        return layers, summary, seq_len
-    layers = prefill()
+        return layers, summary, seq_len, used
+    layers = prefill(seq_len)
     ttft = seconds(layers)
-    steps = _sum_decode(decode, [seq_len + j + 1 for j in range(new_tokens - 1)],
-                        f"1..{new_tokens - 1}")
+    steps = _sum_decode(decode, [seq_len + j + 1 for j in range(n_new - 1)], f"1..{n_new - 1}")
     t_dec = seconds(steps)
     total = ttft + t_dec
     b = w.batch
-    summary.update(ttft_s=ttft, tpot_s=t_dec / (new_tokens - 1) if new_tokens > 1 else None,
-                   total_s=total, tokens_per_s=b * new_tokens / total,
-                   decode_tokens_per_s=b * (new_tokens - 1) / t_dec if t_dec else None)
-    return layers + steps, summary, seq_len + new_tokens - 1
+    summary.update(ttft_s=ttft, tpot_s=t_dec / (n_new - 1) if n_new > 1 else None,
+                   total_s=total, tokens_per_s=b * n_new / total,
+                   decode_tokens_per_s=b * (n_new - 1) / t_dec if t_dec else None)
+    return layers + steps, summary, seq_len + n_new - 1, used
 
 
 def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1,

@@ -13,7 +13,7 @@ from pyworkloads.kernels.tracing import kv_zeros, traced_weights
 from pyworkloads.models import llama2
 from pyworkloads.models.common import KVCache
 
-from ..analysis import generation, positive
+from ..analysis import generation
 from ..engine import TensorParallel
 
 PHASES = ("prefill", "decode", "generate")
@@ -53,19 +53,9 @@ def kv_cache_bytes(cfg, batch: int, length: int, kv_bytes: float, tp: int = 1) -
 
 def analyze(w, phase: str, *, batch: int, seq_len, new_tokens, logits: str, **_):
     cfg = w.cfg
-    seq_len = 512 if seq_len is None else positive("seq_len", seq_len)
-    n_new = 128 if new_tokens is None else positive("new_tokens", new_tokens)
-    last = seq_len + (n_new - 1 if phase == "generate" else 0)
-    if last > cfg.max_position_embeddings:
-        raise ValueError(f"seq_len {seq_len}"
-                         + (f" + new_tokens {n_new} - 1" if phase == "generate" else "")
-                         + f" = {last} exceeds the model's context of "
-                           f"{cfg.max_position_embeddings} positions")
-    layers, summary, kv_len = generation(
-        w, phase, seq_len, n_new,
-        prefill=lambda: w.layers(forward_trace(cfg, batch, seq_len, 0, logits), "prefill"),
+    layers, summary, kv_len, used = generation(
+        w, phase, seq_len, new_tokens, logits, cfg.max_position_embeddings, defaults=(512, 128),
+        prefill=lambda T: w.layers(forward_trace(cfg, batch, T, 0, logits), "prefill"),
         decode=lambda kv, step: w.layers(forward_trace(cfg, batch, 1, kv - 1, "last"), "decode",
                                          step))
-    used = dict(seq_len=seq_len, logits=logits,
-                **({"new_tokens": n_new} if phase == "generate" else {}))
     return layers, summary, kv_cache_bytes(cfg, batch, kv_len, w.precision.kv_bytes, w.tp), used

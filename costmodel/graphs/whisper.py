@@ -14,7 +14,7 @@ from pyworkloads.kernels import trace
 from pyworkloads.kernels.tracing import Source, Traced, kv_zeros, traced_weights
 from pyworkloads.models import whisper
 
-from ..analysis import generation, positive, seconds
+from ..analysis import generation, seconds
 from ..engine import TensorParallel
 
 PHASES = ("prefill", "decode", "generate")
@@ -75,26 +75,17 @@ def kv_cache_bytes(cfg, batch: int, length: int, kv_bytes: float, tp: int = 1) -
 
 def analyze(w, phase: str, *, batch: int, seq_len, new_tokens, logits: str, **_):
     cfg = w.cfg
-    # <|startoftranscript|><|lang|><|task|><|notimestamps|>; ~100 tokens for 30 s of speech
-    seq_len = 4 if seq_len is None else positive("seq_len", seq_len)
-    n_new = 100 if new_tokens is None else positive("new_tokens", new_tokens)
-    last = seq_len + (n_new - 1 if phase == "generate" else 0)
-    if last > cfg.max_target_positions:
-        raise ValueError(f"seq_len {seq_len}"
-                         + (f" + new_tokens {n_new} - 1" if phase == "generate" else "")
-                         + f" = {last} exceeds the model's context of "
-                           f"{cfg.max_target_positions} positions")
 
-    def prefill():
+    def prefill(T):
         return (w.layers(encoder_trace(cfg, batch), "encoder")
-                + w.layers(decoder_trace(cfg, batch, seq_len, 0, logits), "prefill"))
+                + w.layers(decoder_trace(cfg, batch, T, 0, logits), "prefill"))
 
-    layers, summary, kv_len = generation(
-        w, phase, seq_len, n_new, prefill,
+    # defaults: the prompt <|startoftranscript|><|lang|><|task|><|notimestamps|>, then about
+    # 100 tokens for 30 s of speech
+    layers, summary, kv_len, used = generation(
+        w, phase, seq_len, new_tokens, logits, cfg.max_target_positions, (4, 100), prefill,
         decode=lambda kv, step: w.layers(decoder_trace(cfg, batch, 1, kv - 1, "last", first=False),
                                          "decode", step))
     if phase != "decode":
         summary["encoder_s"] = seconds(r for r in layers if r.phase == "encoder")
-    used = dict(seq_len=seq_len, logits=logits,
-                **({"new_tokens": n_new} if phase == "generate" else {}))
     return layers, summary, kv_cache_bytes(cfg, batch, kv_len, w.precision.kv_bytes, w.tp), used
