@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import warnings
 from dataclasses import dataclass, field
 
 from . import hardware as _devices
@@ -142,18 +143,21 @@ class Workload:
     tp: int
     fuse_elementwise: bool
     batch: int
+    collective: str = "ring"
+    flash_block: int | None = None
 
     def layers(self, trace, phase: str, step: str = "") -> list[Layer]:
         """The timed layer records of one traced forward pass."""
         gb = GraphBuilder(self.precision, attention=self.attention, tp=self.tp,
-                          fuse_elementwise=self.fuse_elementwise, phase=phase, step=step)
+                          fuse_elementwise=self.fuse_elementwise, phase=phase, step=step,
+                          collective=self.collective, flash_block=self.flash_block)
         add_trace(gb, trace, _graph(self.family).TP)
         return time_layers(gb.layers, self.device)
 
 
-def seconds(layers) -> float:
-    """The roofline time of some records: their t_lower summed."""
-    return sum(r.t_lower for r in layers)
+def seconds(layers, field: str = "t_lower") -> float:
+    """The time of some records: their t_lower (the roofline) or another time field, summed."""
+    return sum(getattr(r, field) for r in layers)
 
 
 def positive(name: str, v, allow_zero: bool = False) -> int:
@@ -205,17 +209,21 @@ def generation(w: Workload, phase: str, seq_len: int | None, new_tokens: int | N
 
 
 def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1,
-            seq_len: int | None = None, dtype: str = "bf16", new_tokens: int | None = None, *,
+            seq_len: int | None = None, dtype: str | None = None, new_tokens: int | None = None, *,
             weights: str | None = None, activations: str | None = None, kv: str | None = None,
             group_size: int = 128, attention: str = "flash", tp: int = 1,
             fuse_elementwise: bool = True, tf32: bool = False, logits: str = "last",
-            text_batch: int | None = None, prompts: int = 1, points: int = 1,
-            boxes: bool = False) -> Report:
+            text_batch: int | None = None, prompts: int | None = None, points: int | None = None,
+            boxes: bool | None = None, collective: str = "ring",
+            flash_block: int | None = None) -> Report:
     """Per-layer FLOPs, bytes and roofline times of ``model`` on ``device`` (see the module doc
     for the phases).  ``dtype`` sets weights/activations/KV at once (int4/int8: weight-only);
     ``weights``/``activations``/``kv`` override each.  ``tp``: tensor-parallel degree (counts are
-    per device, plus ring all-reduce time over the interconnect).  ``logits``: "last" (serving)
-    or "all" (every position, as ``model(ids)`` returns).
+    per device, plus all-reduce time over the interconnect: ``collective`` "ring" or "tree",
+    α-β).  ``logits``: "last" (serving) or "all" (every position, as ``model(ids)`` returns).
+    ``flash_block``: charge flash attention's K/V re-reads per block of that many queries.
+    An option the model or phase does not use is an error; a workload that does not fit the
+    device, or is absurd, gets a warning.
 
     The layer records come from a shape-only trace of the pyworkloads forward pass of this
     workload (``costmodel.engine``); the family module (``graphs/<model>.py``) says which forward
@@ -233,15 +241,26 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1,
     if attention not in ("flash", "unfused"):
         raise ValueError(f"attention must be 'flash' or 'unfused', got {attention!r}")
     positive("tp", tp)
+    # the engine on a CPU computes in float32; an accelerator serves in bf16 unless told otherwise
+    dtype = dtype or ("fp32" if dev.segment == "cpu" else "bf16")
     prec = Precision.parse(dtype, weights=weights, activations=activations, kv=kv,
                            group_size=group_size, tf32=tf32)
     for dt in {prec.matmul_dtype, prec.attention_dtype}:
         if not dev.supports(dt):
             raise ValueError(f"device {dev.key!r} ({dev.name}) has no {dt} tensor rate; choose "
                              f"another dtype (it supports {', '.join(d for d in dev.peaks)})")
-    w = Workload(family, cfg, dev, prec, attention, tp, fuse_elementwise, batch)
+    _refuse_unused(family, phase, new_tokens=new_tokens, text_batch=text_batch, prompts=prompts,
+                   points=points, boxes=boxes, logits=None if logits == "last" else logits,
+                   seq_len=seq_len, flash_block=flash_block, attention=attention)
+    prompts = 1 if prompts is None else prompts
+    points = 1 if points is None else points
+    boxes = bool(boxes)
+    w = Workload(family, cfg, dev, prec, attention, tp, fuse_elementwise, batch, collective,
+                 flash_block)
     opts = dict(batch=batch, dtype=dtype, precision=prec.describe(), attention=attention, tp=tp,
-                fuse_elementwise=fuse_elementwise)
+                fuse_elementwise=fuse_elementwise,
+                **({"collective": collective} if tp > 1 else {}),
+                **({"flash_block": flash_block} if flash_block else {}))
     layers, summary, kv_bytes, used = fam.analyze(w, phase, batch=batch, seq_len=seq_len,
                                                   new_tokens=new_tokens, logits=logits,
                                                   text_batch=text_batch, prompts=prompts,
@@ -254,8 +273,55 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1,
     mem["total"] = sum(mem.values())
     summary.update(memory_bytes=mem, fits=mem["total"] <= dev.memory,
                    device_memory_bytes=dev.memory, time_s=seconds(layers))
+    if dev.profile is not None:
+        summary.update(_predicted(layers, phase, opts))
+    if mem["total"] > 100 * dev.memory or batch > 1_000_000:
+        warnings.warn(f"{label} on {dev.key}: an absurd workload (batch {batch}, "
+                      f"{mem['total'] / 1e9:,.0f} GB for a {dev.memory / 1e9:,.0f} GB device)",
+                      stacklevel=2)
+    elif not summary["fits"]:
+        warnings.warn(f"{label} does not fit on {dev.key}: it needs {mem['total'] / 1e9:,.1f} GB "
+                      f"(weights, KV cache, the largest activation) of {dev.memory / 1e9:,.1f} GB",
+                      stacklevel=2)
     return Report(model=label, family=family, config=cfg, device=dev, phase=phase, options=opts,
                   layers=layers, params=params, summary=summary)
+
+
+# the analyze() options each family (and phase) uses; any other one given is an error
+_USES = {"llama2": {"new_tokens", "logits", "seq_len", "flash_block"},
+         "whisper": {"new_tokens", "logits", "seq_len", "flash_block"},
+         "clip": {"text_batch", "seq_len", "flash_block"},
+         "sam": {"prompts", "points", "boxes", "flash_block"}}
+
+
+def _refuse_unused(family: str, phase: str, **given) -> None:
+    used = set(_USES[family])
+    if phase != "generate":
+        used.discard("new_tokens")
+    if family == "clip" and phase == "image":
+        used -= {"text_batch", "seq_len"}
+    if family == "sam" and phase == "encoder":
+        used -= {"prompts", "points", "boxes"}
+    if given.pop("attention") != "flash":
+        used.discard("flash_block")
+    for name, value in given.items():
+        if value is not None and value is not False and name not in used:
+            raise ValueError(f"{name} does not apply to {family} phase {phase!r} "
+                             f"(it uses {', '.join(sorted(used)) or 'none of the options'})")
+
+
+def _predicted(layers, phase: str, opts: dict) -> dict:
+    """The summary's predicted times (from t_pred): the whole run, each phase of records, and
+    for a generating decoder the time to the first token and per later token."""
+    out = {"time_pred_s": seconds(layers, "t_pred")}
+    for ph in dict.fromkeys(r.phase for r in layers):
+        out[f"{ph}_pred_s"] = seconds((r for r in layers if r.phase == ph), "t_pred")
+    if "prefill_pred_s" in out:
+        out["ttft_pred_s"] = out["prefill_pred_s"] + out.get("encoder_pred_s", 0.0)
+    if "decode_pred_s" in out:
+        steps = opts.get("new_tokens", 2) - 1 if phase == "generate" else 1
+        out["tpot_pred_s"] = out["decode_pred_s"] / steps if steps else None
+    return out
 
 
 def _weight_bytes(params: int, prec: Precision) -> float:
@@ -284,8 +350,9 @@ def _sum_decode(make, kv_lens: list[int], label: str) -> list[Layer]:
     if not affine:
         return _sum_steps((make(k, str(k)) for k in kv_lens), label)
     out = []
-    for a, b in zip(first, second):
+    for a, b, c in zip(first, second, last):
         acc = dataclasses.replace(a, step=label)
+        t_pred = n * (a.t_pred + c.t_pred) / 2            # a prediction is smooth in the length
         d = {f: getattr(b, f) - getattr(a, f) for f in fields}
         for f in fields:                               # sum over j of (a + j d), j = 0 .. n-1
             setattr(acc, f, n * getattr(a, f) + d[f] * (n * (n - 1) // 2))
@@ -298,6 +365,7 @@ def _sum_decode(make, kv_lens: list[int], label: str) -> list[Layer]:
             acc.t_lower, acc.t_upper = tl + acc.t_comm, tu + acc.t_comm
         else:
             acc.t_lower, acc.t_upper = n * a.t_lower, n * a.t_upper
+        acc.t_pred = max(t_pred, acc.t_lower) if t_pred else 0.0
         out.append(acc)
     return _finish_sum(out, label)
 

@@ -4,6 +4,8 @@
     costmodel plot sam-vit-h --device a100-sxm-80gb -o sam.png
     costmodel devices
     costmodel compare whisper-large-v3 --devices a100-sxm-80gb,h100-sxm,l4
+    costmodel calibrate --backend cpp               # this machine's kernels -> predicted times
+    costmodel validate llama2-110m --backend cpp --phase decode --seq-len 200
 
 Bad names and impossible arguments print one line to stderr and exit with status 2.
 """
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from . import analysis
 from . import hardware as _devices
@@ -42,8 +45,9 @@ def _workload_args(p):
                    help="prompt tokens (prefill/generate) or KV length (decode); CLIP text tokens")
     p.add_argument("--new-tokens", type=int, default=None,
                    help="tokens generated in phase generate")
-    p.add_argument("--dtype", default="bf16", choices=DTYPES,
-                   help="weights+activations+KV (int4/int8: weight-only)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="weights+activations+KV (int4/int8: weight-only); default bf16, "
+                        "fp32 on the cpu device")
     p.add_argument("--weights-dtype", choices=DTYPES)
     p.add_argument("--act-dtype", choices=("fp32", "bf16", "fp16", "fp8"))
     p.add_argument("--kv-dtype", choices=("fp32", "bf16", "fp16", "fp8", "int8"))
@@ -54,9 +58,13 @@ def _workload_args(p):
                    help="charge elementwise ops their own DRAM traffic")
     p.add_argument("--tf32", action="store_true", help="fp32 matmuls on TF32 tensor cores")
     p.add_argument("--text-batch", type=int, default=None, help="CLIP: texts (default = --batch)")
-    p.add_argument("--prompts", type=int, default=1, help="SAM: prompts per image")
-    p.add_argument("--points", type=int, default=1, help="SAM: points per prompt")
-    p.add_argument("--boxes", action="store_true", help="SAM: a box per prompt")
+    p.add_argument("--prompts", type=int, default=None, help="SAM: prompts per image (1)")
+    p.add_argument("--points", type=int, default=None, help="SAM: points per prompt (1)")
+    p.add_argument("--boxes", action="store_true", default=None, help="SAM: a box per prompt")
+    p.add_argument("--collective", choices=("ring", "tree"), default="ring",
+                   help="all-reduce algorithm under tensor parallelism (α-β)")
+    p.add_argument("--flash-block", type=int, default=None, metavar="Q",
+                   help="charge flash attention's K/V re-reads per block of Q queries")
 
 
 def _analyze(a, device):
@@ -65,7 +73,8 @@ def _analyze(a, device):
                             activations=a.act_dtype, kv=a.kv_dtype, group_size=a.group_size,
                             attention=a.attention, tp=a.tp, fuse_elementwise=not a.no_fuse,
                             tf32=a.tf32, text_batch=a.text_batch, prompts=a.prompts,
-                            points=a.points, boxes=a.boxes)
+                            points=a.points, boxes=a.boxes, collective=a.collective,
+                            flash_block=a.flash_block)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,11 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("devices", help="the device database")
     d.add_argument("--json", action="store_true")
     d.add_argument("--cpu", action="store_true",
-                   help="include this machine (runs the short calibration)")
-    d.add_argument("--recalibrate", action="store_true", help="re-measure the cpu device")
+                   help="include this machine (its calibrated profile, or a quick measurement)")
     d.add_argument("--check", metavar="FILE", nargs="?", const="",
                    help="lint a devices file (default: the built-in one): every figure must "
                         "re-derive from its quoted source; exit 1 on problems")
+    cal = sub.add_parser("calibrate", help="measure this machine's kernels: a device profile "
+                                           "that gives every layer a predicted time")
+    cal.add_argument("--backend", choices=("cpp", "numpy"), default="cpp")
+    cal.add_argument("--quick", action="store_true", help="a coarser grid (about half the time)")
+    cal.add_argument("--from-bench", metavar="JSON",
+                     help="a GPU profile from a benchmarks/bench_cuda.py results file instead")
+    cal.add_argument("-o", "--output", help="where to save (default: the cache, where "
+                                            "`--device cpu` finds it)")
+    v = sub.add_parser("validate", help="run the engine on a workload and compare every "
+                                        "layer's measured time with its prediction")
+    v.add_argument("model", help="a preset name or a Hugging Face checkpoint directory")
+    v.add_argument("--backend", choices=("cpp", "numpy"), default="cpp")
+    v.add_argument("--phase", help="llama2/whisper: prefill|decode; clip: image|text|all; "
+                                   "sam: encoder|decoder|all")
+    v.add_argument("--batch", type=int, default=1)
+    v.add_argument("--seq-len", type=int, default=None,
+                   help="prompt tokens (prefill), KV length (decode), CLIP text tokens")
+    v.add_argument("--text-batch", type=int, default=None)
+    v.add_argument("--prompts", type=int, default=None)
+    v.add_argument("--points", type=int, default=None)
+    v.add_argument("--boxes", action="store_true", default=None)
+    v.add_argument("--repeats", type=int, default=3)
+    v.add_argument("--format", choices=("table", "json"), default="table")
+    v.add_argument("-o", "--output", help="write to this file instead of stdout")
     c = sub.add_parser("compare", help="one model on several devices, side by side")
     _workload_args(c)
     c.add_argument("--devices", required=True, help="comma-separated device names")
@@ -117,9 +149,7 @@ def _cmd_devices(a) -> int:
             print(p)
         print(f"{len(problems)} problem(s) in {a.check or _devices.DATA_FILE}", file=sys.stderr)
         return 1 if problems else 0
-    if a.recalibrate:
-        _devices.cpu_device(recalibrate=True)
-    db = _devices.devices(include_cpu=a.cpu or a.recalibrate)
+    db = _devices.devices(include_cpu=a.cpu)
     if a.json:
         print(json.dumps({k: d.as_dict() for k, d in db.items()}, indent=1))
         return 0
@@ -127,15 +157,51 @@ def _cmd_devices(a) -> int:
            f"{'fp8':>7} {'int8':>7} {'GB/s':>7} {'memory':>9} {'link GB/s':>9}"
     print(head + "\n" + "-" * len(head))
     for k, d in db.items():
-        def pk(dt):
-            return f"{d.peaks[dt] / 1e12:7.1f}" if dt in d.peaks else f"{'-':>7}"
+        scale = 1e9 if d.segment == "cpu" else 1e12          # a CPU in GFLOP/s, a GPU in TFLOP/s
+
+        def pk(dt, d=d, scale=scale):
+            return f"{d.peaks[dt] / scale:7.1f}" if dt in d.peaks else f"{'-':>7}"
         link = f"{d.interconnect / 1e9:9.0f}" if d.interconnect else f"{'-':>9}"
         flag = "" if d.confirmed else " *"
-        print(f"{k:<15} {(d.name + flag)[:34]:<34} {d.vector_peak / 1e12:7.1f} {pk('tf32')} "
+        print(f"{k:<15} {(d.name + flag)[:34]:<34} {d.vector_peak / scale:7.1f} {pk('tf32')} "
               f"{pk('bf16')} {pk('fp16')} {pk('fp8')} {pk('int8')} {d.bandwidth / 1e9:7.0f} "
               f"{fmt_bytes(d.memory):>9} {link}")
-    print("\nDense TFLOP/s (int8: TOPS); fp32 = vector rate; link = per direction. * = figures not "
-          "yet confirmed against the vendor datasheet. Sources: `costmodel devices --json`.")
+    print("\nDense TFLOP/s (int8: TOPS); the cpu row in GFLOP/s; fp32 = vector rate; link = per "
+          "direction. * = figures not yet confirmed against the vendor datasheet. Sources: "
+          "`costmodel devices --json`.")
+    return 0
+
+
+def _cmd_calibrate(a) -> int:
+    from . import calibration
+    if a.from_bench:
+        prof = calibration.profile_from_bench(a.from_bench)
+        path = prof.save(a.output or calibration.profile_path("cuda"))
+        print(f"GPU profile of {prof.machine.get('gpu')} from {a.from_bench}: "
+              f"{sum(len(v) for v in prof.points.values())} points; saved to {path}")
+        return 0
+    t0 = time.perf_counter()
+    prof = calibration.calibrate(a.backend, quick=a.quick, save=not a.output,
+                                 progress=lambda m: print(f"  measuring {m}", file=sys.stderr))
+    path = prof.save(a.output) if a.output else calibration.profile_path(a.backend)
+    n = sum(len(v) for v in prof.points.values())
+    print(f"{a.backend} profile of {prof.machine['cpu']} ({prof.machine['isa']}, "
+          f"{prof.machine['threads']} threads): {n} shapes in {time.perf_counter() - t0:.0f} s\n"
+          f"  compute roof {prof.peak_flops / 1e9:.1f} GFLOP/s ({prof.peak_how})\n"
+          f"  memory roof {prof.bandwidth / 1e9:.1f} GB/s (best streaming)\n"
+          f"  fixed cost per call: kernel "
+          + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in prof.overhead.items())
+          + f"; dispatch {prof.dispatch * 1e6:.1f} us; NumPy ufunc {prof.ufunc_call * 1e6:.1f} us\n"
+          f"saved to {path}")
+    return 0
+
+
+def _cmd_validate(a) -> int:
+    from .validate import validate
+    v = validate(a.model, backend=a.backend, phase=a.phase, batch=a.batch, seq_len=a.seq_len,
+                 text_batch=a.text_batch, prompts=a.prompts, points=a.points, boxes=a.boxes,
+                 repeats=a.repeats)
+    _emit(v.to_json() if a.format == "json" else v.to_table(), a.output)
     return 0
 
 
@@ -186,6 +252,10 @@ def main(argv=None) -> int:
             _devices.add_devices_file(f)
         if a.command == "devices":
             return _cmd_devices(a)
+        if a.command == "calibrate":
+            return _cmd_calibrate(a)
+        if a.command == "validate":
+            return _cmd_validate(a)
         if a.command == "compare":
             return _cmd_compare(a)
         rep = _analyze(a, a.device)

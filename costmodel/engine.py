@@ -152,10 +152,11 @@ class _Converter:
         acc = self.elementwise.get(r.scope)
         if acc is None:
             acc = self.elementwise[r.scope] = dict(flops=0, weights=0, act_in=0, act_out=0, what={},
-                                                   elems=0)
+                elems=0, calls=0)
             self.gb.layers.append(None)                # placeholder, filled in at the end
             acc["slot"] = len(self.gb.layers) - 1
         acc["flops"] += r.flops
+        acc["calls"] += 1
         acc["elems"] = max(acc["elems"], r.output.size if r.output is not None else 0)
         acc["what"][r.what] = acc["what"].get(r.what, 0) + 1
         for x in ins:
@@ -176,7 +177,8 @@ class _Converter:
                                        shape=_shape(acc["elems"] // split),
                                        weight_elems=acc["weights"],
                                        act_in_elems=acc["act_in"] // split,
-                                       act_out_elems=acc["act_out"] // split, at=acc["slot"])
+                                       act_out_elems=acc["act_out"] // split, at=acc["slot"],
+                                       calls=acc["calls"])
 
 
 def add_trace(gb: GraphBuilder, trace: Trace, tp: TensorParallel = TensorParallel()) -> list[Layer]:

@@ -65,6 +65,11 @@ class Layer:
     bytes_comm: float = 0     # extension: bytes each device sends in collectives (tensor parallel)
     t_comm: float = 0.0       # extension: interconnect time of collectives
     scope: str = ""           # extension: the kernels.scope() the engine ran it in
+    t_pred: float = 0.0       # extension: predicted time from a calibrated device profile
+    calls: int = 1            # extension: kernel or ufunc calls this record stands for
+    bytes_unfused: float = 0  # extension: an elementwise record's traffic were it not fused
+    flops_special: int = 0    # extension: the part of flops_vector that is exponentials (softmax)
+    hops: int = 0             # extension: the steps of a collective, each costing a link latency
 
     @property
     def bytes(self) -> float:
@@ -83,8 +88,9 @@ class Layer:
 
 SCHEMA = tuple(f.name for f in fields(Layer))
 COUNT_FIELDS = ("macs", "flops", "flops_dense", "flops_vector", "bytes_weights", "bytes_act_in",
-                "bytes_act_out", "bytes_kv_read", "bytes_kv_write", "bytes_comm")
-TIME_FIELDS = ("t_compute", "t_memory", "t_lower", "t_upper", "t_comm")
+                "bytes_act_out", "bytes_kv_read", "bytes_kv_write", "bytes_comm", "calls",
+                "bytes_unfused", "flops_special")
+TIME_FIELDS = ("t_compute", "t_memory", "t_lower", "t_upper", "t_comm", "t_pred")
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,8 @@ class Precision:
         if dtype not in WEIGHT_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
         act = dtype if dtype in ACT_DTYPES else "bf16"
-        return cls(weights=weights or dtype, activations=activations or act, kv=kv or act, **kw)
+        act = activations or act
+        return cls(weights=weights or dtype, activations=act, kv=kv or act, **kw)
 
     @property
     def act_bytes(self) -> float:
@@ -177,11 +184,19 @@ class GraphBuilder:
     layer); all counts are per device."""
 
     def __init__(self, precision: Precision, attention: str = "flash", tp: int = 1,
-                 fuse_elementwise: bool = True, phase: str = "", step: str = ""):
+                 fuse_elementwise: bool = True, phase: str = "", step: str = "",
+                 collective: str = "ring", flash_block: int | None = None):
         if attention not in ("flash", "unfused"):
             raise ValueError(f"attention must be 'flash' or 'unfused', got {attention!r}")
         if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
             raise ValueError(f"tp must be a positive integer, got {tp!r}")
+        if collective not in ("ring", "tree"):
+            raise ValueError(f"collective must be 'ring' or 'tree', got {collective!r}")
+        if flash_block is not None and (isinstance(flash_block, bool)
+                                        or not isinstance(flash_block, int) or flash_block < 1):
+            raise ValueError(f"flash_block must be None or a positive integer, got {flash_block!r}")
+        self.collective = collective
+        self.flash_block = flash_block
         self.p = precision
         self.attention_impl = attention
         self.tp = tp
@@ -265,8 +280,12 @@ class GraphBuilder:
         charged as cache writes) or "cross" (cross-attention K/V computed once and re-read).
         ``bias_elems``: elements of the additive bias tensor read (relative-position / masks).
         Flash: the causal tiles above the diagonal are skipped (exact count of allowed pairs, tile
-        granularity ignored) and S/P stay on chip.  Unfused: the full rectangle is computed and
-        masked, as the NumPy reference does, and S and P go through DRAM."""
+        granularity ignored) and S/P stay on chip; K and V are read once (compulsory traffic), or
+        once per block of ``flash_block`` queries when that option is set (FlashAttention's outer
+        loop re-reads them for every query block).  Unfused: the full rectangle is computed and
+        masked, as the NumPy reference does, and S and P go through DRAM.  One exponential per
+        score computed (``flops_special``) runs on special-function units where a device has
+        them."""
         dv = dh if dv is None else dv
         heads = self.split(heads, f"{name} heads")
         # fewer KV heads than devices: replicated
@@ -282,6 +301,8 @@ class GraphBuilder:
         vec = pairs * (6 + (1 if bias else 0))
         a, kvb = self.p.act_bytes, self.p.kv_bytes
         kv_elems = batch * kv_heads * tk * (dh + dv)
+        if self.attention_impl == "flash" and self.flash_block:
+            kv_elems *= -(-tq // self.flash_block)               # K/V re-read per query block
         rec = dict(bytes_act_in=batch * heads * tq * dh * a,
                    bytes_act_out=batch * heads * tq * dv * a)
         if kv_cache == "none":
@@ -296,11 +317,11 @@ class GraphBuilder:
         if self.attention_impl == "unfused":
             rec["bytes_act_out"] += 2 * full * a       # S written, P written
             rec["bytes_act_in"] += 2 * full * a        # S read by softmax, P read by P·V
-        self._add(name=name, op="attention",
+        return self._add(name=name, op="attention",
                   shapes=f"q{_shape(batch, heads, tq, dh)} kv{_shape(batch, kv_heads, tk, dv)}"
                          + (" causal" if causal else ""),
                   dtype=self.p.attention_dtype, macs=macs, flops=2 * macs + vec, flops_vector=vec,
-                  flops_dense=2 * full * (dh + dv), **rec)
+                  flops_special=pairs, flops_dense=2 * full * (dh + dv), **rec)
 
     # -- vector ops ----------------------------------------------------------------------------
     def norm(self, name: str, kind: str, rows: int, width: int, affine: int = 2):
@@ -313,14 +334,14 @@ class GraphBuilder:
             raise ValueError(f"norm kind must be 'rms_norm' or 'layer_norm', got {kind!r}")
         n = rows * width
         a = self.p.act_bytes
-        self._add(name=name, op=kind, shapes=_shape(rows, width), dtype="fp32", flops=per * n,
-                  flops_vector=per * n,
+        return self._add(name=name, op=kind, shapes=_shape(rows, width), dtype="fp32",
+                  flops=per * n, flops_vector=per * n,
                   bytes_weights=(affine if kind == "layer_norm" else 1) * width * a,
                   bytes_act_in=n * a, bytes_act_out=n * a)
 
     def elementwise_record(self, name: str, flops: int, what: str, shape: str,
                            weight_elems: int = 0, act_in_elems: int = 0, act_out_elems: int = 0,
-                           at: int | None = None) -> Layer:
+                           at: int | None = None, calls: int = 1) -> Layer:
         """Elementwise work outside the kernels (residual adds, RoPE, activations, scaling):
         fused into a neighbouring kernel by default, so only the weights it reads (a position
         table) cost traffic; ``fuse_elementwise=False`` charges every read and write."""
@@ -329,7 +350,8 @@ class GraphBuilder:
                          dtype="fp32",
                          flops=flops, flops_vector=flops, bytes_weights=weight_elems * a,
                          bytes_act_in=0 if self.fuse else act_in_elems * a,
-                         bytes_act_out=0 if self.fuse else act_out_elems * a)
+                         bytes_act_out=0 if self.fuse else act_out_elems * a, calls=calls,
+                         bytes_unfused=(weight_elems + act_in_elems + act_out_elems) * a)
 
     def gelu(self, name: str, elems: int, sharded: bool = False) -> Layer:
         """The dispatched GELU kernel over ``elems`` elements (1/tp of them when the activations
@@ -339,23 +361,26 @@ class GraphBuilder:
         return self._add(name=name, op="gelu", shapes=_shape(n), dtype="fp32",
                          flops=GELU_FLOPS * n, flops_vector=GELU_FLOPS * n,
                          bytes_act_in=0 if self.fuse else n * a,
-                         bytes_act_out=0 if self.fuse else n * a)
+                         bytes_act_out=0 if self.fuse else n * a, bytes_unfused=2 * n * a)
 
     def embedding(self, name: str, tokens: int, width: int):
         """A table lookup: reads ``tokens`` rows (weights traffic) and writes them (no FLOPs)."""
         a = self.p.act_bytes
-        self._add(name=name, op="embedding", shapes=_shape(tokens, width), dtype=self.p.activations,
+        return self._add(name=name, op="embedding", shapes=_shape(tokens, width),
+                  dtype=self.p.activations,
                   bytes_weights=tokens * width * DTYPE_BYTES[
                       self.p.weights if self.p.weights != "int4" else "bf16"],
-                  bytes_act_out=tokens * width * a)
+                  bytes_act_out=tokens * width * a, bytes_unfused=2 * tokens * width * a)
 
     def allreduce(self, name: str, elems: int):
-        """Ring all-reduce over ``tp`` devices: each sends (and receives) 2·(tp-1)/tp of the
-        tensor."""
+        """All-reduce over ``tp`` devices (α-β): each sends (and receives) 2·(tp-1)/tp of the
+        tensor, in 2·(tp-1) steps on a ring or 2·⌈log2 tp⌉ on a tree (reduce, then broadcast;
+        Rabenseifner's volume), each step costing the link latency."""
         if self.tp == 1:
-            return
+            return None
         sent = 2 * (self.tp - 1) / self.tp * elems * self.p.act_bytes
-        self._add(name=name, op="allreduce", shapes=f"{_shape(elems)} x tp{self.tp}",
-                  dtype=self.p.activations, flops=elems * (self.tp - 1) // self.tp,
-                  flops_vector=elems * (self.tp - 1) // self.tp,
-                  bytes_comm=sent)
+        hops = 2 * (self.tp - 1) if self.collective == "ring" else 2 * math.ceil(math.log2(self.tp))
+        return self._add(name=name, op="allreduce",
+                         shapes=f"{_shape(elems)} x tp{self.tp} {self.collective}",
+                         dtype=self.p.activations, flops=elems * (self.tp - 1) // self.tp,
+                         flops_vector=elems * (self.tp - 1) // self.tp, bytes_comm=sent, hops=hops)

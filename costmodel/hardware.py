@@ -3,9 +3,10 @@
 The figures live in ``devices.toml`` next to this file (data, not code); users add their own
 devices from a TOML or JSON file of the same layout (``load_devices(path)``, the CLI's
 ``--devices-file``, or the ``COSTMODEL_DEVICES`` environment variable).  The ``cpu`` device is
-this machine: its FP32 matmul rate, elementwise rate and memory bandwidth are measured by a
-short NumPy calibration (well under a second) and cached in the user cache directory, because
-a roofline for a CPU is only as good as the rates it is drawn with.
+this machine: its roofs are its theoretical compute peak and best measured streaming bandwidth,
+and a calibrated profile of the project's own kernels (``costmodel calibrate``, see
+``costmodel.calibration``) lets it predict times; ``cpu:cpp`` / ``cpu:numpy`` pick a backend's
+profile.
 
 Units inside the program are SI base units: FLOP/s, B/s, bytes.
 """
@@ -33,7 +34,8 @@ PEAK_FIELDS = {"fp64": "fp64_tflops", "fp32": "fp32_tflops", "tf32": "tf32_tflop
                "fp16": "fp16_tflops", "bf16": "bf16_tflops", "fp8": "fp8_tflops",
                "int8": "int8_tops"}
 NUMERIC_FIELDS = tuple(PEAK_FIELDS.values()) + ("memory_gb", "bandwidth_gbps", "l2_mb",
-                                                "interconnect_gbps")
+                                                "interconnect_gbps", "fp32_per_sm_clock",
+                                                "sfu_per_sm_clock", "link_latency_us")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class Device:
     confirmed: bool = True
     sources: dict = field(default_factory=dict)   # field -> "<source id>: quote"
     references: dict = field(default_factory=dict)  # source id -> URL / description
+    profile: object = None             # a calibration.Profile: measured efficiencies -> t_pred
+    special_rate: float | None = None  # exponentials etc. per second on special-function units
+    link_latency: float | None = None  # seconds per step of a collective (the α of α-β)
 
     def peak(self, dtype: str) -> float:
         """Dense FLOP/s of matrix products in ``dtype`` (fp32 = without TF32, the PyTorch
@@ -77,7 +82,9 @@ class Device:
                 "confirmed": self.confirmed, "peaks_flops": dict(self.peaks),
                 "vector_peak_flops": self.vector_peak,
                 "bandwidth_Bps": self.bandwidth, "memory_bytes": self.memory, "l2_bytes": self.l2,
-                "interconnect_Bps_per_direction": self.interconnect, "sources": dict(self.sources)}
+                "interconnect_Bps_per_direction": self.interconnect,
+                "special_function_rate": self.special_rate, "link_latency_s": self.link_latency,
+                "sources": dict(self.sources)}
 
 
 def _device_from_entry(key: str, e: dict, refs: dict) -> Device:
@@ -99,7 +106,11 @@ def _device_from_entry(key: str, e: dict, refs: dict) -> Device:
         l2=int(round(float(e["l2_mb"]) * 1e6)) if "l2_mb" in e else None,
         interconnect=float(e["interconnect_gbps"]) * 1e9 if "interconnect_gbps" in e else None,
         confirmed=bool(e.get("confirmed", True)), sources=dict(e.get("source", {})),
-        references=refs)
+        references=refs,
+        special_rate=(float(e["fp32_tflops"]) * 1e12 * e["sfu_per_sm_clock"]
+                      / (2 * e["fp32_per_sm_clock"])
+                      if "sfu_per_sm_clock" in e and "fp32_per_sm_clock" in e else None),
+        link_latency=float(e["link_latency_us"]) * 1e-6 if "link_latency_us" in e else None)
 
 
 def load_devices(path: str | os.PathLike) -> dict[str, Device]:
@@ -160,6 +171,8 @@ def get_device(name) -> Device:
     key = name.strip().lower()
     if key == "cpu":
         return cpu_device()
+    if key.startswith("cpu:"):                       # cpu:cpp, cpu:numpy: that backend's profile
+        return cpu_device(backend=key[4:])
     db = _database()
     if key not in db:
         close = [k for k in db if key and (key in k or k in key)]
@@ -197,7 +210,9 @@ def _best_time(fn, reps: int) -> float:
 
 
 def calibrate_cpu() -> dict:
-    """Measure FP32 GEMM FLOP/s, elementwise FLOP/s and copy bandwidth with NumPy (~0.3 s)."""
+    """A quick measurement (~0.3 s) for the ``cpu`` device when no calibrated profile exists:
+    NumPy's FP32 GEMM rate, an elementwise rate and the best streaming bandwidth (a copy's read
+    + write and a read-only sum, beyond the caches)."""
     n = 768
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
@@ -208,24 +223,24 @@ def calibrate_cpu() -> dict:
     vec = x.size / _best_time(lambda: np.multiply(x, x, out=y), 20)
     big = np.ones(16 << 20, dtype=np.float32)                 # 64 MB: far beyond the caches
     dst = np.empty_like(big)
-    bw = 2 * big.nbytes / _best_time(lambda: np.copyto(dst, big), 5)   # one read + one write
+    copy = 2 * big.nbytes / _best_time(lambda: np.copyto(dst, big), 5)   # one read + one write
+    read = big.nbytes / _best_time(lambda: np.add.reduce(big), 5)
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         mem = 0
-    return {"machine": _machine_id(), "fp32_flops": gemm, "vector_flops": vec, "bandwidth_Bps": bw,
-            "memory_bytes": int(mem),
+    return {"machine": _machine_id(), "fp32_flops": gemm, "vector_flops": vec,
+            "bandwidth_Bps": max(copy, read), "memory_bytes": int(mem),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def cpu_device(recalibrate: bool = False) -> Device:
-    """This machine as a Device, from the cached calibration (measured now if absent or stale)."""
+def _quick_calibration(recalibrate: bool) -> tuple[dict, Path]:
     path = _cache_dir() / "cpu.json"
     cal = None
     if not recalibrate and path.is_file():
         try:
             cal = json.loads(path.read_text())
-            if cal.get("machine") != _machine_id():
+            if cal.get("machine") != _machine_id() or "bandwidth_Bps" not in cal:
                 cal = None
         except (OSError, json.JSONDecodeError):
             cal = None
@@ -236,22 +251,61 @@ def cpu_device(recalibrate: bool = False) -> Device:
             path.write_text(json.dumps(cal, indent=1))
         except OSError:
             pass                           # read-only home: use the measurement uncached
-    note = (f"measured {cal['measured_at']} by costmodel.devices.calibrate_cpu (NumPy), "
-            f"cached in {path}")
-    gemm = float(cal["fp32_flops"])
-    # NumPy has no half-precision GEMM worth the name: every dtype computes at the FP32 rate.
-    peaks = {dt: gemm for dt in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")}
-    peaks["fp64"] = gemm / 2
-    return Device(key="cpu", name=f"this CPU ({os.cpu_count()} threads, {platform.machine()})",
-                  vendor="",
-                  segment="cpu", peaks=peaks, vector_peak=float(cal["vector_flops"]),
-                  bandwidth=float(cal["bandwidth_Bps"]), memory=int(cal["memory_bytes"]), l2=None,
-                  interconnect=None, confirmed=True,
-                  sources={"fp32_tflops": note + ": np.matmul 768^3",
-                           "vector_tflops": note + ": np.multiply 64K",
-                           "bandwidth_gbps": note + ": np.copyto 64 MB (read + write)",
-                           "fp64_tflops": "assumed half the FP32 rate",
-                           "memory_gb": "os.sysconf physical pages"})
+    return cal, path
+
+
+def cpu_device(recalibrate: bool = False, backend: str | None = None) -> Device:
+    """This machine as a Device.
+
+    Its roofs are bounds: the compute peak is the theoretical one (cores x SIMD lanes x FMA pipes
+    x clock; a measured rate when that is higher, i.e. the reported clock is not the boost clock)
+    and the bandwidth the best streaming rate measured.  With a calibrated profile of ``backend``
+    (default: cpp if there is one, else numpy; ``costmodel calibrate``) the device also predicts
+    (``t_pred``); without one, a quick NumPy measurement supplies the roofs."""
+    from .calibration import load_profile, theoretical_cpu_peak
+    prof = None
+    for b in ([backend] if backend else ["cpp", "numpy"]):
+        prof = load_profile(b)
+        if prof is not None:
+            break
+    if backend and prof is None:
+        raise ValueError(f"no {backend} profile of this machine: run `costmodel calibrate "
+                         f"--backend {backend}` first")
+    if prof is not None:
+        peak, how, bw = prof.peak_flops, prof.peak_how, prof.bandwidth
+        note = f"calibrated profile ({prof.backend}, measured {prof.measured_at})"
+        mem = _quick_memory()
+    else:
+        cal, path = _quick_calibration(recalibrate)
+        peak, how = theoretical_cpu_peak()
+        if peak is None or peak < cal["fp32_flops"]:
+            peak, how = float(cal["fp32_flops"]), "np.matmul 768^3 measured (no clock known)"
+        bw, mem = float(cal["bandwidth_Bps"]), int(cal["memory_bytes"])
+        note = f"quick measurement {cal['measured_at']} cached in {path}"
+    # the engine's kernels compute in float32 whatever the storage dtype: one rate for all
+    peaks = {dt: peak for dt in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")}
+    peaks["fp64"] = peak / 2
+    label = f" {prof.backend} profile" if prof is not None else ""
+    return Device(key="cpu", name=f"this CPU ({cores_label()}, {platform.machine()}){label}",
+                  vendor="", segment="cpu", peaks=peaks, vector_peak=peak, bandwidth=bw,
+                  memory=mem, l2=None, interconnect=None, confirmed=True,
+                  sources={"fp32_tflops": f"{how}", "vector_tflops": "the same SIMD units",
+                           "bandwidth_gbps": f"best streaming bandwidth, {note}",
+                           "fp64_tflops": "half the FP32 rate (half the SIMD lanes)",
+                           "memory_gb": "os.sysconf physical pages"},
+                  profile=prof)
+
+
+def cores_label() -> str:
+    from .calibration import cores
+    return f"{cores()} cores"
+
+
+def _quick_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,12 +35,9 @@ def to_json(rep, indent=1) -> str:
 
 
 def to_csv(rep) -> str:
-    """One row per record; a leading comment line carries model, device, phase and parameter
-    count."""
+    """One row per record under a header of the schema's names: plain CSV that csv.DictReader
+    and pandas read as they are (the model, device and options are in ``to_json``)."""
     buf = io.StringIO()
-    m = _meta(rep)
-    buf.write(f"# model={m['model']} params={m['params']} device={m['device']} phase={m['phase']} "
-              + " ".join(f"{k}={v}" for k, v in m["options"].items()) + "\n")
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(SCHEMA)
     for r in rep.layers:
@@ -117,16 +114,18 @@ def _rows(rep, per_layer: bool):
                for r in rep.layers]
     else:
         src = grouped(rep)
+    pred = rep.device.profile is not None             # a calibrated device: predicted times too
     head = ["phase", "layer", "op", "n", "GFLOP", "MB", "FLOP/B", "bound", "t_lower", "t_upper",
-            "%"]
+            *(["t_pred"] if pred else []), "%"]
     rows = [[g["phase"], g["name"], g["op"], str(g["count"]), f"{g['flops'] / 1e9:,.3f}",
              f"{g['bytes'] / 1e6:,.2f}", f"{g['intensity']:,.1f}", g["bound"],
              fmt_time(g["t_lower"]), fmt_time(g["t_upper"]),
+             *([fmt_time(g["t_pred"])] if pred else []),
              f"{100 * g['t_lower'] / total:.1f}"] for g in src]
     t = rep.total
     rows.append(["", "TOTAL", "", str(len(rep.layers)), f"{t['flops'] / 1e9:,.3f}",
                  f"{t['bytes'] / 1e6:,.2f}", f"{t['intensity']:,.1f}", "", fmt_time(t["t_lower"]),
-                 fmt_time(t["t_upper"]), "100.0"])
+                 fmt_time(t["t_upper"]), *([fmt_time(t["t_pred"])] if pred else []), "100.0"])
     return head, rows
 
 
@@ -156,7 +155,8 @@ def to_markdown(rep, per_layer: bool = False) -> str:
               "|" + "|".join("---:" if i > 2 else "---" for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "t_lower = max(compute, memory) (+ collectives): the roofline bound; "
-              "t_upper = their sum. Peaks are dense datasheet figures; see `costmodel devices`."]
+              "t_upper = their sum; t_pred (a calibrated device) the predicted time. Peaks are "
+              "dense datasheet figures; see `costmodel devices`."]
     return "\n".join(lines) + "\n"
 
 

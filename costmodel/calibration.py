@@ -1,0 +1,520 @@
+"""Calibrated device profiles: how fast this project's own kernels run on a machine, measured at
+a grid of shapes, so a layer's predicted time (``t_pred``) comes from the efficiency measured near
+its own shape instead of the datasheet roofline alone.
+
+    prof = calibrate(backend="cpp")          # ~1-2 minutes on 2 cores; saved per backend
+    dev = cm.get_device("cpu")               # carries the cpp profile when there is one
+    r = cm.analyze("llama2-110m", dev, phase="decode", seq_len=64)   # layers carry t_pred
+
+What is measured, through ``pyworkloads.kernels`` on the chosen backend and timed by
+``pw.profile()`` (the same clock ``validate`` compares against):
+
+- matmul ``x @ Wᵀ`` over M (1: a decode GEMV .. 2048), K and N (64 .. 16384);
+- attention over the query and key lengths (prefill, decode), head width, causal or not;
+- rms_norm and layer_norm over rows x width; GELU over the element count;
+- NumPy's elementwise ufuncs (the work between kernels) and streaming read/copy bandwidth by size;
+- the fixed cost of a call: the kernel's own (tiny shapes) and the dispatcher's argument checks.
+
+How a layer is predicted: each measured point has an efficiency, its roofline time (at the
+machine's peak and best streaming bandwidth) over its measured time less the fixed cost.  A layer
+takes the efficiency of its op interpolated (inverse-distance weights over the nearest points, in
+log2 of the shape) and ``t_pred = overhead + t_roofline / efficiency``.  Elementwise records (the
+engine's NumPy work outside the kernels) are predicted from the ufunc measurements: a fixed cost
+per call plus their bytes at the bandwidth measured for arrays of their size.
+
+A GPU profile is built the same way from a ``benchmarks/bench_cuda.py`` JSON (our kernels and
+cuBLAS / SDPA side by side): :func:`profile_from_bench`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Profile", "calibrate", "load_profile", "profile_path", "profile_from_bench",
+           "theoretical_cpu_peak", "KERNEL_OPS"]
+
+PROFILE_VERSION = 1
+KERNEL_OPS = ("matmul", "attention", "rms_norm", "layer_norm", "gelu")
+_NEIGHBOURS = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# the machine
+# ---------------------------------------------------------------------------------------------
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _clock_hz() -> float | None:
+    """The highest clock the OS reports (cpufreq's maximum, else /proc/cpuinfo's MHz)."""
+    best = 0.0
+    for p in Path("/sys/devices/system/cpu").glob("cpu*/cpufreq/cpuinfo_max_freq"):
+        try:
+            best = max(best, float(p.read_text()) * 1e3)
+        except (OSError, ValueError):
+            pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                best = max(best, float(line.split(":", 1)[1]) * 1e6)
+    except (OSError, ValueError):
+        pass
+    return best or None
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def theoretical_cpu_peak() -> tuple[float | None, str]:
+    """FP32 FLOP/s no code can beat: cores x SIMD lanes x 2 FMA pipes x 2 FLOPs x clock, with
+    its derivation (None when the clock is unknown)."""
+    flags = _cpu_flags()
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    clock = _clock_hz()
+    if clock is None:
+        return None, "clock unknown"
+    n = cores()
+    how = (f"{n} cores x {lanes} fp32 lanes x 2 FMA pipes x 2 FLOPs x {clock / 1e9:.3f} GHz "
+           f"({'AVX-512' if lanes == 16 else 'AVX2' if lanes == 8 else 'SSE'})")
+    return n * lanes * 2 * 2 * clock, how
+
+
+def machine_identity(backend: str) -> dict:
+    import pyworkloads as pw
+    flags = _cpu_flags()
+    isa = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "baseline"
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"node": platform.node(), "cpu": model, "isa": isa, "cores": cores(),
+            "machine": platform.machine(), "numpy": np.__version__,
+            "pyworkloads": pw.__version__, "backend": backend,
+            "threads": pw.kernels.get_num_threads()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the profile
+# ---------------------------------------------------------------------------------------------
+_INT = re.compile(r"\d+")
+
+
+def _features(layer) -> tuple[str, tuple[float, ...]] | None:
+    """(op, log2 shape features) of a layer record -- the coordinates efficiencies are
+    interpolated in -- read from the shapes GraphBuilder writes; None for records no kernel
+    measurement describes (summed decode steps are predicted step by step before summing)."""
+    s = layer.shapes
+    if "summed" in s:
+        return None
+    nums = [int(v) for v in _INT.findall(s)]
+    lg = [math.log2(max(v, 1)) for v in nums]
+    if layer.op in ("matmul", "conv"):
+        if len(nums) == 4:                                  # [M,K]x[K,N]
+            return "matmul", (lg[0], lg[1], lg[3])
+        if len(nums) == 6:                                  # [b,M,K]x[b,K,N]
+            return "matmul", (lg[0] + lg[1], lg[2], lg[5])
+        return None
+    if layer.op == "attention" and len(nums) == 8:          # q[B,H,Tq,Dh] kv[B,KVH,Tk,Dv]
+        b, h, tq, dh, _, _, tk, _ = nums
+        return "attention", (math.log2(tq), math.log2(tk), math.log2(dh), math.log2(b * h),
+                             4.0 if "causal" in s else 0.0)
+    if layer.op in ("rms_norm", "layer_norm") and len(nums) == 2:
+        return layer.op, (lg[0], lg[1])
+    if layer.op == "gelu" and len(nums) == 1:
+        return "gelu", (lg[0],)
+    return None
+
+
+@dataclass
+class Profile:
+    """Measured efficiencies of one backend on one machine (see the module docstring)."""
+    backend: str
+    machine: dict
+    measured_at: str
+    peak_flops: float                     # the compute roof the efficiencies are relative to
+    peak_how: str
+    bandwidth: float                      # best streaming bandwidth (B/s), the memory roof
+    bandwidth_by_size: list               # [[bytes, B/s], ...] read+write streaming, by size
+    overhead: dict                        # op -> seconds of a tiny call (kernel time)
+    dispatch: float                       # seconds of the dispatcher's checks per call
+    ufunc_call: float                     # seconds of a tiny NumPy ufunc call
+    points: dict = field(default_factory=dict)   # op -> [[features..., efficiency], ...]
+    attention_impl: str = "flash"         # how the backend computes attention (cost convention)
+    version: int = PROFILE_VERSION
+    vendor: dict = field(default_factory=dict)   # GPU profiles: op -> the vendor library points
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"kind": "pyworkloads-costmodel-profile", **asdict(self)},
+                                  indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Profile:
+        if not isinstance(d, dict) or d.get("kind") != "pyworkloads-costmodel-profile":
+            raise ValueError("not a costmodel device profile "
+                             "(no kind 'pyworkloads-costmodel-profile')")
+        if d.get("version") != PROFILE_VERSION:
+            raise ValueError(f"profile version {d.get('version')!r}; this costmodel reads version "
+                             f"{PROFILE_VERSION}: calibrate again")
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    # -- prediction ----------------------------------------------------------------------------
+    def efficiency(self, op: str, feats: tuple[float, ...], table: str = "ours") -> float | None:
+        """The measured efficiency interpolated at ``feats``: inverse-distance weights over the
+        nearest points (exact at a measured point)."""
+        pts = (self.points if table == "ours" else self.vendor).get(op)
+        if not pts:
+            return None
+        arr = np.asarray(pts, dtype=np.float64)
+        d = np.sqrt(((arr[:, :-1] - np.asarray(feats)) ** 2).sum(axis=1))
+        order = np.argsort(d)[:_NEIGHBOURS]
+        if d[order[0]] < 1e-9:
+            return float(arr[order[0], -1])
+        w = 1.0 / d[order] ** 2
+        # interpolate the logarithm: efficiencies span decades (a GEMV vs a large GEMM)
+        return float(np.exp((w * np.log(arr[order, -1])).sum() / w.sum()))
+
+    def bandwidth_at(self, nbytes: float) -> float:
+        """Streaming bandwidth for an array of ``nbytes`` (interpolated in log2 of the size)."""
+        tab = np.asarray(self.bandwidth_by_size, dtype=np.float64)
+        x = math.log2(max(nbytes, 1.0))
+        return float(np.interp(x, np.log2(tab[:, 0]), tab[:, 1]))
+
+    def roof(self, layer) -> float:
+        """The layer's roofline time at this profile's roofs (compute and memory overlapped)."""
+        return max(layer.flops / self.peak_flops, layer.bytes / self.bandwidth)
+
+    def predict(self, layer, table: str = "ours") -> float | None:
+        """Predicted seconds of one layer record (None when nothing measured describes it)."""
+        calls = max(getattr(layer, "calls", 1), 1)
+        if layer.op in ("elementwise", "embedding"):
+            moved = layer.bytes_unfused or layer.bytes
+            per_call = moved / calls
+            return calls * self.ufunc_call + (moved / self.bandwidth_at(per_call) if moved else 0.0)
+        if layer.op == "allreduce":
+            return None
+        f = _features(layer)
+        if f is None:
+            return None
+        op, feats = f
+        eff = self.efficiency(op, feats, table)
+        if eff is None:
+            return None
+        return calls * self.overhead.get(op, 0.0) + self.roof(layer) / eff
+
+
+def profile_path(backend: str) -> Path:
+    from .hardware import _cache_dir
+    return _cache_dir() / f"profile-{backend}.json"
+
+
+def load_profile(backend_or_path) -> Profile | None:
+    """A saved profile: by backend name (the cached one, if any, and only when it was measured
+    on this machine) or by file path."""
+    p = Path(backend_or_path)
+    by_name = not p.suffix
+    path = profile_path(str(backend_or_path)) if by_name else p
+    if not path.is_file():
+        if by_name:
+            return None
+        raise ValueError(f"profile {str(path)!r} does not exist")
+    try:
+        prof = Profile.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"profile {str(path)!r} is not valid: {exc}") from None
+    if by_name:
+        here = machine_identity(prof.backend)
+        if any(prof.machine.get(k) != here[k] for k in ("node", "cpu", "isa", "cores")):
+            return None                   # measured elsewhere: not this machine's profile
+    return prof
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+# ---------------------------------------------------------------------------------------------
+def _median_kernel_seconds(fn, budget: float = 0.12, min_reps: int = 3,
+                           max_reps: int = 15) -> float:
+    """Median of the profiled kernel time of ``fn`` (one dispatched call), after a warm-up."""
+    import pyworkloads as pw
+    fn()
+    times = []
+    t_end = time.perf_counter() + budget
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() < t_end):
+        with pw.profile() as prof:
+            fn()
+        times.append(sum(r.seconds for r in prof.records))
+    return float(np.median(times))
+
+
+def _median_wall(fn, budget: float = 0.1, min_reps: int = 5, max_reps: int = 200) -> float:
+    fn()
+    times = []
+    t_end = time.perf_counter() + budget
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def last_level_cache() -> int:
+    """Bytes of the largest CPU cache the OS reports (32 MB if it reports none)."""
+    best = 0
+    for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            txt = p.read_text().strip().upper()
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1], 1)
+            best = max(best, int(txt.rstrip("KMG")) * mult)
+        except (OSError, ValueError):
+            pass
+    return best or 32 << 20
+
+
+def _rotation(nbytes: int) -> int:
+    """How many copies of an operand to cycle through so that each call finds it out of cache,
+    as a forward pass does (each layer reads its own weights and KV cache once)."""
+    return max(1, min(64, math.ceil(4 * last_level_cache() / max(nbytes, 1))))
+
+
+def _bandwidth_table() -> list:
+    """Streaming bandwidth (one read + one write per element) by array size, 64 kB .. 256 MB."""
+    out = []
+    for mb in (0.0625, 0.25, 1, 4, 16, 64, 256):
+        n = int(mb * (1 << 20)) // 4
+        src = np.ones(n, np.float32)
+        dst = np.empty_like(src)
+        t = _median_wall(lambda: np.copyto(dst, src), budget=0.15, min_reps=3)
+        out.append([float(2 * src.nbytes), 2 * src.nbytes / t])
+    return out
+
+
+def _read_bandwidth() -> float:
+    """The best read-only streaming rate (a sum over 8 MB .. 64 MB), for the memory roof."""
+    best = 0.0
+    for mb in (8, 64):
+        x = np.ones((mb << 20) // 4, np.float32)
+        t = _median_wall(lambda: np.add.reduce(x), budget=0.15, min_reps=3)
+        best = max(best, x.nbytes / t)
+    return best
+
+
+def _grid(backend: str, quick: bool):
+    """The shapes measured per op (kept to about two minutes on 2 cores)."""
+    Ms = (1, 4, 32, 256, 1024) if quick else (1, 2, 8, 32, 128, 512, 2048)
+    Ks = (64, 512, 4096) if quick else (64, 256, 1024, 4096)
+    Ns = (64, 512, 4096, 32768) if quick else (64, 256, 1024, 4096, 32768)
+    cap = 2 ** 30 if backend == "numpy" else 2 ** 31          # MACs per point
+    matmul = [(m, k, n) for m in Ms for k in Ks for n in Ns if m * k * n <= cap]
+    Ts = (16, 64, 256, 1024) if quick else (16, 64, 256, 1024, 2048)
+    attention = []
+    for dh in (32, 64, 128):
+        for t in Ts:
+            for causal in (False, True):
+                bh = max(1, min(64, (1 << 24) // (t * t * dh)))
+                if backend == "numpy" and t * t * bh > (1 << 24):
+                    continue
+                attention.append((bh, t, t, dh, causal))
+        for tk in (64, 512, 4096):                              # decode: one query
+            attention.append((16, 1, tk, dh, True))
+    norms = [(r, w) for w in (64, 512, 4096) for r in (1, 16, 256, 4096) if r * w <= 1 << 22]
+    gelu = [1 << e for e in (10, 13, 16, 19, 22)]
+    return matmul, attention, norms, gelu
+
+
+def _layer_for(op: str, shape, gb):
+    """The cost-model record of one calibration point (the same conventions as a model's)."""
+    if op == "matmul":
+        m, k, n = shape
+        return gb.weight_gemm("m", "matmul", m, k, n, weight_elems=k * n, act_in_elems=m * k,
+                              act_out_elems=m * n)
+    if op == "attention":
+        bh, tq, tk, dh, causal = shape
+        return gb.attention("a", 1, bh, bh, tq, tk, dh, causal=causal)
+    if op in ("rms_norm", "layer_norm"):
+        r, w = shape
+        return gb.norm("n", op, r, w)
+    return gb.gelu("g", shape)
+
+
+def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
+              progress=None) -> Profile:
+    """Measure this machine's profile for ``backend`` ("cpp" or "numpy"; a GPU's comes from
+    :func:`profile_from_bench`) and save it where ``cm.get_device("cpu")`` finds it."""
+    import pyworkloads as pw
+
+    from .graph import GraphBuilder, Precision
+    if backend not in ("cpp", "numpy"):
+        raise ValueError(f"backend must be 'cpp' or 'numpy' (a GPU profile is built from a "
+                         f"bench_cuda run: profile_from_bench), got {backend!r}")
+    if backend not in pw.kernels.available():
+        raise ValueError(f"backend {backend!r} is not available here: "
+                         f"{pw.kernels.unavailable_reason(backend)}")
+    say = progress or (lambda msg: None)
+    rng = np.random.default_rng(0)
+    impl = "unfused" if backend == "numpy" else "flash"
+    gb = GraphBuilder(Precision.parse("fp32"), attention=impl)
+    say("bandwidth")
+    bw_table = _bandwidth_table()
+    bandwidth = max(max(b for _, b in bw_table), _read_bandwidth())
+    peak, how = theoretical_cpu_peak()
+    k = pw.kernels
+    with pw.use_backend(backend):
+        say("fixed costs")
+        tiny = np.ones((1, 1), np.float32)
+        overhead = {
+            "matmul": _median_kernel_seconds(lambda: k.matmul(tiny, tiny)),
+            "attention": _median_kernel_seconds(
+                lambda: k.attention(*(np.ones((1, 1, 1, 8), np.float32),) * 3)),
+            "rms_norm": _median_kernel_seconds(lambda: k.rms_norm(tiny, tiny[0], 1e-6)),
+            "layer_norm": _median_kernel_seconds(
+                lambda: k.layer_norm(tiny, tiny[0], tiny[0], 1e-5)),
+            "gelu": _median_kernel_seconds(lambda: k.gelu(tiny)),
+        }
+        dispatch = max(_median_wall(lambda: k.matmul(tiny, tiny)) - overhead["matmul"], 0.0)
+        ufunc_call = _median_wall(lambda: np.add(tiny, tiny))
+        matmul, attention, norms, gelu = _grid(backend, quick)
+        measured: dict[str, list] = {op: [] for op in KERNEL_OPS}
+        say(f"matmul ({len(matmul)} shapes)")
+        for m, kk, n in matmul:
+            a = rng.standard_normal((m, kk), dtype=np.float32)
+            ws = [rng.standard_normal((n, kk), dtype=np.float32)
+                  for _ in range(_rotation(4 * n * kk))]
+            turn = iter(range(1 << 30))
+            measured["matmul"].append(
+                ((m, kk, n), _median_kernel_seconds(
+                    lambda: k.matmul(a, ws[next(turn) % len(ws)].T))))      # x @ Wᵀ, W cold
+        say(f"attention ({len(attention)} shapes)")
+        for bh, tq, tk, dh, causal in attention:
+            q = rng.standard_normal((1, bh, tq, dh), dtype=np.float32)
+            # keys and values as a KV cache holds them: a view of the filled part of a longer
+            # buffer, cold when they stream (a decode step reads every layer's cache once)
+            n_kv = _rotation(8 * bh * tk * dh) if tq == 1 else 1
+            bufs = [rng.standard_normal((1, bh, 2 * tk, dh), dtype=np.float32)[:, :, :tk]
+                    for _ in range(n_kv)]
+            turn = iter(range(1 << 30))
+
+            def call():
+                kv = bufs[next(turn) % n_kv]
+                return k.attention(q, kv, kv, causal=causal)
+            measured["attention"].append(((bh, tq, tk, dh, causal), _median_kernel_seconds(call)))
+        say(f"norms ({2 * len(norms)} shapes), gelu ({len(gelu)} sizes)")
+        for r, w in norms:
+            x = rng.standard_normal((r, w), dtype=np.float32)
+            g = np.ones(w, np.float32)
+            measured["rms_norm"].append(
+                ((r, w), _median_kernel_seconds(lambda: k.rms_norm(x, g, 1e-6))))
+            measured["layer_norm"].append(
+                ((r, w), _median_kernel_seconds(lambda: k.layer_norm(x, g, g, 1e-5))))
+        for n in gelu:
+            x = rng.standard_normal(n, dtype=np.float32)
+            measured["gelu"].append((n, _median_kernel_seconds(lambda: k.gelu(x))))
+    best_gemm = max(2 * m * kk * n / t for (m, kk, n), t in measured["matmul"])
+    if peak is None or best_gemm > peak:
+        how = (f"the best measured GEMM ({best_gemm / 1e9:.1f} GFLOP/s): the reported clock "
+               f"gives {peak / 1e9 if peak else float('nan'):.1f} GFLOP/s, below a measurement")
+        peak = best_gemm
+    prof = Profile(backend=backend, machine=machine_identity(backend),
+                   measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   peak_flops=peak, peak_how=how, bandwidth=bandwidth, bandwidth_by_size=bw_table,
+                   overhead=overhead, dispatch=dispatch, ufunc_call=ufunc_call, attention_impl=impl)
+    for op, rows in measured.items():
+        pts = []
+        for shape, seconds in rows:
+            layer = _layer_for(op, shape, gb)
+            work = max(seconds - overhead[op], 0.05 * seconds)
+            feats = _features(layer)[1]
+            pts.append([*feats, prof.roof(layer) / work])
+        prof.points[op] = pts
+    if save:
+        prof.save(profile_path(backend))
+    return prof
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU profiles from a bench_cuda run
+# ---------------------------------------------------------------------------------------------
+def _bench_layer(row: dict, gb):
+    """The cost-model record of one bench_cuda row (matmul MxNxK, attention B H T Dh, norms)."""
+    case = row["case"]
+    if row["op"] == "matmul":
+        m, n, k = (int(v) for v in case.split("x"))
+        return gb.weight_gemm("m", "matmul", m, k, n, weight_elems=k * n, act_in_elems=m * k,
+                              act_out_elems=m * n)
+    if row["op"] == "attention":
+        parts = dict((p[:1] if p[:1] != "H" or not p.startswith("Hkv") else "Hkv",
+                      p) for p in case.split())
+        b = int(parts["B"][1:])
+        h = int(parts["H"][1:])
+        t = int(parts["T"][1:])
+        dh = int(parts["D"][2:])
+        hkv = int(parts["Hkv"][3:]) if "Hkv" in parts else h
+        return gb.attention("a", b, h, hkv, t, t, dh, causal="causal" in case)
+    if row["op"] in ("rms_norm", "layer_norm"):
+        r, w = (int(v) for v in case.split("x"))
+        return gb.norm("n", row["op"], r, w)
+    return None
+
+
+def profile_from_bench(path, dtype: str = "bf16") -> Profile:
+    """A GPU profile from a ``benchmarks/bench_cuda.py`` results JSON: our kernels' efficiency
+    (``algo == "auto"``) and the vendor libraries' (cuBLAS, SDPA, PyTorch norms) at the benchmarked
+    shapes, relative to the device's datasheet roofs.  Kernel launch costs are not in the bench
+    rows, so the fixed cost per call is left at zero; a run covers few shapes, so the
+    interpolation is coarse away from them (the JSON names its cases)."""
+    from . import hardware
+    from .graph import GraphBuilder, Precision
+    data = json.loads(Path(path).read_text())
+    dev = hardware.get_device(data.get("costmodel_device") or "")
+    prec = Precision.parse(dtype)
+    gb = GraphBuilder(prec, attention="flash")
+    prof = Profile(backend="cuda", machine={"gpu": data.get("device"), "driver": data.get("driver"),
+                                            "torch": data.get("torch"), "node": "",
+                                            "cpu": "", "isa": "", "cores": 0},
+                   measured_at=data.get("timestamp_utc", ""),
+                   peak_flops=dev.peak(prec.matmul_dtype),
+                   peak_how=f"{dev.name} datasheet, {prec.matmul_dtype}", bandwidth=dev.bandwidth,
+                   bandwidth_by_size=[[1.0, dev.bandwidth], [1e12, dev.bandwidth]],
+                   overhead={}, dispatch=0.0, ufunc_call=0.0)
+    for row in data.get("results", []):
+        if row.get("algo") != "auto" or row.get("dtype") != dtype or row.get("status") != "ok":
+            continue
+        layer = _bench_layer(row, gb)
+        if layer is None:
+            continue
+        op, feats = _features(layer)
+        roof = prof.roof(layer)
+        if row.get("ours_ms"):
+            prof.points.setdefault(op, []).append([*feats, roof / (row["ours_ms"] / 1e3)])
+        if row.get("baseline_ms"):
+            prof.vendor.setdefault(op, []).append([*feats, roof / (row["baseline_ms"] / 1e3)])
+    if not prof.points:
+        raise ValueError(f"{path}: no {dtype} rows with algo 'auto' to build a profile from")
+    return prof

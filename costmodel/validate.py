@@ -1,0 +1,300 @@
+"""Predicted against measured: run the engine on a workload under ``pw.profile()`` and put each
+kernel call's measured time next to the cost model's ``t_pred`` and ``t_lower`` for the same
+layer, and the wall-clock time of the whole call next to the predicted total.
+
+    v = cm.validate("llama2-110m", backend="cpp", phase="decode", seq_len=200)
+    print(v.to_table()); v.median_error, v.e2e_error
+
+The layer records and the profiled calls come from one code path (the records are a shape-only
+trace of the same forward functions), so they line up one to one in execution order; a
+mismatch is an error, never a silent skip.  The predictions need a calibrated profile of the
+backend (``costmodel calibrate --backend cpp``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["validate", "Validation", "LayerCheck", "KERNEL_OP"]
+
+KERNEL_OP = {"matmul": "matmul", "conv": "matmul", "attention": "attention",
+             "rms_norm": "rms_norm", "layer_norm": "layer_norm", "gelu": "gelu"}
+SHARE = 0.01            # layers carrying at least this share of the measured time are summarised
+
+
+@dataclass
+class LayerCheck:
+    name: str
+    op: str
+    scope: str
+    shapes: str
+    measured: float          # seconds, median over the repeats (pw.profile())
+    t_pred: float
+    t_lower: float
+
+    @property
+    def error(self) -> float:
+        """(predicted - measured) / measured."""
+        return self.t_pred / self.measured - 1.0 if self.measured > 0 else math.inf
+
+    @property
+    def tightness(self) -> float:
+        """t_lower / measured: how close the bound comes (it must stay <= 1)."""
+        return self.t_lower / self.measured if self.measured > 0 else math.inf
+
+
+@dataclass
+class Validation:
+    """The outcome of :func:`validate`."""
+    model: str
+    backend: str
+    phase: str
+    options: dict
+    device: str
+    layers: list[LayerCheck]
+    wall_s: float                 # the whole call, measured (median)
+    pred_s: float                 # the whole call, predicted: every record + dispatch per call
+    between_pred_s: float         # the predicted work outside the kernels (elementwise, lookups)
+    repeats: int
+    profile: dict = field(default_factory=dict)
+
+    @property
+    def kernel_s(self) -> float:
+        return sum(c.measured for c in self.layers)
+
+    @property
+    def main(self) -> list[LayerCheck]:
+        """The layers that carry at least 1 % of the measured kernel time."""
+        total = self.kernel_s
+        return [c for c in self.layers if c.measured >= SHARE * total]
+
+    @property
+    def median_error(self) -> float:
+        return float(np.median([abs(c.error) for c in self.main])) if self.main else math.nan
+
+    @property
+    def worst_error(self) -> float:
+        return max((abs(c.error) for c in self.main), default=math.nan)
+
+    @property
+    def e2e_error(self) -> float:
+        return self.pred_s / self.wall_s - 1.0
+
+    @property
+    def bound_violations(self) -> list[LayerCheck]:
+        """Layers measured faster than their lower bound (a bug in the roofs if any)."""
+        return [c for c in self.layers if c.measured < c.t_lower]
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "backend": self.backend, "phase": self.phase,
+                "options": self.options, "device": self.device, "repeats": self.repeats,
+                "wall_s": self.wall_s, "pred_s": self.pred_s, "e2e_error": self.e2e_error,
+                "kernel_s": self.kernel_s, "between_pred_s": self.between_pred_s,
+                "median_error": self.median_error, "worst_error": self.worst_error,
+                "bound_violations": len(self.bound_violations), "profile": self.profile,
+                "layers": [{**asdict(c), "error": c.error, "tightness": c.tightness}
+                           for c in self.layers]}
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.as_dict(), indent=indent)
+
+    def to_table(self, per_layer: bool = True) -> str:
+        from .report import fmt_time
+        lines = [f"{self.model}: phase {self.phase}, backend {self.backend}, "
+                 + ", ".join(f"{k}={v}" for k, v in self.options.items()),
+                 f"device {self.device}; profile measured {self.profile.get('measured_at', '?')}; "
+                 f"median of {self.repeats} runs", ""]
+        if per_layer:
+            head = f"{'layer':<46} {'op':<10} {'measured':>10} {'t_pred':>10} {'error':>8} " \
+                   f"{'t_lower':>10} {'lower/meas':>10}"
+            lines += [head, "-" * len(head)]
+            for c in self.layers:
+                lines.append(f"{c.name[-46:]:<46} {c.op:<10} {fmt_time(c.measured):>10} "
+                             f"{fmt_time(c.t_pred):>10} {100 * c.error:>+7.1f}% "
+                             f"{fmt_time(c.t_lower):>10} {c.tightness:>10.2f}")
+            lines.append("")
+        lines += [
+            f"kernels: {len(self.layers)} calls, measured {fmt_time(self.kernel_s)}, "
+            f"predicted {fmt_time(sum(c.t_pred for c in self.layers))}",
+            f"per layer (the {len(self.main)} with >= {100 * SHARE:.0f} % of the kernel time): "
+            f"median |error| {100 * self.median_error:.1f} %, worst {100 * self.worst_error:.1f} %",
+            f"end to end: measured {fmt_time(self.wall_s)}, predicted {fmt_time(self.pred_s)} "
+            f"({fmt_time(self.between_pred_s)} of it outside the kernels): "
+            f"error {100 * self.e2e_error:+.1f} %",
+            f"lower bound: {len(self.bound_violations)} layer(s) measured below t_lower; "
+            f"median tightness t_lower/measured "
+            f"{np.median([c.tightness for c in self.main]) if self.main else math.nan:.2f}"]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine side: the same functions the family modules trace, on real arrays
+# ---------------------------------------------------------------------------------------------
+def _load(model):
+    """A preset name, a Config or a checkpoint directory -> (family, label, engine model)."""
+    import pyworkloads as pw
+
+    from .analysis import resolve_model
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        from pyworkloads import io
+        kind = io.load_config(Path(model)).get("model_type", "llama")
+        family = {"llama": "llama2", "clip": "clip", "sam": "sam", "whisper": "whisper"}.get(kind)
+        if family is None:
+            raise ValueError(f"{model}: model_type {kind!r} is none of llama, clip, sam, whisper")
+        return family, str(model), getattr(pw, family).from_pretrained(model)
+    family, label, cfg = resolve_model(model)
+    mod = getattr(pw, family)
+    if family == "llama2":
+        return family, label, mod.from_preset(cfg)
+    from pyworkloads.models.common import check_fits
+    check_fits(4 * mod.count_params(cfg), label)           # refuse before allocating
+    init = {"clip": "random_weights", "sam": "init_weights", "whisper": "random_weights"}[family]
+    weights = getattr(mod, init)(cfg, 0)
+    cls = {"clip": "CLIP", "sam": "Sam", "whisper": "Whisper"}[family]
+    return family, label, getattr(mod, cls)(cfg, weights)
+
+
+def _runs(family: str, m, phase: str, batch: int, seq_len: int | None, opts: dict):
+    """(setup, run) for a workload: run() is the call timed and profiled; setup() restores any
+    state it consumed (a KV cache's length)."""
+    import pyworkloads as pw
+    rng = np.random.default_rng(0)
+    cfg = m.config
+    if family == "llama2":
+        vocab = cfg.vocab_size
+        if phase == "prefill":
+            ids = rng.integers(0, vocab, size=(batch, seq_len))
+            cache = m.new_cache(batch, seq_len)
+            return (lambda: setattr(cache, "length", 0),
+                    lambda: pw.llama2.forward(ids, m.weights, cfg, cache, last_only=True))
+        cache = m.new_cache(batch, seq_len)
+        pw.llama2.forward(rng.integers(0, vocab, size=(batch, seq_len - 1)), m.weights, cfg, cache)
+        nxt = rng.integers(0, vocab, size=(batch, 1))
+        return (lambda: setattr(cache, "length", seq_len - 1),
+                lambda: pw.llama2.forward(nxt, m.weights, cfg, cache, last_only=True))
+    if family == "whisper":
+        W = pw.whisper
+        feats = rng.standard_normal((batch, cfg.num_mel_bins, 2 * cfg.max_source_positions),
+                                    dtype=np.float32)
+        ids = rng.integers(0, cfg.vocab_size, size=(batch, seq_len))
+        cache = W.decoder_cache(cfg, batch, seq_len)
+        if phase == "prefill":
+            def prefill():
+                audio = W.encoder(feats, m.weights, cfg)
+                W.decoder(ids, W.cross_attention_kv(audio, m.weights, cfg), m.weights, cfg, cache,
+                          last_only=True)
+            return lambda: setattr(cache, "length", 0), prefill
+        cross = W.cross_attention_kv(W.encoder(feats, m.weights, cfg), m.weights, cfg)
+        W.decoder(ids[:, :-1], cross, m.weights, cfg, cache, last_only=True)
+        return (lambda: setattr(cache, "length", seq_len - 1),
+                lambda: W.decoder(ids[:, -1:], cross, m.weights, cfg, cache, last_only=True))
+    if family == "clip":
+        C, t, v = pw.clip, cfg.text_config, cfg.vision_config
+        tb = opts["text_batch"]
+        pix = rng.standard_normal((batch, v.num_channels, v.image_size, v.image_size),
+                                  dtype=np.float32)
+        ids = rng.integers(0, t.vocab_size - 2, size=(tb, opts["seq_len"]))
+        ids[:, -1] = t.eos_token_id if t.eos_token_id != 2 else t.vocab_size - 1
+
+        def run():
+            img = C.image_features(pix, m.weights, v) if phase in ("image", "all") else None
+            txt = C.text_features(ids, m.weights, t) if phase in ("text", "all") else None
+            if phase == "all":
+                C.similarity(img, txt, m.weights["logit_scale"])
+        return (lambda: None), run
+    S = pw.sam
+    R = cfg.vision_config.image_size
+    pix = rng.standard_normal((batch, 3, R, R), dtype=np.float32)
+    P, N = opts["prompts"], opts["points"]
+    pts = np.full((batch, P, N, 2), R / 2) if N else None
+    labels = np.ones((batch, P, N), np.int64) if N else None
+    box = np.tile([0.0, 0.0, R - 1.0, R - 1.0], (batch, P, 1)) if opts["boxes"] else None
+    emb = S.image_encoder(pix, m.weights, cfg) if phase == "decoder" else None
+
+    def run():
+        e = S.image_encoder(pix, m.weights, cfg) if phase in ("encoder", "all") else emb
+        if phase in ("decoder", "all"):
+            S.decode_prompts(e, pts, labels, box, None, m.weights, cfg)
+    return (lambda: None), run
+
+
+def validate(model, backend: str = "cpp", phase: str | None = None, batch: int = 1,
+             seq_len: int | None = None, *, text_batch: int | None = None,
+             prompts: int | None = None, points: int | None = None, boxes: bool | None = None,
+             repeats: int = 3) -> Validation:
+    """Measure a workload on ``backend`` and compare it with the cost model's prediction for the
+    same workload (see the module docstring).  ``model``: a preset name, a pyworkloads Config or
+    a Hugging Face checkpoint directory.  Phases: llama2 / whisper "prefill" or "decode" (one
+    step at KV length ``seq_len``); clip "image", "text" or "all"; sam "encoder", "decoder" or
+    "all"."""
+    import pyworkloads as pw
+
+    from . import hardware
+    from .analysis import analyze, positive
+    if backend not in ("cpp", "numpy"):
+        raise ValueError(f"backend must be 'cpp' or 'numpy' (the cuda backend is validated from "
+                         f"a bench_cuda run), got {backend!r}")
+    positive("repeats", repeats)
+    dev = hardware.cpu_device(backend=backend)
+    family, label, m = _load(model)
+    defaults = {"llama2": ("decode", 128), "whisper": ("decode", 32), "clip": ("all", None),
+                "sam": ("all", None)}[family]
+    phase = phase or defaults[0]
+    allowed = {"llama2": ("prefill", "decode"), "whisper": ("prefill", "decode"),
+               "clip": ("image", "text", "all"), "sam": ("encoder", "decoder", "all")}[family]
+    if phase not in allowed:
+        raise ValueError(f"validate runs phase {' / '.join(allowed)} of {family}, got {phase!r} "
+                         "(a generation is its prefill plus one decode step per token)")
+    if family in ("llama2", "whisper"):
+        seq_len = defaults[1] if seq_len is None else seq_len
+    rep = analyze(m.config, dev, phase=phase, batch=batch, seq_len=seq_len, dtype="fp32",
+                  attention=dev.profile.attention_impl, text_batch=text_batch, prompts=prompts,
+                  points=points, boxes=boxes, logits="last")
+    opts = {k: v for k, v in rep.options.items() if k in ("batch", "seq_len", "text_batch",
+                                                           "prompts", "points", "boxes")}
+    setup, run = _runs(family, m, phase, batch, rep.options.get("seq_len"),
+                       {"text_batch": text_batch or batch, "prompts": prompts or 1,
+                        "points": 1 if points is None else points, "boxes": bool(boxes), **opts})
+    walls, calls = [], []
+    with pw.use_backend(backend):
+        setup()
+        run()                                             # warm-up: page faults, caches, threads
+        for _ in range(repeats):
+            setup()
+            with pw.profile() as prof:
+                t0 = time.perf_counter()
+                run()
+                walls.append(time.perf_counter() - t0)
+            calls.append(prof.records)
+    kernels = [r for r in rep.layers if r.op in KERNEL_OP]
+    for recs in calls:
+        _check_alignment(kernels, recs)
+    measured = np.median([[r.seconds for r in recs] for recs in calls], axis=0)
+    checks = [LayerCheck(k.name, k.op, k.scope, k.shapes, float(t), k.t_pred, k.t_lower)
+              for k, t in zip(kernels, measured)]
+    between = sum(r.t_pred for r in rep.layers if r.op not in KERNEL_OP)
+    pred = sum(r.t_pred for r in rep.layers) + len(kernels) * dev.profile.dispatch
+    return Validation(model=label, backend=backend, phase=phase, options=opts, device=dev.name,
+                      layers=checks, wall_s=float(np.median(walls)), pred_s=pred,
+                      between_pred_s=between, repeats=repeats,
+                      profile={"measured_at": dev.profile.measured_at,
+                               "machine": dev.profile.machine})
+
+
+def _check_alignment(kernels, records) -> None:
+    """The profiled calls are the traced kernel records, one to one, in order."""
+    if len(kernels) != len(records):
+        raise AssertionError(f"validate: the engine made {len(records)} kernel calls but the cost "
+                             f"model has {len(kernels)} kernel records for the workload")
+    for i, (k, r) in enumerate(zip(kernels, records)):
+        if KERNEL_OP[k.op] != r.op or k.scope != r.name:
+            raise AssertionError(f"validate: call {i} is {r.op} in {r.name!r} but record {i} is "
+                                 f"{k.op} in {k.scope!r} ({k.name})")

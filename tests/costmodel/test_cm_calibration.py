@@ -1,0 +1,198 @@
+"""Calibrated profiles, predicted times and validation -- the parts that do not depend on how fast
+this machine is: profile files, interpolation, the prediction formula, that validate() lines up
+every measured call with a layer record, and the options and warnings of analyze()."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import costmodel as cm
+import pyworkloads as pw
+from costmodel import calibration as C
+from costmodel.graph import GraphBuilder, Precision
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "h200-2026-11-26.json"
+
+
+def synthetic_profile(backend: str = "cpp", eff: float = 0.5) -> C.Profile:
+    """A profile with made-up, round numbers: every op at efficiency ``eff`` on a few points."""
+    pts = {"matmul": [[0, 6, 6, eff], [10, 12, 12, eff]],
+           "attention": [[0, 6, 6, 0, 0, eff], [10, 10, 7, 6, 4, eff]],
+           "rms_norm": [[0, 6, eff], [12, 12, eff]], "layer_norm": [[0, 6, eff], [12, 12, eff]],
+           "gelu": [[10, eff], [20, eff]]}
+    return C.Profile(backend=backend, machine=C.machine_identity(backend), measured_at="now",
+                     peak_flops=1e11, peak_how="made up", bandwidth=1e10,
+                     bandwidth_by_size=[[1e3, 2e10], [1e9, 1e10]],
+                     overhead={op: 1e-6 for op in C.KERNEL_OPS}, dispatch=2e-6, ufunc_call=1e-6,
+                     points=pts, attention_impl="flash" if backend == "cpp" else "unfused")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("COSTMODEL_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_profile_round_trip_and_refusals(cache):
+    prof = synthetic_profile()
+    path = prof.save(C.profile_path("cpp"))
+    assert C.load_profile("cpp") == prof and C.load_profile(path) == prof
+    doc = json.loads(path.read_text())
+    for bad, msg in (({**doc, "kind": "x"}, "not a costmodel device profile"),
+                     ({**doc, "version": 99}, "calibrate again")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=msg):
+            C.load_profile(path)
+    # a profile measured on another machine is not this machine's
+    other = dataclasses.replace(prof, machine={**prof.machine, "cpu": "another CPU"})
+    other.save(C.profile_path("cpp"))
+    assert C.load_profile("cpp") is None
+    with pytest.raises(ValueError, match="does not exist"):
+        C.load_profile(cache / "nope.json")
+
+
+def test_interpolation_is_exact_at_points_and_log_weighted_between():
+    prof = synthetic_profile()
+    prof.points["gelu"] = [[10.0, 0.1], [20.0, 0.4]]
+    assert prof.efficiency("gelu", (10.0,)) == pytest.approx(0.1)
+    assert prof.efficiency("gelu", (20.0,)) == pytest.approx(0.4)
+    # midway, equal inverse-square weights: the geometric mean, sqrt(0.1 * 0.4) = 0.2
+    assert prof.efficiency("gelu", (15.0,)) == pytest.approx(0.2)
+    # a quarter of the way: weights 1/2.5² and 1/7.5² -> exp((9 ln 0.1 + ln 0.4) / 10)
+    want = math.exp((9 * math.log(0.1) + math.log(0.4)) / 10)
+    assert prof.efficiency("gelu", (12.5,)) == pytest.approx(want)
+    assert prof.efficiency("embedding", (1.0,)) is None
+
+
+def test_prediction_is_overhead_plus_roofline_over_efficiency():
+    prof = synthetic_profile(eff=0.5)
+    gb = GraphBuilder(Precision.parse("fp32"))
+    mm = gb.weight_gemm("x", "matmul", 64, 1024, 1024, 1024 * 1024, 64 * 1024, 64 * 1024)
+    roof = max(mm.flops / 1e11, mm.bytes / 1e10)
+    assert prof.predict(mm) == pytest.approx(1e-6 + roof / 0.5)
+    # an elementwise record: a fixed cost per ufunc call and its bytes at the bandwidth of arrays
+    # of its size (1 MB: interpolated in log2 size between 2e10 at 1 kB and 1e10 at 1 GB -> 1.5e10)
+    ew = gb.elementwise_record("e", flops=0, what="add", shape="[1]", act_in_elems=2 ** 18,
+                               act_out_elems=2 ** 18, calls=2)
+    bw = np.interp(math.log2(2 ** 20), [math.log2(1e3), math.log2(1e9)], [2e10, 1e10])
+    assert prof.predict(ew) == pytest.approx(2 * 1e-6 + 2 ** 21 / bw)
+
+
+def test_t_pred_never_below_t_lower(cache):
+    """An efficiency above 1 (a point measured faster than its roofline) must not predict below
+    the bound: t_pred is clamped to t_lower."""
+    synthetic_profile(eff=50.0).save(C.profile_path("cpp"))
+    rep = cm.analyze("llama2-tiny", "cpu:cpp", phase="prefill", seq_len=16)
+    assert rep.device.profile is not None
+    assert all(r.t_lower <= r.t_pred for r in rep.layers)
+    assert any(r.t_pred == r.t_lower for r in rep.layers if r.op == "matmul")
+    assert rep.summary["time_pred_s"] == pytest.approx(sum(r.t_pred for r in rep.layers))
+    assert rep.summary["ttft_pred_s"] == pytest.approx(rep.summary["time_pred_s"])
+
+
+def test_without_a_profile_there_is_no_prediction():
+    rep = cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=64)
+    assert all(r.t_pred == 0 for r in rep.layers) and "time_pred_s" not in rep.summary
+
+
+@pytest.mark.parametrize("model,phase,kw", [
+    ("llama2-tiny", "prefill", dict(seq_len=9)),
+    ("llama2-tiny", "decode", dict(seq_len=7, batch=2)),
+    ("whisper-tiny-random", "prefill", dict(seq_len=4)),
+    ("whisper-tiny-random", "decode", dict(seq_len=6)),
+    ("clip-tiny", "all", dict(batch=2, text_batch=3)),
+    ("clip-tiny", "text", dict(text_batch=2, seq_len=5)),
+    ("sam-tiny", "all", dict(prompts=2, points=2)),
+    ("sam-tiny", "decoder", dict(boxes=True)),
+])
+def test_validate_lines_up_every_measured_call_with_a_record(cache, model, phase, kw):
+    synthetic_profile().save(C.profile_path("cpp"))
+    v = cm.validate(model, backend="cpp", phase=phase, repeats=1, **kw)
+    assert v.layers and all(c.measured > 0 and c.t_pred >= c.t_lower > 0 for c in v.layers)
+    assert v.wall_s >= v.kernel_s > 0 and v.pred_s > 0
+    assert {c.op for c in v.layers} <= {"matmul", "conv", "attention", "rms_norm", "layer_norm",
+                                        "gelu"}
+    doc = json.loads(v.to_json())
+    assert len(doc["layers"]) == len(v.layers) and "median_error" in doc
+    assert "end to end" in v.to_table()
+
+
+def test_validate_refuses_a_misaligned_profile(cache, monkeypatch):
+    synthetic_profile().save(C.profile_path("cpp"))
+    real = pw.kernels.profile
+
+    class Dropping:
+        """A profile that loses its first record, as a broken alignment would."""
+        def __enter__(self):
+            self.ctx = real()
+            self.prof = self.ctx.__enter__()
+            return self.prof
+
+        def __exit__(self, *exc):
+            self.ctx.__exit__(*exc)
+            del self.prof.records[0]
+    monkeypatch.setattr(pw, "profile", Dropping)
+    with pytest.raises(AssertionError, match="kernel calls but the cost model has"):
+        cm.validate("llama2-tiny", phase="decode", seq_len=4, repeats=1)
+
+
+def test_validate_needs_a_profile_and_a_known_phase(cache):
+    with pytest.raises(ValueError, match="costmodel calibrate --backend cpp"):
+        cm.validate("llama2-tiny", backend="cpp")
+    synthetic_profile().save(C.profile_path("cpp"))
+    with pytest.raises(ValueError, match="validate runs phase prefill / decode"):
+        cm.validate("llama2-tiny", phase="generate")
+
+
+def test_profile_from_the_h200_bench_run():
+    """bench_cuda measured our bf16 4096³ matmul at 0.2096 ms on the H200: at that very shape
+    the profile predicts what was measured, relative to the datasheet roofs."""
+    prof = C.profile_from_bench(BENCH)
+    assert prof.backend == "cuda" and prof.points["matmul"] and prof.vendor["matmul"]
+    gb = GraphBuilder(Precision.parse("bf16"))
+    mm = gb.weight_gemm("m", "matmul", 4096, 4096, 4096, 4096 ** 2, 4096 ** 2, 4096 ** 2)
+    assert prof.predict(mm) == pytest.approx(0.2096e-3, rel=1e-3)        # the JSON prints 4 digits
+    assert prof.predict(mm, table="vendor") == pytest.approx(0.1779e-3, rel=1e-3)
+    assert all(0 < p[-1] <= 1 for pts in prof.points.values() for p in pts)
+
+
+def test_cpu_device_defaults_to_fp32_and_dtype_overrides_reach_the_cache():
+    rep = cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=64, activations="fp16")
+    assert rep.options["precision"] == "weights bf16, activations fp16, kv fp16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cpu = cm.analyze("llama2-tiny", "cpu", phase="decode", seq_len=16)
+    assert cpu.options["dtype"] == "fp32"
+
+
+def test_options_a_phase_ignores_are_errors():
+    cases = [(dict(model="llama2-7b", phase="decode", new_tokens=5), "new_tokens does not apply"),
+             (dict(model="llama2-7b", prompts=2), "prompts does not apply to llama2"),
+             (dict(model="clip-vit-b-32", phase="image", text_batch=4), "text_batch does not"),
+             (dict(model="sam-vit-b", phase="encoder", points=3), "points does not apply"),
+             (dict(model="whisper-base", boxes=True), "boxes does not apply"),
+             (dict(model="sam-vit-b", points=0), "needs points .* or a box")]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            cm.analyze(device="h100-sxm", **kw)
+
+
+def test_a_workload_that_does_not_fit_or_is_absurd_warns():
+    with pytest.warns(UserWarning, match="does not fit on h100-sxm"):
+        cm.analyze("llama2-70b", "h100-sxm", phase="decode", seq_len=64)
+    with pytest.warns(UserWarning, match="absurd"):
+        cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=64, batch=10_000_000)
+
+
+def test_flash_block_rereads_kv_per_query_block():
+    base = cm.analyze("llama2-7b", "h100-sxm", phase="prefill", seq_len=1024)
+    blk = cm.analyze("llama2-7b", "h100-sxm", phase="prefill", seq_len=1024, flash_block=128)
+    a, b = ([r for r in rep.layers if r.op == "attention"][0] for rep in (base, blk))
+    # prefill reads K/V from the cache: 8 query blocks read it 8 times
+    assert b.bytes_kv_read == 8 * a.bytes_kv_read and b.flops == a.flops
