@@ -13,7 +13,9 @@ What is measured, through ``pyworkloads.kernels`` on the chosen backend and time
 - attention over the query and key lengths (prefill, decode), head width, causal or not;
 - rms_norm and layer_norm over rows x width; GELU over the element count;
 - NumPy's elementwise ufuncs (the work between kernels) and streaming read/copy bandwidth by size;
-- the fixed cost of a call: the kernel's own (tiny shapes) and the dispatcher's argument checks.
+- the fixed cost of a call: the kernel's own (tiny shapes), and the Python around it -- the
+  dispatcher's argument checks and the shared layer helpers a model calls it through
+  (``common.linear``, ``common.layer_norm`` ...: weight lookups, scopes, the bias add).
 
 How a layer is predicted: each measured point has an efficiency, its roofline time (at the
 machine's peak and best streaming bandwidth) over its measured time less the fixed cost.  A layer
@@ -158,7 +160,7 @@ class Profile:
     bandwidth: float                      # best streaming bandwidth (B/s), the memory roof
     bandwidth_by_size: list               # [[bytes, B/s], ...] read+write streaming, by size
     overhead: dict                        # op -> seconds of a tiny call (kernel time)
-    dispatch: float                       # seconds of the dispatcher's checks per call
+    glue: dict                            # op -> seconds of Python around a kernel call
     ufunc_call: float                     # seconds of a tiny NumPy ufunc call
     points: dict = field(default_factory=dict)   # op -> [[features..., efficiency], ...]
     attention_impl: str = "flash"         # how the backend computes attention (cost convention)
@@ -304,6 +306,24 @@ def _rotation(nbytes: int) -> int:
     return max(1, min(64, math.ceil(4 * last_level_cache() / max(nbytes, 1))))
 
 
+def _glue(overhead: dict) -> dict:
+    """Seconds of Python per kernel call beyond the kernel itself: a tiny call through the path a
+    model takes (the shared layer helpers, the dispatcher) timed whole, less its kernel time."""
+    from pyworkloads import kernels as k
+    from pyworkloads import ops
+    from pyworkloads.models import common
+    w = {"l.weight": np.ones((8, 8), np.float32), "l.bias": np.ones(8, np.float32),
+         "n.weight": np.ones(8, np.float32), "n.bias": np.zeros(8, np.float32)}
+    x = np.ones((1, 8), np.float32)
+    q = np.ones((1, 1, 1, 8), np.float32)
+    paths = {"matmul": lambda: common.linear(x, w, "l"),
+             "attention": lambda: k.attention(q, q, q, causal=True),
+             "rms_norm": lambda: common.rms_norm(x, w, "n", 1e-6),
+             "layer_norm": lambda: common.layer_norm(x, w, "n", 1e-5),
+             "gelu": lambda: ops.gelu(x)}
+    return {op: max(_median_wall(f) - overhead[op], 0.0) for op, f in paths.items()}
+
+
 def _bandwidth_table() -> list:
     """Streaming bandwidth (one read + one write per element) by array size, 64 kB .. 256 MB."""
     out = []
@@ -398,7 +418,7 @@ def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
                 lambda: k.layer_norm(tiny, tiny[0], tiny[0], 1e-5)),
             "gelu": _median_kernel_seconds(lambda: k.gelu(tiny)),
         }
-        dispatch = max(_median_wall(lambda: k.matmul(tiny, tiny)) - overhead["matmul"], 0.0)
+        glue = _glue(overhead)
         ufunc_call = _median_wall(lambda: np.add(tiny, tiny))
         matmul, attention, norms, gelu = _grid(backend, quick)
         measured: dict[str, list] = {op: [] for op in KERNEL_OPS}
@@ -444,7 +464,7 @@ def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
     prof = Profile(backend=backend, machine=machine_identity(backend),
                    measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    peak_flops=peak, peak_how=how, bandwidth=bandwidth, bandwidth_by_size=bw_table,
-                   overhead=overhead, dispatch=dispatch, ufunc_call=ufunc_call, attention_impl=impl)
+                   overhead=overhead, glue=glue, ufunc_call=ufunc_call, attention_impl=impl)
     for op, rows in measured.items():
         pts = []
         for shape, seconds in rows:
@@ -502,7 +522,7 @@ def profile_from_bench(path, dtype: str = "bf16") -> Profile:
                    peak_flops=dev.peak(prec.matmul_dtype),
                    peak_how=f"{dev.name} datasheet, {prec.matmul_dtype}", bandwidth=dev.bandwidth,
                    bandwidth_by_size=[[1.0, dev.bandwidth], [1e12, dev.bandwidth]],
-                   overhead={}, dispatch=0.0, ufunc_call=0.0)
+                   overhead={}, glue={}, ufunc_call=0.0)
     for row in data.get("results", []):
         if row.get("algo") != "auto" or row.get("dtype") != dtype or row.get("status") != "ok":
             continue

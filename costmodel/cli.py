@@ -191,7 +191,8 @@ def _cmd_calibrate(a) -> int:
           f"  memory roof {prof.bandwidth / 1e9:.1f} GB/s (best streaming)\n"
           f"  fixed cost per call: kernel "
           + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in prof.overhead.items())
-          + f"; dispatch {prof.dispatch * 1e6:.1f} us; NumPy ufunc {prof.ufunc_call * 1e6:.1f} us\n"
+          + "; Python around it " + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in prof.glue.items())
+          + f"; NumPy ufunc {prof.ufunc_call * 1e6:.1f} us\n"
           f"saved to {path}")
     return 0
 

@@ -58,7 +58,7 @@ class Validation:
     device: str
     layers: list[LayerCheck]
     wall_s: float                 # the whole call, measured (median)
-    pred_s: float                 # the whole call, predicted: every record + dispatch per call
+    pred_s: float                 # the whole call, predicted: every record + Python per call
     between_pred_s: float         # the predicted work outside the kernels (elementwise, lookups)
     repeats: int
     profile: dict = field(default_factory=dict)
@@ -281,7 +281,9 @@ def validate(model, backend: str = "cpp", phase: str | None = None, batch: int =
     checks = [LayerCheck(k.name, k.op, k.scope, k.shapes, float(t), k.t_pred, k.t_lower)
               for k, t in zip(kernels, measured)]
     between = sum(r.t_pred for r in rep.layers if r.op not in KERNEL_OP)
-    pred = sum(r.t_pred for r in rep.layers) + len(kernels) * dev.profile.dispatch
+    glue = dev.profile.glue
+    pred = sum(r.t_pred for r in rep.layers) + sum(glue.get(r.op if r.op != "conv" else "matmul",
+                                                            0.0) for r in kernels)
     return Validation(model=label, backend=backend, phase=phase, options=opts, device=dev.name,
                       layers=checks, wall_s=float(np.median(walls)), pred_s=pred,
                       between_pred_s=between, repeats=repeats,

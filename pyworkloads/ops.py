@@ -46,7 +46,9 @@ def contiguous(x):
     """x as a C-contiguous array (a copy only when it is not one already).  Models call this
     rather than ``np.ascontiguousarray``, which would turn the shape-only arrays of
     :func:`pyworkloads.kernels.trace` into object arrays."""
-    return x if getattr(x, "flags", None) is None or x.flags.c_contiguous else x.copy(order="C")
+    if hasattr(x, "ascontiguous"):                       # a traced array: it records the copy
+        return x.ascontiguous()
+    return x if x.flags.c_contiguous else x.copy(order="C")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -122,4 +122,27 @@ def test_source_survives_views_and_conversion():
     w = Traced((6, 4), source=Source("weight", "a.weight", (6, 4)))
     v = w.T.reshape(2, 12).astype(np.float16)[:, :6]
     assert v.source.name == "a.weight" and v.shape == (2, 6) and v.dtype == np.float16
-    assert ops.contiguous(v) is v
+    assert not v.contig and ops.contiguous(v).contig and ops.contiguous(v).source is v.source
+    assert ops.contiguous(w) is w
+
+
+def test_copies_numpy_makes_are_recorded_where_numpy_makes_them():
+    """A reshape of a strided view and ops.contiguous of one copy the data (as NumPy does); a
+    reshape of a contiguous array and a leading-axis slice are free views."""
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    cases = [lambda x: x.reshape(6, 20),                        # view
+             lambda x: x.transpose(0, 2, 1, 3).reshape(2, 4, 15),   # copy
+             lambda x: x[1:],                                   # view
+             lambda x: ops.contiguous(x[:, :, 1:3]),            # copy
+             lambda x: ops.contiguous(x[0]),                    # view
+             lambda x: x.astype(np.float32)]                    # astype copies by default
+    for f in cases:
+        out = f(real)
+        copied = not np.shares_memory(out, real)
+        with kernels.trace() as tr:
+            traced = f(Traced(real.shape))
+        recorded = [r.what for r in tr.records]
+        assert traced.shape == out.shape
+        assert bool(recorded) == copied, (recorded, copied)
+        assert traced.contig == out.flags.c_contiguous

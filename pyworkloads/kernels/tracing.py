@@ -143,11 +143,12 @@ class Traced:
     __array_priority__ = 1000
 
     def __init__(self, shape, dtype=np.float32, source: Source | None = None,
-                 unique: int | None = None, origin: str | None = None):
+                 unique: int | None = None, origin: str | None = None, contig: bool = True):
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self.source = source
         self.origin = origin              # the weight rows were gathered from (names the use)
+        self.contig = contig              # C-contiguous, as NumPy would lay the array out
         size = self.size
         self.unique = size if unique is None else min(int(unique), size)
 
@@ -170,7 +171,19 @@ class Traced:
 
     @property
     def flags(self):
-        return None                      # ops.contiguous() leaves traced arrays as they are
+        return None
+
+    def ascontiguous(self) -> "Traced":
+        """What ``np.ascontiguousarray`` does: the array itself, or a copy (recorded)."""
+        return self if self.contig else self._copy("contiguous copy")
+
+    def _copy(self, what: str, dtype=None) -> "Traced":
+        """A copy NumPy makes.  It keeps the count of distinct elements behind it: an im2col
+        matrix copied from a window view still holds one image's worth of data, which is what
+        a fused kernel would read (the copy's own traffic is in its record)."""
+        out = Traced(self.shape, dtype or self.dtype, self.source, self.unique, self.origin)
+        _record("elementwise", [self], out, what=what)
+        return out
 
     @property
     def T(self) -> "Traced":
@@ -210,31 +223,42 @@ class Traced:
         self._refuse("item()")
 
     # -- views: same data, new shape --------------------------------------------------------
-    def _view(self, shape, unique: int | None = None) -> "Traced":
+    def _view(self, shape, unique: int | None = None, contig: bool | None = None) -> "Traced":
         return Traced(shape, self.dtype, self.source, self.unique if unique is None else unique,
-                      self.origin)
+                      self.origin, self.contig if contig is None else contig)
 
     def reshape(self, *shape, order="C") -> "Traced":
+        """A view of a contiguous array; NumPy copies a strided one (recorded)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return self._view(_dummy(self.shape).reshape(shape).shape)
+        new = _dummy(self.shape).reshape(shape).shape
+        if new == self.shape:
+            return self
+        src = self if self.contig else self._copy("reshape copy")
+        return src._view(new, contig=True)
 
     def transpose(self, *axes) -> "Traced":
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        return self._view(_dummy(self.shape).transpose(*axes).shape)
+        axes = axes or tuple(reversed(range(self.ndim)))
+        moved = [a % self.ndim for a in axes] != list(range(self.ndim))
+        return self._view(_dummy(self.shape).transpose(*axes).shape,
+                          contig=self.contig and not moved)
 
     def swapaxes(self, a, b) -> "Traced":
-        return self._view(_dummy(self.shape).swapaxes(a, b).shape)
+        return self._view(_dummy(self.shape).swapaxes(a, b).shape,
+                          contig=self.contig and a % self.ndim == b % self.ndim)
 
     def squeeze(self, axis=None) -> "Traced":
         return self._view(_dummy(self.shape).squeeze(axis).shape)
 
     def astype(self, dtype, copy=True, **kw) -> "Traced":
-        return Traced(self.shape, dtype, self.source, self.unique, self.origin)
+        if not copy and np.dtype(dtype) == self.dtype:
+            return self
+        return self._copy("astype", dtype)
 
     def copy(self, order="C") -> "Traced":
-        return self._view(self.shape)
+        return self._copy("copy")
 
     def view(self, *args, **kw) -> "Traced":
         return self._view(self.shape)
@@ -250,7 +274,8 @@ class Traced:
             self._refuse("indexing with a traced array")
         shape = _dummy(self.shape)[idx].shape
         if not self._is_gather(idx):                                  # a view
-            return self._view(shape, min(self.unique, math.prod(shape)))
+            return self._view(shape, min(self.unique, math.prod(shape)),
+                              contig=self.contig and _contiguous_index(idx, self.ndim))
         out = Traced(shape, self.dtype, origin=self.origin)         # a new activation
         if self.source is not None and self.source.kind == "weight":
             out.origin = self.source.name
@@ -370,6 +395,29 @@ _NO_FLOP_UFUNCS = {"equal", "not_equal", "less", "less_equal", "greater", "great
                    "positive"}
 
 
+def _contiguous_index(idx, ndim: int) -> bool:
+    """Whether basic indexing of a C-contiguous array gives a C-contiguous view: integers on the
+    leading axes, then at most one unit-step slice, then whole axes only."""
+    parts = list(idx) if isinstance(idx, tuple) else [idx]
+    if any(p is Ellipsis for p in parts):
+        i = parts.index(Ellipsis)
+        n_real = sum(1 for p in parts if p is not None and p is not Ellipsis)
+        parts[i:i + 1] = [slice(None)] * (ndim - n_real)
+    parts = [p for p in parts if p is not None]
+    leading = True                                          # still in the leading integers
+    for p in parts:
+        if not isinstance(p, slice):                        # an integer index
+            if not leading:
+                return False
+        elif p.step not in (None, 1):
+            return False
+        elif p != slice(None) and not leading:              # a partial slice after an axis
+            return False
+        else:
+            leading = False
+    return True
+
+
 def _reduction(x, name, axis, keepdims, dtype=None) -> Traced:
     axes = range(x.ndim) if axis is None else (axis,) if isinstance(axis, int) else axis
     axes = {a % x.ndim for a in axes}
@@ -452,7 +500,7 @@ def _full_like(a, fill_value, dtype=None, order="K", subok=True, shape=None):
 def _broadcast_to(array, shape, subok=False):
     array = _as_traced(array)
     shape = np.broadcast_to(_dummy(array.shape), shape).shape
-    return array._view(shape, array.unique)
+    return array._view(shape, array.unique, contig=array.contig and shape == array.shape)
 
 
 def _broadcast_arrays(*args, subok=False):
@@ -473,7 +521,7 @@ def _where(condition, x=None, y=None):
 
 def _sliding_window_view(x, window_shape, axis=None, **kw):
     shape = np.lib.stride_tricks.sliding_window_view(_dummy(x.shape), window_shape, axis=axis).shape
-    return x._view(shape, x.unique)
+    return x._view(shape, x.unique, contig=False)
 
 
 def _einsum(subscripts, *operands, **kw):
@@ -530,8 +578,8 @@ _FUNCTIONS = {
     np.reshape: lambda a, shape=None, *args, **kw: a.reshape(shape),
     np.transpose: lambda a, axes=None: a.transpose(axes) if axes is not None else a.transpose(),
     np.swapaxes: lambda a, axis1, axis2: a.swapaxes(axis1, axis2),
-    np.moveaxis: lambda a, source, destination: a._view(
-        np.moveaxis(_dummy(a.shape), source, destination).shape),
+    np.moveaxis: lambda a, source, destination: a.transpose(
+        np.moveaxis(np.arange(a.ndim), source, destination).tolist()),
     np.expand_dims: lambda a, axis: a._view(np.expand_dims(_dummy(a.shape), axis).shape),
     np.squeeze: lambda a, axis=None: a.squeeze(axis),
     np.sum: _sum,

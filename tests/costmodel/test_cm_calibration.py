@@ -29,7 +29,8 @@ def synthetic_profile(backend: str = "cpp", eff: float = 0.5) -> C.Profile:
     return C.Profile(backend=backend, machine=C.machine_identity(backend), measured_at="now",
                      peak_flops=1e11, peak_how="made up", bandwidth=1e10,
                      bandwidth_by_size=[[1e3, 2e10], [1e9, 1e10]],
-                     overhead={op: 1e-6 for op in C.KERNEL_OPS}, dispatch=2e-6, ufunc_call=1e-6,
+                     overhead={op: 1e-6 for op in C.KERNEL_OPS},
+                     glue={op: 2e-6 for op in C.KERNEL_OPS}, ufunc_call=1e-6,
                      points=pts, attention_impl="flash" if backend == "cpp" else "unfused")
 
 
