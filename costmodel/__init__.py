@@ -17,10 +17,18 @@ from __future__ import annotations
 from .analysis import MODELS, PHASES, Report, analyze, presets, resolve_model
 from .calibration import Profile, calibrate, load_profile, profile_from_bench
 from .graph import SCHEMA, Layer, Precision
-from .hardware import Device, add_devices_file, cpu_device, devices, get_device, load_devices
+from .hardware import (
+                       Device,
+                       add_devices_file,
+                       cpu_device,
+                       devices,
+                       get_device,
+                       load_devices,
+                       with_profile,
+)
 from .validate import Validation, validate
 
 __all__ = ["analyze", "Report", "Layer", "Precision", "SCHEMA", "Device", "get_device", "devices",
            "load_devices", "add_devices_file", "cpu_device", "presets", "resolve_model", "MODELS",
            "PHASES", "calibrate", "Profile", "load_profile", "profile_from_bench", "validate",
-           "Validation"]
+           "Validation", "with_profile"]

@@ -166,6 +166,8 @@ class Profile:
     attention_impl: str = "flash"         # how the backend computes attention (cost convention)
     version: int = PROFILE_VERSION
     vendor: dict = field(default_factory=dict)   # GPU profiles: op -> the vendor library points
+    use: str = "ours"                     # which points predict: "ours" or "vendor"
+    memory_efficiency: float | None = None   # sparse (GPU) profiles: for memory-bound layers
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -214,8 +216,11 @@ class Profile:
         """The layer's roofline time at this profile's roofs (compute and memory overlapped)."""
         return max(layer.flops / self.peak_flops, layer.bytes / self.bandwidth)
 
-    def predict(self, layer, table: str = "ours") -> float | None:
-        """Predicted seconds of one layer record (None when nothing measured describes it)."""
+    def predict(self, layer, table: str | None = None) -> float | None:
+        """Predicted seconds of one layer record (None when nothing measured describes it).
+        ``table``: "ours" (the project's kernels) or "vendor" (GPU profiles: cuBLAS, SDPA ...);
+        default the profile's ``use``."""
+        table = table or self.use
         calls = max(getattr(layer, "calls", 1), 1)
         if layer.op in ("elementwise", "embedding"):
             moved = layer.bytes_unfused or layer.bytes
@@ -228,6 +233,10 @@ class Profile:
             return None
         op, feats = f
         eff = self.efficiency(op, feats, table)
+        if self.memory_efficiency and layer.bytes / self.bandwidth > layer.flops / self.peak_flops:
+            # a sparse profile measured this op compute-bound only: a memory-bound layer streams
+            # at the bandwidth efficiency its memory-bound kernels reached
+            eff = self.memory_efficiency
         if eff is None:
             return None
         return calls * self.overhead.get(op, 0.0) + self.roof(layer) / eff
@@ -537,4 +546,6 @@ def profile_from_bench(path, dtype: str = "bf16") -> Profile:
             prof.vendor.setdefault(op, []).append([*feats, roof / (row["baseline_ms"] / 1e3)])
     if not prof.points:
         raise ValueError(f"{path}: no {dtype} rows with algo 'auto' to build a profile from")
+    mem = [p[-1] for op in ("rms_norm", "layer_norm") for p in prof.points.get(op, [])]
+    prof.memory_efficiency = float(np.median(mem)) if mem else None
     return prof

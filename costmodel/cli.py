@@ -65,9 +65,18 @@ def _workload_args(p):
                    help="all-reduce algorithm under tensor parallelism (α-β)")
     p.add_argument("--flash-block", type=int, default=None, metavar="Q",
                    help="charge flash attention's K/V re-reads per block of Q queries")
+    p.add_argument("--profile", metavar="JSON",
+                   help="predict with this calibrated profile (e.g. a GPU's, from "
+                        "`costmodel calibrate --from-bench`)")
+    p.add_argument("--vendor", action="store_true",
+                   help="with a GPU profile: predict for the vendor libraries, not our kernels")
 
 
 def _analyze(a, device):
+    if a.profile:
+        device = _devices.with_profile(device, a.profile, "vendor" if a.vendor else None)
+    elif a.vendor:
+        raise ValueError("--vendor needs --profile (a GPU profile with vendor measurements)")
     return analysis.analyze(a.model, device, phase=a.phase, batch=a.batch, seq_len=a.seq_len,
                             dtype=a.dtype, new_tokens=a.new_tokens, weights=a.weights_dtype,
                             activations=a.act_dtype, kv=a.kv_dtype, group_size=a.group_size,

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Device", "get_device", "devices", "load_devices", "cpu_device", "check_file",
+__all__ = ["Device", "get_device", "with_profile", "devices", "load_devices", "cpu_device",
+           "check_file",
            "DATA_FILE", "PEAK_FIELDS"]
 
 DATA_FILE = Path(__file__).with_name("devices.toml")
@@ -160,6 +161,24 @@ def devices(include_cpu: bool = False) -> dict[str, Device]:
     if include_cpu:
         db["cpu"] = cpu_device()
     return db
+
+
+def with_profile(device, profile, use: str | None = None) -> Device:
+    """``device`` (a name or Device) predicting with ``profile`` (a calibration.Profile or a
+    profile JSON path); ``use`` "ours" or "vendor" picks the GPU profile's table."""
+    import dataclasses
+
+    from .calibration import load_profile
+    dev = get_device(device)
+    prof = load_profile(profile) if isinstance(profile, (str, os.PathLike)) else profile
+    if use is not None:
+        if use not in ("ours", "vendor"):
+            raise ValueError(f"use must be 'ours' or 'vendor', got {use!r}")
+        if use == "vendor" and not prof.vendor:
+            raise ValueError("this profile has no vendor-library measurements (a bench_cuda "
+                             "profile has them)")
+        prof = dataclasses.replace(prof, use=use)
+    return dataclasses.replace(dev, profile=prof)
 
 
 def get_device(name) -> Device:

@@ -68,4 +68,5 @@ def analyze(w, phase: str, *, batch: int, prompts: int, points: int, boxes: bool
         summary.update(images_per_s=batch / (t_enc + t_dec),
                        amortised_s_per_prompt=(t_enc + t_dec) / (batch * prompts),
                        total_s=t_enc + t_dec)
-    return layers, summary, 0.0, dict(prompts=prompts, points=points, boxes=boxes)
+    used = {} if phase == "encoder" else dict(prompts=prompts, points=points, boxes=boxes)
+    return layers, summary, 0.0, used
