@@ -288,6 +288,51 @@ def test_pad_token_from_tokenizer_config(tmp_path):
     assert tok.pad_token_id == 0 and list(ids[-3:]) == [0, 0, 0]
 
 
+_REAL_TOKENIZER = (TOKENIZER_DIR / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"{", b"[]", b"{}", b"null", b'{"model": 1}', b'{"model": {"type": "BPE"}}',
+    b'{"model": "\xff\xfe"}', b"[" * 100000 + b"]" * 100000, _REAL_TOKENIZER[:5000],
+    _REAL_TOKENIZER[:-1], _REAL_TOKENIZER.decode().encode("utf-16"),
+    b'{"version": "1.0", "model": {"type": "BPE", "vocab": {"<|endoftext|>": -1}, '
+    b'"merges": []}}',
+], ids=lambda d: repr(d[:12]))
+def test_corrupt_tokenizer_json_names_the_file(tmp_path, data):
+    """The tokenizers library raises a bare Exception (from Rust) on a bad file: it becomes a
+    ValueError naming the file."""
+    (tmp_path / "tokenizer.json").write_bytes(data)
+    with pytest.raises(ValueError, match=r"tokenizer\.json: not a valid tokenizer file") as e:
+        clip.load_tokenizer(tmp_path)
+    assert str(tmp_path) in str(e.value)
+
+
+@pytest.mark.parametrize("cfg, error, message", [
+    (b"{", ValueError, "not valid JSON"), (b"[1, 2", ValueError, "not valid JSON"),
+    (b"[]", ValueError, "a JSON object"), (b'{"pad_token": "\xff"}', ValueError, "UTF-8"),
+])
+def test_corrupt_tokenizer_config_names_the_file(tmp_path, cfg, error, message):
+    (tmp_path / "tokenizer.json").write_bytes(_REAL_TOKENIZER)
+    (tmp_path / "tokenizer_config.json").write_bytes(cfg)
+    with pytest.raises(error, match=f"tokenizer_config.json: .*{message}"):
+        clip.load_tokenizer(tmp_path)
+
+
+def test_tokenizer_paths_and_context_length_are_checked(tmp_path):
+    (tmp_path / "tokenizer.json").mkdir()
+    with pytest.raises(IsADirectoryError, match="tokenizer.json"):
+        clip.load_tokenizer(tmp_path)
+    with pytest.raises(TypeError, match="path"):
+        clip.load_tokenizer(None)
+    tok = clip.load_tokenizer(TOKENIZER_DIR)
+    # padding to 10^9 positions would allocate 8 GB per text
+    with pytest.raises(ValueError, match="context_length.*65536"):
+        clip.tokenize("a", tok, context_length=10**9)
+    assert clip.tokenize("a", tok, context_length=65536).shape == (1, 65536)
+    for texts in (b"a cat", None, 5):
+        with pytest.raises(TypeError, match="texts must be a string"):
+            clip.tokenize(texts, tok)
+
 # ---------------------------------------------------------------------------------------------
 # contrastive loss
 # ---------------------------------------------------------------------------------------------
