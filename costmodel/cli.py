@@ -5,7 +5,9 @@
     costmodel devices
     costmodel compare whisper-large-v3 --devices a100-sxm-80gb,h100-sxm,l4
 
-Bad names and impossible arguments print one line to stderr and exit with status 2.
+Bad names and impossible arguments print one line, ``costmodel: error: <message>``, to stderr
+and exit with status 2 (1 for files that cannot be read or written, and for unexpected
+exceptions); ``PYWORKLOADS_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import analysis
 from . import hardware as _devices
@@ -178,6 +181,26 @@ def _cmd_compare(a) -> int:
     return 0
 
 
+def _check_output(path: str | None) -> None:
+    """-o must name a file in an existing directory (checked before the work)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"-o {path!r} is a directory; give a file name")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"-o {path!r}: no directory {str(p.parent)!r} to write it in")
+
+
+def _debug() -> bool:
+    return os.environ.get("PYWORKLOADS_DEBUG", "") not in ("", "0")
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"costmodel: error: {message}", file=sys.stderr)
+    return status
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -188,6 +211,7 @@ def main(argv=None) -> int:
             return _cmd_devices(a)
         if a.command == "compare":
             return _cmd_compare(a)
+        _check_output(a.output)
         rep = _analyze(a, a.device)
         if a.command == "plot":
             from .plots import save
@@ -200,21 +224,25 @@ def main(argv=None) -> int:
         _emit(text, a.output)
         return 0
     except _Usage as exc:
-        print(f"costmodel: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError) as exc:
-        print(f"costmodel: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        print("costmodel: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:                       # `costmodel report ... | head`: the reader left
         sys.stdout = open(os.devnull, "w")
         return 0
-    except OSError as exc:
-        print(f"costmodel: error: {exc}", file=sys.stderr)
-        return 1
-    except ImportError as exc:
-        print(f"costmodel: error: {exc} (plots need matplotlib: pip install matplotlib)",
-              file=sys.stderr)
-        return 1
+    except Exception as exc:                      # one line, no traceback (PYWORKLOADS_DEBUG=1)
+        if _debug():
+            raise
+        if isinstance(exc, (ValueError, TypeError, KeyError)):
+            return _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc), 2)
+        if isinstance(exc, ImportError):
+            return _fail(f"{exc} (plots need matplotlib: pip install matplotlib)", 1)
+        if isinstance(exc, OSError):
+            return _fail(str(exc), 1)
+        if isinstance(exc, MemoryError):
+            return _fail(f"out of memory ({exc or 'MemoryError'})", 1)
+        return _fail(f"{type(exc).__name__}: {exc} (PYWORKLOADS_DEBUG=1 shows where)", 1)
 
 
 if __name__ == "__main__":
