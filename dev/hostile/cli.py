@@ -354,6 +354,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-gib", type=float, default=2.5, help="RLIMIT_AS of each process")
     ap.add_argument("-k", default="", help="only cases whose area or name contains this")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-a", "--all", action="store_true", help="list every case and its outcome")
     args = ap.parse_args(argv)
     root = args.root.resolve()
     tmp = Path(tempfile.mkdtemp(prefix="hostile-cli-"))
@@ -365,10 +366,11 @@ def main(argv=None) -> int:
             run_case(c, root, args.timeout, int(args.mem_gib * 2**30))
         print_table(cases, f"command-line campaign on {root} (seed {args.seed}, "
                     f"{time.perf_counter() - t0:.0f} s)")
-        if args.verbose:
+        if args.verbose or args.all:
             for c in cases:
-                if c.outcome not in ("ok", "clear error"):
-                    print(f"  [{c.outcome}] {c.area}: {c.name}  ({c.seconds:.1f} s)  {c.detail}")
+                if args.all or c.outcome not in ("ok", "clear error"):
+                    print(f"  [{c.outcome}] {c.area}: {c.name} (expects {c.expect}; "
+                          f"{c.seconds:.1f} s)  {c.detail}")
     finally:
         for p in tmp.rglob("*"):
             if p.is_file():

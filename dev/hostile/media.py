@@ -245,6 +245,13 @@ def png_bytes(width, height, bit_depth=8, color_type=0, rows=None, interlace=0, 
         blob = b"".join(parts) + comp.flush()
     else:
         blob = zlib.compress(rows or b"")
+    if rows is None and zero_fill and interlace == 1:        # Adam7: seven sub-images
+        total = sum((1 + (-(-(width - x0) // dx) * channels * bit_depth + 7) // 8)
+                    * -(-(height - y0) // dy)
+                    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4),
+                                           (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+                    if width > x0 and height > y0)
+        blob = zlib.compress(b"\x00" * total)
     ihdr = struct.pack(">IIBBBBB", width & 0xFFFFFFFF, height & 0xFFFFFFFF, bit_depth, color_type,
                        0, 0, interlace)
     extra = chunk(b"PLTE", bytes(range(256)) * 3) if color_type == 3 else b""
@@ -453,7 +460,7 @@ def build_cases(tmp: Path, seed: int, root: Path) -> list[Case]:
         ("scalar", np.float32(0.5), "error", None),
         ("NaN", np.r_[x, np.nan].astype(np.float32), "error", None),
         ("inf", np.r_[x, np.inf].astype(np.float32), "error", None),
-        ("float64 1e300", np.r_[x, 1e300], "either", None),
+        ("float64 1e300", np.r_[x.astype(np.float64), 1e300], "either", None),
         ("float16", x.astype(np.float16), "ok", wave_check(x.size)),
         ("int16", (x * 32767).astype(np.int16), "ok", wave_check(x.size)),
         ("uint8", (x * 127 + 128).astype(np.uint8), "ok", wave_check(x.size)),
@@ -829,6 +836,7 @@ def main(argv=None) -> int:
                     help="peak resident memory a case may add to the parent's")
     ap.add_argument("-k", default="", help="only cases whose area or name contains this")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-a", "--all", action="store_true", help="list every case and its outcome")
     args = ap.parse_args(argv)
     root = args.root.resolve()
     sys.path.insert(0, str(root))
@@ -848,10 +856,11 @@ def main(argv=None) -> int:
                      project_dirs, str(tmp))
         print_table(cases, f"media campaign on {root} (seed {args.seed}, "
                     f"{time.perf_counter() - t0:.0f} s)")
-        if args.verbose:
+        if args.verbose or args.all:
             for c in cases:
-                if c.outcome not in ("ok", "clear error"):
-                    print(f"  [{c.outcome}] {c.area}: {c.name}  ({c.seconds:.1f} s)  {c.detail}")
+                if args.all or c.outcome not in ("ok", "clear error"):
+                    print(f"  [{c.outcome}] {c.area}: {c.name} (expects {c.expect}; "
+                          f"{c.seconds:.1f} s)  {c.detail}")
     finally:
         for p in tmp.iterdir():
             if p.is_file():
