@@ -68,6 +68,7 @@ def load_image(image, what: str = "image", check_size: SizeCheck | None = None) 
         return _load_file(Path(image), what, check_size)
     if isinstance(image, Image.Image):
         _check(image.height, image.width, what, check_size)
+        _load_pixels(image, what)              # an opened file decodes now
         return _pil_to_rgb(image, what)
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image, what, check_size)
@@ -103,14 +104,19 @@ def _load_file(path: Path, what: str, check_size: SizeCheck | None) -> np.ndarra
                              f"{exc})") from exc
         with im:
             _check(im.height, im.width, what, check_size)     # from the header, not decoded
-            try:
-                im.load()
-            except MemoryError:
-                raise
-            except Exception as exc:       # truncated or corrupt pixel data
-                raise ValueError(f"{what}: truncated or corrupt image data "
-                                 f"({type(exc).__name__}: {exc})") from exc
+            _load_pixels(im, what)
             return _pil_to_rgb(im, what)
+
+
+def _load_pixels(im, what: str) -> None:
+    """Decode a PIL image's pixels; truncated or corrupt data -> ValueError naming it."""
+    try:
+        im.load()
+    except MemoryError:
+        raise
+    except Exception as exc:               # PIL's decoders raise many types on corrupt data
+        raise ValueError(f"{what}: truncated or corrupt image data "
+                         f"({type(exc).__name__}: {exc})") from exc
 
 
 def _scale16(a: np.ndarray) -> np.ndarray:

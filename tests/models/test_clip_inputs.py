@@ -223,6 +223,9 @@ def test_unreadable_files_name_the_file(tmp_path, data, message):
     with pytest.raises(ValueError, match=message) as e:
         clip.preprocess(f)
     assert "x.png" in str(e.value)
+    if data == raw[:len(raw) // 2]:                 # opened by the caller, decoded here
+        with pytest.raises(ValueError, match="truncated or corrupt"):
+            clip.preprocess(Image.open(f))
 
 
 def test_directories_and_mean_std_are_checked(tmp_path):
