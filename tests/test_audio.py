@@ -437,7 +437,7 @@ def test_log_mel_arguments_are_bounded(kw, message):
                                        (dict(task=3), ValueError)])
 def test_transcribe_arguments_are_checked_first(multilingual, kw, error):
     """The same clear error whether or not the checkpoint has language tokens (an English-only
-    one skips language detection, where the check used to live)."""
+    one never reaches language_id, which checks the language of multilingual ones)."""
     from pyworkloads.models import whisper
     m = whisper.from_pretrained(FIXTURES / "whisper" / "tiny")
     if not multilingual:
