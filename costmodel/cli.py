@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         if isinstance(exc, OSError):
             return _fail(str(exc), 1)
         if isinstance(exc, MemoryError):
-            return _fail(f"out of memory ({exc or 'MemoryError'})", 1)
+            return _fail(f"out of memory ({str(exc) or 'MemoryError'})", 1)
         return _fail(f"{type(exc).__name__}: {exc} (PYWORKLOADS_DEBUG=1 shows where)", 1)
 
 
