@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_image", "max_pixels", "check_image_size"]
+__all__ = ["load_image", "max_pixels", "check_image_size", "rgb_statistics"]
 
 # PIL modes with an alpha band (premultiplied or not); "transparency" in .info marks the others
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
@@ -53,6 +53,19 @@ def check_image_size(height: int, width: int, what: str = "image") -> None:
                          f"the limit of {limit:,} (PIL.Image.MAX_IMAGE_PIXELS, PIL's "
                          "decompression-bomb threshold); downscale it, or raise that limit if the "
                          "image is trusted")
+
+
+def rgb_statistics(values, name: str, positive: bool = False) -> np.ndarray:
+    """A per-channel mean or std: 3 finite numbers (positive ones with ``positive``) -> float32
+    [3], else ValueError naming ``name``."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.zeros(0)
+    if arr.shape != (3,) or not np.all(np.isfinite(arr)) or (positive and not np.all(arr > 0)):
+        kind = "positive finite" if positive else "finite"
+        raise ValueError(f"{name} must be 3 {kind} numbers (one per RGB channel), got {values!r}")
+    return arr.astype(np.float32)
 
 
 def load_image(image, what: str = "image", check_size: SizeCheck | None = None) -> np.ndarray:

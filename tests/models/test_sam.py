@@ -428,6 +428,9 @@ def test_image_files_and_sizes_are_checked(tmp_path, monkeypatch):
     for size in (0, -1, 2.5, 10**6):
         with pytest.raises(ValueError, match="image_size"):
             sam.preprocess(f, image_size=size)
+    for kw in (dict(mean=(0.5,)), dict(std=(0.2, 0.0, 0.2)), dict(std=(float("nan"),) * 3)):
+        with pytest.raises(ValueError, match="mean|std"):
+            sam.preprocess(f, **kw)
     f.write_bytes(f.read_bytes()[:60])
     with pytest.raises(ValueError, match="x.png.*truncated or corrupt"):
         sam.preprocess(f)

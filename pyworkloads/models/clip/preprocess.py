@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...image import load_image
+from ...image import load_image, rgb_statistics
 from ..common import check_int
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "MAX_RESIZED_PIXELS", "to_rgb_uint8", "resized_size",
@@ -35,19 +35,6 @@ def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
     return size, int(size * width / height)
 
 
-def _check_statistics(values, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        arr = np.zeros(0)
-    if arr.shape != (3,) or not np.all(np.isfinite(arr)):
-        raise ValueError(f"preprocess: {name} must be 3 finite numbers (one per RGB channel), "
-                         f"got {values!r}")
-    if name == "std" and not np.all(arr > 0):
-        raise ValueError(f"preprocess: std must be 3 positive numbers, got {values!r}")
-    return arr.astype(np.float32)
-
-
 def preprocess(image, size: int = 224, crop_size: int | None = None, mean=CLIP_MEAN,
                std=CLIP_STD) -> np.ndarray:
     """One image -> CLIP's input: float32 [1, 3, crop, crop].
@@ -65,7 +52,8 @@ def preprocess(image, size: int = 224, crop_size: int | None = None, mean=CLIP_M
     if crop > size:
         raise ValueError(f"preprocess: crop_size ({crop}) must not exceed the resized shorter side "
                          f"({size})")
-    mean32, std32 = _check_statistics(mean, "mean"), _check_statistics(std, "std")
+    mean32 = rgb_statistics(mean, "preprocess: mean")
+    std32 = rgb_statistics(std, "preprocess: std", positive=True)
 
     def check_resize(h: int, w: int) -> None:
         new_h, new_w = resized_size(h, w, size)

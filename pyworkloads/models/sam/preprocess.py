@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import ops
-from ...image import check_image_size, load_image
+from ...image import check_image_size, load_image, rgb_statistics
 from ..common import check_int
 
 # ImageNet statistics in 0..1 units, as SAM's image processor uses them
@@ -48,6 +48,8 @@ def preprocess(image, image_size: int = 1024, mean=IMAGE_MEAN, std=IMAGE_STD):
     from PIL import Image
 
     check_int(image_size, "preprocess: image_size", maximum=MAX_IMAGE_SIZE)
+    mean = rgb_statistics(mean, "preprocess: mean")
+    std = rgb_statistics(std, "preprocess: std", positive=True)
     rgb = load_image(image)                                                       # [H, W, 3]
     original = rgb.shape[:2]
     h, w = resized_shape(original, image_size)
