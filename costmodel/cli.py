@@ -7,7 +7,9 @@
     costmodel calibrate --backend cpp               # this machine's kernels -> predicted times
     costmodel validate llama2-110m --backend cpp --phase decode --seq-len 200
 
-Bad names and impossible arguments print one line to stderr and exit with status 2.
+Bad names and impossible arguments print one line, ``costmodel: error: <message>``, to stderr
+and exit with status 2 (1 for files that cannot be read or written, and for unexpected
+exceptions); ``PYWORKLOADS_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from . import analysis
 from . import hardware as _devices
@@ -183,6 +186,7 @@ def _cmd_devices(a) -> int:
 
 def _cmd_calibrate(a) -> int:
     from . import calibration
+    _check_output(a.output)
     if a.from_bench:
         prof = calibration.profile_from_bench(a.from_bench)
         path = prof.save(a.output or calibration.profile_path("cuda"))
@@ -208,6 +212,7 @@ def _cmd_calibrate(a) -> int:
 
 def _cmd_validate(a) -> int:
     from .validate import validate
+    _check_output(a.output)
     v = validate(a.model, backend=a.backend, phase=a.phase, batch=a.batch, seq_len=a.seq_len,
                  text_batch=a.text_batch, prompts=a.prompts, points=a.points, boxes=a.boxes,
                  repeats=a.repeats)
@@ -254,6 +259,26 @@ def _cmd_compare(a) -> int:
     return 0
 
 
+def _check_output(path: str | None) -> None:
+    """-o must name a file in an existing directory (checked before the work)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"-o {path!r} is a directory; give a file name")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"-o {path!r}: no directory {str(p.parent)!r} to write it in")
+
+
+def _debug() -> bool:
+    return os.environ.get("PYWORKLOADS_DEBUG", "") not in ("", "0")
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"costmodel: error: {message}", file=sys.stderr)
+    return status
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -268,6 +293,7 @@ def main(argv=None) -> int:
             return _cmd_validate(a)
         if a.command == "compare":
             return _cmd_compare(a)
+        _check_output(a.output)
         rep = _analyze(a, a.device)
         if a.command == "plot":
             from .plots import save
@@ -280,21 +306,25 @@ def main(argv=None) -> int:
         _emit(text, a.output)
         return 0
     except _Usage as exc:
-        print(f"costmodel: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError) as exc:
-        print(f"costmodel: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        print("costmodel: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:                       # `costmodel report ... | head`: the reader left
         sys.stdout = open(os.devnull, "w")
         return 0
-    except OSError as exc:
-        print(f"costmodel: error: {exc}", file=sys.stderr)
-        return 1
-    except ImportError as exc:
-        print(f"costmodel: error: {exc} (plots need matplotlib: pip install matplotlib)",
-              file=sys.stderr)
-        return 1
+    except Exception as exc:                      # one line, no traceback (PYWORKLOADS_DEBUG=1)
+        if _debug():
+            raise
+        if isinstance(exc, (ValueError, TypeError, KeyError)):
+            return _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc), 2)
+        if isinstance(exc, ImportError):
+            return _fail(f"{exc} (plots need matplotlib: pip install matplotlib)", 1)
+        if isinstance(exc, OSError):
+            return _fail(str(exc), 1)
+        if isinstance(exc, MemoryError):
+            return _fail(f"out of memory ({str(exc) or 'MemoryError'})", 1)
+        return _fail(f"{type(exc).__name__}: {exc} (PYWORKLOADS_DEBUG=1 shows where)", 1)
 
 
 if __name__ == "__main__":

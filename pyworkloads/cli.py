@@ -3,6 +3,9 @@
 Each model module (``pyworkloads/models/<name>.py``) provides the hooks the commands use:
 ``demo() -> str`` (a tiny random-weight run on the current backend), ``add_run_arguments(parser)``
 and ``run_cli(args) -> int``.
+
+A failed command prints one line, ``pyworkloads: error: <message>``, on stderr and exits with
+status 2 (1 for an unexpected exception type); ``PYWORKLOADS_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -140,19 +143,40 @@ def _run_model(mod, args) -> int:
         return mod.run_cli(args)
 
 
+# what a user can cause: bad files, bad arguments, unavailable backends, inputs too large
+USER_ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, MemoryError)
+
+
+def report_error(exc: BaseException, prog: str = "pyworkloads") -> int:
+    """Print ``prog: error: <message>`` on stderr for a failed command -> its exit status: 2 for
+    a user error, 1 for any other exception (a library's own type, or a bug).  With
+    PYWORKLOADS_DEBUG=1 in the environment the exception is raised again instead, traceback and
+    all."""
+    if os.environ.get("PYWORKLOADS_DEBUG", "") not in ("", "0"):
+        raise exc
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, MemoryError):
+        msg = f"out of memory ({msg or 'MemoryError'})"
+    elif not isinstance(exc, USER_ERRORS):
+        msg = f"{type(exc).__name__}: {msg} (PYWORKLOADS_DEBUG=1 shows where)"
+    print(f"{prog}: error: {msg or type(exc).__name__}", file=sys.stderr)
+    return 2 if isinstance(exc, USER_ERRORS) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.threads is not None:
             kernels.set_num_threads(args.threads)
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, KeyError, MemoryError) as exc:
-        # user errors (bad file, bad argument, unavailable backend): one clear line, no traceback
-        # (PYWORKLOADS_DEBUG=1 shows it)
-        if os.environ.get("PYWORKLOADS_DEBUG"):
-            raise
-        print(f"pyworkloads: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("pyworkloads: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:                     # `pyworkloads ... | head`: the reader left
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except Exception as exc:                    # one line, no traceback (PYWORKLOADS_DEBUG=1)
+        return report_error(exc)
 
 
 if __name__ == "__main__":

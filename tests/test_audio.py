@@ -303,3 +303,145 @@ def test_bad_audio_inputs(tmp_path):
     sf.write(nan_wav, np.array([0.0, np.nan, 0.1]), SR, subtype="FLOAT")
     with pytest.raises(ValueError, match="non-finite"):
         A.load_audio(nan_wav)
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile headers and arrays: refused before anything is allocated
+# ---------------------------------------------------------------------------------------------
+def _wav(path, rate, frames=16000, channels=1):
+    """A 16-bit PCM WAV of silence whose header claims ``rate`` (any 32-bit value, which
+    soundfile's writer would refuse)."""
+    import struct
+    data = bytes(2 * frames * channels)
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, (rate * 2 * channels) & 0xFFFFFFFF,
+                      2 * channels, 16)
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", len(data)) + data)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def _peak_traced_bytes(fn):
+    """fn() under tracemalloc (NumPy reports its buffers to it) -> (result or exception, peak
+    bytes allocated meanwhile)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        try:
+            out = fn()
+        except Exception as exc:                          # the caller inspects it
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("rate", [1, 999, 768001, 2**31 - 1])
+def test_file_rate_outside_the_sane_range_is_refused_before_reading(tmp_path, rate):
+    """A 32 KB WAV claiming 1 Hz would become 256 M samples at 16 kHz, one claiming 2^31 - 1 Hz
+    a 320 GiB filter: both refused from the header, naming the range."""
+    f = _wav(tmp_path / "x.wav", rate)
+    err, peak = _peak_traced_bytes(lambda: A.load_audio(f))
+    assert isinstance(err, ValueError), err
+    assert f"{rate} Hz" in str(err) and "1000" in str(err) and "768000" in str(err)
+    assert "x.wav" in str(err)
+    assert peak < 2**20                              # the 32 KB of samples were not even read
+
+
+@pytest.mark.parametrize("rate", [1000, 8000, 44100, 768000])
+def test_file_rates_in_range_resample_to_the_right_length(tmp_path, rate):
+    f = _wav(tmp_path / "x.wav", rate, frames=rate // 10)         # 0.1 s
+    assert A.load_audio(f).shape == (1600,)
+
+
+@pytest.mark.parametrize("kw", [dict(orig_sr=1), dict(orig_sr=999), dict(orig_sr=2**31 - 1),
+                                dict(sr=1), dict(sr=10**6), dict(orig_sr=16000.0),
+                                dict(orig_sr=True), dict(sr="16000")])
+def test_array_rates_outside_the_range_are_refused(kw):
+    x = np.zeros(1000, np.float32)
+    err, peak = _peak_traced_bytes(lambda: A.load_audio(x, **kw))
+    assert isinstance(err, ValueError), err
+    assert "1000" in str(err) and "768000" in str(err)
+    assert peak < 2**20
+
+
+def test_duration_limit_is_checked_before_reading_or_resampling(tmp_path, monkeypatch):
+    """The limit (a day of audio) is a module constant; lowered to 1 s here so that a 2-s input
+    shows it is checked, for files from the header and for arrays before resampling."""
+    monkeypatch.setattr(A, "MAX_DURATION_S", 1.0)
+    f = _wav(tmp_path / "x.wav", 8000, frames=16000)
+    with pytest.raises(ValueError, match=r"last 2(\.0)? s, beyond the limit of 1(\.0)? s"):
+        A.load_audio(f)
+    with pytest.raises(ValueError, match=r"last 2(\.0)? s, beyond the limit of 1(\.0)? s"):
+        A.load_audio(np.zeros(16000, np.float32), orig_sr=8000)
+    assert A.load_audio(np.zeros(8000, np.float32), orig_sr=8000).shape == (16000,)
+    assert A.MAX_DURATION_S == 1.0
+    monkeypatch.undo()
+    assert A.MAX_DURATION_S == 24 * 3600
+
+
+def test_2d_arrays_channels_on_either_axis():
+    """The shorter axis is the channels when it has at most 8 entries and the other at least 16
+    times as many; channels are averaged whichever axis they are on."""
+    x = np.sin(np.arange(4000) / 7.0).astype(np.float32)
+    for arr in (np.stack([x, x]), np.stack([x, x], 1), x[None], x[:, None], np.stack([x] * 8),
+                np.stack([x] * 8, 1)):
+        # the mean of identical float32 channels, summed in float32: within 8 roundings of |x|
+        np.testing.assert_allclose(A.load_audio(arr), x, rtol=0, atol=8 * U32)
+    stereo = np.stack([x, -x])                          # [2, N]: the channels cancel exactly
+    assert A.load_audio(stereo).shape == (4000,) and not A.load_audio(stereo).any()
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (3, 5), (5, 3), (8, 100), (9, 4000), (4000, 9),
+                                   (100, 1000), (1, 15)])
+def test_ambiguous_2d_arrays_are_refused(shape):
+    with pytest.raises(ValueError, match=r"ambiguous.*at most 8 channels.*16 times"):
+        A.load_audio(np.zeros(shape, np.float32))
+
+
+def test_files_keep_their_channel_count(tmp_path):
+    """A file says how many channels it has: 12 channels of 64 frames is read as such (the
+    array rule above does not apply)."""
+    f = _wav(tmp_path / "x.wav", 16000, frames=64, channels=12)
+    assert A.load_audio(f).shape == (64,)
+
+
+def test_float64_beyond_float32_range_is_named():
+    with pytest.raises(ValueError, match="float32 range"):
+        A.load_audio(np.array([0.0, 1e300, 0.5]))
+    with pytest.raises(ValueError, match="non-finite"):
+        A.load_audio(np.array([0.0, np.inf, 0.5]))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(n_mels=202), "201"), (dict(n_mels=10**6), "201"),
+    (dict(n_samples=10**12), "limit"), (dict(chunk_frames=0), "chunk_frames"),
+    (dict(chunk_frames=-1), "chunk_frames"), (dict(chunk_frames=2.5), "chunk_frames"),
+    (dict(dynamic_range=float("inf")), "dynamic_range"),
+    (dict(dynamic_range=float("nan")), "dynamic_range"),
+])
+def test_log_mel_arguments_are_bounded(kw, message):
+    x = np.zeros(1000, np.float32)
+    err, peak = _peak_traced_bytes(lambda: A.log_mel_spectrogram(x, **kw))
+    assert isinstance(err, ValueError) and message in str(err), err
+    assert peak < 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# transcription arguments (the tiny fixture checkpoint)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("multilingual", [True, False])
+@pytest.mark.parametrize("kw, error", [(dict(language=5), TypeError),
+                                       (dict(language=["en"]), TypeError),
+                                       (dict(task="summarise"), ValueError),
+                                       (dict(task=3), ValueError)])
+def test_transcribe_arguments_are_checked_first(multilingual, kw, error):
+    """The same clear error whether or not the checkpoint has language tokens (an English-only
+    one never reaches language_id, which checks the language of multilingual ones)."""
+    from pyworkloads.models import whisper
+    m = whisper.from_pretrained(FIXTURES / "whisper" / "tiny")
+    if not multilingual:
+        m.generation_config.lang_to_id = None
+        m.generation_config.is_multilingual = False
+    with pytest.raises(error, match="language|task"):
+        m.transcribe(np.zeros(1600, np.float32), progress=False, **kw)

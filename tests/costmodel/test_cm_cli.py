@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,51 @@ def test_console_entry_point_runs_as_a_process():
     p = subprocess.run([sys.executable, "-m", "costmodel.cli", "report", "nope", "--device",
                         "h100-sxm"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2 and "unknown model 'nope'" in p.stderr and "Traceback" not in p.stderr
+
+
+def _process(*argv, debug=False):
+    env = {k: v for k, v in os.environ.items() if k != "PYWORKLOADS_DEBUG"}
+    env["PYTHONPATH"] = str(ROOT)
+    if debug:
+        env["PYWORKLOADS_DEBUG"] = "1"
+    return subprocess.run([sys.executable, "-m", "costmodel.cli", *map(str, argv)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["devices file a directory", "devices file corrupt",
+                                  "devices file a list", "report -o a directory",
+                                  "plot -o a directory", "report -o in a missing directory"])
+def test_user_errors_in_a_process_are_one_line(tmp_path, case):
+    if case.startswith("plot"):
+        pytest.importorskip("matplotlib", reason="plots need matplotlib")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[h200\nbandwidth = ")
+    lst = tmp_path / "list.json"
+    lst.write_text("[1, 2, 3]")
+    rep = ["report", "llama2-7b", "--device", "h100-sxm"]
+    argv = {"devices file a directory": ["--devices-file", tmp_path, "devices"],
+            "devices file corrupt": ["--devices-file", bad, "devices"],
+            "devices file a list": ["--devices-file", lst, "devices"],
+            "report -o a directory": rep + ["-o", tmp_path],
+            "plot -o a directory": ["plot", "llama2-7b", "--device", "h100-sxm", "-o", tmp_path],
+            "report -o in a missing directory": rep + ["-o", tmp_path / "no" / "r.txt"]}[case]
+    p = _process(*argv)
+    assert p.returncode in (1, 2), (p.returncode, p.stdout)
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("costmodel: error: "), p.stderr
+    assert not (tmp_path.parent / f"{tmp_path.name}.png").exists()     # nothing written beside
+
+
+def test_debug_variable_shows_the_traceback():
+    p = _process("report", "nope", "--device", "h100-sxm", debug=True)
+    assert p.returncode != 0 and "Traceback" in p.stderr and "unknown model 'nope'" in p.stderr
+
+
+def test_keyboard_interrupt_is_quiet(monkeypatch, capsys):
+    from costmodel import cli
+
+    def interrupted(a):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_cmd_devices", interrupted)
+    assert main(["devices"]) == 130
+    assert capsys.readouterr().err.strip() == "costmodel: interrupted"

@@ -380,6 +380,94 @@ def test_transform_coords():
         sam.transform_coords([1, 2, 3], (30, 48), 64)
 
 
+def test_thin_images_resize_to_at_least_one_pixel(model, rng):
+    """A 1 x 3000 image: the shorter side scaled to 1024/3000 of a pixel rounds to 0 in
+    SamImageProcessor's arithmetic (and PIL's resize then fails); it is kept at 1 pixel, and the
+    prompt coordinates and the masks follow the same sizes."""
+    img = rng.integers(0, 256, (1, 3000, 3), dtype=np.uint8)
+    assert sam.resized_shape((1, 3000), 64) == (1, 64)
+    assert sam.resized_shape((3000, 1), 64) == (64, 1)
+    pv, original, reshaped = sam.preprocess(img, image_size=64)
+    assert original == (1, 3000) and reshaped == (1, 64) and not pv[0, :, 1:].any()
+    # x scales by 64/3000, y by 1/1 (the resized height over the original one)
+    np.testing.assert_allclose(sam.transform_coords([[3000, 1]], (1, 3000), 64), [[64, 1]])
+    pred = sam.SamPredictor(model)
+    pred.set_image(img)
+    masks, scores, low_res = pred.predict(points=[[1500, 0]])
+    assert masks.shape == (3, 1, 3000) and np.all(np.isfinite(scores))
+
+
+def _gradient16(h=12, w=20):
+    v = np.linspace(0, 65535, h * w).round().astype(np.uint16).reshape(h, w)
+    return v, np.repeat(np.round(v / 257.0).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_images_convert_like_clip(tmp_path):
+    """SAM reads images with the same loader as CLIP: 16-bit pixels scaled by 1/257 (PIL's
+    convert clips them at 255), transparency composited onto white (transformers'
+    convert_to_rgb, which SamImageProcessor applies), uint16 arrays accepted."""
+    from PIL import Image
+    v, rgb8 = _gradient16()
+    ref = sam.preprocess(rgb8, image_size=32)[0]
+    f = tmp_path / "g16.png"
+    Image.fromarray(v).save(f)
+    for image in (f, Image.fromarray(v), v, np.dstack([v] * 3)):
+        np.testing.assert_array_equal(sam.preprocess(image, image_size=32)[0], ref)
+    white = sam.preprocess(np.full((12, 20, 3), 255, np.uint8), image_size=32)[0]
+    clear = np.zeros((12, 20, 4), np.uint8)                      # black, fully transparent
+    for image in (clear, Image.fromarray(clear, "RGBA"), Image.new("LA", (20, 12), (0, 0))):
+        np.testing.assert_array_equal(sam.preprocess(image, image_size=32)[0], white)
+    with pytest.raises(TypeError, match="mode F"):
+        sam.preprocess(Image.new("F", (20, 12)))
+
+
+def test_image_files_and_sizes_are_checked(tmp_path, monkeypatch):
+    from PIL import Image
+    f = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(f)
+    for size in (0, -1, 2.5, 10**6):
+        with pytest.raises(ValueError, match="image_size"):
+            sam.preprocess(f, image_size=size)
+    for kw in (dict(mean=(0.5,)), dict(std=(0.2, 0.0, 0.2)), dict(std=(float("nan"),) * 3)):
+        with pytest.raises(ValueError, match="mean|std"):
+            sam.preprocess(f, **kw)
+    f.write_bytes(f.read_bytes()[:60])
+    with pytest.raises(ValueError, match="x.png.*truncated or corrupt"):
+        sam.preprocess(f)
+    with pytest.raises(IsADirectoryError):
+        sam.preprocess(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        sam.preprocess(tmp_path / "missing.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ValueError, match=r"50x40 = 2,000 pixels.*limit of 1,000"):
+        sam.preprocess(np.zeros((40, 50, 3), np.uint8))
+
+
+def test_postprocess_masks_in_row_blocks_equals_one_pass(rng, monkeypatch):
+    """Full-size masks are upscaled a block of rows at a time (a large image's masks would
+    otherwise need several float32 copies at once); the result is the same arithmetic, so it is
+    bit-identical to one interpolation of the whole."""
+    import importlib
+
+    from pyworkloads import ops
+    # the module (sam.preprocess is the function of the same name)
+    pre = importlib.import_module("pyworkloads.models.sam.preprocess")
+    low = rng.standard_normal((3, 16, 16)).astype(np.float32)
+    ref = ops.interpolate_bilinear(low, (64, 64))[..., :40, :64]
+    ref = ops.interpolate_bilinear(np.ascontiguousarray(ref), (75, 120))
+    monkeypatch.setattr(pre, "BLOCK_ELEMENTS", 1000)           # ~3 rows per block
+    got = sam.postprocess_masks(low, (75, 120), (40, 64), 64, threshold=None)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(sam.postprocess_masks(low, (75, 120), (40, 64), 64), ref > 0)
+
+
+def test_predictor_bounds_the_number_of_points(model):
+    pred = sam.SamPredictor(model)
+    pred.set_image(np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(ValueError, match="at most 1024 points"):
+        pred.predict(points=np.zeros((1025, 2)))
+    assert pred.predict(points=np.zeros((1024, 2)))[0].shape == (3, 20, 30)
+
 def test_predictor_matches_model_call(model, rng):
     img = rng.integers(0, 256, (30, 48, 3), dtype=np.uint8)
     pred = sam.SamPredictor(model)

@@ -38,11 +38,26 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         '"a photo of {}." (default: the label as given)')
 
 
+def _check_template(template: str) -> None:
+    """--template must put the label somewhere, once: "a photo of {}." """
+    try:
+        a, b = template.format("a"), template.format("b")
+    except (IndexError, KeyError, ValueError) as exc:
+        raise ValueError(f"--template must contain one {{}} where the label goes, got "
+                         f"{template!r} ({type(exc).__name__}: {exc})") from None
+    if a == b:
+        raise ValueError(f"--template must contain {{}} where the label goes, got {template!r} "
+                         "(every label would give the same text)")
+
+
 def run_cli(args) -> int:
+    """Zero-shot classification of --image files over --labels; bad arguments raise ValueError
+    (the ``pyworkloads`` command prints them as one line)."""
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     if not labels:
-        print("error: --labels needs at least one label")
-        return 2
+        raise ValueError(f"--labels needs at least one label (comma-separated), "
+                         f"got {args.labels!r}")
+    _check_template(args.template)
     m = from_pretrained(args.model)
     probs = m.zero_shot(list(args.image), labels, template=args.template)    # [images, labels]
     for path, row in zip(args.image, probs):

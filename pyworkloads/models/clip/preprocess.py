@@ -1,58 +1,38 @@
 """CLIP's image input: load, convert to RGB, resize the shorter side, centre-crop, normalise --
-the steps and arithmetic of transformers' ``CLIPImageProcessor`` (PIL backend)."""
+the steps and arithmetic of transformers' ``CLIPImageProcessor`` (PIL backend).  Loading and the
+conversion to 8-bit RGB are :func:`pyworkloads.image.load_image`'s, shared with SAM."""
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 
+from ...image import load_image, rgb_statistics
 from ..common import check_int
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "to_rgb_uint8", "preprocess"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "MAX_RESIZED_PIXELS", "to_rgb_uint8", "resized_size",
+           "preprocess"]
 
 # The per-channel statistics of OpenAI's training images; OpenCLIP's LAION models reuse them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The most pixels the resized image (before the centre crop) may have: 2^26 (192 MiB as RGB).
+# Resizing keeps the aspect ratio, so at size 224 this admits strips up to ~1300:1 (webtoon
+# pages reach ~100:1) and refuses a 1 x 100000 image, which would become 224 x 22 400 000.
+MAX_RESIZED_PIXELS = 2**26
 
 
 def to_rgb_uint8(image) -> np.ndarray:
-    """A path, PIL image or uint8 array of h×w pixels ([h, w], or [h, w, 1 | 3 | 4] channels)
-    -> uint8 [h, w, 3].
+    """A path, PIL image or uint8 / uint16 array of h×w pixels ([h, w], or [h, w, 1 | 3 | 4]
+    channels) -> uint8 [h, w, 3] (see :func:`pyworkloads.image.load_image`: transparency
+    composited onto white as transformers' ``convert_to_rgb`` does, 16-bit pixels scaled)."""
+    return load_image(image)
 
-    Transparency is composited onto white, as transformers' ``convert_to_rgb`` does (PIL images
-    via PIL's alpha_composite, arrays with the rounded linear blend)."""
-    from PIL import Image
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image: no such file {str(path)!r}")
-        with Image.open(path) as im:
-            im.load()
-            image = im.copy()
-    if isinstance(image, Image.Image):
-        if "A" in image.getbands() or image.info.get("transparency") is not None:
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-        return np.asarray(image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
-        raise TypeError("image must be a file path, PIL.Image or numpy array, "
-                        f"got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise TypeError("image: arrays must be uint8 pixels in [0, 255] (H×W or H×W×C), "
-                        f"got dtype {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]                                              # [h, w, 1]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-        raise ValueError("image: array must be H×W or H×W×C with C in (1, 3, 4), "
-                         f"got shape {image.shape}")
-    if image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)                                     # [h, w, 3]
-    if image.shape[2] == 4:
-        alpha = image[..., 3:4] / 255.0                                        # [h, w, 1]
-        return np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(np.uint8)
-    return image
+
+def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) with the shorter side ``size`` and the longer one ``size`` x the aspect ratio,
+    truncated to int (CLIPImageProcessor's ``shortest_edge``)."""
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
 
 
 def preprocess(image, size: int = 224, crop_size: int | None = None, mean=CLIP_MEAN,
@@ -62,7 +42,9 @@ def preprocess(image, size: int = 224, crop_size: int | None = None, mean=CLIP_M
     RGB; resize so the shorter side is ``size`` (the longer one truncated to int) with PIL's
     bicubic filter, which antialiases when shrinking and works on the uint8 image; center crop
     (offsets floored); scale to [0, 1]; normalise per channel with ``mean``/``std`` (OpenAI's by
-    default)."""
+    default).  The image may have at most ``PIL.Image.MAX_IMAGE_PIXELS`` pixels and its resized
+    size at most ``MAX_RESIZED_PIXELS`` (2^26); both are checked before anything is decoded or
+    resized."""
     from PIL import Image
     crop = size if crop_size is None else crop_size
     check_int(size, "preprocess: size")
@@ -70,16 +52,25 @@ def preprocess(image, size: int = 224, crop_size: int | None = None, mean=CLIP_M
     if crop > size:
         raise ValueError(f"preprocess: crop_size ({crop}) must not exceed the resized shorter side "
                          f"({size})")
-    rgb = to_rgb_uint8(image)                                                  # [h, w, 3]
+    mean32 = rgb_statistics(mean, "preprocess: mean")
+    std32 = rgb_statistics(std, "preprocess: std", positive=True)
+
+    def check_resize(h: int, w: int) -> None:
+        new_h, new_w = resized_size(h, w, size)
+        if new_h * new_w > MAX_RESIZED_PIXELS:
+            raise ValueError(
+                f"image: {w}x{h} pixels resized so that the shorter side is {size} would be "
+                f"{new_w}x{new_h} = {new_w * new_h:,} pixels (aspect ratio "
+                f"{max(h, w) / min(h, w):.0f}:1), more than the limit of {MAX_RESIZED_PIXELS:,} "
+                f"(clip.preprocess.MAX_RESIZED_PIXELS); crop the image first")
+
+    rgb = load_image(image, check_size=check_resize)                           # [h, w, 3]
     h, w = rgb.shape[:2]
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_h, new_w = size, int(size * w / h)
+    new_h, new_w = resized_size(h, w, size)
     resized = Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BICUBIC)
     rgb = np.asarray(resized)                                                  # [new_h, new_w, 3]
     top, left = (new_h - crop) // 2, (new_w - crop) // 2
     rgb = rgb[top:top + crop, left:left + crop]                                # [crop, crop, 3]
     x = (rgb.astype(np.float64) * (1 / 255)).astype(np.float32)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)       # [crop, crop, 3]
+    x = (x - mean32) / std32                                                   # [crop, crop, 3]
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])                    # [1, 3, crop, crop]

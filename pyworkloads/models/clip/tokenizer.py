@@ -14,6 +14,9 @@ from ..common import check_choice, check_int
 __all__ = ["BOS_TOKEN", "EOS_TOKEN", "Tokenizer", "load_tokenizer", "tokenize"]
 
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
+# The longest context tokenize() pads to: CLIP's is 77 and long-text variants reach a few hundred;
+# 65536 bounds the padded ids at 512 KB per text.
+MAX_CONTEXT_LENGTH = 65536
 
 
 @dataclass
@@ -30,26 +33,51 @@ def load_tokenizer(path) -> Tokenizer:
     CLIP's tokenizer lowercases, splits words, applies byte-level BPE with an end-of-word suffix
     and wraps the ids in <|startoftext|> ... <|endoftext|>; all of it lives in tokenizer.json.
     The pad token (``<|endoftext|>`` for OpenAI's checkpoints, ``!`` for LAION's) comes from
-    tokenizer_config.json next to it when present, else it is <|endoftext|>."""
+    tokenizer_config.json next to it when present, else it is <|endoftext|>.  A file that is not
+    a valid tokenizer (or config) raises ValueError naming it."""
     from tokenizers import Tokenizer as Backend
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load_tokenizer: path must be a file or directory path, "
+                        f"got {type(path).__name__}")
     path = Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
+    if file.is_dir():
+        raise IsADirectoryError(f"{file}: is a directory, not a tokenizer.json file")
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no tokenizer.json (save one with the checkpoint's "
                                 "tokenizer.save_pretrained)")
-    backend = Backend.from_file(str(file))
+    try:
+        backend = Backend.from_file(str(file))
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as exc:   # the Rust library raises Exception, or a BaseException panic
+        raise ValueError(f"{file}: not a valid tokenizer file ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from exc
     eos = backend.token_to_id(EOS_TOKEN)
     if eos is None:
         raise ValueError(f"{file}: not a CLIP tokenizer (no {EOS_TOKEN} token)")
     pad = eos
     cfg_file = file.parent / "tokenizer_config.json"
     if cfg_file.is_file():
-        pad_tok = json.loads(cfg_file.read_text()).get("pad_token")
+        pad_tok = _read_json_object(cfg_file).get("pad_token")
         if isinstance(pad_tok, dict):
             pad_tok = pad_tok.get("content")
         if isinstance(pad_tok, str) and backend.token_to_id(pad_tok) is not None:
             pad = backend.token_to_id(pad_tok)
     return Tokenizer(backend, eos, pad)
+
+
+def _read_json_object(file: Path) -> dict:
+    """A JSON file holding an object, or ValueError naming the file."""
+    try:
+        cfg = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file}: not UTF-8 text ({exc})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file}: expected a JSON object, got a {type(cfg).__name__}")
+    return cfg
 
 
 def tokenize(texts, tokenizer: Tokenizer, context_length: int = 77, truncate: bool = False,
@@ -62,11 +90,14 @@ def tokenize(texts, tokenizer: Tokenizer, context_length: int = 77, truncate: bo
     OpenAI's and transformers' tokenizers do)."""
     if isinstance(texts, str):
         texts = [texts]
+    if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+        raise TypeError("texts must be a string or a non-empty list of strings, "
+                        f"got {type(texts).__name__}")
     texts = list(texts)
     if not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError("texts must be a string or a non-empty list of strings")
     check_choice(padding, "padding", ("max_length", "longest"))
-    check_int(context_length, "context_length", minimum=2)
+    check_int(context_length, "context_length", minimum=2, maximum=MAX_CONTEXT_LENGTH)
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
     if not isinstance(tokenizer, Tokenizer):

@@ -103,9 +103,9 @@ def run_cli(args) -> int:
         end = time.perf_counter()
         if detok:
             print(detok.flush(), end="", file=out)
-    except (ValueError, TypeError, MemoryError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:             # one line on stderr (PYWORKLOADS_DEBUG=1: the traceback)
+        from ...cli import report_error
+        return report_error(exc)
     T = ids.shape[1]
     prefill = (first - t0) if first else float("nan")
     n_dec = max(len(new) - 1, 0)

@@ -1,6 +1,8 @@
 """The hooks ``pyworkloads demo`` and ``pyworkloads run sam`` call."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ... import kernels
@@ -82,6 +84,13 @@ def run_cli(args) -> int:
                          f"{len(labels)} labels)")
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must lie in [0, 1], got {args.alpha}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {args.out!r} is a directory; give a file name for the "
+                                "PNG")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {args.out!r}: no directory {str(out.parent)!r} to "
+                                "write it in")
     model = from_pretrained(args.model) if args.model else from_preset(args.preset)
     rgb = to_rgb_array(args.image)
     predictor = SamPredictor(model)

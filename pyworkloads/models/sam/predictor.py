@@ -6,6 +6,11 @@ import numpy as np
 from .api import Sam
 from .preprocess import postprocess_masks, preprocess, transform_coords
 
+# Points in one prompt: a handful in interactive use; the automatic mask generator's 32 x 32 grid
+# (1024) is the most in use, and it sends each point as a prompt of its own.  The mask decoder's
+# attention grows with the square of the prompt's tokens.
+MAX_POINTS = 1024
+
 
 class SamPredictor:
     """Encode an image once (:meth:`set_image`), then answer many prompts (:meth:`predict`)
@@ -17,16 +22,22 @@ class SamPredictor:
         self.original_size = self.reshaped_size = None
 
     def set_image(self, image) -> None:
-        """image: a path, PIL image or [h, w, 3] uint8 array."""
+        """image: a path, PIL image or array (see :func:`preprocess`)."""
         S = self.model.config.vision_config.image_size
         pixel_values, self.original_size, self.reshaped_size = preprocess(image, S)
         self.image_embeddings = self.model.get_image_embeddings(pixel_values)
 
     def _points(self, points, labels, S: int):
         """points [Pt, 2], labels [Pt] or None -> model inputs [1, 1, Pt, 2], [1, 1, Pt]."""
-        pts = np.asarray(points, dtype=np.float64)
+        try:
+            pts = np.asarray(points, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"points must be numbers [points, 2] (x, y): {exc}") from None
         if pts.ndim != 2 or pts.shape[1] != 2:
             raise ValueError(f"points must be [points, 2] (x, y), got shape {tuple(pts.shape)}")
+        if len(pts) > MAX_POINTS:
+            raise ValueError(f"a prompt takes at most {MAX_POINTS} points, got {len(pts)} "
+                             "(send more as separate prompts)")
         lab = np.ones(len(pts), np.int64) if labels is None else np.asarray(labels)
         if lab.ndim != 1 or len(lab) != len(pts):
             raise ValueError(f"labels must be [points], one label per point: {len(pts)} points, "
@@ -35,7 +46,10 @@ class SamPredictor:
 
     def _box(self, box, S: int):
         """box [4] -> model input [1, 1, 4]."""
-        b = np.asarray(box, dtype=np.float64)
+        try:
+            b = np.asarray(box, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1): {exc}") from None
         if b.shape != (4,):
             raise ValueError(f"box must have 4 coordinates (x0, y0, x1, y1), "
                              f"got shape {tuple(b.shape)}")

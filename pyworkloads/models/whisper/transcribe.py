@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...audio import HOP_LENGTH, load_audio, log_mel_spectrogram
-from .decoding import TO_LANGUAGE_CODE, greedy, language_id
+from .decoding import TASKS, TO_LANGUAGE_CODE, greedy, language_id
 from .model import INPUT_STRIDE, encoder
 
 TIME_PRECISION = 0.02            # seconds per timestamp token
@@ -129,6 +129,11 @@ def decode_windows(model, features, prompt, timestamps: bool, max_new_tokens=Non
 def transcribe(model, path_or_array, language: str | None = None, task: str | None = None,
                progress: bool = True) -> Transcription:
     """Speech -> text, any length (see :meth:`Whisper.transcribe`)."""
+    if language is not None and not isinstance(language, str):
+        raise TypeError(f"language must be a string such as 'en' or 'english', or None to "
+                        f"detect it; got {type(language).__name__}")
+    if task is not None and (not isinstance(task, str) or task not in TASKS):
+        raise ValueError(f"task must be one of {TASKS} or None, got {task!r}")
     audio = load_audio(path_or_array)
     n_mels = model.config.num_mel_bins
     window = model.config.n_audio_frames * HOP_LENGTH                   # 480 000 samples = 30 s
