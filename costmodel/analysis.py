@@ -27,6 +27,8 @@ from .roofline import time_layers
 __all__ = ["analyze", "Report", "Workload", "resolve_model", "MODELS", "PHASES", "presets"]
 
 MODELS = ("llama2", "clip", "sam", "whisper")
+MAX_BATCH = 1 << 16          # sequences, images, texts or SAM prompts in one analysed call
+MAX_POINTS = 1024            # points per SAM prompt (SamPredictor's limit)
 
 
 def _module(family: str):
@@ -236,6 +238,12 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1,
         raise ValueError(f"phase {phase!r} does not apply to {family}; choose one of "
                          f"{', '.join(fam.PHASES)}")
     positive("batch", batch)
+    # beyond these a workload is a typo, and its trace would allocate per sequence or prompt
+    for name, v, cap in (("batch", batch, MAX_BATCH), ("text_batch", text_batch, MAX_BATCH),
+                         ("prompts", prompts, MAX_BATCH), ("points", points, MAX_POINTS)):
+        if v is not None and not isinstance(v, bool) and isinstance(v, int) and v > cap:
+            raise ValueError(f"{name} {v:,} is beyond what the cost model analyses (at most "
+                             f"{cap:,})")
     if logits not in ("last", "all"):
         raise ValueError(f"logits must be 'last' or 'all', got {logits!r}")
     if attention not in ("flash", "unfused"):
@@ -275,7 +283,7 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1,
                    device_memory_bytes=dev.memory, time_s=seconds(layers))
     if dev.profile is not None:
         summary.update(_predicted(layers, phase, opts))
-    if mem["total"] > 100 * dev.memory or batch > 1_000_000:
+    if mem["total"] > 100 * dev.memory:
         warnings.warn(f"{label} on {dev.key}: an absurd workload (batch {batch}, "
                       f"{mem['total'] / 1e9:,.0f} GB for a {dev.memory / 1e9:,.0f} GB device)",
                       stacklevel=2)

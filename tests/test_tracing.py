@@ -146,3 +146,15 @@ def test_copies_numpy_makes_are_recorded_where_numpy_makes_them():
         assert traced.shape == out.shape
         assert bool(recorded) == copied, (recorded, copied)
         assert traced.contig == out.flags.c_contiguous
+
+
+IDS = np.array([[1, 2, 3], [0, 1, 2]])
+
+
+@pytest.mark.parametrize("idx", [IDS, (slice(None), IDS), (IDS, slice(None), IDS), (Ellipsis, IDS),
+                                 (0, slice(None), IDS), (slice(1, 3), None, IDS), (IDS, 2),
+                                 (np.arange(5), np.arange(5)), (Ellipsis, 0, IDS)])
+def test_gather_shapes_follow_numpys_advanced_indexing(idx):
+    """Computed without walking the index arrays (a [batch, tokens] id array can be huge)."""
+    real = np.zeros((5, 6, 7, 8))[idx]
+    assert Traced((5, 6, 7, 8))[idx].shape == real.shape

@@ -35,7 +35,7 @@ def forward_trace(cfg, batch: int, tokens: int, past: int = 0, logits: str = "la
     returns), "last" only for the last one (what generation needs)."""
     cache = _cache(cfg, batch, past + tokens)
     cache.advance(past)
-    ids = np.zeros((batch, tokens), np.int64)
+    ids = np.broadcast_to(np.int64(0), (batch, tokens))     # token ids: no memory per token
     with trace() as tr:
         llama2.forward(ids, traced_weights(llama2.weight_shapes(cfg)), cfg, cache=cache,
                        last_only=logits == "last")

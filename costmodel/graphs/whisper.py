@@ -54,7 +54,7 @@ def decoder_trace(cfg, batch: int, tokens: int, past: int = 0, logits: str = "la
     weights = traced_weights(whisper.weight_shapes(cfg))
     cache = _cache(cfg, batch, past + tokens)
     cache.advance(past)
-    ids = np.zeros((batch, tokens), np.int64)
+    ids = np.broadcast_to(np.int64(0), (batch, tokens))     # token ids: no memory per token
     with trace() as tr:
         if first:
             audio = Traced((batch, cfg.max_source_positions, cfg.d_model))

@@ -272,7 +272,10 @@ class Traced:
     def __getitem__(self, idx) -> "Traced":
         if is_traced(idx) or (isinstance(idx, tuple) and any(is_traced(p) for p in idx)):
             self._refuse("indexing with a traced array")
-        shape = _dummy(self.shape)[idx].shape
+        if self._is_gather(idx):
+            shape = _gather_shape(self.shape, idx)
+        else:
+            shape = _dummy(self.shape)[idx].shape
         if not self._is_gather(idx):                                  # a view
             return self._view(shape, min(self.unique, math.prod(shape)),
                               contig=self.contig and _contiguous_index(idx, self.ndim))
@@ -393,6 +396,28 @@ def _ufunc_dtypes(ufunc, in_types: tuple) -> list:
 _NO_FLOP_UFUNCS = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
                    "logical_and", "logical_or", "logical_not", "isnan", "isfinite", "isinf",
                    "positive"}
+
+
+def _gather_shape(shape: tuple, idx) -> tuple:
+    """The shape NumPy's advanced indexing gives, without indexing (which would walk every
+    index): the index arrays' broadcast shape takes the place of the axes they index when they
+    are adjacent, else goes first (NumPy's rule)."""
+    parts = list(idx) if isinstance(idx, tuple) else [idx]
+    # with an index array present, integers are advanced indices too (0-d arrays)
+    adv = [i for i, p in enumerate(parts) if isinstance(p, (np.ndarray, list, int, np.integer))
+           and not isinstance(p, bool)]
+    block = np.broadcast_shapes(*[np.shape(parts[i]) for i in adv])
+    basic = _dummy(shape)[tuple(0 if i in adv else p for i, p in enumerate(parts))].shape
+    if adv != list(range(adv[0], adv[-1] + 1)):
+        return block + basic
+    ndim_real = sum(1 for p in parts if p is not None and p is not Ellipsis)
+    out = 0                                                 # output axes before the first array
+    for p in parts[:adv[0]]:
+        if p is Ellipsis:
+            out += len(shape) - ndim_real
+        elif p is None or isinstance(p, slice):
+            out += 1
+    return basic[:out] + block + basic[out:]
 
 
 def _contiguous_index(idx, ndim: int) -> bool:

@@ -188,7 +188,12 @@ def test_a_workload_that_does_not_fit_or_is_absurd_warns():
     with pytest.warns(UserWarning, match="does not fit on h100-sxm"):
         cm.analyze("llama2-70b", "h100-sxm", phase="decode", seq_len=64)
     with pytest.warns(UserWarning, match="absurd"):
-        cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=64, batch=10_000_000)
+        cm.analyze("llama2-70b", "l4", phase="decode", seq_len=4096, batch=60_000)
+    for kw, name in ((dict(model="llama2-7b", batch=10_000_000), "batch"),
+                     (dict(model="sam-vit-b", prompts=1_000_000_000), "prompts"),
+                     (dict(model="sam-vit-b", points=5000), "points")):
+        with pytest.raises(ValueError, match=f"{name} .* is beyond what the cost model analyses"):
+            cm.analyze(device="h100-sxm", **kw)
 
 
 def test_flash_block_rereads_kv_per_query_block():
