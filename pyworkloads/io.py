@@ -77,6 +77,15 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
+def _parse_setting_int(text: str) -> int:
+    """An integer of a settings file: sizes out of range are refused by the field's own check,
+    which names it; only what int() cannot even convert (~4300 digits) is refused here."""
+    digits = len(text.lstrip("-"))
+    if digits > 1000:
+        raise _RefusedNumber(f"an integer of {digits} digits")
+    return int(text)
+
+
 def _refuse_constant(text: str):
     raise _RefusedNumber(f"{text}, which JSON does not allow")
 
@@ -452,7 +461,7 @@ def _read_json(f: Path) -> dict:
         return ValueError(f"{f}: {msg}")
     try:                                        # repeated names: the last wins, as in Python
         text = f.read_bytes().decode("utf-8")
-        obj = json.loads(text, parse_int=_parse_int)
+        obj = json.loads(text, parse_int=_parse_setting_int)
     except UnicodeDecodeError as exc:
         raise err(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
