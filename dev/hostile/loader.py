@@ -23,7 +23,8 @@ valid.  Outcomes:
               kernels would read it with misaligned loads)
   crash       the child died (signal or exit without a result)
   hang        no result within --timeout seconds
-  over-alloc  MemoryError, or more than 64 MiB traced by tracemalloc (the files are < 1 MiB)
+  over-alloc  MemoryError, more than 64 MiB traced by tracemalloc (the files are < 1 MiB), or
+              a case that stalls after its process grew by more than 256 MiB
 
 ``--root`` picks the checkout whose ``pyworkloads`` is imported (default: this one), so the same
 command measures another branch, e.g. ``git archive main | tar -x -C /tmp/main``.
@@ -50,6 +51,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 ADDRESS_SPACE = 1 << 30                 # RLIMIT_AS of a child: Python + NumPy take ~270 MB
 OVER_ALLOC = 64 << 20                   # tracemalloc peak above which a case over-allocates
+STALL_GROWTH = 256 << 20                # a stalled case that grew this much over-allocates
 COLUMNS = ("loaded", "clear", "unclear", "wrong", "misaligned", "crash", "hang", "over-alloc")
 
 # ---------------------------------------------------------------------------------------------
@@ -335,10 +337,10 @@ def child(root: str, case_dir: str, start: int, end: int, limit: int) -> None:
 # ---------------------------------------------------------------------------------------------
 # the parent: batches of cases in children, restarted after a crash or a hang
 # ---------------------------------------------------------------------------------------------
-def _vm_hwm(pid: int) -> int:
+def _vm_rss(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -350,25 +352,27 @@ def run_batch(cmd: list[str], start: int, end: int, timeout: float, results: dic
     cur = start
     while cur < end:
         p = subprocess.Popen(cmd + [str(cur), str(end)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, bufsize=1)
+                             stderr=subprocess.DEVNULL, bufsize=0)
+        fd = p.stdout.fileno()
         sel = selectors.DefaultSelector()
-        sel.register(p.stdout, selectors.EVENT_READ)
-        running, deadline = None, time.monotonic() + 60     # start-up allowance
+        sel.register(fd, selectors.EVENT_READ)
+        pending, rss_at_start = b"", 0          # read straight from the pipe: no buffer hides
+        running, deadline = None, time.monotonic() + 60     # lines from select (start-up: 60 s)
         while True:
             if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
                 if running is None:
                     p.kill()
                     p.wait()
                     raise RuntimeError("the child did not start: " + " ".join(cmd))
-                hwm = _vm_hwm(p.pid)
+                grown = _vm_rss(p.pid) - rss_at_start
                 p.kill()
                 p.wait()
-                results[running] = {"outcome": "over-alloc" if hwm > ADDRESS_SPACE // 2
-                                    else "hang", "peak": hwm}
+                results[running] = {"outcome": "over-alloc" if grown > STALL_GROWTH
+                                    else "hang", "peak": grown}
                 cur = running + 1
                 break
-            line = p.stdout.readline()
-            if not line:                        # the child is gone
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:                       # the child is gone
                 rc = p.wait()
                 if running is not None:
                     results[running] = {"outcome": "crash", "rc": rc}
@@ -376,14 +380,15 @@ def run_batch(cmd: list[str], start: int, end: int, timeout: float, results: dic
                 else:
                     cur = end
                 break
-            tag, i, *rest = line.rstrip("\n").split(" ", 2)
-            if tag == "S":
-                running, deadline = int(i), time.monotonic() + timeout
-            elif tag == "R":
-                results[int(i)] = json.loads(rest[0])
-                running, deadline = None, time.monotonic() + timeout
-                if int(i) == end - 1:
-                    cur = end
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                tag, i, *rest = line.decode().split(" ", 2)
+                if tag == "S":
+                    running, deadline = int(i), time.monotonic() + timeout
+                    rss_at_start = _vm_rss(p.pid)
+                elif tag == "R":
+                    results[int(i)] = json.loads(rest[0])
+                    running, deadline = None, time.monotonic() + timeout
         sel.close()
         p.stdout.close()
         if p.poll() is None:
