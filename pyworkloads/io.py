@@ -130,7 +130,9 @@ def _short(v, limit: int = 80) -> str:
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """bfloat16 (stored as uint16) -> float32: the 16 bits are the top half of a float32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    bits = raw.astype(np.uint32)
+    bits <<= 16                                 # in place: a 0-d array stays an array
+    return bits.view(np.float32)
 
 
 def f32_to_bf16(x: np.ndarray) -> np.ndarray:
@@ -255,7 +257,8 @@ class SafeTensors(Mapping):
         if code == "BF16":
             return bf16_to_f32(self._view(name))              # converting copies: aligned
         if code in ("F16", "F64"):
-            return self._view(name).astype(np.float32)
+            with np.errstate(over="ignore"):   # F64 beyond float32's range rounds to +-inf
+                return self._view(name).astype(np.float32)
         return self.raw(name)
 
     def __iter__(self) -> Iterator[str]:

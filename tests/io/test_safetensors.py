@@ -382,3 +382,22 @@ def test_malformed_shard_index(tmp_path, index):
     with pytest.raises(ValueError, match="index|must be a JSON object|plain file name") as exc:
         io.load_checkpoint(tmp_path)
     assert "model.safetensors.index.json" in str(exc.value)
+
+
+@pytest.mark.parametrize("code", ["F32", "F16", "BF16", "F64"])
+def test_scalar_tensors_are_zero_dimensional_arrays_in_every_dtype(tmp_path, code):
+    """A 0-d BF16 tensor came back as a NumPy scalar (a shift of a 0-d array makes one)."""
+    io.save_safetensors(tmp_path / "s.safetensors", {"s": np.array(2.5, np.float32)},
+                        dtype=code if code in ("F16", "BF16") else None)
+    if code == "F64":
+        io.save_safetensors(tmp_path / "s.safetensors", {"s": np.array(2.5)})
+    got = io.load_safetensors(tmp_path / "s.safetensors")["s"]
+    assert isinstance(got, np.ndarray) and got.shape == () and got.dtype == np.float32
+    assert float(got) == 2.5                               # exact in every one of the formats
+
+
+def test_f64_beyond_float32_range_becomes_infinity_quietly(tmp_path):
+    io.save_safetensors(tmp_path / "d.safetensors", {"d": np.array([1e300, -1e300, 1.0])})
+    with np.errstate(all="raise"):                        # a warning would raise here
+        got = io.load_safetensors(tmp_path / "d.safetensors")["d"]
+    np.testing.assert_array_equal(got, np.array([np.inf, -np.inf, 1.0], np.float32))
