@@ -170,10 +170,11 @@ class SafeTensors(Mapping):
         if size > self._data_start:
             with open(self.path, "rb") as f:
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            if len(self._mmap) != size:
+            mapped = len(self._mmap)
+            if mapped != size:                  # replaced or truncated since it was read
                 self._mmap.close()
                 raise self._err(f"the file changed size while it was opened ({size} bytes, "
-                                f"then {len(self._mmap)})")
+                                f"then {mapped})")
 
     def _err(self, msg):
         return ValueError(f"{self.path}: {msg}")
@@ -195,7 +196,7 @@ class SafeTensors(Mapping):
             raise self._err("__metadata__ must map strings to strings")
         for k, v in metadata.items():
             _check_text(k, self._err, "__metadata__ key")
-            _check_text(v, self._err, f"__metadata__[{k!r}]")
+            _check_text(v, self._err, f"__metadata__[{_short(k)}]")
         entries = {}
         for name, info in header.items():
             _check_text(name, self._err, "tensor name")

@@ -186,12 +186,20 @@ def leaf_paths(d: dict, prefix=()) -> list[tuple]:
     return out
 
 
+def dict_get(d: dict, path: tuple):
+    for k in path:
+        d = d[k]
+    return d
+
+
 PATHS = [(f, p) for f in PRESETS for p in leaf_paths(BASES[f]) if p[-1] != "architectures"]
 hostile_values = st.one_of(
     json_values,
     st.sampled_from([0, -1, 10 ** 12, 2 ** 63, 2 ** 64, 10 ** 30, 1.5, float("nan"), True, False,
                      "", "x", [], {}, None, [1, 2], common.MAX_LAYERS + 1, common.MAX_WIDTH + 1,
                      common.MAX_POSITIONS + 1]))
+SIZE_FIELDS = {p[-1] for f, p in PATHS if type(dict_get(BASES[f], p)) is int
+               and not p[-1].endswith("token_id")}
 SIZE_LIMITS = {"num_hidden_layers": common.MAX_LAYERS, "encoder_layers": common.MAX_LAYERS,
                "decoder_layers": common.MAX_LAYERS, "iou_head_depth": common.MAX_LAYERS,
                "num_multimask_outputs": common.MAX_LAYERS, "max_position_embeddings":
@@ -208,7 +216,7 @@ def check_parsed(family: str, config) -> None:
                            if hasattr(config, s)]
     for sec in sections:
         for k, v in vars(sec).items():
-            if isinstance(v, int) and not isinstance(v, bool) and not k.endswith("token_id"):
+            if k in SIZE_FIELDS:
                 assert 0 <= v <= SIZE_LIMITS.get(k, common.MAX_WIDTH), (k, v)
     t0 = time.perf_counter()
     getattr(pw, family).count_params(config)

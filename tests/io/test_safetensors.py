@@ -401,3 +401,26 @@ def test_f64_beyond_float32_range_becomes_infinity_quietly(tmp_path):
     with np.errstate(all="raise"):                        # a warning would raise here
         got = io.load_safetensors(tmp_path / "d.safetensors")["d"]
     np.testing.assert_array_equal(got, np.array([np.inf, -np.inf, 1.0], np.float32))
+
+
+def test_a_file_that_changes_size_while_it_is_opened_is_refused(tmp_path, monkeypatch):
+    """The header is read, then the file mapped: a file truncated in between would be read past
+    its end (SIGBUS) if the mapping were not measured again."""
+    f = tmp_path / "w.safetensors"
+    io.save_safetensors(f, {"w": np.ones(4, np.float32)})
+    real = io.mmap.mmap
+
+    class Shorter:
+        def __init__(self, *args, **kwargs):
+            self.m = real(*args, **kwargs)
+
+        def __len__(self):
+            return len(self.m) - 4
+
+        def close(self):
+            self.m.close()
+
+    monkeypatch.setattr(io.mmap, "mmap", Shorter)
+    with pytest.raises(ValueError, match="changed size while it was opened") as exc:
+        io.load_safetensors(f)
+    assert str(f) in str(exc.value)
