@@ -27,7 +27,7 @@ child process (batches, restarted after a crash or a hang) with an address-space
   wrong       loaded and ran although the value is hostile, or gave non-finite outputs
   crash       the child died;  hang: no result within --timeout seconds
   over-alloc  MemoryError, more than 512 MiB traced by tracemalloc, or a case that
-              stalls after its process grew by more than 256 MiB
+              stalls after its process grew by more than 64 MiB
 
 ``--root`` picks the checkout whose ``pyworkloads`` is imported (default: this one).
 """
@@ -51,7 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 ADDRESS_SPACE = 1 << 30                 # RLIMIT_AS of a child: Python + NumPy take ~270 MB
 OVER_ALLOC = 512 << 20                  # tracemalloc peak above which a case over-allocates
-STALL_GROWTH = 256 << 20                # a stalled case that grew this much over-allocates
+STALL_GROWTH = 64 << 20                 # a stalled case that grew this much over-allocates
 COLUMNS = ("accepted", "clear", "unclear", "wrong", "crash", "hang", "over-alloc")
 FAMILIES = {"llama2": "llama2-tiny", "clip": "clip-tiny", "sam": "sam-tiny",
             "whisper": "whisper-tiny-random"}
@@ -444,6 +444,10 @@ def main(argv=None) -> int:
                 break
             value = get(case["config"], case["path"]) if case["path"] and _has(case) else "..."
             detail = f"{res.get('etype', '')}: {res.get('msg', '')}" if "msg" in res else ""
+            if res["outcome"] in ("hang", "over-alloc"):
+                detail = f"killed after {args.timeout:g} s, grown by {res['peak'] >> 20} MiB"
+            elif c == "over-alloc":
+                detail = f"{detail} (peak {res.get('peak', 0) >> 20} MiB traced)"
             print(f"  #{i} {case['family']} {'.'.join(case['path']) or '<config>'} = "
                   f"{_short(value)}: {detail[:160]}")
     bad = sum(counts[c] for c in ("unclear", "wrong", "crash", "hang", "over-alloc"))

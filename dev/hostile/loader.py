@@ -24,7 +24,7 @@ valid.  Outcomes:
   crash       the child died (signal or exit without a result)
   hang        no result within --timeout seconds
   over-alloc  MemoryError, more than 64 MiB traced by tracemalloc (the files are < 1 MiB), or
-              a case that stalls after its process grew by more than 256 MiB
+              a case that stalls after its process grew by more than 64 MiB
 
 ``--root`` picks the checkout whose ``pyworkloads`` is imported (default: this one), so the same
 command measures another branch, e.g. ``git archive main | tar -x -C /tmp/main``.
@@ -51,7 +51,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 ADDRESS_SPACE = 1 << 30                 # RLIMIT_AS of a child: Python + NumPy take ~270 MB
 OVER_ALLOC = 64 << 20                   # tracemalloc peak above which a case over-allocates
-STALL_GROWTH = 256 << 20                # a stalled case that grew this much over-allocates
+STALL_GROWTH = 64 << 20                 # a stalled case that grew this much over-allocates
 COLUMNS = ("loaded", "clear", "unclear", "wrong", "misaligned", "crash", "hang", "over-alloc")
 
 # ---------------------------------------------------------------------------------------------
@@ -475,6 +475,8 @@ def main(argv=None) -> int:
         print(f"\n{c} ({len(ex)}), e.g.:")
         for i, kind, res in ex[:args.show]:
             detail = res.get("wrong") or f"{res.get('etype', '')}: {res.get('msg', '')}"
+            if res["outcome"] in ("hang", "over-alloc"):
+                detail = f"killed after {args.timeout:g} s, grown by {res['peak'] >> 20} MiB"
             print(f"  #{i} {kind}: {detail[:200] if c != 'misaligned' else 'misaligned tensor'}")
     bad = sum(counts[c] for c in ("unclear", "wrong", "misaligned", "crash", "hang",
                                   "over-alloc"))

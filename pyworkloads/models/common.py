@@ -187,7 +187,8 @@ MAX_POSITIONS = 2 ** 24
 def check_layers(value, name: str, minimum: int = 1) -> int:
     """A count of layers (or of other repeated modules) in [minimum, MAX_LAYERS]."""
     return check_int(value, name, minimum, MAX_LAYERS,
-                     " (no real checkpoint has that many; the deepest have ~130 layers)")
+                     " (no real checkpoint repeats a module that often; the deepest have ~130 "
+                     "layers)")
 
 
 def check_width(value, name: str, minimum: int = 1) -> int:
