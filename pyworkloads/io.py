@@ -2,12 +2,16 @@
 
 A safetensors file is ``u64 little-endian header length N`` + ``N bytes of JSON`` + ``data``.
 The JSON maps tensor names to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative
-to the data section) plus an optional ``"__metadata__"`` of strings.
+to the data section) plus an optional ``"__metadata__"`` of strings.  The tensors' byte ranges,
+sorted, tile the data section exactly.
 
 :func:`load_safetensors` returns a :class:`SafeTensors` mapping: looking a name up returns a NumPy
 view of the mapped file (float32 stored tensors and integers: zero-copy) or a fresh float32 array
 (F16 / BF16 / F64 are converted on each access, so a model can convert layer by layer and never
-hold every weight in float32).  Pickle-based formats are refused: unpickling runs arbitrary code.
+hold every weight in float32).  A tensor whose offset in the file is not a multiple of its item
+size is copied to aligned memory on access instead of mapped.  Every malformed header is a
+ValueError naming the file, raised when the file is opened.  Pickle-based formats are refused:
+unpickling runs arbitrary code.
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ __all__ = ["load_safetensors", "save_safetensors", "load_checkpoint", "load_conf
            "bf16_to_f32", "f32_to_bf16", "CheckpointWeights", "PICKLE_SUFFIXES"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024          # the reference implementation's own limit
+MAX_JSON_BYTES = 64 * 1024 * 1024             # config.json / index: real ones are under 1 MB
+MAX_RANK = 32             # NumPy 1.x's limit on dimensions; checkpoint tensors have at most 5
+MAX_INT_DIGITS = 20       # 2^64 has 20 digits: a longer integer is no u64 offset or dimension
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 # safetensors dtype -> (NumPy storage dtype, bytes per element)
@@ -45,9 +52,87 @@ def _refuse_pickle(path: Path) -> None:
             "convert script.")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise _DuplicateKey(k)
+        d[k] = v
+    return d
+
+
+class _RefusedNumber(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise _RefusedNumber(f"an integer of {digits} digits (more than {MAX_INT_DIGITS}: larger "
+                             "than any size, id or offset)")
+    return int(text)
+
+
+def _parse_setting_int(text: str) -> int:
+    """An integer of a settings file: sizes out of range are refused by the field's own check,
+    which names it; only what int() cannot even convert (~4300 digits) is refused here."""
+    digits = len(text.lstrip("-"))
+    if digits > 1000:
+        raise _RefusedNumber(f"an integer of {digits} digits")
+    return int(text)
+
+
+def _refuse_constant(text: str):
+    raise _RefusedNumber(f"{text}, which JSON does not allow")
+
+
+def _parse_json(raw: bytes, err, what: str):
+    """``raw`` as JSON: UTF-8, no repeated names, no NaN/Infinity, integers of at most 20
+    digits, nesting within Python's recursion limit; any failure is ``err(message)``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise err(f"{what} is not valid UTF-8 JSON ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_parse_int,
+                          parse_constant=_refuse_constant)
+    except _DuplicateKey as exc:
+        raise err(f"{what} names {_short(exc.args[0])} twice") from None
+    except RecursionError:
+        raise err(f"{what} nests JSON arrays or objects too deeply") from None
+    except _RefusedNumber as exc:
+        raise err(f"{what} holds {exc}") from None
+    except ValueError as exc:                   # JSONDecodeError
+        raise err(f"{what} is not valid UTF-8 JSON ({str(exc)[:200]})") from None
+
+
+def _check_text(s: str, err, what: str) -> None:
+    """JSON can escape lone surrogates (\\ud800), which are not Unicode text."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise err(f"{what} {_short(s)} is not valid Unicode (a lone surrogate)") from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _short(v, limit: int = 80) -> str:
+    """repr(v), cut to ``limit`` characters (a hostile header can hold megabytes)."""
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit] + "..."
+
+
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """bfloat16 (stored as uint16) -> float32: the 16 bits are the top half of a float32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    bits = raw.astype(np.uint32)
+    bits <<= 16                                 # in place: a 0-d array stays an array
+    return bits.view(np.float32)
 
 
 def f32_to_bf16(x: np.ndarray) -> np.ndarray:
@@ -85,70 +170,97 @@ class SafeTensors(Mapping):
         if size > self._data_start:
             with open(self.path, "rb") as f:
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mapped = len(self._mmap)
+            if mapped != size:                  # replaced or truncated since it was read
+                self._mmap.close()
+                raise self._err(f"the file changed size while it was opened ({size} bytes, "
+                                f"then {mapped})")
 
     def _err(self, msg):
         return ValueError(f"{self.path}: {msg}")
 
     def _parse_header(self, raw: bytes, data_len: int):
-        def no_duplicates(pairs):
-            d = {}
-            for k, v in pairs:
-                if k in d:
-                    raise self._err(f"header names tensor {k!r} twice")
-                d[k] = v
-            return d
-        try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._err(f"header is not valid UTF-8 JSON ({exc})") from None
+        """The header's metadata and entries name -> (dtype code, shape, begin, end), checked as
+        the reference implementation checks them: every tensor's bytes inside the data section,
+        and the tensors, sorted by offset, tiling it -- each one starting where the previous one
+        ends, from 0 to the section's end.  A gap, an overlap or bytes left over mean the
+        offsets do not describe this file (a header length off by one shifts every value)."""
+        header = _parse_json(raw, self._err, "header")
         if not isinstance(header, dict):
-            raise self._err("header must be a JSON object")
-        metadata = header.pop("__metadata__", None) or {}
-        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                     for k, v in metadata.items()):
+            raise self._err(f"header must be a JSON object, got {type(header).__name__}")
+        metadata = header.pop("__metadata__", None)
+        if metadata is None:
+            metadata = {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str)
+                                                     for v in metadata.values()):
             raise self._err("__metadata__ must map strings to strings")
+        for k, v in metadata.items():
+            _check_text(k, self._err, "__metadata__ key")
+            _check_text(v, self._err, f"__metadata__[{_short(k)}]")
         entries = {}
-        spans = []
         for name, info in header.items():
-            if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-                raise self._err(f"tensor {name!r}: entry must have exactly dtype, shape and "
-                                "data_offsets")
-            code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-            if code not in _DTYPES:
-                raise self._err(f"tensor {name!r}: unsupported dtype {code!r} "
-                                f"(known: {', '.join(_DTYPES)})")
-            if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                      and d >= 0 for d in shape):
-                raise self._err(f"tensor {name!r}: shape must be a list of non-negative integers, "
-                                f"got {shape!r}")
-            if (not isinstance(offs, list) or len(offs) != 2
-                    or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
-                raise self._err(f"tensor {name!r}: data_offsets must be two integers, got {offs!r}")
-            begin, end = offs
-            if not 0 <= begin <= end <= data_len:
-                raise self._err(f"tensor {name!r}: data_offsets {offs} fall outside the "
-                                f"{data_len}-byte data section (truncated file?)")
-            nbytes = math.prod(shape) * _DTYPES[code].itemsize
-            if end - begin != nbytes:
-                raise self._err(f"tensor {name!r}: {code} {shape} needs {nbytes} bytes but "
-                                f"data_offsets span {end - begin}")
-            entries[name] = (code, tuple(shape), begin, end)
-            spans.append((begin, end, name))
-        spans.sort()
-        for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-            if b1 < e0:
-                raise self._err(f"tensors {n0!r} and {n1!r} overlap in the data section")
+            _check_text(name, self._err, "tensor name")
+            entries[name] = self._entry_of(name, info, data_len)
+        spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items())
+        covered, previous = 0, None
+        for begin, end, name in spans:
+            if begin > covered:
+                raise self._err(f"bytes [{covered}, {begin}) of the data section belong to no "
+                                f"tensor (before {_short(name)}): the offsets do not describe this "
+                                "file (wrong header length?)")
+            if begin < covered:
+                raise self._err(f"tensors {_short(previous)} and {_short(name)} overlap in the "
+                                "data section")
+            covered, previous = end, name
+        if covered != data_len:
+            raise self._err(f"the data section has {data_len} bytes but its tensors cover "
+                            f"{covered}: {data_len - covered} bytes at the end belong to no "
+                            "tensor (wrong header length, or bytes appended?)")
         return metadata, entries
+
+    def _entry_of(self, name: str, info, data_len: int):
+        """One header entry checked: (code, shape, begin, end)."""
+        what = f"tensor {_short(name)}"
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise self._err(f"{what}: entry must have exactly dtype, shape and "
+                            "data_offsets")
+        code, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(code, str) or code not in _DTYPES:
+            raise self._err(f"{what}: unsupported dtype {_short(code)} "
+                            f"(known: {', '.join(_DTYPES)})")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise self._err(f"{what}: shape must be a list of non-negative integers, "
+                            f"got {_short(shape)}")
+        if len(shape) > MAX_RANK:
+            raise self._err(f"{what}: {len(shape)} dimensions, more than the "
+                            f"{MAX_RANK} an array may have")
+        itemsize = _DTYPES[code].itemsize
+        # a zero-size tensor needs no bytes, but NumPy still refuses dimensions whose non-zero
+        # product overflows its index type
+        if math.prod(max(d, 1) for d in shape) * itemsize > np.iinfo(np.intp).max:
+            raise self._err(f"{what}: shape {_short(shape)} is too large for an array")
+        if not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o) for o in offs):
+            raise self._err(f"{what}: data_offsets must be two integers, "
+                            f"got {_short(offs)}")
+        begin, end = offs
+        if not 0 <= begin <= end <= data_len:
+            raise self._err(f"{what}: data_offsets {offs} fall outside the "
+                            f"{data_len}-byte data section (truncated file?)")
+        nbytes = math.prod(shape) * itemsize
+        if end - begin != nbytes:
+            raise self._err(f"{what}: {code} {shape} needs {nbytes} bytes but "
+                            f"data_offsets span {end - begin}")
+        return code, tuple(shape), begin, end
 
     # Mapping interface ----------------------------------------------------------------------
     def __getitem__(self, name: str) -> np.ndarray:
         code = self.dtype_of(name)
-        raw = self.raw(name)
         if code == "BF16":
-            return bf16_to_f32(raw)
+            return bf16_to_f32(self._view(name))              # converting copies: aligned
         if code in ("F16", "F64"):
-            return raw.astype(np.float32)
-        return raw
+            with np.errstate(over="ignore"):   # F64 beyond float32's range rounds to +-inf
+                return self._view(name).astype(np.float32)
+        return self.raw(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -165,8 +277,8 @@ class SafeTensors(Mapping):
         except KeyError:
             raise KeyError(f"{self.path}: no tensor named {name!r}") from None
 
-    def raw(self, name: str) -> np.ndarray:
-        """The tensor as stored (BF16 as uint16 bits), a read-only view of the mapped file."""
+    def _view(self, name: str) -> np.ndarray:
+        """The stored bytes as an array over the mapping (aligned or not)."""
         code, shape, begin, end = self._entry(name)
         dt = _DTYPES[code]
         if end == begin:
@@ -174,6 +286,21 @@ class SafeTensors(Mapping):
         arr = np.frombuffer(self._mmap, dtype=dt, count=(end - begin) // dt.itemsize,
                             offset=self._data_start + begin)
         return arr.reshape(shape)
+
+    def raw(self, name: str) -> np.ndarray:
+        """The tensor as stored (BF16 as uint16 bits), read-only: a view of the mapped file, or
+        a copy when its offset in the file is not a multiple of its item size.
+
+        The format does not require alignment (an odd-length header, or a small tensor of
+        another dtype before it, shifts a tensor off it), but the compiled kernels load
+        float32s as float32s, and a misaligned load is undefined behaviour in C++.  Copying only
+        those tensors keeps every array the kernels see aligned while the usual, aligned file
+        stays memory-mapped."""
+        arr = self._view(name)
+        if not arr.flags.aligned:
+            arr = arr.copy()                    # NumPy allocates aligned memory
+            arr.flags.writeable = False         # read-only, as the mapped views are
+        return arr
 
     def dtype_of(self, name: str) -> str:
         """The stored safetensors dtype code ("F32", "BF16", ...)."""
@@ -198,7 +325,7 @@ def save_safetensors(path, tensors: Mapping[str, np.ndarray],
     The file is written to a temporary name and renamed, so a crash never leaves half a file."""
     path = Path(path)
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
-    blobs, offset = [], 0
+    blobs = []
     for name, arr in tensors.items():
         arr = np.asarray(arr)
         if arr.dtype.kind == "f" and dtype == "BF16":
@@ -212,10 +339,15 @@ def save_safetensors(path, tensors: Mapping[str, np.ndarray],
                 raise TypeError(f"save_safetensors: tensor {name!r} has unsupported dtype "
                                 f"{arr.dtype}")
             data = arr.astype(_DTYPES[code])
-        buf = np.ascontiguousarray(data).tobytes()
-        header[name] = {"dtype": code, "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(buf)]}
-        blobs.append(buf)
+        header[name] = {"dtype": code, "shape": list(arr.shape)}
+        blobs.append((-_DTYPES[code].itemsize, len(blobs), name,
+                      np.ascontiguousarray(data).tobytes()))
+    # the data in order of decreasing item size (as the safetensors library writes it): with
+    # the header padded to 8 bytes, every tensor starts at a multiple of its item size
+    blobs.sort()
+    offset = 0
+    for _, _, name, buf in blobs:
+        header[name]["data_offsets"] = [offset, offset + len(buf)]
         offset += len(buf)
     hjson = json.dumps(header, separators=(",", ":")).encode()
     hjson += b" " * (-len(hjson) % 8)                         # keep the data section 8-byte aligned
@@ -223,8 +355,8 @@ def save_safetensors(path, tensors: Mapping[str, np.ndarray],
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(hjson)))
         f.write(hjson)
-        for b in blobs:
-            f.write(b)
+        for *_, buf in blobs:
+            f.write(buf)
     os.replace(tmp, path)
 
 
@@ -281,14 +413,14 @@ def load_checkpoint(path) -> CheckpointWeights:
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str)
+                                                       for v in weight_map.values()):
             raise ValueError(f"{index}: not a valid safetensors index (needs a 'weight_map' "
-                             f"object): {exc}") from None
+                             "object mapping tensor names to shard file names)")
         shards = sorted(set(weight_map.values()))
         for s in shards:
-            if Path(s).name != s:
+            if Path(s).name != s or s in ("", ".", ".."):
                 raise ValueError(f"{index}: shard name {s!r} must be a plain file name in the "
                                  "same directory")
         files = [SafeTensors(path / s) for s in shards]
@@ -319,10 +451,29 @@ def load_config(path) -> dict:
     if not f.is_file():
         raise FileNotFoundError(f"{f}: no config.json (a Hugging Face checkpoint directory has "
                                 "one)")
-    try:
-        cfg = json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{f}: not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{f}: config must be a JSON object")
-    return cfg
+    return _read_json(f)
+
+
+def _read_json(f: Path) -> dict:
+    """A JSON object file (config.json, an index), refused clearly when it is not one."""
+    size = f.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{f}: {size} bytes, more than the {MAX_JSON_BYTES}-byte limit for a "
+                         "JSON settings file (real ones are under 1 MB)")
+
+    def err(msg):
+        return ValueError(f"{f}: {msg}")
+    try:                                        # repeated names: the last wins, as in Python
+        text = f.read_bytes().decode("utf-8")
+        obj = json.loads(text, parse_int=_parse_setting_int)
+    except UnicodeDecodeError as exc:
+        raise err(f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise err("not valid JSON (arrays or objects nested too deeply)") from None
+    except _RefusedNumber as exc:
+        raise err(f"holds {exc}") from None
+    except ValueError as exc:
+        raise err(f"not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(obj, dict):
+        raise err(f"must be a JSON object, got {type(obj).__name__}")
+    return obj

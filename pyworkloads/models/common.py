@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -28,7 +29,9 @@ from .. import io, kernels
 __all__ = [
     "weight", "linear", "layer_norm", "rms_norm", "embedding", "check_weights", "random_weights",
     "count_params", "check_int", "check_number", "check_bool", "check_choice", "check_token_ids",
-    "config_from_dict", "KVCache", "available_memory", "check_fits",
+    "check_layers", "check_width", "check_positions", "check_token_id", "check_sizes",
+    "MAX_LAYERS", "MAX_WIDTH", "MAX_POSITIONS", "describe", "config_from_dict", "KVCache",
+    "available_memory", "check_fits",
 ]
 
 
@@ -114,6 +117,7 @@ def random_weights(shapes: Mapping[str, tuple], seed: int = 0, std: float = 0.02
     """float32 weights of the given shapes: N(0, std) matrices and embeddings, norm weights at 1,
     biases at 0.  ``init(name, shape, rng)`` may return a tensor for any name (None: the default),
     e.g. Whisper's fixed sinusoidal positions."""
+    check_fits(4 * count_params(shapes), "random weights")
     rng = np.random.default_rng(seed)
     out = {}
     for name, shape in shapes.items():
@@ -139,24 +143,97 @@ def count_params(shapes: Mapping[str, tuple]) -> int:
 # ---------------------------------------------------------------------------------------------
 # argument checks: one wording for every model
 # ---------------------------------------------------------------------------------------------
-def check_int(value, name: str, minimum: int | None = 1, maximum: int | None = None) -> int:
-    """``value`` as an int, refusing bools, floats and values outside [minimum, maximum]."""
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
+def describe(value) -> str:
+    """A value for an error message: short, however large or deeply nested (Python refuses to
+    format integers of more than 4300 digits)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        bits = int(value).bit_length()
+        return str(int(value)) if bits <= 128 else f"an integer of {bits} bits"
+    return _REPR.repr(value)
+
+
+def check_int(value, name: str, minimum: int | None = 1, maximum: int | None = None,
+              limit: str = "") -> int:
+    """``value`` as an int, refusing bools, floats and values outside [minimum, maximum]
+    (``limit`` says, in the message, what the maximum stands for)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {describe(value)}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {describe(value)}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be an integer <= {maximum}, got {value}")
+        raise ValueError(f"{name} must be an integer <= {maximum}{limit}, got {describe(value)}")
     return value
+
+
+# Limits on a config's sizes, far beyond any real checkpoint and small enough that nothing built
+# from them (the weight layout's names, a KV cache's shape, a parameter count) can take long or
+# overflow: a config is refused in microseconds, before any list of layers is built.
+MAX_LAYERS = 1000
+"""Layers of a stack, and other counts of repeated modules (mask tokens, MLP depth): the deepest
+released transformers have about 130 layers (LLaMA 3.1 405B: 126)."""
+MAX_WIDTH = 2 ** 20
+"""Widths, head counts, vocabulary sizes, image sides, channels: the widest real hidden sizes are
+~16k-50k and the largest vocabularies ~256k; 1,048,576 leaves room and keeps any one weight
+matrix within 2^40 elements."""
+MAX_POSITIONS = 2 ** 24
+"""Context lengths (max_position_embeddings and the like): long-context configs reach ~10M."""
+
+
+def check_layers(value, name: str, minimum: int = 1) -> int:
+    """A count of layers (or of other repeated modules) in [minimum, MAX_LAYERS]."""
+    return check_int(value, name, minimum, MAX_LAYERS,
+                     " (no real checkpoint repeats a module that often; the deepest have ~130 "
+                     "layers)")
+
+
+def check_width(value, name: str, minimum: int = 1) -> int:
+    """A width, head count, vocabulary size or image side in [minimum, MAX_WIDTH]."""
+    return check_int(value, name, minimum, MAX_WIDTH,
+                     " (2^20: no real checkpoint has a size that large)")
+
+
+def check_positions(value, name: str) -> int:
+    """A context length in [1, MAX_POSITIONS]."""
+    return check_int(value, name, 1, MAX_POSITIONS,
+                     " (2^24: no real checkpoint has a context that long)")
+
+
+def check_token_id(value, name: str, vocab_size: int, optional: bool = False) -> int | None:
+    """A special token's id in [0, vocab_size) (None allowed when ``optional``)."""
+    if value is None and optional:
+        return None
+    return check_int(value, name, 0, vocab_size - 1, f" (inside the vocabulary of {vocab_size})")
+
+
+def check_sizes(cfg, what: str, widths=(), layers=(), positions=(), token_ids=()) -> None:
+    """Replace each named field of the config ``cfg`` by its checked value: widths with
+    :func:`check_width`, layer counts with :func:`check_layers`, context lengths with
+    :func:`check_positions`, then special token ids with :func:`check_token_id` against
+    ``cfg.vocab_size``."""
+    for names, check in ((widths, check_width), (layers, check_layers),
+                         (positions, check_positions)):
+        for f in names:
+            setattr(cfg, f, check(getattr(cfg, f), f"{what}.{f}"))
+    for f in token_ids:
+        setattr(cfg, f, check_token_id(getattr(cfg, f), f"{what}.{f}", cfg.vocab_size))
 
 
 def check_number(value, name: str, minimum: float | None = None, maximum: float | None = None,
                  exclusive_minimum: bool = False) -> float:
     """``value`` as a finite float in [minimum, maximum] ((minimum, maximum] when exclusive)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite number, got {describe(value)}")
+    try:
+        value = float(value)                    # an integer beyond float's range: OverflowError
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-    value = float(value)
     if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
         op = ">" if exclusive_minimum else ">="
         raise ValueError(f"{name} must be {op} {minimum}, got {value}")
@@ -168,13 +245,16 @@ def check_number(value, name: str, minimum: float | None = None, maximum: float 
 def check_bool(value, name: str) -> bool:
     """A real bool (``"false"`` or 0 would be truthy or silently coerced)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
+        raise ValueError(f"{name} must be true or false, got {describe(value)}")
     return bool(value)
 
 
 def check_choice(value, name: str, choices) -> object:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    """One of ``choices``, compared by type, then value (so a list or an array is refused, not
+    compared element by element)."""
+    if not any(isinstance(value, type(c)) and value == c for c in choices):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, "
+                         f"got {describe(value)}")
     return value
 
 
@@ -291,7 +371,8 @@ def available_memory() -> int:
 
 
 def check_fits(need_bytes: int, label: str) -> None:
-    """Refuse, with MemoryError, random float32 weights that would not fit (every from_preset)."""
+    """Refuse, with MemoryError, random float32 weights that would not fit (every from_preset,
+    and :func:`random_weights` itself, before it allocates anything)."""
     from . import available_memory as avail_fn  # looked up late so tests can patch it there
     avail = avail_fn()
     if need_bytes > 0.9 * avail:

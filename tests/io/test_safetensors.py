@@ -183,3 +183,244 @@ def test_truncated_real_file(tmp_path, rng):
     f.write_bytes(blob[: len(blob) - 100])
     with pytest.raises(ValueError, match="truncated"):
         io.load_safetensors(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# the data section: tiled by the tensors, or refused
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("delta", [-3, -2, -1, 1, 2, 3])
+def test_header_length_off_by_a_few_bytes_is_refused(tmp_path, rng, delta):
+    """A length prefix that is off moves the data section's start, so every value would be read
+    shifted: the offsets then no longer tile the section (or the JSON breaks).  The header ends
+    in padding spaces, so a shorter length still leaves valid JSON."""
+    w, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [16], "data_offsets": [0, 64]},
+                         "b": {"dtype": "F32", "shape": [3], "data_offsets": [64, 76]}}).encode()
+    header += b" " * (8 + -len(header) % 8)
+    f = write_raw(tmp_path / "w.safetensors", header, w.tobytes() + b.tobytes(),
+                  header_len=len(header) + delta)
+    with pytest.raises(ValueError, match="belong to no tensor|not valid UTF-8 JSON") as exc:
+        io.load_safetensors(f)
+    assert str(f) in str(exc.value)
+
+
+@pytest.mark.parametrize("offsets, data, message", [
+    ([[0, 4]], bytes(8), r"8 bytes but its tensors cover 4: 4 bytes at the end"),
+    ([[4, 8]], bytes(8), r"bytes \[0, 4\) of the data section belong to no tensor"),
+    ([[0, 4], [8, 12]], bytes(12), r"bytes \[4, 8\) .* belong to no tensor \(before 'b'\)"),
+    ([[0, 4], [0, 4]], bytes(4), "overlap"),
+])
+def test_tensors_must_tile_the_data_section(tmp_path, offsets, data, message):
+    header = {name: {"dtype": "F32", "shape": [1], "data_offsets": o}
+              for name, o in zip("ab", offsets)}
+    f = write_raw(tmp_path / "gap.safetensors", header, data)
+    with pytest.raises(ValueError, match=message) as exc:
+        io.load_safetensors(f)
+    assert str(f) in str(exc.value)
+
+
+def test_zero_size_tensors_tile_anywhere_between_others(tmp_path):
+    header = {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+              "e": {"dtype": "F32", "shape": [0, 3], "data_offsets": [4, 4]},
+              "z": {"dtype": "I64", "shape": [0], "data_offsets": [0, 0]},
+              "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}
+    data = np.array([1.5, -2.0], np.float32).tobytes()
+    st = io.load_safetensors(write_raw(tmp_path / "z.safetensors", header, data))
+    assert st["e"].shape == (0, 3) and st["z"].dtype == np.int64
+    assert float(st["a"][0]) == 1.5 and float(st["b"][0]) == -2.0
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+T1 = '"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}'
+
+
+@pytest.mark.parametrize("header, message", [
+    (b"null", "must be a JSON object"),
+    (b"3", "must be a JSON object"),
+    (b'"x"', "must be a JSON object"),
+    (DEEP, "nested|nests"),
+    (b'{"t": ' + DEEP + b"}", "nests"),
+    (b'{"__metadata__": ' + DEEP + b", " + T1.encode() + b"}", "nests"),
+    (('{"t": {"dtype": "F32", "shape": [' + "9" * 5000 + '], "data_offsets": [0, 4]}}').encode(),
+     "integer of 5000 digits"),
+    (b'{"t": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 4]}}', "NaN"),
+    (b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, Infinity]}}', "Infinity"),
+    (b'{"t": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}', "unsupported dtype"),
+    (b'{"t": {"dtype": {"a": 1}, "shape": [1], "data_offsets": [0, 4]}}', "unsupported dtype"),
+    (b'{"t": {"dtype": null, "shape": [1], "data_offsets": [0, 4]}}', "unsupported dtype"),
+    (b'{"t": {"dtype": 4, "shape": [1], "data_offsets": [0, 4]}}', "unsupported dtype"),
+    (b'{"t": {"dtype": "F32", "shape": [true], "data_offsets": [0, 4]}}', "non-negative integers"),
+    (b'{"t": {"dtype": "F32", "shape": 4, "data_offsets": [0, 4]}}', "non-negative integers"),
+    (b'{"t": {"dtype": "F32", "shape": [[1]], "data_offsets": [0, 4]}}', "non-negative integers"),
+    (b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4.0]}}', "two integers"),
+    (b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": [false, 4]}}', "two integers"),
+    (b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}}', "two integers"),
+    (b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": "0-4"}}', "two integers"),
+    (b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}}', "outside"),
+    (b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": [0, 18446744073709551616]}}',
+     "outside"),
+    (b'{"t": {"dtype": "F32", "shape": [4611686018427387904, 0], "data_offsets": [0, 0]}}',
+     "too large for an array"),
+    (b'{"t": {"dtype": "F32", "shape": [4611686018427387904, 4611686018427387904], '
+     b'"data_offsets": [0, 4]}}', "too large for an array|needs"),
+    (('{"t": {"dtype": "F32", "shape": [' + ",".join(["1"] * 70) + '], "data_offsets": [0, 4]}}'
+      ).encode(), "70 dimensions, more than the 32"),
+    (b'{"\\ud800": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', "lone surrogate"),
+    (b'{"__metadata__": {"\\udfff": "v"}, ' + T1.encode() + b"}", "lone surrogate"),
+    (b'{"__metadata__": [], ' + T1.encode() + b"}", "strings to strings"),
+    (b'{"__metadata__": "x", ' + T1.encode() + b"}", "strings to strings"),
+    (b'{"__metadata__": {"a": {"b": "c"}}, ' + T1.encode() + b"}", "strings to strings"),
+    (b"\xef\xbb\xbf{" + T1.encode() + b"}", "not valid UTF-8 JSON"),
+    (b"{" + T1.encode() + b"}\x00", "not valid UTF-8 JSON"),
+])
+def test_every_malformed_header_is_a_value_error_naming_the_file(tmp_path, header, message):
+    """Not TypeError, RecursionError, or a NumPy error when a tensor is first read."""
+    f = write_raw(tmp_path / "bad.safetensors", header, bytes(4))
+    with pytest.raises(ValueError, match=message) as exc:
+        io.load_safetensors(f)
+    assert type(exc.value) is ValueError and str(f) in str(exc.value)
+
+
+def test_metadata_null_means_none(tmp_path):
+    f = write_raw(tmp_path / "m.safetensors", b'{"__metadata__": null, ' + T1.encode() + b"}",
+                  bytes(4))
+    assert io.load_safetensors(f).metadata == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# alignment
+# ---------------------------------------------------------------------------------------------
+def _file_offsets(path) -> dict[str, int]:
+    """Where each tensor starts in the file: 8 + header length + its begin offset."""
+    blob = path.read_bytes()
+    n = struct.unpack("<Q", blob[:8])[0]
+    return {k: 8 + n + v["data_offsets"][0] for k, v in json.loads(blob[8:8 + n]).items()}
+
+
+def _misaligned_file(path, tensors: dict[str, tuple[str, np.ndarray]]):
+    """A valid file whose header length is odd, so every tensor starts off its item size."""
+    header, blobs, off = {}, [], 0
+    for name, (code, arr) in tensors.items():
+        buf = arr.tobytes()
+        header[name] = {"dtype": code, "shape": list(arr.shape),
+                        "data_offsets": [off, off + len(buf)]}
+        blobs.append(buf)
+        off += len(buf)
+    h = json.dumps(header).encode()
+    h += b" " * ((1 - len(h)) % 8)                       # 8 + len(h) is odd
+    return write_raw(path, h, b"".join(blobs))
+
+
+def test_misaligned_tensors_are_returned_as_aligned_read_only_copies(tmp_path, rng):
+    w = rng.standard_normal((5, 7)).astype(np.float32)
+    ids = np.arange(-3, 6, dtype=np.int64)
+    half = rng.standard_normal(9).astype(np.float32)
+    f = _misaligned_file(tmp_path / "odd.safetensors",
+                         {"w": ("F32", w), "ids": ("I64", ids),
+                          "h": ("BF16", io.f32_to_bf16(half)), "f16": ("F16", half.astype("<f2"))})
+    assert all(start % 2 for start in _file_offsets(f).values())   # each off its item size
+    st = io.load_safetensors(f)
+    for name, want in (("w", w), ("ids", ids), ("h", io.bf16_to_f32(io.f32_to_bf16(half))),
+                       ("f16", half.astype(np.float16).astype(np.float32))):
+        for a in (st[name], st.raw(name)):
+            assert a.flags.aligned and a.ctypes.data % a.itemsize == 0
+        np.testing.assert_array_equal(st[name], want)
+        assert not st.raw(name).flags.writeable
+
+
+def test_writer_lays_mixed_dtypes_out_aligned_and_they_stay_mapped(tmp_path, rng):
+    """Tensors of 1-, 2- and 8-byte items in an order that would misalign the 8-byte ones if
+    written as given: the writer orders the data by item size, so all are mapped, none copied."""
+    tensors = {"u8": np.arange(3, dtype=np.uint8), "f16": np.ones(3, np.float16),
+               "f64": rng.standard_normal(3), "i64": np.arange(5, dtype=np.int64),
+               "f32": rng.standard_normal(3).astype(np.float32)}
+    io.save_safetensors(tmp_path / "mix.safetensors", tensors)
+    st = io.load_safetensors(tmp_path / "mix.safetensors")
+    assert list(st) == list(tensors)                       # the header keeps the given order
+    starts = _file_offsets(tmp_path / "mix.safetensors")
+    for name, t in tensors.items():
+        assert starts[name] % t.itemsize == 0
+        assert np.shares_memory(st.raw(name), st.raw(name))   # mapped, not copied
+        np.testing.assert_array_equal(st.raw(name), t)
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json and the shard index
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, message", [
+    (b"[1, 2]", "must be a JSON object"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"hidden_size": ' + b"9" * 5000 + b"}", "integer of 5000 digits"),
+    (b'{"a": "\xff"}', "not valid UTF-8"),
+    (b"{oops", "not valid JSON"),
+])
+def test_config_json_errors_name_the_file(tmp_path, text, message):
+    (tmp_path / "config.json").write_bytes(text)
+    with pytest.raises(ValueError, match=message) as exc:
+        io.load_config(tmp_path)
+    assert type(exc.value) is ValueError and str(tmp_path / "config.json") in str(exc.value)
+
+
+def test_config_json_size_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "MAX_JSON_BYTES", 16)
+    (tmp_path / "config.json").write_text('{"hidden_size": 4096, "layers": 32}')
+    with pytest.raises(ValueError, match="more than the 16-byte limit"):
+        io.load_config(tmp_path)
+
+
+@pytest.mark.parametrize("index", [
+    {"weight_map": ["a", "b"]},
+    {"weight_map": {"a": 3}},
+    {"weight_map": {"a": None}},
+    {"weight_map": {"a": ".."}},
+    {"no_weight_map": {}},
+    [],
+])
+def test_malformed_shard_index(tmp_path, index):
+    io.save_safetensors(tmp_path / "s1.safetensors", {"a": np.zeros(2, np.float32)})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="index|must be a JSON object|plain file name") as exc:
+        io.load_checkpoint(tmp_path)
+    assert "model.safetensors.index.json" in str(exc.value)
+
+
+@pytest.mark.parametrize("code", ["F32", "F16", "BF16", "F64"])
+def test_scalar_tensors_are_zero_dimensional_arrays_in_every_dtype(tmp_path, code):
+    """A 0-d BF16 tensor came back as a NumPy scalar (a shift of a 0-d array makes one)."""
+    io.save_safetensors(tmp_path / "s.safetensors", {"s": np.array(2.5, np.float32)},
+                        dtype=code if code in ("F16", "BF16") else None)
+    if code == "F64":
+        io.save_safetensors(tmp_path / "s.safetensors", {"s": np.array(2.5)})
+    got = io.load_safetensors(tmp_path / "s.safetensors")["s"]
+    assert isinstance(got, np.ndarray) and got.shape == () and got.dtype == np.float32
+    assert float(got) == 2.5                               # exact in every one of the formats
+
+
+def test_f64_beyond_float32_range_becomes_infinity_quietly(tmp_path):
+    io.save_safetensors(tmp_path / "d.safetensors", {"d": np.array([1e300, -1e300, 1.0])})
+    with np.errstate(all="raise"):                        # a warning would raise here
+        got = io.load_safetensors(tmp_path / "d.safetensors")["d"]
+    np.testing.assert_array_equal(got, np.array([np.inf, -np.inf, 1.0], np.float32))
+
+
+def test_a_file_that_changes_size_while_it_is_opened_is_refused(tmp_path, monkeypatch):
+    """The header is read, then the file mapped: a file truncated in between would be read past
+    its end (SIGBUS) if the mapping were not measured again."""
+    f = tmp_path / "w.safetensors"
+    io.save_safetensors(f, {"w": np.ones(4, np.float32)})
+    real = io.mmap.mmap
+
+    class Shorter:
+        def __init__(self, *args, **kwargs):
+            self.m = real(*args, **kwargs)
+
+        def __len__(self):
+            return len(self.m) - 4
+
+        def close(self):
+            self.m.close()
+
+    monkeypatch.setattr(io.mmap, "mmap", Shorter)
+    with pytest.raises(ValueError, match="changed size while it was opened") as exc:
+        io.load_safetensors(f)
+    assert str(f) in str(exc.value)

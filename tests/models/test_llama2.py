@@ -365,7 +365,7 @@ def test_grouped_query_attention_reference_equals_the_kernel(backend, T, S):
 def rope(x, theta: float = 10000.0, offset: int = 0, layout: str = "half"):
     """The model's RoPE on x [..., T, Dh] at positions offset .. offset + T - 1."""
     cfg = Config(hidden_size=x.shape[-1], intermediate_size=1, num_hidden_layers=1,
-                 num_attention_heads=1, vocab_size=1, rope_theta=theta)
+                 num_attention_heads=1, vocab_size=3, rope_theta=theta)     # ids 1, 2: bos, eos
     cos, sin = llama2.rope_tables(cfg, offset, x.shape[-2])                    # [T, Dh/2]
     return llama2.apply_rope(x, cos, sin, layout)
 

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ... import io
-from ..common import config_from_dict
+from ..common import config_from_dict, describe
 from .api import CLIP
 from .model import Config, TextConfig, VisionConfig
 from .preprocess import CLIP_MEAN, CLIP_STD
@@ -21,6 +21,9 @@ def config_from_hf(d) -> Config:
     """Parse a ``config.json`` dict of a ``CLIPModel`` checkpoint (unknown keys are ignored)."""
     if not isinstance(d, Mapping):
         raise TypeError(f"config must be a dict, got {type(d).__name__}")
+    if d.get("model_type", "clip") not in ("clip", None):
+        raise ValueError(f"config.json has model_type {describe(d['model_type'])}, "
+                         "expected 'clip'")
     if "text_config" not in d or "vision_config" not in d:
         raise ValueError("config is not a CLIPConfig: it needs 'text_config' and 'vision_config' "
                          f"sections (model_type={d.get('model_type')!r})")

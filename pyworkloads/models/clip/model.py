@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ... import kernels, ops
-from ..common import check_choice, check_int, check_number, embedding, layer_norm, linear, weight
+from ..common import check_choice, check_number, check_sizes, embedding, layer_norm, linear, weight
 from ..common import count_params as _count
 
 __all__ = [
@@ -56,14 +56,13 @@ QUICK_GELU = "quick_gelu"
 # configuration
 # ---------------------------------------------------------------------------------------------
 def _check_tower(config, what: str) -> None:
-    names = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-    for name in names:
-        check_int(getattr(config, name), f"{what}.{name}")
+    check_sizes(config, what, widths=("hidden_size", "intermediate_size", "num_attention_heads"),
+                layers=("num_hidden_layers",))
     if config.hidden_size % config.num_attention_heads:
         raise ValueError(f"{what}.hidden_size ({config.hidden_size}) must be divisible by "
                          f"num_attention_heads ({config.num_attention_heads})")
     check_choice(config.hidden_act, f"{what}.hidden_act", tuple(ops.ACTIVATIONS))
-    check_number(config.layer_norm_eps, f"{what}.layer_norm_eps", minimum=0)
+    config.layer_norm_eps = check_number(config.layer_norm_eps, f"{what}.layer_norm_eps", 0)
 
 
 @dataclass
@@ -86,8 +85,9 @@ class TextConfig:
 
     def __post_init__(self):
         _check_tower(self, "text_config")
-        for name in ("vocab_size", "max_position_embeddings"):
-            check_int(getattr(self, name), f"text_config.{name}")
+        check_sizes(self, "text_config", widths=("vocab_size",),
+                    positions=("max_position_embeddings",),
+                    token_ids=("bos_token_id", "eos_token_id", "pad_token_id"))
 
 
 @dataclass
@@ -105,8 +105,7 @@ class VisionConfig:
 
     def __post_init__(self):
         _check_tower(self, "vision_config")
-        for name in ("num_channels", "image_size", "patch_size"):
-            check_int(getattr(self, name), f"vision_config.{name}")
+        check_sizes(self, "vision_config", widths=("num_channels", "image_size", "patch_size"))
         if self.patch_size > self.image_size:
             raise ValueError(f"vision_config.patch_size ({self.patch_size}) exceeds image_size "
                              f"({self.image_size})")
@@ -125,7 +124,7 @@ class Config:
     logit_scale_init_value: float = 2.6592     # log(1 / 0.07), the paper's initial temperature
 
     def __post_init__(self):
-        check_int(self.projection_dim, "projection_dim")
+        check_sizes(self, "Config", widths=("projection_dim",))
         check_number(self.logit_scale_init_value, "logit_scale_init_value")
 
     @classmethod

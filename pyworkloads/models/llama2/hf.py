@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ... import io
-from ..common import config_from_dict
+from ..common import config_from_dict, describe
 from .api import Llama2
 from .model import Config
 
@@ -18,23 +18,30 @@ REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attent
             "vocab_size")
 
 
-def _rope(cfg: Mapping) -> tuple[float, dict | None]:
+def _rope(cfg: Mapping) -> tuple[object, dict | None]:
     """RoPE's base and scaling from a config dict: ``rope_parameters`` (5.x) or the top-level
-    ``rope_theta`` and ``rope_scaling`` (4.x, "type" or "rope_type")."""
-    rope_params = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or {}
-    if not isinstance(rope_params, Mapping) or not isinstance(scaling, Mapping):
-        raise ValueError("config.json: rope_parameters / rope_scaling must be objects "
-                         "(per-layer-type RoPE parameters are not used by LLaMA)")
-    theta = rope_params.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    rope_type = (rope_params.get("rope_type") or rope_params.get("type")
-                 or scaling.get("rope_type") or scaling.get("type") or "default")
-    factor = rope_params.get("factor", scaling.get("factor"))
-    if rope_type not in ROPE_TYPES:
-        raise ValueError(f"config.json asks for RoPE scaling type {rope_type!r}, which is not "
+    ``rope_theta`` and ``rope_scaling`` (4.x, "type" or "rope_type").  Values are checked by
+    :class:`Config`; here only which scheme is asked for."""
+    rope_params, scaling = cfg.get("rope_parameters"), cfg.get("rope_scaling")
+    for key, section in (("rope_parameters", rope_params), ("rope_scaling", scaling)):
+        if section is not None and not isinstance(section, Mapping):
+            raise ValueError(f"config.json: {key} must be an object or null, got "
+                             f"{describe(section)} (per-layer-type RoPE parameters are not used "
+                             "by LLaMA)")
+    rope_params, scaling = rope_params or {}, scaling or {}
+    theta = rope_params.get("rope_theta", cfg.get("rope_theta"))
+    theta = 10000.0 if theta is None else theta
+    asked = [d[k] for d in (rope_params, scaling) for k in ("rope_type", "type")
+             if d.get(k) is not None]
+    rope_type = asked[0] if asked else "default"
+    if not isinstance(rope_type, str) or rope_type not in ROPE_TYPES:
+        raise ValueError(f"config.json asks for rope_type {describe(rope_type)}, which is not "
                          f"implemented (supported: {', '.join(ROPE_TYPES)})")
-    return float(theta), (None if rope_type == "default"
-                          else {"rope_type": rope_type, "factor": factor})
+    factor = rope_params.get("factor", scaling.get("factor"))
+    if rope_type == "linear" and factor is None:
+        raise ValueError("config.json: rope_type 'linear' needs a factor")
+    return theta, (None if rope_type == "default"
+                   else {"rope_type": rope_type, "factor": factor})
 
 
 def config_from_hf(cfg: Mapping, cls=Config) -> Config:
@@ -49,8 +56,8 @@ def config_from_hf(cfg: Mapping, cls=Config) -> Config:
         raise TypeError(f"config must be a dict parsed from config.json, got {type(cfg).__name__}")
     model_type = cfg.get("model_type", "llama")
     if model_type != "llama":
-        raise ValueError(f"config.json has model_type {model_type!r}; this module implements "
-                         "'llama' only")
+        raise ValueError(f"config.json has model_type {describe(model_type)}; this module "
+                         "implements 'llama' only")
     missing = [k for k in REQUIRED if cfg.get(k) is None]
     if missing:
         raise ValueError(f"config.json lacks {', '.join(missing)} (needed to build a LLaMA model)")

@@ -44,7 +44,17 @@ import numpy as np
 
 from ... import kernels, ops
 from .. import common
-from ..common import KVCache, check_bool, check_choice, check_int, check_number, linear
+from ..common import (
+    KVCache,
+    check_bool,
+    check_choice,
+    check_number,
+    check_sizes,
+    check_token_id,
+    check_width,
+    describe,
+    linear,
+)
 
 __all__ = [
     "Config", "PRESETS", "ROPE_LAYOUTS", "weight_shapes", "count_params", "embed_tokens",
@@ -84,31 +94,46 @@ class Config:
     mlp_bias: bool = False
 
     def __post_init__(self):
-        for f in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "vocab_size", "max_position_embeddings"):
-            setattr(self, f, check_int(getattr(self, f), f"Config.{f}"))
+        """Check every field before anything is built from it: types, ranges, and the limits
+        of :mod:`..common` (``MAX_LAYERS``, ``MAX_WIDTH``, ``MAX_POSITIONS``)."""
+        check_sizes(self, "Config", widths=("hidden_size", "intermediate_size",
+                                            "num_attention_heads", "vocab_size"),
+                    layers=("num_hidden_layers",), positions=("max_position_embeddings",))
         H, KVH = self.num_attention_heads, self.num_key_value_heads
-        KVH = check_int(H if KVH is None else KVH, "Config.num_key_value_heads")
+        KVH = check_width(H if KVH is None else KVH, "Config.num_key_value_heads")
         self.num_key_value_heads = KVH
         Dh = self.hidden_size // H if self.head_dim is None else self.head_dim
-        self.head_dim = check_int(Dh, "Config.head_dim")
+        self.head_dim = check_width(Dh, "Config.head_dim")
         if H % KVH:
             raise ValueError(f"Config: num_attention_heads ({H}) must be a multiple of "
                              f"num_key_value_heads ({KVH})")
         if self.head_dim % 2:
             raise ValueError("Config.head_dim must be even (RoPE rotates channel pairs), "
                              f"got {self.head_dim}")
-        check_number(self.rms_norm_eps, "Config.rms_norm_eps", minimum=0)
-        check_number(self.rope_theta, "Config.rope_theta", minimum=0, exclusive_minimum=True)
+        self.rms_norm_eps = check_number(self.rms_norm_eps, "Config.rms_norm_eps", minimum=0)
+        self.rope_theta = check_number(self.rope_theta, "Config.rope_theta", minimum=0,
+                                       exclusive_minimum=True)
         check_choice(self.hidden_act, "Config.hidden_act", tuple(ops.ACTIVATIONS))
         for f in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
-            check_bool(getattr(self, f), f"Config.{f}")
+            setattr(self, f, check_bool(getattr(self, f), f"Config.{f}"))
+        V = self.vocab_size
+        self.bos_token_id = check_token_id(self.bos_token_id, "Config.bos_token_id", V, True)
+        e = self.eos_token_id
+        if isinstance(e, (list, tuple)):
+            if not e:
+                raise ValueError("Config.eos_token_id must be an id or a non-empty list of ids, "
+                                 "got []")
+            self.eos_token_id = [check_token_id(i, "Config.eos_token_id", V) for i in e]
+        else:
+            self.eos_token_id = check_token_id(e, "Config.eos_token_id", V, True)
         s = self.rope_scaling
-        linear_ok = (isinstance(s, Mapping) and s.get("rope_type") == "linear"
-                     and isinstance(s.get("factor"), (int, float)) and s["factor"] > 0)
-        if s is not None and not linear_ok:
-            raise ValueError("Config.rope_scaling must be None or "
-                             f"{{'rope_type': 'linear', 'factor': f > 0}}, got {s!r}")
+        if s is not None:
+            if not (isinstance(s, Mapping) and s.get("rope_type") == "linear" and "factor" in s):
+                raise ValueError("Config.rope_scaling must be None or "
+                                 f"{{'rope_type': 'linear', 'factor': f > 0}}, got {describe(s)}")
+            factor = check_number(s["factor"], "Config.rope_scaling factor", minimum=0,
+                                  exclusive_minimum=True)
+            self.rope_scaling = {"rope_type": "linear", "factor": factor}
 
     @property
     def eos_ids(self) -> tuple[int, ...]:

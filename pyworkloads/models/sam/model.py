@@ -51,6 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ... import ops
+from .. import common
 from ..common import check_bool, check_choice, check_int, check_number
 from ..common import count_params as count_layout
 from .image_encoder import image_encoder
@@ -70,10 +71,9 @@ BLOCK_DOWNSAMPLE_RATE = 2
 # =============================================================================================
 # configuration
 # =============================================================================================
-def _check(cfg, what: str, ints=(), positive=(), bools=()) -> None:
-    """Replace each named field by its checked value: ints >= 1, numbers > 0, real bools."""
-    for f in ints:
-        setattr(cfg, f, check_int(getattr(cfg, f), f"{what}.{f}"))
+def _check(cfg, what: str, ints=(), positive=(), bools=(), layers=()) -> None:
+    """Replace each named field by its checked value (common.check_sizes), numbers > 0, bools."""
+    common.check_sizes(cfg, what, widths=ints, layers=layers)
     for f in positive:
         setattr(cfg, f, check_number(getattr(cfg, f), f"{what}.{f}", 0, exclusive_minimum=True))
     for f in bools:
@@ -103,17 +103,21 @@ class VisionConfig:
 
     def __post_init__(self):
         w = "vision_config"
-        _check(self, w, ints=("hidden_size", "output_channels", "num_hidden_layers",
-                              "num_attention_heads", "num_channels", "image_size", "patch_size",
-                              "num_pos_feats"),
+        _check(self, w, ints=("hidden_size", "output_channels", "num_attention_heads",
+                              "num_channels", "image_size", "patch_size", "num_pos_feats"),
                positive=("layer_norm_eps", "mlp_ratio"), bools=("qkv_bias", "use_abs_pos",
-                                                                 "use_rel_pos"))
-        self.window_size = check_int(self.window_size, f"{w}.window_size", minimum=0)
-        self.global_attn_indexes = tuple(check_int(i, f"{w}.global_attn_indexes", minimum=0)
-                                         for i in self.global_attn_indexes)
+                                                                 "use_rel_pos"),
+               layers=("num_hidden_layers",))
+        self.window_size = common.check_width(self.window_size, f"{w}.window_size", minimum=0)
+        g, last = self.global_attn_indexes, self.num_hidden_layers - 1
+        if not isinstance(g, (list, tuple)):
+            raise ValueError(f"{w}.global_attn_indexes must be a list, got {common.describe(g)}")
+        self.global_attn_indexes = tuple(check_int(i, f"{w}.global_attn_indexes", 0, last)
+                                         for i in g)
         if self.mlp_dim is None:                        # HF: int(hidden_size * mlp_ratio)
-            self.mlp_dim = int(self.hidden_size * self.mlp_ratio)
-        self.mlp_dim = check_int(self.mlp_dim, f"{w}.mlp_dim")
+            self.mlp_dim = common.check_width(int(self.hidden_size * self.mlp_ratio),
+                                              f"{w}.mlp_dim (hidden_size * mlp_ratio)")
+        self.mlp_dim = common.check_width(self.mlp_dim, f"{w}.mlp_dim")
         check_choice(self.hidden_act, f"{w}.hidden_act", tuple(ops.ACTIVATIONS))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"{w}: hidden_size {self.hidden_size} is not divisible by "
@@ -152,8 +156,8 @@ class PromptEncoderConfig:
             raise ValueError(f"{w}: mask_input_channels must be a multiple of 4, "
                              f"got {self.mask_input_channels}")
         if self.num_point_embeddings != 4:
-            raise ValueError(f"{w}: SAM uses exactly 4 point embeddings (background, foreground, "
-                             f"box corner 1, box corner 2), got {self.num_point_embeddings}")
+            raise ValueError(f"{w}.num_point_embeddings must be 4 (background, foreground, box "
+                             f"corner 1, box corner 2), got {self.num_point_embeddings}")
 
     @property
     def image_embedding_size(self) -> int:
@@ -176,15 +180,15 @@ class MaskDecoderConfig:
 
     def __post_init__(self):
         w = "mask_decoder_config"
-        _check(self, w, ints=("hidden_size", "mlp_dim", "num_hidden_layers",
-                              "num_attention_heads", "attention_downsample_rate",
-                              "num_multimask_outputs", "iou_head_hidden_dim"),
-               positive=("layer_norm_eps",))
-        self.iou_head_depth = check_int(self.iou_head_depth, f"{w}.iou_head_depth", minimum=2)
+        _check(self, w, ints=("hidden_size", "mlp_dim", "num_attention_heads",
+                              "attention_downsample_rate", "iou_head_hidden_dim"),
+               positive=("layer_norm_eps",), layers=("num_hidden_layers",
+                                                     "num_multimask_outputs"))
+        self.iou_head_depth = common.check_layers(self.iou_head_depth, f"{w}.iou_head_depth", 2)
         check_choice(self.hidden_act, f"{w}.hidden_act", tuple(ops.ACTIVATIONS))
         C = self.hidden_size
         widths = (C, C // self.attention_downsample_rate, C // BLOCK_DOWNSAMPLE_RATE)
-        if any(width % self.num_attention_heads for width in widths):
+        if any(width % self.num_attention_heads or not width for width in widths):
             raise ValueError(f"{w}: num_attention_heads {self.num_attention_heads} must divide "
                              f"the attention widths {widths} (hidden_size, "
                              f"/ attention_downsample_rate, / {BLOCK_DOWNSAMPLE_RATE})")

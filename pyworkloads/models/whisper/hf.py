@@ -22,8 +22,17 @@ def config_from_hf(d: Mapping) -> Config:
         raise ValueError(f"config.json has model_type {d.get('model_type')!r}, "
                          "expected 'whisper'")
     kept = {k: v for k, v in d.items() if v is not None}
-    if isinstance(kept.get("eos_token_id"), list):
-        kept["eos_token_id"] = kept["eos_token_id"][0]
+    eos = kept.get("eos_token_id")
+    if isinstance(eos, list):
+        if not eos:
+            raise ValueError("config.json: eos_token_id must be an id or a non-empty list of "
+                             "ids, got []")
+        kept["eos_token_id"] = eos[0]
+    # transformers multiplies the token embeddings by sqrt(d_model) when this is true; no
+    # Whisper checkpoint does, and the engine does not, so a true value is refused
+    if common.check_bool(kept.get("scale_embedding", False), "config.json: scale_embedding"):
+        raise ValueError("config.json: scale_embedding true (token embeddings times "
+                         "sqrt(d_model)) is not implemented; Whisper checkpoints have false")
     return common.config_from_dict(Config, kept, "config.json")
 
 

@@ -75,20 +75,20 @@ class Config:
     tie_word_embeddings: bool = True
 
     def __post_init__(self):
-        for name in ("vocab_size", "num_mel_bins", "d_model", "encoder_layers",
-                     "encoder_attention_heads", "encoder_ffn_dim", "decoder_layers",
-                     "decoder_attention_heads", "decoder_ffn_dim", "max_source_positions",
-                     "max_target_positions"):
-            setattr(self, name, common.check_int(getattr(self, name), f"Config.{name}"))
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
-            setattr(self, name, common.check_int(getattr(self, name), f"Config.{name}", 0))
+        common.check_sizes(
+            self, "Config", widths=("vocab_size", "num_mel_bins", "d_model",
+                                    "encoder_attention_heads", "encoder_ffn_dim",
+                                    "decoder_attention_heads", "decoder_ffn_dim"),
+            layers=("encoder_layers", "decoder_layers"),
+            positions=("max_source_positions", "max_target_positions"),
+            token_ids=("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"))
         for heads in ("encoder_attention_heads", "decoder_attention_heads"):
             if self.d_model % getattr(self, heads):
                 raise ValueError(f"Config: d_model ({self.d_model}) must be divisible by {heads} "
                                  f"({getattr(self, heads)})")
-        if self.d_model % 2:
-            raise ValueError(f"Config: d_model must be even for the sinusoidal positions, "
-                             f"got {self.d_model}")
+        if self.d_model % 2 or self.d_model < 4:      # sinusoids() divides by d_model / 2 - 1
+            raise ValueError(f"Config: d_model must be even and >= 4 for the sinusoidal "
+                             f"positions, got {self.d_model}")
         common.check_choice(self.activation_function, "Config.activation_function",
                             sorted(ops.ACTIVATIONS))
         self.tie_word_embeddings = common.check_bool(self.tie_word_embeddings,
