@@ -155,9 +155,10 @@ USER_ERRORS = {
     "whisper: directory as audio": (lambda d: _whisper(d, d / "a_dir"), "is a directory"),
     "whisper: image as audio": (lambda d: _whisper(d, d / "photo.png"), "cannot read audio"),
     "whisper: corrupt tokenizer.json": (
-        lambda d: _whisper(d, FIX / "whisper" / "speech.wav", d / "whisper_badtok"), "error"),
+        lambda d: _whisper(d, FIX / "whisper" / "speech.wav", d / "whisper_badtok"),
+        "not a valid tokenizer file"),
     "llama2: corrupt tokenizer.json": (
-        lambda d: ["run", "llama2", "--model", d / "llama2_badtok"], "error"),
+        lambda d: ["run", "llama2", "--model", d / "llama2_badtok"], "not a valid tokenizer file"),
     "llama2: missing checkpoint": (lambda d: ["run", "llama2", "--model", d / "nope"], "nope"),
 }
 

@@ -301,6 +301,22 @@ def config_from_dict(cls, d, what: str):
 
 
 # ---------------------------------------------------------------------------------------------
+# tokenizers
+# ---------------------------------------------------------------------------------------------
+def tokenizer_from_file(file: Path):
+    """A ``tokenizers.Tokenizer`` from a checkpoint's tokenizer.json; a file that is not one is a
+    ValueError naming it (the Rust library raises a bare Exception, or panics)."""
+    from tokenizers import Tokenizer
+    try:
+        return Tokenizer.from_file(str(file))
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as exc:
+        raise ValueError(f"{file}: not a valid tokenizer file ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from exc
+
+
+# ---------------------------------------------------------------------------------------------
 # the KV cache
 # ---------------------------------------------------------------------------------------------
 class KVCache:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common import check_choice, check_int
+from ..common import check_choice, check_int, tokenizer_from_file
 
 __all__ = ["BOS_TOKEN", "EOS_TOKEN", "Tokenizer", "load_tokenizer", "tokenize"]
 
@@ -35,7 +35,6 @@ def load_tokenizer(path) -> Tokenizer:
     The pad token (``<|endoftext|>`` for OpenAI's checkpoints, ``!`` for LAION's) comes from
     tokenizer_config.json next to it when present, else it is <|endoftext|>.  A file that is not
     a valid tokenizer (or config) raises ValueError naming it."""
-    from tokenizers import Tokenizer as Backend
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"load_tokenizer: path must be a file or directory path, "
                         f"got {type(path).__name__}")
@@ -46,13 +45,7 @@ def load_tokenizer(path) -> Tokenizer:
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no tokenizer.json (save one with the checkpoint's "
                                 "tokenizer.save_pretrained)")
-    try:
-        backend = Backend.from_file(str(file))
-    except (KeyboardInterrupt, SystemExit, MemoryError):
-        raise
-    except BaseException as exc:   # the Rust library raises Exception, or a BaseException panic
-        raise ValueError(f"{file}: not a valid tokenizer file ({type(exc).__name__}: "
-                         f"{str(exc)[:200]})") from exc
+    backend = tokenizer_from_file(file)
     eos = backend.token_to_id(EOS_TOKEN)
     if eos is None:
         raise ValueError(f"{file}: not a CLIP tokenizer (no {EOS_TOKEN} token)")

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ... import io
-from ..common import config_from_dict, describe
+from ..common import config_from_dict, describe, tokenizer_from_file
 from .api import Llama2
 from .model import Config
 
@@ -83,8 +83,7 @@ def load_tokenizer(path):
     tok_file = (path if path.is_dir() else path.parent) / "tokenizer.json"
     if not tok_file.is_file():
         return None
-    from tokenizers import Tokenizer
-    return Tokenizer.from_file(str(tok_file))
+    return tokenizer_from_file(tok_file)
 
 
 def from_pretrained(path, rope_layout: str = "half") -> Llama2:

@@ -47,8 +47,7 @@ def load_tokenizer(path: Path):
     f = path / "tokenizer.json"
     if not f.is_file():
         return None
-    from tokenizers import Tokenizer
-    return Tokenizer.from_file(str(f))
+    return common.tokenizer_from_file(f)
 
 
 def load_generation_config(path: Path, raw: dict, config: Config) -> GenerationConfig:
