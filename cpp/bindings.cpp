@@ -52,7 +52,12 @@ PYBIND11_MODULE(_kernels, m) {
             d["simd"] = "portable";
 #endif
             d["compiler"] = __VERSION__;
+#ifdef PYWORKLOADS_SANITIZERS
+            d["sanitizers"] = PYWORKLOADS_SANITIZERS;
+#else
+            d["sanitizers"] = "";
+#endif
             return d;
         },
-        "How the extension was compiled (OpenMP, SIMD level, compiler).");
+        "How the extension was compiled (OpenMP, SIMD level, compiler, sanitizers).");
 }

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The C++ kernels under AddressSanitizer and UndefinedBehaviorSanitizer.
+#
+#   dev/sanitize.sh [pytest arguments]     (default: the kernel, dispatch and model tests)
+#
+# Builds pyworkloads._kernels with PYWORKLOADS_SANITIZE=ON into build/sanitize (the checkout's own
+# module is left alone), stages it next to a copy of the package's Python sources in
+# build/sanitize/stage, and runs the tests against that copy with the sanitizer runtime preloaded
+# (Python itself is not instrumented, so libasan must come first; libstdc++ is preloaded with it so
+# that C++ exceptions thrown through the bindings are seen by ASan's interceptors).  Every report
+# is fatal, and is written to build/sanitize/reports/ so that it survives pytest's output capture;
+# the script fails when pytest fails or when any report file exists.
+#
+# Needs: a C++ compiler with the sanitizer runtimes (gcc: libasan, libubsan), CMake, Python with
+# pybind11, numpy, pytest and hypothesis.  Works from a plain checkout or after `pip install .`:
+# the staged copy is imported first either way (python -P keeps the checkout off sys.path).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+build=$root/build/sanitize
+stage=$build/stage
+reports=$build/reports
+python=${PYTHON:-python}
+
+generator=()
+command -v ninja > /dev/null && generator=(-G Ninja)
+cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DPYWORKLOADS_SANITIZE=ON \
+    -DPYWORKLOADS_CUDA=OFF -DPython_EXECUTABLE="$(command -v "$python")" \
+    -Dpybind11_DIR="$("$python" -m pybind11 --cmakedir)" > "$build.configure.log" \
+    || { cat "$build.configure.log"; exit 1; }
+cmake --build "$build" --target _kernels
+
+# the package's Python sources with the sanitized module in place of any other build
+rm -rf "$stage"
+mkdir -p "$stage"
+(cd "$root" && find pyworkloads -name '*.py' -not -path '*/__pycache__/*' -print0 \
+    | xargs -0 cp --parents -t "$stage")
+cp "$build"/_kernels*.so "$stage/pyworkloads/"
+
+rm -rf "$reports"
+mkdir -p "$reports"
+export PYTHONPATH=$stage${PYTHONPATH:+:$PYTHONPATH}
+export LD_PRELOAD=$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libstdc++.so)
+# Python frees little at exit by design: leak reports would be noise.
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$reports/asan
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan
+# The staged copy has no CUDA extension; the CUDA tests skip (they run in the normal test step).
+unset PYWORKLOADS_EXPECT_CUDA_BUILD
+
+"$python" -P - "$stage" << 'EOF'
+import sys
+import pyworkloads._kernels as k
+info = k.build_info()
+assert k.__file__.startswith(sys.argv[1]) and info.get("sanitizers"), (k.__file__, info)
+print(f"sanitized kernels: {k.__file__} ({info['sanitizers']})")
+EOF
+
+if [ $# -eq 0 ]; then
+    set -- tests/kernels tests/test_dispatch.py tests/models -p no:cacheprovider -q
+fi
+status=0
+"$python" -P -m pytest "$@" || status=$?
+if compgen -G "$reports/*" > /dev/null; then
+    echo "== sanitizer reports:" >&2
+    cat "$reports"/* >&2
+    status=1
+fi
+exit $status
