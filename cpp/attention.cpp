@@ -544,7 +544,7 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
         std::fill(P.out, P.out + out.size(), 0.f);
         return out;
     }
-    const int nt_max = max_threads();
+    const int nt_max = kernel_threads();
     const int64_t nqb = (P.Tq + BQ - 1) / BQ;
     const int64_t ntasks = P.Tq == 1 ? P.B * P.Hkv : P.B * P.Hq * nqb;
     const double work = double(P.B) * P.Hq * P.Tq * P.Tk * (P.Dh + P.Dv);

@@ -70,14 +70,6 @@ inline float* thread_scratch(int slot, size_t nfloats) {
     return b.p;
 }
 
-inline int max_threads() {
-#ifdef PYWORKLOADS_OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 inline int thread_id() {
 #ifdef PYWORKLOADS_OPENMP
     return omp_get_thread_num();

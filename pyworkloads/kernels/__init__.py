@@ -123,11 +123,32 @@ def use_backend(name: str):
 _num_threads: int | None = None
 
 
+def _cores() -> int:
+    """CPUs this process may run on (the OpenMP runtime counts the same affinity mask)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _thread_limit() -> int:
+    """The largest count :func:`set_num_threads` accepts: 4 x the cores this process may use
+    (more only oversubscribes them)."""
+    mod = _load_backend("cpp")
+    if mod is not None and hasattr(mod, "max_num_threads"):
+        return int(mod.max_num_threads())
+    return 4 * _cores()
+
+
 def set_num_threads(n: int) -> None:
-    """Threads used by the compiled kernels (default: OMP_NUM_THREADS, else all cores)."""
+    """Threads used by the compiled kernels from now on, in every Python thread (default:
+    OMP_NUM_THREADS, else all cores; at most 4 x the cores this process may use)."""
     global _num_threads
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads: n must be an integer, got {n!r}")
+    limit = _thread_limit()
+    if not 1 <= n <= limit:
+        raise ValueError(f"set_num_threads: n must be a positive integer, at most {limit} (4 x "
+                         f"the {limit // 4} cores this process may use), got {n!r}")
     _num_threads = int(n)
     for name in ("cpp", "cuda"):
         mod = _load_backend(name)
@@ -136,10 +157,11 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
+    """Threads the compiled kernels use (see :func:`set_num_threads`)."""
     mod = _load_backend("cpp")
     if mod is not None and hasattr(mod, "get_num_threads"):
         return mod.get_num_threads()
-    return _num_threads or os.cpu_count() or 1
+    return _num_threads or _cores()
 
 
 # --------------------------------------------------------------------------------------------
