@@ -28,7 +28,14 @@ inline std::string shape_str(const py::array& a) {
     return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
-// A float32 NumPy array, C-contiguous (a non-contiguous input is copied; any other dtype is
+// Whether a's data and strides suit `float` loads: a view into a mapped file at an odd offset,
+// or a field of a packed record, is not -- reading it through a float* is undefined behaviour,
+// whatever the CPU tolerates -- and is copied first (a fresh NumPy array is aligned).
+inline bool aligned(const py::array& a) { return a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_; }
+
+inline py::array aligned_copy(const py::array& a) { return a.attr("copy")("K"); }
+
+// A float32 NumPy array, C-contiguous and aligned (anything else is copied; any other dtype is
 // refused: silently narrowing float64 would hide precision loss from the caller).
 inline f32array require_f32(const py::handle& obj, const char* name, bool allow_none = false) {
     if (obj.is_none()) {
@@ -41,7 +48,7 @@ inline f32array require_f32(const py::handle& obj, const char* name, bool allow_
     auto a = py::reinterpret_borrow<py::array>(obj);
     if (!a.dtype().is(py::dtype::of<float>()))
         throw py::type_error(std::string(name) + " must have dtype float32, got " + std::string(py::str(a.dtype())));
-    return f32array::ensure(a);  // copies only when not C-contiguous
+    return f32array::ensure(aligned(a) ? a : aligned_copy(a));  // copies only when not C-contiguous
 }
 
 inline double require_finite_nonneg(double v, const char* name) {

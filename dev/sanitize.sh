@@ -8,8 +8,10 @@
 # build/sanitize/stage, and runs the tests against that copy with the sanitizer runtime preloaded
 # (Python itself is not instrumented, so libasan must come first; libstdc++ is preloaded with it so
 # that C++ exceptions thrown through the bindings are seen by ASan's interceptors).  Every report
-# is fatal, and is written to build/sanitize/reports/ so that it survives pytest's output capture;
-# the script fails when pytest fails or when any report file exists.
+# is fatal.  pytest captures Python's output only (--capture=sys), so a report, written by the
+# sanitizer runtime straight to file descriptor 2, reaches the terminal even when it ends the
+# process; the output is kept in build/sanitize/pytest.log, and the script fails when pytest
+# fails or when the log holds a report (from a child process too).
 #
 # Needs: a C++ compiler with the sanitizer runtimes (gcc: libasan, libubsan), CMake, Python with
 # pybind11, numpy, pytest and hypothesis.  Works from a plain checkout or after `pip install .`:
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 build=$root/build/sanitize
 stage=$build/stage
-reports=$build/reports
+log=$build/pytest.log
 python=${PYTHON:-python}
 
 generator=()
@@ -37,13 +39,11 @@ mkdir -p "$stage"
     | xargs -0 cp --parents -t "$stage")
 cp "$build"/_kernels*.so "$stage/pyworkloads/"
 
-rm -rf "$reports"
-mkdir -p "$reports"
 export PYTHONPATH=$stage${PYTHONPATH:+:$PYTHONPATH}
 export LD_PRELOAD=$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libstdc++.so)
 # Python frees little at exit by design: leak reports would be noise.
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$reports/asan
-export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan
+export ASAN_OPTIONS=detect_leaks=0
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # The staged copy has no CUDA extension; the CUDA tests skip (they run in the normal test step).
 unset PYWORKLOADS_EXPECT_CUDA_BUILD
 
@@ -59,10 +59,9 @@ if [ $# -eq 0 ]; then
     set -- tests/kernels tests/test_dispatch.py tests/models -p no:cacheprovider -q
 fi
 status=0
-"$python" -P -m pytest "$@" || status=$?
-if compgen -G "$reports/*" > /dev/null; then
-    echo "== sanitizer reports:" >&2
-    cat "$reports"/* >&2
+"$python" -P -m pytest --capture=sys "$@" 2>&1 | tee "$log" || status=$?
+if grep -qE "runtime error:|ERROR: AddressSanitizer|ERROR: LeakSanitizer" "$log"; then
+    echo "dev/sanitize.sh: sanitizer reports in the output above (kept in $log)" >&2
     status=1
 fi
 exit $status
