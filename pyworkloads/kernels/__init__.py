@@ -335,9 +335,14 @@ def matmul(a, b):
 def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=None, mask=None):
     """Multi-head scaled dot-product attention (see :func:`reference.attention` for the definition).
 
-    q [B, Hq, Tq, Dh], k [B, Hkv, Tk, Dh], v [B, Hkv, Tk, Dv], Hq % Hkv == 0; ``causal`` is
-    bottom-right aligned when Tq < Tk; ``bias`` additive and ``mask`` boolean (True = attend),
-    each broadcastable to [B, Hq, Tq, Tk]; ``scale`` defaults to 1/sqrt(Dh).  -> [B, Hq, Tq, Dv]
+    q [B, Hq, Tq, Dh], k [B, Hkv, Tk, Dh], v [B, Hkv, Tk, Dv], Hq % Hkv == 0, Dh >= 1; ``causal``
+    is bottom-right aligned when Tq < Tk; ``bias`` additive and ``mask`` boolean (True = attend),
+    each broadcasting to [B, Hq, Tq, Tk] (every axis 1 or that size: never enlarging the output);
+    ``scale`` defaults to 1/sqrt(Dh) and must be finite in q's dtype.  -> [B, Hq, Tq, Dv]
+
+    NaN and inf propagate as in the reference: a row whose allowed scores hold
+    a NaN or +inf is NaN, a row with no allowed key is zeros, and v's NaN/inf reach every row
+    through their weights (0 for masked keys: 0 * NaN and 0 * inf are NaN).
     """
     q = _as_float_array(q, "q")
     k = _as_float_array(k, "k")
