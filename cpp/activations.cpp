@@ -34,7 +34,7 @@ inline vf gelu_lanes(vf x) {
 
 void gelu_fast(const float* x, float* y, int64_t n) {
     const int64_t full = n / VL * VL;
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n > 65536)
     for (int64_t i = 0; i < full; i += VL) vstore(y + i, gelu_lanes(vload(x + i)));
     if (full < n) vstore_n(y + full, gelu_lanes(vload_n(x + full, int(n - full))), int(n - full));
 }

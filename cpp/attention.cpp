@@ -13,8 +13,20 @@
 //   3. decode  Tq == 1: one pass over the KV cache for all query heads of a kv group
 //
 // version="naive" runs 1; version="fast" runs 3 for Tq == 1 and 2 otherwise (the dispatch at the
-// end of the file).  Memory: O(threads · (BK·BQ + Dh·BQ + BQ·Dv)) scratch for version 2 and
+// end of the file).  Memory: O(threads · (BK·BQ + Dh·BQ + BQ·Dv + Tk)) scratch for version 2 and
 // O(group·Tk) for version 3, never a T² buffer.
+//
+// NaN and infinities behave exactly as in the NumPy reference (kernels/reference.py), which
+// computes the scores s = scale·q·kᵀ + bias in float32, sets masked ones to -inf, takes
+// p = softmax(s) (a row whose allowed scores hold a NaN or +inf is NaN throughout; a row with no
+// allowed key is all zeros) and returns p·v over *all* keys -- so a masked key's v row is
+// multiplied by 0, which keeps a NaN and turns an infinity into NaN.  Version 1 computes exactly
+// that (row_exact).  Versions 2 and 3 are arranged so that a row's result is finite only when the
+// reference's is: the running maximum keeps NaN (vmax_nan), exp keeps NaN, masked keys still meet
+// their v rows with weight 0, and v rows that causal block skipping never reads are checked for
+// NaN/inf; any row that comes out with a NaN or an infinity (or overflowed: the unnormalised sum
+// of a few 3e38 values is inf where their average is not) is recomputed by row_exact.  Finite rows
+// never take that path, so ordinary inputs cost nothing extra.
 // Inputs: float32 (anything else raises TypeError -- no silent casting), mask bool; arbitrary
 // strides are read in place as long as the last axis of q/k/v is unit-stride (else one copy).
 #include "common.h"
@@ -86,36 +98,61 @@ inline void bias_and_mask_row(const Problem& P, int64_t b, int64_t h, int64_t i,
 }
 
 // =============================================================================================
-// 1. naive: the definition, one query row at a time -- all Tk scores, their max, the exponentials
-// and their sum, then the weighted sum of V rows, accumulated in double.  O(Tk) memory per row, no
-// blocking, no SIMD, no threads.  Kept for reading and as the oracle the tests check version="fast"
-// against.
+// 1. naive: the definition, one query row at a time, in the reference's arithmetic -- the Tk scores
+// (float32 dot products, times the scale, plus the bias, -inf where masked), their maximum (NaN if
+// one is NaN; 0 if all are -inf), the exponentials and their sum, the weights p = e / sum (0 when
+// the sum is 0), then out = Σ_j p_j · v_j over every key, accumulated in double.  O(Tk) memory per
+// row, no blocking, no SIMD, no threads.  Kept for reading, as the oracle the tests check
+// version="fast" against, and as the fast versions' fallback for rows that are not finite.
 // =============================================================================================
+void row_exact(const Problem& P, int64_t b, int64_t h, int64_t i, float* s, float* out) {
+    const int64_t hk = h / P.group(), lim = P.key_limit(i);
+    const float* q = P.q.row(b, h, i);
+    for (int64_t j = 0; j < P.Tk; ++j) {
+        const float* kr = P.k.row(b, hk, j);
+        float dot = 0.f;
+        for (int64_t d = 0; d < P.Dh; ++d) dot += q[d] * kr[d];
+        float x = dot * P.scale;
+        if (P.bias.p) x += P.bias.frow(b, h, i)[j * P.bias.s[3]];
+        const bool allowed = j < lim && (!P.mask.p || P.mask.mrow(b, h, i)[j * P.mask.s[3]]);
+        s[j] = allowed ? x : NEG_INF;
+    }
+    float mx = NEG_INF;
+    for (int64_t j = 0; j < P.Tk; ++j) mx = std::isnan(s[j]) || std::isnan(mx) ? NAN : std::max(mx, s[j]);
+    if (mx == NEG_INF) mx = 0.f;                                   // no allowed key: weights 0
+    double sum = 0;
+    for (int64_t j = 0; j < P.Tk; ++j) sum += s[j] = std::exp(s[j] - mx);
+    const float l = float(sum);
+    for (int64_t j = 0; j < P.Tk; ++j) s[j] = l == 0.f ? 0.f : s[j] / l;
+    for (int64_t d = 0; d < P.Dv; ++d) {
+        double acc = 0;
+        for (int64_t j = 0; j < P.Tk; ++j) acc += double(s[j]) * P.v.row(b, hk, j)[d];
+        out[d] = float(acc);
+    }
+}
+
 void attention_naive(const Problem& P) {
-    std::vector<double> s(P.Tk);
-    std::vector<float> row(P.Tk);
+    std::vector<float> s(P.Tk);
     for (int64_t b = 0; b < P.B; ++b)
         for (int64_t h = 0; h < P.Hq; ++h)
-            for (int64_t i = 0; i < P.Tq; ++i) {
-                const int64_t hk = h / P.group();
-                const float* q = P.q.row(b, h, i);
-                for (int64_t j = 0; j < P.Tk; ++j) {
-                    const float* kr = P.k.row(b, hk, j);
-                    double acc = 0;
-                    for (int64_t d = 0; d < P.Dh; ++d) acc += double(q[d]) * kr[d];
-                    row[j] = float(acc * P.scale);
-                }
-                bias_and_mask_row(P, b, h, i, 0, P.Tk, row.data());
-                double mx = -std::numeric_limits<double>::infinity(), l = 0;
-                for (int64_t j = 0; j < P.Tk; ++j) mx = std::max(mx, double(row[j]));
-                for (int64_t j = 0; j < P.Tk; ++j) l += s[j] = row[j] == NEG_INF ? 0.0 : std::exp(row[j] - mx);
-                float* out = P.out + ((b * P.Hq + h) * P.Tq + i) * P.Dv;
-                for (int64_t d = 0; d < P.Dv; ++d) {
-                    double acc = 0;
-                    for (int64_t j = 0; j < P.Tk; ++j) acc += s[j] * P.v.row(b, hk, j)[d];
-                    out[d] = l > 0 ? float(acc / l) : 0.f;
-                }
-            }
+            for (int64_t i = 0; i < P.Tq; ++i)
+                row_exact(P, b, h, i, s.data(), P.out + ((b * P.Hq + h) * P.Tq + i) * P.Dv);
+}
+
+// Whether out[0:n) holds a NaN or an infinity.
+inline bool nonfinite(const float* x, int64_t n) {
+    vf acc = vzero();                                              // Σ (x - x): 0, or NaN
+    int64_t d = 0;
+    for (; d + VL <= n; d += VL) acc = vadd(acc, vsub(vload(x + d), vload(x + d)));
+    if (d < n) acc = vadd(acc, vsub(vload_n(x + d, int(n - d)), vload_n(x + d, int(n - d))));
+    return std::isnan(vhsum(acc));
+}
+
+// Whether v rows [j0, j1) of kv head hk hold a NaN or an infinity.
+bool v_rows_nonfinite(const Problem& P, int64_t b, int64_t hk, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j)
+        if (nonfinite(P.v.row(b, hk, j), P.Dv)) return true;
+    return false;
 }
 
 // =============================================================================================
@@ -199,10 +236,10 @@ void block_mac(int64_t rows, int64_t w, int64_t K, const float* A, int64_t ars, 
 }
 
 struct Scratch {
-    float *qt, *st, *o, *m, *l, *alpha;
+    float *qt, *st, *o, *m, *l, *alpha, *exact;
     static size_t floats(const Problem& P) {
         const int64_t dvp = (P.Dv + VL - 1) / VL * VL;
-        return static_cast<size_t>(P.Dh * BQ + BK * BQ + BQ * dvp + 3 * BQ);
+        return static_cast<size_t>(P.Dh * BQ + BK * BQ + BQ * dvp + 3 * BQ + P.Tk);
     }
     Scratch(float* base, const Problem& P) {
         const int64_t dvp = (P.Dv + VL - 1) / VL * VL;
@@ -212,6 +249,7 @@ struct Scratch {
         m = o + BQ * dvp;
         l = m + BQ;
         alpha = l + BQ;
+        exact = alpha + BQ;                                      // row_exact's Tk scores
     }
 };
 
@@ -279,14 +317,16 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
                 std::fill(w.st + jj * BQ, w.st + jj * BQ + first, NEG_INF);
             }
         }
-        // online softmax, one lane per query
+        // online softmax, one lane per query; a NaN score makes m, and with it the row, NaN
         for (int v = 0; v < NVEC; ++v) {
             vf mx = vninf;
-            for (int64_t jj = 0; jj < nk; ++jj) mx = vmax(mx, vload(w.st + jj * BQ + v * VL));
+            for (int64_t jj = 0; jj < nk; ++jj) mx = vmax_nan(vload(w.st + jj * BQ + v * VL), mx);
             const vf m_old = vload(w.m + v * VL);
-            const vf m_new = vmax(m_old, mx);
-            // a query with no allowed key so far keeps m = -inf; subtract 0 instead (exp(-inf) = 0)
-            const vf m_use = vmax(m_new, vset1(-3.0e38f));
+            const vf m_new = vmax_nan(m_old, mx);
+            // a query with no allowed key so far keeps m = -inf; subtract -3e38 instead: its weights
+            // are exp(-inf) = 0, which still meet the block's v rows (0 · NaN is NaN, as in the
+            // reference)
+            const vf m_use = vmax_nan(m_new, vset1(-3.0e38f));
             vf sum = vzero();
             for (int64_t jj = 0; jj < nk; ++jj) {
                 float* sp = w.st + jj * BQ + v * VL;
@@ -309,10 +349,19 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
         // O += P · V_blk with P(r, jj) = Sᵀ[jj][r]
         block_mac(nq, P.Dv, nk, w.st, 1, BQ, P.v.row(b, hk, j0), P.v.s2, w.o, dvp, true);
     }
+    // Keys past kend were skipped: masked for every query of the block, their v rows still count
+    // (times 0) in the reference.  Rows that are not finite are recomputed the reference's way.
+    const bool skipped_nonfinite = kend < P.Tk && v_rows_nonfinite(P, b, hk, kend, P.Tk);
     for (int64_t r = 0; r < nq; ++r) {
         float* out = P.out + ((b * P.Hq + h) * P.Tq + i0 + r) * P.Dv;
-        const float inv = w.l[r] > 0.f ? 1.f / w.l[r] : 0.f;
-        for (int64_t d = 0; d < P.Dv; ++d) out[d] = w.o[r * dvp + d] * inv;
+        const float l = w.l[r];
+        const float* o = w.o + r * dvp;
+        if (skipped_nonfinite || !std::isfinite(l) || nonfinite(o, P.Dv)) {
+            row_exact(P, b, h, i0 + r, w.exact, out);
+            continue;
+        }
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        for (int64_t d = 0; d < P.Dv; ++d) out[d] = o[d] * inv;
     }
 }
 
@@ -347,8 +396,17 @@ void decode_group(const Problem& P, int64_t b, int64_t hk, float* s) {
         float* sr = s + gi * sn;
         if (P.bias.p || P.mask.p) bias_and_mask_row(P, b, h0 + gi, 0, 0, n, sr);
         float mx = NEG_INF;
-        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, sr[j]);
-        if (mx == NEG_INF) {                                       // no allowed key: zeros
+        bool nan = false;
+        for (int64_t j = 0; j < n; ++j) {
+            nan |= std::isnan(sr[j]);
+            mx = std::max(mx, sr[j]);
+        }
+        if (nan || mx == INFINITY) {                               // a NaN row: recomputed below
+            std::fill(sr, sr + n, 0.f);
+            l[gi] = NAN;
+            continue;
+        }
+        if (mx == NEG_INF) {                                       // no allowed key: weights 0
             std::fill(sr, sr + n, 0.f);
             l[gi] = 0.f;
             continue;
@@ -368,9 +426,15 @@ void decode_group(const Problem& P, int64_t b, int64_t hk, float* s) {
     }
     float* out = P.out + (b * P.Hq + h0) * P.Dv;                   // the group's rows, Dv apart
     block_mac(g, P.Dv, n, s, sn, 1, P.v.row(b, hk, 0), P.v.s2, out, P.Dv, false);
+    float* exact = l + g + VL;                                     // row_exact's Tk scores
     for (int64_t gi = 0; gi < g; ++gi) {
+        float* o = out + gi * P.Dv;
+        if (!std::isfinite(l[gi]) || nonfinite(o, P.Dv)) {        // the reference's NaN/inf
+            row_exact(P, b, h0 + gi, 0, exact, o);
+            continue;
+        }
         const float inv = l[gi] > 0.f ? 1.f / l[gi] : 0.f;
-        for (int64_t d = 0; d < P.Dv; ++d) out[gi * P.Dv + d] *= inv;
+        for (int64_t d = 0; d < P.Dv; ++d) o[d] *= inv;
     }
 }
 
@@ -400,7 +464,7 @@ Extra extra_view(const py::array& a, const void* data, const char* name, const i
                                   " does not broadcast to [B, Hq, Tq, Tk] = (" + std::to_string(full[0]) + ", " +
                                   std::to_string(full[1]) + ", " + std::to_string(full[2]) + ", " +
                                   std::to_string(full[3]) + ")");
-        if (a.strides(d) % itemsize != 0)
+        if (n != 1 && a.strides(d) % itemsize != 0)
             throw py::value_error(std::string("attention: ") + name + " has strides that are not whole elements");
         e.s[fd] = n == 1 ? 0 : a.strides(d) / itemsize;
     }
@@ -440,14 +504,18 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
     if (causal && P.Tq > P.Tk)
         throw py::value_error("attention: causal needs Tq <= Tk (bottom-right alignment), got Tq=" +
                               std::to_string(P.Tq) + ", Tk=" + std::to_string(P.Tk));
+    if (P.Dh == 0)    // the default scale 1/sqrt(Dh) would be inf, and every score 0 · inf = NaN
+        throw py::value_error("attention: q and k need a head width Dh >= 1, got 0");
     P.causal = causal;
     if (scale_obj.is_none()) {
-        P.scale = P.Dh > 0 ? float(1.0 / std::sqrt(double(P.Dh))) : 1.f;
+        P.scale = float(1.0 / std::sqrt(double(P.Dh)));
     } else {
         if (!PyNumber_Check(scale_obj.ptr()) || PyBool_Check(scale_obj.ptr()))
             throw py::type_error("attention: scale must be a number or None");
         const double s = py::float_(scale_obj);
-        if (!std::isfinite(s)) throw py::value_error("attention: scale must be a finite number");
+        if (!std::isfinite(s) || std::fabs(s) > std::numeric_limits<float>::max())
+            throw py::value_error("attention: scale must be a finite float32 number (|scale| <= 3.4028235e38), got " +
+                                  std::string(py::repr(scale_obj)));
         P.scale = float(s);
     }
     const int64_t full[4] = {P.B, P.Hq, P.Tq, P.Tk};
@@ -476,13 +544,13 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
         std::fill(P.out, P.out + out.size(), 0.f);
         return out;
     }
-    const int nt_max = max_threads();
+    const int nt_max = kernel_threads();
     const int64_t nqb = (P.Tq + BQ - 1) / BQ;
     const int64_t ntasks = P.Tq == 1 ? P.B * P.Hkv : P.B * P.Hq * nqb;
     const double work = double(P.B) * P.Hq * P.Tq * P.Tk * (P.Dh + P.Dv);
     const int nt = int(std::min<int64_t>(ntasks, work < 1e6 ? 1 : nt_max));
     const size_t per_thread =
-        P.Tq == 1 ? static_cast<size_t>(P.group() * (decode_stride(P) + 1) + VL) : Scratch::floats(P);
+        P.Tq == 1 ? static_cast<size_t>(P.group() * (decode_stride(P) + 1) + VL + P.Tk) : Scratch::floats(P);
     float* ws = version == "naive" ? nullptr : thread_scratch(1, per_thread * nt);
     {
         py::gil_scoped_release nogil;

@@ -14,6 +14,7 @@ namespace py = pybind11;
 
 PYBIND11_MODULE(_kernels, m) {
     m.doc() = "pyworkloads C++ CPU kernels (float32)";
+    pyworkloads::thread_setting();   // read OpenMP's default now, before any other thread runs
     pyworkloads::bind_norms(m);
     pyworkloads::bind_matmul(m);
     pyworkloads::bind_attention(m);
@@ -21,20 +22,25 @@ PYBIND11_MODULE(_kernels, m) {
 
     m.def(
         "set_num_threads",
-        [](int n) {
-            if (n < 1) throw py::value_error("n must be >= 1");
-#ifdef PYWORKLOADS_OPENMP
-            omp_set_num_threads(n);
-#endif
+        [](py::handle n) {
+            const std::string got = py::repr(n);
+            if (PyBool_Check(n.ptr()) || !PyIndex_Check(n.ptr()))
+                throw py::type_error("set_num_threads: n must be an integer, got " + got);
+            const py::int_ value = py::reinterpret_steal<py::int_>(PyNumber_Index(n.ptr()));
+            if (!value) throw py::error_already_set();
+            int overflow = 0;
+            const long long v = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+            const int limit = pyworkloads::thread_limit();
+            if (overflow || v < 1 || v > limit)
+                throw py::value_error("set_num_threads: n must be a positive integer, at most " +
+                                      std::to_string(limit) + " (4 x the " + std::to_string(pyworkloads::cores()) +
+                                      " cores this process may use), got " + got);
+            pyworkloads::thread_setting().store(static_cast<int>(v));
         },
-        py::arg("n"), "Threads used by the kernels (OpenMP).");
-    m.def("get_num_threads", []() {
-#ifdef PYWORKLOADS_OPENMP
-        return omp_get_max_threads();
-#else
-        return 1;
-#endif
-    });
+        py::arg("n"), "Threads every later kernel call uses, from any Python thread (1 .. max_num_threads()).");
+    m.def("get_num_threads", []() { return pyworkloads::kernel_threads(); });
+    m.def("max_num_threads", &pyworkloads::thread_limit,
+          "The largest thread count set_num_threads accepts: 4 x the cores this process may use.");
     m.def(
         "build_info",
         []() {
@@ -52,7 +58,12 @@ PYBIND11_MODULE(_kernels, m) {
             d["simd"] = "portable";
 #endif
             d["compiler"] = __VERSION__;
+#ifdef PYWORKLOADS_SANITIZERS
+            d["sanitizers"] = PYWORKLOADS_SANITIZERS;
+#else
+            d["sanitizers"] = "";
+#endif
             return d;
         },
-        "How the extension was compiled (OpenMP, SIMD level, compiler).");
+        "How the extension was compiled (OpenMP, SIMD level, compiler, sanitizers).");
 }

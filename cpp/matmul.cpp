@@ -81,8 +81,9 @@ void gemm_naive(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C) {
 // ymm; portable: 4 x 16 plain floats) and per k does NR/VL vector loads of B, MR broadcasts of A and
 // MR·NR/VL FMAs; it prefetches its C tile (rows are ldc apart) and the B micro-panel a few k ahead,
 // since kc x NR outgrows L1 at kc = 512.  The cache blocks (KC 512, MC 168, NC 1536) fit a core with
-// 48 KB of L1d and 2 MB of L2; `_set_matmul_blocking` changes them for experiments (not
-// thread-safe: a tuning hook only).  Threads: the calling team is laid out as a tm x tn grid -- M
+// 48 KB of L1d and 2 MB of L2; `_set_matmul_blocking` changes them for experiments (a tuning hook;
+// each call reads them once).  Threads: the team that runs -- its size taken inside the parallel
+// region, since it may be smaller than asked for -- is laid out as a tm x tn grid -- M
 // split into tm contiguous ranges (balanced, MR-aligned), each nc panel's NR-columns split into tn
 // ranges -- tn > 1 only when M is too short to feed every thread.  B panels are packed
 // cooperatively (a share per thread, then a barrier), A blocks per thread.  A row-major B is packed
@@ -215,6 +216,11 @@ inline void micro_kernel(int64_t kc, const float* __restrict Ap, const float* __
 }
 
 // ---- 2c. the loop nest and its thread grid ----------------------------------------------------
+// The plan depends on the number of threads that actually run: OpenMP may grant a team smaller
+// than the one asked for (OMP_THREAD_LIMIT, OMP_DYNAMIC on a loaded machine), so gemm_team plans
+// for its own team, inside the region.  The workspace is sized before the region for any team of
+// up to nt threads: B panels (the same for every team) plus nt A blocks of the largest size, the
+// one-thread plan's (mc shrinks as the team grows).
 struct GemmPlan {
     int64_t kc, mc, nc;
     int tm, tn;
@@ -222,27 +228,30 @@ struct GemmPlan {
     size_t workspace_floats(int nt) const { return bp_floats + nt * ap_floats; }
 };
 
-GemmPlan plan_gemm(int64_t M, int64_t N, int64_t K, int nt) {
+GemmPlan plan_gemm(int64_t M, int64_t N, int64_t K, int nt, const Blocking& blk) {
     GemmPlan p;
-    const int64_t nkb = std::max<int64_t>(1, ceil_div(K, g_block.kc));
+    const int64_t nkb = std::max<int64_t>(1, ceil_div(K, blk.kc));
     p.kc = std::max<int64_t>(1, ceil_div(K, nkb));                    // balanced K blocks
-    p.nc = std::min(round_up(std::max<int64_t>(N, 1), NR), round_up(g_block.nc, NR));
+    p.nc = std::min(round_up(std::max<int64_t>(N, 1), NR), round_up(blk.nc, NR));
     // Thread grid: split M while every thread keeps at least a few micro-panels of rows.
     p.tm = nt;
     while (p.tm > 1 && ceil_div(M, p.tm) < 4 * MR) --p.tm;
     while (nt % p.tm) --p.tm;
     p.tn = nt / p.tm;
-    p.mc = std::min(round_up(g_block.mc, MR), round_up(ceil_div(M, p.tm), MR));
+    p.mc = std::min(round_up(blk.mc, MR), round_up(ceil_div(M, p.tm), MR));
     p.ap_floats = static_cast<size_t>(round_up(p.mc * p.kc, 16));
     p.bp_floats = static_cast<size_t>(p.kc * p.nc);
     return p;
 }
 
-// Runs inside a parallel region of `nt` threads (or serially with nt == 1).
-void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t ldc, const GemmPlan& p, float* ws) {
+// Runs inside a parallel region (or serially, a team of one); every thread of the team calls it.
+// ws: the B panels, then one A block of ap_stride floats per thread.
+void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t ldc, const Blocking& blk, float* ws,
+               size_t ap_stride) {
     const int nt = team_size(), t = thread_id();
+    const GemmPlan p = plan_gemm(M, N, K, nt, blk);
     float* Bp = ws;
-    float* Ap = ws + p.bp_floats + static_cast<size_t>(t) * p.ap_floats;
+    float* Ap = ws + p.bp_floats + static_cast<size_t>(t) * ap_stride;
     const int ti = t / p.tn, tj = t % p.tn;
     const int64_t m_per = round_up(ceil_div(M, p.tm), MR);
     const int64_t m0 = std::min(M, ti * m_per), m1 = std::min(M, m0 + m_per);
@@ -396,7 +405,8 @@ bool skinny_applies(int64_t M, Mat B) { return M <= SKINNY_M && (B.rs == 1 || B.
 // =============================================================================================
 
 // One matrix product with a team of threads (called from inside a parallel region).
-void matmul_one(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, const GemmPlan& p, float* ws, float* arow) {
+void matmul_one(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, const Blocking& blk, float* ws,
+                size_t ap_stride, float* arow) {
     if (M == 0 || N == 0) return;
     if (K == 0) {
 #pragma omp for schedule(static)
@@ -420,7 +430,7 @@ void matmul_one(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, const G
 #pragma omp barrier
         return;
     }
-    gemm_team(M, N, K, A, B, C, N, p, ws);
+    gemm_team(M, N, K, A, B, C, N, blk, ws, ap_stride);
 }
 
 int threads_for(int64_t M, int64_t N, int64_t K, Mat B, int nt) {
@@ -491,13 +501,15 @@ py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, const std::string&
             gemm_naive(M, N, K, Mat{A.p + offa[e], A.rs, A.cs}, Mat{B.p + offb[e], B.rs, B.cs}, C + e * csize);
         return out;
     }
-    const int nt_max = max_threads();
+    const int nt_max = kernel_threads();
     const double flops = 2.0 * M * N * K;
     // Many small matrices: whole matrices per thread.  Otherwise: one matrix at a time, all threads.
     const bool per_thread = batch >= nt_max && nt_max > 1 && flops < 2e7;
     const int nt = per_thread ? nt_max : threads_for(M, N, K, B, nt_max);
-    const GemmPlan plan = plan_gemm(M, N, K, per_thread ? 1 : nt);
-    const size_t ws_one = plan.workspace_floats(per_thread ? 1 : nt) + static_cast<size_t>(SKINNY_M * K);
+    const Blocking blk = g_block;                              // one snapshot for sizes and plans
+    const GemmPlan space = plan_gemm(M, N, K, 1, blk);         // the largest A block of any team
+    const size_t ap = space.ap_floats;
+    const size_t ws_one = space.workspace_floats(per_thread ? 1 : nt) + static_cast<size_t>(SKINNY_M * K);
     float* ws = thread_scratch(0, ws_one * (per_thread ? nt : 1));
     {
         py::gil_scoped_release nogil;
@@ -512,18 +524,18 @@ py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, const std::string&
                     if (skinny_applies(M, Be) || K == 0) {
                         // single-threaded here: team_size() is 1 inside this nested region
 #pragma omp parallel num_threads(1)
-                        matmul_one(M, N, K, Ae, Be, Ce, plan, my, my + plan.workspace_floats(1));
+                        matmul_one(M, N, K, Ae, Be, Ce, blk, my, ap, my + space.workspace_floats(1));
                     } else {
 #pragma omp parallel num_threads(1)
-                        gemm_team(M, N, K, Ae, Be, Ce, N, plan, my);
+                        gemm_team(M, N, K, Ae, Be, Ce, N, blk, my, ap);
                     }
                 }
             }
         } else {
 #pragma omp parallel num_threads(nt) if (nt > 1)
             for (int64_t e = 0; e < batch; ++e)
-                matmul_one(M, N, K, Mat{A.p + offa[e], A.rs, A.cs}, Mat{B.p + offb[e], B.rs, B.cs}, C + e * csize, plan,
-                           ws, ws + plan.workspace_floats(nt));
+                matmul_one(M, N, K, Mat{A.p + offa[e], A.rs, A.cs}, Mat{B.p + offb[e], B.rs, B.cs}, C + e * csize, blk,
+                           ws, ap, ws + space.workspace_floats(nt));
         }
     }
     return out;

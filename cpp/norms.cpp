@@ -119,7 +119,7 @@ inline const float* row_residual(const float* x, const float* r, float* h, int64
 
 void rms_norm_rows(const float* x, const float* res, float* h, const float* w, float* y, int64_t rows, int64_t D,
                    float eps) {
-#pragma omp parallel for schedule(static) if (rows * D > 32768)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (rows * D > 32768)
     for (int64_t r = 0; r < rows; ++r) {
         const float* xr = res ? row_residual(x + r * D, res + r * D, h + r * D, D) : x + r * D;
         const float inv = 1.0f / std::sqrt(row_sum(xr, D, true) / static_cast<float>(D) + eps);
@@ -129,7 +129,7 @@ void rms_norm_rows(const float* x, const float* res, float* h, const float* w, f
 
 void layer_norm_rows(const float* x, const float* res, float* h, const float* w, const float* b, float* y, int64_t rows,
                      int64_t D, float eps) {
-#pragma omp parallel for schedule(static) if (rows * D > 32768)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (rows * D > 32768)
     for (int64_t r = 0; r < rows; ++r) {
         const float* xr = res ? row_residual(x + r * D, res + r * D, h + r * D, D) : x + r * D;
         const float mu = row_sum(xr, D, false) / static_cast<float>(D);

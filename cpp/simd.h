@@ -8,7 +8,10 @@
 // row tails, broadcast, fused multiply-add, horizontal sum/max, exp), so the blocking logic is
 // shared and only the register width changes.  `vexp` is the Cephes single-precision exp
 // (range reduction by ln 2, degree-5 polynomial; max relative error about 2 ulp on [-87, 88]),
-// returning exactly 0 below -87.3 so that -inf scores (masked keys) contribute nothing.
+// returning exactly 0 below -87.3 so that -inf scores (masked keys) contribute nothing, and NaN for
+// NaN (the clamps keep a NaN operand: the max/min instructions return their second operand when
+// either is NaN).  `vmax_nan` is the maximum that keeps a NaN from either side, for the softmax's
+// running maximum: a NaN score must make its row NaN, as in the NumPy reference.
 #pragma once
 
 #include <cstdint>
@@ -36,13 +39,16 @@ inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline vf vmax_nan(vf a, vf b) {
+    return _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
+}
 inline vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
 inline float vhsum(vf a) { return _mm512_reduce_add_ps(a); }
 inline float vhmax(vf a) { return _mm512_reduce_max_ps(a); }
 inline vf vexp(vf x) {
     const vf lo = vset1(-87.3f);
     const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    x = _mm512_min_ps(_mm512_max_ps(x, lo), vset1(88.7f));
+    x = _mm512_min_ps(vset1(88.7f), _mm512_max_ps(lo, x));
     const vf n =
         _mm512_roundscale_ps(vmul(x, vset1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     vf r = vfma(n, vset1(-0.693359375f), x);
@@ -100,6 +106,7 @@ inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline vf vmax_nan(vf a, vf b) { return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
 inline vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
 inline float vhsum(vf a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -116,7 +123,7 @@ inline float vhmax(vf a) {
 inline vf vexp(vf x) {
     const vf lo = vset1(-87.3f);
     const vf underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_min_ps(_mm256_max_ps(x, lo), vset1(88.7f));
+    x = _mm256_min_ps(vset1(88.7f), _mm256_max_ps(lo, x));
     const vf n = _mm256_round_ps(vmul(x, vset1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     vf r = vfma(n, vset1(-0.693359375f), x);
     r = vfma(n, vset1(2.12194440e-4f), r);
@@ -165,6 +172,7 @@ PYW_LANEWISE(vadd, a.v[i] + b.v[i])
 PYW_LANEWISE(vsub, a.v[i] - b.v[i])
 PYW_LANEWISE(vmul, a.v[i] * b.v[i])
 PYW_LANEWISE(vmax, a.v[i] > b.v[i] ? a.v[i] : b.v[i])
+PYW_LANEWISE(vmax_nan, (a.v[i] != a.v[i] || a.v[i] > b.v[i]) ? a.v[i] : b.v[i])
 PYW_LANEWISE(vdiv, a.v[i] / b.v[i])
 #undef PYW_LANEWISE
 inline vf vfma(vf a, vf b, vf c) {

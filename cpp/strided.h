@@ -9,8 +9,9 @@
 
 namespace pyworkloads {
 
-// A float32 NumPy array read in place: element strides (may be 0 or negative), no copy unless a
-// byte stride is not a whole number of floats (e.g. a view into a structured array).  Any other
+// A float32 NumPy array read in place: element strides (may be 0 or negative), no copy unless the
+// array is not aligned for floats (a byte stride that is not a whole number of floats, e.g. a view
+// into a structured array, or data at an odd address, e.g. a view into a mapped file).  Any other
 // dtype is refused with TypeError, like require_f32: narrowing float64 silently would hide the
 // precision loss from the caller.
 struct StridedF32 {
@@ -34,11 +35,7 @@ inline StridedF32 strided_f32(const py::handle& obj, const char* name) {
         throw py::type_error(std::string(name) + " must have dtype float32, got " +
                              std::string(py::str(v.arr.dtype())) +
                              " (the cpp backend does not cast; convert with .astype(np.float32))");
-    for (py::ssize_t i = 0; i < v.arr.ndim(); ++i)
-        if (v.arr.strides(i) % static_cast<py::ssize_t>(sizeof(float)) != 0) {
-            v.arr = py::array_t<float, py::array::c_style>::ensure(v.arr);   // misaligned strides: copy
-            break;
-        }
+    if (!aligned(v.arr)) v.arr = aligned_copy(v.arr);
     v.data = static_cast<const float*>(v.arr.data());
     for (py::ssize_t i = 0; i < v.arr.ndim(); ++i) {
         v.shape.push_back(v.arr.shape(i));
@@ -68,14 +65,6 @@ inline float* thread_scratch(int slot, size_t nfloats) {
         b.n = nfloats;
     }
     return b.p;
-}
-
-inline int max_threads() {
-#ifdef PYWORKLOADS_OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }
 
 inline int thread_id() {

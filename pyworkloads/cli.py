@@ -104,11 +104,21 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def _check_threads(n: int) -> int:
+    """--threads: from 1 to the kernels' limit, checked before anything runs."""
+    limit = kernels._thread_limit()
+    if not 1 <= n <= limit:
+        raise ValueError(f"--threads must be a positive integer, at most {limit} (4 x the "
+                         f"{limit // 4} cores this process may use), got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pyworkloads", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"pyworkloads {__version__}")
     p.add_argument("--threads", type=int,
-                   help="threads for the compiled kernels (default: all cores)")
+                   help="threads for the compiled kernels (default: all cores; at most 4 x the "
+                        "cores)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("info", help="version, backends, CPU features, CUDA status")
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.threads is not None:
-            kernels.set_num_threads(args.threads)
+            kernels.set_num_threads(_check_threads(args.threads))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("pyworkloads: interrupted", file=sys.stderr)

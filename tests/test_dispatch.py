@@ -148,3 +148,43 @@ def test_compiled_backends_refuse_float64_clearly(backend):
     x = np.ones((2, 4))
     with pw.use_backend(backend), pytest.raises(TypeError, match="float32"):
         kernels.rms_norm(x, np.ones(4), 1e-6)
+
+
+Q = np.ones((1, 2, 3, 4), np.float32)
+KV = np.ones((1, 2, 5, 4), np.float32)
+
+
+@pytest.mark.parametrize("backend", pw.available())
+@pytest.mark.parametrize("args, kwargs, exc, message", [
+    ((Q, KV, KV), dict(mask=np.ones((3, 1, 3, 5), bool)), ValueError, "does not broadcast"),
+    ((Q, KV, KV), dict(mask=np.ones((2, 5), bool)), ValueError, "does not broadcast"),
+    ((Q, KV, KV), dict(bias=np.zeros((2, 2, 3, 5), np.float32)), ValueError, "does not broadcast"),
+    ((Q, KV, KV), dict(bias=np.zeros((1, 4, 1, 1), np.float32)), ValueError, "does not broadcast"),
+    ((Q, KV, KV), dict(bias=np.zeros((0,), np.float32)), ValueError, "does not broadcast"),
+    ((Q, KV, KV), dict(mask=np.ones((1, 1, 1, 3, 5), bool)), ValueError, "at most 4"),
+    ((Q[..., :0], KV[..., :0], KV), {}, ValueError, "Dh >= 1"),
+    ((Q, KV, KV), dict(scale=1e39), ValueError, "float32"),
+    ((Q, KV, KV), dict(scale=-1e300), ValueError, "float32"),
+    ((Q, KV, KV), dict(scale=2**1000), ValueError, "float32"),
+    ((Q, KV, KV), dict(scale=float("inf")), ValueError, "finite"),
+    ((Q, KV, KV), dict(scale=True), TypeError, "real number"),
+    ((Q, KV, KV), dict(scale=1 + 1j), TypeError, "real number"),
+    ((Q, KV, KV), dict(scale="0.5"), TypeError, "real number"),
+])
+def test_attention_arguments_refused_alike_by_every_backend(backend, args, kwargs, exc, message):
+    """A mask or bias that would broadcast the scores (and the output) up, or to nothing, a head
+    width of 0 (the default scale 1/sqrt(0) is inf) and scales that are not finite numbers in the
+    inputs' dtype: the dispatcher refuses them the same way for every backend."""
+    with pw.use_backend(backend), pytest.raises(exc, match=message):
+        kernels.attention(*args, **kwargs)
+
+
+@pytest.mark.parametrize("backend", pw.available())
+def test_attention_broadcasting_down_and_largest_float32_scale_are_accepted(backend):
+    with pw.use_backend(backend):
+        out = kernels.attention(Q, KV, KV, mask=np.ones((1, 1, 1, 5), bool),
+                                bias=np.zeros((5,), np.float32), scale=np.float32(2.0))
+        assert out.shape == (1, 2, 3, 4)
+        with np.errstate(over="ignore", invalid="ignore"):     # the reference's inf and NaN
+            big = kernels.attention(Q, KV, KV, scale=3.4e38)  # ones: scores 4 * 3.4e38 = inf
+    assert np.isnan(big).all()

@@ -39,6 +39,12 @@ __device__ __forceinline__ float bias_at(const AttnProblem& p, int64_t b, int64_
     return to_float(static_cast<const T*>(p.bias)[b * s[0] + h * s[1] + row * s[2] + col * s[3]]);
 }
 
+// out = o / l at the end of a row.  l == 0: no allowed key, every weight was 0, and o holds 0 -- or
+// NaN, from a NaN or inf v row, which the reference multiplies by that 0 weight too.  A NaN l (a
+// NaN or +inf score) gives NaN.  Rows that come out NaN or inf are recomputed afterwards
+// (attention_exact_rows in attention.cu).
+__device__ __forceinline__ float finish_row(float o, float l, float inv) { return l == 0.f ? o * 0.f : o * inv; }
+
 // Key tiles [0, kv_end) can hold an allowed key for query rows [q0, q0 + rows).
 __device__ __forceinline__ int64_t kv_end(const AttnProblem& p, int64_t q0, int rows) {
     if (!p.causal) return p.Tk;
@@ -112,10 +118,12 @@ __global__ void __launch_bounds__(kSimtWarps * 32) attention_simt(AttnProblem p)
             const bool ok = allowed<T>(p, b, h, row, col);
             if (ok && p.bias) x += bias_at<T>(p, b, h, row, col);
             x = ok ? x : kNegInf;
-            const float m_new = fmaxf(m[rr], warp_max(x));
-            if (m_new == kNegInf) continue;        // nothing allowed yet: o and l stay 0
-            const float corr = expf(m[rr] - m_new);
-            const float pj = expf(x - m_new);
+            const float m_new = max_nan(m[rr], warp_max(x));
+            // Nothing allowed yet: subtract 0, so the weights are exp(-inf) = 0 and still meet the
+            // tile's v rows (0 · NaN is NaN, as in the reference).
+            const float base = m_new == kNegInf ? 0.f : m_new;
+            const float corr = expf(m[rr] - base);
+            const float pj = expf(x - base);
             l[rr] = l[rr] * corr + pj;
             m[rr] = m_new;
 #pragma unroll
@@ -134,13 +142,12 @@ __global__ void __launch_bounds__(kSimtWarps * 32) attention_simt(AttnProblem p)
     for (int rr = 0; rr < kSimtRowsPerWarp; ++rr) {
         const int64_t row = q0 + warp * kSimtRowsPerWarp + rr;
         if (row >= p.Tq) continue;
-        const float total = warp_sum(l[rr]);
-        const float inv = total > 0.f ? 1.f / total : 0.f;   // false for NaN too: such rows become zeros
+        const float total = warp_sum(l[rr]), inv = 1.f / total;
         T* out = static_cast<T*>(p.out) + ((b * p.Hq + h) * p.Tq + row) * p.Dv;
 #pragma unroll
         for (int i = 0; i < kPer; ++i) {
             const int d = lane + 32 * i;
-            if (d < p.Dv) out[d] = from_float<T>(inv != 0.f ? o[rr][i] * inv : 0.f);
+            if (d < p.Dv) out[d] = from_float<T>(finish_row(o[rr][i], total, inv));
         }
     }
 }

@@ -153,15 +153,15 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
                     if (ok && p.bias) x += bias_at<T>(p, b, h, row, col);
                     s[nt][e] = ok ? x * kLog2e : kNegInf;
                 }
-                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[nt][e]);
+                tile_max[e >> 1] = max_nan(tile_max[e >> 1], s[nt][e]);
             }
         // online softmax per row; the 4 threads of a quad share a row
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
             float mx = tile_max[rr];
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m[rr], mx);
+            mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = max_nan(m[rr], mx);
             const float base = m_new == kNegInf ? 0.f : m_new;  // all masked so far: every p is 0
             const float corr = exp2f(m[rr] - base);
             m[rr] = m_new;
@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
         float total = l[rr];
         total += __shfl_xor_sync(0xffffffffu, total, 1);
         total += __shfl_xor_sync(0xffffffffu, total, 2);
-        const float inv = total > 0.f ? 1.f / total : 0.f;  // false for NaN too: zeros
+        const float inv = 1.f / total;
         const int64_t row = rows[rr];
         if (row >= p.Tq) continue;
 #pragma unroll
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma(AttnProblem p) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int col = dt * 8 + tg * 2 + e;
-                if (col < p.Dv) out[row * p.Dv + col] = from_float<T>(inv != 0.f ? o[dt][2 * rr + e] * inv : 0.f);
+                if (col < p.Dv) out[row * p.Dv + col] = from_float<T>(finish_row(o[dt][2 * rr + e], total, inv));
             }
     }
 }

@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(AsyncShape<kD>::kWarps * 32) attention_mma_asy
 #pragma unroll
                     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-                        for (int j = 0; j < 2; ++j) tile_max[rr] = fmaxf(tile_max[rr], s[mt][nt][2 * rr + j]);
+                        for (int j = 0; j < 2; ++j) tile_max[rr] = max_nan(tile_max[rr], s[mt][nt][2 * rr + j]);
                     continue;
                 }
                 const int64_t row = rows[mt][rr], col0 = k0 + tg * 2;
@@ -243,16 +243,16 @@ __global__ void __launch_bounds__(AsyncShape<kD>::kWarps * 32) attention_mma_asy
                         if (ok && mrow) ok = mrow[(col0 + c) * p.mask_stride[3]] != 0;
                         if (ok && brow) x += to_float(brow[(col0 + c) * p.bias_stride[3]]);
                         s[mt][nt][2 * rr + j] = ok ? x * kLog2e : kNegInf;
-                        tile_max[rr] = fmaxf(tile_max[rr], s[mt][nt][2 * rr + j]);
+                        tile_max[rr] = max_nan(tile_max[rr], s[mt][nt][2 * rr + j]);
                     }
             }
             // online softmax per row; the 4 threads of a quad share a row
 #pragma unroll
             for (int rr = 0; rr < 2; ++rr) {
                 float mx = tile_max[rr];
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2)) * mul;
-                const float m_new = fmaxf(m[mt][rr], mx);
+                mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, 2)) * mul;
+                const float m_new = max_nan(m[mt][rr], mx);
                 const float base = m_new == kNegInf ? 0.f : m_new;   // all masked so far: every p is 0
                 const float corr = fast_exp2(m[mt][rr] - base);
                 m[mt][rr] = m_new;
@@ -308,15 +308,15 @@ __global__ void __launch_bounds__(AsyncShape<kD>::kWarps * 32) attention_mma_asy
             float total = l[mt][rr];
             total += __shfl_xor_sync(0xffffffffu, total, 1);
             total += __shfl_xor_sync(0xffffffffu, total, 2);
-            const float inv = total > 0.f ? 1.f / total : 0.f;   // false for NaN too: zeros
+            const float inv = 1.f / total;
             const int64_t row = rows[mt][rr];
             if (row >= p.Tq) continue;
 #pragma unroll
             for (int dt = 0; dt < kD / 8; ++dt) {
                 const int col = dt * 8 + tg * 2;
                 if (col >= p.Dv) continue;
-                const float lo = inv != 0.f ? o[mt][dt][2 * rr] * inv : 0.f;
-                const float hi = inv != 0.f ? o[mt][dt][2 * rr + 1] * inv : 0.f;
+                const float lo = finish_row(o[mt][dt][2 * rr], total, inv);
+                const float hi = finish_row(o[mt][dt][2 * rr + 1], total, inv);
                 if (pairs) {
                     *reinterpret_cast<uint32_t*>(out + row * p.Dv + col) = pack2<T>(lo, hi);
                 } else {

@@ -293,13 +293,16 @@ py::object attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool 
     if (causal && Tq > Tk)
         throw py::value_error("attention: causal needs Tq <= Tk (bottom-right alignment), got Tq=" +
                               std::to_string(Tq) + ", Tk=" + std::to_string(Tk));
+    if (Dh == 0)    // the default scale 1/sqrt(Dh) would be inf, and every score 0 * inf = NaN
+        throw py::value_error("attention: q and k need a head width Dh >= 1, got 0");
     float scale;
     if (scale_obj.is_none()) {
-        scale = Dh > 0 ? float(1.0 / std::sqrt(double(Dh))) : INFINITY;   // as the reference: 1/sqrt(0) = inf
+        scale = float(1.0 / std::sqrt(double(Dh)));
     } else {
         const double s = scale_obj.cast<double>();
-        if (!std::isfinite(s))
-            throw py::value_error("attention: scale must be a finite number, got " + std::string(py::repr(scale_obj)));
+        if (!std::isfinite(s) || std::fabs(s) > 3.4028234663852886e38)   // the kernels scale in float32
+            throw py::value_error("attention: scale must be a finite float32 number (|scale| <= 3.4028235e38), got " +
+                                  std::string(py::repr(scale_obj)));
         scale = float(s);
     }
     // A NumPy bias in another float dtype than q is converted (the reference promotes instead;

@@ -33,9 +33,14 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// The larger of a and b, NaN if either is NaN (fmaxf returns the other one): the softmax's running
+// maximum must keep a NaN score, which makes its row NaN in the NumPy reference.
+__device__ __forceinline__ float max_nan(float a, float b) { return a != a ? a : b != b ? b : fmaxf(a, b); }
+
+// The warp's maximum; NaN if any lane holds NaN.
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 

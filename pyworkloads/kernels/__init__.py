@@ -123,11 +123,32 @@ def use_backend(name: str):
 _num_threads: int | None = None
 
 
+def _cores() -> int:
+    """CPUs this process may run on (the OpenMP runtime counts the same affinity mask)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _thread_limit() -> int:
+    """The largest count :func:`set_num_threads` accepts: 4 x the cores this process may use
+    (more only oversubscribes them)."""
+    mod = _load_backend("cpp")
+    if mod is not None and hasattr(mod, "max_num_threads"):
+        return int(mod.max_num_threads())
+    return 4 * _cores()
+
+
 def set_num_threads(n: int) -> None:
-    """Threads used by the compiled kernels (default: OMP_NUM_THREADS, else all cores)."""
+    """Threads used by the compiled kernels from now on, in every Python thread (default:
+    OMP_NUM_THREADS, else all cores; at most 4 x the cores this process may use)."""
     global _num_threads
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads: n must be an integer, got {n!r}")
+    limit = _thread_limit()
+    if not 1 <= n <= limit:
+        raise ValueError(f"set_num_threads: n must be a positive integer, at most {limit} (4 x "
+                         f"the {limit // 4} cores this process may use), got {n!r}")
     _num_threads = int(n)
     for name in ("cpp", "cuda"):
         mod = _load_backend(name)
@@ -136,10 +157,11 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
+    """Threads the compiled kernels use (see :func:`set_num_threads`)."""
     mod = _load_backend("cpp")
     if mod is not None and hasattr(mod, "get_num_threads"):
         return mod.get_num_threads()
-    return _num_threads or os.cpu_count() or 1
+    return _num_threads or _cores()
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,9 +335,14 @@ def matmul(a, b):
 def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=None, mask=None):
     """Multi-head scaled dot-product attention (see :func:`reference.attention` for the definition).
 
-    q [B, Hq, Tq, Dh], k [B, Hkv, Tk, Dh], v [B, Hkv, Tk, Dv], Hq % Hkv == 0; ``causal`` is
-    bottom-right aligned when Tq < Tk; ``bias`` additive and ``mask`` boolean (True = attend),
-    each broadcastable to [B, Hq, Tq, Tk]; ``scale`` defaults to 1/sqrt(Dh).  -> [B, Hq, Tq, Dv]
+    q [B, Hq, Tq, Dh], k [B, Hkv, Tk, Dh], v [B, Hkv, Tk, Dv], Hq % Hkv == 0, Dh >= 1; ``causal``
+    is bottom-right aligned when Tq < Tk; ``bias`` additive and ``mask`` boolean (True = attend),
+    each broadcasting to [B, Hq, Tq, Tk] (every axis 1 or that size: never enlarging the output);
+    ``scale`` defaults to 1/sqrt(Dh) and must be finite in q's dtype.  -> [B, Hq, Tq, Dv]
+
+    NaN and inf propagate as in the reference: a row whose allowed scores hold
+    a NaN or +inf is NaN, a row with no allowed key is zeros, and v's NaN/inf reach every row
+    through their weights (0 for masked keys: 0 * NaN and 0 * inf are NaN).
     """
     q = _as_float_array(q, "q")
     k = _as_float_array(k, "k")
@@ -336,34 +363,24 @@ def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=No
                          f"({Hkv})")
     if k.shape[3] != Dh:
         raise ValueError(f"attention: q and k head widths differ ({Dh} vs {k.shape[3]})")
+    if Dh == 0:             # the default scale 1/sqrt(Dh) would be inf, every score 0 * inf = NaN
+        raise ValueError("attention: q and k need a head width Dh >= 1, got 0")
     if causal and Tq > Tk:
         raise ValueError(f"attention: causal needs Tq <= Tk (bottom-right alignment), got "
                          f"Tq={Tq}, Tk={Tk}")
     full = (B, Hq, Tq, Tk)
     if bias is not None:
         bias = _as_float_array(bias, "bias")
-        try:
-            np.broadcast_shapes(bias.shape, full)
-        except ValueError:
-            raise ValueError(f"attention: bias shape {tuple(bias.shape)} does not broadcast to "
-                             f"[B, Hq, Tq, Tk] = {full}") from None
-        if bias.ndim > 4:
-            raise ValueError(f"attention: bias must have at most 4 dimensions, got {bias.ndim}")
+        _check_broadcasts_to(bias, full, "bias")
     if mask is not None:
         if not _is_device_array(mask):
             mask = np.asarray(mask)
         if str(mask.dtype).rsplit(".", 1)[-1] not in ("bool", "bool_"):
             raise TypeError(f"attention: mask must be a boolean array (True = attend), got dtype "
                             f"{mask.dtype}")
-        try:
-            np.broadcast_shapes(mask.shape, full)
-        except ValueError:
-            raise ValueError(f"attention: mask shape {tuple(mask.shape)} does not broadcast to "
-                             f"[B, Hq, Tq, Tk] = {full}") from None
-        if mask.ndim > 4:
-            raise ValueError(f"attention: mask must have at most 4 dimensions, got {mask.ndim}")
-    if scale is not None and not np.isfinite(scale):
-        raise ValueError(f"attention: scale must be a finite number, got {scale!r}")
+        _check_broadcasts_to(mask, full, "mask")
+    if scale is not None:
+        scale = _check_scale(scale, q)
 
     def counts(out):
         scores = B * Hq * Tq * Tk
@@ -375,6 +392,34 @@ def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=No
     return _run("attention", (q, k, v),
                 dict(causal=bool(causal), scale=scale, bias=bias, mask=mask), counts,
                 (B, Hq, Tq, v.shape[3]))
+
+
+def _check_broadcasts_to(x, full: tuple, name: str) -> None:
+    """bias/mask: at most 4 axes, each 1 or the size of its axis of [B, Hq, Tq, Tk] -- so that it
+    broadcasts *to* the scores without making them (and the output) any larger."""
+    shape = tuple(x.shape)
+    if len(shape) > 4:
+        raise ValueError(f"attention: {name} must have at most 4 dimensions, got {len(shape)}")
+    if any(n != 1 and n != f for n, f in zip(shape[::-1], full[::-1])):
+        raise ValueError(f"attention: {name} shape {shape} does not broadcast to [B, Hq, Tq, Tk] = "
+                         f"{full} (each of its axes must be 1 or the size of that axis)")
+
+
+def _check_scale(scale, q) -> float:
+    """A real number, finite in q's floating-point type (the scores are computed in it)."""
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer,
+                                                                      np.floating)):
+        raise TypeError(f"attention: scale must be a real number or None, got {scale!r}")
+    dtype = q.dtype if isinstance(q, np.ndarray) else np.dtype(np.float32)
+    limit = float(np.finfo(dtype).max)
+    try:
+        value = float(scale)
+    except OverflowError:                                   # an int beyond the float64 range
+        value = math.inf
+    if not (math.isfinite(value) and abs(value) <= limit):
+        raise ValueError(f"attention: scale must be a finite number representable in {dtype} "
+                         f"(|scale| <= {limit:.8g}), got {scale!r}")
+    return scale
 
 
 def _check_norm(x, weight, bias, eps, op):

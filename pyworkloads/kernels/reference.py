@@ -13,8 +13,9 @@ from scipy import special
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax.  Rows that are entirely -inf (fully masked) give all zeros,
-    not NaN, so a query that may attend to nothing contributes nothing."""
-    m = np.max(x, axis=axis, keepdims=True)
+    not NaN, so a query that may attend to nothing contributes nothing; so does an empty axis (no
+    keys at all).  A NaN or +inf anywhere in a row makes the whole row NaN."""
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
     # all -inf row: avoid -inf - -inf
     m = np.where(np.isneginf(m), 0.0, m).astype(x.dtype, copy=False)
     e = np.exp(x - m)

@@ -86,3 +86,21 @@ def assert_within(got: np.ndarray, want: np.ndarray, bound) -> None:
         raise AssertionError(
             f"at {i}: got {got[i]}, want {want[i]}, error {err[i]:.3g} > bound {b:.3g}"
         )
+
+
+def assert_same_values(got, want, bound) -> None:
+    """got equals want where want is NaN or infinite (same places, same signs of infinity) and
+    lies within `bound` of it elsewhere."""
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    for what, test in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        differ = test(got) != test(want)
+        if differ.any():
+            i = tuple(int(t) for t in np.argwhere(differ)[0])
+            raise AssertionError(
+                f"{what} at {int(differ.sum())} of {differ.size} places differ, first at {i}: "
+                f"got {got[i]}, want {want[i]}"
+            )
+    finite = np.isfinite(want)
+    assert_within(np.where(finite, got, 0.0), np.where(finite, want, 0.0), bound)

@@ -168,6 +168,8 @@ def _qkv(B=1, Hq=4, Hkv=2, Tq=3, Tk=5, Dh=8, Dv=None, dtype=f32):
         ((a(2, 2, 3, 8), a(1, 2, 5, 8), a(1, 2, 5, 8)), {}, ValueError, "batch sizes differ"),
         (_qkv(Tq=6, Tk=5), {"causal": True}, ValueError, "causal needs Tq <= Tk"),
         (_qkv(), {"scale": float("inf")}, ValueError, "scale must be a finite"),
+        (_qkv(), {"scale": 1e39}, ValueError, "finite float32"),
+        (_qkv(Dh=0), {}, ValueError, "Dh >= 1"),
         (_qkv(), {"bias": a(2, 5)}, ValueError, "does not broadcast"),
         (_qkv(), {"bias": a(1, 1, 1, 1, 5)}, ValueError, "at most 4 dimensions"),
         (_qkv(), {"bias": a(1, 1, 1, 5, dtype=bool)}, TypeError, "got bool"),
