@@ -40,7 +40,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=("cpp", "numpy"), default="cpp")
     ap.add_argument("--calibrate", action="store_true", help="measure the profile first")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--only", help="comma-separated labels (default: all)")
     ap.add_argument("--json", help="write every layer of every workload to this file")
     a = ap.parse_args()

@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--prompts", type=int, default=None)
     v.add_argument("--points", type=int, default=None)
     v.add_argument("--boxes", action="store_true", default=None)
-    v.add_argument("--repeats", type=int, default=3)
+    v.add_argument("--repeats", type=int, default=5)
     v.add_argument("--format", choices=("table", "json"), default="table")
     v.add_argument("-o", "--output", help="write to this file instead of stdout")
     c = sub.add_parser("compare", help="one model on several devices, side by side")

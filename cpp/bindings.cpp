@@ -8,6 +8,7 @@ void bind_norms(py::module_& m);
 void bind_matmul(py::module_& m);
 void bind_attention(py::module_& m);
 void bind_activations(py::module_& m);
+void bind_peak(py::module_& m);
 }  // namespace pyworkloads
 
 namespace py = pybind11;
@@ -19,6 +20,7 @@ PYBIND11_MODULE(_kernels, m) {
     pyworkloads::bind_matmul(m);
     pyworkloads::bind_attention(m);
     pyworkloads::bind_activations(m);
+    pyworkloads::bind_peak(m);
 
     m.def(
         "set_num_threads",
