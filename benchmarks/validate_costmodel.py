@@ -41,6 +41,9 @@ def main() -> int:
     ap.add_argument("--backend", choices=("cpp", "numpy"), default="cpp")
     ap.add_argument("--calibrate", action="store_true", help="measure the profile first")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=10.0,
+                    help="spread each workload's runs over at least this long (default 10: this "
+                         "machine's slow spells last seconds, and each call keeps its best run)")
     ap.add_argument("--only", help="comma-separated labels (default: all)")
     ap.add_argument("--json", help="write every layer of every workload to this file")
     a = ap.parse_args()
@@ -57,19 +60,20 @@ def main() -> int:
           f"{pw.kernels.get_num_threads()} threads, {platform.python_version()}, "
           f"numpy {prof.machine['numpy']}; backend {a.backend}; profile {prof.measured_at}\n")
     print("| workload | model | layers (>= 1 %) | median \\|error\\| | worst \\|error\\| "
-          "| end to end: measured | predicted | error | below t_lower |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| end to end: measured | predicted | error | below t_lower | t_lower / measured |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     docs = []
     only = set(a.only.split(",")) if a.only else None
     for label, model, phase, kw in WORKLOADS:
         if only and label not in only:
             continue
-        v = cm.validate(model, backend=a.backend, phase=phase, repeats=a.repeats, **kw)
+        v = cm.validate(model, backend=a.backend, phase=phase, repeats=a.repeats,
+                        min_seconds=a.seconds, **kw)
         docs.append({"label": label, **v.as_dict()})
         print(f"| {label} | {model} {phase} {kw or ''} | {len(v.layers)} ({len(v.main)}) "
               f"| {100 * v.median_error:.1f} % | {100 * v.worst_error:.1f} % "
               f"| {v.wall_s * 1e3:.1f} ms | {v.pred_s * 1e3:.1f} ms | {100 * v.e2e_error:+.1f} % "
-              f"| {len(v.bound_violations)} |", flush=True)
+              f"| {len(v.bound_violations)} | {v.tightness:.2f} |", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(docs, f, indent=1)

@@ -43,7 +43,7 @@ import numpy as np
 __all__ = ["Profile", "calibrate", "load_profile", "profile_path", "profile_from_bench",
            "theoretical_cpu_peak", "KERNEL_OPS"]
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
 KERNEL_OPS = ("matmul", "attention", "rms_norm", "layer_norm", "gelu")
 _NEIGHBOURS = 4
 
@@ -206,6 +206,8 @@ class Profile:
     overhead: dict                        # op -> seconds of a tiny call (kernel time)
     glue: dict                            # op -> seconds of Python around a kernel call
     ufunc_call: float                     # seconds of a tiny NumPy ufunc call
+    ufuncs: dict = field(default_factory=dict)   # function -> [[log2 elements, s/element], ...]
+    ufunc_loop: float = 0.0               # seconds per row NumPy walks in a strided call
     points: dict = field(default_factory=dict)   # op -> [[features..., efficiency], ...]
     attention_impl: str = "flash"         # how the backend computes attention (cost convention)
     version: int = PROFILE_VERSION
@@ -270,12 +272,16 @@ class Profile:
         """The layer's roofline time at this profile's roofs (compute and memory overlapped)."""
         return max(layer.flops / self.peak_flops, layer.bytes / self.bandwidth)
 
-    def predict(self, layer, table: str | None = None) -> float | None:
+    def predict(self, layer, table: str | None = None, part: str = "all") -> float | None:
         """Predicted seconds of one layer record (None when nothing measured describes it).
         ``table``: "ours" (the project's kernels) or "vendor" (GPU profiles: cuBLAS, SDPA ...);
-        default the profile's ``use``."""
+        default the profile's ``use``.  A kernel record's time is its calls' fixed cost, the
+        Python that dispatches each call (``glue``) and its roofline time over the measured
+        efficiency; ``part="kernel"`` leaves the Python out (what ``pw.profile()`` times)."""
         table = table or self.use
         calls = max(getattr(layer, "calls", 1), 1)
+        if layer.op == "elementwise" and getattr(layer, "work", "") and self.ufuncs:
+            return sum(self.ufunc_seconds(*part) for part in parse_work(layer.work))
         if layer.op in ("elementwise", "embedding"):
             moved = layer.bytes_unfused or layer.bytes
             per_call = moved / calls
@@ -293,7 +299,43 @@ class Profile:
             eff = self.memory_efficiency
         if eff is None:
             return None
-        return calls * self.overhead.get(op, 0.0) + self.roof(layer) / eff
+        t = calls * self.overhead.get(op, 0.0) + self.roof(layer) / eff
+        if part == "all":                  # the Python around the calls, a bias add after them
+            t += calls * self.glue.get(op, 0.0)
+            if getattr(layer, "work", "") and self.ufuncs:
+                t += sum(self.ufunc_seconds(*w) for w in parse_work(layer.work))
+        return t
+
+    def ufunc_seconds(self, name: str, calls: int, elements: int, loops: int) -> float:
+        """Seconds of ``calls`` NumPy calls of function ``name`` over ``elements`` in all (of
+        the largest operand), ``loops`` of them rows of a strided walk: a fixed cost per call,
+        the measured cost per element at the per-call size (which holds the memory traffic and
+        the allocation of the result), and a loop set-up per row."""
+        kind = name if name in self.ufuncs else UFUNC_ALIAS.get(name, "add")
+        tab = np.asarray(self.ufuncs.get(kind) or self.ufuncs["add"], dtype=np.float64)
+        per_call = max(elements / max(calls, 1), 1.0)
+        per_elem = float(np.exp(np.interp(math.log2(per_call), tab[:, 0], np.log(tab[:, 1]))))
+        return calls * self.ufunc_call + elements * per_elem + loops * self.ufunc_loop
+
+
+# the NumPy calls a model makes, by the function a profile prices them with: data movements
+# (copies of strided views, concatenation, padding, gathers) cost what a copy costs
+UFUNCS = ("add", "subtract", "multiply", "divide", "maximum", "where", "exp", "expit", "tanh",
+          "erf", "sin", "cos", "sqrt", "copy")
+UFUNC_ALIAS = {"reshape_copy": "copy", "contiguous_copy": "copy", "concatenate": "copy",
+               "pad": "copy", "repeat": "copy", "stack": "copy", "gather": "copy",
+               "astype": "copy", "einsum": "multiply", "minimum": "maximum",
+               "negative": "add", "true_divide": "divide", "square": "multiply",
+               "reciprocal": "divide"}
+
+
+def parse_work(work: str) -> list[tuple[str, int, int, int]]:
+    """An elementwise record's ``work`` column -> [(function, calls, elements, loops), ...]."""
+    out = []
+    for item in work.split():
+        name, calls, elems, loops = item.rsplit(":", 3)
+        out.append((name, int(calls), int(elems), int(loops)))
+    return out
 
 
 def profile_path(backend: str) -> Path:
@@ -356,6 +398,80 @@ def _wall(fn, budget: float = 0.1, min_reps: int = 5, max_reps: int = 200) -> fl
     return best
 
 
+_FLUSH: list = []
+
+
+def _flush() -> None:
+    """Evict the cores' private caches (an 8 MB copy), as a kernel between two Python calls
+    does: the interpreter's code and data then come back from L3 or memory."""
+    if not _FLUSH:
+        _FLUSH.extend([np.ones(1 << 21, np.float32), np.empty(1 << 21, np.float32)])
+    np.copyto(_FLUSH[1], _FLUSH[0])
+
+
+def _cold(fn, reps: int = 40, kernel: bool = False) -> float:
+    """The best time of ``fn`` each run just after :func:`_flush` (wall clock, or with
+    ``kernel`` the profiled kernel time): the fixed costs a model pays between large kernels,
+    which are about twice the warm figures of a tight loop."""
+    import pyworkloads as pw
+    fn()
+    best = math.inf
+    for _ in range(reps):
+        _flush()
+        if kernel:
+            with pw.profile() as prof:
+                fn()
+            t = sum(r.seconds for r in prof.records)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            t = time.perf_counter() - t0
+        best = min(best, t)
+    return best
+
+
+def _ufunc_table(call: float) -> dict:
+    """Seconds per element of each function in UFUNCS on float32 arrays of 2^10 .. 2^24
+    elements, called as a model calls it (a new result array each time), less the fixed cost
+    of a call: where the work sits in cache, where it streams from memory, and how far a
+    transcendental function is from a copy."""
+    from scipy import special
+    rng = np.random.default_rng(1)
+    out = {}
+    for n_log in (10, 13, 16, 19, 22, 24):
+        n = 1 << n_log
+        a = rng.standard_normal(n, dtype=np.float32)
+        b = rng.standard_normal(n, dtype=np.float32)
+        mask = a > 0
+        pa = np.abs(a)
+        fns = {"add": lambda: np.add(a, b), "subtract": lambda: np.subtract(a, b),
+               "multiply": lambda: np.multiply(a, b), "divide": lambda: np.divide(a, b),
+               "maximum": lambda: np.maximum(a, b), "where": lambda: np.where(mask, a, b),
+               "exp": lambda: np.exp(a), "expit": lambda: special.expit(a),
+               "tanh": lambda: np.tanh(a), "erf": lambda: special.erf(a),
+               "sin": lambda: np.sin(a), "cos": lambda: np.cos(a), "sqrt": lambda: np.sqrt(pa),
+               "copy": lambda: a.copy()}
+        budget = 0.03 if n_log < 22 else 0.1
+        for name in UFUNCS:
+            t = _wall(fns[name], budget=budget, min_reps=3)
+            out.setdefault(name, []).append([float(n_log), max(t - call, 1e-3 * t) / n])
+    return out
+
+
+def _loop_cost() -> float:
+    """Seconds per row of a strided walk: a broadcast add (the pattern of SAM's relative
+    positions, a[..., :, None] + b[..., None, :]) with rows of 16 against rows of 256, the same
+    2^22 elements: the difference is the loop set-up of 15/16 - 1/256 of a row per element."""
+    rng = np.random.default_rng(2)
+    n = 1 << 22
+    t = {}
+    for w in (16, 256):
+        a = rng.standard_normal((n // (w * w), w, 1), dtype=np.float32)
+        b = rng.standard_normal((n // (w * w), 1, w), dtype=np.float32)
+        t[w] = _wall(lambda a=a, b=b: a + b, budget=0.1, min_reps=3)
+    return max(t[16] - t[256], 0.0) / (n / 16 - n / 256)
+
+
 def last_level_cache() -> int:
     """Bytes of the largest CPU cache the OS reports (32 MB if it reports none)."""
     best = 0
@@ -372,7 +488,10 @@ def last_level_cache() -> int:
 def _rotation(nbytes: int) -> int:
     """How many copies of an operand to cycle through so that each call finds it out of cache,
     as a forward pass does (each layer reads its own weights and KV cache once)."""
-    return max(1, min(64, math.ceil(4 * last_level_cache() / max(nbytes, 1))))
+    # at least 256 MB in all: a VM may report less cache than its host has (a Milan-X L3
+    # holds 96 MB per chiplet behind a reported 32 MB)
+    target = max(4 * last_level_cache(), 256 << 20)
+    return max(1, min(4096, math.ceil(target / max(nbytes, 1))))
 
 
 def fma_peak() -> float:
@@ -387,7 +506,8 @@ def fma_peak() -> float:
 
 def _glue(overhead: dict) -> dict:
     """Seconds of Python per kernel call beyond the kernel itself: a tiny call through the path a
-    model takes (the shared layer helpers, the dispatcher) timed whole, less its kernel time."""
+    model takes (the shared layer helpers, the dispatcher) timed whole, less its kernel time --
+    both just after a cache flush, as they run in a model (see :func:`_cold`)."""
     from pyworkloads import kernels as k
     from pyworkloads import ops
     from pyworkloads.models import common
@@ -400,7 +520,7 @@ def _glue(overhead: dict) -> dict:
              "rms_norm": lambda: common.rms_norm(x, w, "n", 1e-6),
              "layer_norm": lambda: common.layer_norm(x, w, "n", 1e-5),
              "gelu": lambda: ops.gelu(x)}
-    return {op: max(_wall(f) - overhead[op], 0.0) for op, f in paths.items()}
+    return {op: max(_cold(f) - overhead[op], 0.0) for op, f in paths.items()}
 
 
 def _bandwidth_table() -> list:
@@ -427,8 +547,10 @@ def _read_bandwidth() -> float:
 
 def _grid(backend: str, quick: bool):
     """The shapes measured per op (kept to about two minutes on 2 cores)."""
-    Ms = (1, 4, 32, 256, 1024) if quick else (1, 2, 8, 32, 128, 512, 2048)
-    Ks = (64, 512, 4096) if quick else (64, 256, 1024, 4096)
+    # M doubles: a GEMM's efficiency steps with its row tiles, which log-interpolation across a
+    # factor of four misses (M = 100 runs nearly as well as M = 128, far better than M = 32)
+    Ms = (1, 4, 32, 256, 1024) if quick else (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+    Ks = (64, 512, 4096) if quick else (64, 256, 512, 1024, 2048, 4096)
     Ns = (64, 512, 4096, 32768) if quick else (64, 256, 1024, 4096, 32768)
     cap = 2 ** 30 if backend == "numpy" else 2 ** 31          # MACs per point
     matmul = [(m, k, n) for m in Ms for k in Ks for n in Ns if m * k * n <= cap]
@@ -538,16 +660,18 @@ def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
         say("fixed costs")
         tiny = np.ones((1, 1), np.float32)
         overhead = {
-            "matmul": _kernel_seconds(lambda: k.matmul(tiny, tiny)),
-            "attention": _kernel_seconds(
-                lambda: k.attention(*(np.ones((1, 1, 1, 8), np.float32),) * 3)),
-            "rms_norm": _kernel_seconds(lambda: k.rms_norm(tiny, tiny[0], 1e-6)),
-            "layer_norm": _kernel_seconds(
-                lambda: k.layer_norm(tiny, tiny[0], tiny[0], 1e-5)),
-            "gelu": _kernel_seconds(lambda: k.gelu(tiny)),
+            "matmul": _cold(lambda: k.matmul(tiny, tiny), kernel=True),
+            "attention": _cold(
+                lambda: k.attention(*(np.ones((1, 1, 1, 8), np.float32),) * 3), kernel=True),
+            "rms_norm": _cold(lambda: k.rms_norm(tiny, tiny[0], 1e-6), kernel=True),
+            "layer_norm": _cold(lambda: k.layer_norm(tiny, tiny[0], tiny[0], 1e-5), kernel=True),
+            "gelu": _cold(lambda: k.gelu(tiny), kernel=True),
         }
         glue = _glue(overhead)
-        ufunc_call = _wall(lambda: np.add(tiny, tiny))
+        ufunc_call = _cold(lambda: np.add(tiny, tiny))
+        say("NumPy functions")
+        ufuncs = _ufunc_table(_wall(lambda: np.add(tiny, tiny)))
+        ufunc_loop = _loop_cost()
         cases = _cases(k, _grid(backend, quick), _Pool(rng))
         # every shape once per pass, the passes spread over the run: a slow spell on a shared
         # machine (seconds long) then misses most of a shape's samples; each keeps its best
@@ -571,7 +695,8 @@ def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
     prof = Profile(backend=backend, machine=machine_identity(backend),
                    measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    peak_flops=peak, peak_how=how, bandwidth=bandwidth, bandwidth_by_size=bw_table,
-                   overhead=overhead, glue=glue, ufunc_call=ufunc_call, attention_impl=impl)
+                   overhead=overhead, glue=glue, ufunc_call=ufunc_call, ufuncs=ufuncs,
+                   ufunc_loop=ufunc_loop, attention_impl=impl)
     for op, rows in measured.items():
         pts = []
         for shape, seconds in rows:

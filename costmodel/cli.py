@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--points", type=int, default=None)
     v.add_argument("--boxes", action="store_true", default=None)
     v.add_argument("--repeats", type=int, default=5)
+    v.add_argument("--seconds", type=float, default=3.0,
+                   help="spread the runs over at least this long; each call keeps its best run")
     v.add_argument("--format", choices=("table", "json"), default="table")
     v.add_argument("-o", "--output", help="write to this file instead of stdout")
     c = sub.add_parser("compare", help="one model on several devices, side by side")
@@ -215,7 +217,7 @@ def _cmd_validate(a) -> int:
     _check_output(a.output)
     v = validate(a.model, backend=a.backend, phase=a.phase, batch=a.batch, seq_len=a.seq_len,
                  text_batch=a.text_batch, prompts=a.prompts, points=a.points, boxes=a.boxes,
-                 repeats=a.repeats)
+                 repeats=a.repeats, min_seconds=a.seconds)
     _emit(v.to_json() if a.format == "json" else v.to_table(), a.output)
     return 0
 

@@ -12,7 +12,7 @@ matmul          with a weight operand: a weight GEMM named after the weight's mo
                 (``model.layers.3.mlp.up_proj``) -- or after the scope using it, for a tied
                 weight (``lm_head`` reads the embedding table) --, op ``conv`` when the stored
                 weight is a convolution kernel; the bias add that follows it joins it as its
-                epilogue.
+                epilogue (and as a NumPy call in its ``work`` column).
                 Without one: a product of activations, named after the table its rows were
                 gathered from (SAM's ``rel_pos_h``), else ``<scope>.matmul``.
 attention       named after the scope; K/V read from a KV-cache buffer are ``cache`` traffic
@@ -26,6 +26,9 @@ elementwise     every ufunc the engine applied outside the kernels (residual add
                 activations, scaling), summed per scope into one ``<scope>.elementwise``
                 record: its FLOPs are what ran, its traffic is fused away unless
                 ``fuse_elementwise=False``; weights it reads (position tables) are charged.
+                Its ``work`` column lists the calls per function -- ``name:calls:elements:
+                loops`` -- which a calibrated profile prices one by one (an exponential costs
+                more than an add; a strided or broadcast operand costs a loop per row).
 ==============  ==================================================================================
 
 Tensor parallelism is the one term added analytically, per family (:class:`TensorParallel`):
@@ -147,18 +150,22 @@ class _Converter:
         if r.what == "add" and r.options.get("in_place") and bias:
             gemm = self.gemms.get(module_name(_weight(bias[0])))
             if gemm is not None:                       # the bias add of a GEMM: its epilogue
-                self.gb.add_bias(gemm[0], gemm[1], r.output.size, bias[0].size)
+                self.gb.add_bias(gemm[0], gemm[1], r.output.size, bias[0].size,
+                                 loops=_ufunc_work(ins, r.output)[1])
                 return
         acc = self.elementwise.get(r.scope)
         if acc is None:
             acc = self.elementwise[r.scope] = dict(flops=0, weights=0, act_in=0, act_out=0, what={},
-                elems=0, calls=0)
+                elems=0, calls=0, work={})
             self.gb.layers.append(None)                # placeholder, filled in at the end
             acc["slot"] = len(self.gb.layers) - 1
         acc["flops"] += r.flops
         acc["calls"] += 1
         acc["elems"] = max(acc["elems"], r.output.size if r.output is not None else 0)
         acc["what"][r.what] = acc["what"].get(r.what, 0) + 1
+        w = acc["work"].setdefault(r.what, [0, 0, 0])
+        for i, v in enumerate((1, *_ufunc_work(ins, r.output))):
+            w[i] += v
         for x in ins:
             if _weight(x):
                 acc["weights"] += x.unique
@@ -171,6 +178,8 @@ class _Converter:
         for scope, acc in self.elementwise.items():
             what = " ".join(f"{k}x{n}" if n > 1 else k for k, n in acc["what"].items())
             split = self.gb.tp if self.tp.is_sharded(scope) else 1
+            work = " ".join(f"{k.replace(' ', '_')}:{c}:{e // split}:{lo // split}"
+                            for k, (c, e, lo) in acc["work"].items())
             self.gb.scope = scope
             self.gb.elementwise_record(f"{scope}.elementwise" if scope else "elementwise",
                                        flops=acc["flops"] // split, what=what,
@@ -178,7 +187,20 @@ class _Converter:
                                        weight_elems=acc["weights"],
                                        act_in_elems=acc["act_in"] // split,
                                        act_out_elems=acc["act_out"] // split, at=acc["slot"],
-                                       calls=acc["calls"])
+                                       calls=acc["calls"], work=work)
+
+
+def _ufunc_work(ins: list[Traced], out: Traced | None) -> tuple[int, int]:
+    """(elements, inner loops) of one NumPy call: the elements of its largest operand, and --
+    when an operand is strided or broadcast, so that NumPy walks the arrays one row at a time --
+    how many rows of the last axis it walks (each costs NumPy a loop set-up)."""
+    arrays = ins + ([out] if out is not None else [])
+    if not arrays:
+        return 0, 0
+    big = max(arrays, key=lambda x: x.size)
+    plain = all(x.contig and (x.shape == big.shape or x.size == 1) for x in arrays)
+    inner = big.shape[-1] if big.ndim else 1
+    return big.size, 0 if plain else big.size // max(inner, 1)
 
 
 def add_trace(gb: GraphBuilder, trace: Trace, tp: TensorParallel = TensorParallel()) -> list[Layer]:

@@ -70,6 +70,8 @@ class Layer:
     bytes_unfused: float = 0  # extension: an elementwise record's traffic were it not fused
     flops_special: int = 0    # extension: the part of flops_vector that is exponentials (softmax)
     hops: int = 0             # extension: the steps of a collective, each costing a link latency
+    work: str = ""            # extension: an elementwise record's NumPy calls, per function
+                              # "name:calls:elements:loops ..." (one step's, for summed steps)
 
     @property
     def bytes(self) -> float:
@@ -246,15 +248,18 @@ class GraphBuilder:
             self.allreduce(name + ".allreduce", act_out_elems)
         return rec
 
-    def add_bias(self, rec: Layer, parallel: str | None, out_elems: int, bias_elems: int) -> None:
+    def add_bias(self, rec: Layer, parallel: str | None, out_elems: int, bias_elems: int,
+                 loops: int = 0) -> None:
         """A bias add fused into the epilogue of GEMM ``rec``: one vector FLOP per output element
         and the bias read.  A column-parallel layer adds its slice of the bias; a row-parallel
-        one adds the whole bias once, after the reduction."""
+        one adds the whole bias once, after the reduction.  The engine adds it with NumPy after
+        the kernel, so the record's ``work`` lists that call (``loops``: the rows it walks)."""
         split = self.tp if parallel == "col" else 1
         elems = out_elems // split
         rec.flops += elems
         rec.flops_vector += elems
         rec.bytes_weights += bias_elems // split * self.p.act_bytes
+        rec.work = f"{rec.work} add:1:{elems}:{loops // split}".strip()
 
     def matmul_record(self, name: str, batch: int, m: int, k: int, n: int,
                       a_elems: int | None = None, b_elems: int | None = None) -> Layer:
@@ -341,7 +346,7 @@ class GraphBuilder:
 
     def elementwise_record(self, name: str, flops: int, what: str, shape: str,
                            weight_elems: int = 0, act_in_elems: int = 0, act_out_elems: int = 0,
-                           at: int | None = None, calls: int = 1) -> Layer:
+                           at: int | None = None, calls: int = 1, work: str = "") -> Layer:
         """Elementwise work outside the kernels (residual adds, RoPE, activations, scaling):
         fused into a neighbouring kernel by default, so only the weights it reads (a position
         table) cost traffic; ``fuse_elementwise=False`` charges every read and write."""
@@ -351,7 +356,8 @@ class GraphBuilder:
                          flops=flops, flops_vector=flops, bytes_weights=weight_elems * a,
                          bytes_act_in=0 if self.fuse else act_in_elems * a,
                          bytes_act_out=0 if self.fuse else act_out_elems * a, calls=calls,
-                         bytes_unfused=(weight_elems + act_in_elems + act_out_elems) * a)
+                         bytes_unfused=(weight_elems + act_in_elems + act_out_elems) * a,
+                         work=work)
 
     def gelu(self, name: str, elems: int, sharded: bool = False) -> Layer:
         """The dispatched GELU kernel over ``elems`` elements (1/tp of them when the activations

@@ -131,7 +131,9 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     -> [B, Cout, (h-1)·s - 2p + kh, (w-1)·s - 2p + kw].
 
     Every input pixel scatters a kh×kw patch: one GEMM makes all patches, then each kernel tap
-    is added into the output on a strided grid."""
+    is added into the output on a strided grid.  When the stride equals the kernel (SAM's 2x2,
+    stride 2 upscaling) the patches do not overlap: each lands on its own kh×kw block, and
+    placing them is one transposed copy."""
     Cin, Cout, kh, kw = weight.shape
     if x.ndim != 4 or x.shape[1] != Cin:
         raise ValueError(f"conv_transpose2d: x must be [B, {Cin}, height, width], "
@@ -141,6 +143,10 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     patches = kernels.matmul(x.transpose(0, 2, 3, 1).reshape(B, h * w, Cin),
                              weight.reshape(Cin, -1))                   # [B, h·w, Cout·kh·kw]
     patches = patches.reshape(B, h, w, Cout, kh, kw)
+    if (kh, kw) == (sh, sw) and (ph, pw) == (0, 0):
+        out = patches.transpose(0, 3, 1, 4, 2, 5)                      # [B, Cout, h, kh, w, kw]
+        out = out.reshape(B, Cout, h * kh, w * kw)                      # (a copy)
+        return out + bias[None, :, None, None] if bias is not None else out
     hf, wf = (h - 1) * sh + kh, (w - 1) * sw + kw
     out = np.zeros_like(patches, shape=(B, Cout, hf, wf))
     for i in range(kh):

@@ -85,13 +85,54 @@ def test_prediction_is_overhead_plus_roofline_over_efficiency():
     gb = GraphBuilder(Precision.parse("fp32"))
     mm = gb.weight_gemm("x", "matmul", 64, 1024, 1024, 1024 * 1024, 64 * 1024, 64 * 1024)
     roof = max(mm.flops / 1e11, mm.bytes / 1e10)
-    assert prof.predict(mm) == pytest.approx(1e-6 + roof / 0.5)
-    # an elementwise record: a fixed cost per ufunc call and its bytes at the bandwidth of arrays
-    # of its size (1 MB: interpolated in log2 size between 2e10 at 1 kB and 1e10 at 1 GB -> 1.5e10)
+    # the kernel: its fixed cost and roofline over efficiency; whole: + the Python around it
+    assert prof.predict(mm, part="kernel") == pytest.approx(1e-6 + roof / 0.5)
+    assert prof.predict(mm) == pytest.approx(1e-6 + 2e-6 + roof / 0.5)
+    # an elementwise record without per-function prices: a fixed cost per ufunc call and its
+    # bytes at the bandwidth of arrays of its size (1 MB: interpolated in log2 size between
+    # 2e10 at 1 kB and 1e10 at 1 GB -> 1.5e10)
     ew = gb.elementwise_record("e", flops=0, what="add", shape="[1]", act_in_elems=2 ** 18,
                                act_out_elems=2 ** 18, calls=2)
     bw = np.interp(math.log2(2 ** 20), [math.log2(1e3), math.log2(1e9)], [2e10, 1e10])
     assert prof.predict(ew) == pytest.approx(2 * 1e-6 + 2 ** 21 / bw)
+
+
+def test_numpy_work_is_priced_per_function_size_and_loop():
+    """With measured prices (seconds per element by log2 size, a cost per strided row), an
+    elementwise record costs, per function: calls x fixed cost + elements x price at the
+    per-call size + loops x row cost; a GEMM's bias add is priced the same way on top of it."""
+    prof = synthetic_profile(eff=0.5)
+    prof.ufuncs = {"add": [[10, 1e-9], [20, 4e-9]], "expit": [[10, 5e-9], [20, 5e-9]],
+                   "copy": [[10, 2e-9], [20, 2e-9]]}
+    prof.ufunc_loop = 1e-8
+    gb = GraphBuilder(Precision.parse("fp32"))
+    ew = gb.elementwise_record("e", flops=0, what="", shape="[1]",
+                               work="add:2:32768:0 expit:1:1024:0 reshape_copy:1:1024:512")
+    # add: 16384 = 2^14 per call -> 1e-9^0.6 4e-9^0.4 per element (log-linear)
+    per = math.exp(0.6 * math.log(1e-9) + 0.4 * math.log(4e-9))
+    want = (2 * 1e-6 + 32768 * per) + (1e-6 + 1024 * 5e-9) + (1e-6 + 1024 * 2e-9 + 512 * 1e-8)
+    assert prof.predict(ew) == pytest.approx(want)
+    assert C.parse_work(ew.work)[2] == ("reshape_copy", 1, 1024, 512)
+    # a function the profile did not measure is priced as an add
+    assert prof.ufunc_seconds("hypot", 1, 1024, 0) == pytest.approx(1e-6 + 1024 * 1e-9)
+    mm = gb.weight_gemm("x", "matmul", 64, 1024, 1024, 1024 * 1024, 64 * 1024, 64 * 1024)
+    gb.add_bias(mm, None, 64 * 1024, 1024, loops=64)
+    assert mm.work == "add:1:65536:64"
+    assert prof.predict(mm) == pytest.approx(1e-6 + 2e-6 + prof.roof(mm) / 0.5
+                                             + prof.ufunc_seconds("add", 1, 65536, 64))
+    assert prof.predict(mm, part="kernel") == pytest.approx(1e-6 + prof.roof(mm) / 0.5)
+
+
+def test_engine_records_list_the_numpy_calls():
+    """The elementwise records of a traced forward pass carry their calls per function: LLaMA's
+    SiLU is an expit per layer, and a decode step's RoPE works on strided halves (loops > 0)."""
+    rep = cm.analyze("llama2-tiny", "cpu", phase="decode", seq_len=16)
+    work = [C.parse_work(r.work) for r in rep.layers if r.op == "elementwise"]
+    names = {w[0] for ws in work for w in ws}
+    assert "expit" in names
+    calls = sum(w[1] for ws in work for w in ws)
+    assert calls == sum(r.calls for r in rep.layers if r.op == "elementwise")
+    assert any(w[3] > 0 for ws in work for w in ws)
 
 
 def test_t_pred_never_below_t_lower(cache):
