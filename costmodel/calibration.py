@@ -618,11 +618,13 @@ def _cases(k, grid, pool: _Pool) -> list:
     for bh, tq, tk, dh, causal in attention:
         q = pool.arrays((1, bh, tq, dh))[0].copy()
         # keys and values as a KV cache holds them: the filled part of a longer buffer, cold
-        # when they stream (a decode step reads every layer's cache once)
+        # when they stream (a decode step reads every layer's cache once); K and V are
+        # distinct arrays, as the roofline counts them
         bufs = [b[:, :, :tk] for b in pool.arrays((1, bh, 2 * tk, dh))]
-        bufs = bufs if tq == 1 else bufs[:1]
+        pairs = list(zip(bufs[0::2], bufs[1::2])) or [(bufs[0], bufs[0].copy())]
+        pairs = pairs if tq == 1 else pairs[:1]
         cases.append(("attention", (bh, tq, tk, dh, causal),
-                      cycling(bufs, lambda kv, q=q, c=causal: k.attention(q, kv, kv, causal=c))))
+                      cycling(pairs, lambda kv, q=q, c=causal: k.attention(q, *kv, causal=c))))
     for r, w in norms:
         x = pool.arrays((r, w))[0].copy()
         g = np.ones(w, np.float32)
