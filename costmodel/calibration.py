@@ -9,20 +9,29 @@ its own shape instead of the datasheet roofline alone.
 What is measured, through ``pyworkloads.kernels`` on the chosen backend and timed by
 ``pw.profile()`` (the same clock ``validate`` compares against):
 
-- matmul ``x @ Wᵀ`` over M (1: a decode GEMV .. 2048), K and N (64 .. 16384);
+- matmul ``x @ Wᵀ`` over M (1: a decode GEMV .. 2048, doubling), K (64 .. 4096) and N (64 .. 32768);
 - attention over the query and key lengths (prefill, decode), head width, causal or not;
 - rms_norm and layer_norm over rows x width; GELU over the element count;
-- NumPy's elementwise ufuncs (the work between kernels) and streaming read/copy bandwidth by size;
+- NumPy's functions a model calls between kernels (add, multiply, exp, tanh, copy ...), per element
+  by call size, and NumPy's cost per row of a strided walk; streaming read/copy bandwidth by size;
+- the compute roof where the reported clock puts theory below the kernels (``fma_peak``);
 - the fixed cost of a call: the kernel's own (tiny shapes), and the Python around it -- the
   dispatcher's argument checks and the shared layer helpers a model calls it through
   (``common.linear``, ``common.layer_norm`` ...: weight lookups, scopes, the bias add).
 
 How a layer is predicted: each measured point has an efficiency, its roofline time (at the
-machine's peak and best streaming bandwidth) over its measured time less the fixed cost.  A layer
-takes the efficiency of its op interpolated (inverse-distance weights over the nearest points, in
-log2 of the shape) and ``t_pred = overhead + t_roofline / efficiency``.  Elementwise records (the
-engine's NumPy work outside the kernels) are predicted from the ufunc measurements: a fixed cost
-per call plus their bytes at the bandwidth measured for arrays of their size.
+machine's compute roof and best streaming bandwidth) over its measured time less the fixed cost.
+A kernel layer takes the efficiency of its op interpolated at its own shape -- multilinear in log2
+of the shape on the calibration grid, inverse-distance weights over the nearest points where the
+grid has no cell around it -- and
+
+    t_pred = calls x (kernel overhead + glue) + t_roofline / efficiency + its bias add
+
+(``part="kernel"`` leaves out the glue and the bias add: what ``pw.profile()`` times).  The
+engine's NumPy work between kernels is priced per function from its ``work`` column (function,
+calls, elements, rows of a strided walk): a fixed cost per call, the measured cost per element at
+the per-call size, a set-up per row.  Fixed costs are measured after a cache flush, as they occur
+between a model's kernels.
 
 A GPU profile is built the same way from a ``benchmarks/bench_cuda.py`` JSON (our kernels and
 cuBLAS / SDPA side by side): :func:`profile_from_bench`.
@@ -444,8 +453,9 @@ def _ufunc_table(call: float) -> dict:
         b = rng.standard_normal(n, dtype=np.float32)
         mask = a > 0
         pa = np.abs(a)
+        nz = pa + 0.5                      # a divisor without zeros (standard_normal can give 0)
         fns = {"add": lambda: np.add(a, b), "subtract": lambda: np.subtract(a, b),
-               "multiply": lambda: np.multiply(a, b), "divide": lambda: np.divide(a, b),
+               "multiply": lambda: np.multiply(a, b), "divide": lambda: np.divide(a, nz),
                "maximum": lambda: np.maximum(a, b), "where": lambda: np.where(mask, a, b),
                "exp": lambda: np.exp(a), "expit": lambda: special.expit(a),
                "tanh": lambda: np.tanh(a), "erf": lambda: special.erf(a),

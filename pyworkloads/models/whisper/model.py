@@ -206,8 +206,11 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
 # attention: heads, projections, the KV cache
 # =============================================================================================
 def split_heads(x, heads: int):
+    """[B, T, D] -> [B, H, T, Dh], laid out head by head: the attention kernels read each head's
+    rows contiguously (a strided view would be copied inside every call -- for the cross-attention
+    keys and values, at every decoding step instead of once per audio window)."""
     B, T, D = x.shape
-    return x.reshape(B, T, heads, D // heads).transpose(0, 2, 1, 3)                 # [B, H, T, Dh]
+    return ops.contiguous(x.reshape(B, T, heads, D // heads).transpose(0, 2, 1, 3))  # [B, H, T, Dh]
 
 
 def merge_heads(x):
