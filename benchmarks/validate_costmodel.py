@@ -4,10 +4,13 @@ points of the calibration grid.
 
     python benchmarks/validate_costmodel.py --backend cpp --calibrate     # ~4 minutes on 2 cores
     python benchmarks/validate_costmodel.py --backend numpy --calibrate
+    python benchmarks/validate_costmodel.py --from-bench benchmarks/results/h200-2026-11-26.json
 
 Prints one markdown row per workload: per-layer median and worst |error| over the layers that
 carry >= 1 % of the kernel time, the end-to-end (wall-clock) error, and how many layers were
 measured below their lower bound (there must be none).  ``--json FILE`` keeps every layer.
+``--from-bench`` checks a GPU's kernels from a ``bench_cuda.py`` run instead: each benchmarked
+row predicted from a profile of the other rows (leave one out), for our kernels and the vendor's.
 """
 from __future__ import annotations
 
@@ -43,10 +46,14 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=10.0,
                     help="spread each workload's runs over at least this long (default 10: this "
-                         "machine's slow spells last seconds, and each call keeps its best run)")
+                         "machine's slow spells last seconds; each call keeps its median)")
     ap.add_argument("--only", help="comma-separated labels (default: all)")
     ap.add_argument("--json", help="write every layer of every workload to this file")
+    ap.add_argument("--from-bench", metavar="JSON",
+                    help="a bench_cuda.py results file: predict each GPU row from the others")
     a = ap.parse_args()
+    if a.from_bench:
+        return from_bench(a.from_bench)
     if a.calibrate:
         t0 = time.perf_counter()
         prof = cm.calibrate(a.backend, progress=lambda m: print(f"  calibrating: {m}",
@@ -77,6 +84,27 @@ def main() -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(docs, f, indent=1)
+    return 0
+
+
+def from_bench(path: str) -> int:
+    from costmodel.validate import validate_bench
+    meta = json.load(open(path))
+    print(f"GPU: {meta.get('device')} (driver {meta.get('driver')}, torch {meta.get('torch')}), "
+          f"run {meta.get('timestamp_utc', meta.get('date'))}; bf16; each row predicted from the "
+          "other rows\n")
+    print("| op | case | ours: measured | predicted | error | vendor: measured | predicted "
+          "| error | t_lower |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def cell(r):
+        if r["predicted"] is None:
+            return f"{r['measured'] * 1e3:.3f} ms | - | - "
+        return (f"{r['measured'] * 1e3:.3f} ms | {r['predicted'] * 1e3:.3f} ms "
+                f"| {100 * r['error']:+.0f} % ")
+    ours, vendor = validate_bench(path), validate_bench(path, table="vendor")
+    for o, v in zip(ours, vendor):
+        print(f"| {o['op']} | {o['case']} | {cell(o)}| {cell(v)}| {o['t_lower'] * 1e3:.3f} ms |")
     return 0
 
 

@@ -223,6 +223,7 @@ class Profile:
     vendor: dict = field(default_factory=dict)   # GPU profiles: op -> the vendor library points
     use: str = "ours"                     # which points predict: "ours" or "vendor"
     memory_efficiency: float | None = None   # sparse (GPU) profiles: for memory-bound layers
+    memory_efficiency_vendor: float | None = None   # the same for the vendor libraries' points
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -302,10 +303,12 @@ class Profile:
             return None
         op, feats = f
         eff = self.efficiency(op, feats, table)
-        if self.memory_efficiency and layer.bytes / self.bandwidth > layer.flops / self.peak_flops:
+        mem_eff = self.memory_efficiency if table == "ours" else self.memory_efficiency_vendor
+        if (mem_eff and op in ("matmul", "attention")
+                and layer.bytes / self.bandwidth > layer.flops / self.peak_flops):
             # a sparse profile measured this op compute-bound only: a memory-bound layer streams
-            # at the bandwidth efficiency its memory-bound kernels reached
-            eff = self.memory_efficiency
+            # at the bandwidth efficiency the table's memory-bound kernels reached
+            eff = mem_eff
         if eff is None:
             return None
         t = calls * self.overhead.get(op, 0.0) + self.roof(layer) / eff
@@ -377,34 +380,33 @@ def load_profile(backend_or_path) -> Profile | None:
 # measuring
 # ---------------------------------------------------------------------------------------------
 def _kernel_seconds(fn, budget: float = 0.15, min_reps: int = 5, max_reps: int = 40) -> float:
-    """The best profiled kernel time of ``fn`` (one dispatched call) over repeats, after a
-    warm-up: interference from other work on a shared machine only ever adds time, so the
-    minimum is the stable figure (``validate`` measures the same way)."""
+    """The median profiled kernel time of ``fn`` (one dispatched call) over repeats, after a
+    warm-up.  The median, not the best: on a shared machine the memory bandwidth a kernel gets
+    changes with its neighbours' load, and the luckiest of hundreds of calls predicts what a
+    forward pass sees no better than the slowest does (``validate`` takes medians too)."""
     import pyworkloads as pw
     fn()
-    best = math.inf
-    reps = 0
+    times = []
     t_end = time.perf_counter() + budget
-    while reps < max_reps and (reps < min_reps or time.perf_counter() < t_end):
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() < t_end):
         with pw.profile() as prof:
             fn()
-        best = min(best, sum(r.seconds for r in prof.records))
-        reps += 1
-    return best
+        times.append(sum(r.seconds for r in prof.records))
+    return float(np.median(times))
 
 
-def _wall(fn, budget: float = 0.1, min_reps: int = 5, max_reps: int = 200) -> float:
-    """The best wall-clock time of ``fn`` over repeats (see :func:`_kernel_seconds`)."""
+def _wall(fn, budget: float = 0.1, min_reps: int = 5, max_reps: int = 200,
+          stat: str = "median") -> float:
+    """The median wall-clock time of ``fn`` over repeats (see :func:`_kernel_seconds`);
+    ``stat="min"`` for a roof, which must hold against every measurement."""
     fn()
-    best = math.inf
-    reps = 0
+    times = []
     t_end = time.perf_counter() + budget
-    while reps < max_reps and (reps < min_reps or time.perf_counter() < t_end):
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() < t_end):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-        reps += 1
-    return best
+        times.append(time.perf_counter() - t0)
+    return float(np.min(times) if stat == "min" else np.median(times))
 
 
 _FLUSH: list = []
@@ -419,24 +421,23 @@ def _flush() -> None:
 
 
 def _cold(fn, reps: int = 40, kernel: bool = False) -> float:
-    """The best time of ``fn`` each run just after :func:`_flush` (wall clock, or with
+    """The median time of ``fn`` each run just after :func:`_flush` (wall clock, or with
     ``kernel`` the profiled kernel time): the fixed costs a model pays between large kernels,
     which are about twice the warm figures of a tight loop."""
     import pyworkloads as pw
     fn()
-    best = math.inf
+    times = []
     for _ in range(reps):
         _flush()
         if kernel:
             with pw.profile() as prof:
                 fn()
-            t = sum(r.seconds for r in prof.records)
+            times.append(sum(r.seconds for r in prof.records))
         else:
             t0 = time.perf_counter()
             fn()
-            t = time.perf_counter() - t0
-        best = min(best, t)
-    return best
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def _ufunc_table(call: float) -> dict:
@@ -540,7 +541,7 @@ def _bandwidth_table() -> list:
         n = int(mb * (1 << 20)) // 4
         src = np.ones(n, np.float32)
         dst = np.empty_like(src)
-        t = _wall(lambda: np.copyto(dst, src), budget=0.15, min_reps=3)
+        t = _wall(lambda: np.copyto(dst, src), budget=0.15, min_reps=3, stat="min")
         out.append([float(2 * src.nbytes), 2 * src.nbytes / t])
     return out
 
@@ -550,7 +551,7 @@ def _read_bandwidth() -> float:
     best = 0.0
     for mb in (8, 64):
         x = np.ones((mb << 20) // 4, np.float32)
-        t = _wall(lambda: np.add.reduce(x), budget=0.15, min_reps=3)
+        t = _wall(lambda: np.add.reduce(x), budget=0.15, min_reps=3, stat="min")
         best = max(best, x.nbytes / t)
     return best
 
@@ -576,7 +577,7 @@ def _grid(backend: str, quick: bool):
         for tk in (64, 512, 4096):                              # decode: one query
             attention.append((16, 1, tk, dh, True))
     norms = [(r, w) for w in (64, 512, 4096) for r in (1, 16, 256, 4096) if r * w <= 1 << 22]
-    gelu = [1 << e for e in (10, 13, 16, 19, 22)]
+    gelu = [1 << e for e in (10, 13, 16, 19, 22, 24)]
     return matmul, attention, norms, gelu
 
 
@@ -685,19 +686,20 @@ def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
         ufuncs = _ufunc_table(_wall(lambda: np.add(tiny, tiny)))
         ufunc_loop = _loop_cost()
         cases = _cases(k, _grid(backend, quick), _Pool(rng))
-        # every shape once per pass, the passes spread over the run: a slow spell on a shared
-        # machine (seconds long) then misses most of a shape's samples; each keeps its best
-        best = [math.inf] * len(cases)
+        # every shape once per pass, the passes spread over the run: the machine's state (a
+        # neighbour's load on a shared machine lasts seconds) changes between passes, and each
+        # shape keeps the median of its passes
+        per_pass: list[list[float]] = [[] for _ in cases]
         fma = 0.0
         for p in range(passes):
             say(f"pass {p + 1} of {passes}: {len(cases)} shapes")
             fma = max(fma, fma_peak())
             for i, (_, _, call) in enumerate(cases):
-                best[i] = min(best[i], _kernel_seconds(call, budget=0.04, min_reps=3))
+                per_pass[i].append(_kernel_seconds(call, budget=0.04, min_reps=3))
         fma = max(fma, fma_peak())
         measured: dict[str, list] = {op: [] for op in KERNEL_OPS}
-        for (op, shape, _), t in zip(cases, best):
-            measured[op].append((shape, t))
+        for (op, shape, _), ts in zip(cases, per_pass):
+            measured[op].append((shape, float(np.median(ts))))
     best_gemm = max(2 * m * kk * n / t for (m, kk, n), t in measured["matmul"])
     if peak is None or max(fma, best_gemm) > peak:
         how = (f"independent FMAs on registers, measured ({fma / 1e9:.1f} GFLOP/s; the best GEMM "
@@ -747,12 +749,14 @@ def _bench_layer(row: dict, gb):
     return None
 
 
-def profile_from_bench(path, dtype: str = "bf16") -> Profile:
+def profile_from_bench(path, dtype: str = "bf16",
+                       exclude: tuple[str, str] | None = None) -> Profile:
     """A GPU profile from a ``benchmarks/bench_cuda.py`` results JSON: our kernels' efficiency
     (``algo == "auto"``) and the vendor libraries' (cuBLAS, SDPA, PyTorch norms) at the benchmarked
     shapes, relative to the device's datasheet roofs.  Kernel launch costs are not in the bench
     rows, so the fixed cost per call is left at zero; a run covers few shapes, so the
-    interpolation is coarse away from them (the JSON names its cases)."""
+    interpolation is coarse away from them (the JSON names its cases).  ``exclude``: an
+    (op, case) row left out (``validate_bench`` predicts each row from the others)."""
     from . import hardware
     from .graph import GraphBuilder, Precision
     data = json.loads(Path(path).read_text())
@@ -770,6 +774,8 @@ def profile_from_bench(path, dtype: str = "bf16") -> Profile:
     for row in data.get("results", []):
         if row.get("algo") != "auto" or row.get("dtype") != dtype or row.get("status") != "ok":
             continue
+        if exclude is not None and (row.get("op"), row.get("case")) == tuple(exclude):
+            continue
         layer = _bench_layer(row, gb)
         if layer is None:
             continue
@@ -781,6 +787,8 @@ def profile_from_bench(path, dtype: str = "bf16") -> Profile:
             prof.vendor.setdefault(op, []).append([*feats, roof / (row["baseline_ms"] / 1e3)])
     if not prof.points:
         raise ValueError(f"{path}: no {dtype} rows with algo 'auto' to build a profile from")
-    mem = [p[-1] for op in ("rms_norm", "layer_norm") for p in prof.points.get(op, [])]
-    prof.memory_efficiency = float(np.median(mem)) if mem else None
+    for table, attr in ((prof.points, "memory_efficiency"),
+                        (prof.vendor, "memory_efficiency_vendor")):
+        mem = [p[-1] for op in ("rms_norm", "layer_norm") for p in table.get(op, [])]
+        setattr(prof, attr, float(np.median(mem)) if mem else None)
     return prof

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--boxes", action="store_true", default=None)
     v.add_argument("--repeats", type=int, default=5)
     v.add_argument("--seconds", type=float, default=3.0,
-                   help="spread the runs over at least this long; each call keeps its best run")
+                   help="spread the runs over at least this long; each call keeps its median")
     v.add_argument("--format", choices=("table", "json"), default="table")
     v.add_argument("-o", "--output", help="write to this file instead of stdout")
     c = sub.add_parser("compare", help="one model on several devices, side by side")

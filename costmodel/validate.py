@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["validate", "Validation", "LayerCheck", "KERNEL_OP"]
+__all__ = ["validate", "validate_bench", "Validation", "LayerCheck", "KERNEL_OP"]
 
 KERNEL_OP = {"matmul": "matmul", "conv": "matmul", "attention": "attention",
              "rms_norm": "rms_norm", "layer_norm": "layer_norm", "gelu": "gelu"}
@@ -33,7 +33,7 @@ class LayerCheck:
     op: str
     scope: str
     shapes: str
-    measured: float          # seconds, the best of the repeats (pw.profile())
+    measured: float          # seconds, the median of the repeats (pw.profile())
     t_pred: float
     t_lower: float
 
@@ -57,7 +57,7 @@ class Validation:
     options: dict
     device: str
     layers: list[LayerCheck]
-    wall_s: float                 # the whole call, measured (the best of the repeats)
+    wall_s: float                 # the whole call, measured (the median of the repeats)
     pred_s: float                 # the whole call, predicted: every record + Python per call
     between_pred_s: float         # the predicted work outside the kernels (elementwise, lookups)
     repeats: int
@@ -114,7 +114,7 @@ class Validation:
         lines = [f"{self.model}: phase {self.phase}, backend {self.backend}, "
                  + ", ".join(f"{k}={v}" for k, v in self.options.items()),
                  f"device {self.device}; profile measured {self.profile.get('measured_at', '?')}; "
-                 f"best of {self.repeats} runs", ""]
+                 f"median of {self.repeats} runs", ""]
         if per_layer:
             head = f"{'layer':<46} {'op':<10} {'measured':>10} {'t_pred':>10} {'error':>8} " \
                    f"{'t_lower':>10} {'lower/meas':>10}"
@@ -277,7 +277,7 @@ def validate(model, backend: str = "cpp", phase: str | None = None, batch: int =
         run()                                             # warm-up: page faults, caches, threads
         t_end = time.perf_counter() + min_seconds
         # at least `repeats` runs of each kind, spread over at least `min_seconds`: a slow spell
-        # of a shared machine lasts seconds, and each call keeps its best run.  Profiled runs
+        # of a shared machine lasts seconds, and each call keeps its median.  Profiled runs
         # (per kernel call) alternate with plain ones (the wall clock a user sees: recording a
         # call costs the profiler microseconds that are no part of the model)
         while len(walls) < repeats or (time.perf_counter() < t_end and len(walls) < 50):
@@ -292,9 +292,9 @@ def validate(model, backend: str = "cpp", phase: str | None = None, batch: int =
     kernels = [r for r in rep.layers if r.op in KERNEL_OP]
     for recs in calls:
         _check_alignment(kernels, recs)
-    # the best of the repeats, per call and for the whole: interference from other work on a
-    # shared machine only adds time (the calibration measures the same way)
-    measured = np.min([[r.seconds for r in recs] for recs in calls], axis=0)
+    # the median of the repeats, per call and for the whole, as the calibration measures: the
+    # time a run typically takes on this machine, neither its luckiest nor its slowest
+    measured = np.median([[r.seconds for r in recs] for recs in calls], axis=0)
     # per call, the kernel alone (what the profiler times); end to end, every record whole: the
     # kernels with the Python that dispatches them, and the NumPy work between them
     checks = [LayerCheck(k.name, k.op, k.scope, k.shapes, float(t),
@@ -303,7 +303,7 @@ def validate(model, backend: str = "cpp", phase: str | None = None, batch: int =
     between = sum(r.t_pred for r in rep.layers if r.op not in KERNEL_OP)
     pred = sum(r.t_pred for r in rep.layers)
     return Validation(model=label, backend=backend, phase=phase, options=opts, device=dev.name,
-                      layers=checks, wall_s=float(np.min(walls)), pred_s=pred,
+                      layers=checks, wall_s=float(np.median(walls)), pred_s=pred,
                       between_pred_s=between, repeats=len(walls),
                       profile={"measured_at": dev.profile.measured_at,
                                "machine": dev.profile.machine})
@@ -318,3 +318,39 @@ def _check_alignment(kernels, records) -> None:
         if KERNEL_OP[k.op] != r.op or k.scope != r.name:
             raise AssertionError(f"validate: call {i} is {r.op} in {r.name!r} but record {i} is "
                                  f"{k.op} in {k.scope!r} ({k.name})")
+
+
+def validate_bench(path, dtype: str = "bf16", table: str = "ours") -> list[dict]:
+    """The GPU kernels checked from a ``benchmarks/bench_cuda.py`` run, each row predicted from a
+    profile built of the *other* rows (leave one out: a row never predicts itself).  ``table``:
+    "ours" (the project's CUDA kernels) or "vendor" (cuBLAS, SDPA, PyTorch's norms).  Returns one
+    dict per row: op, case, measured and predicted seconds, error; ``predicted`` is None where no
+    other row of the op is left to predict from."""
+    from .calibration import _bench_layer, profile_from_bench
+    from .graph import GraphBuilder, Precision
+    if table not in ("ours", "vendor"):
+        raise ValueError(f"table must be 'ours' or 'vendor', got {table!r}")
+    data = json.loads(Path(path).read_text())
+    gb = GraphBuilder(Precision.parse(dtype), attention="flash")
+    key = "ours_ms" if table == "ours" else "baseline_ms"
+    roofs = profile_from_bench(path, dtype)                 # the datasheet roofs: t_lower
+    out = []
+    for row in data.get("results", []):
+        if (row.get("algo") != "auto" or row.get("dtype") != dtype or row.get("status") != "ok"
+                or not row.get(key)):
+            continue
+        layer = _bench_layer(row, gb)
+        if layer is None:
+            continue
+        try:
+            prof = profile_from_bench(path, dtype, exclude=(row["op"], row["case"]))
+        except ValueError:                      # the row was the only one of this dtype
+            prof = None
+        pred = prof.predict(layer, table) if prof is not None else None
+        measured = row[key] / 1e3
+        out.append({"op": row["op"], "case": row["case"], "measured": measured,
+                    "predicted": pred, "t_lower": roofs.roof(layer),
+                    "error": None if pred is None else pred / measured - 1.0})
+    if not out:
+        raise ValueError(f"{path}: no {dtype} rows with algo 'auto' and a {key} time")
+    return out

@@ -90,18 +90,29 @@ def _pair(v):
     return (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
 
 
-def conv1d(x, weight, bias=None, stride: int = 1, padding: int = 0):
-    """x [B, Cin, n], weight [Cout, Cin, k] -> [B, Cout, (n + 2p - k) // s + 1] (zero padding)."""
+def conv1d(x, weight, bias=None, stride: int = 1, padding: int = 0, channels_last: bool = False):
+    """x [B, Cin, n], weight [Cout, Cin, k] -> [B, Cout, (n + 2p - k) // s + 1] (zero padding).
+
+    ``channels_last``: x [B, n, Cin] -> [B, nout, Cout], time-major, the layout the GEMM produces
+    and a transformer continues in; a stack of convolutions then needs no transposes (a strided
+    transpose of a long signal costs more than the convolution's GEMM)."""
     Cout, Cin, k = weight.shape
-    if x.ndim != 3 or x.shape[1] != Cin:
-        raise ValueError(f"conv1d: x must be [B, {Cin}, length], got {tuple(x.shape)}")
+    c_axis, t_axis = (2, 1) if channels_last else (1, 2)
+    if x.ndim != 3 or x.shape[c_axis] != Cin:
+        want = f"[B, length, {Cin}]" if channels_last else f"[B, {Cin}, length]"
+        raise ValueError(f"conv1d: x must be {want}, got {tuple(x.shape)}")
     if padding:
-        x = np.pad(x, ((0, 0), (0, 0), (padding, padding)))
-    cols = np.lib.stride_tricks.sliding_window_view(
-        x, k, axis=2)[:, :, ::stride]                                    # [B, Cin, nout, k]
-    cols = cols.transpose(0, 2, 1, 3).reshape(x.shape[0], -1, Cin * k)   # [B, nout, Cin·k]
+        pad = [(0, 0)] * 3
+        pad[t_axis] = (padding, padding)
+        x = np.pad(x, pad)
+    cols = np.lib.stride_tricks.sliding_window_view(x, k, axis=t_axis)   # window axis last
+    if channels_last:
+        cols = cols[:, ::stride]                                         # [B, nout, Cin, k]
+    else:
+        cols = cols[:, :, ::stride].transpose(0, 2, 1, 3)                # [B, nout, Cin, k]
+    cols = cols.reshape(x.shape[0], -1, Cin * k)                         # [B, nout, Cin·k]
     y = linear(cols, weight.reshape(Cout, Cin * k), bias)                # [B, nout, Cout]
-    return y.transpose(0, 2, 1)
+    return y if channels_last else y.transpose(0, 2, 1)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0):

@@ -175,6 +175,11 @@ def test_conv1d(rng, s, p):
     S = conv2d_loops(np.abs(xp)[:, :, None, :], np.abs(w)[:, :, None, :], np.abs(b), 1, 0).max()
     np.testing.assert_allclose(ops.conv1d(x, w, b, stride=s, padding=p), ref,
                                atol=gamma(3 * 3 + 1) * S, rtol=0)
+    # time-major: the same numbers, frames by channels in and out
+    got = ops.conv1d(x.transpose(0, 2, 1).copy(), w, b, stride=s, padding=p, channels_last=True)
+    np.testing.assert_allclose(got, ref.transpose(0, 2, 1), atol=gamma(3 * 3 + 1) * S, rtol=0)
+    with pytest.raises(ValueError, match=r"x must be \[B, length, 3\]"):
+        ops.conv1d(x, w, b, channels_last=True)
 
 
 def conv_transpose2d_loops(x, w, b, s, p):

@@ -213,6 +213,34 @@ def test_profile_from_the_h200_bench_run():
     assert all(0 < p[-1] <= 1 for pts in prof.points.values() for p in pts)
 
 
+def test_bench_rows_are_predicted_from_the_other_rows_only(tmp_path):
+    """validate_bench leaves each row out of the profile that predicts it: with the same
+    efficiency measured at every GEMM shape the held-out row is predicted exactly; with the
+    held-out row's own efficiency different, the prediction shows the other rows' efficiency."""
+    from costmodel.validate import validate_bench
+    gb = GraphBuilder(Precision.parse("bf16"))
+    dev = cm.get_device("h100-sxm")
+    rows = []
+    for i, (m, n, k) in enumerate([(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096)]):
+        layer = gb.weight_gemm("m", "matmul", m, k, n, k * n, m * k, m * n)
+        roof = max(layer.flops / dev.peak("bf16"), layer.bytes / dev.bandwidth)
+        eff = 0.5 if i < 2 else 0.25                   # the last row runs at half the others' rate
+        rows.append({"op": "matmul", "case": f"{m}x{n}x{k}", "algo": "auto", "dtype": "bf16",
+                     "status": "ok", "ours_ms": roof / eff * 1e3, "baseline_ms": roof / 0.8 * 1e3})
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"costmodel_device": "h100-sxm", "device": "test",
+                                "results": rows}))
+    got = validate_bench(path)
+    assert [r["case"] for r in got] == [r["case"] for r in rows]
+    assert got[0]["error"] == pytest.approx(0.0, abs=1e-9)          # predicted from 0.5 and 0.25
+    assert got[2]["error"] == pytest.approx(-0.5, rel=1e-6)         # others ran at 0.5: 2x faster
+    assert all(r["t_lower"] <= r["measured"] for r in got)
+    vendor = validate_bench(path, table="vendor")
+    assert all(r["error"] == pytest.approx(0.0, abs=1e-9) for r in vendor)
+    with pytest.raises(ValueError, match="table must be"):
+        validate_bench(path, table="cublas")
+
+
 def test_cpu_device_defaults_to_fp32_and_dtype_overrides_reach_the_cache():
     rep = cm.analyze("llama2-7b", "h100-sxm", phase="decode", seq_len=64, activations="fp16")
     assert rep.options["precision"] == "weights bf16, activations fp16, kv fp16"

@@ -4,8 +4,8 @@ cross-attention to the audio.
 The model in one picture (the lecture's, with Hugging Face module names)::
 
     log-mel [B, Mel, 2S = 3000]                             (pyworkloads/audio.py: 30 s, 100 / s)
-      -> model.encoder.conv1 (k3, pad 1) + GELU            [B, D, 2S]
-      -> model.encoder.conv2 (k3, stride 2, pad 1) + GELU  [B, D, S = 1500]
+      -> model.encoder.conv1 (k3, pad 1) + GELU            [B, 2S, D]   time-major
+      -> model.encoder.conv2 (k3, stride 2, pad 1) + GELU  [B, S = 1500, D]
       -> + sinusoidal positions (model.encoder.embed_positions, S x D, fixed)
       -> model.encoder.layers.{i}, pre-LN:  x += self_attn(LN(x))
                                             x += fc2(GELU(fc1(LN(x))))
@@ -265,22 +265,23 @@ def mlp(x, weights, name: str, act):
 # the encoder
 # =============================================================================================
 def conv(x, weights, name: str, act, stride: int = 1):
-    """A kernel-3 convolution over time (zero padding 1) and its activation.
-    x [B, C, n] -> [B, D, m], m = n / stride: C = Mel channels and n = 2S frames into conv1,
-    D and 2S into conv2 (m = S)."""
+    """A kernel-3 convolution over time (zero padding 1) and its activation, time-major.
+    x [B, n, C] -> [B, m, D], m = n / stride: n = 2S frames of C = Mel channels into conv1,
+    2S frames of D into conv2 (m = S)."""
     with kernels.scope(name):
         w, b = common.weight(weights, f"{name}.weight"), common.weight(weights, f"{name}.bias")
-        return act(ops.conv1d(x, w, b, stride=stride, padding=1))                   # [B, D, m]
+        return act(ops.conv1d(x, w, b, stride=stride, padding=1, channels_last=True))  # [B, m, D]
 
 
 def conv_stem(input_features, weights, config: Config):
     """Two convolutions (the second halves the frame rate) and the fixed sinusoidal positions.
-    log-mel [B, Mel, 2S] -> [B, S, D]."""
+    log-mel [B, Mel, 2S] -> [B, S, D].  The convolutions run time-major (frames by channels):
+    each is one GEMM over frames, and the transformer continues in that layout."""
     act = ops.ACTIVATIONS[config.activation_function]
-    x = conv(input_features, weights, "model.encoder.conv1", act)                   # [B, D, 2S]
-    x = conv(x, weights, "model.encoder.conv2", act, stride=INPUT_STRIDE)           # [B, D, S]
+    x = input_features.transpose(0, 2, 1)                                           # [B, 2S, Mel]
+    x = conv(x, weights, "model.encoder.conv1", act)                                # [B, 2S, D]
+    x = conv(x, weights, "model.encoder.conv2", act, stride=INPUT_STRIDE)           # [B, S, D]
     with kernels.scope("model.encoder.embed_positions"):
-        x = ops.contiguous(x.transpose(0, 2, 1))                                    # [B, S, D]
         return x + common.weight(weights, "model.encoder.embed_positions.weight")   # [B, S, D]
 
 
