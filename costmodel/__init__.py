@@ -26,9 +26,9 @@ from .hardware import (
                        load_devices,
                        with_profile,
 )
-from .validate import Validation, validate
+from .validate import Validation, validate, validate_bench
 
 __all__ = ["analyze", "Report", "Layer", "Precision", "SCHEMA", "Device", "get_device", "devices",
            "load_devices", "add_devices_file", "cpu_device", "presets", "resolve_model", "MODELS",
            "PHASES", "calibrate", "Profile", "load_profile", "profile_from_bench", "validate",
-           "Validation", "with_profile"]
+           "validate_bench", "Validation", "with_profile"]
