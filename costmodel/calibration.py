@@ -10,7 +10,8 @@ What is measured, through ``pyworkloads.kernels`` on the chosen backend and time
 ``pw.profile()`` (the same clock ``validate`` compares against):
 
 - matmul ``x @ Wᵀ`` over M (1: a decode GEMV .. 2048, doubling), K (64 .. 4096) and N (64 .. 32768);
-- attention over the query and key lengths (prefill, decode), head width, causal or not;
+- attention over the query and key lengths (prefill, decode, and a few queries against many
+  keys or the reverse: cross-attention), head width, causal or not;
 - rms_norm and layer_norm over rows x width; GELU over the element count;
 - NumPy's functions a model calls between kernels (add, multiply, exp, tanh, copy ...), per element
   by call size, and NumPy's cost per row of a strided walk; streaming read/copy bandwidth by size;
@@ -258,14 +259,19 @@ class Profile:
         arr = np.asarray(pts, dtype=np.float64)
         x = np.asarray(feats, dtype=np.float64)
         if op == "attention":
-            # two lines of points: prefill (Tq = Tk) by (T, Dh), decode (Tq = 1) by (Tk, Dh)
+            # two lines of points: prefill (Tq = Tk) by (T, Dh), decode (Tq = 1) by (Tk, Dh);
+            # and a grid of its own for cross-attention (Tq, Tk, Dh)
             tq, tk, dh, causal = x
+            cross = (self.points if table == "ours" else self.vendor).get("attention_cross")
             if tq == tk:
                 sub = arr[(arr[:, 0] == arr[:, 1]) & (arr[:, 3] == causal)]
                 got = _multilinear(sub[:, [1, 2, 4]], np.array([tk, dh]))
             elif tq == 0.0:
                 sub = arr[arr[:, 0] == 0.0]
                 got = _multilinear(sub[:, [1, 2, 4]], np.array([tk, dh]))
+            elif cross:
+                got = _multilinear(np.asarray(cross, dtype=np.float64)[:, [0, 1, 2, 4]],
+                                   np.array([tq, tk, dh]))
             else:
                 got = None
         else:
@@ -576,9 +582,14 @@ def _grid(backend: str, quick: bool):
                 attention.append((bh, t, t, dh, causal))
         for tk in (64, 512, 4096):                              # decode: one query
             attention.append((16, 1, tk, dh, True))
+    # cross-attention: a few queries against many keys and back (SAM's two-way decoder: 7
+    # tokens against 4096 image positions, 16-wide heads), a grid of its own over Tq x Tk x Dh
+    lengths = (8, 64, 512) if quick else (8, 64, 512, 4096)
+    cross = [(max(1, min(64, (1 << 24) // (tq * tk * dh))), tq, tk, dh, False)
+             for dh in (16, 64) for tq in lengths for tk in lengths]
     norms = [(r, w) for w in (64, 512, 4096) for r in (1, 16, 256, 4096) if r * w <= 1 << 22]
     gelu = [1 << e for e in (10, 13, 16, 19, 22, 24)]
-    return matmul, attention, norms, gelu
+    return matmul, attention, cross, norms, gelu
 
 
 def _layer_for(op: str, shape, gb):
@@ -587,7 +598,7 @@ def _layer_for(op: str, shape, gb):
         m, k, n = shape
         return gb.weight_gemm("m", "matmul", m, k, n, weight_elems=k * n, act_in_elems=m * k,
                               act_out_elems=m * n)
-    if op == "attention":
+    if op in ("attention", "attention_cross"):
         bh, tq, tk, dh, causal = shape
         return gb.attention("a", 1, bh, bh, tq, tk, dh, causal=causal)
     if op in ("rms_norm", "layer_norm"):
@@ -615,7 +626,7 @@ class _Pool:
 
 def _cases(k, grid, pool: _Pool) -> list:
     """(op, shape, call) for every calibration point; a call cycles through its operands."""
-    matmul, attention, norms, gelu = grid
+    matmul, attention, cross, norms, gelu = grid
     cases = []
 
     def cycling(arrays, make):
@@ -626,7 +637,8 @@ def _cases(k, grid, pool: _Pool) -> list:
         a = pool.arrays((m, kk))[0].copy()
         cases.append(("matmul", (m, kk, n),
                       cycling(pool.arrays((n, kk)), lambda w, a=a: k.matmul(a, w.T))))  # x @ Wᵀ
-    for bh, tq, tk, dh, causal in attention:
+    for op, (bh, tq, tk, dh, causal) in ([("attention", a) for a in attention]
+                                         + [("attention_cross", a) for a in cross]):
         q = pool.arrays((1, bh, tq, dh))[0].copy()
         # keys and values as a KV cache holds them: the filled part of a longer buffer, cold
         # when they stream (a decode step reads every layer's cache once); K and V are
@@ -634,7 +646,7 @@ def _cases(k, grid, pool: _Pool) -> list:
         bufs = [b[:, :, :tk] for b in pool.arrays((1, bh, 2 * tk, dh))]
         pairs = list(zip(bufs[0::2], bufs[1::2])) or [(bufs[0], bufs[0].copy())]
         pairs = pairs if tq == 1 else pairs[:1]
-        cases.append(("attention", (bh, tq, tk, dh, causal),
+        cases.append((op, (bh, tq, tk, dh, causal),
                       cycling(pairs, lambda kv, q=q, c=causal: k.attention(q, *kv, causal=c))))
     for r, w in norms:
         x = pool.arrays((r, w))[0].copy()
@@ -697,7 +709,7 @@ def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
             for i, (_, _, call) in enumerate(cases):
                 per_pass[i].append(_kernel_seconds(call, budget=0.04, min_reps=3))
         fma = max(fma, fma_peak())
-        measured: dict[str, list] = {op: [] for op in KERNEL_OPS}
+        measured: dict[str, list] = {op: [] for op in (*KERNEL_OPS, "attention_cross")}
         for (op, shape, _), ts in zip(cases, per_pass):
             measured[op].append((shape, float(np.median(ts))))
     best_gemm = max(2 * m * kk * n / t for (m, kk, n), t in measured["matmul"])
@@ -715,7 +727,8 @@ def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
         pts = []
         for shape, seconds in rows:
             layer = _layer_for(op, shape, gb)
-            work = max(seconds - overhead[op], 0.05 * seconds)
+            fixed = overhead["attention" if op == "attention_cross" else op]
+            work = max(seconds - fixed, 0.05 * seconds)
             feats = _features(layer)[1]
             pts.append([*feats, prof.roof(layer) / work])
         prof.points[op] = pts

@@ -80,6 +80,26 @@ def test_interpolation_is_exact_at_points_and_linear_in_log_between():
     assert prof.efficiency("embedding", (1.0,)) is None
 
 
+def test_cross_attention_has_its_own_grid():
+    """Tq neither Tk nor 1 (a few tokens against an image, and back) interpolates on the
+    cross-attention grid over (Tq, Tk, Dh); without that grid, the nearest attention points."""
+    prof = synthetic_profile()
+    prof.points["attention"] = [[3.0, 3.0, 6.0, 0.0, 0.5], [12.0, 12.0, 6.0, 0.0, 0.5],
+                                [0.0, 12.0, 6.0, 1.0, 0.5]]
+    # the grid's corners: efficiency 0.1 with 8 queries, 0.4 with 4096, whatever Tk and Dh
+    prof.points["attention_cross"] = [[tq, tk, dh, 0.0, 0.1 if tq == 3 else 0.4]
+                                      for tq in (3.0, 12.0) for tk in (3.0, 12.0)
+                                      for dh in (4.0, 6.0)]
+    # 7 queries x 4096 keys x 16 wide (log2: 2.81, 12, 4): below the grid's Tq, the edge holds
+    assert prof.efficiency("attention", (math.log2(7), 12.0, 4.0, 0.0)) == pytest.approx(0.1)
+    # midway in log2 Tq: the geometric mean
+    assert prof.efficiency("attention", (7.5, 3.0, 5.0, 0.0)) == pytest.approx(0.2)
+    # the prefill and decode lines still answer their own shapes
+    assert prof.efficiency("attention", (12.0, 12.0, 6.0, 0.0)) == pytest.approx(0.5)
+    del prof.points["attention_cross"]
+    assert prof.efficiency("attention", (7.5, 3.0, 5.0, 0.0)) == pytest.approx(0.5)
+
+
 def test_prediction_is_overhead_plus_roofline_over_efficiency():
     prof = synthetic_profile(eff=0.5)
     gb = GraphBuilder(Precision.parse("fp32"))
