@@ -142,28 +142,34 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
     -> [B, Cout, (h-1)·s - 2p + kh, (w-1)·s - 2p + kw].
 
     Every input pixel scatters a kh×kw patch: one GEMM makes all patches, then each kernel tap
-    is added into the output on a strided grid.  When the stride equals the kernel (SAM's 2x2,
-    stride 2 upscaling) the patches do not overlap: each lands on its own kh×kw block, and
-    placing them is one transposed copy."""
+    is added into the output on a strided grid.  The GEMM takes the input as it lies, channels
+    by pixels ([Cout·kh·kw, Cin] @ [B, Cin, h·w]), so each tap comes out as a [B, Cout, h, w]
+    image whose rows are contiguous.  When the stride equals the kernel (SAM's 2x2, stride 2
+    upscaling) the patches do not overlap: tap (i, j) of pixel (y, x) lands on (y·kh + i,
+    x·kw + j), one strided copy per tap, with the bias added on the way."""
     Cin, Cout, kh, kw = weight.shape
     if x.ndim != 4 or x.shape[1] != Cin:
         raise ValueError(f"conv_transpose2d: x must be [B, {Cin}, height, width], "
                          f"got {tuple(x.shape)}")
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     B, _, h, w = x.shape
-    patches = kernels.matmul(x.transpose(0, 2, 3, 1).reshape(B, h * w, Cin),
-                             weight.reshape(Cin, -1))                   # [B, h·w, Cout·kh·kw]
-    patches = patches.reshape(B, h, w, Cout, kh, kw)
+    patches = kernels.matmul(weight.reshape(Cin, -1).T,
+                             x.reshape(B, Cin, h * w))                  # [B, Cout·kh·kw, h·w]
+    taps = patches.reshape(B, Cout, kh, kw, h, w)                 # tap (i, j): [B, Cout, h, w]
     if (kh, kw) == (sh, sw) and (ph, pw) == (0, 0):
-        out = patches.transpose(0, 3, 1, 4, 2, 5)                      # [B, Cout, h, kh, w, kw]
-        out = out.reshape(B, Cout, h * kh, w * kw)                      # (a copy)
-        return out + bias[None, :, None, None] if bias is not None else out
+        out = np.empty_like(patches, shape=(B, Cout, h, kh, w, kw))
+        for i in range(kh):
+            for j in range(kw):
+                if bias is not None:
+                    np.add(taps[:, :, i, j], bias[None, :, None, None], out=out[:, :, :, i, :, j])
+                else:
+                    out[:, :, :, i, :, j] = taps[:, :, i, j]
+        return out.reshape(B, Cout, h * kh, w * kw)                     # (a view)
     hf, wf = (h - 1) * sh + kh, (w - 1) * sw + kw
     out = np.zeros_like(patches, shape=(B, Cout, hf, wf))
     for i in range(kh):
         for j in range(kw):
-            out[:, :, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw] += (
-                patches[..., i, j].transpose(0, 3, 1, 2))
+            out[:, :, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw] += taps[:, :, i, j]
     out = out[:, :, ph:hf - ph, pw:wf - pw]
     if bias is not None:
         out = out + bias[None, :, None, None]
