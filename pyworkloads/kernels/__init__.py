@@ -468,6 +468,17 @@ def gelu(x):
     """Exact-form GELU x·Φ(x), elementwise (CLIP/OpenCLIP, SAM and Whisper MLPs).  Dispatched like
     the heavy ops because erf one float at a time is slow: the cpp kernel vectorises it."""
     x = _as_float_array(x, "x")
-    return _run("gelu", (x,), {},
-                lambda out: ((tuple(x.shape),), str(out.dtype), 0, 5 * x.size, _nbytes(x, out)),
-                x.shape)
+    if isinstance(x, np.ndarray) and not x.flags.c_contiguous and x.ndim > 1:
+        # a permuted view of a contiguous block (a channels-first view of channels-last data):
+        # computed in memory order and returned with the input's layout, as NumPy's ufuncs do,
+        # rather than copied through a strided transpose first
+        order = sorted(range(x.ndim), key=lambda d: -x.strides[d])
+        inner = x.transpose(order)
+        if inner.flags.c_contiguous:
+            return gelu(inner).transpose(np.argsort(order))
+    out = _run("gelu", (x,), {},
+               lambda out: ((tuple(x.shape),), str(out.dtype), 0, 5 * x.size, _nbytes(x, out)),
+               x.shape)
+    if isinstance(x, _trace.Traced) and not x.contig:
+        out.contig = False                       # the result keeps the input's layout
+    return out

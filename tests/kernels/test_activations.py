@@ -63,3 +63,17 @@ def test_gelu_is_profiled():
         K.gelu(np.ones((2, 3), np.float32))
     (rec,) = prof.records
     assert (rec.op, rec.flops, rec.bytes) == ("gelu", 5 * 6, 2 * 6 * 4)
+
+
+@backends
+def test_gelu_on_a_permuted_view_keeps_its_layout(backend):
+    """A channels-first view of channels-last data is computed in memory order, not copied
+    through a strided transpose first; the result has the input's layout, as a NumPy ufunc's."""
+    data = np.random.default_rng(3).standard_normal((2, 5, 6, 7)).astype(np.float32)
+    x = data.transpose(0, 3, 1, 2)                              # [B, C, h, w] over [B, h, w, C]
+    got = run(backend, "gelu", x)
+    assert got.shape == x.shape and got.strides == x.strides
+    np.testing.assert_allclose(got, gelu64(x), rtol=0, atol=1e-6 * (1 + float(np.abs(x).max())))
+    with K.profile() as prof, K.use_backend(backend):
+        K.gelu(x)
+    assert [(r.op, r.shapes) for r in prof.records] == [("gelu", (data.shape,))]  # memory order
