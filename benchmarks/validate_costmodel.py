@@ -89,7 +89,8 @@ def main() -> int:
 
 def from_bench(path: str) -> int:
     from costmodel.validate import validate_bench
-    meta = json.load(open(path))
+    with open(path) as f:
+        meta = json.load(f)
     print(f"GPU: {meta.get('device')} (driver {meta.get('driver')}, torch {meta.get('torch')}), "
           f"run {meta.get('timestamp_utc', meta.get('date'))}; bf16; each row predicted from the "
           "other rows\n")

@@ -768,11 +768,12 @@ def profile_from_bench(path, dtype: str = "bf16",
     (``algo == "auto"``) and the vendor libraries' (cuBLAS, SDPA, PyTorch norms) at the benchmarked
     shapes, relative to the device's datasheet roofs.  Kernel launch costs are not in the bench
     rows, so the fixed cost per call is left at zero; a run covers few shapes, so the
-    interpolation is coarse away from them (the JSON names its cases).  ``exclude``: an
-    (op, case) row left out (``validate_bench`` predicts each row from the others)."""
+    interpolation is coarse away from them (the JSON names its cases).  ``path`` may also be the
+    JSON already parsed (a dict); ``exclude``: an (op, case) row left out (``validate_bench``
+    predicts each row from the others)."""
     from . import hardware
     from .graph import GraphBuilder, Precision
-    data = json.loads(Path(path).read_text())
+    data = path if isinstance(path, dict) else json.loads(Path(path).read_text())
     dev = hardware.get_device(data.get("costmodel_device") or "")
     prec = Precision.parse(dtype)
     gb = GraphBuilder(prec, attention="flash")

@@ -333,7 +333,7 @@ def validate_bench(path, dtype: str = "bf16", table: str = "ours") -> list[dict]
     data = json.loads(Path(path).read_text())
     gb = GraphBuilder(Precision.parse(dtype), attention="flash")
     key = "ours_ms" if table == "ours" else "baseline_ms"
-    roofs = profile_from_bench(path, dtype)                 # the datasheet roofs: t_lower
+    roofs = profile_from_bench(data, dtype)                 # the datasheet roofs: t_lower
     out = []
     for row in data.get("results", []):
         if (row.get("algo") != "auto" or row.get("dtype") != dtype or row.get("status") != "ok"
@@ -343,7 +343,7 @@ def validate_bench(path, dtype: str = "bf16", table: str = "ours") -> list[dict]
         if layer is None:
             continue
         try:
-            prof = profile_from_bench(path, dtype, exclude=(row["op"], row["case"]))
+            prof = profile_from_bench(data, dtype, exclude=(row["op"], row["case"]))
         except ValueError:                      # the row was the only one of this dtype
             prof = None
         pred = prof.predict(layer, table) if prof is not None else None
