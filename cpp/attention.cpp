@@ -323,10 +323,11 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
             for (int64_t jj = 0; jj < nk; ++jj) mx = vmax_nan(vload(w.st + jj * BQ + v * VL), mx);
             const vf m_old = vload(w.m + v * VL);
             const vf m_new = vmax_nan(m_old, mx);
-            // a query with no allowed key so far keeps m = -inf; subtract -3e38 instead: its weights
-            // are exp(-inf) = 0, which still meet the block's v rows (0 · NaN is NaN, as in the
-            // reference)
-            const vf m_use = vmax_nan(m_new, vset1(-3.0e38f));
+            // a query with no allowed key so far keeps m = -inf; subtract 0 instead (-inf - -inf
+            // would be NaN): its weights are exp(-inf) = 0, which still meet the block's v rows
+            // (0 · NaN is NaN, as in the reference).  Only -inf is replaced: a finite maximum
+            // as low as -3.4e38 (a huge negative scale) is a real score whose key gets weight 1.
+            const vf m_use = vneg_inf_to_zero(m_new);
             vf sum = vzero();
             for (int64_t jj = 0; jj < nk; ++jj) {
                 float* sp = w.st + jj * BQ + v * VL;

@@ -12,6 +12,7 @@
 // NaN (the clamps keep a NaN operand: the max/min instructions return their second operand when
 // either is NaN).  `vmax_nan` is the maximum that keeps a NaN from either side, for the softmax's
 // running maximum: a NaN score must make its row NaN, as in the NumPy reference.
+// `vneg_inf_to_zero` replaces -inf lanes by 0 (the maximum of a row with no allowed key yet).
 #pragma once
 
 #include <cstdint>
@@ -43,6 +44,9 @@ inline vf vmax_nan(vf a, vf b) {
     return _mm512_mask_mov_ps(_mm512_max_ps(a, b), _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
 }
 inline vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
+inline vf vneg_inf_to_zero(vf a) {
+    return _mm512_mask_mov_ps(a, _mm512_cmp_ps_mask(a, vset1(-__builtin_inff()), _CMP_EQ_OQ), vzero());
+}
 inline float vhsum(vf a) { return _mm512_reduce_add_ps(a); }
 inline float vhmax(vf a) { return _mm512_reduce_max_ps(a); }
 inline vf vexp(vf x) {
@@ -108,6 +112,9 @@ inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
 inline vf vmax_nan(vf a, vf b) { return _mm256_blendv_ps(_mm256_max_ps(a, b), a, _mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
 inline vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
+inline vf vneg_inf_to_zero(vf a) {
+    return _mm256_blendv_ps(a, vzero(), _mm256_cmp_ps(a, vset1(-__builtin_inff()), _CMP_EQ_OQ));
+}
 inline float vhsum(vf a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -175,6 +182,10 @@ PYW_LANEWISE(vmax, a.v[i] > b.v[i] ? a.v[i] : b.v[i])
 PYW_LANEWISE(vmax_nan, (a.v[i] != a.v[i] || a.v[i] > b.v[i]) ? a.v[i] : b.v[i])
 PYW_LANEWISE(vdiv, a.v[i] / b.v[i])
 #undef PYW_LANEWISE
+inline vf vneg_inf_to_zero(vf a) {
+    for (int i = 0; i < VL; ++i) a.v[i] = a.v[i] == -__builtin_inff() ? 0.f : a.v[i];
+    return a;
+}
 inline vf vfma(vf a, vf b, vf c) {
     vf r;
     for (int i = 0; i < VL; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];

@@ -320,3 +320,17 @@ def test_cpp_naive_attention_is_the_reference(Tq, where, value):
         kw = dict(causal=causal, bias=bias, mask=mask)
         got = _kernels.attention(q, k, v, version="naive", **kw)
         assert_same_values(got, reference_attention(q, k, v, **kw), attention_bound(v))
+
+
+@backends
+@pytest.mark.parametrize("Tq", [1, 6, 70])
+def test_attention_finite_scores_below_minus_3e38_are_real_scores(backend, Tq):
+    """A scale of 3e38 puts finite scores near -3.4e38: the softmax of a row whose every score is
+    that low still gives its best key weight 1 (only -inf means "no key"), as the reference does."""
+    q = np.full((1, 1, Tq, 2), -0.5, np.float32)
+    k = np.array([[[[1.0, 1.125], [1.125, 1.125]]]], np.float32)    # scores -3.19e38, -3.38e38
+    v = np.array([[[[2.5], [-4.0]]]], np.float32)
+    want = reference_attention(q, k, v, scale=3e38)
+    np.testing.assert_array_equal(want, np.full((1, 1, Tq, 1), 2.5, np.float32))
+    check_attention(backend, q, k, v, scale=3e38)
+    check_attention(backend, q, k, v, scale=3e38, causal=Tq == 1)
