@@ -1,7 +1,12 @@
-// pyworkloads._kernels: the C++ CPU backend.  Each op family lives in its own file and registers
-// itself here; the bindings validate every argument before touching memory and release the GIL
-// while computing (see common.h).
+// pyworkloads._kernels_<isa>: the C++ CPU backend, one module per ISA level (CMakeLists.txt builds
+// the same sources with each level's flags; pyworkloads/_kernels.py loads the best this CPU runs).
+// Each op family lives in its own file and registers itself here; the bindings validate every
+// argument before touching memory and release the GIL while computing (see common.h).
 #include "common.h"
+
+#ifndef PYWORKLOADS_MODULE
+#error "PYWORKLOADS_MODULE (the module's name) and PYWORKLOADS_ISA are set by CMakeLists.txt"
+#endif
 
 namespace pyworkloads {
 void bind_norms(py::module_& m);
@@ -13,7 +18,7 @@ void bind_peak(py::module_& m);
 
 namespace py = pybind11;
 
-PYBIND11_MODULE(_kernels, m) {
+PYBIND11_MODULE(PYWORKLOADS_MODULE, m) {
     m.doc() = "pyworkloads C++ CPU kernels (float32)";
     pyworkloads::thread_setting();   // read OpenMP's default now, before any other thread runs
     pyworkloads::bind_norms(m);
@@ -40,6 +45,25 @@ PYBIND11_MODULE(_kernels, m) {
             pyworkloads::thread_setting().store(static_cast<int>(v));
         },
         py::arg("n"), "Threads every later kernel call uses, from any Python thread (1 .. max_num_threads()).");
+    // Which ISA levels this CPU (and its OS: the AVX and AVX-512 register state must be enabled)
+    // can execute.  The portable module answers this before any other module is imported: importing
+    // a module built for a level the CPU lacks could already execute one of its instructions.
+    m.def(
+        "cpu_supports",
+        []() {
+            py::dict d;
+            d["portable"] = true;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+            __builtin_cpu_init();
+            d["avx2"] = __builtin_cpu_supports("x86-64-v3") != 0;
+            d["avx512"] = __builtin_cpu_supports("x86-64-v4") != 0;
+#else
+            d["avx2"] = false;
+            d["avx512"] = false;
+#endif
+            return d;
+        },
+        "{'portable': True, 'avx2': x86-64-v3 runs here, 'avx512': x86-64-v4 runs here}.");
     m.def("get_num_threads", []() { return pyworkloads::kernel_threads(); });
     m.def("max_num_threads", &pyworkloads::thread_limit,
           "The largest thread count set_num_threads accepts: 4 x the cores this process may use.");
@@ -59,6 +83,7 @@ PYBIND11_MODULE(_kernels, m) {
 #else
             d["simd"] = "portable";
 #endif
+            d["isa"] = PYWORKLOADS_ISA;
             d["compiler"] = __VERSION__;
 #ifdef PYWORKLOADS_SANITIZERS
             d["sanitizers"] = PYWORKLOADS_SANITIZERS;

@@ -54,8 +54,11 @@ def cmd_info(args) -> int:
     try:
         from . import _kernels
         info = _kernels.build_info()
-        print(f"C++ extension: OpenMP {'on' if info['openmp'] else 'off'}, SIMD {info['simd']}, "
-              f"compiler {info['compiler']}, threads {kernels.get_num_threads()}")
+        built = [i for i in _kernels.ORDER if _kernels._built(i)]
+        print(f"C++ extension: ISA {_kernels.selected()} (built: {', '.join(built)}; runs here: "
+              f"{', '.join(_kernels.isas())}), OpenMP {'on' if info['openmp'] else 'off'}, "
+              f"SIMD {info['simd']}, compiler {info['compiler']}, "
+              f"threads {kernels.get_num_threads()}")
     except ImportError as exc:
         print(f"C++ extension: not built ({exc})")
     try:

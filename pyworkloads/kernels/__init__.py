@@ -41,7 +41,7 @@ from .tracing import trace
 __all__ = [
     "matmul", "attention", "rms_norm", "layer_norm", "gelu", "available", "use_backend",
     "get_backend", "set_backend", "profile", "scope", "trace", "set_num_threads", "get_num_threads",
-    "Profile", "KernelCall",
+    "Profile", "KernelCall", "cpu_isas", "get_cpu_isa", "set_cpu_isa", "use_cpu_isa",
 ]
 
 BACKENDS = ("numpy", "cpp", "cuda")
@@ -118,6 +118,42 @@ def use_backend(name: str):
         yield name
     finally:
         _active.reset(token)
+
+
+# The cpp backend is compiled once per x86-64 ISA level (portable, avx2, avx512; see
+# pyworkloads/_kernels.py) and runs the best level this CPU executes; these switch levels, e.g. to
+# measure or test the AVX2 path on an AVX-512 machine.  The choice is process-wide.
+def _cpp_kernels():
+    if _load_backend("cpp") is None:
+        raise RuntimeError(f"backend 'cpp' is not available: {_backend_errors.get('cpp')}")
+    from .. import _kernels
+    return _kernels
+
+
+def cpu_isas() -> list[str]:
+    """The ISA levels of the cpp backend this CPU can run, best first, e.g.
+    ``["avx512", "avx2", "portable"]``."""
+    return _cpp_kernels().isas()
+
+
+def get_cpu_isa() -> str:
+    """The ISA level the cpp backend runs now."""
+    return _cpp_kernels().selected()
+
+
+def set_cpu_isa(isa: str) -> None:
+    """Run the cpp backend's kernels compiled for `isa` (one of :func:`cpu_isas`) from now on."""
+    _cpp_kernels().select(isa)
+
+
+@contextlib.contextmanager
+def use_cpu_isa(isa: str):
+    """``with use_cpu_isa("avx2"): ...`` runs the cpp kernels inside with the AVX2 build."""
+    previous = _cpp_kernels().select(isa)
+    try:
+        yield isa
+    finally:
+        _cpp_kernels().select(previous)
 
 
 _num_threads: int | None = None

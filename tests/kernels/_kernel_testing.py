@@ -1,7 +1,14 @@
 """Helpers shared by the kernel property tests: the compiled backends to check, array layouts
-(strided and transposed views with the same values) and error bounds scaled by reduction length."""
+(strided and transposed views with the same values) and error bounds scaled by reduction length.
+
+The cpp backend is compiled once per ISA level (pyworkloads/_kernels.py); each level this CPU can
+execute is a backend of its own here, ``"cpp:avx512"``, ``"cpp:avx2"``, ``"cpp:portable"``, so
+every kernel path this machine can run is tested (an AVX2 machine compiles the AVX-512 path but
+cannot run it: `pyworkloads info` and the test ids say which were run)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -9,8 +16,28 @@ from hypothesis import strategies as st
 
 import pyworkloads.kernels as K
 
-# Every backend except the reference: the cpp backend (and cuda when a GPU is present).
-COMPILED = [b for b in K.available() if b != "numpy"]
+
+def _compiled() -> list[str]:
+    out = []
+    for b in K.available():
+        if b == "cpp":
+            out += [f"cpp:{isa}" for isa in K.cpu_isas()]
+        elif b != "numpy":
+            out.append(b)
+    return out
+
+
+# Every backend except the reference: the cpp backend at each ISA level this CPU runs (and cuda
+# when a GPU is present).
+COMPILED = _compiled()
+
+
+@contextlib.contextmanager
+def on_backend(backend: str):
+    """Run the kernel calls inside on `backend` ("cpp:avx2" selects that ISA's cpp kernels)."""
+    name, _, isa = backend.partition(":")
+    with K.use_backend(name), (K.use_cpu_isa(isa) if isa else contextlib.nullcontext()):
+        yield name
 backends = pytest.mark.parametrize(
     "backend",
     COMPILED
@@ -25,7 +52,7 @@ def backends_with(op: str):
 
     params = []
     for b in COMPILED:
-        mod = importlib.import_module(f"pyworkloads.kernels.{b}_backend")
+        mod = importlib.import_module(f"pyworkloads.kernels.{b.partition(':')[0]}_backend")
         has = hasattr(mod, op)
         params.append(
             b
@@ -71,7 +98,7 @@ def dims(*special: int, lo: int = 0, hi: int = 40):
 
 
 def run(backend: str, op: str, *args, **kwargs) -> np.ndarray:
-    with K.use_backend(backend):
+    with on_backend(backend):
         return np.asarray(getattr(K, op)(*args, **kwargs))
 
 

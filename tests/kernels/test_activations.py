@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from _kernel_testing import backends_with, run
+from _kernel_testing import backends_with, on_backend, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,7 +54,7 @@ def test_gelu_special_values_behave_like_the_reference(backend):
 
 @backends
 def test_gelu_refuses_other_dtypes(backend):
-    with K.use_backend(backend), pytest.raises(TypeError, match="float32"):
+    with on_backend(backend), pytest.raises(TypeError, match="float32"):
         K.gelu(np.ones(4))
 
 
@@ -74,6 +74,6 @@ def test_gelu_on_a_permuted_view_keeps_its_layout(backend):
     got = run(backend, "gelu", x)
     assert got.shape == x.shape and got.strides == x.strides
     np.testing.assert_allclose(got, gelu64(x), rtol=0, atol=1e-6 * (1 + float(np.abs(x).max())))
-    with K.profile() as prof, K.use_backend(backend):
+    with K.profile() as prof, on_backend(backend):
         K.gelu(x)
     assert [(r.op, r.shapes) for r in prof.records] == [("gelu", (data.shape,))]  # memory order

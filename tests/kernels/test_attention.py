@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _kernel_testing import EPS32, assert_within, backends, dims, run
+from _kernel_testing import EPS32, assert_within, backends, dims, on_backend, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -145,7 +145,7 @@ def test_attention_bad_inputs_raise(backend, rng):
 
     q = rng.standard_normal((1, 4, 5, 8), dtype=np.float32)
     kv = rng.standard_normal((1, 3, 5, 8), dtype=np.float32)
-    with K.use_backend(backend):
+    with on_backend(backend):
         with pytest.raises(ValueError):
             K.attention(q, kv, kv)  # 4 query heads, 3 kv heads
         with pytest.raises(ValueError):

@@ -7,9 +7,7 @@ import importlib
 
 import numpy as np
 import pytest
-from _kernel_testing import backends
-
-import pyworkloads as pw
+from _kernel_testing import backends, on_backend
 
 
 def model(name):
@@ -21,7 +19,7 @@ def model(name):
 
 def same_on(backend, f):
     want = f()
-    with pw.use_backend(backend):
+    with on_backend(backend):
         got = f()
     for w, g in zip(
         want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _kernel_testing import EPS32, LAYOUTS, assert_within, backends, dims, laid_out, run
+from _kernel_testing import (
+    EPS32,
+    LAYOUTS,
+    assert_within,
+    backends,
+    dims,
+    laid_out,
+    on_backend,
+    run,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -109,7 +118,7 @@ def test_matmul_bad_inputs_raise(backend, rng):
     import pyworkloads.kernels as K
 
     a = rng.standard_normal((3, 4), dtype=np.float32)
-    with K.use_backend(backend):
+    with on_backend(backend):
         with pytest.raises(ValueError):
             K.matmul(a, a)  # inner dimensions differ
         with pytest.raises(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _kernel_testing import EPS32, assert_within, backends, dims, run
+from _kernel_testing import EPS32, assert_within, backends, dims, on_backend, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -85,7 +85,7 @@ def test_norms_bad_inputs_raise(backend):
     import pyworkloads.kernels as K
 
     x = np.ones((2, 8), np.float32)
-    with K.use_backend(backend):
+    with on_backend(backend):
         with pytest.raises(ValueError):
             K.rms_norm(x, np.ones(7, np.float32), 1e-6)
         with pytest.raises(ValueError):
