@@ -1,7 +1,10 @@
 """matmul GFLOP/s: the cpp backend vs NumPy (OpenBLAS) on square sizes and the models' real shapes.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_matmul.py [--sizes 256 512 1024 2048 4096] [--repeat
-    7]
+    7] [--isa avx512 avx2]
+
+Each ISA build of the cpp kernels this CPU runs (default: all but portable) is measured beside
+NumPy in the same run, so an AVX-512 machine gives the AVX2 path's ratios too.
 
 Both libraries run in the same process with the same thread count, in alternating blocks of
 calls (so load from other processes hits both alike, see block_medians), and the table shows
@@ -62,18 +65,27 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024, 2048, 4096])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--no-model-shapes", action="store_true")
+    ap.add_argument("--isa", nargs="*", default=None,
+                    help="cpp ISA builds to measure (default: all this CPU runs but portable)")
     args = ap.parse_args(argv)
+    isas = args.isa or [i for i in _kernels.isas() if i != "portable"] or ["portable"]
+    mods = {isa: _kernels.module(isa) for isa in isas}
     rng = np.random.default_rng(0)
     print(
         f"threads: cpp {_kernels.get_num_threads()} "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}), "
-        f"BLAS: {blas_info()}; cpp build {_kernels.build_info()}, tile (MR, NR, KC, MC, NC) = "
-        f"{_kernels._matmul_tile()}"
+        f"BLAS: {blas_info()}; cpp builds {isas} ({_kernels.build_info()['compiler']}), tile "
+        f"(MR, NR, KC, MC, NC) = {[m._matmul_tile() for m in mods.values()]}"
     )
-    print(
-        f"{'case':<34} {'numpy GF/s':>10} {'cpp GF/s':>9} {'cpp/np':>7} {'np GB/s':>8} "
-        f"{'cpp GB/s':>8}"
-    )
+    big = np.ones(64 << 20, np.float32)                         # 256 MB, far beyond the caches
+    read = min(mods[isas[0]].stream_read(big)[0] for _ in range(5))
+    print(f"streaming read (cpp stream_read, 256 MB, best of 5): {big.nbytes / read / 1e9:.1f} "
+          "GB/s")
+    del big
+    head = f"{'case':<36} {'numpy GF/s':>10}"
+    for isa in isas:
+        head += f" {isa + ' GF/s':>12} {'/np':>5} {'GB/s':>6}"
+    print(head + f" {'np GB/s':>7}")
     cases = [(f"square {n}", (n, n), (n, n), False) for n in args.sizes]
     cases += [(f"square {n}, b = W.T", (n, n), (n, n), True) for n in args.sizes if n >= 1024]
     if not args.no_model_shapes:
@@ -89,6 +101,12 @@ def main(argv=None) -> None:
             ("clip-b/32 vision 50x768x3072", (50, 768), (3072, 768), True),
             ("whisper-base enc 1500x512x2048", (1500, 512), (2048, 512), True),
             ("batch decode 4x4096x4096", (4, 4096), (4096, 4096), True),
+            # x @ W with W stored [K, N]: the plain NumPy layout (B row-major)
+            ("x @ W decode 1x4096x11008", (1, 4096), (4096, 11008), False),
+            ("x @ W decode 1x11008x4096", (1, 11008), (11008, 4096), False),
+            ("x @ W decode 1x768x2048", (1, 768), (768, 2048), False),
+            ("x @ W decode 1x2048x768", (1, 2048), (2048, 768), False),
+            ("x @ W batch 4x4096x4096", (4, 4096), (4096, 4096), False),
         ]
     for name, sa, sb, transposed in cases:
         a = rng.standard_normal(sa, dtype=np.float32)
@@ -96,16 +114,15 @@ def main(argv=None) -> None:
         b = w.T if transposed else w  # [K, N] either way
         M, K = a.shape
         N = b.shape[1]
-        med = block_medians(
-            {"np": lambda: a @ b, "cpp": lambda: _kernels.matmul(a, b)}, args.repeat
-        )
+        fns = {"np": lambda: a @ b}
+        fns.update({isa: (lambda m=m: m.matmul(a, b)) for isa, m in mods.items()})
+        med = block_medians(fns, args.repeat)
         flops, nbytes = 2.0 * M * N * K, 4.0 * (M * K + K * N + M * N)
-        print(
-            f"{name:<34} {flops / med['np'] / 1e9:>10.1f} {flops / med['cpp'] / 1e9:>9.1f} "
-            f"{med['np'] / med['cpp']:>7.2f} {nbytes / med['np'] / 1e9:>8.1f} "
-            f"{nbytes / med['cpp'] / 1e9:>8.1f}",
-            flush=True,
-        )
+        line = f"{name:<36} {flops / med['np'] / 1e9:>10.1f}"
+        for isa in isas:
+            line += (f" {flops / med[isa] / 1e9:>12.1f} {med['np'] / med[isa]:>5.2f} "
+                     f"{nbytes / med[isa] / 1e9:>6.1f}")
+        print(line + f" {nbytes / med['np'] / 1e9:>7.1f}", flush=True)
 
 
 if __name__ == "__main__":

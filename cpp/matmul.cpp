@@ -196,6 +196,9 @@ inline void micro_kernel(int64_t kc, const float* __restrict Ap, const float* __
         Ap += MR;
         Bp += NR;
     }
+    // The tile leaves the registers through constant indices only (the loops unroll fully): an
+    // accumulator indexed by a run-time row count would make the compiler keep the whole tile in
+    // memory and spill it on every k step.  Edge tiles go through a buffer on the stack.
     if (mr == MR && nr == NR) {
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i)
@@ -206,13 +209,13 @@ inline void micro_kernel(int64_t kc, const float* __restrict Ap, const float* __
             }
         return;
     }
+    alignas(64) float tile[MR * NR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) vstore(tile + i * NR + v * VL, c[i][v]);
     for (int i = 0; i < mr; ++i)
-        for (int v = 0; v < NV; ++v) {
-            const int n = std::min(VL, nr - v * VL);
-            if (n <= 0) break;
-            float* dst = C + i * ldc + v * VL;
-            vstore_n(dst, accumulate ? vadd(vload_n(dst, n), c[i][v]) : c[i][v], n);
-        }
+        for (int j = 0; j < nr; ++j) C[i * ldc + j] = accumulate ? C[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
 }
 
 // ---- 2c. the loop nest and its thread grid ----------------------------------------------------

@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "simd.h"
+#include "strided.h"
 
 namespace pyworkloads {
 
@@ -51,9 +52,46 @@ double fma_peak(int64_t iterations) {
     return double(threads) * double(iterations) * CHAINS * VL * 2.0 / seconds;
 }
 
+// The machine's streaming-read roof: the kernel threads each sum a contiguous share of x (4
+// independent vector accumulators, loads only).  A decode GEMV streams its weights the same way,
+// so its GB/s over this is how close it runs to the memory system.  Returns the seconds of the
+// pass and the sum (which keeps the loads from being optimised away).
+py::tuple stream_read(py::handle x_obj) {
+    const f32array x = require_f32(x_obj, "x");
+    const int64_t n = x.size();
+    const float* p = x.data();
+    const int threads = kernel_threads();
+    std::vector<float> part(threads, 0.0f);
+    double seconds;
+    {
+        py::gil_scoped_release nogil;
+        const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads)
+        {
+            const int nt = team_size(), t = thread_id();
+            const int64_t per = (n / nt) / (4 * VL) * (4 * VL);
+            const int64_t i0 = t * per, i1 = t == nt - 1 ? n : i0 + per;
+            vf acc[4] = {vzero(), vzero(), vzero(), vzero()};
+            int64_t i = i0;
+            for (; i + 4 * VL <= i1; i += 4 * VL)
+                for (int c = 0; c < 4; ++c) acc[c] = vadd(acc[c], vload(p + i + c * VL));
+            float s = vhsum(vadd(vadd(acc[0], acc[1]), vadd(acc[2], acc[3])));
+            for (; i < i1; ++i) s += p[i];
+            part[t] = s;
+        }
+        seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    float sum = 0.0f;
+    for (float v : part) sum += v;
+    return py::make_tuple(seconds, sum);
+}
+
 }  // namespace
 
 void bind_peak(py::module_& m) {
+    m.def("stream_read", &stream_read, py::arg("x"),
+          "(seconds, sum) of one pass over the float32 array x by the kernel threads, each summing a "
+          "contiguous share: x.nbytes / seconds is the streaming-read bandwidth.");
     m.def("fma_peak", &fma_peak, py::arg("iterations") = 1 << 22,
           "FLOP/s of independent float32 FMAs on registers over the kernel threads: the measured "
           "compute roof of this machine at its current clock.");
