@@ -1,12 +1,13 @@
-"""attention: the cpp flash kernel vs the NumPy reference and PyTorch's
-scaled_dot_product_attention.
+"""attention: the cpp flash kernel (each ISA build this CPU runs) vs PyTorch's
+scaled_dot_product_attention and the NumPy reference.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_attention.py [--T 512 1024 2048 4096] [--repeat 5]
+        [--heads 8:8:64 8:8:128 8:2:64] [--isa avx512 avx2]
 
-B 1, H 8, Dh 64, causal and not, fp32, all three in one process with the same thread count
-(torch.set_num_threads); medians of alternating blocks of repeats.  The reference materialises the T
-x T
-scores, so it is run up to --ref-max-T.  Peak memory: each (implementation, T) runs once in a
+B 1; heads Hq:Hkv:Dh (Hkv < Hq is grouped-query attention: torch gets enable_gqa=True); causal and
+not; fp32; every implementation in one process with the same thread count
+(torch.set_num_threads); medians of alternating blocks of repeats.  The reference materialises the
+T x T scores, so it is run up to --ref-max-T.  Peak memory: each (implementation, T) runs once in a
 fresh subprocess, and the growth of its resident-set high-water mark over the inputs is printed --
 flat in T for the fused kernel, ~T² for the reference.
 """
@@ -70,9 +71,15 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--T", type=int, nargs="*", default=[512, 1024, 2048, 4096])
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--ref-max-T", type=int, default=2048)
+    ap.add_argument("--heads", nargs="*", default=["8:8:64", "8:8:128", "8:2:64"],
+                    help="Hq:Hkv:Dh configurations")
+    ap.add_argument("--ref-max-T", type=int, default=1024)
+    ap.add_argument("--isa", nargs="*", default=None,
+                    help="cpp ISA builds to measure (default: all this CPU runs but portable)")
     ap.add_argument("--no-memory", action="store_true")
     args = ap.parse_args(argv)
+    isas = args.isa or [i for i in _kernels.isas() if i != "portable"] or ["portable"]
+    mods = {isa: _kernels.module(isa) for isa in isas}
     try:
         import torch
         import torch.nn.functional as F
@@ -82,38 +89,42 @@ def main(argv=None) -> None:
         torch = None
     print(
         f"threads {_kernels.get_num_threads()}, torch "
-        f"{torch.__version__ if torch else 'not installed'}; "
-        f"B={B} H={H} Dh={DH} fp32; medians of {args.repeat}"
+        f"{torch.__version__ if torch else 'not installed'}; B={B} fp32; cpp builds {isas}; "
+        f"medians of {args.repeat}"
     )
-    print(
-        f"{'T':>5} {'causal':>6} {'cpp ms':>8} {'torch ms':>8} {'ref ms':>8} {'cpp GF/s':>8} "
-        f"{'vs torch':>8} {'vs ref':>7}"
-    )
+    head = f"{'Hq:Hkv:Dh':>9} {'T':>5} {'causal':>6} {'torch ms':>8} {'ref ms':>7}"
+    for isa in isas:
+        head += f" {isa + ' ms':>10} {'GF/s':>6} {'/torch':>6}"
+    print(head)
     rng = np.random.default_rng(0)
-    for T in args.T:
-        q, k, v = (rng.standard_normal((B, H, T, DH), dtype=np.float32) for _ in range(3))
-        for causal in (True, False):
-            fns = {"cpp": lambda: _kernels.attention(q, k, v, causal=causal)}
-            if torch:
-                tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
-                fns["torch"] = lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
-            if T <= args.ref_max_T:
-                fns["ref"] = lambda: reference.attention(q, k, v, causal=causal)
-            med = block_medians(
-                fns,
-                args.repeat if T <= 2048 else max(2, args.repeat // 2),
-                rounds=2 if T <= 2048 else 1,
-            )
-            flops = (
-                4.0 * B * H * T * T * DH * (0.5 if causal else 1.0)
-            )  # executed work (causal half)
-            tt, tr = med.get("torch", float("nan")), med.get("ref", float("nan"))
-            print(
-                f"{T:>5} {str(causal):>6} {med['cpp'] * 1e3:>8.1f} {tt * 1e3:>8.1f} "
-                f"{tr * 1e3:>8.1f} "
-                f"{flops / med['cpp'] / 1e9:>8.1f} {tt / med['cpp']:>8.2f} {tr / med['cpp']:>7.1f}",
-                flush=True,
-            )
+    for spec in args.heads:
+        hq, hkv, dh = (int(x) for x in spec.split(":"))
+        for T in args.T:
+            q = rng.standard_normal((B, hq, T, dh), dtype=np.float32)
+            k, v = (rng.standard_normal((B, hkv, T, dh), dtype=np.float32) for _ in range(2))
+            for causal in (True, False):
+                fns = {isa: (lambda m=m: m.attention(q, k, v, causal=causal))
+                       for isa, m in mods.items()}
+                if torch:
+                    tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
+                    gqa = {"enable_gqa": True} if hkv != hq else {}
+                    fns["torch"] = lambda: F.scaled_dot_product_attention(
+                        tq, tk, tv, is_causal=causal, **gqa)
+                if T <= args.ref_max_T:
+                    fns["ref"] = lambda: reference.attention(q, k, v, causal=causal)
+                med = block_medians(
+                    fns,
+                    args.repeat if T <= 2048 else max(2, args.repeat // 2),
+                    rounds=2 if T <= 2048 else 1,
+                )
+                # executed work: the causal half
+                flops = 4.0 * B * hq * T * T * dh * (0.5 if causal else 1.0)
+                tt, tr = med.get("torch", float("nan")), med.get("ref", float("nan"))
+                line = f"{spec:>9} {T:>5} {str(causal):>6} {tt * 1e3:>8.1f} {tr * 1e3:>7.1f}"
+                for isa in isas:
+                    line += (f" {med[isa] * 1e3:>10.1f} {flops / med[isa] / 1e9:>6.1f} "
+                             f"{tt / med[isa]:>6.2f}")
+                print(line, flush=True)
     if not args.no_memory:
         print("\npeak resident memory growth of one causal call (MiB), fresh process each:")
         print(f"{'T':>5} {'cpp':>8} {'ref':>8}   (q+k+v inputs: MiB)")

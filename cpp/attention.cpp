@@ -42,8 +42,11 @@ using namespace simd;
 
 namespace {
 
-constexpr int NVEC = 4;                 // vectors per kernel row
-constexpr int BQ = NVEC * VL;           // queries per task (64 with AVX-512): one kernel row of Sᵀ
+constexpr int NVEC = 4;                 // vectors per row of Sᵀ
+constexpr int BQ = NVEC * VL;           // queries per task (64 with AVX-512): one row of Sᵀ
+// tile_mac's width in vectors: its 6 x TV accumulators, TV right-hand vectors and a broadcast
+// must fit the register file (AVX-512: 24 + 4 + 1 of 32 zmm; AVX2: 12 + 2 + 1 of 16 ymm)
+constexpr int TV = VL == 16 ? 4 : 2;
 constexpr int BK = 48;                  // keys per block: 8 tiles of the 6-row kernel
 constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
 
@@ -166,7 +169,7 @@ bool v_rows_nonfinite(const Problem& P, int64_t b, int64_t hk, int64_t j0, int64
 // and finally out = O / l (rows with no allowed key keep l = 0 and give zeros, like the reference).
 // The scores are kept transposed, Sᵀ [keys x queries] with one SIMD lane per query (BQ = 4
 // vectors), so the running max / sum / rescale of all BQ queries are plain vector ops, and both
-// products use one register-tiled kernel (tile_mac: 6 rows x 4 vectors of accumulators, broadcast
+// products use one register-tiled kernel (tile_mac: 6 rows x TV vectors of accumulators, broadcast
 // the left operand, FMA with unit-stride rows of the right one): Sᵀ = K_blk · Qᵀ reads K rows in
 // place against Qᵀ (packed once per task, Dh·BQ floats), and O += P · V reads V rows in place.
 // With causal masking, key blocks entirely above the diagonal are skipped (about half the work)
@@ -174,34 +177,13 @@ bool v_rows_nonfinite(const Problem& P, int64_t b, int64_t hk, int64_t j0, int64
 // over threads dynamically, longest (last query blocks) first, since causal tasks differ.
 // =============================================================================================
 
-// C[R x w] (+)= A[R x K] · B[K x w]; A(r, k) = A[r·ars + k·acs]; rows of B and C are ldb and ldc
-// floats apart; w <= NVEC·VL.
+// C[R x w] (+)= A[R x K] · B[K x w] for w < TV·VL (tile edges), lanes past w masked.  Kept apart
+// from tile_mac: its accumulators are indexed by the run-time vector count, which would make the
+// compiler keep tile_mac's whole tile in memory.
 template <int R>
-inline void tile_mac(int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
-                     int64_t ldc, int w, bool accumulate) {
-    vf c[R][NVEC];
-    if (w == NVEC * VL) {
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-            for (int v = 0; v < NVEC; ++v) c[r][v] = accumulate ? vload(C + r * ldc + v * VL) : vzero();
-        for (int64_t k = 0; k < K; ++k) {
-            vf b[NVEC];
-#pragma GCC unroll 4
-            for (int v = 0; v < NVEC; ++v) b[v] = vload(B + k * ldb + v * VL);
-#pragma GCC unroll 8
-            for (int r = 0; r < R; ++r) {
-                const vf a = vset1(A[r * ars + k * acs]);
-#pragma GCC unroll 4
-                for (int v = 0; v < NVEC; ++v) c[r][v] = vfma(a, b[v], c[r][v]);
-            }
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-            for (int v = 0; v < NVEC; ++v) vstore(C + r * ldc + v * VL, c[r][v]);
-        return;
-    }
+void tile_mac_edge(int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
+                   int64_t ldc, int w, bool accumulate) {
+    vf c[R][TV];
     const int nv = (w + VL - 1) / VL;
     auto width = [&](int v) { return std::min(VL, w - v * VL); };
     for (int r = 0; r < R; ++r)
@@ -215,21 +197,56 @@ inline void tile_mac(int64_t K, const float* A, int64_t ars, int64_t acs, const 
         for (int v = 0; v < nv; ++v) vstore_n(C + r * ldc + v * VL, c[r][v], width(v));
 }
 
-// C[rows x w] (+)= A · B for any rows / w, in 6-row x (NVEC·VL)-column tiles.
+// C[R x TV·VL] (+)= A[R x K] · B[K x TV·VL]; A(r, k) = A[r·ars + k·acs]; rows of B and C are ldb
+// and ldc floats apart.  The accumulators live in registers (every index a constant once the
+// loops unroll).
+template <int R>
+inline void tile_mac(int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
+                     int64_t ldc, bool accumulate) {
+    vf c[R][TV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < TV; ++v) c[r][v] = accumulate ? vload(C + r * ldc + v * VL) : vzero();
+    for (int64_t k = 0; k < K; ++k) {
+        vf b[TV];
+#pragma GCC unroll 4
+        for (int v = 0; v < TV; ++v) b[v] = vload(B + k * ldb + v * VL);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+            const vf a = vset1(A[r * ars + k * acs]);
+#pragma GCC unroll 4
+            for (int v = 0; v < TV; ++v) c[r][v] = vfma(a, b[v], c[r][v]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < TV; ++v) vstore(C + r * ldc + v * VL, c[r][v]);
+}
+
+template <int R>
+inline void tile_any(int64_t K, const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
+                     int64_t ldc, int w, bool accumulate) {
+    if (w == TV * VL) tile_mac<R>(K, A, ars, acs, B, ldb, C, ldc, accumulate);
+    else tile_mac_edge<R>(K, A, ars, acs, B, ldb, C, ldc, w, accumulate);
+}
+
+// C[rows x w] (+)= A · B for any rows / w, in 6-row x (TV·VL)-column tiles.
 void block_mac(int64_t rows, int64_t w, int64_t K, const float* A, int64_t ars, int64_t acs, const float* B,
                int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-    for (int64_t c0 = 0; c0 < w; c0 += NVEC * VL) {
-        const int cw = static_cast<int>(std::min<int64_t>(NVEC * VL, w - c0));
+    for (int64_t c0 = 0; c0 < w; c0 += TV * VL) {
+        const int cw = static_cast<int>(std::min<int64_t>(TV * VL, w - c0));
         for (int64_t r0 = 0; r0 < rows; r0 += 6) {
             const float* a = A + r0 * ars;
             float* c = C + r0 * ldc + c0;
             switch (std::min<int64_t>(6, rows - r0)) {
-                case 6: tile_mac<6>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
-                case 5: tile_mac<5>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
-                case 4: tile_mac<4>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
-                case 3: tile_mac<3>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
-                case 2: tile_mac<2>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
-                default: tile_mac<1>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                case 6: tile_any<6>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                case 5: tile_any<5>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                case 4: tile_any<4>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                case 3: tile_any<3>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                case 2: tile_any<2>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
+                default: tile_any<1>(K, a, ars, acs, B + c0, ldb, c, ldc, cw, accumulate); break;
             }
         }
     }
