@@ -291,110 +291,114 @@ void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t 
 }
 
 // =============================================================================================
-// 3. skinny (M <= SKINNY_M, the decode GEMV x·Wᵀ): B read in place, once.  Over version 2 it drops
-// the packing: for a handful of output rows, packing B would read the weights twice.  For a
-// transposed B (a weight matrix W[N, K] with unit stride along K) each output is a dot product of a
-// W row with the M rows of A (4 W rows at a time -- 8 for one row of A -- vectorised along K); for
-// a row-major B each block of 4 vectors of C columns is accumulated over the rows of B.  Both
-// stream the weights exactly once, split over threads by columns, and are bound by memory
-// bandwidth.
+// 3. skinny (M <= SKINNY_M, the decode GEMV): B read in place, once, as one sequential stream per
+// thread.  Over version 2 it drops the packing: for a handful of output rows, packing B would read
+// the weights twice.  Decode is a weight stream, so what matters is how the weights are walked:
+//
+//   B transposed (x·Wᵀ, W[N, K] C-contiguous): W's rows [n0, n1) of a thread are one contiguous
+//     block; each output is the dot product of one W row with the M rows of A, row after row, so
+//     the thread reads its block front to back (A's rows stay in L1).
+//   B row-major (x·W, W[K, N]): the rows [k0, k1) of W are one contiguous block, so the threads
+//     split K, not N: each sweeps its rows four at a time across all N columns, accumulating a
+//     partial C (in L1/L2), and the partials are summed at the end.
+//
+// Splitting N for a row-major W would give each thread a narrow strip of every row: a strided
+// walk, many short streams.  Side by side, several W rows (the obvious register blocking of the
+// dot products) are as many streams, kilobytes apart -- the prefetchers and the cache sets like
+// neither.
 // =============================================================================================
-// C[m, n] = Σ_k A[m, k] · B[k, n] with B[k, n] = W[n*ldw + k] (unit stride along k), A rows contiguous.
+// C[m, n] = Σ_k A[m, k] · W[n, k] for n in [n0, n1) (W rows ldw apart, unit stride along k).
 template <int MM>
-void skinny_transposed(int64_t N, int64_t K, const float* A, int64_t lda, const float* W, int64_t ldw, float* C,
-                       int64_t ldc, int64_t n0, int64_t n1) {
-    constexpr int NB = MM == 1 ? 8 : 4;                         // W rows streamed side by side
-    const int64_t kv = K / VL * VL;
+void skinny_transposed(int64_t K, const float* A, int64_t lda, const float* W, int64_t ldw, float* C, int64_t ldc,
+                       int64_t n0, int64_t n1) {
+    constexpr int U = 4;                                        // independent accumulators per row
+    const int64_t ku = K / (U * VL) * (U * VL), kv = K / VL * VL;
     const int tail = static_cast<int>(K - kv);
-    int64_t n = n0;
-    for (; n + NB <= n1; n += NB) {
-        vf acc[MM][NB];
+    for (int64_t n = n0; n < n1; ++n) {
+        const float* w = W + n * ldw;
+        vf acc[MM][U];
         for (int m = 0; m < MM; ++m)
-            for (int r = 0; r < NB; ++r) acc[m][r] = vzero();
-        const float* w[NB];
-        for (int r = 0; r < NB; ++r) w[r] = W + (n + r) * ldw;
-        for (int64_t k = 0; k < kv; k += VL) {
-            vf wv[NB];
-            for (int r = 0; r < NB; ++r) {
-                __builtin_prefetch(w[r] + k + GEMV_PREFETCH);
-                wv[r] = vload(w[r] + k);
-            }
+            for (int u = 0; u < U; ++u) acc[m][u] = vzero();
+        int64_t k = 0;
+        for (; k < ku; k += U * VL) {
+#pragma GCC unroll 4
+            for (int line = 0; line < U * VL / 16; ++line) __builtin_prefetch(w + k + GEMV_PREFETCH + 16 * line);
+            vf wv[U];
+            for (int u = 0; u < U; ++u) wv[u] = vload(w + k + u * VL);
+            for (int m = 0; m < MM; ++m)
+                for (int u = 0; u < U; ++u) acc[m][u] = vfma(vload(A + m * lda + k + u * VL), wv[u], acc[m][u]);
+        }
+        for (; k < kv; k += VL) {
+            const vf wv = vload(w + k);
+            for (int m = 0; m < MM; ++m) acc[m][0] = vfma(vload(A + m * lda + k), wv, acc[m][0]);
+        }
+        if (tail) {
+            const vf wv = vload_n(w + kv, tail);
+            for (int m = 0; m < MM; ++m) acc[m][1] = vfma(vload_n(A + m * lda + kv, tail), wv, acc[m][1]);
+        }
+        for (int m = 0; m < MM; ++m)
+            C[m * ldc + n] = vhsum(vadd(vadd(acc[m][0], acc[m][1]), vadd(acc[m][2], acc[m][3])));
+    }
+}
+
+// P[m, 0:N] (=|+=) Σ_{k in [k0, k1)} A[m, k] · B[k, 0:N], B row-major (rows ldb apart); P rows are
+// N floats apart.  RB rows of B per sweep: P is loaded and stored once per RB rows of B.
+template <int MM>
+void skinny_rowmajor(int64_t N, const float* A, int64_t lda, const float* B, int64_t ldb, float* P, int64_t k0,
+                     int64_t k1) {
+    constexpr int RB = 8;
+    const int64_t nv = N / VL * VL;
+    const int tail = static_cast<int>(N - nv);
+    for (int64_t k = k0; k < k1; k += RB) {
+        const int rows = static_cast<int>(std::min<int64_t>(RB, k1 - k));
+        const bool first = k == k0;
+        float a[MM][RB];
+        const float* b[RB];
+        for (int r = 0; r < RB; ++r) {
+            b[r] = B + (k + std::min(r, rows - 1)) * ldb;          // a short last group repeats its row ...
+            for (int m = 0; m < MM; ++m) a[m][r] = r < rows ? A[m * lda + k + r] : 0.f;   // ... times 0
+        }
+        for (int64_t j = 0; j < nv; j += VL) {
+            vf bv[RB];
+#pragma GCC unroll 8
+            for (int r = 0; r < RB; ++r) bv[r] = vload(b[r] + j);
             for (int m = 0; m < MM; ++m) {
-                const vf a = vload(A + m * lda + k);
-                for (int r = 0; r < NB; ++r) acc[m][r] = vfma(a, wv[r], acc[m][r]);
+                float* p = P + m * N + j;
+                vf c = first ? vzero() : vload(p);
+#pragma GCC unroll 8
+                for (int r = 0; r < RB; ++r) c = vfma(vset1(a[m][r]), bv[r], c);
+                vstore(p, c);
             }
         }
         if (tail) {
+            vf bv[RB];
+#pragma GCC unroll 8
+            for (int r = 0; r < RB; ++r) bv[r] = vload_n(b[r] + nv, tail);
             for (int m = 0; m < MM; ++m) {
-                const vf a = vload_n(A + m * lda + kv, tail);
-                for (int r = 0; r < NB; ++r) acc[m][r] = vfma(a, vload_n(w[r] + kv, tail), acc[m][r]);
+                float* p = P + m * N + nv;
+                vf c = first ? vzero() : vload_n(p, tail);
+#pragma GCC unroll 8
+                for (int r = 0; r < RB; ++r) c = vfma(vset1(a[m][r]), bv[r], c);
+                vstore_n(p, c, tail);
             }
-        }
-        for (int m = 0; m < MM; ++m)
-            for (int r = 0; r < NB; ++r) C[m * ldc + n + r] = vhsum(acc[m][r]);
-    }
-    for (; n < n1; ++n) {
-        const float* w = W + n * ldw;
-        for (int m = 0; m < MM; ++m) {
-            vf acc = vzero();
-            for (int64_t k = 0; k < kv; k += VL) acc = vfma(vload(A + m * lda + k), vload(w + k), acc);
-            if (tail) acc = vfma(vload_n(A + m * lda + kv, tail), vload_n(w + kv, tail), acc);
-            C[m * ldc + n] = vhsum(acc);
         }
     }
 }
 
-// C[m, n0:n1] = Σ_k A[m, k] · B[k, n0:n1] with B row-major (unit stride along n).
-template <int MM>
-void skinny_rowmajor(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-                     int64_t n0, int64_t n1) {
-    constexpr int CV = 4;                                       // C vectors per row per step
-    for (int64_t n = n0; n < n1; n += CV * VL) {
-        const int width = static_cast<int>(std::min<int64_t>(CV * VL, n1 - n));
-        const int nv = (width + VL - 1) / VL;
-        vf acc[MM][CV];
-        for (int m = 0; m < MM; ++m)
-            for (int v = 0; v < CV; ++v) acc[m][v] = vzero();
-        if (width == CV * VL) {
-            for (int64_t k = 0; k < K; ++k) {
-                const float* b = B + k * ldb + n;
-                vf bv[CV];
-                for (int v = 0; v < CV; ++v) bv[v] = vload(b + v * VL);
-                for (int m = 0; m < MM; ++m) {
-                    const vf a = vset1(A[m * lda + k]);
-                    for (int v = 0; v < CV; ++v) acc[m][v] = vfma(a, bv[v], acc[m][v]);
-                }
-            }
-        } else {
-            for (int64_t k = 0; k < K; ++k) {
-                const float* b = B + k * ldb + n;
-                for (int v = 0; v < nv; ++v) {
-                    const vf bv = vload_n(b + v * VL, std::min(VL, width - v * VL));
-                    for (int m = 0; m < MM; ++m) acc[m][v] = vfma(vset1(A[m * lda + k]), bv, acc[m][v]);
-                }
-            }
-        }
-        for (int m = 0; m < MM; ++m)
-            for (int v = 0; v < nv; ++v) vstore_n(C + m * ldc + n + v * VL, acc[m][v], std::min(VL, width - v * VL));
-    }
-}
-
-template <int MM>
-void skinny_dispatch(int64_t N, int64_t K, const float* A, int64_t lda, Mat B, float* C, int64_t ldc, int64_t n0,
-                     int64_t n1) {
-    if (B.rs == 1 || K == 1) skinny_transposed<MM>(N, K, A, lda, B.p, B.cs, C, ldc, n0, n1);
-    else skinny_rowmajor<MM>(K, A, lda, B.p, B.rs, C, ldc, n0, n1);
-}
-
-// Column range [n0, n1) of C for M <= SKINNY_M rows (A rows contiguous).
-void skinny(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, Mat B, float* C, int64_t ldc, int64_t n0,
-            int64_t n1) {
+// Rows [n0, n1) of W for the transposed case; the K range [k0, k1) into P for the row-major one.
+void skinny(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, Mat B, float* out, int64_t ldc, int64_t lo,
+            int64_t hi) {
+    const bool tr = B.rs == 1 || K == 1;
+#define PYW_SKINNY(MM)                                                     \
+    if (tr) skinny_transposed<MM>(K, A, lda, B.p, B.cs, out, ldc, lo, hi); \
+    else skinny_rowmajor<MM>(N, A, lda, B.p, B.rs, out, lo, hi);
     switch (M) {
-        case 1: skinny_dispatch<1>(N, K, A, lda, B, C, ldc, n0, n1); break;
-        case 2: skinny_dispatch<2>(N, K, A, lda, B, C, ldc, n0, n1); break;
-        case 3: skinny_dispatch<3>(N, K, A, lda, B, C, ldc, n0, n1); break;
-        default: skinny_dispatch<4>(N, K, A, lda, B, C, ldc, n0, n1); break;
+        case 1: PYW_SKINNY(1) break;
+        case 2: PYW_SKINNY(2) break;
+        case 3: PYW_SKINNY(3) break;
+        default: PYW_SKINNY(4) break;
     }
+#undef PYW_SKINNY
 }
 
 bool skinny_applies(int64_t M, Mat B) { return M <= SKINNY_M && (B.rs == 1 || B.cs == 1); }
@@ -427,10 +431,33 @@ void matmul_one(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, const B
             lda = K;
         }
         const int nt = team_size(), t = thread_id();
-        const int64_t step = round_up(ceil_div(N, nt), 4 * VL);
-        const int64_t n0 = std::min(N, t * step), n1 = std::min(N, n0 + step);
-        if (n0 < n1) skinny(M, N, K, a, lda, B, C, N, n0, n1);
+        if (B.rs == 1 || K == 1) {                     // W[N, K]: each thread a block of W's rows
+            const int64_t step = round_up(ceil_div(N, nt), 16);
+            const int64_t n0 = std::min(N, t * step), n1 = std::min(N, n0 + step);
+            if (n0 < n1) skinny(M, N, K, a, lda, B, C, N, n0, n1);
 #pragma omp barrier
+            return;
+        }
+        // W[K, N]: each thread a block of W's rows (a range of k) into its own partial C -- thread 0
+        // into C itself, the others into `parts` -- then every thread sums a range of columns.
+        float* parts = arow + SKINNY_M * K;
+        const int64_t kstep = round_up(ceil_div(K, nt), 8);
+        const int64_t k0 = std::min(K, t * kstep), k1 = std::min(K, k0 + kstep);
+        float* mine = t == 0 ? C : parts + static_cast<size_t>(t - 1) * M * N;
+        if (k0 < k1) skinny(M, N, K, a, lda, B, mine, N, k0, k1);
+        else std::fill(mine, mine + M * N, 0.f);
+#pragma omp barrier
+        if (nt > 1) {
+            const int64_t cstep = round_up(ceil_div(M * N, nt), 16);
+            const int64_t c0 = std::min(M * N, t * cstep), c1 = std::min(M * N, c0 + cstep);
+            for (int u = 1; u < nt; ++u) {
+                const float* pu = parts + static_cast<size_t>(u - 1) * M * N;
+                int64_t j = c0;
+                for (; j + VL <= c1; j += VL) vstore(C + j, vadd(vload(C + j), vload(pu + j)));
+                for (; j < c1; ++j) C[j] += pu[j];
+            }
+#pragma omp barrier
+        }
         return;
     }
     gemm_team(M, N, K, A, B, C, N, blk, ws, ap_stride);
@@ -512,7 +539,9 @@ py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, const std::string&
     const Blocking blk = g_block;                              // one snapshot for sizes and plans
     const GemmPlan space = plan_gemm(M, N, K, 1, blk);         // the largest A block of any team
     const size_t ap = space.ap_floats;
-    const size_t ws_one = space.workspace_floats(per_thread ? 1 : nt) + static_cast<size_t>(SKINNY_M * K);
+    // + the gathered A rows of a skinny product and the partial C of each thread but the first
+    const size_t ws_one = space.workspace_floats(per_thread ? 1 : nt) + static_cast<size_t>(SKINNY_M * K) +
+                          (per_thread ? 0 : static_cast<size_t>(nt - 1) * SKINNY_M * N);
     float* ws = thread_scratch(0, ws_one * (per_thread ? nt : 1));
     {
         py::gil_scoped_release nogil;
