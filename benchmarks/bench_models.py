@@ -10,7 +10,7 @@ Cases (random weights in real shapes, fp32):
            (one single-query forward per token against the KV cache) -- and llama2.c's run.c on
            the same weights exported to its checkpoint format (rope layout aside, which only
            changes the values), reading its "achieved tok/s"
-  clip     ViT-B/32: image features for 1 image, text features for 8 prompts of 77 tokens
+  clip     ViT-B/32: image features for 8 images, text features for 8 prompts of 77 tokens
   sam      ViT-B image encoder on one 1024 x 1024 image (--sam-preset sam-tiny for a quick look)
   whisper  base: encoder on 30 s of audio features + 32 decoder steps' logits (no cache)
 Medians of --repeat runs; transformers' time uses torch.inference_mode and torch.set_num_threads.
@@ -238,13 +238,13 @@ def bench_clip(args) -> None:
     c = pw.clip.from_preset("clip-vit-b-32")
     t, v = c.config.text_config, c.config.vision_config
     rng = np.random.default_rng(0)
-    px = rng.standard_normal((1, 3, v.image_size, v.image_size)).astype(np.float32)
+    px = rng.standard_normal((8, 3, v.image_size, v.image_size)).astype(np.float32)
     ids = rng.integers(1, t.vocab_size - 2, (8, t.max_position_embeddings))
     ids[:, -1] = t.eos_token_id
-    print("clip-vit-b-32: image features of 1 image; text features of 8 x 77 tokens")
+    print("clip-vit-b-32: image features of 8 images; text features of 8 x 77 tokens")
     model, torch = hf_model("CLIPModel", "CLIPConfig", c.config.to_hf(), c.weights)
     for name, f, work, unit in (
-        ("image", lambda: c.get_image_features(px), 1, "images/s"),
+        ("image", lambda: c.get_image_features(px), 8, "images/s"),
         ("text", lambda: c.get_text_features(ids), 8, "texts/s"),
     ):
         times = {

@@ -4,7 +4,8 @@
 //
 //   1. naive    the textbook triple loop, reading A and B through their strides (the test oracle)
 //   2. blocked  the GotoBLAS/BLIS GEMM: packed operands, cache blocks, a SIMD register micro-kernel
-//   3. skinny   M <= SKINNY_M (the decode GEMV x·Wᵀ): B read in place, once, for a few output rows
+//   3. skinny   M <= SKINNY_M (the decode GEMV, x·Wᵀ or x·W): B read in place, once, as one
+//               sequential stream per thread, for a few output rows
 //
 // version="naive" runs 1; version="fast" runs 3 where it applies and 2 otherwise (the dispatch at
 // the end of the file says when, and how batches are spread over threads).  Version 2's loop nest,
