@@ -93,9 +93,12 @@ def test_thread_count_reaches_every_level():
 def run_info(env_isa: str) -> subprocess.CompletedProcess:
     code = ("import pyworkloads.kernels as K\n"
             "print(K.unavailable_reason('cpp') or K.get_cpu_isa())")
-    env = dict(os.environ, PYWORKLOADS_CPU_ISA=env_isa)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+    # the child imports the very package this process imports (installed or a checkout), whatever
+    # the working directory holds
+    package_root = str(Path(K.__file__).resolve().parents[2])
+    env = dict(os.environ, PYWORKLOADS_CPU_ISA=env_isa, PYTHONPATH=package_root)
+    return subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=package_root)
 
 
 def test_environment_variable_picks_the_level_at_import():
