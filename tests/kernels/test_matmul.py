@@ -129,3 +129,36 @@ def test_matmul_bad_inputs_raise(backend, rng):
             )  # batch 2 vs 3
         with pytest.raises(TypeError):
             K.matmul(a.astype(np.int32), a.T)
+
+
+@backends
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.sampled_from([1, 2, 3, 4]),
+    threads=st.integers(1, 5),
+    N=st.sampled_from([1, 15, 16, 17, 100, 513]),
+    K=st.sampled_from([1, 7, 8, 9, 17, 31, 33, 200, 1027]),
+    layout=st.sampled_from(["row-major W", "W.T", "strided x"]),
+    seed=st.integers(0, 2**16),
+)
+def test_matmul_decode_gemv_on_any_team(backend, rows, threads, N, K, layout, seed):
+    """The decode GEMV with a team of 1-5 threads, at sizes big enough to run threaded: x @ W with
+    W [K, N] splits K over the threads (ranges of 8 rows; with K < 8·threads some threads have no
+    rows) and sums the partial products; x @ W.T splits W's rows.  Tiled up to ~256 kB of weights so
+    the kernel's size threshold for threading is met."""
+    import pyworkloads.kernels as K_
+
+    rng = np.random.default_rng(seed)
+    reps = max(1, 70_000 // max(1, N * K))             # wider N, same edge structure
+    W = rng.standard_normal((K, N * reps), dtype=np.float32)
+    x = rng.standard_normal((rows, K), dtype=np.float32)
+    if layout == "W.T":
+        W = np.ascontiguousarray(W.T).T                # [K, N] view of a C-contiguous [N, K]
+    if layout == "strided x":
+        x = laid_out(x, "strided")
+    before = K_.get_num_threads()
+    try:
+        K_.set_num_threads(threads)
+        check(backend, x, W)
+    finally:
+        K_.set_num_threads(before)
