@@ -66,8 +66,9 @@ def gelu_tanh(x):
 
 
 def quick_gelu(x):
-    """x · σ(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
-    return x * special.expit(np.asarray(1.702, x.dtype) * x)
+    """x · σ(1.702 x): the GELU approximation OpenAI's CLIP was trained with, dispatched (see
+    :func:`kernels.gelu`)."""
+    return kernels.gelu(x, approximate="sigmoid")
 
 
 def silu(x):

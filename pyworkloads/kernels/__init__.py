@@ -500,9 +500,13 @@ def layer_norm(x, weight, bias, eps: float = 1e-5):
                 x.shape)
 
 
-def gelu(x):
-    """Exact-form GELU x·Φ(x), elementwise (CLIP/OpenCLIP, SAM and Whisper MLPs).  Dispatched like
-    the heavy ops because erf one float at a time is slow: the cpp kernel vectorises it."""
+def gelu(x, approximate: str = "none"):
+    """Exact-form GELU x·Φ(x), elementwise (OpenCLIP, SAM and Whisper MLPs); with
+    ``approximate="sigmoid"`` x·σ(1.702·x), OpenAI CLIP's "quick_gelu".  Dispatched like the heavy
+    ops because erf or exp one float at a time is slow: the cpp kernel vectorises both."""
+    if approximate not in ("none", "sigmoid"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'sigmoid', got {approximate!r}")
+    kw = {} if approximate == "none" else {"approximate": approximate}
     x = _as_float_array(x, "x")
     if isinstance(x, np.ndarray) and not x.flags.c_contiguous and x.ndim > 1:
         # a permuted view of a contiguous block (a channels-first view of channels-last data):
@@ -511,8 +515,8 @@ def gelu(x):
         order = sorted(range(x.ndim), key=lambda d: -x.strides[d])
         inner = x.transpose(order)
         if inner.flags.c_contiguous:
-            return gelu(inner).transpose(np.argsort(order))
-    out = _run("gelu", (x,), {},
+            return gelu(inner, approximate).transpose(np.argsort(order))
+    out = _run("gelu", (x,), kw,
                lambda out: ((tuple(x.shape),), str(out.dtype), 0, 5 * x.size, _nbytes(x, out)),
                x.shape)
     if isinstance(x, _trace.Traced) and not x.contig:

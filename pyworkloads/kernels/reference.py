@@ -64,9 +64,12 @@ def attention(q, k, v, causal=False, scale=None, bias=None, mask=None):
     return np.matmul(p, v)
 
 
-def gelu(x):
+def gelu(x, approximate: str = "none"):
     """Exact GELU: x · Φ(x) = x/2 · (1 + erf(x/√2)) (erf from SciPy, correctly rounded per
-    element)."""
+    element); ``approximate="sigmoid"``: x · σ(1.702 x), the approximation OpenAI's CLIP was
+    trained with ("quick_gelu")."""
+    if approximate == "sigmoid":
+        return x * special.expit(np.asarray(1.702, x.dtype) * x)
     return 0.5 * x * (1.0 + special.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
 
 
