@@ -354,8 +354,8 @@ def matmul(a, b):
         raise ValueError(f"matmul: a's last dimension ({a.shape[-1]}) must equal b's "
                          f"second-to-last ({b.shape[-2]}); got a{tuple(a.shape)} "
                          f"b{tuple(b.shape)}")
-    try:
-        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    try:                                 # (two matrices, the common case, skip the broadcast)
+        batch = () if a.ndim == b.ndim == 2 else np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except ValueError:
         raise ValueError(f"matmul: batch dimensions of a{tuple(a.shape)} and b{tuple(b.shape)} "
                          "do not broadcast") from None
