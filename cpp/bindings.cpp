@@ -55,8 +55,17 @@ PYBIND11_MODULE(PYWORKLOADS_MODULE, m) {
             d["portable"] = true;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
             __builtin_cpu_init();
-            d["avx2"] = __builtin_cpu_supports("x86-64-v3") != 0;
+#if (defined(__clang__) && __clang_major__ >= 16) || (!defined(__clang__) && __GNUC__ >= 12)
+            d["avx2"] = __builtin_cpu_supports("x86-64-v3") != 0;     // the psABI level, exactly
             d["avx512"] = __builtin_cpu_supports("x86-64-v4") != 0;
+#else  // older compilers know the features, not the levels: the ones the kernels' flags enable
+            const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                            __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("f16c");
+            d["avx2"] = v3;
+            d["avx512"] = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512vl");
+#endif
 #else
             d["avx2"] = false;
             d["avx512"] = false;

@@ -1,7 +1,9 @@
-// A thin SIMD vocabulary for the CPU kernels, picked at build time:
+// A thin SIMD vocabulary for the CPU kernels, picked from the compiler's target macros.  CMakeLists.txt
+// compiles the kernels once per ISA level, so each module gets one of these (and
+// pyworkloads/_kernels.py loads the best module the CPU runs):
 //
-//   AVX-512F       vf = __m512   (16 floats)   -- when compiled with -mavx512f (e.g. -march=native)
-//   AVX2 + FMA     vf = __m256   (8 floats)
+//   AVX-512F       vf = __m512   (16 floats)   -- the avx512 module (-march=x86-64-v4)
+//   AVX2 + FMA     vf = __m256   (8 floats)    -- the avx2 module (-march=x86-64-v3)
 //   portable       vf = struct of 8 floats with plain loops (the compiler vectorises what it can)
 //
 // The kernels are written once against these few functions (load/store, partial load/store for
