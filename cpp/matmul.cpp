@@ -300,7 +300,7 @@ void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t 
 //     block; each output is the dot product of one W row with the M rows of A, row after row, so
 //     the thread reads its block front to back (A's rows stay in L1).
 //   B row-major (x·W, W[K, N]): the rows [k0, k1) of W are one contiguous block, so the threads
-//     split K, not N: each sweeps its rows four at a time across all N columns, accumulating a
+//     split K, not N: each sweeps its rows eight at a time across all N columns, accumulating a
 //     partial C (in L1/L2), and the partials are summed at the end.
 //
 // Splitting N for a row-major W would give each thread a narrow strip of every row: a strided
@@ -343,47 +343,50 @@ void skinny_transposed(int64_t K, const float* A, int64_t lda, const float* W, i
 }
 
 // P[m, 0:N] (=|+=) Σ_{k in [k0, k1)} A[m, k] · B[k, 0:N], B row-major (rows ldb apart); P rows are
-// N floats apart.  RB rows of B per sweep: P is loaded and stored once per RB rows of B.
+// N floats apart.  R rows of B per sweep (RB while they last, then one at a time): P is loaded and
+// stored once per sweep.  The last rows are not padded with zero-weighted copies: 0 · inf is NaN.
+template <int MM, int R>
+void rowmajor_sweep(int64_t N, const float* A, int64_t lda, const float* B, int64_t ldb, float* P, int64_t k,
+                    bool first) {
+    const int64_t nv = N / VL * VL;
+    const int tail = static_cast<int>(N - nv);
+    vf a[MM][R];
+    for (int m = 0; m < MM; ++m)
+        for (int r = 0; r < R; ++r) a[m][r] = vset1(A[m * lda + k + r]);
+    const float* b = B + k * ldb;
+    for (int64_t j = 0; j < nv; j += VL) {
+        vf bv[R];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) bv[r] = vload(b + r * ldb + j);
+        for (int m = 0; m < MM; ++m) {
+            float* p = P + m * N + j;
+            vf c = first ? vzero() : vload(p);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) c = vfma(a[m][r], bv[r], c);
+            vstore(p, c);
+        }
+    }
+    if (tail) {
+        vf bv[R];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) bv[r] = vload_n(b + r * ldb + nv, tail);
+        for (int m = 0; m < MM; ++m) {
+            float* p = P + m * N + nv;
+            vf c = first ? vzero() : vload_n(p, tail);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; ++r) c = vfma(a[m][r], bv[r], c);
+            vstore_n(p, c, tail);
+        }
+    }
+}
+
 template <int MM>
 void skinny_rowmajor(int64_t N, const float* A, int64_t lda, const float* B, int64_t ldb, float* P, int64_t k0,
                      int64_t k1) {
     constexpr int RB = 8;
-    const int64_t nv = N / VL * VL;
-    const int tail = static_cast<int>(N - nv);
-    for (int64_t k = k0; k < k1; k += RB) {
-        const int rows = static_cast<int>(std::min<int64_t>(RB, k1 - k));
-        const bool first = k == k0;
-        float a[MM][RB];
-        const float* b[RB];
-        for (int r = 0; r < RB; ++r) {
-            b[r] = B + (k + std::min(r, rows - 1)) * ldb;          // a short last group repeats its row ...
-            for (int m = 0; m < MM; ++m) a[m][r] = r < rows ? A[m * lda + k + r] : 0.f;   // ... times 0
-        }
-        for (int64_t j = 0; j < nv; j += VL) {
-            vf bv[RB];
-#pragma GCC unroll 8
-            for (int r = 0; r < RB; ++r) bv[r] = vload(b[r] + j);
-            for (int m = 0; m < MM; ++m) {
-                float* p = P + m * N + j;
-                vf c = first ? vzero() : vload(p);
-#pragma GCC unroll 8
-                for (int r = 0; r < RB; ++r) c = vfma(vset1(a[m][r]), bv[r], c);
-                vstore(p, c);
-            }
-        }
-        if (tail) {
-            vf bv[RB];
-#pragma GCC unroll 8
-            for (int r = 0; r < RB; ++r) bv[r] = vload_n(b[r] + nv, tail);
-            for (int m = 0; m < MM; ++m) {
-                float* p = P + m * N + nv;
-                vf c = first ? vzero() : vload_n(p, tail);
-#pragma GCC unroll 8
-                for (int r = 0; r < RB; ++r) c = vfma(vset1(a[m][r]), bv[r], c);
-                vstore_n(p, c, tail);
-            }
-        }
-    }
+    int64_t k = k0;
+    for (; k + RB <= k1; k += RB) rowmajor_sweep<MM, RB>(N, A, lda, B, ldb, P, k, k == k0);
+    for (; k < k1; ++k) rowmajor_sweep<MM, 1>(N, A, lda, B, ldb, P, k, k == k0);
 }
 
 // Rows [n0, n1) of W for the transposed case; the K range [k0, k1) into P for the row-major one.

@@ -334,3 +334,21 @@ def test_attention_finite_scores_below_minus_3e38_are_real_scores(backend, Tq):
     np.testing.assert_array_equal(want, np.full((1, 1, Tq, 1), 2.5, np.float32))
     check_attention(backend, q, k, v, scale=3e38)
     check_attention(backend, q, k, v, scale=3e38, causal=Tq == 1)
+
+
+@backends
+@pytest.mark.parametrize("K", [1, 9, 15, 17])
+@pytest.mark.parametrize("layout", ["row-major W", "W.T"])
+def test_decode_gemv_infinite_weight_in_the_last_rows(backend, K, layout):
+    """x @ W with an infinite weight in W's last row (x finite and nonzero): the output column is
+    inf, never NaN -- the row-major GEMV sweeps W's rows in groups and must not pad a short last
+    group with zero-weighted copies of a row (0 · inf is NaN)."""
+    W = np.ones((K, 40), np.float32)
+    W[K - 1, 3] = INF
+    W[K - 1, 5] = -INF
+    x = np.ones((2, K), np.float32)
+    if layout == "W.T":
+        W = np.ascontiguousarray(W.T).T
+    got = run(backend, "matmul", x, W)
+    want = x.astype(np.float64) @ W.astype(np.float64)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
