@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from . import kernels
+from . import kernels, quant
 from .kernels import attention, layer_norm, matmul, rms_norm  # noqa: F401  (re-exported)
 from .kernels.reference import softmax  # noqa: F401  (re-exported)
 
@@ -29,14 +29,18 @@ __all__ = [
 # dense layers
 # ---------------------------------------------------------------------------------------------
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """y = x Wᵀ + b with PyTorch's weight layout.  x [..., Din], weight [Dout, Din], bias [Dout].
+    """y = x Wᵀ + b with PyTorch's weight layout.  x [..., Din], weight [Dout, Din] (float, or a
+    :class:`~pyworkloads.quant.QuantizedTensor`), bias [Dout].
 
     Leading dimensions are folded into one GEMM of (prod(...), Din) x (Din, Dout)."""
     if x.shape[-1] != weight.shape[-1]:
         raise ValueError(f"linear: x's last dimension {x.shape[-1]} != weight's input width "
                          f"{weight.shape[-1]}")
     lead = x.shape[:-1]
-    y = kernels.matmul(x.reshape(-1, x.shape[-1]), weight.T)              # [rows, Dout]
+    if isinstance(weight, quant.QuantizedTensor):     # block-quantized rows, decoded in the kernel
+        y = kernels.qmatmul(x.reshape(-1, x.shape[-1]), weight)           # [rows, Dout]
+    else:
+        y = kernels.matmul(x.reshape(-1, x.shape[-1]), weight.T)          # [rows, Dout]
     if bias is not None:
         y += bias
     return y.reshape(*lead, weight.shape[0])

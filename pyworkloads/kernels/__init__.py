@@ -18,9 +18,11 @@ attention      macs = B·Hq·Tq·Tk·(Dh + Dv) (the full rectangle, as the refer
 rms_norm       flops = 4·N  (square, sum, scale, weight) for N elements
 layer_norm     flops = 5·N  (sum, subtract, square, sum, scale) + N per affine term (weight, bias)
 gelu           flops = 5·N  (scale, erf, add, two multiplies) -- the cost model's convention too
+qmatmul        x @ Wᵀ, W block-quantized (:mod:`pyworkloads.quant`): macs = M·N·K, flops = 2·macs
 =============  ===================================================================================
 
-Bytes are the arrays read and written at their dtype: inputs once, output once.
+Bytes are the arrays read and written at their dtype: inputs once, output once; a quantized
+weight at its stored size (blocks and scales), which is what decode streams.
 """
 from __future__ import annotations
 
@@ -34,18 +36,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import quant
 from . import reference
 from . import tracing as _trace
 from .tracing import trace
 
 __all__ = [
-    "matmul", "attention", "rms_norm", "layer_norm", "gelu", "available", "use_backend",
+    "matmul", "qmatmul", "attention", "rms_norm", "layer_norm", "gelu", "available", "use_backend",
     "get_backend", "set_backend", "profile", "scope", "trace", "set_num_threads", "get_num_threads",
     "Profile", "KernelCall", "cpu_isas", "get_cpu_isa", "set_cpu_isa", "use_cpu_isa",
 ]
 
 BACKENDS = ("numpy", "cpp", "cuda")
-_OPS = ("matmul", "attention", "rms_norm", "layer_norm", "gelu")
+_OPS = ("matmul", "qmatmul", "attention", "rms_norm", "layer_norm", "gelu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,6 +369,28 @@ def matmul(a, b):
         return (tuple(a.shape), tuple(b.shape)), str(out.dtype), macs, 2 * macs, _nbytes(a, b, out)
 
     return _run("matmul", (a, b), {}, counts, tuple(batch) + (a.shape[-2], b.shape[-1]))
+
+
+def qmatmul(x, w):
+    """``x @ Wᵀ`` for a block-quantized weight W (:class:`pyworkloads.quant.QuantizedTensor`
+    [N, K], PyTorch's Linear layout): x float32 [M, K] -> [M, N].  The cpp backend decodes W's
+    blocks in registers; the reference decodes W to float32 first."""
+    if not isinstance(w, quant.QuantizedTensor):
+        raise TypeError(f"qmatmul: w must be a pyworkloads.quant.QuantizedTensor, got "
+                        f"{type(w).__name__} (use matmul for float weights)")
+    x = _as_float_array(x, "x")
+    if w.ndim != 2 or x.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"qmatmul: x must be [M, K] and w [N, K] with the same K, got "
+                         f"x{tuple(x.shape)} w{w.shape}")
+    if isinstance(x, np.ndarray) and x.dtype != np.float32:
+        raise TypeError(f"qmatmul: x must be float32, got {x.dtype}")
+
+    def counts(out):
+        macs = x.shape[0] * w.shape[0] * w.shape[1]
+        return ((tuple(x.shape), w.shape), f"float32x{w.qtype}", macs, 2 * macs,
+                _nbytes(x, out) + w.nbytes)
+
+    return _run("qmatmul", (x, w), {}, counts, (x.shape[0], w.shape[0]))
 
 
 def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=None, mask=None):

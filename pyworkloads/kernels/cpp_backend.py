@@ -14,6 +14,13 @@ _EXPORTED = (
 )
 
 
+if hasattr(_kernels, "qmatmul"):
+    def qmatmul(x, w):
+        """x @ Wᵀ for a :class:`pyworkloads.quant.QuantizedTensor` W: the kernel reads its
+        blocks."""
+        return _kernels.qmatmul(x, w.data, w.qtype)
+
+
 def unavailable_reason() -> str | None:
     return None
 

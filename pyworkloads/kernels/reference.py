@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from .. import quant
+
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax.  Rows that are entirely -inf (fully masked) give all zeros,
@@ -29,6 +31,19 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[..., M, K] @ [..., K, N] -> [..., M, N], batch dimensions broadcast (np.matmul
     semantics)."""
     return np.matmul(a, b)
+
+
+def qmatmul(x: np.ndarray, w) -> np.ndarray:
+    """x @ Wᵀ for a block-quantized W (a :class:`pyworkloads.quant.QuantizedTensor` [N, K]):
+    decode W to float32 and multiply.  x [M, K] -> [M, N].  W is decoded in slices of rows, so a
+    large matrix (a 32000-row head) never exists in float32 all at once."""
+    N, K = w.shape
+    out = np.empty((x.shape[0], N), dtype=np.float32)
+    step = max(1, (1 << 22) // max(1, K))                        # ~16 MB of float32 per slice
+    for n in range(0, N, step):
+        rows = quant.dequantize(w.data[n:n + step], w.qtype, (min(step, N - n), K))
+        out[:, n:n + step] = x @ rows.T                          # [M, rows]
+    return out
 
 
 def attention(q, k, v, causal=False, scale=None, bias=None, mask=None):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io, kernels
+from .. import io, kernels, quant
 
 __all__ = [
     "weight", "linear", "layer_norm", "rms_norm", "embedding", "check_weights", "random_weights",
@@ -40,7 +40,9 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 def weight(weights: Mapping, name: str) -> np.ndarray:
     """The tensor ``name`` as float32, converted now (a view when it is stored as float32), so a
-    memory-mapped fp16/bf16 checkpoint is never held in float32 as a whole."""
+    memory-mapped fp16/bf16 checkpoint is never held in float32 as a whole.  A block-quantized
+    matrix (:class:`~pyworkloads.quant.QuantizedTensor`) stays quantized: ``linear`` runs it
+    through ``kernels.qmatmul``."""
     try:
         w = weights[name]
     except KeyError:
@@ -49,7 +51,7 @@ def weight(weights: Mapping, name: str) -> np.ndarray:
         return w
     if isinstance(w, np.ndarray) or np.isscalar(w):
         return np.asarray(w, dtype=np.float32)
-    return w                                    # a traced (shape-only) tensor: see kernels.trace
+    return w        # a QuantizedTensor (kept in blocks) or a traced tensor (see kernels.trace)
 
 
 def linear(x, weights: Mapping, name: str):
@@ -75,8 +77,14 @@ def rms_norm(x, weights: Mapping, name: str, eps: float):
 
 def embedding(ids: np.ndarray, weights: Mapping, name: str) -> np.ndarray:
     """Rows of the table ``name``.  ids int [...] -> float32 [..., D].  Only the rows looked up are
-    converted, never a memory-mapped table as a whole."""
-    if hasattr(weights, "raw") and hasattr(weights, "dtype_of"):         # a checkpoint on disk
+    converted, never a memory-mapped table as a whole (nor a quantized one decoded whole)."""
+    stored = weights.dtype_of(name) if hasattr(weights, "dtype_of") else None
+    if stored is None:                                                     # a dict of arrays
+        table = weight(weights, name)
+        return table.rows(ids) if isinstance(table, quant.QuantizedTensor) else table[ids]
+    if stored in quant.BLOCKS:
+        return weights[name].rows(ids)                                     # [..., D]
+    if hasattr(weights, "raw"):                                            # a checkpoint on disk
         rows = weights.raw(name)[ids]                                      # [..., D] as stored
         return io.bf16_to_f32(rows) if weights.dtype_of(name) == "BF16" else rows.astype(np.float32)
     return weight(weights, name)[ids]                                      # [..., D]
@@ -101,12 +109,17 @@ def check_weights(weights: Mapping, shapes: Mapping[str, tuple], model: str) -> 
                              f"but the config needs {tuple(shape)}")
         if dtype_of:
             dt = dtype_of(name)
+        elif isinstance(weights[name], quant.QuantizedTensor):
+            dt = weights[name].qtype
         else:
             dt = np.asarray(weights[name]).dtype
             dt = "F32" if dt.kind == "f" else str(dt)
-        if dt not in FLOAT_DTYPES:
-            raise TypeError(f"{model} weight {name!r} is stored as {dt}; "
-                            "expected a float dtype (F32, F16, BF16)")
+        if dt in quant.BLOCKS and len(shape) != 2:
+            raise TypeError(f"{model} weight {name!r} is block-quantized ({dt}), but only "
+                            "matrices may be: it must be stored as a float dtype")
+        if dt not in FLOAT_DTYPES and dt not in quant.BLOCKS:
+            raise TypeError(f"{model} weight {name!r} is stored as {dt}; expected a float "
+                            f"dtype (F32, F16, BF16) or a block format ({', '.join(quant.BLOCKS)})")
 
 
 Init = Callable[[str, tuple, np.random.Generator], "np.ndarray | None"]

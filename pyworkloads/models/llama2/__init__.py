@@ -12,7 +12,7 @@ streaming detokenisation), ``chat`` (the LLaMA-2-chat prompt), ``hf`` (``config.
 from __future__ import annotations
 
 from ..common import KVCache
-from .api import Llama2, check_input_ids, from_preset, random_weights
+from .api import QUANTIZE, Llama2, check_input_ids, from_preset, quantize_weights, random_weights
 from .chat import chat_prompt
 from .cli import add_run_arguments, demo, preset_prompt_ids, run_cli
 from .generate import TextStream, sample_next
@@ -40,5 +40,5 @@ __all__ = [
     "from_pretrained", "from_preset", "Llama2", "KVCache", "forward", "embed_tokens", "rms_norm",
     "rope_tables", "apply_rope", "grouped_query_attention", "self_attention", "mlp",
     "decoder_layer", "lm_head", "sample_next", "chat_prompt", "TextStream", "check_input_ids",
-    "demo", "add_run_arguments", "run_cli", "preset_prompt_ids",
+    "demo", "add_run_arguments", "run_cli", "preset_prompt_ids", "quantize_weights", "QUANTIZE",
 ]

@@ -7,13 +7,15 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
+from ... import quant
 from .. import common
 from ..common import KVCache, check_choice, check_fits, check_int
 from . import generate
 from .chat import chat_prompt
 from .model import PRESETS, ROPE_LAYOUTS, Config, count_params, forward, weight_shapes
 
-__all__ = ["Llama2", "check_input_ids", "random_weights", "from_preset"]
+__all__ = ["Llama2", "check_input_ids", "random_weights", "from_preset", "quantize_weights",
+           "QUANTIZE"]
 
 
 def check_input_ids(input_ids, config: Config, max_length: int | None = None,
@@ -145,9 +147,34 @@ class Llama2:
         return self.generate_text(chat_prompt(messages), add_special_tokens=False, **kwargs)
 
 
-def from_preset(name, seed: int = 0) -> Llama2:
-    """Random float32 weights (std 0.02) in the shapes of a preset (or of a Config).  Refuses,
-    with MemoryError, a model whose float32 weights would not fit in the available memory."""
+QUANTIZE = ("q8_0", "q4_0", "q4_1")
+
+
+def quantize_weights(weights: Mapping, config: Config, quantize: str) -> dict:
+    """The weights with every matrix block-quantized (see :mod:`pyworkloads.quant`), the norms
+    kept as they are.  ``quantize`` is "q8_0", "q4_0" or "q4_1" for the decoder layers' matrices;
+    the token embedding and an untied ``lm_head`` are Q8_0 under the 4-bit formats, because the
+    logits are the most sensitive to their error (llama.cpp's quantizer likewise keeps the
+    output matrix at 6 bits).  A matrix whose rows are not a whole number of 32-weight blocks
+    stays as stored, as llama.cpp falls back for such tensors.  One matrix at a time is
+    converted to float32 and encoded, so a memory-mapped bf16 checkpoint never exists in float32
+    as a whole."""
+    qtype = check_choice(quantize, "quantize", QUANTIZE).upper()
+    out = {}
+    for name, shape in weight_shapes(config).items():
+        if len(shape) != 2 or shape[1] % quant.BLOCKS[qtype][0]:
+            out[name] = weights[name]
+            continue
+        outer = name in ("model.embed_tokens.weight", "lm_head.weight")
+        out[name] = quant.quantize(common.weight(weights, name),
+                                   "Q8_0" if outer else qtype)
+    return out
+
+
+def from_preset(name, seed: int = 0, quantize: str | None = None) -> Llama2:
+    """Random float32 weights (std 0.02) in the shapes of a preset (or of a Config), optionally
+    quantized (see :func:`quantize_weights`).  Refuses, with MemoryError, a model whose float32
+    weights would not fit in the available memory."""
     if isinstance(name, Config):
         config, label = name, "config"
     elif name in PRESETS:
@@ -155,4 +182,7 @@ def from_preset(name, seed: int = 0) -> Llama2:
     else:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     check_fits(4 * count_params(config), label)
-    return Llama2(config, random_weights(config, seed))
+    weights = random_weights(config, seed)
+    if quantize is not None:
+        weights = quantize_weights(weights, config, quantize)
+    return Llama2(config, weights)
