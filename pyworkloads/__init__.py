@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import importlib
 
-from . import io, kernels, ops
+from . import io, kernels, ops, quant
 from .kernels import available, get_backend, profile, set_backend, set_num_threads, use_backend
 
 __version__ = "0.1.0"
-__all__ = ["io", "kernels", "ops", "available", "use_backend", "get_backend", "set_backend",
-           "profile", "set_num_threads", "MODELS", "__version__"]
+__all__ = ["io", "kernels", "ops", "quant", "available", "use_backend", "get_backend",
+           "set_backend", "profile", "set_num_threads", "MODELS", "__version__"]
 
 MODELS = ("llama2", "clip", "sam", "whisper")
 

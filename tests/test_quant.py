@@ -180,3 +180,33 @@ def test_quantized_model_runs_its_decoded_weights(qtype, rng):
                                   md.generate(ids, max_new_tokens=5))
     drift = np.abs(lq - lf).max() / np.abs(lf).max()
     assert drift < (0.02 if qtype == "q8_0" else 0.25), drift
+
+
+def test_from_pretrained_quantizes_on_load(tmp_path, rng):
+    """A bf16 safetensors checkpoint quantized as it loads equals quantizing its weights by hand;
+    ``pyworkloads run llama2 --quantize`` runs it."""
+    import json
+
+    from pyworkloads import cli, io
+
+    cfg = llama_config()
+    w = pw.llama2.random_weights(cfg, seed=3)
+    io.save_safetensors(tmp_path / "model.safetensors",
+                        w, dtype="BF16")
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_hf()))
+    m = pw.llama2.from_pretrained(tmp_path, quantize="q4_0")
+    stored = {k: io.bf16_to_f32(io.f32_to_bf16(v)) for k, v in w.items()}
+    want = pw.llama2.quantize_weights(stored, cfg, "q4_0")
+    for name, t in want.items():
+        got = m.weights[name]
+        if isinstance(t, quant.QuantizedTensor):
+            assert got.qtype == t.qtype
+            np.testing.assert_array_equal(got.data, t.data)
+        else:
+            np.testing.assert_array_equal(np.asarray(got, np.float32), t)
+    ids = rng.integers(0, cfg.vocab_size, (1, 5))
+    np.testing.assert_array_equal(m(ids), pw.llama2.Llama2(cfg, want)(ids))
+    assert cli.main(["run", "llama2", "--model", str(tmp_path), "--quantize", "q8_0",
+                     "--prompt", "1 2 3", "--max-new-tokens", "2"]) == 2   # no tokenizer: refused
+    assert cli.main(["run", "llama2", "--preset", "llama2-tiny", "--quantize", "q8_0",
+                     "--prompt", "1 2 3", "--max-new-tokens", "2"]) == 0

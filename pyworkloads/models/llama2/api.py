@@ -158,16 +158,17 @@ def quantize_weights(weights: Mapping, config: Config, quantize: str) -> dict:
     output matrix at 6 bits).  A matrix whose rows are not a whole number of 32-weight blocks
     stays as stored, as llama.cpp falls back for such tensors.  One matrix at a time is
     converted to float32 and encoded, so a memory-mapped bf16 checkpoint never exists in float32
-    as a whole."""
+    as a whole.  Matrices that are block-quantized already (from a GGUF file) are kept."""
     qtype = check_choice(quantize, "quantize", QUANTIZE).upper()
     out = {}
     for name, shape in weight_shapes(config).items():
-        if len(shape) != 2 or shape[1] % quant.BLOCKS[qtype][0]:
-            out[name] = weights[name]
+        stored = common.weight(weights, name)
+        if (len(shape) != 2 or shape[1] % quant.BLOCKS[qtype][0]
+                or isinstance(stored, quant.QuantizedTensor)):
+            out[name] = stored
             continue
         outer = name in ("model.embed_tokens.weight", "lm_head.weight")
-        out[name] = quant.quantize(common.weight(weights, name),
-                                   "Q8_0" if outer else qtype)
+        out[name] = quant.quantize(stored, "Q8_0" if outer else qtype)
     return out
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ... import kernels
-from .api import check_input_ids, from_preset
+from .api import QUANTIZE, check_input_ids, from_preset
 from .chat import chat_prompt
 from .generate import TextStream
 from .hf import from_pretrained
@@ -46,8 +46,8 @@ def demo() -> str:
 def add_run_arguments(parser) -> None:
     """Arguments of ``pyworkloads run llama2``."""
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", metavar="DIR", help="Hugging Face checkpoint directory "
-                     "(config.json, *.safetensors, tokenizer.json)")
+    src.add_argument("--model", metavar="PATH", help="Hugging Face checkpoint directory "
+                     "(config.json, *.safetensors, tokenizer.json) or a llama.cpp .gguf file")
     src.add_argument("--preset", choices=list(PRESETS), help="random weights in a preset's "
                      "shapes; --prompt is then token ids ('1 450 4996') or text taken as UTF-8 "
                      "byte tokens, and ids are printed")
@@ -60,17 +60,21 @@ def add_run_arguments(parser) -> None:
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rope-layout", choices=ROPE_LAYOUTS, default="half",
-                        help="'interleaved' for weights in Meta's original q/k layout")
+    parser.add_argument("--quantize", choices=QUANTIZE, default=None,
+                        help="block-quantize the float weight matrices on load (llama.cpp's "
+                        "formats; the cpp backend decodes them in its kernels)")
+    parser.add_argument("--rope-layout", choices=ROPE_LAYOUTS, default=None,
+                        help="'interleaved' for weights in Meta's original q/k layout (default: "
+                        "the checkpoint's own -- 'half' for Hugging Face, 'interleaved' for GGUF)")
 
 
 def _model_and_prompt(args):
     """The model and the prompt ids [1, T] that ``args`` ask for."""
     if args.model:
-        m = from_pretrained(args.model, rope_layout=args.rope_layout)
+        m = from_pretrained(args.model, rope_layout=args.rope_layout, quantize=args.quantize)
     else:
-        m = from_preset(args.preset, seed=args.seed)
-        m.rope_layout = args.rope_layout
+        m = from_preset(args.preset, seed=args.seed, quantize=args.quantize)
+        m.rope_layout = args.rope_layout or "half"
     prompt = args.prompt
     if args.chat:
         system = [{"role": "system", "content": args.system}] if args.system else []
@@ -78,7 +82,9 @@ def _model_and_prompt(args):
     if m.tokenizer is not None:
         return m, m.encode(prompt, add_special_tokens=not args.chat)
     if args.model:
-        raise ValueError(f"{args.model} has no tokenizer.json to encode the prompt with")
+        where = ("no tokenizer in its metadata" if str(args.model).lower().endswith(".gguf")
+                 else "no tokenizer.json")
+        raise ValueError(f"{args.model} has {where} to encode the prompt with")
     return m, preset_prompt_ids(prompt, m.config)
 
 

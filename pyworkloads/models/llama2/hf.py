@@ -1,5 +1,6 @@
 """Hugging Face compatibility: LLaMA's ``config.json`` (transformers 4.x and 5.x) and checkpoint
-directories (safetensors, sharded or not, and ``tokenizer.json``)."""
+directories (safetensors, sharded or not, and ``tokenizer.json``); :func:`from_pretrained` also
+takes a ``.gguf`` file (see :mod:`.gguf`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from ... import io
 from ..common import config_from_dict, describe, tokenizer_from_file
-from .api import Llama2
+from .api import Llama2, quantize_weights
 from .model import Config
 
 __all__ = ["config_from_hf", "config_to_hf", "load_tokenizer", "from_pretrained"]
@@ -86,10 +87,24 @@ def load_tokenizer(path):
     return tokenizer_from_file(tok_file)
 
 
-def from_pretrained(path, rope_layout: str = "half") -> Llama2:
+def from_pretrained(path, rope_layout: str | None = None, quantize: str | None = None) -> Llama2:
     """A Hugging Face LLaMA checkpoint directory: ``config.json``, ``model.safetensors`` or
     sharded ``model-0000x-of-0000y.safetensors`` + index (F32, F16 or BF16, memory-mapped and
-    converted per use), and ``tokenizer.json`` when present."""
+    converted per use), and ``tokenizer.json`` when present.  A ``.gguf`` file (llama.cpp's
+    format, quantized or not) is loaded by :func:`.gguf.from_gguf`.
+
+    ``rope_layout`` None means the checkpoint's own: "half" for Hugging Face checkpoints,
+    "interleaved" for GGUF files (see :func:`.model.apply_rope`).  ``quantize`` ("q8_0",
+    "q4_0", "q4_1") block-quantizes the float matrices as they load (see
+    :func:`.api.quantize_weights`); a GGUF file's quantized tensors stay as they are."""
     path = Path(path)
-    config = Config.from_hf(io.load_config(path))
-    return Llama2(config, io.load_checkpoint(path), load_tokenizer(path), rope_layout)
+    if path.suffix.lower() == ".gguf":
+        from .gguf import from_gguf
+        m = from_gguf(path, rope_layout or "interleaved")
+    else:
+        config = Config.from_hf(io.load_config(path))
+        m = Llama2(config, io.load_checkpoint(path), load_tokenizer(path), rope_layout or "half")
+    if quantize is not None:
+        m = Llama2(m.config, quantize_weights(m.weights, m.config, quantize), m.tokenizer,
+                   m.rope_layout)
+    return m
