@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -213,16 +214,21 @@ def generation(w: Workload, phase: str, seq_len: int | None, new_tokens: int | N
 def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1,
             seq_len: int | None = None, dtype: str | None = None, new_tokens: int | None = None, *,
             weights: str | None = None, activations: str | None = None, kv: str | None = None,
-            group_size: int = 128, attention: str = "flash", tp: int = 1,
+            embedding: str | None = None, weight_dtypes=None, group_size: int = 128,
+            attention: str = "flash", tp: int = 1,
             fuse_elementwise: bool = True, tf32: bool = False, logits: str = "last",
             text_batch: int | None = None, prompts: int | None = None, points: int | None = None,
             boxes: bool | None = None, collective: str = "ring",
             flash_block: int | None = None) -> Report:
     """Per-layer FLOPs, bytes and roofline times of ``model`` on ``device`` (see the module doc
-    for the phases).  ``dtype`` sets weights/activations/KV at once (int4/int8: weight-only);
-    ``weights``/``activations``/``kv`` override each.  ``tp``: tensor-parallel degree (counts are
-    per device, plus all-reduce time over the interconnect: ``collective`` "ring" or "tree",
-    α-β).  ``logits``: "last" (serving) or "all" (every position, as ``model(ids)`` returns).
+    for the phases).  ``dtype`` sets weights/activations/KV at once (int4/int8 and llama.cpp's
+    block formats q8_0, q4_0, q4_1, q4_k, q6_k and its q4_k_m recipe: weight-only);
+    ``weights``/``activations``/``kv`` override each, ``embedding`` the token-embedding tables'
+    and the output head's dtype, ``weight_dtypes`` ({module name: dtype}) single matrices' (a
+    GGUF file's formats; see :class:`~costmodel.graph.Precision`).  ``tp``:
+    tensor-parallel degree (counts are per device, plus all-reduce time over the interconnect:
+    ``collective`` "ring" or "tree", α-β).  ``logits``: "last" (serving) or "all" (every
+    position, as ``model(ids)`` returns).
     ``flash_block``: charge flash attention's K/V re-reads per block of that many queries.
     An option the model or phase does not use is an error; a workload that does not fit the
     device, or is absurd, gets a warning.
@@ -249,10 +255,14 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1,
     if attention not in ("flash", "unfused"):
         raise ValueError(f"attention must be 'flash' or 'unfused', got {attention!r}")
     positive("tp", tp)
-    # the engine on a CPU computes in float32; an accelerator serves in bf16 unless told otherwise
-    dtype = dtype or ("fp32" if dev.segment == "cpu" else "bf16")
+    # the engine on a CPU computes in float32 (a quantized weight is decoded to float32 too);
+    # an accelerator serves in bf16 unless told otherwise
+    floats = "fp32" if dev.segment == "cpu" else "bf16"
+    dtype = dtype or floats
     prec = Precision.parse(dtype, weights=weights, activations=activations, kv=kv,
-                           group_size=group_size, tf32=tf32)
+                           embedding=embedding, group_size=group_size, tf32=tf32,
+                           default_activations=floats,
+                           overrides=tuple(sorted((weight_dtypes or {}).items()))).resolve(cfg)
     for dt in {prec.matmul_dtype, prec.attention_dtype}:
         if not dev.supports(dt):
             raise ValueError(f"device {dev.key!r} ({dev.name}) has no {dt} tensor rate; choose "
@@ -275,7 +285,7 @@ def analyze(model, device="h100-sxm", phase: str | None = None, batch: int = 1,
                                                   points=points, boxes=boxes)
     opts.update(used)
     params = _module(family).count_params(cfg)
-    w_bytes = _weight_bytes(params, prec) / tp
+    w_bytes = _weight_bytes(params, prec, _module(family).weight_shapes(cfg)) / tp
     act_bytes = max((r.bytes_act_in + r.bytes_act_out for r in layers), default=0.0)
     mem = {"weights": w_bytes, "kv_cache": kv_bytes, "activations": act_bytes}
     mem["total"] = sum(mem.values())
@@ -332,10 +342,24 @@ def _predicted(layers, phase: str, opts: dict) -> dict:
     return out
 
 
-def _weight_bytes(params: int, prec: Precision) -> float:
+def _weight_bytes(params: int, prec: Precision, shapes: dict) -> float:
     """All parameters at the weight dtype, quantisation scales included (norms and embeddings are
-    a rounding error at these sizes)."""
-    return prec.weight_bytes(params, 0)
+    a rounding error at these sizes).  Under llama.cpp's block formats, tensor by tensor, as the
+    file stores them: each matrix (rows of ``shape[1:]`` weights) at its own format, the
+    embedding table and head included, a matrix whose rows are not whole blocks and every vector
+    (norms, biases) as a float at the activation dtype."""
+    if not prec.block_formats:
+        return prec.weight_bytes(params, 0)
+    total = 0.0
+    for tensor, shape in shapes.items():
+        n = math.prod(shape)
+        if len(shape) < 2:
+            total += n * prec.act_bytes
+            continue
+        module = tensor.removesuffix(".weight")
+        dt = prec.weight_dtype(module, math.prod(shape[1:]), tensor)
+        total += prec.weight_bytes(n, shape[0], dt)
+    return total
 
 
 def _sum_decode(make, kv_lens: list[int], label: str) -> list[Layer]:

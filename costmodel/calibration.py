@@ -10,6 +10,10 @@ What is measured, through ``pyworkloads.kernels`` on the chosen backend and time
 ``pw.profile()`` (the same clock ``validate`` compares against):
 
 - matmul ``x @ Wᵀ`` over M (1: a decode GEMV .. 2048, doubling), K (64 .. 4096) and N (64 .. 32768);
+- qmatmul ``x @ Wᵀ`` with W in each of llama.cpp's block formats (``pw.kernels.qmatmul``: the
+  backend's kernel, or the reference's decode-then-multiply where the backend has none) on a
+  coarser grid of M, K and N -- a decode of the weights costs per weight, so fewer, smaller
+  weights keep it to seconds;
 - attention over the query and key lengths (prefill, decode, and a few queries against many
   keys or the reverse: cross-attention), head width, causal or not;
 - rms_norm and layer_norm over rows x width; GELU over the element count;
@@ -50,12 +54,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .gguf import FORMATS as GGUF_FORMATS
+
 __all__ = ["Profile", "calibrate", "load_profile", "profile_path", "profile_from_bench",
            "theoretical_cpu_peak", "KERNEL_OPS"]
 
 PROFILE_VERSION = 3
-KERNEL_OPS = ("matmul", "attention", "rms_norm", "layer_norm", "gelu")
+KERNEL_OPS = ("matmul", "qmatmul", "attention", "rms_norm", "layer_norm", "gelu")
 _NEIGHBOURS = 4
+
+
+def qmatmul_key(fmt: str) -> str:
+    """The points table of qmatmul with weights in block format ``fmt`` ("qmatmul:q4_0"): each
+    format decodes at its own speed, so each has its own efficiencies."""
+    return f"qmatmul:{fmt}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,10 +155,13 @@ def _features(layer) -> tuple[str, tuple[float, ...]] | None:
     nums = [int(v) for v in _INT.findall(s)]
     lg = [math.log2(max(v, 1)) for v in nums]
     if layer.op in ("matmul", "conv"):
+        # a block-quantized weight runs the engine's qmatmul, measured per format
+        fmt = getattr(layer, "weights_dtype", "")
+        op = qmatmul_key(fmt) if fmt in GGUF_FORMATS else "matmul"
         if len(nums) == 4:                                  # [M,K]x[K,N]
-            return "matmul", (lg[0], lg[1], lg[3])
+            return op, (lg[0], lg[1], lg[3])
         if len(nums) == 6:                                  # [b,M,K]x[b,K,N]
-            return "matmul", (lg[0] + lg[1], lg[2], lg[5])
+            return op, (lg[0] + lg[1], lg[2], lg[5])
         return None
     if layer.op == "attention" and len(nums) == 8:          # q[B,H,Tq,Dh] kv[B,KVH,Tk,Dv]
         _, _, tq, dh, _, _, tk, _ = nums
@@ -225,6 +240,8 @@ class Profile:
     use: str = "ours"                     # which points predict: "ours" or "vendor"
     memory_efficiency: float | None = None   # sparse (GPU) profiles: for memory-bound layers
     memory_efficiency_vendor: float | None = None   # the same for the vendor libraries' points
+    qmatmul_backend: str = ""             # the backend whose code ran the qmatmul points ("numpy"
+                                          # when the backend has no qmatmul); "" not measured
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -317,9 +334,10 @@ class Profile:
             eff = mem_eff
         if eff is None:
             return None
-        t = calls * self.overhead.get(op, 0.0) + self.roof(layer) / eff
+        kernel = op.partition(":")[0]      # one fixed cost for qmatmul of every format
+        t = calls * self.overhead.get(kernel, 0.0) + self.roof(layer) / eff
         if part == "all":                  # the Python around the calls, a bias add after them
-            t += calls * self.glue.get(op, 0.0)
+            t += calls * self.glue.get(kernel, 0.0)
             if getattr(layer, "work", "") and self.ufuncs:
                 t += sum(self.ufunc_seconds(*w) for w in parse_work(layer.work))
         return t
@@ -532,7 +550,10 @@ def _glue(overhead: dict) -> dict:
          "n.weight": np.ones(8, np.float32), "n.bias": np.zeros(8, np.float32)}
     x = np.ones((1, 8), np.float32)
     q = np.ones((1, 1, 1, 8), np.float32)
+    qw = {"l.weight": _tiny_quantized((8, 32))}
+    qx = np.ones((1, 32), np.float32)
     paths = {"matmul": lambda: common.linear(x, w, "l"),
+             "qmatmul": lambda: common.linear(qx, qw, "l"),
              "attention": lambda: k.attention(q, q, q, causal=True),
              "rms_norm": lambda: common.rms_norm(x, w, "n", 1e-6),
              "layer_norm": lambda: common.layer_norm(x, w, "n", 1e-5),
@@ -592,9 +613,63 @@ def _grid(backend: str, quick: bool):
     return matmul, attention, cross, norms, gelu
 
 
+def _qgrid(quick: bool) -> list:
+    """The (M, K, N) shapes measured for qmatmul, per format (5 formats: seconds a pass on 2
+    cores).  Coarser than matmul's: the reference decodes the whole weight to float32 first, a
+    few nanoseconds per weight whatever M, so weights are kept to 2^24 (a 16k x 1k head) and
+    the products to 2^28 MACs; the grid covers decode GEMVs and short prompts, and a longer
+    prompt takes the nearest points' efficiency."""
+    Ms = (1, 64) if quick else (1, 16, 128)
+    Ks = (256, 2048) if quick else (256, 1024, 4096)
+    Ns = (256, 8192) if quick else (256, 2048, 16384)
+    return [(m, k, n) for m in Ms for k in Ks for n in Ns
+            if k * n <= 2 ** 24 and m * k * n <= 2 ** 28]
+
+
+# every stored byte below 0x3C: any two of them read as a float16 scale are finite, positive and
+# below 1, so random blocks of every format decode to finite weights without knowing its layout
+_SAFE_BYTE = 0x3C
+
+
+def qmatmul_backend(backend: str) -> str:
+    """The backend whose code runs ``pw.kernels.qmatmul`` under ``backend``: itself, or "numpy"
+    (the reference decodes the weights) while it has no qmatmul kernel."""
+    import pyworkloads as pw
+    with pw.use_backend(backend), pw.profile() as seen:
+        pw.kernels.qmatmul(np.ones((1, 32), np.float32), _tiny_quantized((1, 32)))
+    return seen.records[0].backend
+
+
+def _tiny_quantized(shape: tuple, fmt: str = "q8_0"):
+    """A small block-quantized weight [N, K] of format ``fmt`` (fixed-cost measurements)."""
+    from pyworkloads import quant
+    block, size = GGUF_FORMATS[fmt]
+    data = np.full((shape[0], shape[1] // block * size), 0x38, np.uint8)
+    return quant.QuantizedTensor(fmt.upper(), shape, data)
+
+
+class _BytePool:
+    """Random bytes that quantized weights are cut from (see :class:`_Pool`): each weight its own
+    stretch of memory, cold when the stretches cycle past the caches."""
+
+    def __init__(self, rng, nbytes: int = 1 << 27):
+        self.data = rng.integers(0, _SAFE_BYTE, nbytes, dtype=np.uint8)     # 128 MB
+
+    def weights(self, fmt: str, n: int, k: int) -> list:
+        from pyworkloads import quant
+        block, size = GGUF_FORMATS[fmt]
+        shape = (n, k // block * size)
+        nbytes = shape[0] * shape[1]
+        count = max(1, min(_rotation(nbytes), self.data.size // nbytes))
+        return [quant.QuantizedTensor(fmt.upper(), (n, k),
+                                      self.data[i * nbytes:(i + 1) * nbytes].reshape(shape))
+                for i in range(count)]
+
+
 def _layer_for(op: str, shape, gb):
-    """The cost-model record of one calibration point (the same conventions as a model's)."""
-    if op == "matmul":
+    """The cost-model record of one calibration point (the same conventions as a model's); a
+    qmatmul point's ``gb`` stores the weights in its format."""
+    if op == "matmul" or op.startswith("qmatmul:"):
         m, k, n = shape
         return gb.weight_gemm("m", "matmul", m, k, n, weight_elems=k * n, act_in_elems=m * k,
                               act_out_elems=m * n)
@@ -659,6 +734,20 @@ def _cases(k, grid, pool: _Pool) -> list:
     return cases
 
 
+def _qcases(k, grid, pool: _Pool, bytes_pool: _BytePool) -> list:
+    """(op, shape, call) of every qmatmul point: each block format at each shape, the call
+    cycling through distinct weights (cold, as a forward pass reads each layer's once)."""
+    cases = []
+    for fmt in GGUF_FORMATS:
+        for m, kk, n in grid:
+            x = pool.arrays((m, kk))[0].copy()
+            ws = bytes_pool.weights(fmt, n, kk)
+            turn = iter(range(1 << 62))
+            cases.append((qmatmul_key(fmt), (m, kk, n),
+                          lambda x=x, ws=ws, t=turn: k.qmatmul(x, ws[next(t) % len(ws)])))
+    return cases
+
+
 def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
               progress=None, passes: int = 5) -> Profile:
     """Measure this machine's profile for ``backend`` ("cpp" or "numpy"; a GPU's comes from
@@ -691,27 +780,38 @@ def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
             "rms_norm": _cold(lambda: k.rms_norm(tiny, tiny[0], 1e-6), kernel=True),
             "layer_norm": _cold(lambda: k.layer_norm(tiny, tiny[0], tiny[0], 1e-5), kernel=True),
             "gelu": _cold(lambda: k.gelu(tiny), kernel=True),
+            "qmatmul": _cold(lambda: k.qmatmul(np.ones((1, 32), np.float32),
+                                               _tiny_quantized((1, 32))), kernel=True),
         }
         glue = _glue(overhead)
+        qbackend = qmatmul_backend(backend)
         ufunc_call = _cold(lambda: np.add(tiny, tiny))
         say("NumPy functions")
         ufuncs = _ufunc_table(_wall(lambda: np.add(tiny, tiny)))
         ufunc_loop = _loop_cost()
-        cases = _cases(k, _grid(backend, quick), _Pool(rng))
+        pool = _Pool(rng)
+        cases = _cases(k, _grid(backend, quick), pool)
+        ncases = len(cases)
+        cases += _qcases(k, _qgrid(quick), pool, _BytePool(rng))
         # every shape once per pass, the passes spread over the run: the machine's state (a
         # neighbour's load on a shared machine lasts seconds) changes between passes, and each
-        # shape keeps the median of its passes
+        # shape keeps the median of its passes.  The qmatmul shapes run in three passes only
+        # (first, middle, last: their median drops one disturbed pass), two calls each: a
+        # reference decode takes up to 0.1 s a call
         per_pass: list[list[float]] = [[] for _ in cases]
         fma = 0.0
         for p in range(passes):
-            say(f"pass {p + 1} of {passes}: {len(cases)} shapes")
+            todo = cases if p in (0, passes // 2, passes - 1) else cases[:ncases]
+            say(f"pass {p + 1} of {passes}: {len(todo)} shapes")
             fma = max(fma, fma_peak())
-            for i, (_, _, call) in enumerate(cases):
-                per_pass[i].append(_kernel_seconds(call, budget=0.04, min_reps=3))
+            for i, (op, _, call) in enumerate(todo):
+                per_pass[i].append(_kernel_seconds(call, budget=0.04,
+                                                   min_reps=2 if i >= ncases else 3))
         fma = max(fma, fma_peak())
-        measured: dict[str, list] = {op: [] for op in (*KERNEL_OPS, "attention_cross")}
+        measured: dict[str, list] = {op: [] for op in (*KERNEL_OPS, "attention_cross")
+                                     if op != "qmatmul"}
         for (op, shape, _), ts in zip(cases, per_pass):
-            measured[op].append((shape, float(np.median(ts))))
+            measured.setdefault(op, []).append((shape, float(np.median(ts))))
     best_gemm = max(2 * m * kk * n / t for (m, kk, n), t in measured["matmul"])
     if peak is None or max(fma, best_gemm) > peak:
         how = (f"independent FMAs on registers, measured ({fma / 1e9:.1f} GFLOP/s; the best GEMM "
@@ -722,12 +822,16 @@ def calibrate(backend: str = "cpp", quick: bool = False, save: bool = True,
                    measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    peak_flops=peak, peak_how=how, bandwidth=bandwidth, bandwidth_by_size=bw_table,
                    overhead=overhead, glue=glue, ufunc_call=ufunc_call, ufuncs=ufuncs,
-                   ufunc_loop=ufunc_loop, attention_impl=impl)
+                   ufunc_loop=ufunc_loop, attention_impl=impl, qmatmul_backend=qbackend)
     for op, rows in measured.items():
         pts = []
+        kernel = op.partition(":")[0]
+        # a qmatmul point's record stores its weights in the point's format
+        builder = (GraphBuilder(Precision.parse("fp32", weights=op.partition(":")[2]))
+                   if kernel == "qmatmul" else gb)
         for shape, seconds in rows:
-            layer = _layer_for(op, shape, gb)
-            fixed = overhead["attention" if op == "attention_cross" else op]
+            layer = _layer_for(op, shape, builder)
+            fixed = overhead["attention" if op == "attention_cross" else kernel]
             work = max(seconds - fixed, 0.05 * seconds)
             feats = _features(layer)[1]
             pts.append([*feats, prof.roof(layer) / work])

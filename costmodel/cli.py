@@ -20,12 +20,17 @@ import sys
 import time
 from pathlib import Path
 
+from pyworkloads.models import llama2
+
 from . import analysis
 from . import hardware as _devices
+from .gguf import MIXES
+from .graph import WEIGHT_DTYPES
 from .report import fmt_bytes, fmt_time
 
 FORMATS = ("table", "md", "csv", "json")
-DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
+DTYPES = WEIGHT_DTYPES          # fp32 .. int4, llama.cpp's q8_0 .. q6_k and its q4_k_m recipe
+QUANTIZE = llama2.QUANTIZE     # the formats the engine quantizes LLaMA's weights to
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,12 +54,16 @@ def _workload_args(p):
     p.add_argument("--new-tokens", type=int, default=None,
                    help="tokens generated in phase generate")
     p.add_argument("--dtype", default=None, choices=DTYPES,
-                   help="weights+activations+KV (int4/int8: weight-only); default bf16, "
-                        "fp32 on the cpu device")
+                   help="weights+activations+KV (int4/int8 and llama.cpp's q8_0 .. q6_k, "
+                        "q4_k_m: weight-only); default bf16, fp32 on the cpu device")
     p.add_argument("--weights-dtype", choices=DTYPES)
+    p.add_argument("--embedding-dtype", choices=[d for d in DTYPES if d not in MIXES],
+                   help="token-embedding tables and the output head (default: q8_0 under the "
+                        "4-bit block formats, else the weights')")
     p.add_argument("--act-dtype", choices=("fp32", "bf16", "fp16", "fp8"))
     p.add_argument("--kv-dtype", choices=("fp32", "bf16", "fp16", "fp8", "int8"))
-    p.add_argument("--group-size", type=int, default=128, help="int4 quantisation group")
+    p.add_argument("--group-size", type=int, default=128,
+                   help="int4 quantisation group (a block format's block is its own)")
     p.add_argument("--attention", choices=("flash", "unfused"), default="flash")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
     p.add_argument("--no-fuse", action="store_true",
@@ -82,7 +91,8 @@ def _analyze(a, device):
         raise ValueError("--vendor needs --profile (a GPU profile with vendor measurements)")
     return analysis.analyze(a.model, device, phase=a.phase, batch=a.batch, seq_len=a.seq_len,
                             dtype=a.dtype, new_tokens=a.new_tokens, weights=a.weights_dtype,
-                            activations=a.act_dtype, kv=a.kv_dtype, group_size=a.group_size,
+                            activations=a.act_dtype, kv=a.kv_dtype,
+                            embedding=a.embedding_dtype, group_size=a.group_size,
                             attention=a.attention, tp=a.tp, fuse_elementwise=not a.no_fuse,
                             tf32=a.tf32, text_batch=a.text_batch, prompts=a.prompts,
                             points=a.points, boxes=a.boxes, collective=a.collective,
@@ -124,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "`--device cpu` finds it)")
     v = sub.add_parser("validate", help="run the engine on a workload and compare every "
                                         "layer's measured time with its prediction")
-    v.add_argument("model", help="a preset name or a Hugging Face checkpoint directory")
+    v.add_argument("model", help="a preset name, a Hugging Face checkpoint directory or a "
+                                 "LLaMA .gguf file")
     v.add_argument("--backend", choices=("cpp", "numpy"), default="cpp")
     v.add_argument("--phase", help="llama2/whisper: prefill|decode; clip: image|text|all; "
                                    "sam: encoder|decoder|all")
@@ -135,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--prompts", type=int, default=None)
     v.add_argument("--points", type=int, default=None)
     v.add_argument("--boxes", action="store_true", default=None)
+    v.add_argument("--quantize", choices=QUANTIZE, default=None,
+                   help="llama2: block-quantize the weights as the engine does "
+                        "(pw.llama2.from_preset(..., quantize=...))")
     v.add_argument("--repeats", type=int, default=5)
     v.add_argument("--seconds", type=float, default=3.0,
                    help="spread the runs over at least this long; each call keeps its median")
@@ -217,7 +231,7 @@ def _cmd_validate(a) -> int:
     _check_output(a.output)
     v = validate(a.model, backend=a.backend, phase=a.phase, batch=a.batch, seq_len=a.seq_len,
                  text_batch=a.text_batch, prompts=a.prompts, points=a.points, boxes=a.boxes,
-                 repeats=a.repeats, min_seconds=a.seconds)
+                 quantize=a.quantize, repeats=a.repeats, min_seconds=a.seconds)
     _emit(v.to_json() if a.format == "json" else v.to_table(), a.output)
     return 0
 

@@ -113,7 +113,8 @@ class _Converter:
         op = "conv" if len(w.source.shape) >= 3 else "matmul"
         parallel = self.tp.parallel(name)
         rec = self.gb.weight_gemm(name, op, rows=batch * M, d_in=K, d_out=N, weight_elems=w.unique,
-                                  act_in_elems=_elems(x), act_out_elems=out.size, parallel=parallel)
+                                  act_in_elems=_elems(x), act_out_elems=out.size, parallel=parallel,
+                                  tensor=w.source.name)
         self.gemms[name] = (rec, parallel)
 
     def attention(self, r: TraceRecord) -> None:

@@ -19,17 +19,26 @@ The engine-facing conventions (attention softmax = 6 FLOPs per score (+1 with a 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 
+from .gguf import FORMATS as GGUF_FORMATS
+from .gguf import MIXES as GGUF_MIXES
+from .gguf import block_bytes
+
 __all__ = ["Layer", "Precision", "GraphBuilder", "DTYPE_BYTES", "SCHEMA"]
 
-# storage bytes per element; int4 adds its group-scale metadata in Precision.weight_bytes
+# storage bytes per element; int4 adds its group-scale metadata in Precision.weight_bytes; a GGUF
+# block format's figure (scales included) is exact -- bytes per block / weights per block
 DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0,
-               "int4": 0.5}
+               "int4": 0.5, **{f: size / block for f, (block, size) in GGUF_FORMATS.items()}}
 ACT_DTYPES = ("fp32", "bf16", "fp16", "fp8")
-WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
+# weights: llama.cpp's block formats (q8_0, q4_0, q4_1, q4_k, q6_k) and its q4_k_m recipe too
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4", *GGUF_FORMATS, *GGUF_MIXES)
 KV_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8")
+# the modules of token-embedding tables (a tied head reads one of them)
+TOKEN_TABLES = ("embed_tokens", "token_embedding")
 
 # FLOPs per element of the dispatched GELU kernel (scale, erf, add, two multiplies), as
 # pyworkloads.kernels counts it; elementwise work outside the kernels is counted by the trace.
@@ -72,6 +81,8 @@ class Layer:
     hops: int = 0             # extension: the steps of a collective, each costing a link latency
     work: str = ""            # extension: an elementwise record's NumPy calls, per function
                               # "name:calls:elements:loops ..." (one step's, for summed steps)
+    weights_dtype: str = ""   # extension: the storage dtype of the weights a GEMM or table
+                              # lookup reads ("q4_0": a qmatmul in the engine); "" without any
 
     @property
     def bytes(self) -> float:
@@ -103,13 +114,27 @@ class Precision:
     plus one ``scale_dtype`` scale per ``group_size`` weights (int4) or per output channel (int8),
     and dequantised to the activation dtype, which the tensor cores run.  fp8 weights *and*
     activations run the fp8 tensor-core rate.  fp32 matmuls run
-    at the vector FP32 rate unless ``tf32=True`` (PyTorch's default is full FP32)."""
+    at the vector FP32 rate unless ``tf32=True`` (PyTorch's default is full FP32).
+
+    llama.cpp's block formats (``"q8_0"``, ``"q4_0"``, ``"q4_1"``, ``"q4_k"``, ``"q6_k"``;
+    :mod:`costmodel.gguf`) are weight-only too, at their exact bytes per block, scales included
+    (``group_size`` does not apply: the block is the format's).  A matrix whose rows are not a
+    whole number of blocks stays a float at the activation dtype, as the engine keeps it.
+    ``embedding`` is the dtype of the token-embedding tables and of the output head (``lm_head``,
+    Whisper's ``proj_out``, or a tied head reading the table); by default the engine's policy
+    (``pyworkloads.llama2.quantize_weights``): q8_0 under the 4-bit formats (q4_*), the weights'
+    format under q8_0 and q6_k, and for the other dtypes the weights' dtype (an int4 model's
+    tables as bf16).  ``weights="q4_k_m"`` is llama.cpp's per-tensor recipe, which
+    :meth:`resolve` fills into ``overrides`` (module name -> dtype) for a model's config;
+    ``overrides`` may also be given (a GGUF file's formats, tensor by tensor)."""
     weights: str = "bf16"
     activations: str = "bf16"
     kv: str = "bf16"
     group_size: int = 128
     scale_dtype: str = "fp16"
     tf32: bool = False
+    embedding: str | None = None
+    overrides: tuple = ()
 
     def __post_init__(self):
         for arg, val, allowed in (("weights", self.weights, WEIGHT_DTYPES),
@@ -118,21 +143,42 @@ class Precision:
                                   ("scale_dtype", self.scale_dtype, ("fp32", "bf16", "fp16"))):
             if val not in allowed:
                 raise ValueError(f"{arg} dtype must be one of {', '.join(allowed)}, got {val!r}")
+        stored = tuple(d for d in WEIGHT_DTYPES if d not in GGUF_MIXES)
+        if self.embedding is not None and self.embedding not in stored:
+            raise ValueError(f"embedding dtype must be None or one of {', '.join(stored)}, got "
+                             f"{self.embedding!r}")
+        for pair in self.overrides:
+            if (not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], str)
+                    or pair[1] not in stored):
+                raise ValueError(f"overrides must be (module name, dtype) pairs with a dtype of "
+                                 f"{', '.join(stored)}, got {pair!r}")
         if (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
                 or self.group_size < 1):
             raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
 
     @classmethod
     def parse(cls, dtype: str | None = None, weights=None, activations=None, kv=None,
-              **kw) -> "Precision":
-        """``dtype`` sets all three (int4 / int8 mean weight-only: 16-bit activations and cache);
-        explicit ``weights`` / ``activations`` / ``kv`` override it."""
+              default_activations: str = "bf16", **kw) -> "Precision":
+        """``dtype`` sets all three (int4 / int8 and the GGUF formats mean weight-only: their
+        activations and cache are ``default_activations``, the device's float -- fp32 on the
+        CPU, what the engine computes in; 16-bit on accelerators); explicit ``weights`` /
+        ``activations`` / ``kv`` override it."""
         dtype = dtype or "bf16"
         if dtype not in WEIGHT_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {dtype!r}")
-        act = dtype if dtype in ACT_DTYPES else "bf16"
+        act = dtype if dtype in ACT_DTYPES else default_activations
         act = activations or act
         return cls(weights=weights or dtype, activations=act, kv=kv or act, **kw)
+
+    def resolve(self, cfg) -> "Precision":
+        """This precision for one model: a recipe (``weights="q4_k_m"``) gets its per-module
+        dtypes for ``cfg`` (``overrides`` given win); any other precision is returned as it
+        is."""
+        if self.weights not in GGUF_MIXES:
+            return self
+        from .gguf import resolve_mix
+        table = dict(resolve_mix(self.weights, cfg)) | dict(self.overrides)
+        return dataclasses.replace(self, overrides=tuple(table.items()))
 
     @property
     def act_bytes(self) -> float:
@@ -142,13 +188,71 @@ class Precision:
     def kv_bytes(self) -> float:
         return DTYPE_BYTES[self.kv]
 
-    def weight_bytes(self, n: int, rows: int) -> float:
-        """Bytes of an n-element weight with ``rows`` output channels, quantisation metadata
-        included."""
-        b = n * DTYPE_BYTES[self.weights]
-        if self.weights == "int4":
+    @property
+    def block_formats(self) -> bool:
+        """Weights in llama.cpp's block formats (some or all of them)."""
+        return (self.weights in GGUF_FORMATS or self.weights in GGUF_MIXES
+                or self.embedding in GGUF_FORMATS
+                or any(dt in GGUF_FORMATS for _, dt in self.overrides))
+
+    def is_outer(self, name: str, tensor: str | None = None) -> bool:
+        """A token-embedding table (module ``name``) or the output head (``lm_head``, Whisper's
+        ``proj_out``, or any GEMM whose weight ``tensor`` is an embedding table: a tied head)."""
+        mods = [name] + ([tensor.removesuffix(".weight")] if tensor else [])
+        return name in ("lm_head", "proj_out") or any(m.rsplit(".", 1)[-1] in TOKEN_TABLES
+                                                      for m in mods)
+
+    def weight_dtype(self, name: str, k: int, tensor: str | None = None,
+                     table: bool = False) -> str:
+        """The storage dtype of the weights of module ``name`` (the record's name), whose rows
+        hold ``k`` weights (a GEMM's input width); ``tensor``: the checkpoint tensor it reads;
+        ``table``: a lookup in a table rather than a GEMM."""
+        outer = self.is_outer(name, tensor)
+        if table and not outer:
+            # position tables (SAM's rel_pos ...): llama.cpp never quantizes them; the other
+            # dtypes keep this model's old convention (int4 tables as bf16)
+            if self.block_formats:
+                return self.activations
+            return self.weights if self.weights != "int4" else "bf16"
+        if outer and self.embedding is not None:
+            dt = self.embedding
+        elif self.overrides:
+            # the module's own entry; a tied head takes its table's
+            table_of = tensor.removesuffix(".weight") if tensor else None
+            dt = (dict(self.overrides).get(name) or dict(self.overrides).get(table_of)
+                  or self._default(outer, table))
+        else:
+            dt = self._default(outer, table)
+        if dt in GGUF_FORMATS and k % GGUF_FORMATS[dt][0]:
+            return self.activations            # not a whole number of blocks: stays a float
+        return dt
+
+    def _default(self, outer: bool, table: bool) -> str:
+        w = self.weights
+        if w in GGUF_MIXES:
+            if not self.overrides:
+                raise ValueError(f"weights {w!r} is llama.cpp's per-tensor recipe: resolve it "
+                                 "for a model first (Precision.resolve(config))")
+            return self.activations            # a module the recipe does not name: a float
+        if outer and w in GGUF_FORMATS:
+            return "q8_0" if w.startswith("q4") else w
+        if table and w == "int4":
+            return "bf16"
+        return w
+
+    def weight_bytes(self, n: int, rows: int, dtype: str | None = None) -> float:
+        """Bytes of an n-element weight with ``rows`` output channels stored as ``dtype``
+        (default: the weights' dtype), quantisation metadata included."""
+        dt = dtype or self.weights
+        if dt in GGUF_FORMATS:
+            return block_bytes(dt, n)
+        if dt in GGUF_MIXES:
+            raise ValueError(f"weights {dt!r} is a per-tensor recipe: ask for one tensor's dtype "
+                             "(Precision.weight_dtype)")
+        b = n * DTYPE_BYTES[dt]
+        if dt == "int4":
             b += math.ceil(n / self.group_size) * DTYPE_BYTES[self.scale_dtype]
-        elif self.weights == "int8":                  # one scale per output channel
+        elif dt == "int8":                            # one scale per output channel
             b += rows * DTYPE_BYTES[self.scale_dtype]
         return b
 
@@ -173,6 +277,14 @@ class Precision:
         s = f"weights {self.weights}, activations {self.activations}, kv {self.kv}"
         if self.weights == "int4":
             s += f" (group {self.group_size}, {self.scale_dtype} scales)"
+        if self.block_formats:
+            if self.embedding or not self.overrides:
+                s += f"; embedding/head {self.embedding or self._default(True, False)}"
+            counts: dict[str, int] = {}
+            for _, dt in self.overrides:
+                counts[dt] = counts.get(dt, 0) + 1
+            if counts:                    # a recipe's or a file's formats, matrix by matrix
+                s += "; matrices " + ", ".join(f"{n} {dt}" for dt, n in counts.items())
         return s
 
 
@@ -225,10 +337,14 @@ class GraphBuilder:
 
     # -- dense ---------------------------------------------------------------------------------
     def weight_gemm(self, name: str, op: str, rows: int, d_in: int, d_out: int, weight_elems: int,
-                    act_in_elems: int, act_out_elems: int, parallel: str | None = None) -> Layer:
+                    act_in_elems: int, act_out_elems: int, parallel: str | None = None,
+                    tensor: str | None = None) -> Layer:
         """x [rows, d_in] · W [d_in, d_out]: a linear layer, or a convolution run as its im2col
         GEMM (op "conv").  ``weight_elems`` / ``act_in_elems`` are the distinct elements read (an
-        im2col matrix reads its image once), ``act_out_elems`` those written.
+        im2col matrix reads its image once), ``act_out_elems`` those written.  ``tensor``: the
+        checkpoint tensor of the weight (a tied head reads the embedding table), which with
+        ``name`` decides the weight's storage dtype (:meth:`Precision.weight_dtype`: blocks run
+        along d_in, the rows of PyTorch's [d_out, d_in] weight).
 
         parallel: None (replicated), "col" (d_out split over tp devices) or "row" (d_in split, an
         all-reduce of the output follows)."""
@@ -240,10 +356,12 @@ class GraphBuilder:
             weight_elems, act_in_elems = weight_elems // self.tp, act_in_elems // self.tp
         macs = rows * d_in * d_out
         a = self.p.act_bytes
+        wdt = self.p.weight_dtype(name, d_in, tensor)
         rec = self._add(name=name, op=op, shapes=f"{_shape(rows, d_in)}x{_shape(d_in, d_out)}",
                         dtype=self.p.matmul_dtype, macs=macs, flops=2 * macs, flops_dense=2 * macs,
-                        bytes_weights=self.p.weight_bytes(weight_elems, d_out),
-                        bytes_act_in=act_in_elems * a, bytes_act_out=act_out_elems * a)
+                        bytes_weights=self.p.weight_bytes(weight_elems, d_out, wdt),
+                        bytes_act_in=act_in_elems * a, bytes_act_out=act_out_elems * a,
+                        weights_dtype=wdt)
         if parallel == "row" and self.tp > 1:
             self.allreduce(name + ".allreduce", act_out_elems)
         return rec
@@ -370,13 +488,16 @@ class GraphBuilder:
                          bytes_act_out=0 if self.fuse else n * a, bytes_unfused=2 * n * a)
 
     def embedding(self, name: str, tokens: int, width: int):
-        """A table lookup: reads ``tokens`` rows (weights traffic) and writes them (no FLOPs)."""
+        """A table lookup: reads ``tokens`` rows (weights traffic) and writes them (no FLOPs).
+        A block-quantized table is read in whole rows of blocks, scales included."""
         a = self.p.act_bytes
+        wdt = self.p.weight_dtype(name, width, table=True)
         return self._add(name=name, op="embedding", shapes=_shape(tokens, width),
                   dtype=self.p.activations,
-                  bytes_weights=tokens * width * DTYPE_BYTES[
-                      self.p.weights if self.p.weights != "int4" else "bf16"],
-                  bytes_act_out=tokens * width * a, bytes_unfused=2 * tokens * width * a)
+                  bytes_weights=(block_bytes(wdt, tokens * width) if wdt in GGUF_FORMATS
+                                 else tokens * width * DTYPE_BYTES[wdt]),
+                  bytes_act_out=tokens * width * a, bytes_unfused=2 * tokens * width * a,
+                  weights_dtype=wdt)
 
     def allreduce(self, name: str, elems: int):
         """All-reduce over ``tp`` devices (α-β): each sends (and receives) 2·(tp-1)/tp of the

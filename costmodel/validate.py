@@ -9,6 +9,11 @@ The layer records and the profiled calls come from one code path (the records ar
 trace of the same forward functions), so they line up one to one in execution order; a
 mismatch is an error, never a silent skip.  The predictions need a calibrated profile of the
 backend (``costmodel calibrate --backend cpp``).
+
+``quantize="q8_0" | "q4_0" | "q4_1"`` validates LLaMA with block-quantized weights
+(``pw.llama2.from_preset(..., quantize=...)``): the engine runs ``qmatmul`` where the cost model
+has a GEMM whose ``weights_dtype`` is that block format, and the profile's qmatmul points of
+that format predict it.
 """
 from __future__ import annotations
 
@@ -20,10 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["validate", "validate_bench", "Validation", "LayerCheck", "KERNEL_OP"]
+__all__ = ["validate", "validate_bench", "Validation", "LayerCheck", "KERNEL_OP", "kernel_op"]
 
 KERNEL_OP = {"matmul": "matmul", "conv": "matmul", "attention": "attention",
              "rms_norm": "rms_norm", "layer_norm": "layer_norm", "gelu": "gelu"}
+
+
+def kernel_op(layer) -> str:
+    """The kernel ``pw.profile()`` records for a layer record: a GEMM whose weights are stored
+    in a block format runs ``qmatmul``."""
+    from .gguf import FORMATS
+    if layer.op in ("matmul", "conv") and layer.weights_dtype in FORMATS:
+        return "qmatmul"
+    return KERNEL_OP[layer.op]
 SHARE = 0.01            # layers carrying at least this share of the measured time are summarised
 
 
@@ -143,28 +157,70 @@ class Validation:
 # ---------------------------------------------------------------------------------------------
 # the engine side: the same functions the family modules trace, on real arrays
 # ---------------------------------------------------------------------------------------------
-def _load(model):
-    """A preset name, a Config or a checkpoint directory -> (family, label, engine model)."""
+def _load(model, quantize: str | None = None):
+    """A preset name, a Config or a checkpoint directory -> (family, label, engine model);
+    ``quantize``: LLaMA's weights block-quantized by the engine (refused for other models)."""
+    import inspect
+
     import pyworkloads as pw
 
     from .analysis import resolve_model
+
+    def refuse_quantize(family):
+        if quantize is not None and family != "llama2":
+            raise ValueError(f"quantize applies to llama2 models (the engine block-quantizes "
+                             f"LLaMA's weights), not to {family}; got quantize={quantize!r}")
+    if isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".gguf":
+        if quantize is not None:
+            raise ValueError(f"quantize: a GGUF file's tensors are stored in their own formats; "
+                             f"got quantize={quantize!r} for {model}")
+        return "llama2", str(model), pw.llama2.from_pretrained(model)
     if isinstance(model, (str, Path)) and Path(model).is_dir():
         from pyworkloads import io
         kind = io.load_config(Path(model)).get("model_type", "llama")
         family = {"llama": "llama2", "clip": "clip", "sam": "sam", "whisper": "whisper"}.get(kind)
         if family is None:
             raise ValueError(f"{model}: model_type {kind!r} is none of llama, clip, sam, whisper")
-        return family, str(model), getattr(pw, family).from_pretrained(model)
+        refuse_quantize(family)
+        load = getattr(pw, family).from_pretrained
+        if quantize is None:
+            return family, str(model), load(model)
+        if "quantize" not in inspect.signature(load).parameters:
+            raise ValueError("quantize: this pyworkloads' llama2.from_pretrained cannot quantize "
+                             "a checkpoint; validate a preset (or a Config) instead")
+        return family, str(model), load(model, quantize=quantize)
     family, label, cfg = resolve_model(model)
+    refuse_quantize(family)
     mod = getattr(pw, family)
     if family == "llama2":
-        return family, label, mod.from_preset(cfg)
+        return family, label, mod.from_preset(cfg, quantize=quantize)
     from pyworkloads.models.common import check_fits
     check_fits(4 * mod.count_params(cfg), label)           # refuse before allocating
     init = {"clip": "random_weights", "sam": "init_weights", "whisper": "random_weights"}[family]
     weights = getattr(mod, init)(cfg, 0)
     cls = {"clip": "CLIP", "sam": "Sam", "whisper": "Whisper"}[family]
     return family, label, getattr(mod, cls)(cfg, weights)
+
+
+def stored_dtypes(weights, cfg) -> dict[str, str] | None:
+    """{module: dtype} of every matrix of a LLaMA's weights when some are block-quantized (a
+    GGUF file), None when none is; a float matrix is "fp32", the dtype the engine converts it
+    to and its kernel reads."""
+    from pyworkloads import quant
+    from pyworkloads.models import llama2
+
+    from .gguf import FORMATS
+    out = {}
+    for name, shape in llama2.weight_shapes(cfg).items():
+        if len(shape) != 2 or name not in weights:
+            continue
+        if hasattr(weights, "dtype_of"):
+            dt = weights.dtype_of(name)
+        else:
+            w = weights[name]
+            dt = w.qtype if isinstance(w, quant.QuantizedTensor) else "F32"
+        out[name.removesuffix(".weight")] = dt.lower() if dt.lower() in FORMATS else "fp32"
+    return out if any(dt in FORMATS for dt in out.values()) else None
 
 
 def _runs(family: str, m, phase: str, batch: int, seq_len: int | None, opts: dict):
@@ -234,12 +290,16 @@ def _runs(family: str, m, phase: str, batch: int, seq_len: int | None, opts: dic
 def validate(model, backend: str = "cpp", phase: str | None = None, batch: int = 1,
              seq_len: int | None = None, *, text_batch: int | None = None,
              prompts: int | None = None, points: int | None = None, boxes: bool | None = None,
-             repeats: int = 5, min_seconds: float = 3.0) -> Validation:
+             quantize: str | None = None, repeats: int = 5,
+             min_seconds: float = 3.0) -> Validation:
     """Measure a workload on ``backend`` and compare it with the cost model's prediction for the
     same workload (see the module docstring).  ``model``: a preset name, a pyworkloads Config or
-    a Hugging Face checkpoint directory.  Phases: llama2 / whisper "prefill" or "decode" (one
+    a Hugging Face checkpoint directory (or a LLaMA ``.gguf`` file, whose tensors the cost model
+    takes in their stored formats).  Phases: llama2 / whisper "prefill" or "decode" (one
     step at KV length ``seq_len``); clip "image", "text" or "all"; sam "encoder", "decoder" or
-    "all"."""
+    "all".  ``quantize``: "q8_0", "q4_0" or "q4_1" runs LLaMA with its weights block-quantized
+    as ``pw.llama2.quantize_weights`` does (the cost model's weights in that format, the
+    embedding table and head as that policy stores them)."""
     import pyworkloads as pw
 
     from . import hardware
@@ -251,8 +311,11 @@ def validate(model, backend: str = "cpp", phase: str | None = None, batch: int =
     if not (isinstance(min_seconds, (int, float)) and 0 <= min_seconds <= 3600):
         raise ValueError(f"min_seconds must be a number of seconds in [0, 3600], "
                          f"got {min_seconds!r}")
+    if quantize is not None and quantize not in pw.llama2.QUANTIZE:
+        raise ValueError(f"quantize must be None or one of {', '.join(pw.llama2.QUANTIZE)}, got "
+                         f"{quantize!r}")
     dev = hardware.cpu_device(backend=backend)
-    family, label, m = _load(model)
+    family, label, m = _load(model, quantize)
     defaults = {"llama2": ("decode", 128), "whisper": ("decode", 32), "clip": ("all", None),
                 "sam": ("all", None)}[family]
     phase = phase or defaults[0]
@@ -263,11 +326,21 @@ def validate(model, backend: str = "cpp", phase: str | None = None, batch: int =
                          "(a generation is its prefill plus one decode step per token)")
     if family in ("llama2", "whisper"):
         seq_len = defaults[1] if seq_len is None else seq_len
+    # the engine's weights: float32; or (quantize) the policy's block formats, which the cost
+    # model's default embedding rule reproduces (q8_0 table and head under q4_0 / q4_1); or a
+    # GGUF file's formats, tensor by tensor
+    stored = stored_dtypes(m.weights, m.config) if family == "llama2" and not quantize else None
     rep = analyze(m.config, dev, phase=phase, batch=batch, seq_len=seq_len, dtype="fp32",
-                  attention=dev.profile.attention_impl, text_batch=text_batch, prompts=prompts,
-                  points=points, boxes=boxes, logits="last")
+                  weights=quantize, weight_dtypes=stored, attention=dev.profile.attention_impl,
+                  text_batch=text_batch, prompts=prompts, points=points, boxes=boxes,
+                  logits="last")
     opts = {k: v for k, v in rep.options.items() if k in ("batch", "seq_len", "text_batch",
                                                            "prompts", "points", "boxes")}
+    kernels = [r for r in rep.layers if r.op in KERNEL_OP]
+    if quantize is not None:
+        opts["quantize"] = quantize
+    if quantize is not None or stored:
+        _check_qmatmul_profile(dev.profile, kernels, backend)
     setup, run = _runs(family, m, phase, batch, rep.options.get("seq_len"),
                        {"text_batch": text_batch or batch, "prompts": prompts or 1,
                         "points": 1 if points is None else points, "boxes": bool(boxes), **opts})
@@ -289,7 +362,6 @@ def validate(model, backend: str = "cpp", phase: str | None = None, batch: int =
             t0 = time.perf_counter()
             run()
             walls.append(time.perf_counter() - t0)
-    kernels = [r for r in rep.layers if r.op in KERNEL_OP]
     for recs in calls:
         _check_alignment(kernels, recs)
     # the median of the repeats, per call and for the whole, as the calibration measures: the
@@ -297,7 +369,8 @@ def validate(model, backend: str = "cpp", phase: str | None = None, batch: int =
     measured = np.median([[r.seconds for r in recs] for recs in calls], axis=0)
     # per call, the kernel alone (what the profiler times); end to end, every record whole: the
     # kernels with the Python that dispatches them, and the NumPy work between them
-    checks = [LayerCheck(k.name, k.op, k.scope, k.shapes, float(t),
+    checks = [LayerCheck(k.name, "qmatmul" if kernel_op(k) == "qmatmul" else k.op, k.scope,
+                         k.shapes, float(t),
                          max(dev.profile.predict(k, part="kernel") or 0.0, k.t_lower), k.t_lower)
               for k, t in zip(kernels, measured)]
     between = sum(r.t_pred for r in rep.layers if r.op not in KERNEL_OP)
@@ -309,13 +382,27 @@ def validate(model, backend: str = "cpp", phase: str | None = None, batch: int =
                                "machine": dev.profile.machine})
 
 
+def _check_qmatmul_profile(prof, kernels, backend: str) -> None:
+    """A quantized workload needs the profile's qmatmul points of every block format it reads,
+    measured with the code that runs qmatmul now (the backend's kernel, or the reference's)."""
+    from .calibration import qmatmul_backend, qmatmul_key
+    fmts = sorted({k.weights_dtype for k in kernels if kernel_op(k) == "qmatmul"})
+    missing = [f for f in fmts if not prof.points.get(qmatmul_key(f))]
+    now = qmatmul_backend(backend)
+    if missing or (fmts and prof.qmatmul_backend != now):
+        why = (f"has no qmatmul points of {', '.join(missing)}" if missing else
+               f"measured qmatmul on {prof.qmatmul_backend!r} code, but {now!r} runs it now")
+        raise ValueError(f"the {backend} profile (measured {prof.measured_at}) {why}: calibrate "
+                         f"again (costmodel calibrate --backend {backend})")
+
+
 def _check_alignment(kernels, records) -> None:
     """The profiled calls are the traced kernel records, one to one, in order."""
     if len(kernels) != len(records):
         raise AssertionError(f"validate: the engine made {len(records)} kernel calls but the cost "
                              f"model has {len(kernels)} kernel records for the workload")
     for i, (k, r) in enumerate(zip(kernels, records)):
-        if KERNEL_OP[k.op] != r.op or k.scope != r.name:
+        if kernel_op(k) != r.op or k.scope != r.name:
             raise AssertionError(f"validate: call {i} is {r.op} in {r.name!r} but record {i} is "
                                  f"{k.op} in {k.scope!r} ({k.name})")
 
