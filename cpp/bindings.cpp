@@ -11,6 +11,7 @@
 namespace pyworkloads {
 void bind_norms(py::module_& m);
 void bind_matmul(py::module_& m);
+void bind_qmatmul(py::module_& m);
 void bind_attention(py::module_& m);
 void bind_activations(py::module_& m);
 void bind_peak(py::module_& m);
@@ -23,6 +24,7 @@ PYBIND11_MODULE(PYWORKLOADS_MODULE, m) {
     pyworkloads::thread_setting();   // read OpenMP's default now, before any other thread runs
     pyworkloads::bind_norms(m);
     pyworkloads::bind_matmul(m);
+    pyworkloads::bind_qmatmul(m);
     pyworkloads::bind_attention(m);
     pyworkloads::bind_activations(m);
     pyworkloads::bind_peak(m);

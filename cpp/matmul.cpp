@@ -18,6 +18,7 @@
 //              for ir in mc step MR:        ... while A micro-panels stream from L2
 //                micro-kernel: C[MR x NR] += Ap(MR x kc) · Bp(kc x NR)
 #include "common.h"
+#include "gemm.h"
 #include "simd.h"
 #include "strided.h"
 
@@ -26,29 +27,14 @@
 namespace pyworkloads {
 
 using namespace simd;
+using namespace gemm;  // Mat, the micro-tile MR x NR, Blocking, PackB, GemmPlan (gemm.h: qmatmul.cpp reuses them)
 
 namespace {
 
-struct Mat {                 // a strided read-only matrix view; element (i, j) = p[i*rs + j*cs]
-    const float* p;
-    int64_t rs, cs;
-};
-
-#if defined(__AVX512F__)
-constexpr int MR = 14, NV = 2;
-#elif defined(__AVX2__) && defined(__FMA__)
-constexpr int MR = 6, NV = 2;
-#else
-constexpr int MR = 4, NV = 2;
-#endif
-constexpr int NR = NV * VL;
 constexpr int64_t SKINNY_M = 4;
 constexpr int GEMV_PREFETCH = 256;      // floats (1 KB) ahead on each weight row
 constexpr int PREFETCH_K = 8;   // k steps ahead (8 x 128 B)
 
-struct Blocking {
-    int64_t kc = 512, mc = 168, nc = 1536;
-};
 Blocking g_block;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -115,6 +101,9 @@ void pack_a(int64_t mc, int64_t kc, Mat A, float* Ap) {
     }
 }
 
+}  // namespace
+
+namespace gemm {
 // Bp[jr*kc + k*NR + j] = B[k, jr+j] for the NR-column panels [q0, q1) of the kc x nc block at B.
 void pack_b(int64_t kc, int64_t nc, int64_t q0, int64_t q1, Mat B, float* Bp) {
     if (B.cs == 1) {
@@ -167,6 +156,10 @@ void pack_b(int64_t kc, int64_t nc, int64_t q0, int64_t q1, Mat B, float* Bp) {
         }
     }
 }
+
+}  // namespace gemm
+
+namespace {
 
 // ---- 2b. micro-kernel: C[mr x nr] (=|+=) Ap(MR x kc) · Bp(kc x NR) ----------------------------
 inline void micro_kernel(int64_t kc, const float* __restrict Ap, const float* __restrict Bp, float* C, int64_t ldc,
@@ -224,18 +217,17 @@ inline void micro_kernel(int64_t kc, const float* __restrict Ap, const float* __
 // than the one asked for (OMP_THREAD_LIMIT, OMP_DYNAMIC on a loaded machine), so gemm_team plans
 // for its own team, inside the region.  The workspace is sized before the region for any team of
 // up to nt threads: B panels (the same for every team) plus nt A blocks of the largest size, the
-// one-thread plan's (mc shrinks as the team grows).
-struct GemmPlan {
-    int64_t kc, mc, nc;
-    int tm, tn;
-    size_t ap_floats, bp_floats;
-    size_t workspace_floats(int nt) const { return bp_floats + nt * ap_floats; }
-};
+// one-thread plan's (mc shrinks as the team grows).  B itself arrives through a packer (gemm.h's
+// PackB): pack_b for a float B, a decoder for quantized weights (qmatmul.cpp).
+}  // namespace
+
+namespace gemm {
+Blocking current_blocking() { return g_block; }
 
 GemmPlan plan_gemm(int64_t M, int64_t N, int64_t K, int nt, const Blocking& blk) {
     GemmPlan p;
     const int64_t nkb = std::max<int64_t>(1, ceil_div(K, blk.kc));
-    p.kc = std::max<int64_t>(1, ceil_div(K, nkb));                    // balanced K blocks
+    p.kc = round_up(std::max<int64_t>(1, ceil_div(K, nkb)), blk.kalign);    // balanced K blocks
     p.nc = std::min(round_up(std::max<int64_t>(N, 1), NR), round_up(blk.nc, NR));
     // Thread grid: split M while every thread keeps at least a few micro-panels of rows.
     p.tm = nt;
@@ -250,8 +242,8 @@ GemmPlan plan_gemm(int64_t M, int64_t N, int64_t K, int nt, const Blocking& blk)
 
 // Runs inside a parallel region (or serially, a team of one); every thread of the team calls it.
 // ws: the B panels, then one A block of ap_stride floats per thread.
-void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t ldc, const Blocking& blk, float* ws,
-               size_t ap_stride) {
+void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, const PackB& packb, float* C, int64_t ldc, const Blocking& blk,
+               float* ws, size_t ap_stride) {
     const int nt = team_size(), t = thread_id();
     const GemmPlan p = plan_gemm(M, N, K, nt, blk);
     float* Bp = ws;
@@ -266,10 +258,10 @@ void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t 
         const int64_t p0 = std::min(npanels, tj * p_per), p1 = std::min(npanels, p0 + p_per);
         for (int64_t pc = 0; pc < K; pc += p.kc) {
             const int64_t kc = std::min(p.kc, K - pc);
-            const Mat Bblk{B.p + pc * B.rs + jc * B.cs, B.rs, B.cs};
             {                                          // all threads pack a share of the B panels
                 const int64_t share = ceil_div(npanels, nt);
-                pack_b(kc, nc, std::min(npanels, t * share), std::min(npanels, (t + 1) * share), Bblk, Bp);
+                packb.fn(packb.ctx, pc, kc, jc, nc, std::min(npanels, t * share), std::min(npanels, (t + 1) * share),
+                         Bp);
             }
 #pragma omp barrier
             for (int64_t ic = m0; ic < m1; ic += p.mc) {
@@ -289,6 +281,20 @@ void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t 
 #pragma omp barrier
         }
     }
+}
+}  // namespace gemm
+
+namespace {
+
+// A float B read through its strides: the packer gemm_team calls for matmul.
+void pack_mat(const void* ctx, int64_t pc, int64_t kc, int64_t jc, int64_t nc, int64_t q0, int64_t q1, float* Bp) {
+    const Mat& B = *static_cast<const Mat*>(ctx);
+    pack_b(kc, nc, q0, q1, Mat{B.p + pc * B.rs + jc * B.cs, B.rs, B.cs}, Bp);
+}
+
+void gemm_team(int64_t M, int64_t N, int64_t K, Mat A, Mat B, float* C, int64_t ldc, const Blocking& blk, float* ws,
+               size_t ap_stride) {
+    gemm::gemm_team(M, N, K, A, PackB{pack_mat, &B}, C, ldc, blk, ws, ap_stride);
 }
 
 // =============================================================================================

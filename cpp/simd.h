@@ -15,6 +15,12 @@
 // either is NaN).  `vmax_nan` is the maximum that keeps a NaN from either side, for the softmax's
 // running maximum: a NaN score must make its row NaN, as in the NumPy reference.
 // `vneg_inf_to_zero` replaces -inf lanes by 0 (the maximum of a row with no allowed key yet).
+// For block-quantized weights (qmatmul.cpp): `vi` is VL int32 lanes, `vload_u8` widens VL unsigned
+// bytes into them, a few shifts and masks (shift counts and masks as template arguments: they are
+// immediates) pick bit fields out, `vcvt_i32` converts to floats; `vcvt_i8` widens VL signed bytes
+// to floats; all exact.  `half_to_float` converts an IEEE binary16 bit pattern to float exactly --
+// F16C's vcvtph2ps on the AVX2 and AVX-512 builds (x86-64-v3 includes F16C), bit manipulation on
+// the portable one -- subnormals, infinities and NaN included.
 #pragma once
 
 #include <cstdint>
@@ -93,6 +99,31 @@ inline void transpose16(__m512 r[16]) {
         r[8 + j] = _mm512_shuffle_f32x4(v[j], v[8 + j], 0xdd);
     }
 }
+inline vf vcvt_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+using vi = __m512i;
+inline vi vload_u8(const uint8_t* p) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+template <int M>
+inline vi vand_c(vi a) {
+    return _mm512_and_si512(a, _mm512_set1_epi32(M));
+}
+template <int S>
+inline vi vsrl_c(vi a) {
+    return _mm512_srli_epi32(a, S);
+}
+template <int S>
+inline vi vsll_c(vi a) {
+    return _mm512_slli_epi32(a, S);
+}
+template <int C>
+inline vi vsub_c(vi a) {
+    return _mm512_sub_epi32(a, _mm512_set1_epi32(C));
+}
+inline vi vor_i(vi a, vi b) { return _mm512_or_si512(a, b); }
+inline vf vcvt_i32(vi a) { return _mm512_cvtepi32_ps(a); }
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr int VL = 8;
 using vf = __m256;
@@ -147,6 +178,31 @@ inline vf vexp(vf x) {
     y = vmul(y, _mm256_castsi256_ps(e));            // y * 2^n (n in [-126, 128) after the clamp)
     return _mm256_andnot_ps(underflow, y);
 }
+inline vf vcvt_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+using vi = __m256i;
+inline vi vload_u8(const uint8_t* p) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+template <int M>
+inline vi vand_c(vi a) {
+    return _mm256_and_si256(a, _mm256_set1_epi32(M));
+}
+template <int S>
+inline vi vsrl_c(vi a) {
+    return _mm256_srli_epi32(a, S);
+}
+template <int S>
+inline vi vsll_c(vi a) {
+    return _mm256_slli_epi32(a, S);
+}
+template <int C>
+inline vi vsub_c(vi a) {
+    return _mm256_sub_epi32(a, _mm256_set1_epi32(C));
+}
+inline vi vor_i(vi a, vi b) { return _mm256_or_si256(a, b); }
+inline vf vcvt_i32(vi a) { return _mm256_cvtepi32_ps(a); }
 #else
 constexpr int VL = 8;
 struct vf {
@@ -208,7 +264,57 @@ inline vf vexp(vf x) {
     for (int i = 0; i < VL; ++i) r.v[i] = x.v[i] < -87.3f ? 0.f : __builtin_expf(x.v[i]);
     return r;
 }
+inline vf vcvt_i8(const int8_t* p) {
+    vf r;
+    for (int i = 0; i < VL; ++i) r.v[i] = float(p[i]);
+    return r;
+}
+struct vi {
+    int32_t v[VL];
+};
+inline vi vload_u8(const uint8_t* p) {
+    vi r;
+    for (int i = 0; i < VL; ++i) r.v[i] = p[i];
+    return r;
+}
+#define PYW_INT_LANEWISE(name, expr)                  \
+    template <int C>                                  \
+    inline vi name(vi a) {                            \
+        for (int i = 0; i < VL; ++i) a.v[i] = (expr); \
+        return a;                                     \
+    }
+PYW_INT_LANEWISE(vand_c, a.v[i] & C)
+PYW_INT_LANEWISE(vsrl_c, int32_t(uint32_t(a.v[i]) >> C))
+PYW_INT_LANEWISE(vsll_c, int32_t(uint32_t(a.v[i]) << C))
+PYW_INT_LANEWISE(vsub_c, a.v[i] - C)
+#undef PYW_INT_LANEWISE
+inline vi vor_i(vi a, vi b) {
+    for (int i = 0; i < VL; ++i) a.v[i] |= b.v[i];
+    return a;
+}
+inline vf vcvt_i32(vi a) {
+    vf r;
+    for (int i = 0; i < VL; ++i) r.v[i] = float(a.v[i]);
+    return r;
+}
 #endif
+
+inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 31u, man = h & 1023u;
+    if (exp == 0) {                                  // zero or subnormal: man * 2^-24, exact in float
+        const float f = float(man) * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    // infinity and NaN (payload kept, as NumPy's float16 -> float32 does), else rebias 15 -> 127
+    const uint32_t bits = sign | (exp == 31 ? 0x7f800000u : (exp + 112) << 23) | man << 13;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+#endif
+}
 
 }  // namespace simd
 }  // namespace pyworkloads

@@ -10,7 +10,7 @@ from .. import _kernels  # noqa: F401  (ImportError here means "backend unavaila
 
 _EXPORTED = (
     "matmul", "attention", "rms_norm", "layer_norm", "gelu", "set_num_threads", "get_num_threads",
-    "max_num_threads",
+    "max_num_threads", "qmatmul", "dequantize",
 )
 
 

@@ -1,0 +1,576 @@
+// Weight-only quantized matrix multiplication, y = x · dequantize(W)ᵀ, with W [N, K] stored in the
+// block formats of llama.cpp's GGUF files (ggml's Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) and x [M, K] in
+// float32, as three numbered versions, each section below opening with what it adds over the one
+// before:
+//
+//   1. naive    decode a row of W to floats (scalar, the format's definition), dot it with x
+//   2. gemv     M <= GEMV_M (decode, a few rows): blocks decoded in registers, FMA with the float
+//               activations, each thread streaming a contiguous range of W's rows once
+//   3. gemm     larger M (prefill): W decoded panel by panel straight into the packed B panels of
+//               matmul.cpp's blocked GEMM (gemm.h), which then runs as for float32 weights
+//
+// version="naive" runs 1; version="fast" runs 2 for M <= GEMV_M and 3 otherwise ("gemv" and "gemm"
+// force 2 or 3 at any M, for tests and measurements).  `dequantize` decodes whole rows with the
+// decoder of versions 2 and 3 (embedding rows, tests), in the reference's order of operations.
+//
+// The formats.  Each row of W is K / block blocks of `type_size` bytes; a block holds its weights as
+// small integers q and one or more scales (IEEE binary16, little-endian).  Element order within a
+// block is ggml's (gguf's gguf/quants.py spells the same layouts in NumPy):
+//
+//   Q8_0  34 B / 32:  d, qs[32] int8                     w[j] = d·qs[j]
+//   Q4_0  18 B / 32:  d, qs[16]                          w[j] = d·((qs[j] & 15) − 8), w[j+16] from qs[j] >> 4
+//   Q4_1  20 B / 32:  d, m, qs[16]                       w[j] = d·(qs[j] & 15) + m,   w[j+16] from qs[j] >> 4
+//   Q4_K 144 B / 256: d, dmin, scales[12], qs[128]       sub-block s of 32: w = (d·sc[s])·q − dmin·mn[s], eight
+//                     6-bit (sc, mn) pairs packed in scales[12]; bytes qs[32c..32c+31] give sub-block 2c
+//                     their low nibbles and 2c+1 their high ones
+//   Q6_K 210 B / 256: ql[128], qh[64], scales[16] int8, d   group g of 16: w = (d·scales[g])·(q − 32), q six
+//                     bits: four of ql, two of qh (two halves of 128 weights; see Q6_K)
+//
+// Exactness.  Every product in these formulas is exact in float32: an fp16 scale has 11 significant
+// bits, the integers at most 8 (q, sc, mn, int8 scales), and the largest product, Q6_K's
+// d·scale·(q − 32), is an integer of at most 2047·128·32 < 2^24 times a power of two.  Only the one
+// addition of Q4_1 and Q4_K rounds -- so any grouping of the products, and a fused multiply-add
+// for the addition, give bit for bit the float32 weights of gguf.quants.dequantize; `dequantize`
+// is tested for equality with it.  A non-finite scale decodes as in the reference (inf·0 = NaN for
+// a zero q), and the products with x are formed weight by weight as in x @ W.T (no scale factored
+// out of a block's sum, no padding of K), so NaN and inf in x or W reach y as they would there.
+#include "common.h"
+#include "gemm.h"
+#include "simd.h"
+#include "strided.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+namespace pyworkloads {
+
+namespace {
+
+using namespace simd;
+using gemm::Mat;
+using gemm::NR;
+
+constexpr int64_t GEMV_M = 8;        // x rows up to which version 2 runs (measured: see the header of 2)
+constexpr int MAX_ROWS = 8;          // x rows per pass over a W row in version 2 (register accumulators)
+constexpr int PREFETCH_BYTES = 1024;  // how far ahead of the block being decoded the stream is fetched
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+float f16(const uint8_t* p) { return half_to_float(static_cast<uint16_t>(p[0] | p[1] << 8)); }
+
+// ---- the formats ------------------------------------------------------------------------------
+// Per format: its block geometry; `decode_ref`, the definition written out one weight at a time
+// (version 1); and `decode<EXACT>`, the same decoding VL weights at a time in registers (versions 2
+// and 3): the packed bits widened to int32 lanes (vload_u8), picked apart with shifts and masks,
+// converted to float and scaled, each group of VL weights handed to emit(e, w) for the block's
+// elements [e, e + VL).  The loops have constant trip counts and unroll fully, so e is a constant
+// where emit is inlined.  EXACT = false folds the offset of Q4_0 (−8) and Q6_K (−32) into the FMA
+// with the scale, d·q − 8d: exact (the true result is a float, see the header) when d is finite,
+// one instruction fewer per VL weights; with an infinite or NaN d the block is decoded the exact way
+// (inf·(q − 8) is ±inf or NaN as in the reference, inf·q − 8·inf always NaN).  `dequantize` uses
+// EXACT = true, bit for bit gguf's weights (the fold can turn a −0 into +0).
+struct Q8_0 {
+    static constexpr const char* name = "Q8_0";
+    static constexpr int BLOCK = 32, BYTES = 34;
+    static void decode_ref(const uint8_t* b, float* w) {
+        const float d = f16(b);
+        for (int j = 0; j < 32; ++j) w[j] = d * float(static_cast<int8_t>(b[2 + j]));
+    }
+    template <bool EXACT, class Emit>
+    static void decode(const uint8_t* b, Emit&& emit) {
+        const vf d = vset1(f16(b));
+#pragma GCC unroll 4
+        for (int e = 0; e < 32; e += VL) emit(e, vmul(d, vcvt_i8(reinterpret_cast<const int8_t*>(b + 2 + e))));
+    }
+};
+
+struct Q4_0 {
+    static constexpr const char* name = "Q4_0";
+    static constexpr int BLOCK = 32, BYTES = 18;
+    static void decode_ref(const uint8_t* b, float* w) {
+        const float d = f16(b);
+        for (int j = 0; j < 16; ++j) {
+            w[j] = d * float((b[2 + j] & 15) - 8);
+            w[j + 16] = d * float((b[2 + j] >> 4) - 8);
+        }
+    }
+    template <bool EXACT, class Emit>
+    static void decode(const uint8_t* b, Emit&& emit) {
+        const float d = f16(b);
+        if (!EXACT && !std::isfinite(d)) return decode<true>(b, emit);
+        const vf dv = vset1(d), off = vset1(-8.f * d);
+#pragma GCC unroll 4
+        for (int j = 0; j < 16; j += VL) {
+            const vi q = vload_u8(b + 2 + j);
+            if (EXACT) {
+                emit(j, vmul(dv, vcvt_i32(vsub_c<8>(vand_c<15>(q)))));
+                emit(16 + j, vmul(dv, vcvt_i32(vsub_c<8>(vsrl_c<4>(q)))));
+            } else {
+                emit(j, vfma(dv, vcvt_i32(vand_c<15>(q)), off));
+                emit(16 + j, vfma(dv, vcvt_i32(vsrl_c<4>(q)), off));
+            }
+        }
+    }
+};
+
+struct Q4_1 {
+    static constexpr const char* name = "Q4_1";
+    static constexpr int BLOCK = 32, BYTES = 20;
+    static void decode_ref(const uint8_t* b, float* w) {
+        const float d = f16(b), m = f16(b + 2);
+        for (int j = 0; j < 16; ++j) {
+            w[j] = d * float(b[4 + j] & 15) + m;
+            w[j + 16] = d * float(b[4 + j] >> 4) + m;
+        }
+    }
+    template <bool EXACT, class Emit>
+    static void decode(const uint8_t* b, Emit&& emit) {
+        const vf d = vset1(f16(b)), m = vset1(f16(b + 2));
+#pragma GCC unroll 4
+        for (int j = 0; j < 16; j += VL) {
+            const vi q = vload_u8(b + 4 + j);
+            emit(j, vfma(d, vcvt_i32(vand_c<15>(q)), m));
+            emit(16 + j, vfma(d, vcvt_i32(vsrl_c<4>(q)), m));
+        }
+    }
+};
+
+struct Q4_K {
+    static constexpr const char* name = "Q4_K";
+    static constexpr int BLOCK = 256, BYTES = 144;
+    // llama.cpp's get_scale_min_k4: sub-blocks 0-3 keep their 6 bits in the low bits of scales[s]
+    // (scale) and scales[s+4] (min); 4-7 in the nibbles of scales[s+4] plus the top two bits of
+    // scales[s-4] (scale) and scales[s] (min).
+    static void scale_min(const uint8_t* sc, uint8_t* scale, uint8_t* mn) {
+        for (int s = 0; s < 4; ++s) {
+            scale[s] = sc[s] & 63;
+            mn[s] = sc[s + 4] & 63;
+        }
+        for (int s = 4; s < 8; ++s) {
+            scale[s] = static_cast<uint8_t>((sc[s + 4] & 15) | (sc[s - 4] >> 6) << 4);
+            mn[s] = static_cast<uint8_t>((sc[s + 4] >> 4) | (sc[s] >> 6) << 4);
+        }
+    }
+    static void decode_ref(const uint8_t* b, float* w) {
+        const float d = f16(b), dmin = f16(b + 2);
+        uint8_t scale[8], mn[8];
+        scale_min(b + 4, scale, mn);
+        for (int s = 0; s < 8; ++s) {
+            const uint8_t* qs = b + 16 + 32 * (s / 2);
+            const float ds = d * float(scale[s]), dm = dmin * float(mn[s]);
+            for (int l = 0; l < 32; ++l) w[32 * s + l] = ds * float(s % 2 ? qs[l] >> 4 : qs[l] & 15) - dm;
+        }
+    }
+    // t[s] = d·sc[s], t[8 + s] = −dmin·mn[s].  On AVX2/AVX-512 the unpacking runs four scales at a
+    // time in 32-bit words (llama.cpp's trick) and the products as two 8-lane vectors: done one by
+    // one, the 16 conversions, multiplies and broadcasts cost the FP pipes a third of the block.
+    static void scales(const uint8_t* b, float* t) {
+        const float d = f16(b), dmin = f16(b + 2);
+#if defined(__AVX2__)
+        uint32_t u[3];
+        std::memcpy(u, b + 4, sizeof u);
+        const uint32_t sc_lo = u[0] & 0x3F3F3F3Fu, mn_lo = u[1] & 0x3F3F3F3Fu;
+        const uint32_t sc_hi = (u[2] & 0x0F0F0F0Fu) | (u[0] >> 2 & 0x30303030u);
+        const uint32_t mn_hi = (u[2] >> 4 & 0x0F0F0F0Fu) | (u[1] >> 2 & 0x30303030u);
+        const __m128i bytes = _mm_set_epi32(int(mn_hi), int(mn_lo), int(sc_hi), int(sc_lo));
+        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+        const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(bytes, bytes)));
+        _mm256_store_ps(t, _mm256_mul_ps(_mm256_set1_ps(d), sc));
+        _mm256_store_ps(t + 8, _mm256_mul_ps(_mm256_set1_ps(-dmin), mn));
+#else
+        uint8_t sc[8], mn[8];
+        scale_min(b + 4, sc, mn);
+        for (int s = 0; s < 8; ++s) {
+            t[s] = d * float(sc[s]);
+            t[8 + s] = -dmin * float(mn[s]);
+        }
+#endif
+    }
+    // w = (d·sc)·q − dmin·mn as fma(d·sc, q, −dmin·mn): both products exact, one rounding.
+    template <bool EXACT, class Emit>
+    static void decode(const uint8_t* b, Emit&& emit) {
+        alignas(32) float t[16];
+        scales(b, t);
+        const uint8_t* qs = b + 16;
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+            const vf s0 = vset1(t[2 * c]), m0 = vset1(t[8 + 2 * c]);
+            const vf s1 = vset1(t[2 * c + 1]), m1 = vset1(t[8 + 2 * c + 1]);
+#pragma GCC unroll 4
+            for (int j = 0; j < 32; j += VL) {
+                const vi q = vload_u8(qs + 32 * c + j);
+                emit(64 * c + j, vfma(s0, vcvt_i32(vand_c<15>(q)), m0));
+                emit(64 * c + 32 + j, vfma(s1, vcvt_i32(vsrl_c<4>(q)), m1));
+            }
+        }
+    }
+};
+
+struct Q6_K {
+    static constexpr const char* name = "Q6_K";
+    static constexpr int BLOCK = 256, BYTES = 210;
+    // The 128 weights of half h: ql advances 64 bytes, qh 32 per half; weights l (< 32), l + 32,
+    // l + 64, l + 96 take the low nibble of ql[l], of ql[l+32], the high nibble of ql[l], of
+    // ql[l+32], and bits 0-1, 2-3, 4-5, 6-7 of qh[l] above them.
+    static int q6(const uint8_t* b, int i) {
+        const int h = i / 128, l = i % 32, k = i % 128 / 32;
+        const uint8_t* ql = b + 64 * h;
+        const uint8_t* qh = b + 128 + 32 * h;
+        const int low = k % 2 ? ql[l + 32] : ql[l];
+        return ((k < 2 ? low & 15 : low >> 4) | (qh[l] >> 2 * k & 3) << 4) - 32;
+    }
+    static void decode_ref(const uint8_t* b, float* w) {
+        const float d = f16(b + 208);
+        for (int i = 0; i < 256; ++i) w[i] = d * float(static_cast<int8_t>(b[192 + i / 16])) * float(q6(b, i));
+    }
+    // w = (d·scales[g])·(q − 32); with EXACT = false, fma(d·scales[g], q, −32·d·scales[g]).
+    template <bool EXACT, class Emit>
+    static void decode(const uint8_t* b, Emit&& emit) {
+        const float d = f16(b + 208);
+        if (!EXACT && !std::isfinite(d)) return decode<true>(b, emit);
+        alignas(64) float scale[16], off[16];             // d·scales[g], −32·d·scales[g] (vectors, as Q4_K's)
+#pragma GCC unroll 2
+        for (int g = 0; g < 16; g += VL) {
+            const vf f = vcvt_i8(reinterpret_cast<const int8_t*>(b + 192 + g));
+            vstore(scale + g, vmul(vset1(d), f));
+            if (!EXACT) vstore(off + g, vmul(vset1(-32.f * d), f));
+        }
+        auto out = [&](int e, vi q) {
+            const vf s = vset1(scale[e / 16]);
+            if (EXACT) emit(e, vmul(s, vcvt_i32(vsub_c<32>(q))));
+            else emit(e, vfma(s, vcvt_i32(q), vset1(off[e / 16])));
+        };
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t* ql = b + 64 * h;
+            const uint8_t* qh = b + 128 + 32 * h;
+#pragma GCC unroll 4
+            for (int l = 0; l < 32; l += VL) {
+                const vi a = vload_u8(ql + l), c = vload_u8(ql + 32 + l), hb = vload_u8(qh + l);
+                out(128 * h + l, vor_i(vand_c<15>(a), vand_c<0x30>(vsll_c<4>(hb))));
+                out(128 * h + l + 32, vor_i(vand_c<15>(c), vand_c<0x30>(vsll_c<2>(hb))));
+                out(128 * h + l + 64, vor_i(vsrl_c<4>(a), vand_c<0x30>(hb)));
+                out(128 * h + l + 96, vor_i(vsrl_c<4>(c), vand_c<0x30>(vsrl_c<2>(hb))));
+            }
+        }
+    }
+};
+
+// Runs f(QT{}) for the format named qtype (the names were checked by the binding).
+template <class F>
+void with_format(int index, F&& f) {
+    switch (index) {
+        case 0: f(Q8_0{}); break;
+        case 1: f(Q4_0{}); break;
+        case 2: f(Q4_1{}); break;
+        case 3: f(Q4_K{}); break;
+        default: f(Q6_K{}); break;
+    }
+}
+
+// =============================================================================================
+// 1. naive: the definition.  Each row of W is decoded to floats one weight at a time (decode_ref,
+// the formulas of the header), then dotted with each row of x in a plain float loop.  No SIMD, no
+// threads.  Kept for reading and as a second oracle beside gguf's decoder.
+// =============================================================================================
+template <class QT>
+void qmatmul_naive(int64_t M, int64_t N, int64_t K, const float* x, const uint8_t* W, float* y) {
+    const int64_t nb = K / QT::BLOCK;
+    std::vector<float> row(static_cast<size_t>(K));
+    for (int64_t n = 0; n < N; ++n) {
+        for (int64_t b = 0; b < nb; ++b) QT::decode_ref(W + (n * nb + b) * QT::BYTES, row.data() + b * QT::BLOCK);
+        for (int64_t m = 0; m < M; ++m) {
+            float s = 0.f;
+            for (int64_t k = 0; k < K; ++k) s += x[m * K + k] * row[k];
+            y[m * N + n] = s;
+        }
+    }
+}
+
+// =============================================================================================
+// 2. gemv (M <= GEMV_M, decode): over version 1 the decoded weights never leave the registers.  A
+// decode step reads each weight matrix once: at 4.5 bits a weight (Q4_K), LLaMA-7B's largest is
+// 25 MB instead of 180 in float32, so the time is the weight stream's -- as long as decoding keeps
+// up with memory.  Each block is decoded VL weights at a time (the formats' `decode`): the packed
+// bytes widened into int32 lanes (one load-and-extend serves the low and the high nibbles), masked
+// and shifted, converted, scaled with one FMA (bias or folded offset) -- about 4 vector
+// instructions per VL weights, 4.5 for Q4_K, 7 for Q6_K's six-bit fields -- and each group of VL
+// weights feeds one FMA per row of x.  (Unpacking the block into an int8 buffer first, with byte
+// shifts and masks, is no cheaper: x86 has no byte shifts, and GCC turned those loops into scalar
+// code.)  Accumulators: four per row for one row (an FMA chain of four-cycle latency would
+// otherwise bound the loop), two for two rows, one from three rows on; blocks of 32 weights go two
+// at a time so the four chains all advance.  Threads split W's rows in contiguous ranges, so each
+// thread reads one sequential stream, fetched PREFETCH_BYTES ahead.  For M > 1 every decoded group
+// serves all rows of x in the pass (up to MAX_ROWS = 8, their accumulators in registers; the forced
+// version "gemv" with more rows passes over each W row again, from L1).  GEMV_M = 8: from about 12
+// rows on version 3 is faster (2-core AVX-512 machine, K = N = 4096).
+//
+// How close this comes to memory speed depends on the format: one AVX-512 core decodes and
+// multiplies ~31 G weights/s of Q8_0, ~23 of Q4_K and ~18 of Q6_K (cache-resident, M = 1), so
+// two cores keep up with a ~40 GB/s stream for Q8_0 (1.06 bytes a weight) but not for the 4-bit
+// formats (0.56 bytes: ~64 G weights/s needed) or Q6_K (0.82: ~44) -- benchmarks/bench_qmatmul.py
+// measures the fraction.  Closing that gap takes integer dot products (llama.cpp's way: x
+// quantized to int8 per block of 32, vpmaddubsw / VNNI vpdpbusd on the raw q, one float scale per
+// block), at the cost of x's rounding error (~0.4 % of each block's largest |x|); not done here.
+// =============================================================================================
+template <class QT>
+inline void prefetch_block(const uint8_t* blk) {
+#pragma GCC unroll 4
+    for (int o = 0; o < QT::BYTES; o += 64) __builtin_prefetch(blk + PREFETCH_BYTES + o);
+}
+
+// y[m * ldy] = Σ_k x[m * K + k] · w[k] for m < MM, w the nb blocks at `row`.
+template <class QT, int MM>
+void row_dot(int64_t nb, const float* x, int64_t K, const uint8_t* row, float* y, int64_t ldy) {
+    constexpr int A = MM == 1 ? 4 : MM == 2 ? 2 : 1;       // accumulators per row of x
+    constexpr int VPB = QT::BLOCK / VL;                     // lane groups per block
+    constexpr int UB = A > VPB ? A / VPB : 1;               // blocks per step
+    vf acc[MM][A];
+    for (int m = 0; m < MM; ++m)
+        for (int a = 0; a < A; ++a) acc[m][a] = vzero();
+    auto step = [&](int64_t b, auto ub) {
+        constexpr int U = decltype(ub)::value;
+#pragma GCC unroll 2
+        for (int u = 0; u < U; ++u) {
+            const uint8_t* blk = row + (b + u) * QT::BYTES;
+            prefetch_block<QT>(blk);
+            const float* xb = x + (b + u) * QT::BLOCK;
+            QT::template decode<false>(blk, [&](int e, vf w) {
+                const int a = (u * VPB + e / VL) % A;
+#pragma GCC unroll 8
+                for (int m = 0; m < MM; ++m) acc[m][a] = vfma(vload(xb + m * K + e), w, acc[m][a]);
+            });
+        }
+    };
+    int64_t b = 0;
+    for (; b + UB <= nb; b += UB) step(b, std::integral_constant<int, UB>{});
+    for (; b < nb; ++b) step(b, std::integral_constant<int, 1>{});
+    for (int m = 0; m < MM; ++m) {
+        vf s = acc[m][0];
+        for (int a = 1; a < A; ++a) s = vadd(s, acc[m][a]);
+        y[m * ldy] = vhsum(s);
+    }
+}
+
+// Rows [n0, n1) of y = x · Wᵀ (y [M, N]), x rows MAX_ROWS at a time per W row.
+template <class QT>
+void gemv_rows(int64_t M, int64_t N, int64_t K, const float* x, const uint8_t* W, float* y, int64_t n0, int64_t n1) {
+    const int64_t nb = K / QT::BLOCK, row_bytes = nb * QT::BYTES;
+    for (int64_t n = n0; n < n1; ++n)
+        for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {
+            const float* xm = x + m0 * K;
+            const uint8_t* row = W + n * row_bytes;
+            float* ym = y + m0 * N + n;
+            switch (std::min<int64_t>(MAX_ROWS, M - m0)) {
+                case 1: row_dot<QT, 1>(nb, xm, K, row, ym, N); break;
+                case 2: row_dot<QT, 2>(nb, xm, K, row, ym, N); break;
+                case 3: row_dot<QT, 3>(nb, xm, K, row, ym, N); break;
+                case 4: row_dot<QT, 4>(nb, xm, K, row, ym, N); break;
+                case 5: row_dot<QT, 5>(nb, xm, K, row, ym, N); break;
+                case 6: row_dot<QT, 6>(nb, xm, K, row, ym, N); break;
+                case 7: row_dot<QT, 7>(nb, xm, K, row, ym, N); break;
+                default: row_dot<QT, 8>(nb, xm, K, row, ym, N); break;
+            }
+        }
+}
+
+// The nb blocks at `blocks` decoded to floats at `out`.
+template <class QT, bool EXACT>
+void decode_row(const uint8_t* blocks, int64_t nb, float* out) {
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = blocks + b * QT::BYTES;
+        prefetch_block<QT>(blk);
+        float* o = out + b * QT::BLOCK;
+        QT::template decode<EXACT>(blk, [&](int e, vf w) { vstore(o + e, w); });
+    }
+}
+
+// =============================================================================================
+// 3. gemm (M > GEMV_M, prefill): over version 2 each decoded weight is reused from cache for many
+// rows of x, as in a float GEMM -- because it is one: matmul.cpp's blocked GEMM (version 2 there,
+// declared in gemm.h) with a B packer that decodes.  For each kc x nc block of Wᵀ, each thread takes
+// its share of the NR-column panels, decodes the NR rows of W over the block's K range (kc is a
+// whole number of blocks: Blocking::kalign) into a thread's NR x kc buffer, and packs that buffer
+// as matmul packs a float W.T (the AVX-512 16 x 16 register transpose).  Decoding costs ~4 vector
+// instructions per VL weights once per (N, K) block, the GEMM M/VL FMAs per weight, so with M in
+// the hundreds the product runs at the float GEMM's speed (and from ~12 rows on it beats version 2,
+// which decodes once per pass of 8 rows).
+// =============================================================================================
+template <class QT>
+struct PanelSource {
+    const uint8_t* W;
+    int64_t row_bytes;
+    float* tmp;              // NR x kc floats per thread of the team
+    size_t tmp_stride;
+};
+
+template <class QT>
+void pack_quantized(const void* ctx, int64_t pc, int64_t kc, int64_t jc, int64_t nc, int64_t q0, int64_t q1,
+                    float* Bp) {
+    const auto& src = *static_cast<const PanelSource<QT>*>(ctx);
+    float* tmp = src.tmp + static_cast<size_t>(thread_id()) * src.tmp_stride;
+    for (int64_t q = q0; q < q1; ++q) {
+        const int64_t jr = q * NR;
+        const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+        for (int j = 0; j < nr; ++j)
+            decode_row<QT, false>(src.W + (jc + jr + j) * src.row_bytes + pc / QT::BLOCK * QT::BYTES, kc / QT::BLOCK,
+                                  tmp + j * kc);
+        gemm::pack_b(kc, nr, 0, 1, Mat{tmp, 1, kc}, Bp + jr * kc);
+    }
+}
+
+// =============================================================================================
+// the dispatch
+// =============================================================================================
+template <class QT>
+void qmatmul_fast(int64_t M, int64_t N, int64_t K, const float* x, const uint8_t* W, float* y, bool gemv) {
+    const int nt_max = kernel_threads();
+    if (gemv) {
+        // a stream under ~64 K weights is over before a second thread has started
+        const int nt = double(N) * K < 65536.0 ? 1 : nt_max;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            const int team = team_size(), t = thread_id();
+            const int64_t step = ceil_div(N, team);
+            const int64_t n0 = std::min(N, t * step), n1 = std::min(N, n0 + step);
+            gemv_rows<QT>(M, N, K, x, W, y, n0, n1);
+        }
+        return;
+    }
+    gemm::Blocking blk = gemm::current_blocking();
+    blk.kalign = QT::BLOCK;
+    const int nt = 2.0 * M * N * K < 2e6 ? 1 : nt_max;
+    const gemm::GemmPlan space = gemm::plan_gemm(M, N, K, 1, blk);
+    float* ws = thread_scratch(0, space.workspace_floats(nt));
+    const size_t tmp_stride = static_cast<size_t>(NR) * space.kc;
+    float* tmp = thread_scratch(2, tmp_stride * nt);
+    const PanelSource<QT> src{W, K / QT::BLOCK * QT::BYTES, tmp, tmp_stride};
+    const gemm::PackB packb{pack_quantized<QT>, &src};
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    gemm::gemm_team(M, N, K, Mat{x, K, 1}, packb, y, N, blk, ws, space.ap_floats);
+}
+
+// ---- the bindings' argument checks --------------------------------------------------------------
+constexpr const char* QTYPES[] = {"Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"};
+
+int qtype_index(const std::string& qtype, const char* fn) {
+    for (int i = 0; i < 5; ++i)
+        if (qtype == QTYPES[i]) return i;
+    throw py::value_error(std::string(fn) + ": qtype must be one of 'Q8_0', 'Q4_0', 'Q4_1', 'Q4_K', 'Q6_K', got '" +
+                          qtype + "'");
+}
+
+struct Geometry {
+    int block, bytes;
+};
+
+Geometry geometry(int index) {
+    Geometry g{};
+    with_format(index, [&](auto f) { g = {decltype(f)::BLOCK, decltype(f)::BYTES}; });
+    return g;
+}
+
+// w: a C-contiguous uint8 [N, K / block * type_size] array (read in place, never written: it may be
+// a read-only view of a mapped file).
+py::array require_blocks(const py::handle& obj, const char* fn, const std::string& qtype, int64_t K) {
+    if (!py::isinstance<py::array>(obj))
+        throw py::type_error(std::string(fn) + ": w must be a uint8 NumPy array of " + qtype + " blocks, got " +
+                             std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+    auto w = py::reinterpret_borrow<py::array>(obj);
+    if (!w.dtype().is(py::dtype::of<uint8_t>()))
+        throw py::type_error(std::string(fn) + ": w must have dtype uint8 (the raw " + qtype + " blocks), got " +
+                             std::string(py::str(w.dtype())));
+    if (w.ndim() != 2)
+        throw py::value_error(std::string(fn) + ": w must be 2-D [N, bytes per row], got shape " + shape_str(w));
+    if (!(w.flags() & py::array::c_style))
+        throw py::value_error(std::string(fn) +
+                              ": w must be C-contiguous (the blocks of a row side by side; "
+                              "np.ascontiguousarray(w) makes a copy that is)");
+    const Geometry g = geometry(qtype_index(qtype, fn));
+    if (K % g.block != 0)
+        throw py::value_error(std::string(fn) + ": K (" + std::to_string(K) + ") must be a multiple of " + qtype +
+                              "'s block of " + std::to_string(g.block) + " weights");
+    int64_t row_bytes = 0;
+    if (__builtin_mul_overflow(K / g.block, int64_t(g.bytes), &row_bytes))
+        throw py::value_error(std::string(fn) + ": K = " + std::to_string(K) + " is too large");
+    if (w.shape(1) != row_bytes)
+        throw py::value_error(std::string(fn) + ": w must have K / " + std::to_string(g.block) + " * " +
+                              std::to_string(g.bytes) + " = " + std::to_string(row_bytes) + " bytes per row for K = " +
+                              std::to_string(K) + " in " + qtype + ", got shape " + shape_str(w));
+    return w;
+}
+
+// The float32 output [rows, cols], refusing a size that overflows.
+py::array_t<float> output(int64_t rows, int64_t cols, const char* fn) {
+    int64_t n = 0, bytes = 0;
+    if (__builtin_mul_overflow(rows, cols, &n) || __builtin_mul_overflow(n, int64_t(sizeof(float)), &bytes))
+        throw py::value_error(std::string(fn) + ": the output [" + std::to_string(rows) + ", " + std::to_string(cols) +
+                              "] is too large");
+    return py::array_t<float>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+}
+
+}  // namespace
+
+py::array_t<float> qmatmul(py::handle x_obj, py::handle w_obj, const std::string& qtype, const std::string& version) {
+    const int index = qtype_index(qtype, "qmatmul");
+    if (version != "fast" && version != "naive" && version != "gemv" && version != "gemm")
+        throw py::value_error("qmatmul: version must be 'fast', 'naive', 'gemv' or 'gemm', got '" + version + "'");
+    const f32array x = require_f32(x_obj, "x");
+    if (x.ndim() != 2) throw py::value_error("qmatmul: x must be 2-D [M, K], got shape " + shape_str(x));
+    const int64_t M = x.shape(0), K = x.shape(1);
+    const py::array w = require_blocks(w_obj, "qmatmul", qtype, K);
+    const int64_t N = w.shape(0);
+    py::array_t<float> out = output(M, N, "qmatmul");
+    if (M == 0 || N == 0) return out;
+    float* y = out.mutable_data();
+    const float* xp = x.data();
+    const auto* W = static_cast<const uint8_t*>(w.data());
+    {
+        py::gil_scoped_release nogil;
+        if (K == 0) std::fill(y, y + M * N, 0.f);
+        else if (version == "naive") with_format(index, [&](auto f) { qmatmul_naive<decltype(f)>(M, N, K, xp, W, y); });
+        else {
+            const bool gemv = version == "gemv" || (version == "fast" && M <= GEMV_M);
+            with_format(index, [&](auto f) { qmatmul_fast<decltype(f)>(M, N, K, xp, W, y, gemv); });
+        }
+    }
+    return out;
+}
+
+py::array_t<float> dequantize(py::handle w_obj, const std::string& qtype, int64_t K) {
+    const int index = qtype_index(qtype, "dequantize");
+    if (K < 0) throw py::value_error("dequantize: K must be >= 0, got " + std::to_string(K));
+    const py::array w = require_blocks(w_obj, "dequantize", qtype, K);
+    const int64_t N = w.shape(0);
+    py::array_t<float> out = output(N, K, "dequantize");
+    if (N == 0 || K == 0) return out;
+    float* y = out.mutable_data();
+    const auto* W = static_cast<const uint8_t*>(w.data());
+    {
+        py::gil_scoped_release nogil;
+        with_format(index, [&](auto f) {
+            using QT = decltype(f);
+            const int64_t nb = K / QT::BLOCK;
+            const int nt = double(N) * K < 65536.0 ? 1 : kernel_threads();
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+            for (int64_t n = 0; n < N; ++n) decode_row<QT, true>(W + n * nb * QT::BYTES, nb, y + n * K);
+        });
+    }
+    return out;
+}
+
+void bind_qmatmul(py::module_& m) {
+    m.def("qmatmul", &qmatmul, py::arg("x"), py::arg("w"), py::arg("qtype"), py::arg("version") = "fast",
+          "x @ dequantize(w).T in float32: x float32 [M, K], w uint8 [N, K / block * type_size], the rows of a\n"
+          "GGUF weight in qtype 'Q8_0', 'Q4_0', 'Q4_1', 'Q4_K' or 'Q6_K' (w is read in place, never written).\n"
+          "version: 'fast' (decode in registers for M <= 8, else a packed GEMM over decoded panels),\n"
+          "'naive' (decode a row, dot it with x), or 'gemv' / 'gemm' (one of fast's two paths, at any M).");
+    m.def("dequantize", &dequantize, py::arg("w"), py::arg("qtype"), py::arg("K"),
+          "The float32 [N, K] weights of the uint8 [N, K / block * type_size] GGUF blocks w in qtype (the\n"
+          "decoder qmatmul uses; equal to gguf.quants.dequantize).");
+    m.attr("QMATMUL_GEMV_M") = GEMV_M;
+}
+
+}  // namespace pyworkloads
