@@ -3,7 +3,7 @@ float32 GEMV/GEMM of the same cpp build and against NumPy, at the decode shapes 
 LLaMA-7B.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_qmatmul.py [--qtypes Q4_K Q6_K] [--rows 1 4 16 512]
-        [--repeat 7] [--isa avx512 avx2] [--all]
+        [--repeat 7] [--isa avx512 avx2] [--all] [--shapes stories llama]
 
 For each shape (K, N) and row count M, every ISA build of the cpp kernels this CPU runs (default:
 all but portable) is measured beside NumPy in the same run, in alternating blocks of calls
@@ -17,6 +17,10 @@ all but portable) is measured beside NumPy in the same run, in alternating block
               machine's streaming read (_kernels.stream_read over 256 MB, best of 5, in the same
               run): how close decode runs to the memory system.  Weights under a few MB stay in
               cache between calls, so small shapes can exceed 1.
+    v2 / v4   for M <= QMATMUL_GEMV_M on the builds with version 4 (avx2, avx512): the float GEMV
+              (version="gemv") and the int8 one (version="int8", fast's default there) measured
+              side by side in the same blocks: ms, v2/v4 (how many times faster 4 is), and each
+              one's GB/s as a fraction of the streaming read.
 
 The weights are random bytes with the fp16 scale fields set to moderate values: every bit pattern
 of the rest of a block is valid, and the kernels' speed does not depend on the values.  M = 512
@@ -76,6 +80,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", type=int, nargs="*", default=[1, 4, 16, 512])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--all", action="store_true", help="M = 512 on the LLaMA-7B shapes too")
+    ap.add_argument("--shapes", nargs="*", default=None,
+                    help="only the shapes whose name contains one of these words")
     ap.add_argument("--isa", nargs="*", default=None,
                     help="cpp ISA builds to measure (default: all this CPU runs but portable)")
     args = ap.parse_args(argv)
@@ -92,8 +98,10 @@ def main(argv=None) -> None:
     del big
     print(f"streaming read (cpp stream_read, 256 MB, best of 5): {stream / 1e9:.1f} GB/s")
     print(f"{'shape (K x N)':<28} {'M':>4} {'qtype':<5} {'isa':<8} {'q ms':>8} {'f32 ms':>8} "
-          f"{'np ms':>8} {'f32/q':>6} {'np/q':>6} {'GB/s':>6} {'/stream':>7}")
-    for name, K, N in SHAPES:
+          f"{'np ms':>8} {'f32/q':>6} {'np/q':>6} {'GB/s':>6} {'/stream':>7} | {'v2 ms':>8} "
+          f"{'v4 ms':>8} {'v2/v4':>6} {'v2 /st':>6} {'v4 /st':>6}")
+    shapes = [s for s in SHAPES if not args.shapes or any(w in s[0] for w in args.shapes)]
+    for name, K, N in shapes:
         W = rng.standard_normal((N, K), dtype=np.float32)
         ws = {qt: random_weight(rng, qt, N, K) for qt in args.qtypes}
         for M in args.rows:
@@ -101,18 +109,27 @@ def main(argv=None) -> None:
                 continue
             x = rng.standard_normal((M, K), dtype=np.float32)
             fns = {"np": lambda: x @ W.T}
+            both = {isa for isa, m in mods.items()
+                    if getattr(m, "QMATMUL_INT8", False) and M <= m.QMATMUL_GEMV_M}
             for isa, m in mods.items():
                 fns[f"f32 {isa}"] = lambda m=m: m.matmul(x, W.T)
                 for qt, w in ws.items():
                     fns[f"{qt} {isa}"] = lambda m=m, w=w, qt=qt: m.qmatmul(x, w, qt)
+                    for v in ("gemv", "int8") if isa in both else ():
+                        fns[f"{qt} {isa} {v}"] = lambda m=m, w=w, qt=qt, v=v: m.qmatmul(x, w, qt, v)
             med = block_medians(fns, args.repeat)
             for qt, w in ws.items():
                 for isa in isas:
                     q, f = med[f"{qt} {isa}"], med[f"f32 {isa}"]
                     gbs = w.nbytes / q
+                    v24 = ""
+                    if isa in both:
+                        v2, v4 = med[f"{qt} {isa} gemv"], med[f"{qt} {isa} int8"]
+                        v24 = (f" | {v2 * 1e3:>8.3f} {v4 * 1e3:>8.3f} {v2 / v4:>6.2f} "
+                               f"{w.nbytes / v2 / stream:>6.2f} {w.nbytes / v4 / stream:>6.2f}")
                     print(f"{name:<28} {M:>4} {qt:<5} {isa:<8} {q * 1e3:>8.3f} {f * 1e3:>8.3f} "
                           f"{med['np'] * 1e3:>8.3f} {f / q:>6.2f} {med['np'] / q:>6.2f} "
-                          f"{gbs / 1e9:>6.1f} {gbs / stream:>7.2f}", flush=True)
+                          f"{gbs / 1e9:>6.1f} {gbs / stream:>7.2f}{v24}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 // Weight-only quantized matrix multiplication, y = x · dequantize(W)ᵀ, with W [N, K] stored in the
 // block formats of llama.cpp's GGUF files (ggml's Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) and x [M, K] in
-// float32, as three numbered versions, each section below opening with what it adds over the one
+// float32, as four numbered versions, each section below opening with what it adds over the one
 // before:
 //
 //   1. naive    decode a row of W to floats (scalar, the format's definition), dot it with x
@@ -8,9 +8,13 @@
 //               activations, each thread streaming a contiguous range of W's rows once
 //   3. gemm     larger M (prefill): W decoded panel by panel straight into the packed B panels of
 //               matmul.cpp's blocked GEMM (gemm.h), which then runs as for float32 weights
+//   4. int8     M <= GEMV_M on the AVX2 and AVX-512 builds: x rounded to int8 per block of 32 (as
+//               Q8_0), integer dot products with the weights' raw integers, one float FMA per 32
+//               (llama.cpp's way; adds x's rounding error, bounded in the section)
 //
-// version="naive" runs 1; version="fast" runs 2 for M <= GEMV_M and 3 otherwise ("gemv" and "gemm"
-// force 2 or 3 at any M, for tests and measurements).  `dequantize` decodes whole rows with the
+// version="naive" runs 1; version="fast" runs 4 (2 on the portable build) for M <= GEMV_M and 3
+// otherwise ("gemv", "gemm" and "int8" force 2, 3 or 4 at any M, for tests and measurements;
+// "int8" is refused by the portable build, which has no integer path).  `dequantize` decodes whole rows with the
 // decoder of versions 2 and 3 (embedding rows, tests), in the reference's order of operations.
 //
 // The formats.  Each row of W is K / block blocks of `type_size` bytes; a block holds its weights as
@@ -52,13 +56,27 @@ using namespace simd;
 using gemm::Mat;
 using gemm::NR;
 
-constexpr int64_t GEMV_M = 8;        // x rows up to which version 2 runs (measured: see the header of 2)
-constexpr int MAX_ROWS = 8;          // x rows per pass over a W row in version 2 (register accumulators)
+constexpr int64_t GEMV_M = 8;        // x rows up to which version 2 or 4 runs (measured: see the header of 2)
+constexpr int MAX_ROWS = 8;          // x rows per pass over a W row in versions 2, 4 (register accumulators)
 constexpr int PREFETCH_BYTES = 1024;  // how far ahead of the block being decoded the stream is fetched
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 float f16(const uint8_t* p) { return half_to_float(static_cast<uint16_t>(p[0] | p[1] << 8)); }
+
+#if defined(PYW_SIMD_INT8)
+// Rows of x quantized for version 4 (see there): per row K int8 q, and per 32-weight block its
+// scale dx, dx·Σq (for the formats with a min) and the 16 int16 X_OFF·(q[2i] + q[2i+1]) (for the
+// formats whose q carry an offset: the offset's share of vpmaddubsw's pair sums).
+struct XQ {
+    const int8_t* q;
+    const float* d;
+    const float* s;
+    const int16_t* p;
+    int64_t K, nb;                       // nb: 32-weight blocks per row
+    vb qv(int m, int64_t u) const { return vb_load(q + m * K + 32 * u); }
+};
+#endif
 
 // ---- the formats ------------------------------------------------------------------------------
 // Per format: its block geometry; `decode_ref`, the definition written out one weight at a time
@@ -70,7 +88,9 @@ float f16(const uint8_t* p) { return half_to_float(static_cast<uint16_t>(p[0] | 
 // with the scale, d·q − 8d: exact (the true result is a float, see the header) when d is finite,
 // one instruction fewer per VL weights; with an infinite or NaN d the block is decoded the exact way
 // (inf·(q − 8) is ±inf or NaN as in the reference, inf·q − 8·inf always NaN).  `dequantize` uses
-// EXACT = true, bit for bit gguf's weights (the fold can turn a −0 into +0).
+// EXACT = true, bit for bit gguf's weights (the fold can turn a −0 into +0).  On the AVX2 and
+// AVX-512 builds each format also has version 4's integer dot products (int8_weights / int8_dot for
+// the 32-weight formats, dot_i8 for the K-quants; see section 4).
 struct Q8_0 {
     static constexpr const char* name = "Q8_0";
     static constexpr int BLOCK = 32, BYTES = 34;
@@ -84,6 +104,13 @@ struct Q8_0 {
 #pragma GCC unroll 4
         for (int e = 0; e < 32; e += VL) emit(e, vmul(d, vcvt_i8(reinterpret_cast<const int8_t*>(b + 2 + e))));
     }
+#if defined(PYW_SIMD_INT8)
+    // Version 4: Σ qs·qx per block (int32 lanes), both signed, so the sign trick (vmaddubs_s8).
+    static constexpr int X_OFF = 0;
+    static constexpr bool HAS_MIN = false;
+    static vb int8_weights(const uint8_t* b) { return vb_load(b + 2); }
+    static vb int8_dot(vb w, vb qx, const int16_t*) { return vsum_pairs(vmaddubs_s8(w, qx)); }
+#endif
 };
 
 struct Q4_0 {
@@ -113,6 +140,14 @@ struct Q4_0 {
             }
         }
     }
+#if defined(PYW_SIMD_INT8)
+    // Version 4: Σ (q − 8)·qx = Σ q·qx − 8·Σ qx, the unsigned q through vmaddubs, the 8·Σ qx pairs
+    // kept with x (px) subtracted in int16.
+    static constexpr int X_OFF = 8;
+    static constexpr bool HAS_MIN = false;
+    static vb int8_weights(const uint8_t* b) { return vb_nibbles(b + 2); }
+    static vb int8_dot(vb w, vb qx, const int16_t* px) { return vsum_pairs(vsub_i16(vmaddubs(w, qx), vb_load(px))); }
+#endif
 };
 
 struct Q4_1 {
@@ -135,6 +170,13 @@ struct Q4_1 {
             emit(16 + j, vfma(d, vcvt_i32(vsrl_c<4>(q)), m));
         }
     }
+#if defined(PYW_SIMD_INT8)
+    // Version 4: Σ q·qx (the min's term m·dx·Σ qx is added in float, eight blocks at a time).
+    static constexpr int X_OFF = 0;
+    static constexpr bool HAS_MIN = true;
+    static vb int8_weights(const uint8_t* b) { return vb_nibbles(b + 4); }
+    static vb int8_dot(vb w, vb qx, const int16_t*) { return vsum_pairs(vmaddubs(w, qx)); }
+#endif
 };
 
 struct Q4_K {
@@ -206,6 +248,37 @@ struct Q4_K {
             }
         }
     }
+#if defined(PYW_SIMD_INT8)
+    // Version 4: Σ_s (d·sc[s]·dx_s)·Σ q·qx − Σ_s dmin·mn[s]·(dx_s·Σ qx): the eight factors
+    // d·sc[s]·dx_s of a row in one 8-lane multiply, the eight mins' terms in one 8-lane multiply;
+    // the sub-blocks' products alternate between two chains (one FMA chain would be the bound at
+    // M = 1).
+    static constexpr int X_OFF = 0;
+    template <int MM>
+    static void dot_i8(const uint8_t* b, const XQ& x, int64_t u, vf8* acc) {
+        alignas(32) float t[16], ds[MM][8];
+        scales(b, t);
+        vf8 lo[MM], hi[MM];
+#pragma GCC unroll 8
+        for (int m = 0; m < MM; ++m) {
+            vstore8(ds[m], vmul8(vload8(t), vload8(x.d + m * x.nb + u)));
+            lo[m] = vmul8(vload8(t + 8), vload8(x.s + m * x.nb + u));
+            hi[m] = vzero8();
+        }
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+            const vb q = vb_load(b + 16 + 32 * c);
+            const vb q0 = vb_and_c<15>(q), q1 = vb_and_c<15>(vb_srl16_c<4>(q));
+#pragma GCC unroll 8
+            for (int m = 0; m < MM; ++m) {
+                lo[m] = vfma8(vcvt8(vsum_pairs(vmaddubs(q0, x.qv(m, u + 2 * c)))), vset8(ds[m][2 * c]), lo[m]);
+                hi[m] = vfma8(vcvt8(vsum_pairs(vmaddubs(q1, x.qv(m, u + 2 * c + 1)))), vset8(ds[m][2 * c + 1]), hi[m]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < MM; ++m) acc[m] = vadd8(acc[m], vadd8(lo[m], hi[m]));
+    }
+#endif
 };
 
 struct Q6_K {
@@ -256,6 +329,45 @@ struct Q6_K {
             }
         }
     }
+#if defined(PYW_SIMD_INT8)
+    // Version 4: Σ_u d·dx_u·Σ_g scales[g]·Σ (q − 32)·qx over the eight 32-weight units u, two groups
+    // g of 16 each: the unsigned q through vmaddubs, 32·Σqx's pairs (x.p) subtracted in int16
+    // (|63·127·2 − 32·(−127)·2| < 32767), the int8 group scales applied in the int16 -> int32 step
+    // (vpmaddwd by [scales[2u] x 8, scales[2u+1] x 8]), one float FMA per unit, two chains as Q4_K's.
+    static constexpr int X_OFF = 32;
+    template <int MM>
+    static void dot_i8(const uint8_t* b, const XQ& x, int64_t u, vf8* acc) {
+        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192));
+        alignas(32) float ds[MM][8];                 // d·dx of the eight units, per row
+        vf8 part[2][MM];
+#pragma GCC unroll 8
+        for (int m = 0; m < MM; ++m) {
+            vstore8(ds[m], vmul8(vset8(f16(b + 208)), vload8(x.d + m * x.nb + u)));
+            part[0][m] = part[1][m] = vzero8();
+        }
+        auto unit = [&](int k, vb q) {               // k: the unit (0..7) within the block
+            const int g = 2 * k;
+            const vb s16 = _mm256_cvtepi8_epi16(
+                _mm_shuffle_epi8(sc, _mm_set_epi64x(int64_t(0x0101010101010101ull * uint64_t(g + 1)),
+                                                    int64_t(0x0101010101010101ull * uint64_t(g)))));
+#pragma GCC unroll 8
+            for (int m = 0; m < MM; ++m) {
+                const vb p = vsub_i16(vmaddubs(q, x.qv(m, u + k)), vb_load(x.p + (m * x.nb + u + k) * 16));
+                part[k % 2][m] = vfma8(vcvt8(vmadd_i16(p, s16)), vset8(ds[m][k]), part[k % 2][m]);
+            }
+        };
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const vb a = vb_load(b + 64 * h), c = vb_load(b + 64 * h + 32), hb = vb_load(b + 128 + 32 * h);
+            unit(4 * h + 0, vb_or(vb_and_c<15>(a), vb_and_c<0x30>(vb_sll16_c<4>(hb))));
+            unit(4 * h + 1, vb_or(vb_and_c<15>(c), vb_and_c<0x30>(vb_sll16_c<2>(hb))));
+            unit(4 * h + 2, vb_or(vb_and_c<15>(vb_srl16_c<4>(a)), vb_and_c<0x30>(hb)));
+            unit(4 * h + 3, vb_or(vb_and_c<15>(vb_srl16_c<4>(c)), vb_and_c<0x30>(vb_srl16_c<2>(hb))));
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < MM; ++m) acc[m] = vadd8(acc[m], vadd8(part[0][m], part[1][m]));
+    }
+#endif
 };
 
 // Runs f(QT{}) for the format named qtype (the names were checked by the binding).
@@ -312,8 +424,8 @@ void qmatmul_naive(int64_t M, int64_t N, int64_t K, const float* x, const uint8_
 // two cores keep up with a ~40 GB/s stream for Q8_0 (1.06 bytes a weight) but not for the 4-bit
 // formats (0.56 bytes: ~64 G weights/s needed) or Q6_K (0.82: ~44) -- benchmarks/bench_qmatmul.py
 // measures the fraction.  Closing that gap takes integer dot products (llama.cpp's way: x
-// quantized to int8 per block of 32, vpmaddubsw / VNNI vpdpbusd on the raw q, one float scale per
-// block), at the cost of x's rounding error (~0.4 % of each block's largest |x|); not done here.
+// quantized to int8 per block of 32, vpmaddubsw on the raw q, one float scale per block), at the
+// cost of x's rounding error: version 4.
 // =============================================================================================
 template <class QT>
 inline void prefetch_block(const uint8_t* blk) {
@@ -422,12 +534,202 @@ void pack_quantized(const void* ctx, int64_t pc, int64_t kc, int64_t jc, int64_t
 }
 
 // =============================================================================================
+// 4. int8 (M <= GEMV_M, decode; the AVX2 and AVX-512 builds): over version 2 the weights are never
+// converted to float.  llama.cpp's (and llama2.c runq.c's) way: each row of x is quantized once per
+// call as Q8_0 would quantize it -- per block of 32, dx = max|x| / 127 and qx = round(x / dx) --
+// and a weight block's raw integers are dotted with the qx in integer arithmetic: vpmaddubsw
+// (unsigned 4- or 6-bit q times int8 qx, adjacent products summed to int16: 15·127·2 and 63·127·2
+// cannot saturate; Q8_0's signed q by the sign trick) then vpmaddwd to int32, 32 weights per
+// instruction pair where version 2 converts and multiplies VL, and one float FMA per 32 weights
+// applies d·dx.  Offsets and mins come out of sums of qx kept with x: Σ (q − 8)·qx = Σ q·qx −
+// 8·Σ qx in int16 (Q4_0; Q6_K's −32), Q4_1's and Q4_K's mins as m·(dx·Σ qx) in float, eight at a
+// time (the formats' int8_weights / int8_dot / dot_i8).  Each step covers 256 weights: a K-quant
+// block, or eight 32-weight blocks whose fp16 scales are converted by one instruction and multiplied
+// by the eight dx together (one at a time, the scalar conversions cost as much as the integer dot
+// products).  The registers are 256 bits on both builds, one 32-weight unit each (the AVX-512
+// build gets the 32 registers and the EVEX forms; pairing two units per 512-bit register was not
+// tried).
+//
+// Accuracy: x is replaced by x̃ = dx·qx with |x − x̃| <= dx/2 per element (round to nearest, plus
+// float rounding of dx and of x·127/max|x|), and the rest is exact integer arithmetic and a float
+// dot product over the blocks, so each output differs from x·w by at most Σ_blocks dx/2·Σ |w|, plus
+// float32 rounding relative to |x̃|·|w| (to |x̃|·(|d·q| + |m|) for Q4_1 and Q4_K, whose scale and
+// min terms are summed separately) -- a block's share of error is at most 0.4 % of its max|x| times
+// its Σ|w|, typically ~10 times less; the tests check exactly that bound.  Rows of x holding NaN or
+// inf, or a block whose max|x| is below 2^-100 but not 0 (dx would be subnormal, qx imprecise), go
+// through version 2 whole, so non-finite values of x propagate as in x @ W.T.  A non-finite fp16
+// scale or min of W makes the int8 sum non-finite (d·dx·Σ is ±inf, or NaN as inf·0), and every
+// output that comes out non-finite is computed again by version 2, whose products reproduce
+// x @ W.T's NaN and inf exactly -- no per-block test in the loop.  Threads split W's rows as in
+// version 2; x is quantized once, by the calling thread, before them (M·K values).
+// =============================================================================================
+#if defined(PYW_SIMD_INT8)
+// Σ over n <= 8 consecutive 32-weight blocks at b (Q8_0, Q4_0, Q4_1; x blocks u, u + 1, ...) of
+// d·dx·(the format's int8_dot), added to acc[m] for MM rows: the n fp16 scales (and mins) converted
+// by one instruction and multiplied by the rows' dx eight at a time, the blocks alternating between
+// two FMA chains (one chain's latency would be the bound at M = 1).
+template <class QT, int MM>
+void dot_i8_32(const uint8_t* b, const XQ& x, int64_t u, vf8* acc, int n) {
+    alignas(32) float ds[MM][8];
+    const vf8 d = vload_f16_strided<QT::BYTES>(b, n);
+    vf8 part[2][MM];
+#pragma GCC unroll 8
+    for (int m = 0; m < MM; ++m) {
+        vstore8(ds[m], vmul8(d, vload8(x.d + m * x.nb + u)));
+        part[0][m] = vzero8();
+        part[1][m] = vzero8();
+        if (QT::HAS_MIN) part[1][m] = vmul8(vload_f16_strided<QT::BYTES>(b + 2, n), vload8(x.s + m * x.nb + u));
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < n; ++k) {
+        const vb w = QT::int8_weights(b + k * QT::BYTES);
+#pragma GCC unroll 8
+        for (int m = 0; m < MM; ++m) {
+            const vb i = QT::int8_dot(w, x.qv(m, u + k), x.p + (m * x.nb + u + k) * 16);
+            part[k % 2][m] = vfma8(vcvt8(i), vset8(ds[m][k]), part[k % 2][m]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MM; ++m) acc[m] = vadd8(acc[m], vadd8(part[0][m], part[1][m]));
+}
+
+// The int8 products of MM quantized rows of x (x) with one row of W (`row`, nb blocks) into
+// out[0..MM), 256 weights a step; an output that comes out NaN or inf is computed again by version 2
+// from the row's floats xf[m] (the header).
+template <class QT, int MM>
+void row_dot_i8(int64_t nb, const XQ& x, const float* const* xf, const uint8_t* row, float* out) {
+    constexpr int G = 256 / QT::BLOCK;                        // blocks per step
+    constexpr int GB = G * QT::BYTES;                          // bytes per step
+    vf8 acc[MM];
+    for (int m = 0; m < MM; ++m) acc[m] = vzero8();
+    int64_t b = 0;
+    for (; b + G <= nb; b += G) {
+        const uint8_t* g = row + b * QT::BYTES;
+#pragma GCC unroll 8
+        for (int o = 0; o < GB; o += 64) __builtin_prefetch(g + PREFETCH_BYTES + o);
+        if constexpr (QT::BLOCK == 32) dot_i8_32<QT, MM>(g, x, b, acc, G);
+        else QT::template dot_i8<MM>(g, x, b * (QT::BLOCK / 32), acc);
+    }
+    if constexpr (QT::BLOCK == 32)
+        if (b < nb) dot_i8_32<QT, MM>(row + b * QT::BYTES, x, b, acc, int(nb - b));
+    for (int m = 0; m < MM; ++m) {
+        out[m] = vhsum8(acc[m]);
+        if (!std::isfinite(out[m])) row_dot<QT, 1>(nb, xf[m], nb * QT::BLOCK, row, out + m, 1);
+    }
+}
+
+// x's rows quantized (section 4's header): the rows that qualify packed at the front of the
+// buffers, their indices in `rows`; the others (non-finite, or a tiny block) listed in `frows`.
+struct QuantizedX {
+    std::vector<int8_t> q;
+    std::vector<float> d, s;
+    std::vector<int16_t> p;
+    std::vector<int64_t> rows, frows;
+    XQ view(int64_t K) const { return XQ{q.data(), d.data(), s.data(), p.data(), K, K / 32}; }
+};
+
+template <class QT>
+void quantize_x(int64_t M, int64_t K, const float* x, QuantizedX& out) {
+    const int64_t nb = K / 32;
+    out.rows.clear();
+    out.frows.clear();
+    out.q.resize(size_t(M * K));
+    out.d.assign(size_t(M * nb + 8), 0.f);                          // + 8: whole-vector loads at the end
+    out.s.assign(size_t(M * nb + 8), 0.f);
+    out.p.resize(QT::X_OFF ? size_t(M * nb * 16) : 16);
+    for (int64_t m = 0, slot = 0; m < M; ++m) {
+        bool ok = true;
+        for (int64_t u = 0; u < nb && ok; ++u) {
+            int8_t* q = out.q.data() + slot * K + 32 * u;
+            int32_t sum = 0;
+            const float mx = vquantize32(x + m * K + 32 * u, q, &sum);
+            ok = mx == 0.f || mx >= 0x1p-100f;                    // false for NaN too
+            const float dx = mx / 127.f;
+            out.d[size_t(slot * nb + u)] = dx;
+            out.s[size_t(slot * nb + u)] = dx * float(sum);
+            if (QT::X_OFF) vb_store(out.p.data() + (slot * nb + u) * 16, vmaddubs(vb_set1(QT::X_OFF), vb_load(q)));
+        }
+        (ok ? out.rows : out.frows).push_back(m);
+        slot += ok;
+    }
+}
+
+// Rows [n0, n1) of y = x · Wᵀ: the quantized rows of x MAX_ROWS at a time, the others by version 2.
+template <class QT>
+void int8_rows(int64_t N, int64_t K, const float* x, const QuantizedX& xq, const uint8_t* W, float* y, int64_t n0,
+               int64_t n1) {
+    const int64_t nb = K / QT::BLOCK, row_bytes = nb * QT::BYTES, Mq = int64_t(xq.rows.size());
+    struct Pass {                        // up to MAX_ROWS quantized rows: their views, floats and outputs
+        XQ x;
+        int mm;
+        const float* xf[MAX_ROWS];
+        float* y[MAX_ROWS];
+    };
+    std::vector<Pass> passes;
+    for (int64_t m0 = 0; m0 < Mq; m0 += MAX_ROWS) {
+        Pass p{xq.view(K), int(std::min<int64_t>(MAX_ROWS, Mq - m0)), {}, {}};
+        p.x.q += m0 * K;
+        p.x.d += m0 * p.x.nb;
+        p.x.s += m0 * p.x.nb;
+        if (QT::X_OFF) p.x.p += m0 * p.x.nb * 16;
+        for (int i = 0; i < p.mm; ++i) {
+            p.xf[i] = x + xq.rows[size_t(m0 + i)] * K;
+            p.y[i] = y + xq.rows[size_t(m0 + i)] * N;
+        }
+        passes.push_back(p);
+    }
+    for (int64_t n = n0; n < n1; ++n) {
+        const uint8_t* row = W + n * row_bytes;
+        for (const Pass& p : passes) {
+            float out[MAX_ROWS];
+            switch (p.mm) {
+                case 1: row_dot_i8<QT, 1>(nb, p.x, p.xf, row, out); break;
+                case 2: row_dot_i8<QT, 2>(nb, p.x, p.xf, row, out); break;
+                case 3: row_dot_i8<QT, 3>(nb, p.x, p.xf, row, out); break;
+                case 4: row_dot_i8<QT, 4>(nb, p.x, p.xf, row, out); break;
+                case 5: row_dot_i8<QT, 5>(nb, p.x, p.xf, row, out); break;
+                case 6: row_dot_i8<QT, 6>(nb, p.x, p.xf, row, out); break;
+                case 7: row_dot_i8<QT, 7>(nb, p.x, p.xf, row, out); break;
+                default: row_dot_i8<QT, 8>(nb, p.x, p.xf, row, out); break;
+            }
+            for (int i = 0; i < p.mm; ++i) p.y[i][n] = out[i];
+        }
+        for (const int64_t m : xq.frows) row_dot<QT, 1>(nb, x + m * K, K, row, y + m * N + n, N);
+    }
+}
+#endif
+constexpr bool HAS_INT8 =
+#if defined(PYW_SIMD_INT8)
+    true;
+#else
+    false;
+#endif
+
+// =============================================================================================
 // the dispatch
 // =============================================================================================
+enum class Path { gemv, gemm, int8 };
+
 template <class QT>
-void qmatmul_fast(int64_t M, int64_t N, int64_t K, const float* x, const uint8_t* W, float* y, bool gemv) {
+void qmatmul_fast(int64_t M, int64_t N, int64_t K, const float* x, const uint8_t* W, float* y, Path path) {
     const int nt_max = kernel_threads();
-    if (gemv) {
+#if defined(PYW_SIMD_INT8)
+    if (path == Path::int8) {
+        thread_local QuantizedX buffers;                // grow-only: no allocation per token
+        QuantizedX& xq = buffers;                       // (the caller's: the team shares it by reference)
+        quantize_x<QT>(M, K, x, xq);
+        const int nt = double(N) * K < 65536.0 ? 1 : nt_max;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            const int team = team_size(), t = thread_id();
+            const int64_t step = ceil_div(N, team);
+            const int64_t n0 = std::min(N, t * step), n1 = std::min(N, n0 + step);
+            int8_rows<QT>(N, K, x, xq, W, y, n0, n1);
+        }
+        return;
+    }
+#endif
+    if (path != Path::gemm) {
         // a stream under ~64 K weights is over before a second thread has started
         const int nt = double(N) * K < 65536.0 ? 1 : nt_max;
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -515,8 +817,13 @@ py::array_t<float> output(int64_t rows, int64_t cols, const char* fn) {
 
 py::array_t<float> qmatmul(py::handle x_obj, py::handle w_obj, const std::string& qtype, const std::string& version) {
     const int index = qtype_index(qtype, "qmatmul");
-    if (version != "fast" && version != "naive" && version != "gemv" && version != "gemm")
-        throw py::value_error("qmatmul: version must be 'fast', 'naive', 'gemv' or 'gemm', got '" + version + "'");
+    if (version != "fast" && version != "naive" && version != "gemv" && version != "gemm" && version != "int8")
+        throw py::value_error("qmatmul: version must be 'fast', 'naive', 'gemv', 'gemm' or 'int8', got '" + version +
+                              "'");
+    if (version == "int8" && !HAS_INT8)
+        throw py::value_error(std::string("qmatmul: version 'int8' needs the avx2 or avx512 build of the kernels, this "
+                                          "is ") +
+                              simd::name());
     const f32array x = require_f32(x_obj, "x");
     if (x.ndim() != 2) throw py::value_error("qmatmul: x must be 2-D [M, K], got shape " + shape_str(x));
     const int64_t M = x.shape(0), K = x.shape(1);
@@ -532,8 +839,11 @@ py::array_t<float> qmatmul(py::handle x_obj, py::handle w_obj, const std::string
         if (K == 0) std::fill(y, y + M * N, 0.f);
         else if (version == "naive") with_format(index, [&](auto f) { qmatmul_naive<decltype(f)>(M, N, K, xp, W, y); });
         else {
-            const bool gemv = version == "gemv" || (version == "fast" && M <= GEMV_M);
-            with_format(index, [&](auto f) { qmatmul_fast<decltype(f)>(M, N, K, xp, W, y, gemv); });
+            const bool small = version == "fast" && M <= GEMV_M;
+            const Path path = version == "int8" || (small && HAS_INT8) ? Path::int8
+                              : version == "gemv" || small             ? Path::gemv
+                                                                       : Path::gemm;
+            with_format(index, [&](auto f) { qmatmul_fast<decltype(f)>(M, N, K, xp, W, y, path); });
         }
     }
     return out;
@@ -565,12 +875,15 @@ void bind_qmatmul(py::module_& m) {
     m.def("qmatmul", &qmatmul, py::arg("x"), py::arg("w"), py::arg("qtype"), py::arg("version") = "fast",
           "x @ dequantize(w).T in float32: x float32 [M, K], w uint8 [N, K / block * type_size], the rows of a\n"
           "GGUF weight in qtype 'Q8_0', 'Q4_0', 'Q4_1', 'Q4_K' or 'Q6_K' (w is read in place, never written).\n"
-          "version: 'fast' (decode in registers for M <= 8, else a packed GEMM over decoded panels),\n"
-          "'naive' (decode a row, dot it with x), or 'gemv' / 'gemm' (one of fast's two paths, at any M).");
+          "version: 'fast' (M <= 8: 'int8' on the avx2/avx512 builds, else 'gemv'; larger M: 'gemm'),\n"
+          "'naive' (decode a row, dot it with x), 'gemv' (decode in registers, float FMA), 'gemm' (a packed\n"
+          "GEMM over decoded panels) or 'int8' (x rounded to int8 per block of 32, integer dot products;\n"
+          "error <= sum over blocks of max|x|/254 * sum|w|; not on the portable build).");
     m.def("dequantize", &dequantize, py::arg("w"), py::arg("qtype"), py::arg("K"),
           "The float32 [N, K] weights of the uint8 [N, K / block * type_size] GGUF blocks w in qtype (the\n"
           "decoder qmatmul uses; equal to gguf.quants.dequantize).");
     m.attr("QMATMUL_GEMV_M") = GEMV_M;
+    m.attr("QMATMUL_INT8") = HAS_INT8;
 }
 
 }  // namespace pyworkloads

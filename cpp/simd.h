@@ -299,6 +299,101 @@ inline vf vcvt_i32(vi a) {
 }
 #endif
 
+// ---- int8 dot products (qmatmul.cpp's version 4; the AVX2 and AVX-512 builds) -------------------
+// Integer dot products of a weight block's small integers with x quantized to int8, 32 bytes (one
+// 32-weight block) in a __m256i on both builds.  `vmaddubs` is vpmaddubsw: unsigned bytes times
+// signed bytes, adjacent products summed to int16 (saturating: the callers keep |u·s + u'·s'| <=
+// 32767); `vmaddubs_s8` the same for two signed operands by llama.cpp's sign trick (|w| as the
+// unsigned operand, w's sign moved onto x: |−128|·127·2 still fits); `vsum_pairs` adds adjacent
+// int16 to int32 (vpmaddwd by ones), `vmadd_i16` the same weighted by int16 factors.  vf8 is eight
+// floats (a __m256 on the AVX-512 build too) for the per-block scaling of those int32 sums.
+#if defined(__AVX2__) && defined(__FMA__)
+#define PYW_SIMD_INT8 1
+using vb = __m256i;
+using vf8 = __m256;
+inline vb vb_load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline vb vb_set1(int8_t c) { return _mm256_set1_epi8(c); }
+inline void vb_store(void* p, vb a) { _mm256_storeu_si256(static_cast<__m256i*>(p), a); }
+// 16 bytes -> their 16 low nibbles, then their 16 high nibbles, as 32 bytes (the bytes loaded into
+// both halves, the upper half shifted right by 4, one mask)
+inline vb vb_nibbles(const uint8_t* p) {
+    const __m256i q = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_and_si256(_mm256_srlv_epi32(q, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(15));
+}
+// The n <= 8 fp16 values at p, p + S, ..., p + (n − 1)·S as floats (lanes from n on 0): the scales of
+// n consecutive blocks of S bytes, converted by one vcvtph2ps.
+template <int S>
+inline vf8 vload_f16_strided(const uint8_t* p, int n) {
+    uint16_t h[8] = {};
+    for (int i = 0; i < 8; ++i)
+        if (i < n) std::memcpy(h + i, p + i * S, 2);
+    return _mm256_cvtph_ps(_mm_setr_epi16(short(h[0]), short(h[1]), short(h[2]), short(h[3]), short(h[4]), short(h[5]),
+                                          short(h[6]), short(h[7])));
+}
+// Byte-wise masks and shifts (x86 shifts 16-bit lanes: the mask after a shift drops the bits that
+// crossed from the neighbouring byte).
+template <int M>
+inline vb vb_and_c(vb a) {
+    return _mm256_and_si256(a, _mm256_set1_epi8(static_cast<char>(M)));
+}
+template <int S>
+inline vb vb_srl16_c(vb a) {
+    return _mm256_srli_epi16(a, S);
+}
+template <int S>
+inline vb vb_sll16_c(vb a) {
+    return _mm256_slli_epi16(a, S);
+}
+inline vb vb_or(vb a, vb b) { return _mm256_or_si256(a, b); }
+inline vb vmaddubs(vb u, vb s) { return _mm256_maddubs_epi16(u, s); }
+inline vb vmaddubs_s8(vb w, vb x) { return _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)); }
+inline vb vsub_i16(vb a, vb b) { return _mm256_sub_epi16(a, b); }
+inline vb vmadd_i16(vb a, vb b) { return _mm256_madd_epi16(a, b); }
+inline vb vsum_pairs(vb a) { return _mm256_madd_epi16(a, _mm256_set1_epi16(1)); }
+inline vf8 vcvt8(vb a) { return _mm256_cvtepi32_ps(a); }
+inline vf8 vload8(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore8(float* p, vf8 a) { _mm256_storeu_ps(p, a); }
+inline vf8 vset8(float x) { return _mm256_set1_ps(x); }
+inline vf8 vzero8() { return _mm256_setzero_ps(); }
+inline vf8 vmul8(vf8 a, vf8 b) { return _mm256_mul_ps(a, b); }
+inline vf8 vadd8(vf8 a, vf8 b) { return _mm256_add_ps(a, b); }
+inline vf8 vfma8(vf8 a, vf8 b, vf8 c) { return _mm256_fmadd_ps(a, b, c); }
+inline float vhsum8(vf8 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+// Quantizes the 32 floats at x to int8 as Q8_0 does (round to nearest even of x·127/max|x|) into
+// q; returns max|x| (0 for an all-zero block), or a NaN when an element is NaN or infinite.  *sum
+// gets Σ q.
+inline float vquantize32(const float* x, int8_t* q, int32_t* sum) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 v[4], amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        const __m256 a = _mm256_and_ps(v[i], abs_mask);
+        amax = _mm256_max_ps(amax, a);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, _mm256_set1_ps(3.40282347e38f), _CMP_NLE_UQ));
+    }
+    if (_mm256_movemask_ps(bad)) return __builtin_nanf("");
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    const float mx = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+    const __m256 id = _mm256_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
+    __m256i i32[4];
+    for (int i = 0; i < 4; ++i) i32[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], id));
+    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    *sum = _mm_cvtsi128_si32(_mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1)));
+    // packs interleave the two 128-bit lanes; the permute puts the 32 bytes back in order
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i32[0], i32[1]), _mm256_packs_epi32(i32[2], i32[3]));
+    vb_store(q, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    return mx;
+}
+#endif
+
 inline float half_to_float(uint16_t h) {
 #if defined(__F16C__)
     return _cvtsh_ss(h);
