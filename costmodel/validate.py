@@ -160,8 +160,6 @@ class Validation:
 def _load(model, quantize: str | None = None):
     """A preset name, a Config or a checkpoint directory -> (family, label, engine model);
     ``quantize``: LLaMA's weights block-quantized by the engine (refused for other models)."""
-    import inspect
-
     import pyworkloads as pw
 
     from .analysis import resolve_model
@@ -185,9 +183,6 @@ def _load(model, quantize: str | None = None):
         load = getattr(pw, family).from_pretrained
         if quantize is None:
             return family, str(model), load(model)
-        if "quantize" not in inspect.signature(load).parameters:
-            raise ValueError("quantize: this pyworkloads' llama2.from_pretrained cannot quantize "
-                             "a checkpoint; validate a preset (or a Config) instead")
         return family, str(model), load(model, quantize=quantize)
     family, label, cfg = resolve_model(model)
     refuse_quantize(family)
