@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import io, kernels, quant
+from .. import io, kernels, ops, quant
 
 __all__ = [
     "weight", "linear", "layer_norm", "rms_norm", "embedding", "check_weights", "random_weights",
@@ -47,17 +47,16 @@ def weight(weights: Mapping, name: str) -> np.ndarray:
         w = weights[name]
     except KeyError:
         raise KeyError(f"the weights have no tensor named {name!r}") from None
-    if isinstance(w, np.ndarray) and w.dtype == np.float32:
-        return w
-    if isinstance(w, np.ndarray) or np.isscalar(w):
-        return np.asarray(w, dtype=np.float32)
-    return w        # a QuantizedTensor (kept in blocks) or a traced tensor (see kernels.trace)
+    if isinstance(w, np.ndarray):
+        return w if w.dtype == np.float32 else np.asarray(w, dtype=np.float32)
+    if isinstance(w, quant.QuantizedTensor) or not np.isscalar(w):
+        return w    # kept in its blocks (kernels.qmatmul), or a traced tensor (kernels.trace)
+    return np.asarray(w, dtype=np.float32)
 
 
 def linear(x, weights: Mapping, name: str):
     """y = x Wᵀ + b of the module ``name``.  x [..., Din] -> [..., Dout]; the bias is used when
     the checkpoint has ``name.bias``."""
-    from .. import ops
     bias = weight(weights, f"{name}.bias") if f"{name}.bias" in weights else None
     return ops.linear(x, weight(weights, f"{name}.weight"), bias)
 
