@@ -74,7 +74,18 @@ struct XQ {
     const float* s;
     const int16_t* p;
     int64_t K, nb;                       // nb: 32-weight blocks per row
+    // the AVX-512 pair path (row_dot_i8_512), eight lanes per block: X_OFF2 times the sums of
+    // the qx that meet in each int32 lane of a block's dot product, dx, and dx times those sums
+    const int32_t* o;
+    const float* dl;
+    const float* sl;
     vb qv(int m, int64_t u) const { return vb_load(q + m * K + 32 * u); }
+#if defined(PYW_SIMD_INT8_512)
+    vb2 qv2(int m, int64_t u) const { return vb2_load(q + m * K + 32 * u); }   // units u and u + 1
+    vb2 o2(int m, int64_t u) const { return vb2_load(o + (m * nb + u) * 8); }
+    vf16 dl2(int m, int64_t u) const { return _mm512_loadu_ps(dl + (m * nb + u) * 8); }
+    vf16 sl2(int m, int64_t u) const { return _mm512_loadu_ps(sl + (m * nb + u) * 8); }
+#endif
 };
 #endif
 
@@ -111,6 +122,17 @@ struct Q8_0 {
     static vb int8_weights(const uint8_t* b) { return vb_load(b + 2); }
     static vb int8_dot(vb w, vb qx, const int16_t*) { return vsum_pairs(vmaddubs_s8(w, qx)); }
 #endif
+#if defined(PYW_SIMD_INT8_512)
+    static constexpr bool PAIRS = true;
+    static constexpr int X_OFF2 = 0;
+    static constexpr bool MIN2 = false;
+    // a pair is 68 bytes: the scales from its first 64, the weights as two 32-byte loads
+    static vb2 int8_pair(const uint8_t* b, vf16& d, vf16&) {
+        d = vpair_f16(vb2_load_n<64>(b), 0, BYTES / 2);
+        return vb2_load2(b + 2, b + 2 + BYTES);
+    }
+    static vb2 int8_dot2(vb2 w, vb2 qx) { return vsum_pairs2(vmaddubs2_s8(w, qx)); }
+#endif
 };
 
 struct Q4_0 {
@@ -143,10 +165,22 @@ struct Q4_0 {
 #if defined(PYW_SIMD_INT8)
     // Version 4: Σ (q − 8)·qx = Σ q·qx − 8·Σ qx, the unsigned q through vmaddubs, the 8·Σ qx pairs
     // kept with x (px) subtracted in int16.
-    static constexpr int X_OFF = 8;
-    static constexpr bool HAS_MIN = false;
+    static constexpr int X_OFF = 0;
+    static constexpr bool HAS_MIN = true;                  // the offset −8 as a min of −8·d
+    static vf8 mins(const uint8_t*, int, vf8 d) { return vmul8(d, vset8(-8.f)); }
     static vb int8_weights(const uint8_t* b) { return vb_nibbles(b + 2); }
-    static vb int8_dot(vb w, vb qx, const int16_t* px) { return vsum_pairs(vsub_i16(vmaddubs(w, qx), vb_load(px))); }
+    static vb int8_dot(vb w, vb qx, const int16_t*) { return vsum_pairs(vmaddubs(w, qx)); }
+#endif
+#if defined(PYW_SIMD_INT8_512)
+    static constexpr bool PAIRS = true;
+    static constexpr int X_OFF2 = 8;                       // Σ (q − 8)·qx = Σ q·qx − 8·Σ qx, per lane
+    static constexpr bool MIN2 = false;
+    static vb2 int8_pair(const uint8_t* b, vf16& d, vf16&) {   // one 36-byte load: d0 qs0 d1 qs1
+        const vb2 t = vb2_load_n<2 * BYTES>(b);
+        d = vpair_f16(t, 0, BYTES / 2);
+        return vb2_nibbles_words(t, 1, 1 + BYTES / 2);
+    }
+    static vb2 int8_dot2(vb2 w, vb2 qx) { return vsum_pairs2(vmaddubs2(w, qx)); }
 #endif
 };
 
@@ -174,8 +208,21 @@ struct Q4_1 {
     // Version 4: Σ q·qx (the min's term m·dx·Σ qx is added in float, eight blocks at a time).
     static constexpr int X_OFF = 0;
     static constexpr bool HAS_MIN = true;
+    static vf8 mins(const uint8_t* b, int n, vf8) { return vload_f16_strided<BYTES>(b + 2, n); }
     static vb int8_weights(const uint8_t* b) { return vb_nibbles(b + 4); }
     static vb int8_dot(vb w, vb qx, const int16_t*) { return vsum_pairs(vmaddubs(w, qx)); }
+#endif
+#if defined(PYW_SIMD_INT8_512)
+    static constexpr bool PAIRS = true;
+    static constexpr int X_OFF2 = 0;
+    static constexpr bool MIN2 = true;
+    static vb2 int8_pair(const uint8_t* b, vf16& d, vf16& m) {   // one 40-byte load: d0 m0 qs0 d1 m1 qs1
+        const vb2 t = vb2_load_n<2 * BYTES>(b);
+        d = vpair_f16(t, 0, BYTES / 2);
+        m = vpair_f16(t, 1, 1 + BYTES / 2);
+        return vb2_nibbles_words(t, 2, 2 + BYTES / 2);
+    }
+    static vb2 int8_dot2(vb2 w, vb2 qx) { return vsum_pairs2(vmaddubs2(w, qx)); }
 #endif
 };
 
@@ -279,6 +326,35 @@ struct Q4_K {
         for (int m = 0; m < MM; ++m) acc[m] = vadd8(acc[m], vadd8(lo[m], hi[m]));
     }
 #endif
+#if defined(PYW_SIMD_INT8_512)
+    // The AVX-512 pair path (row_dot_i8_512): the 32 bytes of chunk c hold sub-blocks 2c (low
+    // nibbles) and 2c + 1 (high), a pair already: one broadcast load fills both halves of a
+    // register, the high half shifted by 4; each half's scale and min spread over its eight lanes.
+    static constexpr bool PAIRS = true;
+    static constexpr int X_OFF2 = 0;
+    static constexpr bool MIN2 = true;
+    template <int MM, int C>
+    static void dot_i8_512(const uint8_t* b, const XQ& x, int64_t u, vf16 (*acc)[MM]) {
+        alignas(32) float t[16];
+        scales(b, t);
+        const vf16 sc = _mm512_castps256_ps512(vload8(t)), mn = _mm512_castps256_ps512(vload8(t + 8));
+        const __m512i half = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+            const vb2 q = _mm512_and_si512(_mm512_srlv_epi64(_mm512_broadcast_i64x4(vb_load(b + 16 + 32 * c)),
+                                                             _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4)),
+                                           _mm512_set1_epi8(15));
+            const __m512i idx = _mm512_add_epi32(half, _mm512_set1_epi32(2 * c));
+            const vf16 s = _mm512_permutexvar_ps(idx, sc), mi = _mm512_permutexvar_ps(idx, mn);
+#pragma GCC unroll 8
+            for (int m = 0; m < MM; ++m) {
+                const vb2 i = vsum_pairs2(vmaddubs2(q, x.qv2(m, u + 2 * c)));
+                acc[c % C][m] = vfma16(vcvt16(i), _mm512_mul_ps(s, x.dl2(m, u + 2 * c)), acc[c % C][m]);
+                acc[c % C][m] = vfma16(x.sl2(m, u + 2 * c), mi, acc[c % C][m]);
+            }
+        }
+    }
+#endif
 };
 
 struct Q6_K {
@@ -335,6 +411,11 @@ struct Q6_K {
     // (|63·127·2 − 32·(−127)·2| < 32767), the int8 group scales applied in the int16 -> int32 step
     // (vpmaddwd by [scales[2u] x 8, scales[2u+1] x 8]), one float FMA per unit, two chains as Q4_K's.
     static constexpr int X_OFF = 32;
+#if defined(PYW_SIMD_INT8_512)
+    static constexpr bool PAIRS = false;
+    static constexpr int X_OFF2 = 0;
+    static constexpr bool MIN2 = false;
+#endif
     template <int MM>
     static void dot_i8(const uint8_t* b, const XQ& x, int64_t u, vf8* acc) {
         const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192));
@@ -541,20 +622,21 @@ void pack_quantized(const void* ctx, int64_t pc, int64_t kc, int64_t jc, int64_t
 // (unsigned 4- or 6-bit q times int8 qx, adjacent products summed to int16: 15·127·2 and 63·127·2
 // cannot saturate; Q8_0's signed q by the sign trick) then vpmaddwd to int32, 32 weights per
 // instruction pair where version 2 converts and multiplies VL, and one float FMA per 32 weights
-// applies d·dx.  Offsets and mins come out of sums of qx kept with x: Σ (q − 8)·qx = Σ q·qx −
-// 8·Σ qx in int16 (Q4_0; Q6_K's −32), Q4_1's and Q4_K's mins as m·(dx·Σ qx) in float, eight at a
-// time (the formats' int8_weights / int8_dot / dot_i8).  Each step covers 256 weights: a K-quant
-// block, or eight 32-weight blocks whose fp16 scales are converted by one instruction and multiplied
-// by the eight dx together (one at a time, the scalar conversions cost as much as the integer dot
-// products).  The registers are 256 bits on both builds, one 32-weight unit each (the AVX-512
-// build gets the 32 registers and the EVEX forms; pairing two units per 512-bit register was not
-// tried).
+// applies d·dx.  Offsets and mins come out of sums of qx kept with x: Q4_0's offset as a min of
+// −8·d and Q4_1's and Q4_K's mins as m·(dx·Σ qx) in float, eight blocks at a time, Q6_K's −32 as
+// 32·Σ qx in int16 (the formats' int8_weights / int8_dot / dot_i8).  Each step covers 256 weights:
+// a K-quant block, or eight 32-weight blocks whose fp16 scales are converted by one instruction and
+// multiplied by the eight dx together (one at a time, the scalar conversions cost as much as the
+// integer dot products).  The registers are 256 bits, one 32-weight unit each -- on the AVX2 build.
+// The AVX-512 build puts two units in each 512-bit register (row_dot_i8_512, for every format but
+// Q6_K): the per-lane x-side terms it needs (dx, the offsets, the min sums) are laid out by the
+// quantization of x, so the loop only loads them.
 //
 // Accuracy: x is replaced by x̃ = dx·qx with |x − x̃| <= dx/2 per element (round to nearest, plus
 // float rounding of dx and of x·127/max|x|), and the rest is exact integer arithmetic and a float
 // dot product over the blocks, so each output differs from x·w by at most Σ_blocks dx/2·Σ |w|, plus
-// float32 rounding relative to |x̃|·|w| (to |x̃|·(|d·q| + |m|) for Q4_1 and Q4_K, whose scale and
-// min terms are summed separately) -- a block's share of error is at most 0.4 % of its max|x| times
+// float32 rounding relative to |x̃|·|w| (to |x̃|·(|d·q| + |m|) for Q4_1, Q4_K and Q4_0 (m = 8·d),
+// whose scale and min terms are summed separately) -- a block's share of error is at most 0.4 % of its max|x| times
 // its Σ|w|, typically ~10 times less; the tests check exactly that bound.  Rows of x holding NaN or
 // inf, or a block whose max|x| is below 2^-100 but not 0 (dx would be subnormal, qx imprecise), go
 // through version 2 whole, so non-finite values of x propagate as in x @ W.T.  A non-finite fp16
@@ -570,23 +652,26 @@ void pack_quantized(const void* ctx, int64_t pc, int64_t kc, int64_t jc, int64_t
 // two FMA chains (one chain's latency would be the bound at M = 1).
 template <class QT, int MM>
 void dot_i8_32(const uint8_t* b, const XQ& x, int64_t u, vf8* acc, int n) {
-    alignas(32) float ds[MM][8];
     const vf8 d = vload_f16_strided<QT::BYTES>(b, n);
-    vf8 part[2][MM];
+    vf8 mn = vzero8();
+    if constexpr (QT::HAS_MIN) mn = QT::mins(b, n, d);
+    vf8 ds[MM], part[2][MM];
 #pragma GCC unroll 8
     for (int m = 0; m < MM; ++m) {
-        vstore8(ds[m], vmul8(d, vload8(x.d + m * x.nb + u)));
+        ds[m] = vmul8(d, vload8(x.d + m * x.nb + u));                 // d·dx of the n blocks
         part[0][m] = vzero8();
-        part[1][m] = vzero8();
-        if (QT::HAS_MIN) part[1][m] = vmul8(vload_f16_strided<QT::BYTES>(b + 2, n), vload8(x.s + m * x.nb + u));
+        part[1][m] = QT::HAS_MIN ? vmul8(mn, vload8(x.s + m * x.nb + u)) : vzero8();   // m·dx·Σqx
     }
+    alignas(32) float dsa[MM][8];
+#pragma GCC unroll 8
+    for (int m = 0; m < MM; ++m) vstore8(dsa[m], ds[m]);
 #pragma GCC unroll 8
     for (int k = 0; k < n; ++k) {
         const vb w = QT::int8_weights(b + k * QT::BYTES);
 #pragma GCC unroll 8
         for (int m = 0; m < MM; ++m) {
             const vb i = QT::int8_dot(w, x.qv(m, u + k), x.p + (m * x.nb + u + k) * 16);
-            part[k % 2][m] = vfma8(vcvt8(i), vset8(ds[m][k]), part[k % 2][m]);
+            part[k % 2][m] = vfma8(vcvt8(i), vset8(dsa[m][k]), part[k % 2][m]);
         }
     }
 #pragma GCC unroll 8
@@ -618,14 +703,86 @@ void row_dot_i8(int64_t nb, const XQ& x, const float* const* xf, const uint8_t* 
     }
 }
 
+#if defined(PYW_SIMD_INT8_512)
+// row_dot_i8 for the 32-weight formats on the AVX-512 build: blocks taken in pairs, two per 512-bit
+// register, so every instruction does the work of two.  A pair is read with one load where it fits
+// in 64 bytes (Q4_0's 36, Q4_1's 40; masked, so nothing past the pair is touched), and one 16-bit
+// permutation picks each block's packed weights out of it into the layout of vb_nibbles, another its
+// fp16 scale spread over the block's eight lanes (vpair_f16).  Per lane of a block, the integer dot
+// product needs the x-side sums only the quantization of x computes: X_OFF2·Σ qx to take off
+// (Q4_0's −8), dx, and dx·Σ qx for the min (Q4_1): loaded from XQ beside qx.  The accumulators
+// stay 512 bits wide to the end of the row; an odd last block goes through dot_i8_32.
+template <class QT, int MM>
+void row_dot_i8_512(int64_t nb, const XQ& x, const float* const* xf, const uint8_t* row, float* out) {
+    constexpr int C = MM <= 2 ? 2 : 1;                               // FMA chains per row
+    vf16 acc[2][MM];
+    for (int m = 0; m < MM; ++m) acc[0][m] = acc[1][m] = vzero16();
+    int64_t b = 0;
+    vf8 tail[MM];
+    for (int m = 0; m < MM; ++m) tail[m] = vzero8();
+    if constexpr (QT::BLOCK == 32) {
+        auto pair = [&](int64_t u, int c) {                          // blocks u, u + 1 into chain c
+            const uint8_t* blk = row + u * QT::BYTES;
+            __builtin_prefetch(blk + PREFETCH_BYTES);
+            if constexpr (2 * QT::BYTES > 64) __builtin_prefetch(blk + PREFETCH_BYTES + 64);
+            vf16 d, mn = vzero16();
+            const vb2 w = QT::int8_pair(blk, d, mn);                     // 64 weights, 2 x 8 scales
+#pragma GCC unroll 8
+            for (int m = 0; m < MM; ++m) {
+                vb2 i = QT::int8_dot2(w, x.qv2(m, u));                   // 16 int32 lane sums
+                if constexpr (QT::X_OFF2 != 0) i = _mm512_sub_epi32(i, x.o2(m, u));
+                acc[c][m] = vfma16(vcvt16(i), _mm512_mul_ps(d, x.dl2(m, u)), acc[c][m]);
+                if constexpr (QT::MIN2) acc[c][m] = vfma16(x.sl2(m, u), mn, acc[c][m]);
+            }
+        };
+        for (; b + 4 <= nb; b += 4) {
+            pair(b, 0);
+            pair(b + 2, C - 1);
+        }
+        if (b + 2 <= nb) {
+            pair(b, 0);
+            b += 2;
+        }
+        if (b < nb) dot_i8_32<QT, MM>(row + b * QT::BYTES, x, b, tail, int(nb - b));
+    } else {
+        for (; b < nb; ++b) {                                        // the K-quants: a block is 4 pairs
+            const uint8_t* blk = row + b * QT::BYTES;
+#pragma GCC unroll 4
+            for (int o = 0; o < QT::BYTES; o += 64) __builtin_prefetch(blk + PREFETCH_BYTES + o);
+            QT::template dot_i8_512<MM, C>(blk, x, b * (QT::BLOCK / 32), acc);
+        }
+    }
+    for (int m = 0; m < MM; ++m) {
+        out[m] = vhsum8(vadd8(tail[m], vfold16(C == 2 ? _mm512_add_ps(acc[0][m], acc[1][m]) : acc[0][m])));
+        if (!std::isfinite(out[m])) row_dot<QT, 1>(nb, xf[m], nb * QT::BLOCK, row, out + m, 1);
+    }
+}
+#endif
+
+// row_dot_i8, or its pair version where the build and the format have one.
+template <class QT, int MM>
+void row_dot_int8(int64_t nb, const XQ& x, const float* const* xf, const uint8_t* row, float* out) {
+#if defined(PYW_SIMD_INT8_512)
+    if constexpr (QT::PAIRS) {
+        row_dot_i8_512<QT, MM>(nb, x, xf, row, out);
+        return;
+    }
+#endif
+    row_dot_i8<QT, MM>(nb, x, xf, row, out);
+}
+
 // x's rows quantized (section 4's header): the rows that qualify packed at the front of the
 // buffers, their indices in `rows`; the others (non-finite, or a tiny block) listed in `frows`.
 struct QuantizedX {
     std::vector<int8_t> q;
     std::vector<float> d, s;
     std::vector<int16_t> p;
+    std::vector<int32_t> o;
+    std::vector<float> dl, sl;
     std::vector<int64_t> rows, frows;
-    XQ view(int64_t K) const { return XQ{q.data(), d.data(), s.data(), p.data(), K, K / 32}; }
+    XQ view(int64_t K) const {
+        return XQ{q.data(), d.data(), s.data(), p.data(), K, K / 32, o.data(), dl.data(), sl.data()};
+    }
 };
 
 template <class QT>
@@ -637,6 +794,14 @@ void quantize_x(int64_t M, int64_t K, const float* x, QuantizedX& out) {
     out.d.assign(size_t(M * nb + 8), 0.f);                          // + 8: whole-vector loads at the end
     out.s.assign(size_t(M * nb + 8), 0.f);
     out.p.resize(QT::X_OFF ? size_t(M * nb * 16) : 16);
+#if defined(PYW_SIMD_INT8_512)
+    constexpr bool PAIRS = QT::PAIRS;
+    if constexpr (PAIRS) {
+        out.o.resize(QT::X_OFF2 ? size_t(M * nb * 8) : 16);
+        out.dl.resize(size_t(M * nb * 8));
+        out.sl.resize(QT::MIN2 ? size_t(M * nb * 8) : 16);
+    }
+#endif
     for (int64_t m = 0, slot = 0; m < M; ++m) {
         bool ok = true;
         for (int64_t u = 0; u < nb && ok; ++u) {
@@ -648,6 +813,15 @@ void quantize_x(int64_t M, int64_t K, const float* x, QuantizedX& out) {
             out.d[size_t(slot * nb + u)] = dx;
             out.s[size_t(slot * nb + u)] = dx * float(sum);
             if (QT::X_OFF) vb_store(out.p.data() + (slot * nb + u) * 16, vmaddubs(vb_set1(QT::X_OFF), vb_load(q)));
+#if defined(PYW_SIMD_INT8_512)
+            if constexpr (PAIRS) {                                  // the lanes of row_dot_i8_512
+                const size_t at = size_t((slot * nb + u) * 8);
+                const vb lanes = vsum_pairs(vmaddubs(vb_set1(1), vb_load(q)));   // Σ of 4 qx per lane
+                if (QT::X_OFF2) vb_store(out.o.data() + at, _mm256_mullo_epi32(lanes, _mm256_set1_epi32(QT::X_OFF2)));
+                vstore8(out.dl.data() + at, vset8(dx));
+                if (QT::MIN2) vstore8(out.sl.data() + at, vmul8(vset8(dx), vcvt8(lanes)));
+            }
+#endif
         }
         (ok ? out.rows : out.frows).push_back(m);
         slot += ok;
@@ -672,6 +846,13 @@ void int8_rows(int64_t N, int64_t K, const float* x, const QuantizedX& xq, const
         p.x.d += m0 * p.x.nb;
         p.x.s += m0 * p.x.nb;
         if (QT::X_OFF) p.x.p += m0 * p.x.nb * 16;
+#if defined(PYW_SIMD_INT8_512)
+        if constexpr (QT::PAIRS) {
+            if (QT::X_OFF2) p.x.o += m0 * p.x.nb * 8;
+            p.x.dl += m0 * p.x.nb * 8;
+            if (QT::MIN2) p.x.sl += m0 * p.x.nb * 8;
+        }
+#endif
         for (int i = 0; i < p.mm; ++i) {
             p.xf[i] = x + xq.rows[size_t(m0 + i)] * K;
             p.y[i] = y + xq.rows[size_t(m0 + i)] * N;
@@ -683,14 +864,14 @@ void int8_rows(int64_t N, int64_t K, const float* x, const QuantizedX& xq, const
         for (const Pass& p : passes) {
             float out[MAX_ROWS];
             switch (p.mm) {
-                case 1: row_dot_i8<QT, 1>(nb, p.x, p.xf, row, out); break;
-                case 2: row_dot_i8<QT, 2>(nb, p.x, p.xf, row, out); break;
-                case 3: row_dot_i8<QT, 3>(nb, p.x, p.xf, row, out); break;
-                case 4: row_dot_i8<QT, 4>(nb, p.x, p.xf, row, out); break;
-                case 5: row_dot_i8<QT, 5>(nb, p.x, p.xf, row, out); break;
-                case 6: row_dot_i8<QT, 6>(nb, p.x, p.xf, row, out); break;
-                case 7: row_dot_i8<QT, 7>(nb, p.x, p.xf, row, out); break;
-                default: row_dot_i8<QT, 8>(nb, p.x, p.xf, row, out); break;
+                case 1: row_dot_int8<QT, 1>(nb, p.x, p.xf, row, out); break;
+                case 2: row_dot_int8<QT, 2>(nb, p.x, p.xf, row, out); break;
+                case 3: row_dot_int8<QT, 3>(nb, p.x, p.xf, row, out); break;
+                case 4: row_dot_int8<QT, 4>(nb, p.x, p.xf, row, out); break;
+                case 5: row_dot_int8<QT, 5>(nb, p.x, p.xf, row, out); break;
+                case 6: row_dot_int8<QT, 6>(nb, p.x, p.xf, row, out); break;
+                case 7: row_dot_int8<QT, 7>(nb, p.x, p.xf, row, out); break;
+                default: row_dot_int8<QT, 8>(nb, p.x, p.xf, row, out); break;
             }
             for (int i = 0; i < p.mm; ++i) p.y[i][n] = out[i];
         }

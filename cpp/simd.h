@@ -392,6 +392,56 @@ inline float vquantize32(const float* x, int8_t* q, int32_t* sum) {
     vb_store(q, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
     return mx;
 }
+
+// Two 32-weight units per 512-bit register (the AVX-512 build; qmatmul.cpp's version 4 for the
+// 32-weight formats): the same integer dot products as above, on a pair of consecutive blocks at
+// once, so every instruction of the loop does twice the work.  vb2 holds the 64 bytes of units u
+// (low half) and u + 1 (high half), vf16 their 16 int32 sums as floats.
+#if defined(__AVX512BW__) && defined(__AVX512DQ__)
+#define PYW_SIMD_INT8_512 1
+using vb2 = __m512i;
+using vf16 = __m512;
+inline vb2 vb2_load(const void* p) { return _mm512_loadu_si512(p); }
+// the N <= 64 bytes at p, zeros after them (a masked load: nothing past p + N is touched)
+template <int N>
+inline vb2 vb2_load_n(const uint8_t* p) {
+    return _mm512_maskz_loadu_epi8(N >= 64 ? ~__mmask64(0) : (__mmask64(1) << (N % 64)) - 1, p);
+}
+// 32 bytes at p0 (low half) and 32 at p1 (high half)
+inline vb2 vb2_load2(const uint8_t* p0, const uint8_t* p1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(vb_load(p0)), vb_load(p1), 1);
+}
+// Two blocks' packed nibbles in the layout of vb_nibbles: the 16 bytes starting at 16-bit word w0
+// of t give the low half (their low nibbles, then their high ones), the 16 at word w1 the high half
+inline vb2 vb2_nibbles_words(vb2 t, int w0, int w1) {
+    const __m512i lane = _mm512_setr_epi32(0x00010000, 0x00030002, 0x00050004, 0x00070006, 0x00010000, 0x00030002,
+                                           0x00050004, 0x00070006, 0x00010000, 0x00030002, 0x00050004, 0x00070006,
+                                           0x00010000, 0x00030002, 0x00050004, 0x00070006);
+    const __m512i idx =
+        _mm512_add_epi16(lane, _mm512_mask_set1_epi16(_mm512_set1_epi16(short(w0)), 0xFFFF0000u, short(w1)));
+    const __m512i q = _mm512_permutexvar_epi16(idx, t);
+    return _mm512_and_si512(_mm512_srlv_epi64(q, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4)), _mm512_set1_epi8(15));
+}
+// The fp16 values at 16-bit words w0 and w1 of t as floats, [t[w0] x 8, t[w1] x 8]
+inline vf16 vpair_f16(vb2 t, int w0, int w1) {
+    const __m512i idx = _mm512_mask_set1_epi16(_mm512_set1_epi16(short(w0)), 0xFF00u, short(w1));
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, t)));
+}
+inline vb2 vmaddubs2(vb2 u, vb2 s) { return _mm512_maddubs_epi16(u, s); }
+// signed times signed (Q8_0): |w| as the unsigned operand, x negated where w < 0 (AVX-512 has no
+// vpsignb; a masked subtraction does it)
+inline vb2 vmaddubs2_s8(vb2 w, vb2 x) {
+    const __mmask64 neg = _mm512_movepi8_mask(w);
+    return _mm512_maddubs_epi16(_mm512_abs_epi8(w), _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x));
+}
+inline vb2 vsum_pairs2(vb2 a) { return _mm512_madd_epi16(a, _mm512_set1_epi16(1)); }
+inline vf16 vcvt16(vb2 a) { return _mm512_cvtepi32_ps(a); }
+inline vf16 vzero16() { return _mm512_setzero_ps(); }
+inline vf16 vfma16(vf16 a, vf16 b, vf16 c) { return _mm512_fmadd_ps(a, b, c); }
+// [s[2k] x 8, s[2k + 1] x 8]: the scales of pair k of the eight blocks in s
+// the two halves added: 16 lanes -> 8
+inline vf8 vfold16(vf16 a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); }
+#endif
 #endif
 
 inline float half_to_float(uint16_t h) {
