@@ -4,11 +4,12 @@ Open ``model.py`` to read the model: the architecture, the dimension glossary, t
 presets, the weight layout and the forward pass as short functions (patch embedding, the
 pre-norm block, the two towers, the projections, the similarity logits, the contrastive loss).
 Around it: ``api.py`` (the ``CLIP`` class and its input checks), ``hf.py`` (``config.json`` and
-``from_pretrained``), ``preprocess.py`` (images), ``tokenizer.py`` (texts), ``cli.py`` (the
-``pyworkloads`` command's hooks).
+``from_pretrained``), ``preprocess.py`` (images), ``tokenizer.py`` (texts), ``probe.py`` (linear
+probes on frozen image features), ``cli.py`` (the ``pyworkloads`` command's hooks).
 
     m = pw.clip.from_pretrained("path/to/clip-vit-base-patch32")
     probs = m.zero_shot("cat.jpg", ["cat", "dog"])
+    probe = pw.clip.LinearProbe().fit(pw.clip.embed_images(m, train_paths), train_labels)
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .model import (
     weight_shapes,
 )
 from .preprocess import CLIP_MEAN, CLIP_STD, preprocess
+from .probe import LinearProbe, embed_images
 from .tokenizer import Tokenizer, load_tokenizer, tokenize
 
 # the towers under their other public names (the same functions)
@@ -44,5 +46,5 @@ __all__ = [
     "vision_model", "text_model", "image_features", "text_features", "similarity",
     "l2_normalize", "pool_positions", "text_forward", "vision_forward", "preprocess", "Tokenizer",
     "load_tokenizer", "tokenize", "contrastive_loss", "CLIP_MEAN", "CLIP_STD", "demo",
-    "add_run_arguments", "run_cli",
+    "add_run_arguments", "run_cli", "LinearProbe", "embed_images",
 ]
