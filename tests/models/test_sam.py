@@ -502,6 +502,58 @@ def test_predictor_matches_model_call(model, rng):
         pred.predict()
 
 
+def test_predictor_takes_segment_anything_names(model, rng):
+    """point_coords / point_labels (segment-anything's names), points / labels as aliases."""
+    img = rng.integers(0, 256, (30, 48, 3), dtype=np.uint8)
+    pred = sam.SamPredictor(model)
+    pred.set_image(img)
+    pts, labels, box = [[24, 15], [5, 5]], [1, 0], [10, 5, 40, 25]
+    new = pred.predict(point_coords=pts, point_labels=labels, box=box, return_logits=True)
+    old = pred.predict(points=pts, labels=labels, box=box, return_logits=True)
+    positional = pred.predict(pts, labels, box, None, True, True)
+    for a, b, c in zip(new, old, positional):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    other = pred.predict(point_coords=[[40, 3]], box=box, return_logits=True)
+    assert np.abs(other[0] - new[0]).max() > 0          # the points are used
+    with pytest.raises(ValueError, match="give point_coords or its older name points"):
+        pred.predict(point_coords=pts, points=pts)
+    with pytest.raises(ValueError, match="give point_labels or its older name labels"):
+        pred.predict(point_coords=pts, point_labels=labels, labels=labels)
+    with pytest.raises(ValueError, match="point_labels were given without point_coords"):
+        pred.predict(box=box, labels=labels)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        pred.predict(point_coord=pts)
+
+
+def test_predictor_predict_batch_is_one_prompt_per_row(model, rng):
+    img = rng.integers(0, 256, (30, 48, 3), dtype=np.uint8)
+    pred = sam.SamPredictor(model)
+    with pytest.raises(RuntimeError, match="set_image"):
+        pred.predict_batch([[[1, 1]]])
+    pred.set_image(img)
+    pts = np.array([[[24, 15], [5, 5]], [[40, 20], [3, 28]], [[1, 1], [47, 29]]], np.float64)
+    labels = np.array([[1, 0], [1, 1], [0, 1]])
+    masks, scores, low = pred.predict_batch(pts, labels)
+    assert masks.shape == (3, 3, 30, 48) and masks.dtype == bool
+    assert scores.shape == (3, 3) and low.shape == (3, 3, 32, 32)
+    for i in range(3):
+        m, s, lo = pred.predict(point_coords=pts[i], point_labels=labels[i])
+        # the same prompt in a batch of 3: matrix products over another batch size may sum in
+        # another order (float32 roundings of values below ~10)
+        np.testing.assert_allclose(lo, low[i], atol=1e-5)
+        np.testing.assert_allclose(s, scores[i], atol=1e-5)
+        assert (m != masks[i]).mean() < 1e-3
+    logits, _, _ = pred.predict_batch(pts[:, :1], return_logits=True)
+    assert logits.dtype == np.float32 and logits.shape == (3, 3, 30, 48)
+    with pytest.raises(ValueError, match=r"point_coords must be \[prompts, points, 2\]"):
+        pred.predict_batch(pts[0])
+    with pytest.raises(ValueError, match="one label per point"):
+        pred.predict_batch(pts, labels[:, :1])
+    with pytest.raises(ValueError, match=r"for one prompt"):
+        pred.predict(point_coords=pts)
+
+
 # ---------------------------------------------------------------------------------------------
 # profiling scopes, backends, CLI
 # ---------------------------------------------------------------------------------------------

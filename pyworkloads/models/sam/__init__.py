@@ -7,8 +7,10 @@ component has its own file, as in Meta's ``segment_anything``:
     mask_decoder.py     two-way transformer, upscaling, hypernetwork MLPs, IoU head
 
 Around them: ``preprocess.py`` (image to pixels, prompt coordinates, masks back to the image),
-``predictor.py`` (:class:`SamPredictor`), ``hf.py`` (config.json, :func:`from_pretrained`),
-``api.py`` (:class:`Sam`, input checks, :func:`from_preset`), ``cli.py`` (command-line hooks).
+``predictor.py`` (:class:`SamPredictor`), ``automatic.py`` (:func:`generate_masks` and
+:class:`SamAutomaticMaskGenerator`: masks for everything from a grid of point prompts),
+``hf.py`` (config.json, :func:`from_pretrained`), ``api.py`` (:class:`Sam`, input checks,
+:func:`from_preset`), ``cli.py`` (command-line hooks).
 
 The package exports the functions by the names of their files: ``sam.image_encoder``,
 ``sam.prompt_encoder``, ``sam.mask_decoder`` and ``sam.preprocess`` are the functions; import
@@ -17,6 +19,7 @@ from ``pyworkloads.models.sam.image_encoder`` etc. to reach the modules.
 from __future__ import annotations
 
 from .api import Sam, SamOutput, check_prompts, from_preset, init_weights
+from .automatic import SamAutomaticMaskGenerator, coco_rle, generate_masks
 from .cli import add_run_arguments, demo, run_cli
 from .hf import from_pretrained
 from .image_encoder import add_decomposed_rel_pos, get_rel_pos, window_partition, window_unpartition
@@ -50,7 +53,8 @@ from .prompt_encoder import PAD_LABEL, fourier_encode, image_positional_embeddin
 __all__ = [
     "VisionConfig", "PromptEncoderConfig", "MaskDecoderConfig", "Config", "PRESETS",
     "count_params", "weight_shapes", "init_weights", "from_pretrained", "from_preset", "Sam",
-    "SamOutput", "SamPredictor", "get_rel_pos", "preprocess", "transform_coords",
+    "SamOutput", "SamPredictor", "SamAutomaticMaskGenerator", "generate_masks", "coco_rle",
+    "get_rel_pos", "preprocess", "transform_coords",
     "postprocess_masks", "demo", "add_run_arguments", "run_cli", "IMAGE_MEAN", "IMAGE_STD",
     # the forward functions and their pieces
     "forward", "decode_prompts", "image_encoder", "prompt_encoder", "mask_decoder",
