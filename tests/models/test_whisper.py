@@ -366,10 +366,11 @@ def test_english_only_checkpoint():
 def test_unsupported_decoding_settings_warn():
     gen = W.make_generation_config(256)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        W.GenerationConfig.from_dict({**gen, "num_beams": 1, "condition_on_prev_tokens": False,
+        warnings.simplefilter("error")           # beams, thresholds, conditioning: supported
+        W.GenerationConfig.from_dict({**gen, "num_beams": 5, "condition_on_prev_tokens": True,
+                                      "no_speech_threshold": 0.6, "logprob_threshold": -1.0,
                                       "temperature": 1.0})
-    with pytest.warns(UserWarning, match="no_speech_threshold"):
-        W.GenerationConfig.from_dict({**gen, "no_speech_threshold": 0.6, "logprob_threshold": -1.0})
-    with pytest.warns(UserWarning, match="num_beams"):
-        W.GenerationConfig.from_dict({**gen, "num_beams": 5})
+    with pytest.warns(UserWarning, match="repetition_penalty"):
+        W.GenerationConfig.from_dict({**gen, "repetition_penalty": 1.2})
+    with pytest.warns(UserWarning, match="num_return_sequences"):
+        W.GenerationConfig.from_dict({**gen, "num_return_sequences": 2})

@@ -4,9 +4,11 @@ Open ``model.py`` to read the model: the architecture with its dimension glossar
 presets, the weight layout and the forward pass (:func:`encoder`, :func:`cross_attention_kv`,
 :func:`decoder`) as short pure functions.  The log-mel front end is ``pyworkloads/audio.py``.
 Around them: ``decoding.py`` (generation settings, the prompt, language detection, the logit
-rules, greedy decoding), ``transcribe.py`` (long audio, window by window, and segments),
-``hf.py`` (Hugging Face config and checkpoints), ``api.py`` (the :class:`Whisper` class) and
-``cli.py`` (the ``pyworkloads demo`` / ``run whisper`` hooks).
+rules, greedy decoding, sampling and beam search, the fallback statistics), ``transcribe.py``
+(long audio, window by window, the temperature-fallback loop, and segments), ``timing.py`` (word
+timestamps: dynamic time warping over the alignment heads' cross-attention), ``output.py`` (txt,
+srt, vtt, json and tsv files), ``hf.py`` (Hugging Face config and checkpoints), ``api.py`` (the
+:class:`Whisper` class) and ``cli.py`` (the ``pyworkloads demo`` / ``run whisper`` hooks).
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ from .model import (
     sinusoids,
     weight_shapes,
 )
+from .output import write_all, write_result
+from .timing import add_word_timestamps, token_timestamps
 from .transcribe import Segment, Transcription
 
 __all__ = [
@@ -52,5 +56,6 @@ __all__ = [
     "TO_LANGUAGE_CODE", "TASKS", "special_token_ids", "make_generation_config",
     "default_generation_config", "Segment", "Transcription", "log_mel_spectrogram", "load_audio",
     "pad_or_trim", "SAMPLE_RATE", "HOP_LENGTH", "N_FRAMES", "N_SAMPLES", "demo",
-    "add_run_arguments", "run_cli",
+    "add_run_arguments", "run_cli", "add_word_timestamps", "token_timestamps", "write_result",
+    "write_all",
 ]

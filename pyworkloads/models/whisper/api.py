@@ -100,7 +100,7 @@ class Whisper:
                                     detect=lambda: self.detect_language(input_features))
 
     # ------------------------------------------------------------------ decoding
-    def _check_generate(self, B, total, return_timestamps, max_new_tokens, max_length) -> bool:
+    def _check_generate(self, B, total, return_timestamps) -> bool:
         """Refuse settings generate() cannot honour; -> return_timestamps, resolved."""
         gc, n_win = self.generation_config, self.config.n_audio_frames
         if return_timestamps is None:
@@ -116,39 +116,59 @@ class Whisper:
         if return_timestamps and gc.no_timestamps_token_id is None:
             raise ValueError("return_timestamps=True needs "
                              "generation_config.no_timestamps_token_id")
-        if max_new_tokens is not None:
-            common.check_int(max_new_tokens, "max_new_tokens")
-        if max_length is not None:
-            common.check_int(max_length, "max_length")
         return return_timestamps
 
     def generate(self, input_features, language: str | list | None = None,
                  task: str | None = None, return_timestamps: bool | None = None,
                  max_new_tokens: int | None = None, max_length: int | None = None,
-                 return_segments: bool = False, progress: bool = False):
-        """Greedy decoding with transformers' semantics -> int64 [B, n]: each row's tokens,
+                 return_segments: bool = False, progress: bool = False, *,
+                 num_beams: int | None = None, length_penalty: float | None = None,
+                 early_stopping: bool | str | None = None,
+                 temperature: float | tuple | list | None = None,
+                 compression_ratio_threshold: float | None = None,
+                 logprob_threshold: float | None = None, no_speech_threshold: float | None = None,
+                 condition_on_prev_tokens: bool | None = None, prompt_ids=None,
+                 prompt_condition_type: str | None = None, seed: int | None = None,
+                 generator: np.random.Generator | None = None, word_timestamps: bool = False):
+        """Decoding with the semantics and argument names of transformers'
+        ``WhisperForConditionalGeneration.generate`` -> int64 [B, n]: each row's tokens,
         right-padded with pad_token_id to the longest row's n.
 
-        Like ``WhisperForConditionalGeneration.generate`` the result holds the generated tokens
-        only (no prompt, no final <|endoftext|>), with timestamp tokens when
-        ``return_timestamps=True``.  More than 3000 frames (30 s) selects long-form decoding:
-        timestamps on, windows of 30 s, each next window starting at the last complete segment.
-        ``return_segments=True`` also returns, per example, the list of segments (dicts with
-        start, end, tokens).  language=None on a multilingual checkpoint detects it; a list gives
-        one language per example.  ``max_length`` (total tokens, prompt included; default from the
-        generation config) or ``max_new_tokens`` bound each window's decoding."""
+        The result holds the generated tokens only (no prompt, no final <|endoftext|>), with
+        timestamp tokens when ``return_timestamps=True``.  More than 3000 frames (30 s) selects
+        long-form decoding: timestamps on, windows of 30 s, each next window starting at the last
+        complete segment.  ``return_segments=True`` also returns, per example, the list of
+        segments (dicts with start, end, tokens, and words with ``word_timestamps=True``).
+        language=None on a multilingual checkpoint detects it; a list gives one language per
+        example.  ``max_length`` (total tokens, prompt included; default from the generation
+        config) or ``max_new_tokens`` bound each window's decoding.
+
+        Decoding (arguments left None come from generation_config.json, then transformers'
+        defaults): greedy, or beam search with ``num_beams`` > 1 (``length_penalty``,
+        ``early_stopping``).  ``temperature``: one value or a fallback schedule such as
+        (0.0, 0.2, 0.4, 0.6, 0.8, 1.0); a window is decoded again at the next temperature when
+        its zlib compression ratio exceeds ``compression_ratio_threshold`` or its average
+        log-probability is below ``logprob_threshold``, and skipped as silence when also
+        P(<|nospeech|>) > ``no_speech_threshold``.  Temperatures > 0 sample (top_k 50 unless the
+        config says otherwise) with NumPy's generator: ``seed`` or ``generator``.
+        ``condition_on_prev_tokens`` prompts each window with the previous windows' text.
+        ``prompt_ids`` (<|startofprev|> and text tokens) go before every window's start tokens;
+        with conditioning, as the oldest part of that text (``prompt_condition_type``
+        'first-segment', the default) or before it in every window ('all-segments')."""
         feats = self._features(input_features, exact_frames=False)                # [B, Mel, frames]
         gc, B, total = self.generation_config, feats.shape[0], feats.shape[2]
-        timestamps = self._check_generate(B, total, return_timestamps, max_new_tokens,
-                                          max_length)
+        timestamps = self._check_generate(B, total, return_timestamps)
+        opts = decoding.decoding_options(
+            gc, self.config, timestamps, num_beams=num_beams, length_penalty=length_penalty,
+            early_stopping=early_stopping, temperature=temperature,
+            compression_ratio_threshold=compression_ratio_threshold,
+            logprob_threshold=logprob_threshold, no_speech_threshold=no_speech_threshold,
+            condition_on_prev_tokens=condition_on_prev_tokens, prompt_ids=prompt_ids,
+            prompt_condition_type=prompt_condition_type, seed=seed, generator=generator,
+            max_new_tokens=max_new_tokens, max_length=max_length, word_timestamps=word_timestamps)
         init = self.init_tokens(feats, language, task, timestamps)                   # [B, n_init]
-        max_pos = self.config.max_target_positions
-        if max_new_tokens is not None and max_new_tokens + init.shape[1] > max_pos:
-            raise ValueError(f"the prompt ({init.shape[1]} tokens) plus max_new_tokens "
-                             f"({max_new_tokens}) exceeds the decoder context of {max_pos} tokens")
         bar = progress_bar(total if total > self.config.n_audio_frames else None, progress)
-        segments = [decode_windows(self, feats[b:b + 1], init[b], timestamps, max_new_tokens,
-                                   max_length, bar) for b in range(B)]
+        segments = [decode_windows(self, feats[b:b + 1], init[b], opts, bar) for b in range(B)]
         if bar is not None:
             bar.close()
         rows = [[t for s in segs for t in s["tokens"]] for segs in segments]
@@ -160,13 +180,25 @@ class Whisper:
 
     # ------------------------------------------------------------------ transcription
     def transcribe(self, path_or_array, language: str | None = None, task: str | None = None,
-                   progress: bool = True) -> Transcription:
+                   progress: bool = True, **options) -> Transcription:
         """Speech -> text, any length.  path_or_array: an audio file or 16 kHz samples.
 
         Up to 30 s: one padded window.  Longer: the whole clip's log-mel is decoded window by
         window with timestamps (Whisper's sequential long-form algorithm, as transformers runs it).
-        -> ``.text``, ``.segments`` (start, end in seconds, text) and ``.language`` (a code)."""
-        return transcribe(self, path_or_array, language, task, progress)
+        -> ``.text``, ``.segments`` (start, end in seconds, text, tokens, words) and ``.language``
+        (a code).
+
+        ``options`` are :meth:`generate`'s decoding arguments, under their transformers names
+        or openai-whisper's: ``num_beams`` / ``beam_size``, ``length_penalty``, ``temperature``,
+        ``compression_ratio_threshold``, ``logprob_threshold``, ``no_speech_threshold``,
+        ``condition_on_prev_tokens`` / ``condition_on_previous_text``, ``initial_prompt`` (text,
+        tokenized with the checkpoint's tokenizer into prompt_ids), ``prompt_condition_type``,
+        ``word_timestamps`` (each segment's ``words``: word, start, end, probability) and
+        ``seed``.  Unset, they follow generation_config.json and transformers' defaults
+        (greedy, no fallback); openai-whisper's command line uses temperature
+        (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), compression_ratio_threshold 2.4, logprob_threshold -1.0,
+        no_speech_threshold 0.6 and condition_on_previous_text True."""
+        return transcribe(self, path_or_array, language, task, progress, **options)
 
     def decode(self, ids) -> str:
         """Token ids -> text with the checkpoint's tokenizer (special tokens dropped)."""

@@ -339,26 +339,40 @@ def cross_attention(x, k, v, weights, name: str, heads: int):
         return attention(x, k, v, weights, name, heads)                             # [B, T, D]
 
 
-def decoder_block(x, cross_kv, weights, name: str, config: Config,
-                  cache: KVCache | None = None, layer: int = 0):
+def cross_attention_map(x, k, weights, name: str, heads: int, select: list[int]):
+    """Where the text looks in the audio (word timestamps follow it): softmax(q kᵀ / √Dh) of
+    heads ``select`` of cross-attention ``name``.  x [B, T, D], k [B, H, S, Dh] -> [B, n, T, S]."""
+    q = split_heads(common.linear(x, weights, f"{name}.q_proj"), heads)[:, select]  # [B, n, T, Dh]
+    scores = kernels.matmul(q, k[:, select].transpose(0, 1, 3, 2))                 # [B, n, T, S]
+    return ops.softmax(scores / np.float32(math.sqrt(q.shape[-1])), axis=-1)        # [B, n, T, S]
+
+
+def decoder_block(x, cross_kv, weights, name: str, config: Config, cache: KVCache | None = None,
+                  layer: int = 0, maps: list | None = None, map_heads: list[int] = ()):
     """Pre-LN decoder block: causal self-attention (through the KV cache), cross-attention to
-    the audio, MLP, each added to the residual.  x [B, T, D] -> [B, T, D]."""
+    the audio, MLP, each added to the residual.  x [B, T, D] -> [B, T, D]; the cross-attention
+    maps of heads ``map_heads`` [B, n, T, S] are appended to ``maps``."""
     H, act = config.decoder_attention_heads, ops.ACTIVATIONS[config.activation_function]
     with kernels.scope(name):
         h = common.layer_norm(x, weights, f"{name}.self_attn_layer_norm", LN_EPS)   # [B, T, D]
         x = x + self_attention(h, weights, f"{name}.self_attn", H, causal=True,
                                cache=cache, layer=layer)                            # [B, T, D]
         h = common.layer_norm(x, weights, f"{name}.encoder_attn_layer_norm", LN_EPS)
+        if map_heads:
+            maps.append(cross_attention_map(h, cross_kv[0], weights, f"{name}.encoder_attn",
+                                            H, list(map_heads)))                    # [B, n, T, S]
         x = x + cross_attention(h, *cross_kv, weights, f"{name}.encoder_attn", H)   # [B, T, D]
         h = common.layer_norm(x, weights, f"{name}.final_layer_norm", LN_EPS)       # [B, T, D]
         return x + mlp(h, weights, name, act)                                       # [B, T, D]
 
 
 def decoder(input_ids, cross_kv, weights, config: Config, cache: KVCache | None = None,
-            last_only: bool = False):
+            last_only: bool = False, attention_heads: list | None = None):
     """The text decoder.  input_ids int [B, T] (the tokens after the Tc already in ``cache``),
     cross_kv from :func:`cross_attention_kv` -> logits float32 [B, T, V], or [B, 1, V] for the
-    last position with ``last_only`` (all that greedy decoding needs).  Advances ``cache`` by T."""
+    last position with ``last_only`` (all that greedy decoding needs).  Advances ``cache`` by T.
+    ``attention_heads``, (layer, head) pairs: also their cross-attention maps, pairs sorted ->
+    (logits, maps [B, n, T, S])."""
     B, T = input_ids.shape
     Tc = 0 if cache is None else cache.length
     if cache is not None:
@@ -367,9 +381,14 @@ def decoder(input_ids, cross_kv, weights, config: Config, cache: KVCache | None 
         raise ValueError(f"decoder input of {Tc + T} tokens exceeds max_target_positions "
                          f"({config.max_target_positions})")
     x = decoder_embed(input_ids, weights, Tc)                                       # [B, T, D]
-    for i in range(config.decoder_layers):
+    pairs, maps = sorted(tuple(p) for p in attention_heads or ()), []     # (layer, head)
+    L, H = config.decoder_layers, config.decoder_attention_heads
+    ok = bool(pairs) and all(0 <= i < L and 0 <= h < H for i, h in pairs)
+    if attention_heads is not None and not ok:
+        raise ValueError(f"attention_heads: (layer < {L}, head < {H}) pairs, not {attention_heads}")
+    for i in range(L):
         x = decoder_block(x, cross_kv[i], weights, f"model.decoder.layers.{i}", config,
-                          cache, i)                                                 # [B, T, D]
+                          cache, i, maps, [h for layer, h in pairs if layer == i])  # [B, T, D]
     if cache is not None:
         cache.advance(T)
     if last_only:
@@ -377,4 +396,5 @@ def decoder(input_ids, cross_kv, weights, config: Config, cache: KVCache | None 
     x = common.layer_norm(x, weights, "model.decoder.layer_norm", LN_EPS)           # [B, T|1, D]
     out = "model.decoder.embed_tokens" if config.tie_word_embeddings else "proj_out"
     with kernels.scope("proj_out"):
-        return common.linear(x, weights, out)                                       # [B, T|1, V]
+        logits = common.linear(x, weights, out)                                     # [B, T|1, V]
+    return logits if attention_heads is None else (logits, np.concatenate(maps, axis=1))
