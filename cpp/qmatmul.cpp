@@ -327,33 +327,9 @@ struct Q4_K {
     }
 #endif
 #if defined(PYW_SIMD_INT8_512)
-    // The AVX-512 pair path (row_dot_i8_512): the 32 bytes of chunk c hold sub-blocks 2c (low
-    // nibbles) and 2c + 1 (high), a pair already: one broadcast load fills both halves of a
-    // register, the high half shifted by 4; each half's scale and min spread over its eight lanes.
-    static constexpr bool PAIRS = true;
-    static constexpr int X_OFF2 = 0;
-    static constexpr bool MIN2 = true;
-    template <int MM, int C>
-    static void dot_i8_512(const uint8_t* b, const XQ& x, int64_t u, vf16 (*acc)[MM]) {
-        alignas(32) float t[16];
-        scales(b, t);
-        const vf16 sc = _mm512_castps256_ps512(vload8(t)), mn = _mm512_castps256_ps512(vload8(t + 8));
-        const __m512i half = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-            const vb2 q = _mm512_and_si512(_mm512_srlv_epi64(_mm512_broadcast_i64x4(vb_load(b + 16 + 32 * c)),
-                                                             _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4)),
-                                           _mm512_set1_epi8(15));
-            const __m512i idx = _mm512_add_epi32(half, _mm512_set1_epi32(2 * c));
-            const vf16 s = _mm512_permutexvar_ps(idx, sc), mi = _mm512_permutexvar_ps(idx, mn);
-#pragma GCC unroll 8
-            for (int m = 0; m < MM; ++m) {
-                const vb2 i = vsum_pairs2(vmaddubs2(q, x.qv2(m, u + 2 * c)));
-                acc[c % C][m] = vfma16(vcvt16(i), _mm512_mul_ps(s, x.dl2(m, u + 2 * c)), acc[c % C][m]);
-                acc[c % C][m] = vfma16(x.sl2(m, u + 2 * c), mi, acc[c % C][m]);
-            }
-        }
-    }
+    // No pair path: the chunks are pairs of units already, but spreading each unit's scale and min
+    // over its lanes cost as much as the pairing saved (measured: the same ns per weight).
+    static constexpr bool PAIRS = false;
 #endif
 };
 
@@ -411,11 +387,6 @@ struct Q6_K {
     // (|63·127·2 − 32·(−127)·2| < 32767), the int8 group scales applied in the int16 -> int32 step
     // (vpmaddwd by [scales[2u] x 8, scales[2u+1] x 8]), one float FMA per unit, two chains as Q4_K's.
     static constexpr int X_OFF = 32;
-#if defined(PYW_SIMD_INT8_512)
-    static constexpr bool PAIRS = false;
-    static constexpr int X_OFF2 = 0;
-    static constexpr bool MIN2 = false;
-#endif
     template <int MM>
     static void dot_i8(const uint8_t* b, const XQ& x, int64_t u, vf8* acc) {
         const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192));
@@ -447,6 +418,46 @@ struct Q6_K {
         }
 #pragma GCC unroll 8
         for (int m = 0; m < MM; ++m) acc[m] = vadd8(acc[m], vadd8(part[0][m], part[1][m]));
+    }
+#endif
+#if defined(PYW_SIMD_INT8_512)
+    // The AVX-512 pair path (row_dot_i8_512): the 64 bytes ql[64h..] in one register give units
+    // 4h and 4h + 1 their low four bits (low nibbles) and units 4h + 2, 4h + 3 theirs (high
+    // nibbles); qh's 32 bytes, copied into both halves, give the top two bits with a different
+    // shift per half.  A pair's four group scales are spread over its 32 int16 lanes.
+    static constexpr bool PAIRS = true;
+    static constexpr int X_OFF2 = 0;
+    static constexpr bool MIN2 = false;
+    template <int MM, int C>
+    static void dot_i8_512(const uint8_t* b, const XQ& x, int64_t u, vf16 (*acc)[MM]) {
+        const vf16 d = _mm512_set1_ps(f16(b + 208));
+        const __m256i sc = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)));
+        const vb2 m15 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+        auto pair = [&](int j, vb2 q) {              // units 2j, 2j + 1: groups 4j .. 4j + 3
+            const uint64_t g = 0x0101010101010101ull * uint64_t(4 * j);
+            const vb2 s16 = _mm512_cvtepi8_epi16(_mm256_shuffle_epi8(
+                sc, _mm256_setr_epi64x(int64_t(g), int64_t(g + 0x0101010101010101ull),
+                                       int64_t(g + 0x0202020202020202ull), int64_t(g + 0x0303030303030303ull))));
+#pragma GCC unroll 8
+            for (int m = 0; m < MM; ++m) {
+                const vb2 p =
+                    _mm512_sub_epi16(vmaddubs2(q, x.qv2(m, u + 2 * j)), vb2_load(x.p + (m * x.nb + u + 2 * j) * 16));
+                acc[j % C][m] =
+                    vfma16(vcvt16(_mm512_madd_epi16(p, s16)), _mm512_mul_ps(d, x.dl2(m, u + 2 * j)), acc[j % C][m]);
+            }
+        };
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const vb2 ac = vb2_load(b + 64 * h);
+            const vb2 hb = _mm512_broadcast_i64x4(vb_load(b + 128 + 32 * h));
+            pair(2 * h, _mm512_or_si512(
+                            _mm512_and_si512(ac, m15),
+                            _mm512_and_si512(_mm512_sllv_epi64(hb, _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2)), m30)));
+            pair(2 * h + 1,
+                 _mm512_or_si512(
+                     _mm512_and_si512(_mm512_srli_epi16(ac, 4), m15),
+                     _mm512_and_si512(_mm512_srlv_epi64(hb, _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2)), m30)));
+        }
     }
 #endif
 };
@@ -628,8 +639,8 @@ void pack_quantized(const void* ctx, int64_t pc, int64_t kc, int64_t jc, int64_t
 // a K-quant block, or eight 32-weight blocks whose fp16 scales are converted by one instruction and
 // multiplied by the eight dx together (one at a time, the scalar conversions cost as much as the
 // integer dot products).  The registers are 256 bits, one 32-weight unit each -- on the AVX2 build.
-// The AVX-512 build puts two units in each 512-bit register (row_dot_i8_512, for every format but
-// Q6_K): the per-lane x-side terms it needs (dx, the offsets, the min sums) are laid out by the
+// The AVX-512 build puts two units in each 512-bit register (row_dot_i8_512, all
+// formats but Q4_K): the per-lane x-side terms it needs (dx, the offsets, the min sums) are laid out by the
 // quantization of x, so the loop only loads them.
 //
 // Accuracy: x is replaced by x̃ = dx·qx with |x − x̃| <= dx/2 per element (round to nearest, plus
