@@ -26,9 +26,13 @@ from .hardware import (
                        load_devices,
                        with_profile,
 )
+from .serving import ServeResult, serve, sweep, zero_load
+from .training import TrainReport, train
 from .validate import Validation, validate, validate_bench
 
 __all__ = ["analyze", "Report", "Layer", "Precision", "SCHEMA", "Device", "get_device", "devices",
            "load_devices", "add_devices_file", "cpu_device", "presets", "resolve_model", "MODELS",
            "PHASES", "calibrate", "Profile", "load_profile", "profile_from_bench", "validate",
-           "validate_bench", "Validation", "with_profile"]
+           "validate_bench", "Validation", "with_profile",
+           "serve", "sweep", "zero_load", "ServeResult",
+           "train", "TrainReport"]

@@ -114,6 +114,12 @@ class Report:
         from .report import to_markdown
         return to_markdown(self, per_layer)
 
+    def to_html(self) -> str:
+        """The report as one self-contained HTML page (plotly: ``pip install
+        "pyworkloads[html]"``)."""
+        from .report import to_html
+        return to_html(self)
+
     def to_table(self, per_layer: bool = False, width: int = 132) -> str:
         from .report import to_table
         return to_table(self, per_layer, width)

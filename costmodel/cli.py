@@ -14,6 +14,7 @@ exceptions); ``PYWORKLOADS_DEBUG=1`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ from .gguf import MIXES
 from .graph import WEIGHT_DTYPES
 from .report import fmt_bytes, fmt_time
 
-FORMATS = ("table", "md", "csv", "json")
+FORMATS = ("table", "md", "csv", "json", "html")   # html: one self-contained page (plotly)
 DTYPES = WEIGHT_DTYPES          # fp32 .. int4, llama.cpp's q8_0 .. q6_k and its q4_k_m recipe
 QUANTIZE = llama2.QUANTIZE     # the formats the engine quantizes LLaMA's weights to
 
@@ -157,8 +158,61 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="one model on several devices, side by side")
     _workload_args(c)
     c.add_argument("--devices", required=True, help="comma-separated device names")
-    c.add_argument("--format", choices=("table", "md", "json"), default="table")
+    c.add_argument("--format", choices=("table", "md", "json", "html"), default="table")
+    c.add_argument("-o", "--output", help="write to this file instead of stdout")
+    _serve_args(sub)
+    _train_args(sub)
     return p
+
+
+def _serve_args(sub):
+    """``costmodel serve``: continuous batching over a paged KV cache (costmodel.serving)."""
+    s = sub.add_parser("serve", help="simulate serving a decoder: TTFT, TPOT, throughput "
+                                     "(continuous batching, paged KV cache)")
+    s.add_argument("model", help="a llama2 or whisper preset, e.g. llama2-7b, whisper-large-v3")
+    s.add_argument("--device", required=True)
+    s.add_argument("--rate", type=float, default=1.0, help="arrival rate, requests/s (Poisson)")
+    s.add_argument("--rates", help="comma-separated arrival rates: a throughput-latency curve")
+    s.add_argument("--prompt-len", default="512",
+                   help="N, uniform:LO:HI, lognormal:MEDIAN:SIGMA or samples:A,B,C")
+    s.add_argument("--output-len", default="128", help="as --prompt-len")
+    s.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals")
+    s.add_argument("--num-requests", type=int, default=None,
+                   help="cap the requests (with --rate inf: all at t = 0)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dtype", default=None, choices=DTYPES)
+    s.add_argument("--tp", type=int, default=1)
+    s.add_argument("--max-batch", type=int, default=None)
+    s.add_argument("--block-size", type=int, default=16)
+    s.add_argument("--chunked-prefill", type=int, default=None, metavar="TOKENS",
+                   help="token budget per iteration (decode tokens first, then prompt chunks)")
+    s.add_argument("--memory-fraction", type=float, default=0.9)
+    s.add_argument("--csv", metavar="FILE", help="write the curve (one row per rate) as CSV")
+    s.add_argument("--plot", metavar="FILE", help="PNG of throughput vs TTFT/TPOT p50/p99")
+
+
+def _cmd_serve(a) -> int:
+    from . import serving
+    for path in (a.csv, a.plot):
+        _check_output(path)
+    rates = [float(r) for r in a.rates.split(",") if r.strip()] if a.rates else [a.rate]
+    kw = dict(prompt_len=serving.parse_length(a.prompt_len),
+              output_len=serving.parse_length(a.output_len), duration=a.duration,
+              num_requests=a.num_requests, seed=a.seed, dtype=a.dtype, tp=a.tp,
+              max_batch=a.max_batch, block_size=a.block_size, chunked_prefill=a.chunked_prefill,
+              memory_fraction=a.memory_fraction)
+    results = serving.sweep(a.model, rates, device=a.device, **kw)
+    if len(results) == 1:
+        print(results[0].to_table())
+    else:
+        print(results[0].to_table().splitlines()[0].split(": ")[0] + ", seed "
+              f"{a.seed}, {a.duration:g} s of arrivals per rate")
+        print(serving.curve_table(results))
+    if a.csv:
+        _emit(serving.curve_csv(results), a.csv)
+    if a.plot:
+        print(f"wrote {serving.plot_curve(results, a.plot)}", file=sys.stderr)
+    return 0
 
 
 def _emit(text: str, path: str | None):
@@ -237,10 +291,21 @@ def _cmd_validate(a) -> int:
 
 
 def _cmd_compare(a) -> int:
+    _check_output(a.output)
+    if a.output and a.format != "html":           # the text formats print: into the file
+        out, a.output = a.output, None
+        with open(out, "w") as f, contextlib.redirect_stdout(f):
+            rc = _cmd_compare(a)
+        print(f"wrote {out}", file=sys.stderr)
+        return rc
     names = [n for n in a.devices.split(",") if n.strip()]
     if not names:
         raise ValueError("--devices needs at least one device name")
     reps = [_analyze(a, n.strip()) for n in names]
+    if a.format == "html":
+        from .html import compare_html
+        _emit(compare_html(reps), a.output)
+        return 0
     keys = [k for k in reps[0].summary if k not in ("memory_bytes", "device_memory_bytes")]
     if a.format == "json":
         print(json.dumps({r.device.key: {"summary": r.summary, "total": r.total} for r in reps},
@@ -295,6 +360,50 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
+def _train_args(sub):
+    """``costmodel train``: one training step and a whole run (costmodel.training)."""
+    t = sub.add_parser("train", help="training cost: FLOPs, memory per GPU, time per step, MFU, "
+                                     "and a run's GPU-hours and energy")
+    t.add_argument("model", help="a preset name, e.g. llama2-7b, clip-vit-l-14, sam-vit-h")
+    t.add_argument("--device", required=True)
+    t.add_argument("--batch", type=int, default=1,
+                   help="global batch: sequences, image-text pairs or images per step")
+    t.add_argument("--seq-len", type=int, default=None, help="tokens per sequence")
+    t.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    t.add_argument("--optimizer", default="adamw", choices=("adamw", "adam", "sgd"))
+    t.add_argument("--zero", type=int, default=0, help="ZeRO stage 0..3")
+    for par in ("dp", "tp", "pp"):
+        t.add_argument(f"--{par}", type=int, default=1)
+    t.add_argument("--microbatches", type=int, default=None)
+    t.add_argument("--recompute", default="none", choices=("none", "selective", "full"))
+    t.add_argument("--lora-rank", type=int, default=None)
+    t.add_argument("--lora-targets", default="q_proj,v_proj")
+    t.add_argument("--freeze", default="", help="comma-separated module prefixes, e.g. "
+                                                "image_encoder")
+    t.add_argument("--prompts", type=int, default=None, help="SAM: prompts per image")
+    t.add_argument("--tokens", type=float, default=None, help="a run of this many tokens")
+    t.add_argument("--samples", type=float, default=None,
+                   help="a run of this many sequences / pairs / images")
+
+
+def _cmd_train(a) -> int:
+    from .training import train
+    extra = {"prompts": a.prompts} if a.prompts is not None else {}
+    rep = train(a.model, a.device, batch=a.batch, seq_len=a.seq_len, dtype=a.dtype,
+                optimizer=a.optimizer, zero_stage=a.zero, dp=a.dp, tp=a.tp, pp=a.pp,
+                microbatches=a.microbatches, recompute=a.recompute, lora_rank=a.lora_rank,
+                lora_targets=tuple(x for x in a.lora_targets.split(",") if x),
+                freeze=tuple(x for x in a.freeze.split(",") if x), **extra)
+    print(rep.to_table())
+    if a.tokens is not None or a.samples is not None:
+        s = rep.summary(tokens=a.tokens, samples=a.samples)
+        energy = (f"{s['energy_kwh']:,.0f} kWh at {rep.device.tdp:.0f} W per GPU"
+                  if s["energy_kwh"] is not None else "energy: the device has no tdp_w")
+        print(f"  run             {s['steps']:,} steps, {s['wall_days']:,.2f} days on "
+              f"{s['gpus']} GPUs, {s['gpu_hours']:,.0f} GPU-hours, {energy}, MFU {s['mfu']:.1%}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     try:
@@ -309,6 +418,10 @@ def main(argv=None) -> int:
             return _cmd_validate(a)
         if a.command == "compare":
             return _cmd_compare(a)
+        if a.command == "serve":
+            return _cmd_serve(a)
+        if a.command == "train":
+            return _cmd_train(a)
         _check_output(a.output)
         rep = _analyze(a, a.device)
         if a.command == "plot":
@@ -318,7 +431,7 @@ def main(argv=None) -> int:
             return 0
         text = {"table": lambda: rep.to_table(a.per_layer),
                 "md": lambda: rep.to_markdown(a.per_layer),
-                "csv": rep.to_csv, "json": rep.to_json}[a.format]()
+                "csv": rep.to_csv, "json": rep.to_json, "html": rep.to_html}[a.format]()
         _emit(text, a.output)
         return 0
     except _Usage as exc:
@@ -334,6 +447,8 @@ def main(argv=None) -> int:
             raise
         if isinstance(exc, (ValueError, TypeError, KeyError)):
             return _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc), 2)
+        if isinstance(exc, ImportError) and exc.name == "plotly":   # its message names the extra
+            return _fail(str(exc), 1)
         if isinstance(exc, ImportError):
             return _fail(f"{exc} (plots need matplotlib: pip install matplotlib)", 1)
         if isinstance(exc, OSError):

@@ -36,7 +36,7 @@ PEAK_FIELDS = {"fp64": "fp64_tflops", "fp32": "fp32_tflops", "tf32": "tf32_tflop
                "int8": "int8_tops"}
 NUMERIC_FIELDS = tuple(PEAK_FIELDS.values()) + ("memory_gb", "bandwidth_gbps", "l2_mb",
                                                 "interconnect_gbps", "fp32_per_sm_clock",
-                                                "sfu_per_sm_clock", "link_latency_us")
+                                                "sfu_per_sm_clock", "link_latency_us", "tdp_w")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Device:
     profile: object = None             # a calibration.Profile: measured efficiencies -> t_pred
     special_rate: float | None = None  # exponentials etc. per second on special-function units
     link_latency: float | None = None  # seconds per step of a collective (the α of α-β)
+    tdp: float | None = None           # W: the board's maximum power (TDP / board power)
 
     def peak(self, dtype: str) -> float:
         """Dense FLOP/s of matrix products in ``dtype`` (fp32 = without TF32, the PyTorch
@@ -85,6 +86,7 @@ class Device:
                 "bandwidth_Bps": self.bandwidth, "memory_bytes": self.memory, "l2_bytes": self.l2,
                 "interconnect_Bps_per_direction": self.interconnect,
                 "special_function_rate": self.special_rate, "link_latency_s": self.link_latency,
+                "tdp_w": self.tdp,
                 "sources": dict(self.sources)}
 
 
@@ -111,7 +113,8 @@ def _device_from_entry(key: str, e: dict, refs: dict) -> Device:
         special_rate=(float(e["fp32_tflops"]) * 1e12 * e["sfu_per_sm_clock"]
                       / (2 * e["fp32_per_sm_clock"])
                       if "sfu_per_sm_clock" in e and "fp32_per_sm_clock" in e else None),
-        link_latency=float(e["link_latency_us"]) * 1e-6 if "link_latency_us" in e else None)
+        link_latency=float(e["link_latency_us"]) * 1e-6 if "link_latency_us" in e else None,
+        tdp=float(e["tdp_w"]) if "tdp_w" in e else None)
 
 
 def load_devices(path: str | os.PathLike) -> dict[str, Device]:

@@ -10,8 +10,8 @@ import math
 
 from .graph import COUNT_FIELDS, SCHEMA, TIME_FIELDS
 
-__all__ = ["to_json", "to_csv", "to_markdown", "to_table", "grouped", "fmt_time", "fmt_bytes",
-           "fmt_summary"]
+__all__ = ["to_json", "to_csv", "to_markdown", "to_table", "to_html", "grouped", "fmt_time",
+           "fmt_bytes", "fmt_summary"]
 
 
 def _jsonable(v):
@@ -43,6 +43,13 @@ def to_csv(rep) -> str:
     for r in rep.layers:
         w.writerow([getattr(r, f) for f in SCHEMA])
     return buf.getvalue()
+
+
+def to_html(rep) -> str:
+    """One self-contained, offline HTML page: interactive roofline, time breakdown, sortable
+    layer table and summary (``costmodel.html``; needs plotly: pip install "pyworkloads[html]")."""
+    from .html import report_html
+    return report_html(rep)
 
 
 def fmt_time(s) -> str:
