@@ -93,6 +93,7 @@ class _Converter:
     def __init__(self, gb: GraphBuilder, tp: TensorParallel):
         self.gb, self.tp = gb, tp
         self.gemms: dict[str, tuple] = {}          # weight module -> (GEMM record, parallel)
+        self.gemm_inputs: set[int] = set()         # id() of the activations GEMMs have read
         self.elementwise: dict[str, dict] = {}     # scope -> running sums
 
     def matmul(self, r: TraceRecord) -> None:
@@ -116,6 +117,11 @@ class _Converter:
                                   act_in_elems=_elems(x), act_out_elems=out.size, parallel=parallel,
                                   tensor=w.source.name)
         self.gemms[name] = (rec, parallel)
+        if isinstance(x, Traced):                      # q/k/v (gate/up) read one tensor
+            data = id(x if x.base is None else x.base)  # views of it (reshapes) included
+            if data in self.gemm_inputs:
+                rec.bytes_act_transient = rec.bytes_act_in
+            self.gemm_inputs.add(data)
 
     def attention(self, r: TraceRecord) -> None:
         q, k, v, bias = r.inputs[0], r.inputs[1], r.inputs[2], r.inputs[3]
@@ -157,7 +163,7 @@ class _Converter:
         acc = self.elementwise.get(r.scope)
         if acc is None:
             acc = self.elementwise[r.scope] = dict(flops=0, weights=0, act_in=0, act_out=0, what={},
-                elems=0, calls=0, work={})
+                elems=0, calls=0, work={}, kept=0)
             self.gb.layers.append(None)                # placeholder, filled in at the end
             acc["slot"] = len(self.gb.layers) - 1
         acc["flops"] += r.flops
@@ -167,11 +173,13 @@ class _Converter:
         w = acc["work"].setdefault(r.what, [0, 0, 0])
         for i, v in enumerate((1, *_ufunc_work(ins, r.output))):
             w[i] += v
+        acts = [x for x in ins if not _weight(x)]
         for x in ins:
             if _weight(x):
                 acc["weights"] += x.unique
             else:
                 acc["act_in"] += x.unique
+        acc["kept"] += _kept_by_backward(r.what, acts, r.output)
         if r.output is not None:
             acc["act_out"] += r.output.size
 
@@ -188,7 +196,29 @@ class _Converter:
                                        weight_elems=acc["weights"],
                                        act_in_elems=acc["act_in"] // split,
                                        act_out_elems=acc["act_out"] // split, at=acc["slot"],
-                                       calls=acc["calls"], work=work)
+                                       calls=acc["calls"], work=work,
+                                       kept_elems=acc["kept"] // split)
+
+
+# NumPy calls whose gradient needs none of their inputs (sums, differences, copies) or, applied to
+# one activation, only their output (an exponential's or a logistic's derivative is its value)
+_KEEP_NOTHING = frozenset(("add", "subtract", "negative", "positive", "concatenate", "copy",
+                           "reshape copy", "stack", "where", "take", "transpose copy"))
+_KEEP_OUTPUT = frozenset(("exp", "expit", "tanh", "sqrt"))
+
+
+def _kept_by_backward(what: str, acts: list[Traced], out: Traced | None) -> int:
+    """Elements of one NumPy call's activations that a backward pass keeps, as autograd does: none
+    for sums and copies; for a product or quotient both operands when both are activations,
+    none when the other operand is a constant (the constant is kept); the output of an
+    exponential-like function; otherwise (not classified) every activation input."""
+    if what in _KEEP_NOTHING:
+        return 0
+    if what in ("multiply", "divide", "true_divide"):
+        return sum(x.unique for x in acts) if len(acts) >= 2 else 0
+    if what in _KEEP_OUTPUT and out is not None:
+        return out.size
+    return sum(x.unique for x in acts)
 
 
 def _ufunc_work(ins: list[Traced], out: Traced | None) -> tuple[int, int]:

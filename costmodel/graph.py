@@ -83,6 +83,10 @@ class Layer:
                               # "name:calls:elements:loops ..." (one step's, for summed steps)
     weights_dtype: str = ""   # extension: the storage dtype of the weights a GEMM or table
                               # lookup reads ("q4_0": a qmatmul in the engine); "" without any
+    bytes_act_transient: float = 0  # extension: the part of bytes_act_in a backward pass need
+                              # not keep from this record: a tensor an earlier GEMM kept (q/k/v's
+                              # shared input), the inputs of additions, of copies and of products
+                              # with a constant (autograd keeps the constant)
 
     @property
     def bytes(self) -> float:
@@ -102,7 +106,7 @@ class Layer:
 SCHEMA = tuple(f.name for f in fields(Layer))
 COUNT_FIELDS = ("macs", "flops", "flops_dense", "flops_vector", "bytes_weights", "bytes_act_in",
                 "bytes_act_out", "bytes_kv_read", "bytes_kv_write", "bytes_comm", "calls",
-                "bytes_unfused", "flops_special")
+                "bytes_unfused", "flops_special", "bytes_act_transient")
 TIME_FIELDS = ("t_compute", "t_memory", "t_lower", "t_upper", "t_comm", "t_pred")
 
 
@@ -464,7 +468,8 @@ class GraphBuilder:
 
     def elementwise_record(self, name: str, flops: int, what: str, shape: str,
                            weight_elems: int = 0, act_in_elems: int = 0, act_out_elems: int = 0,
-                           at: int | None = None, calls: int = 1, work: str = "") -> Layer:
+                           at: int | None = None, calls: int = 1, work: str = "",
+                           kept_elems: int | None = None) -> Layer:
         """Elementwise work outside the kernels (residual adds, RoPE, activations, scaling):
         fused into a neighbouring kernel by default, so only the weights it reads (a position
         table) cost traffic; ``fuse_elementwise=False`` charges every read and write."""
@@ -475,7 +480,8 @@ class GraphBuilder:
                          bytes_act_in=0 if self.fuse else act_in_elems * a,
                          bytes_act_out=0 if self.fuse else act_out_elems * a, calls=calls,
                          bytes_unfused=(weight_elems + act_in_elems + act_out_elems) * a,
-                         work=work)
+                         work=work, bytes_act_transient=0 if self.fuse or kept_elems is None
+                         else (act_in_elems - kept_elems) * a)
 
     def gelu(self, name: str, elems: int, sharded: bool = False) -> Layer:
         """The dispatched GELU kernel over ``elems`` elements (1/tp of them when the activations

@@ -241,20 +241,22 @@ def activation_bytes(layers: list[Layer], plan, recompute: str, unfused: bool = 
     Their count for a GPT layer of s tokens, micro-batch b, width h, a heads (16-bit, dropout):
     s·b·h·(34 + 5·a·s/h) bytes without recomputation, s·b·h·34 with selective recomputation (the
     5·a·s²·b of QKᵀ, softmax and dropout mask gone), 2·s·b·h with full recomputation (the layer's
-    input only).  Here every record with a backward keeps the inputs it read (``bytes_act_in``
-    of the unfused records: a GEMM's X for its wgrad, a norm's input, attention's Q, K, V and --
-    unfused attention -- its score and probability matrices S and P, 2·2·a·s²·b bytes; flash
-    attention keeps none, it recomputes them), which gives each family's own coefficient in place
-    of the 34 (SwiGLU keeps gate and up outputs: LLaMA's is larger).  "selective" drops S and P;
-    "full" keeps the input of each transformer layer (the first record of ``…layers.<i>``) plus,
-    during the backward, one layer's full set while it is recomputed."""
+    input only).  Here every record with a backward keeps the inputs it read that autograd would
+    keep (``bytes_act_in − bytes_act_transient`` of the unfused records: a GEMM's X for its
+    wgrad, once when several GEMMs read it, a norm's input, attention's Q, K, V and -- unfused
+    attention -- its score and probability matrices S and P, 2·2·a·s²·b bytes (flash attention
+    keeps none, it recomputes them), the operands of products of two activations, nothing of
+    additions, copies and products with a constant), which gives each family's own coefficient
+    in place of the 34 (SwiGLU keeps gate and up outputs: LLaMA's is larger).  "selective" drops
+    S and P; "full" keeps the input of each transformer layer (the first record of
+    ``…layers.<i>``) plus, during the backward, one layer's full set while it is recomputed."""
     blocks: dict[str, float] = {}
     first: dict[str, float] = {}
     outside = 0.0
     for r, (dgrad, wgrad) in zip(layers, plan):
         if not (dgrad or wgrad) or r.op == "allreduce":
             continue
-        kept = r.bytes_act_in
+        kept = r.bytes_act_in - r.bytes_act_transient   # less what autograd would not keep
         if r.op == "attention" and unfused and recompute != "none":
             # unfused attention reads S and P, one element per score (flops_special) each
             kept -= 2 * r.flops_special * DTYPE_BYTES[r.dtype]

@@ -149,6 +149,7 @@ class Traced:
         self.source = source
         self.origin = origin              # the weight rows were gathered from (names the use)
         self.contig = contig              # C-contiguous, as NumPy would lay the array out
+        self.base: Traced | None = None   # the array this is a view of (views share its data)
         size = self.size
         self.unique = size if unique is None else min(int(unique), size)
 
@@ -224,8 +225,10 @@ class Traced:
 
     # -- views: same data, new shape --------------------------------------------------------
     def _view(self, shape, unique: int | None = None, contig: bool | None = None) -> "Traced":
-        return Traced(shape, self.dtype, self.source, self.unique if unique is None else unique,
-                      self.origin, self.contig if contig is None else contig)
+        out = Traced(shape, self.dtype, self.source, self.unique if unique is None else unique,
+                     self.origin, self.contig if contig is None else contig)
+        out.base = self.base if self.base is not None else self
+        return out
 
     def reshape(self, *shape, order="C") -> "Traced":
         """A view of a contiguous array; NumPy copies a strided one (recorded)."""

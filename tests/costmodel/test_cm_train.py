@@ -3,6 +3,7 @@ transformers twins, recomputation, LoRA, the memory formulas (ZeRO, Korthikanti)
 arguments."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -94,6 +95,48 @@ def _attention_fwd(t) -> int:
     micro = sum(r.flops_dense for r in t.layers
                 if r.phase not in ("backward", "recompute") and r.op == "attention")
     return micro * t.options["microbatches"]
+
+
+def test_activations_keep_a_tensor_several_gemms_read_once():
+    """q/k/v read one normalised tensor, gate/up another: the activation memory counts each once
+    (the engine marks the later readers' input as shared), o_proj and down_proj read their own."""
+    cfg = pw.llama2.PRESETS["llama2-tiny"]
+    rep = cm.analyze(cfg, device="h100-sxm", phase="prefill", seq_len=16, dtype="fp32")
+    shared = {r.name.split(".", 3)[-1]: r.bytes_act_transient for r in rep.layers
+              if r.name.startswith("model.layers.0.") and r.op == "matmul"}
+    x = 16 * cfg.hidden_size * 4
+    assert shared == {"self_attn.q_proj": 0, "self_attn.k_proj": x, "self_attn.v_proj": x,
+                      "self_attn.o_proj": 0, "mlp.gate_proj": 0, "mlp.up_proj": x,
+                      "mlp.down_proj": 0}
+    t = cm.train(cfg, "h100-sxm", batch=1, seq_len=16, dtype="fp32")
+    kept = cm.training.activation_bytes(rep.layers, [(True, True)] * len(rep.layers), "none")
+    assert kept == sum(r.bytes_act_in - r.bytes_act_transient for r in rep.layers
+                       if r.op != "allreduce")
+    assert t.memory["activations"] > 0
+
+
+def test_activation_memory_against_what_autograd_saves():
+    """The activation bytes of a LLaMA step against the tensors PyTorch's autograd saves for the
+    backward of the transformers twin (fp32, SDPA attention; unique storages, parameters
+    excluded).  autograd also keeps the loss's logits and the attention kernel's log-sum-exp,
+    which the estimate leaves out: within 15 % below, never above by more than 5 %."""
+    torch, tf = require_transformers()
+    cfg = dataclasses.replace(pw.llama2.PRESETS["llama2-tiny"], vocab_size=128)   # small logits
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(**cfg.to_hf(), attn_implementation="sdpa"))
+    s = 64
+    ids = torch.randint(0, cfg.vocab_size, (1, s))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        key = t.untyped_storage().data_ptr()
+        if key not in params:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    ours = cm.train(cfg, "h100-sxm", batch=1, seq_len=s, dtype="fp32").memory["activations"]
+    assert 0.85 < ours / sum(saved.values()) < 1.05
 
 
 def test_recompute_adds_exactly_the_forward_it_repeats():
