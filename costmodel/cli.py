@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--repeats", type=int, default=5)
     v.add_argument("--seconds", type=float, default=3.0,
                    help="spread the runs over at least this long; each call keeps its median")
-    v.add_argument("--format", choices=("table", "json"), default="table")
+    v.add_argument("--format", choices=("table", "json", "html"), default="table")
     v.add_argument("-o", "--output", help="write to this file instead of stdout")
     c = sub.add_parser("compare", help="one model on several devices, side by side")
     _workload_args(c)
@@ -189,18 +189,25 @@ def _serve_args(sub):
     s.add_argument("--memory-fraction", type=float, default=0.9)
     s.add_argument("--csv", metavar="FILE", help="write the curve (one row per rate) as CSV")
     s.add_argument("--plot", metavar="FILE", help="PNG of throughput vs TTFT/TPOT p50/p99")
+    s.add_argument("--format", choices=("table", "html"), default="table",
+                   help="html: one self-contained page (the curve with --rates)")
+    s.add_argument("-o", "--output", help="write the html page to this file")
 
 
 def _cmd_serve(a) -> int:
     from . import serving
-    for path in (a.csv, a.plot):
+    for path in (a.csv, a.plot, a.output):
         _check_output(path)
+    if a.format == "html" and a.output is None:
+        raise ValueError("--format html needs -o FILE (the table goes to stdout)")
     rates = [float(r) for r in a.rates.split(",") if r.strip()] if a.rates else [a.rate]
     kw = dict(prompt_len=serving.parse_length(a.prompt_len),
               output_len=serving.parse_length(a.output_len), duration=a.duration,
               num_requests=a.num_requests, seed=a.seed, dtype=a.dtype, tp=a.tp,
               max_batch=a.max_batch, block_size=a.block_size, chunked_prefill=a.chunked_prefill,
               memory_fraction=a.memory_fraction)
+    if a.format == "html" and len(rates) == 1:
+        kw["debug"] = True                        # the per-iteration trace: batch over time
     results = serving.sweep(a.model, rates, device=a.device, **kw)
     if len(results) == 1:
         print(results[0].to_table())
@@ -212,6 +219,9 @@ def _cmd_serve(a) -> int:
         _emit(serving.curve_csv(results), a.csv)
     if a.plot:
         print(f"wrote {serving.plot_curve(results, a.plot)}", file=sys.stderr)
+    if a.format == "html":
+        from .html import curve_html
+        _emit(results[0].to_html() if len(results) == 1 else curve_html(results), a.output)
     return 0
 
 
@@ -286,7 +296,7 @@ def _cmd_validate(a) -> int:
     v = validate(a.model, backend=a.backend, phase=a.phase, batch=a.batch, seq_len=a.seq_len,
                  text_batch=a.text_batch, prompts=a.prompts, points=a.points, boxes=a.boxes,
                  quantize=a.quantize, repeats=a.repeats, min_seconds=a.seconds)
-    _emit(v.to_json() if a.format == "json" else v.to_table(), a.output)
+    _emit({"json": v.to_json, "html": v.to_html}.get(a.format, v.to_table)(), a.output)
     return 0
 
 
@@ -384,23 +394,31 @@ def _train_args(sub):
     t.add_argument("--tokens", type=float, default=None, help="a run of this many tokens")
     t.add_argument("--samples", type=float, default=None,
                    help="a run of this many sequences / pairs / images")
+    t.add_argument("--format", choices=("table", "html"), default="table")
+    t.add_argument("-o", "--output", help="write to this file instead of stdout")
 
 
 def _cmd_train(a) -> int:
     from .training import train
+    _check_output(a.output)
     extra = {"prompts": a.prompts} if a.prompts is not None else {}
     rep = train(a.model, a.device, batch=a.batch, seq_len=a.seq_len, dtype=a.dtype,
                 optimizer=a.optimizer, zero_stage=a.zero, dp=a.dp, tp=a.tp, pp=a.pp,
                 microbatches=a.microbatches, recompute=a.recompute, lora_rank=a.lora_rank,
                 lora_targets=tuple(x for x in a.lora_targets.split(",") if x),
                 freeze=tuple(x for x in a.freeze.split(",") if x), **extra)
-    print(rep.to_table())
+    if a.format == "html":
+        _emit(rep.to_html(tokens=a.tokens, samples=a.samples), a.output)
+        return 0
+    lines = [rep.to_table()]
     if a.tokens is not None or a.samples is not None:
         s = rep.summary(tokens=a.tokens, samples=a.samples)
         energy = (f"{s['energy_kwh']:,.0f} kWh at {rep.device.tdp:.0f} W per GPU"
                   if s["energy_kwh"] is not None else "energy: the device has no tdp_w")
-        print(f"  run             {s['steps']:,} steps, {s['wall_days']:,.2f} days on "
-              f"{s['gpus']} GPUs, {s['gpu_hours']:,.0f} GPU-hours, {energy}, MFU {s['mfu']:.1%}")
+        lines.append(f"  run             {s['steps']:,} steps, {s['wall_days']:,.2f} days on "
+                     f"{s['gpus']} GPUs, {s['gpu_hours']:,.0f} GPU-hours, {energy}, MFU "
+                     f"{s['mfu']:.1%}")
+    _emit("\n".join(lines), a.output)
     return 0
 
 

@@ -16,6 +16,18 @@ The page holds
 * the per-layer table: click a header to sort, type to filter, download the rows shown as CSV;
 * the summary (TTFT, TPOT, throughput, memory and whether it fits).
 
+The other commands' results get pages of the same kind:
+
+* ``train_html`` (``TrainReport.to_html()``, ``costmodel train --format html``): memory per GPU
+  by kind against the device's capacity, the step's time (forward, backward, recompute, pipeline
+  bubble, data-parallel communication), FLOPs and time per layer type and pass, the records;
+* ``serve_html`` (``ServeResult.to_html()``, ``costmodel serve --format html``): TTFT and TPOT
+  per request as CDFs, the batch over time (a ``debug=True`` run's trace), one row per request;
+  ``curve_html`` (``costmodel serve --rates ... --format html``): throughput against TTFT and
+  TPOT p50 / p99, one point per arrival rate;
+* ``validation_html`` (``Validation.to_html()``, ``costmodel validate --format html``): predicted
+  against measured per kernel call on log-log axes around y = x, and the calls' table.
+
 plotly is an optional dependency (``pip install "pyworkloads[html]"``).
 """
 from __future__ import annotations
@@ -27,7 +39,8 @@ import math
 from .plots import _groups, time_parts
 from .report import fmt_bytes, fmt_summary, fmt_time
 
-__all__ = ["report_html", "compare_html", "INSTALL_HINT"]
+__all__ = ["report_html", "compare_html", "train_html", "serve_html", "curve_html",
+           "validation_html", "INSTALL_HINT"]
 
 INSTALL_HINT = 'pip install "pyworkloads[html]"'
 _PART_CSS = {"compute": "#ff7f0e", "memory": "#1f77b4", "collective": "#9467bd"}
@@ -163,12 +176,22 @@ _COLUMNS = [("phase", "phase", "text"), ("name", "layer", "text"), ("step", "ste
 
 
 def _table_data(rep) -> dict:
-    total = rep.total["t_lower"] or 1.0
-    cols = [c for c in _COLUMNS if c[0] != "t_pred" or rep.device.profile is not None]
+    return _layer_table_data(rep.layers, rep.total["t_lower"], rep.device.profile is not None)
+
+
+def _layer_table_data(layers, total: float, pred: bool) -> dict:
+    """The table's columns and one row per layer record; "% of time": of ``total`` seconds."""
+    total = total or 1.0
+    cols = [c for c in _COLUMNS if c[0] != "t_pred" or pred]
     rows = []
-    for r in rep.layers:
+    for r in layers:
         d = dict(r.as_dict(), bytes=r.bytes, share=100 * r.t_lower / total)
         rows.append([_finite(d[k]) for k, _, _ in cols])
+    return _columns(cols, rows)
+
+
+def _columns(cols, rows) -> dict:
+    """``cols``: (key, header, kind) each; ``rows``: lists of values in that order."""
     return {"columns": [{"key": k, "label": h, "kind": kind} for k, h, kind in cols],
             "rows": rows}
 
@@ -394,4 +417,496 @@ def compare_html(reps) -> str:
         body += [f"<details><summary>Layers on {html.escape(r.device.name)}</summary>",
                  _table(f"layers-{k}", _table_data(r),
                         f"{r.model}-{r.device.key}-{r.phase}.csv"), "</details>"]
+    return _page(title, body)
+
+
+# ----------------------------------------------------------------------------- training
+_PASS_CSS = {"forward": "#1f77b4", "backward": "#ff7f0e", "recompute": "#2ca02c"}
+_MEM_CSS = {"weights": "#8c564b", "gradients": "#e377c2", "optimizer": "#9467bd",
+            "activations": "#17becf"}        # apart from the passes' colours
+
+
+def _seconds(r, pred: bool) -> float:
+    return r.t_pred if pred else r.t_lower
+
+
+def train_groups(rep) -> list[dict]:
+    """Per layer type of a :class:`~costmodel.training.TrainReport` (repeated layers summed, a
+    record's ``.grad`` and ``.recompute`` copies folded into its forward layer): the dense FLOPs
+    and the seconds of each pass, per GPU per step -- the records describe one micro-batch of
+    the whole model, a GPU runs ``microbatches`` of them over ``1 / pp`` of the layers, so the
+    times sum to ``rep.time_parts["compute_s"]``.  Sorted by time, the costliest first."""
+    per_step = rep.options["microbatches"] / rep.options["pp"]
+    pred = rep.device.profile is not None
+    out: dict[tuple, dict] = {}
+    for r in rep.layers:
+        name = r.block.removesuffix(".grad").removesuffix(".recompute")
+        g = out.setdefault((name, r.op), {"name": name, "op": r.op,
+                                          "flops": dict.fromkeys(_PASS_CSS, 0.0),
+                                          "time": dict.fromkeys(_PASS_CSS, 0.0)})
+        kind = r.phase if r.phase in ("backward", "recompute") else "forward"
+        g["flops"][kind] += r.flops_dense * per_step
+        g["time"][kind] += _seconds(r, pred) * per_step
+    return sorted(out.values(), key=lambda g: -sum(g["time"].values()))
+
+
+def _type_label(name: str, op: str) -> str:
+    return name.removeprefix("model.") + (f" ({op})" if op != "matmul" else "")
+
+
+def train_breakdown_figure(rep, go=None):
+    """FLOPs (left) and time (right) per layer type, forward / backward / recompute stacked."""
+    go = go or _go()
+    from plotly.subplots import make_subplots
+    rows = train_groups(rep)[::-1]                  # plotly draws the first category at the bottom
+    labels = [_type_label(g["name"], g["op"]) for g in rows]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=["TFLOP per step (dense)", "ms per step"])
+    for kind in _PASS_CSS:
+        if not any(g["time"][kind] or g["flops"][kind] for g in rows):
+            continue
+        for col, key, scale, unit in ((1, "flops", 1e-12, "TFLOP"), (2, "time", 1e3, "ms")):
+            fig.add_trace(go.Bar(y=labels, x=[g[key][kind] * scale for g in rows],
+                                 orientation="h", name=kind, legendgroup=kind,
+                                 showlegend=col == 1, marker_color=_PASS_CSS[kind],
+                                 hovertemplate="%{y}<br>" + kind + " %{x:.4g} " + unit
+                                               + "<extra></extra>"), row=1, col=col)
+    fig.update_layout(barmode="stack", height=160 + 18 * len(rows),
+                      title=f"Per layer type, per GPU per step: total "
+                            f"{fmt_time(rep.time_parts['compute_s'])} of compute",
+                      margin=dict(l=20, r=20, t=90, b=40),
+                      legend=dict(orientation="h", y=1.0, x=1, xanchor="right",
+                                  yanchor="bottom"))
+    fig.update_yaxes(automargin=True, tickfont=dict(size=10), row=1, col=1)
+    return fig
+
+
+def train_step_figure(rep, go=None):
+    """Two stacked bars: memory per GPU by kind against the device's capacity, and the step's
+    time by where it goes (forward, backward, recompute, pipeline bubble, data-parallel
+    communication)."""
+    go = go or _go()
+    from plotly.subplots import make_subplots
+    dev, mem = rep.device, rep.memory
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.4,
+                        subplot_titles=[f"memory per GPU: {fmt_bytes(mem['total'])} of "
+                                        f"{fmt_bytes(dev.memory)} "
+                                        + ("(fits)" if rep.fits else "(DOES NOT FIT)"),
+                                        f"time per step: {fmt_time(rep.time_per_step)}"])
+    for kind, color in _MEM_CSS.items():
+        fig.add_trace(go.Bar(y=["memory"], x=[mem[kind] / 1e9], orientation="h", name=kind,
+                             marker_color=color, legendgroup="memory",
+                             text=[kind], textposition="inside", insidetextanchor="middle",
+                             customdata=[[fmt_bytes(mem[kind]),
+                                          f"{100 * mem[kind] / dev.memory:.1f}%"]],
+                             hovertemplate=kind + " %{customdata[0]} (%{customdata[1]} of the "
+                                           "device)<extra></extra>"), row=1, col=1)
+    fig.add_vline(x=dev.memory / 1e9, line=dict(color="#c62828", dash="dash", width=2),
+                  annotation_text=f"capacity {fmt_bytes(dev.memory)}",
+                  annotation_position="top", row=1, col=1)
+    fig.update_xaxes(title="GB", range=[0, max(mem["total"], dev.memory) / 1e9 * 1.08],
+                     row=1, col=1)
+    passes = {k: 0.0 for k in _PASS_CSS}
+    for g in train_groups(rep):
+        for k in passes:
+            passes[k] += g["time"][k]
+    parts = [(k, v, _PASS_CSS[k]) for k, v in passes.items()]
+    parts += [("pipeline bubble", rep.time_parts["bubble_s"], "#7f7f7f"),
+              ("data-parallel communication", rep.time_parts["dp_comm_s"], "#d62728")]
+    for kind, t, color in parts:
+        if t <= 0:
+            continue
+        fig.add_trace(go.Bar(y=["step"], x=[t * 1e3], orientation="h", name=kind,
+                             marker_color=color, legendgroup="time", text=[kind],
+                             textposition="inside", insidetextanchor="middle",
+                             customdata=[[fmt_time(t), f"{100 * t / rep.time_per_step:.1f}%"]],
+                             hovertemplate=kind + " %{customdata[0]} (%{customdata[1]} of the "
+                                           "step)<extra></extra>"), row=2, col=1)
+    fig.update_xaxes(title="ms", row=2, col=1)
+    fig.update_layout(barmode="stack", height=400, margin=dict(l=20, r=20, t=60, b=40),
+                      legend=dict(orientation="h", y=-0.3, x=0, traceorder="normal"))
+    return fig
+
+
+def _train_summary(rep, run: dict | None) -> list[tuple[str, str]]:
+    o, m, dev = rep.options, rep.memory, rep.device
+    extra = [f"LoRA r={o['lora_rank']} on {', '.join(o['lora_targets'])}"] if o["lora_rank"] \
+        else []
+    extra += [f"frozen {', '.join(o['freeze'])}"] if o["freeze"] else []
+    rows = [("model", f"{rep.model} ({rep.params:,} parameters, {rep.trainable_params:,} "
+                      "trained)"),
+            ("devices", f"{rep.gpus} x {dev.name} [{dev.key}]"),
+            ("parallelism", f"dp {o['dp']}, tp {o['tp']}, pp {o['pp']}, ZeRO-{o['zero_stage']}, "
+                            f"{o['microbatches']} micro-batches per replica"),
+            ("training", ", ".join([f"batch {o['batch']}", f"seq_len {o['seq_len']}", o["dtype"],
+                                    o["optimizer"], f"recompute {o['recompute']}"] + extra)),
+            ("FLOPs per step", f"{rep.flops_per_step:.4g} (forward {rep.flops_forward:.4g}, "
+                               f"model FLOPs {rep.model_flops_per_step:.4g})"),
+            ("time per step", fmt_time(rep.time_per_step) + " (" + ", ".join(
+                f"{k.removesuffix('_s')} {fmt_time(v)}" for k, v in rep.time_parts.items())
+             + ")"),
+            ("MFU", f"{rep.mfu:.1%}"),
+            ("per step", f"{rep.samples_per_step:,} samples, {rep.tokens_per_step:,} tokens"),
+            ("memory per GPU", ", ".join(f"{k} {fmt_bytes(m[k])}" for k in _MEM_CSS)
+             + f"; total {fmt_bytes(m['total'])} of {fmt_bytes(dev.memory)}"),
+            ("fits", str(rep.fits))]
+    if run:
+        energy = (f"{run['energy_kwh']:,.0f} kWh at {dev.tdp:.0f} W per GPU"
+                  if run["energy_kwh"] is not None else "- (the device has no tdp_w)")
+        rows += [("run", f"{run['steps']:,} steps, {run['wall_days']:,.2f} days on {run['gpus']} "
+                         f"GPUs, {run['gpu_hours']:,.0f} GPU-hours"),
+                 ("run energy", energy)]
+    return rows
+
+
+_TRAIN_NOTE = ("Records of one micro-batch on one GPU: forward (the workload's analyze() "
+               "phase), backward (.grad) and recompute (.recompute); the bars multiply them by "
+               "the micro-batches per step and divide by the pipeline stages. Dense FLOPs "
+               "(matrix products, convolutions, attention). Times: t_pred on a calibrated device, "
+               "else the roofline bound t_lower.")
+
+
+def train_html(rep, tokens: float | None = None, samples: float | None = None) -> str:
+    """A :class:`~costmodel.training.TrainReport` as a self-contained page: the summary (with a
+    run's totals when ``tokens`` or ``samples`` is given), memory and step time as stacked bars,
+    FLOPs and time per layer type and pass, and the record table."""
+    go = _go()
+    run = rep.summary(tokens=tokens, samples=samples) if (tokens, samples) != (None, None) \
+        else None
+    title = f"{rep.model} training on {rep.gpus} x {rep.device.name}"
+    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary</h2>",
+            _summary_table(_train_summary(rep, run)),
+            f'<p class="note">{html.escape(_TRAIN_NOTE)}</p>',
+            "<h2>Memory and time per step</h2>", _fig_html(train_step_figure(rep, go), True),
+            "<h2>Per layer type</h2>", _fig_html(train_breakdown_figure(rep, go), False),
+            "<h2>Records</h2>",
+            _table("layers", _layer_table_data(rep.layers, sum(r.t_lower for r in rep.layers),
+                                               rep.device.profile is not None),
+                   f"{rep.model}-{rep.device.key}-train.csv")]
+    return _page(title, body)
+
+
+# ----------------------------------------------------------------------------- serving
+_Q_STYLE = {"p50": dict(dash="solid", symbol="circle"), "p99": dict(dash="dash", symbol="square")}
+_MAX_TRACE_POINTS = 4000          # the batch-over-time plot draws at most this many iterations
+
+
+def _ms_text(v) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v * 1e3:.2f} ms"
+
+
+def _workload(st: dict) -> str:
+    return (f"prompt {st['prompt_len']}, output {st['output_len']}, {st['duration']:g} s of "
+            f"arrivals, seed {st['seed']}, "
+            + (f"chunked prefill {st['chunked_prefill']}" if st["chunked_prefill"]
+               else "whole prefill") + f", block {st['block_size']}, max batch "
+            f"{st['max_batch'] or '-'}, memory fraction {st['memory_fraction']:g}")
+
+
+def _latencies(res):
+    """Per finished request: ids, TTFT and TPOT (seconds; TPOT NaN for one-token answers)."""
+    import numpy as np
+    rec = res.records
+    ok = rec["status"] == 0
+    ttft = rec["first_token"] - rec["arrival"]                           # [n]
+    steps = rec["output_len"] - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(steps > 0, (rec["finish"] - rec["first_token"]) / np.maximum(steps, 1),
+                        np.nan)                                         # [n]
+    return rec, ok, ttft, tpot
+
+
+def latency_figure(results, go=None):
+    """Empirical CDFs of TTFT (left) and TPOT (right) over the finished requests, one line per
+    result; hover names the request and its lengths."""
+    go = go or _go()
+    import numpy as np
+    from plotly.subplots import make_subplots
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["time to first token",
+                                                        "time per output token"])
+    for i, res in enumerate(results):
+        rec, ok, ttft, tpot = _latencies(res)
+        name = f"{res.settings['arrival_rate']:g} req/s"
+        for col, vals in ((1, ttft), (2, tpot)):
+            keep = np.flatnonzero(ok & np.isfinite(vals))
+            keep = keep[np.argsort(vals[keep])]                          # ascending latency
+            if not len(keep):
+                continue
+            y = (np.arange(len(keep)) + 1) / len(keep)
+            data = [[int(rec["id"][j]), int(rec["prompt_len"][j]), int(rec["output_len"][j]),
+                     int(rec["preemptions"][j]), name] for j in keep]
+            fig.add_trace(go.Scatter(
+                x=vals[keep] * 1e3, y=y, mode="lines", line_shape="hv", name=name,
+                legendgroup=name, showlegend=col == 1, customdata=data,
+                line=dict(color=_COLORS[i % len(_COLORS)]),
+                hovertemplate="request %{customdata[0]} (%{customdata[4]})<br>%{x:.3f} ms"
+                              "<br>prompt %{customdata[1]}, output %{customdata[2]}, "
+                              "preempted %{customdata[3]}x<br>CDF %{y:.3f}<extra></extra>"),
+                row=1, col=col)
+    for col in (1, 2):
+        fig.update_xaxes(type="log", title="ms", row=1, col=col)
+        fig.update_yaxes(title="share of requests" if col == 1 else None, range=[0, 1.02],
+                         row=1, col=col)
+    if len(results) == 1:                             # the percentiles of the one run
+        s = results[0].summary
+        for col, key in ((1, "ttft"), (2, "tpot")):
+            for q in ("p50", "p99"):
+                v = s[f"{key}_{q}"]
+                if math.isfinite(v) and v > 0:       # a trace: exact on the log axis
+                    at = 0.9 if q == "p50" else 0.1        # left of the line, off the curve
+                    fig.add_trace(go.Scatter(x=[v * 1e3] * 3, y=[0, at, 1], mode="lines+text",
+                                             text=["", f"{q} {_ms_text(v)} ", ""],
+                                             textposition="middle left", showlegend=False,
+                                             line=dict(color="#555", dash="dot", width=1),
+                                             hoverinfo="skip"), row=1, col=col)
+    fig.update_layout(height=420, title="Latency per request (empirical CDF)",
+                      margin=dict(l=60, r=20, t=80, b=50), hovermode="closest")
+    return fig
+
+
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def batch_figure(res, go=None):
+    """The per-iteration trace (``serve(debug=True)``): sequences decoding and requests in the
+    system over time (left axis), KV blocks in use (right axis)."""
+    go = go or _go()
+    tr = res.trace
+    step = max(1, math.ceil(len(tr) / _MAX_TRACE_POINTS))
+    tr = tr[::step]
+    t = tr["t_start"].tolist()
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=t, y=tr["decoding"].tolist(), mode="lines", line_shape="hv",
+                             name="decoding (batch)", line=dict(color="#1f77b4"),
+                             hovertemplate="t %{x:.3f} s<br>decoding %{y}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=t, y=tr["in_system"].tolist(), mode="lines", line_shape="hv",
+                             name="in the system (running + waiting)",
+                             line=dict(color="#ff7f0e", width=1),
+                             hovertemplate="t %{x:.3f} s<br>in the system %{y}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=t, y=(100 * tr["blocks_used"] / res.summary["kv_blocks"]).tolist(),
+                             mode="lines", line_shape="hv", yaxis="y2", name="KV blocks used (%)",
+                             line=dict(color="#2ca02c", width=1, dash="dot"),
+                             hovertemplate="t %{x:.3f} s<br>KV blocks %{y:.1f}%<extra></extra>"))
+    fig.update_layout(height=380, xaxis_title="simulated time (s)",
+                      title="Batch over time" + (f" (every {step}th iteration)" if step > 1
+                                                 else ""),
+                      yaxis=dict(title="sequences", rangemode="tozero"),
+                      yaxis2=dict(title="KV blocks used (%)", overlaying="y", side="right",
+                                  range=[0, 105], showgrid=False),
+                      legend=dict(orientation="h", y=1.02, x=1, xanchor="right",
+                                  yanchor="bottom"),
+                      margin=dict(l=60, r=60, t=80, b=50))
+    return fig
+
+
+def _serve_summary(res) -> list[tuple[str, str]]:
+    s, st, z = res.summary, res.settings, res.zero_load
+    rows = [("model", f"{st['model']} on {st['device']} ({st['dtype'] or 'default dtype'}, "
+                      f"tp {st['tp']})"),
+            ("workload", f"{st['arrival_rate']:g} req/s; " + _workload(st)),
+            ("requests arrived / finished / unfinished / refused",
+             f"{s['arrived']} / {s['finished']} / {s['unfinished']} / {s['refused']}"),
+            ("TTFT p50 / p99", f"{_ms_text(s['ttft_p50'])} / {_ms_text(s['ttft_p99'])}"),
+            ("TPOT p50 / p99", f"{_ms_text(s['tpot_p50'])} / {_ms_text(s['tpot_p99'])}"),
+            ("throughput", f"{s['throughput_rps']:.3f} req/s, {s['throughput_tps']:,.1f} output "
+                           f"tok/s, {s['total_tps']:,.1f} tok/s incl. prompts"),
+            ("batch: mean / max decoding", f"{s['mean_batch']:.1f} / {s['max_batch']}"),
+            ("KV cache", f"{s['kv_blocks']:,} blocks of {st['block_size']} tokens "
+                         f"({fmt_bytes(s['kv_bytes'])}), peak use {s['peak_blocks']:,}"),
+            ("preemptions", str(s["preemptions"])),
+            ("simulated / makespan", f"{s['iterations']:,} iterations, {s['makespan']:.2f} s")]
+    if z:
+        rows.append(("zero load (closed form)",
+                     f"TTFT {_ms_text(z['ttft'])}, TPOT {_ms_text(z['tpot'])}"))
+    return rows
+
+
+_STATUS = {0: "finished", 1: "unfinished", 2: "refused"}
+_REQ_COLUMNS = [("id", "request", "num"), ("arrival", "arrival", "time"),
+                ("ttft", "TTFT", "time"), ("tpot", "TPOT", "time"),
+                ("finish", "finish", "time"), ("prompt_len", "prompt", "num"),
+                ("output_len", "output", "num"), ("status", "status", "text"),
+                ("preemptions", "preempted", "num")]
+
+
+def _request_table_data(res) -> dict:
+    rec, _, ttft, tpot = _latencies(res)
+    rows = [[int(r["id"]), float(r["arrival"]), _finite(float(a)), _finite(float(b)),
+             _finite(float(r["finish"])), int(r["prompt_len"]), int(r["output_len"]),
+             _STATUS[int(r["status"])], int(r["preemptions"])]
+            for r, a, b in zip(rec, ttft, tpot)]
+    return _columns(_REQ_COLUMNS, rows)
+
+
+def serve_html(res) -> str:
+    """One :class:`~costmodel.serving.ServeResult` as a self-contained page: the summary, the
+    TTFT / TPOT distributions, the batch over time (when the run kept its trace:
+    ``serve(debug=True)``) and one table row per request."""
+    go = _go()
+    st = res.settings
+    title = f"Serving {st['model']} on {st['device']} at {st['arrival_rate']:g} req/s"
+    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary</h2>",
+            _summary_table(_serve_summary(res)), "<h2>Latency</h2>",
+            _fig_html(latency_figure([res], go), first=True)]
+    if res.trace is not None and len(res.trace):
+        body += ["<h2>Batch over time</h2>", _fig_html(batch_figure(res, go), first=False)]
+    else:
+        body.append('<p class="note">No per-iteration trace: run serve(debug=True) for the batch '
+                    "over time.</p>")
+    body += ["<h2>Requests</h2>",
+             _table("requests", _request_table_data(res),
+                    f"{st['model']}-{st['device']}-serve-{st['arrival_rate']:g}.csv")]
+    return _page(title, body)
+
+
+def curve_figure(results, go=None):
+    """Throughput (output tokens/s) against TTFT (left) and TPOT (right), p50 and p99, one point
+    per arrival rate (labelled with it); hover gives the rate and its figures."""
+    go = go or _go()
+    from plotly.subplots import make_subplots
+
+    from .serving import curve_rows
+    rows = curve_rows(results)
+    x = [r["throughput_tps"] for r in rows]
+    data = [[f"{r['arrival_rate']:g}", f"{r['throughput_rps']:.3f}", f"{r['mean_batch']:.1f}",
+             r["preemptions"], r["finished"], r["unfinished"] + r["refused"]] for r in rows]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["time to first token",
+                                                        "time per output token"])
+    for col, key, color in ((1, "ttft", "#d62728"), (2, "tpot", "#1f77b4")):
+        for q, style in _Q_STYLE.items():
+            ys = [r[f"{key}_{q}"] * 1e3 if math.isfinite(r[f"{key}_{q}"]) else None for r in rows]
+            fig.add_trace(go.Scatter(
+                x=x, y=ys, mode="lines+markers+text" if q == "p99" else "lines+markers",
+                text=[f"{d[0]}/s" for d in data] if q == "p99" else None,
+                textposition="top center", textfont=dict(size=10),
+                name=f"{key.upper()} {q}", customdata=data,
+                line=dict(color=color, dash=style["dash"]),
+                marker=dict(symbol=style["symbol"], size=8),
+                hovertemplate="<b>%{customdata[0]} req/s</b><br>" + f"{key.upper()} {q} "
+                              "%{y:.3f} ms<br>%{x:,.1f} output tok/s, %{customdata[1]} req/s"
+                              "<br>mean batch %{customdata[2]}, preemptions %{customdata[3]}"
+                              "<br>finished %{customdata[4]}, not %{customdata[5]}"
+                              "<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title="throughput (output tokens/s)", row=1, col=col)
+        fig.update_yaxes(type="log", title="ms", row=1, col=col)
+    st = results[0].settings
+    fig.update_layout(height=480, hovermode="closest",
+                      title=f"Throughput vs latency: {st['model']} on {st['device']} "
+                            "(labels: arrival rate)",
+                      margin=dict(l=60, r=20, t=90, b=60))
+    return fig
+
+
+def _curve_table_data(results) -> dict:
+    from .serving import CURVE_FIELDS, curve_rows
+    kinds = {"arrival_rate": "num", "throughput_rps": "num", "throughput_tps": "num",
+             "mean_batch": "num"}
+    cols = [(f, f, kinds.get(f, "time" if f[:4] in ("ttft", "tpot") else "num"))
+            for f in CURVE_FIELDS]
+    return _columns(cols, [[_finite(r[f]) for f in CURVE_FIELDS] for r in curve_rows(results)])
+
+
+def curve_html(results) -> str:
+    """A sweep (:func:`costmodel.serving.sweep`, ``costmodel serve --rates``) as a self-contained
+    page: the throughput-latency curve, the latency distributions per rate and the curve's
+    table (one row per rate, CSV download)."""
+    if not results:
+        raise ValueError("curve_html needs at least one serving result")
+    go = _go()
+    st = results[0].settings
+    title = f"Serving {st['model']} on {st['device']}: throughput vs latency"
+    rows = [("model", f"{st['model']} on {st['device']} ({st['dtype'] or 'default dtype'}, tp "
+                      f"{st['tp']})"),
+            ("arrival rates", ", ".join(f"{r.settings['arrival_rate']:g}" for r in results)
+             + " req/s (Poisson)"), ("workload", _workload(st))]
+    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary</h2>", _summary_table(rows),
+            "<h2>Throughput-latency curve</h2>", _fig_html(curve_figure(results, go), first=True),
+            "<h2>Latency per request, per rate</h2>",
+            _fig_html(latency_figure(results, go), first=False), "<h2>Per rate</h2>",
+            _table("curve", _curve_table_data(results), f"{st['model']}-{st['device']}-curve.csv")]
+    return _page(title, body)
+
+
+# ----------------------------------------------------------------------------- validation
+def validation_figure(v, go=None):
+    """Predicted (t_pred) against measured per kernel call on log-log axes, one trace per op,
+    the line y = x and +-25 % around it; t_lower as a hidden trace (click its legend entry)."""
+    go = go or _go()
+    calls = [c for c in v.layers if c.measured > 0 and c.t_pred > 0]
+    fig = go.Figure()
+    if not calls:
+        fig.add_annotation(text="no kernel call with a measured and a predicted time",
+                           showarrow=False)
+        return fig
+    vals = [c.measured for c in calls] + [c.t_pred for c in calls]
+    lo, hi = min(vals) / 2, max(vals) * 2
+    for k, (name, dash) in {1.0: ("predicted = measured", "solid"),
+                            1.25: ("+-25 %", "dot"), 0.8: ("+-25 %", "dot")}.items():
+        fig.add_trace(go.Scatter(x=[lo * 1e6, hi * 1e6], y=[lo * k * 1e6, hi * k * 1e6],
+                                 mode="lines", name=name, showlegend=k != 0.8, legendgroup=name,
+                                 line=dict(color="black" if k == 1 else "#999", dash=dash),
+                                 hoverinfo="skip"))
+    by_op: dict[str, list] = {}
+    for c in calls:
+        by_op.setdefault(c.op, []).append(c)
+
+    def points(rs, y, name, visible=True, symbol="circle"):
+        data = [[c.name, c.op, c.shapes, fmt_time(c.measured), fmt_time(c.t_pred),
+                 f"{100 * c.error:+.1f}%", fmt_time(c.t_lower)] for c in rs]
+        return go.Scatter(
+            x=[c.measured * 1e6 for c in rs], y=[y(c) * 1e6 for c in rs], mode="markers",
+            name=name, customdata=data, visible=True if visible else "legendonly",
+            marker=dict(color=_OP_CSS.get(rs[0].op, "black") if visible else "#7f7f7f",
+                        symbol=symbol, size=8, line=dict(width=1)),
+            hovertemplate="<b>%{customdata[0]}</b><br>op %{customdata[1]}<br>shapes "
+                          "%{customdata[2]}<br>measured %{customdata[3]}<br>predicted "
+                          "%{customdata[4]} (error %{customdata[5]})<br>t_lower "
+                          "%{customdata[6]}<extra></extra>")
+    for op, rs in sorted(by_op.items()):
+        fig.add_trace(points(rs, lambda c: c.t_pred, f"{op} ({len(rs)})"))
+    fig.add_trace(points(calls, lambda c: c.t_lower, "t_lower (the bound)", visible=False,
+                         symbol="x"))
+    span = [math.log10(lo * 1e6), math.log10(hi * 1e6)]
+    fig.update_xaxes(type="log", range=span, title="measured (us)")
+    fig.update_yaxes(type="log", range=span, title="predicted t_pred (us)")
+    fig.update_layout(height=620, title=f"Predicted vs measured per kernel call: {v.model}, "
+                                        f"{v.phase}, {v.backend}",
+                      margin=dict(l=70, r=20, t=60, b=60), hovermode="closest")
+    return fig
+
+
+_VAL_COLUMNS = [("name", "layer", "text"), ("op", "op", "text"), ("scope", "scope", "text"),
+                ("shapes", "shapes", "text"), ("measured", "measured", "time"),
+                ("t_pred", "t_pred", "time"), ("error", "error %", "pct"),
+                ("t_lower", "t_lower", "time"), ("tightness", "t_lower / measured", "num")]
+
+
+def validation_html(v) -> str:
+    """A :class:`~costmodel.validate.Validation` as a self-contained page: the summary, the
+    predicted-vs-measured scatter and one table row per kernel call."""
+    go = _go()
+    title = f"{v.model}: predicted vs measured ({v.phase}, {v.backend})"
+    pred_k = sum(c.t_pred for c in v.layers)
+    rows = [("model", v.model), ("workload", f"phase {v.phase}, " + ", ".join(
+                f"{k}={x}" for k, x in v.options.items())),
+            ("backend / device", f"{v.backend} on {v.device}"),
+            ("profile measured", str(v.profile.get("measured_at", "?"))),
+            ("repeats", f"median of {v.repeats} runs"),
+            ("kernels", f"{len(v.layers)} calls, measured {fmt_time(v.kernel_s)}, predicted "
+                        f"{fmt_time(pred_k)}"),
+            ("per layer", f"median |error| {100 * v.median_error:.1f} %, worst "
+                          f"{100 * v.worst_error:.1f} % (the {len(v.main)} calls with >= 1 % of "
+                          "the kernel time)"),
+            ("end to end", f"measured {fmt_time(v.wall_s)}, predicted {fmt_time(v.pred_s)}: "
+                           f"error {100 * v.e2e_error:+.1f} %"),
+            ("lower bound", f"{len(v.bound_violations)} call(s) measured below t_lower; median "
+                            f"t_lower / measured {v.tightness:.2f}")]
+    data = _columns(_VAL_COLUMNS, [[c.name, c.op, c.scope, c.shapes, c.measured, c.t_pred,
+                                    _finite(100 * c.error), c.t_lower, _finite(c.tightness)]
+                                   for c in v.layers])
+    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Summary</h2>", _summary_table(rows),
+            "<h2>Predicted vs measured</h2>", _fig_html(validation_figure(v, go), first=True),
+            "<h2>Kernel calls</h2>",
+            _table("calls", data, f"{v.model}-{v.backend}-{v.phase}-validate.csv")]
     return _page(title, body)

@@ -31,7 +31,12 @@ text decoder), with a small discrete-event simulation of a vLLM-like scheduler:
   points, prefill at three lengths, one point of each checked), and an iteration costs
   ``sum over records of max(compute, memory) + collective`` -- what ``analyze()`` returns for the
   same decode step or prefill, in microseconds instead of 50 ms.  Weights are read once per
-  iteration however many sequences share it.
+  iteration however many sequences share it.  The fitted :class:`Pricer` is cached per (model,
+  device, dtype, tp), so a sweep fits once.
+* **Runs of plain decode steps** (``_Simulation.decode_run``): between two events (an arrival, a
+  finish, a preemption) the batch does not change, so those iterations are simulated in one go,
+  their times priced by the same floating-point operations as one at a time; the result is the
+  same bit for bit (``serve(..., _fast=False)`` steps one iteration per loop, for tests).
 * **Closed form** (:func:`zero_load`): one request alone; TTFT = its prefill, TPOT = the mean of
   its single-sequence decode steps (``analyze(phase="generate")``'s ttft_s and tpot_s).
 
@@ -73,6 +78,7 @@ class Pricer:
 
     def __init__(self, model, device="h100-sxm", dtype=None, tp: int = 1):
         self.model, self.device, self.dtype, self.tp = model, device, dtype, tp
+        self._workspace: dict = {}                  # prefill length -> activation bytes
         family, label, _ = analysis.resolve_model(model)
         if family not in FAMILIES:
             raise ValueError(f"serve() simulates the generating decoders ({', '.join(FAMILIES)}); "
@@ -132,6 +138,25 @@ class Pricer:
         x = np.array([1.0, b, S, k, N, Q, P])                              # [7]
         t = self._coef @ x                                                  # [U, 3]
         return float(self._counts @ (np.maximum(t[:, 0], t[:, 1]) + t[:, 2]))
+
+    def decode_run(self, b: int, S0: int, m: int) -> np.ndarray:
+        """Seconds of m consecutive decode steps of b sequences, the KV lengths summing to
+        S0, S0 + b, ..., S0 + (m - 1) b: ``[time(b=b, S=S0 + j b) for j in range(m)]`` in one
+        call, bit for bit.  The same BLAS calls as :meth:`time` run per step (a stack of the
+        [3, 7] matrix-vector products and of the dot products, broadcast over the m steps), so
+        every float is rounded as in :meth:`time`; one [m, 7] matrix product instead would sum
+        in another order."""
+        x = np.zeros((m, len(COLS)))                                        # [m, 7]
+        x[:, 0], x[:, 1], x[:, 2] = 1.0, b, S0 + b * np.arange(m)
+        t = np.matmul(self._coef, x[:, None, :, None])[..., 0]             # [m, U, 3]
+        v = np.maximum(t[..., 0], t[..., 1]) + t[..., 2]                    # [m, U]
+        return np.matmul(self._counts, v[..., None])[:, 0]                  # [m]
+
+    def workspace(self, n: int) -> float:
+        """Bytes of activations of one n-token prefill (the serving workspace), cached."""
+        if n not in self._workspace:
+            self._workspace[n] = self._an("prefill", 1, n).summary["memory_bytes"]["activations"]
+        return self._workspace[n]
 
     def prefill(self, n: int) -> float:
         """One prompt of n tokens alone (Whisper: the encoder and cross K/V included)."""
@@ -268,6 +293,13 @@ class ServeResult:
     def __str__(self) -> str:
         return self.to_table()
 
+    def to_html(self) -> str:
+        """A self-contained, offline page: summary, TTFT / TPOT per request, the batch over
+        time (with ``debug=True``'s trace) and the requests (``costmodel.html``; needs plotly).
+        A sweep's curve: ``costmodel.html.curve_html(results)``."""
+        from .html import serve_html
+        return serve_html(self)
+
 
 def _ms(v) -> str:
     return "-" if v is None or not np.isfinite(v) else f"{v * 1e3:.2f} ms"
@@ -294,14 +326,16 @@ def serve(model, device="h100-sxm", arrival_rate: float = 1.0, prompt_len=512, o
           duration: float = 60.0, seed: int = 0, dtype: str | None = None,
           max_batch: int | None = None, block_size: int = 16, chunked_prefill: int | None = None,
           tp: int = 1, memory_fraction: float = 0.9, max_batched_tokens: int | None = None,
-          num_requests: int | None = None, drain: bool = True, debug: bool = False
-          ) -> ServeResult:
+          num_requests: int | None = None, drain: bool = True, debug: bool = False,
+          _fast: bool = True) -> ServeResult:
     """Simulate serving ``model`` on ``device`` (see the module doc for the scheduler and the
     pricing).  Requests arrive as a Poisson process of ``arrival_rate`` per second during
     ``duration`` seconds (``arrival_rate=math.inf``: ``num_requests`` all at t = 0, the offline
     throughput benchmark); ``num_requests`` caps the count.  ``drain``: run until every
     admitted request finishes (else stop at ``duration``; the rest are unfinished).  Seeded:
-    the same arguments give the same result."""
+    the same arguments give the same result.  ``_fast=False`` (for tests) simulates one
+    iteration per loop, without skipping over runs of plain decode steps; the result is the
+    same, bit for bit."""
     rate = _positive_number("arrival_rate", arrival_rate, allow_inf=True)
     duration = _positive_number("duration", duration)
     memory_fraction = _positive_number("memory_fraction", memory_fraction)
@@ -330,7 +364,7 @@ def serve(model, device="h100-sxm", arrival_rate: float = 1.0, prompt_len=512, o
     max_tokens = max_batched_tokens or max(pr.context, int(plen.max(initial=1)))
     # the memory the cache gets: weights and the workspace of the largest prefill come first
     work_tokens = min(chunk or max_tokens, pr.context)
-    workspace = pr._an("prefill", 1, work_tokens).summary["memory_bytes"]["activations"]
+    workspace = pr.workspace(work_tokens)
     budget = memory_fraction * pr.device_obj.memory - pr.weights - workspace
     block_bytes = block_size * pr.kv_token
     total = int(budget // block_bytes) if budget > 0 else 0
@@ -344,7 +378,7 @@ def serve(model, device="h100-sxm", arrival_rate: float = 1.0, prompt_len=512, o
             f"{pr.device_obj.memory / 1e9:.0f} GB for the KV cache, less than one sequence of "
             f"the model's context ({pr.context} tokens, {longest * block_bytes / 1e9:.2f} GB)")
     sim = _Simulation(pr, arrival, plen, olen, total, extra, block_size, chunk, max_tokens,
-                      max_batch, duration, drain, debug)
+                      max_batch, duration, drain, debug, _fast)
     sim.run()
     settings = dict(model=pr.label, device=pr.device_obj.key, dtype=dtype, tp=tp,
                     arrival_rate=arrival_rate, duration=duration, prompt_len=prompt_len,
@@ -363,10 +397,11 @@ class _Simulation:
     slots (parallel arrays); the waiting queue holds request ids, FCFS."""
 
     def __init__(self, pr, arrival, plen, olen, total, extra, bs, chunk, max_tokens, max_batch,
-                 duration, drain, debug):
+                 duration, drain, debug, fast=True):
         self.pr, self.arrival, self.plen, self.olen = pr, arrival, plen, olen
         self.total, self.extra, self.bs, self.chunk = total, extra, bs, chunk
         self.max_tokens, self.duration, self.drain, self.debug = max_tokens, duration, drain, debug
+        self.fast = fast
         n = len(arrival)
         # no more sequences run at once than the blocks of the shortest prompts allow
         fit = total // self.blocks_for(int(plen.min(initial=1))) if n else 1
@@ -390,6 +425,9 @@ class _Simulation:
         self.max_dec = 0
         self.peak = 0
         self.t = 0.0
+        # refused at arrival: prompt + answer never fit in the whole cache, or past the context
+        need = plen + olen                                                  # [n]
+        self.refuse = (-(-need // bs) + extra > total) | (need > pr.context)  # [n]
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.bs) + self.extra
@@ -402,8 +440,7 @@ class _Simulation:
         keep = int(WATERMARK * self.total)
         while True:
             while nxt < n and self.arrival[nxt] <= self.t:        # arrivals so far join the queue
-                if (self.blocks_for(int(self.plen[nxt] + self.olen[nxt])) > self.total
-                        or self.plen[nxt] + self.olen[nxt] > pr.context):
+                if self.refuse[nxt]:
                     self.status[nxt] = 2
                 else:
                     waiting.append(nxt)
@@ -416,6 +453,8 @@ class _Simulation:
                     break
                 self.t = float(self.arrival[nxt])                  # idle until the next arrival
                 continue
+            if self.fast and self.decode_run(active, waiting, free_slots, keep, nxt):
+                continue                # a run of plain decode steps, done in one go
             # 1. decoders whose last block is full get a new one, preempting the latest admitted
             dec = active & (self.pre_left == 0)
             while True:
@@ -513,6 +552,82 @@ class _Simulation:
         rec["id"], rec["arrival"], rec["first_token"] = np.arange(n), self.arrival, self.first
         rec["finish"], rec["prompt_len"], rec["output_len"] = self.finish, self.plen, self.olen
         rec["status"], rec["preemptions"] = self.status, self.preempted
+
+    def decode_run(self, active, waiting, free_slots, keep, nxt) -> bool:
+        """Simulate the next m iterations at once when each of them is a plain decode step that
+        leaves the batch as it is; False (nothing done) when the next iteration is not one.
+
+        Between two events the loop above only decodes: every running sequence has finished
+        its prefill, nobody is admitted and nobody finishes.  The run ends at the first event:
+        the step in which the first sequence finishes (the last step of the run), the first
+        step whose block growth would need a preemption, the first step that starts after the
+        next arrival (when the queue is empty; a queue whose head cannot be admitted now can
+        not be admitted later in the run either, as free blocks only shrink), or, with
+        ``drain=False``, the first step that starts after ``duration``.  Within the run the
+        batch b is fixed and the KV lengths sum grows by b a step, so the step times come from
+        one :meth:`Pricer.decode_run` and the start times from a cumulative sum, the same
+        floating-point additions as one step at a time."""
+        act = np.flatnonzero(active)                                        # [b] slots
+        if len(act) == 0 or self.pre_left[act].any():
+            return False
+        bs, b = self.bs, len(act)
+        c0 = self.cache[act]                                                # [b]
+        m = int(self.out_left[act].min())          # the first to finish ends the run
+        # sequence s takes a new block at the steps j with (c0_s + j) % bs == 0
+        first = -c0 % bs                                                    # [b]
+        grows = np.bincount(first, minlength=bs)[np.arange(m) % bs]         # [m] blocks at j
+        taken = np.cumsum(grows)                                            # [m] up to step j
+        m = min(m, int(np.searchsorted(taken, self.free, side="right")))  # no preemption
+        if m == 0:
+            return False
+        if waiting:                                # its head must stay out for the whole run
+            head = waiting[0]
+            budget = (self.chunk - b) if self.chunk else self.max_tokens
+            nb = self.blocks_for(int(self.plen[head] + self.generated[head]))
+            if free_slots and budget > 0 and nb <= self.free - int(taken[0]) - keep:
+                return False
+        limit = math.inf                           # no step may start at or after this time
+        if not waiting and nxt < len(self.arrival):
+            limit = float(self.arrival[nxt])
+        if not self.drain:
+            limit = min(limit, self.duration)
+        S0 = int((c0 + 1).sum())
+        if limit < math.inf:                       # step times only grow: bound m first
+            m = min(m, int((limit - self.t) / self.pr.time(b=b, S=S0)) + 2)
+        dt = self.pr.decode_run(b, S0, m)                                   # [m]
+        t = np.cumsum(np.r_[self.t, dt])           # [m + 1] start of step j; t[m] the end
+        m = 1 + int(np.searchsorted(t[1:m], limit, side="left"))
+        t = t[:m + 1]
+        used = self.total - self.free + taken[:m]                           # [m]
+        if self.debug:
+            steps = np.arange(m)                                            # [m]
+            queued = len(waiting) + np.zeros(m, np.int64)                   # [m]
+            if waiting:                            # arrivals join the (blocked) queue meanwhile
+                came = np.searchsorted(self.arrival, t[:m], side="right")   # [m]
+                ok = np.r_[0, np.cumsum(~self.refuse[nxt:])]                # [n - nxt + 1]
+                queued += ok[np.maximum(came - nxt, 0)]
+            cache = c0[None, :] + steps[:, None]                            # [m, b]
+            needed = (-(-cache // bs)).sum(axis=1) + self.extra * b         # [m]
+            self.trace.extend(zip(t[:m].tolist(), t[1:].tolist(), [b] * m, [0] * m,
+                                  (b + queued).tolist(), used.tolist(), needed.tolist()))
+        self.peak = max(self.peak, int(used[-1]))
+        self.free -= int(taken[m - 1])
+        self.blocks[act] += np.where(first < m, (m - 1 - first) // bs + 1, 0)
+        self.iterations += m
+        self.decoded += b * m
+        self.max_dec = max(self.max_dec, b)
+        self.cache[act] += m
+        self.out_left[act] -= m
+        self.generated[self.rid[act]] += m
+        t_end = float(t[m])
+        for s in act[self.out_left[act] == 0]:
+            r = int(self.rid[s])
+            self.finish[r], self.status[r] = t_end, 0
+            self.free += int(self.blocks[s])
+            self.rid[s], self.blocks[s] = -1, 0
+            free_slots.append(int(s))
+        self.t = t_end
+        return True
 
     def trace_array(self) -> np.ndarray:
         return np.array(self.trace, dtype=[("t_start", "f8"), ("t_end", "f8"), ("decoding", "i8"),

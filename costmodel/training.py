@@ -35,7 +35,9 @@ recomputation are derived from those forward records, one record per kernel:
   MFU (Chowdhery et al. 2022, "PaLM", appendix B): model FLOPs per step / (time x GPUs x dense
   peak), model FLOPs = forward + backward without recomputation -- for a causal LM trained in full
   exactly 6N + 12·L·H·Q·T per token (N the parameters in matrix products, L layers, H heads, Q head
-  width, T sequence length).
+  width, T sequence length).  Like PaLM's formula (and FlopCounterMode) it counts causal attention
+  in full, while the step's time prices what a causal flash kernel computes, about half of it; so
+  against this roofline bound the MFU of a long-sequence run can come out slightly above 100 %.
 """
 from __future__ import annotations
 
@@ -160,6 +162,13 @@ class TrainReport:
 
     def __str__(self) -> str:
         return self.to_table()
+
+    def to_html(self, tokens: float | None = None, samples: float | None = None) -> str:
+        """A self-contained, offline page: summary (a run's totals with ``tokens`` or
+        ``samples``), memory and step time, FLOPs and time per layer type and pass, the records
+        (``costmodel.html``; needs plotly)."""
+        from .html import train_html
+        return train_html(self, tokens=tokens, samples=samples)
 
 
 # ---------------------------------------------------------------------------------------------

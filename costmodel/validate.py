@@ -153,6 +153,12 @@ class Validation:
     def __str__(self) -> str:
         return self.to_table()
 
+    def to_html(self) -> str:
+        """A self-contained, offline page: predicted vs measured per kernel call on log-log
+        axes, the summary and the calls' table (``costmodel.html``; needs plotly)."""
+        from .html import validation_html
+        return validation_html(self)
+
 
 # ---------------------------------------------------------------------------------------------
 # the engine side: the same functions the family modules trace, on real arrays

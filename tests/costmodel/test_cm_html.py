@@ -141,6 +141,147 @@ def test_report_draws_in_a_browser_without_the_network(rep, tmp_path):
     assert f"{len(rep.layers)} of {len(rep.layers)} records" in dom
 
 
+# ------------------------------------------------------------------ train, serve, validate
+def _offline(page: str) -> None:
+    """No tag loads anything; plotly.js inline exactly once."""
+    p = _Refs()
+    p.feed(page)
+    assert p.tags[:1] == ["html"]
+    assert not [r for r in p.refs if r[0] in ("script", "link", "img", "iframe")], p.refs
+    assert not [r for r in p.refs if re.match(r"\s*(https?:|//|wss?:)", r[2])], p.refs
+    assert "<script src" not in page.lower() and "<link" not in page.lower()
+    assert page.count("plotly.js v") == 1 and "Plotly.newPlot" in page
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return cm.train("llama2-110m", "a100-sxm-80gb", batch=4, seq_len=128, recompute="selective")
+
+
+@pytest.fixture(scope="module")
+def curve():
+    return cm.sweep("llama2-110m", [2, 20], device="h100-sxm", duration=4, prompt_len=64,
+                    output_len=16)
+
+
+def test_train_page(trained, tmp_path, capsys):
+    pytest.importorskip("plotly", reason="the HTML report needs plotly (pyworkloads[html])")
+    from costmodel.html import train_groups
+    rep = trained
+    # the bars: per GPU per step, the micro-batch records scaled back to the whole step --
+    # dp = tp = pp = 1: the step's FLOPs (computed from the global batch) and compute time
+    groups = train_groups(rep)
+    assert sum(sum(g["flops"].values()) for g in groups) == pytest.approx(rep.flops_per_step)
+    assert sum(sum(g["time"].values()) for g in groups) == \
+        pytest.approx(rep.time_parts["compute_s"])
+    attn = next(g for g in groups if g["op"] == "attention")
+    assert attn["flops"]["forward"] > 0
+    assert attn["flops"]["recompute"] == pytest.approx(attn["flops"]["forward"])
+    assert rep.options["microbatches"] == 4
+    page = rep.to_html(tokens=1e9)
+    _offline(page)
+    for r in rep.layers:                                     # forward, .grad and .recompute
+        assert json.dumps(r.name) in page
+    run = rep.summary(tokens=1e9)
+    for text in (f"<td>{rep.mfu:.1%}</td>", fmt_time(rep.time_per_step),
+                 f"total {fmt_bytes(rep.memory['total'])} of {fmt_bytes(rep.device.memory)}",
+                 f"{run['steps']:,} steps", '<td class="fits">True</td>',
+                 f"{rep.flops_per_step:.4g}", "capacity 80.00 GB", "recompute"):
+        assert text in page, text
+    f = tmp_path / "t.html"
+    assert main(["train", "llama2-110m", "--device", "a100-sxm-80gb", "--batch", "4",
+                 "--seq-len", "128", "--recompute", "selective", "--format", "html",
+                 "-o", str(f)]) == 0
+    assert "model.layers.11.mlp.down_proj.grad" in f.read_text()
+    capsys.readouterr()
+
+
+def test_serve_pages(curve, tmp_path, capsys):
+    pytest.importorskip("plotly", reason="the HTML report needs plotly (pyworkloads[html])")
+    from costmodel.html import curve_html
+    one = cm.serve("llama2-110m", "h100-sxm", arrival_rate=20, duration=4, prompt_len=64,
+                   output_len=16, debug=True)
+    page = one.to_html()
+    _offline(page)
+    s = one.summary
+    assert s["finished"] > 40 and s["max_batch"] > 1
+    for text in (f"{s['ttft_p50'] * 1e3:.2f} ms / {s['ttft_p99'] * 1e3:.2f} ms",
+                 f"{s['tpot_p50'] * 1e3:.2f} ms / {s['tpot_p99'] * 1e3:.2f} ms",
+                 f"{s['throughput_tps']:,.1f} output tok/s", "Batch over time",
+                 "decoding (batch)"):
+        assert text in page, text
+    table = json.loads(re.search(r'layerTable\("requests", (.*?), "', page).group(1))
+    assert [r[0] for r in table["rows"]] == list(range(s["arrived"]))   # one row per request
+    assert "No per-iteration trace" in curve[0].to_html()                  # no debug: no trace
+    page = curve_html(curve)
+    _offline(page)
+    for r in curve:                                   # each rate's point and its figures
+        rate = r.settings["arrival_rate"]
+        assert f'"{rate:g}\\u002fs"' in page and f'"{r.summary["throughput_rps"]:.3f}"' in page
+        assert f'"name":"{rate:g} req\\u002fs"' in page         # its latency CDF
+    f = tmp_path / "c.html"
+    assert main(["serve", "llama2-110m", "--device", "h100-sxm", "--rates", "2,20",
+                 "--duration", "4", "--prompt-len", "64", "--output-len", "16",
+                 "--format", "html", "-o", str(f)]) == 0
+    assert "Throughput-latency curve" in f.read_text()
+    assert main(["serve", "llama2-110m", "--device", "h100-sxm", "--format", "html"]) == 2
+    assert "--format html needs -o" in capsys.readouterr().err
+
+
+def test_validate_page(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("plotly", reason="the HTML report needs plotly (pyworkloads[html])")
+    pytest.importorskip("pyworkloads._kernels", reason="the compiled kernels are not built")
+    from costmodel import calibration as C
+    monkeypatch.setenv("COSTMODEL_CACHE_DIR", str(tmp_path))
+    eff = 0.5                                     # a made-up profile: predictions to compare
+    pts = {"matmul": [[0, 6, 6, eff], [10, 12, 12, eff]],
+           "attention": [[0, 6, 6, 0, eff], [10, 10, 7, 1, eff]],
+           "rms_norm": [[0, 6, eff], [12, 12, eff]], "layer_norm": [[0, 6, eff], [12, 12, eff]],
+           "gelu": [[10, eff], [20, eff]]}
+    C.Profile(backend="cpp", machine=C.machine_identity("cpp"), measured_at="now",
+              peak_flops=1e11, peak_how="made up", bandwidth=1e10,
+              bandwidth_by_size=[[1e3, 2e10], [1e9, 1e10]],
+              overhead={op: 1e-6 for op in C.KERNEL_OPS}, glue={op: 2e-6 for op in C.KERNEL_OPS},
+              ufunc_call=1e-6, points=pts, attention_impl="flash").save(C.profile_path("cpp"))
+    v = cm.validate("llama2-tiny", phase="decode", seq_len=4, repeats=1, min_seconds=0)
+    page = v.to_html()
+    _offline(page)
+    assert len(v.layers) > 5
+    for c in v.layers:                                # each call in the plot's hover and table
+        assert json.dumps(c.name) in page and f"{100 * c.error:+.1f}%" in page
+    assert "predicted = measured" in page and '"type":"log"' in page
+    assert f"median |error| {100 * v.median_error:.1f} %" in page
+    f = tmp_path / "v.html"
+    assert main(["validate", "llama2-tiny", "--phase", "decode", "--seq-len", "4",
+                 "--repeats", "1", "--seconds", "0", "--format", "html", "-o", str(f)]) == 0
+    assert "Predicted vs measured" in f.read_text()
+    capsys.readouterr()
+
+
+def test_train_and_curve_pages_draw_in_a_browser_without_the_network(trained, curve, tmp_path):
+    pytest.importorskip("plotly", reason="the HTML report needs plotly (pyworkloads[html])")
+    from costmodel.html import curve_html, train_groups
+    exe = _browser()
+    page = tmp_path / "train.html"
+    page.write_text(trained.to_html())
+    dom, asked = _load(exe, page, tmp_path)
+    assert asked == set()
+    assert len(re.findall(r'<svg class="main-svg"', dom)) >= 4          # both figures drew
+    groups = train_groups(trained)
+    bars = sum(1 for g in groups for d in (g["flops"], g["time"]) for v in d.values() if v)
+    # the per-type bars, the four kinds of memory, the step's forward / backward / recompute
+    assert len(re.findall(r'class="point"', dom)) >= bars + 4 + 3
+    assert f"{len(trained.layers)} of {len(trained.layers)} records" in dom
+    page = tmp_path / "curve.html"
+    page.write_text(curve_html(curve))
+    dom, asked = _load(exe, page, tmp_path)
+    assert asked == set()
+    # the curve: TTFT and TPOT, p50 and p99, one hoverable marker per rate each
+    assert len(re.findall(r'class="point plotly-customdata"', dom)) == 4 * len(curve)
+    assert len(re.findall(r'class="js-line"', dom)) >= 4 + 2 * len(curve)    # + the CDFs
+    assert f"{len(curve)} of {len(curve)} records" in dom
+
+
 # ----------------------------------------------------------------------------- PNG plots
 @pytest.fixture(scope="module")
 def plt():

@@ -191,3 +191,25 @@ def test_cli_serve_plot(tmp_path):
                "--plot", str(png)])
     assert rc == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("model, kw", [
+    (LLAMA, dict(arrival_rate=5, prompt_len=512, output_len=128, duration=20)),
+    (LLAMA, dict(arrival_rate=50, prompt_len=("uniform", 100, 1500), output_len=("lognormal", 150,
+                 0.7), duration=10, chunked_prefill=512, seed=2)),
+    (LLAMA, dict(arrival_rate=60, prompt_len=("uniform", 200, 900), output_len=("uniform", 50, 400),
+                 duration=5, memory_fraction=0.25, drain=False, seed=1)),
+    ("whisper-large-v3", dict(arrival_rate=10, prompt_len=("uniform", 1, 50),
+                              output_len=("uniform", 20, 300), duration=10, seed=4)),
+])
+def test_fast_path_equals_step_by_step(model, kw):
+    """Skipping over runs of plain decode steps gives the same records, summary and trace as
+    simulating one iteration per loop, bit for bit, with and without preemptions."""
+    fast = cm.serve(model, DEV, debug=True, **kw)
+    slow = cm.serve(model, DEV, debug=True, _fast=False, **kw)
+    assert fast.records.tobytes() == slow.records.tobytes()
+    assert fast.trace.tobytes() == slow.trace.tobytes()
+    assert fast.summary == slow.summary
+    assert fast.summary["finished"] > 20
+    if kw.get("memory_fraction"):
+        assert fast.summary["preemptions"] > 0 and fast.summary["unfinished"] > 0
