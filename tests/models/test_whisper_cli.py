@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import inspect
 import json
 from types import SimpleNamespace
 
@@ -254,15 +253,6 @@ def test_end_to_end_greedy_writes_every_format(tmp_path, capsys):
     assert "wrote " in capsys.readouterr().err
 
 
-def _transcribe_accepts(*names) -> bool:
-    params = inspect.signature(W.Whisper.transcribe).parameters
-    return all(n in params for n in names) or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-@pytest.mark.skipif(not _transcribe_accepts("word_timestamps", "beam_size", "temperature"),
-                    reason="needs transcribe(word_timestamps=, beam_size=, temperature=) from "
-                           "issue 20's decoding work")
 def test_end_to_end_word_timestamps_srt(tmp_path):
     """--word-timestamps through transcribe() (the tiny checkpoint lists no alignment heads:
     openai-whisper's default, the last half of the decoder's heads) into wrapped subtitles."""
