@@ -27,7 +27,7 @@ from . import analysis
 from . import hardware as _devices
 from .gguf import MIXES
 from .graph import WEIGHT_DTYPES
-from .report import fmt_bytes, fmt_time
+from .report import fmt_bytes, summary_cell
 
 FORMATS = ("table", "md", "csv", "json", "html")   # html: one self-contained page (plotly)
 DTYPES = WEIGHT_DTYPES          # fp32 .. int4, llama.cpp's q8_0 .. q6_k and its q4_k_m recipe
@@ -321,15 +321,7 @@ def _cmd_compare(a) -> int:
         print(json.dumps({r.device.key: {"summary": r.summary, "total": r.total} for r in reps},
                          indent=1, default=str))
         return 0
-    def cell(k, v):
-        if isinstance(v, bool) or v is None:
-            return str(v)
-        if k.endswith("_per_s"):
-            return f"{v:,.1f}"
-        if k.endswith("_s") or k.endswith("_per_prompt"):
-            return fmt_time(v)
-        return str(v)
-    rows = [[k] + [cell(k, r.summary.get(k)) for r in reps] for k in keys]
+    rows = [[k] + [summary_cell(k, r.summary.get(k)) for r in reps] for k in keys]
     rows.append(["memory total"] + [fmt_bytes(r.summary["memory_bytes"]["total"]) for r in reps])
     rows.append(["memory-bound share"] + [
         f"{100 * sum(x.t_lower for x in r.layers if x.bound == 'memory') / r.total['t_lower']:.0f}%"

@@ -37,7 +37,8 @@ import json
 import math
 
 from .plots import _groups, time_parts
-from .report import fmt_bytes, fmt_summary, fmt_time
+from .report import fmt_bytes, fmt_summary, fmt_time, summary_cell
+from .serving import ms_text
 
 __all__ = ["report_html", "compare_html", "train_html", "serve_html", "curve_html",
            "validation_html", "INSTALL_HINT"]
@@ -342,15 +343,7 @@ def _compare_rows(reps) -> list[list[str]]:
     keys = list(dict.fromkeys(k for r in reps for k in r.summary
                               if k not in ("memory_bytes", "device_memory_bytes")))
 
-    def cell(k, v):
-        if isinstance(v, bool) or v is None:
-            return str(v) if v is not None else "-"
-        if k.endswith("_per_s"):
-            return f"{v:,.1f}"
-        if k.endswith("_s") or k.endswith("_per_prompt"):
-            return fmt_time(v)
-        return str(v)
-    rows = [[k] + [cell(k, r.summary.get(k)) for r in reps] for k in keys]
+    rows = [[k] + [summary_cell(k, r.summary.get(k)) for r in reps] for k in keys]
     rows.append(["memory total"] + [fmt_bytes(r.summary["memory_bytes"]["total"]) for r in reps])
     rows.append(["device memory"] + [fmt_bytes(r.device.memory) for r in reps])
     for part in _PART_CSS:
@@ -591,10 +584,6 @@ _Q_STYLE = {"p50": dict(dash="solid", symbol="circle"), "p99": dict(dash="dash",
 _MAX_TRACE_POINTS = 4000          # the batch-over-time plot draws at most this many iterations
 
 
-def _ms_text(v) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v * 1e3:.2f} ms"
-
-
 def _workload(st: dict) -> str:
     return (f"prompt {st['prompt_len']}, output {st['output_len']}, {st['duration']:g} s of "
             f"arrivals, seed {st['seed']}, "
@@ -655,7 +644,7 @@ def latency_figure(results, go=None):
                 if math.isfinite(v) and v > 0:       # a trace: exact on the log axis
                     at = 0.9 if q == "p50" else 0.1        # left of the line, off the curve
                     fig.add_trace(go.Scatter(x=[v * 1e3] * 3, y=[0, at, 1], mode="lines+text",
-                                             text=["", f"{q} {_ms_text(v)} ", ""],
+                                             text=["", f"{q} {ms_text(v)} ", ""],
                                              textposition="middle left", showlegend=False,
                                              line=dict(color="#555", dash="dot", width=1),
                                              hoverinfo="skip"), row=1, col=col)
@@ -701,25 +690,11 @@ def batch_figure(res, go=None):
 
 
 def _serve_summary(res) -> list[tuple[str, str]]:
-    s, st, z = res.summary, res.settings, res.zero_load
-    rows = [("model", f"{st['model']} on {st['device']} ({st['dtype'] or 'default dtype'}, "
+    st = res.settings
+    return [("model", f"{st['model']} on {st['device']} ({st['dtype'] or 'default dtype'}, "
                       f"tp {st['tp']})"),
             ("workload", f"{st['arrival_rate']:g} req/s; " + _workload(st)),
-            ("requests arrived / finished / unfinished / refused",
-             f"{s['arrived']} / {s['finished']} / {s['unfinished']} / {s['refused']}"),
-            ("TTFT p50 / p99", f"{_ms_text(s['ttft_p50'])} / {_ms_text(s['ttft_p99'])}"),
-            ("TPOT p50 / p99", f"{_ms_text(s['tpot_p50'])} / {_ms_text(s['tpot_p99'])}"),
-            ("throughput", f"{s['throughput_rps']:.3f} req/s, {s['throughput_tps']:,.1f} output "
-                           f"tok/s, {s['total_tps']:,.1f} tok/s incl. prompts"),
-            ("batch: mean / max decoding", f"{s['mean_batch']:.1f} / {s['max_batch']}"),
-            ("KV cache", f"{s['kv_blocks']:,} blocks of {st['block_size']} tokens "
-                         f"({fmt_bytes(s['kv_bytes'])}), peak use {s['peak_blocks']:,}"),
-            ("preemptions", str(s["preemptions"])),
-            ("simulated / makespan", f"{s['iterations']:,} iterations, {s['makespan']:.2f} s")]
-    if z:
-        rows.append(("zero load (closed form)",
-                     f"TTFT {_ms_text(z['ttft'])}, TPOT {_ms_text(z['tpot'])}"))
-    return rows
+            *res.summary_rows()]
 
 
 _STATUS = {0: "finished", 1: "unfinished", 2: "refused"}

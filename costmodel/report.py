@@ -27,6 +27,20 @@ def _meta(rep) -> dict:
             "device": rep.device.key, "device_name": rep.device.name, "options": rep.options}
 
 
+def summary_cell(key: str, value) -> str:
+    """One summary value as a table cell: rates with thousands separators, times (keys ending in
+    ``_s`` or ``_per_prompt``) with their unit, "-" for a missing one."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if key.endswith("_per_s"):
+        return f"{value:,.1f}"
+    if key.endswith("_s") or key.endswith("_per_prompt"):
+        return fmt_time(value)
+    return str(value)
+
+
 def to_json(rep, indent=1) -> str:
     doc = {**_meta(rep), "summary": _jsonable(rep.summary), "total": _jsonable(rep.total),
            "by_phase": _jsonable(rep.by_phase()), "schema": list(SCHEMA),

@@ -265,12 +265,13 @@ class ServeResult:
     tpot_p99 = property(lambda self: self.summary["tpot_p99"])
     throughput = property(lambda self: self.summary["throughput_rps"])
 
-    def to_table(self) -> str:
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(label, value) rows of the summary, as the table and the HTML page show them."""
         s, z = self.summary, self.zero_load
         rows = [("requests arrived / finished / unfinished / refused",
                  f"{s['arrived']} / {s['finished']} / {s['unfinished']} / {s['refused']}"),
-                ("TTFT p50 / p99", f"{_ms(s['ttft_p50'])} / {_ms(s['ttft_p99'])}"),
-                ("TPOT p50 / p99", f"{_ms(s['tpot_p50'])} / {_ms(s['tpot_p99'])}"),
+                ("TTFT p50 / p99", f"{ms_text(s['ttft_p50'])} / {ms_text(s['ttft_p99'])}"),
+                ("TPOT p50 / p99", f"{ms_text(s['tpot_p50'])} / {ms_text(s['tpot_p99'])}"),
                 ("throughput", f"{s['throughput_rps']:.3f} req/s, {s['throughput_tps']:,.1f} "
                                f"output tok/s, {s['total_tps']:,.1f} tok/s incl. prompts"),
                 ("batch: mean / max decoding", f"{s['mean_batch']:.1f} / {s['max_batch']}"),
@@ -280,7 +281,11 @@ class ServeResult:
                 ("simulated / makespan", f"{s['iterations']} iterations, {s['makespan']:.2f} s")]
         if z:
             rows.append(("zero load (closed form)",
-                         f"TTFT {_ms(z['ttft'])}, TPOT {_ms(z['tpot'])}"))
+                         f"TTFT {ms_text(z['ttft'])}, TPOT {ms_text(z['tpot'])}"))
+        return rows
+
+    def to_table(self) -> str:
+        rows = self.summary_rows()
         st = self.settings
         head = (f"{st['model']} on {st['device']} ({st['dtype'] or 'default dtype'}, tp "
                 f"{st['tp']}): {st['arrival_rate']} req/s for {st['duration']} s, prompt "
@@ -301,7 +306,8 @@ class ServeResult:
         return serve_html(self)
 
 
-def _ms(v) -> str:
+def ms_text(v) -> str:
+    """Seconds as milliseconds for a table ("-" for a missing or non-finite value)."""
     return "-" if v is None or not np.isfinite(v) else f"{v * 1e3:.2f} ms"
 
 
@@ -697,9 +703,9 @@ def curve_table(results) -> str:
            "TPOT p99 | mean batch | preempted |", "|" + "---:|" * 9]
     for r in curve_rows(results):
         out.append(f"| {r['arrival_rate']:g} | {r['throughput_rps']:.2f} | "
-                   f"{r['throughput_tps']:,.0f} | {_ms(r['ttft_p50'])} | {_ms(r['ttft_p99'])} | "
-                   f"{_ms(r['tpot_p50'])} | {_ms(r['tpot_p99'])} | {r['mean_batch']:.1f} | "
-                   f"{r['preemptions']} |")
+                   f"{r['throughput_tps']:,.0f} | {ms_text(r['ttft_p50'])} | "
+                   f"{ms_text(r['ttft_p99'])} | {ms_text(r['tpot_p50'])} | "
+                   f"{ms_text(r['tpot_p99'])} | {r['mean_batch']:.1f} | {r['preemptions']} |")
     return "\n".join(out)
 
 

@@ -905,32 +905,29 @@ enum class Path { gemv, gemm, int8 };
 template <class QT>
 void qmatmul_fast(int64_t M, int64_t N, int64_t K, const float* x, const uint8_t* W, float* y, Path path) {
     const int nt_max = kernel_threads();
+    // versions 2 and 4: each thread one contiguous range [n0, n1) of W's rows; a stream under
+    // ~64 K weights is over before a second thread has started
+    auto split_rows = [&](auto&& rows) {
+        const int nt = double(N) * K < 65536.0 ? 1 : nt_max;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            const int team = team_size(), t = thread_id();
+            const int64_t step = ceil_div(N, team);
+            const int64_t n0 = std::min(N, t * step), n1 = std::min(N, n0 + step);
+            rows(n0, n1);
+        }
+    };
 #if defined(PYW_SIMD_INT8)
     if (path == Path::int8) {
         thread_local QuantizedX buffers;                // grow-only: no allocation per token
         QuantizedX& xq = buffers;                       // (the caller's: the team shares it by reference)
         quantize_x<QT>(M, K, x, xq);
-        const int nt = double(N) * K < 65536.0 ? 1 : nt_max;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-        {
-            const int team = team_size(), t = thread_id();
-            const int64_t step = ceil_div(N, team);
-            const int64_t n0 = std::min(N, t * step), n1 = std::min(N, n0 + step);
-            int8_rows<QT>(N, K, x, xq, W, y, n0, n1);
-        }
+        split_rows([&](int64_t n0, int64_t n1) { int8_rows<QT>(N, K, x, xq, W, y, n0, n1); });
         return;
     }
 #endif
     if (path != Path::gemm) {
-        // a stream under ~64 K weights is over before a second thread has started
-        const int nt = double(N) * K < 65536.0 ? 1 : nt_max;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-        {
-            const int team = team_size(), t = thread_id();
-            const int64_t step = ceil_div(N, team);
-            const int64_t n0 = std::min(N, t * step), n1 = std::min(N, n0 + step);
-            gemv_rows<QT>(M, N, K, x, W, y, n0, n1);
-        }
+        split_rows([&](int64_t n0, int64_t n1) { gemv_rows<QT>(M, N, K, x, W, y, n0, n1); });
         return;
     }
     gemm::Blocking blk = gemm::current_blocking();
