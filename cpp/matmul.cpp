@@ -6,6 +6,8 @@
 //   2. blocked  the GotoBLAS/BLIS GEMM: packed operands, cache blocks, a SIMD register micro-kernel
 //   3. skinny   M <= SKINNY_M (the decode GEMV, x·Wᵀ or x·W): B read in place, once, as one
 //               sequential stream per thread, for a few output rows
+//   4. group    several skinny x·Wᵢᵀ of one x (Q/K/V, gate/up) in one parallel region
+//               (``matmul_group``)
 //
 // version="naive" runs 1; version="fast" runs 3 where it applies and 2 otherwise (the dispatch at
 // the end of the file says when, and how batches are spread over threads).  Version 2's loop nest,
@@ -583,6 +585,81 @@ py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, const std::string&
     return out;
 }
 
+// =============================================================================================
+// 4. group: C_i = A · W_iᵀ for several weights W_i [N_i, K] that read the same A [M, K], M <=
+// SKINNY_M -- the Q, K, V projections of a decode step, or the gate and up projections of its
+// MLP.  Version 3 run once per weight forks the threads, splits that weight's rows and meets at a
+// barrier, once per weight; a small weight (K and V under grouped-query attention) gives each
+// thread a short stream.  Here the weights' rows are laid end to end, rows 0 .. ΣN_i, and the
+// threads split that one range evenly: each streams a contiguous run of rows, crossing from one
+// weight into the next where its run does, and all of them meet once, at the end.  The products
+// are version 3's, row for row (skinny_transposed), so the results are bit-identical to it.
+// Other layouts and larger M run version 2/3 per weight.
+// =============================================================================================
+py::list matmul_group(py::handle a_obj, py::sequence bs_obj) {
+    StridedF32 a = strided_f32(a_obj, "a");
+    if (a.ndim() != 2) throw py::value_error("matmul_group: a must be [M, K], got a" + shape_str(a.arr));
+    const int64_t M = a.dim(0), K = a.dim(1);
+    const size_t G = py::len(bs_obj);
+    std::vector<StridedF32> bs;
+    bs.reserve(G);
+    bool grouped = M >= 1 && M <= SKINNY_M && K >= 1;
+    int64_t rows = 0;
+    for (size_t i = 0; i < G; ++i) {
+        const std::string what = "bs[" + std::to_string(i) + "]";
+        bs.push_back(strided_f32(bs_obj[i], what.c_str()));
+        const StridedF32& b = bs.back();
+        if (b.ndim() != 2 || b.dim(0) != K)
+            throw py::value_error("matmul_group: " + what + " must be [K, N] with K = a's " + std::to_string(K) +
+                                  " columns, got " + shape_str(b.arr));
+        grouped = grouped && b.st(0) == 1;                 // W_i [N_i, K] with unit stride along k
+        rows += b.dim(1);
+    }
+    py::list outs;
+    if (!grouped) {                                        // version 2/3, one weight at a time
+        for (size_t i = 0; i < G; ++i) outs.append(matmul(a.arr, bs[i].arr, "fast"));
+        return outs;
+    }
+    std::vector<float*> C(G);
+    for (size_t i = 0; i < G; ++i) {
+        py::array_t<float> o({M, bs[i].dim(1)});
+        C[i] = o.mutable_data();
+        outs.append(o);
+    }
+    const int nt_max = kernel_threads();
+    const int nt = double(rows) * K * sizeof(float) < 256e3 ? 1 : nt_max;
+    const float* A = a.data;
+    int64_t lda = a.st(0);
+    float* arow = nullptr;
+    if (a.st(1) != 1) {                                    // gather the few A rows contiguously
+        arow = thread_scratch(0, static_cast<size_t>(M * K));
+        for (int64_t i = 0; i < M; ++i)
+            for (int64_t k = 0; k < K; ++k) arow[i * K + k] = A[i * a.st(0) + k * a.st(1)];
+        A = arow;
+        lda = K;
+    }
+    {
+        py::gil_scoped_release nogil;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            const int n_team = team_size(), t = thread_id();
+            const int64_t step = round_up(ceil_div(rows, n_team), 16);
+            const int64_t lo = std::min(rows, t * step), hi = std::min(rows, lo + step);
+            int64_t first = 0;                                 // row of W_i's first row in the range
+            for (size_t i = 0; i < G; ++i) {
+                const int64_t N = bs[i].dim(1);
+                const int64_t n0 = std::max<int64_t>(lo - first, 0), n1 = std::min<int64_t>(hi - first, N);
+                if (n0 < n1) {
+                    const Mat B{bs[i].data, bs[i].st(0), bs[i].st(1)};
+                    skinny(M, N, K, A, lda, B, C[i], N, n0, n1);
+                }
+                first += N;
+            }
+        }
+    }
+    return outs;
+}
+
 void set_matmul_blocking(int64_t kc, int64_t mc, int64_t nc) {
     if (kc < 1 || mc < 1 || nc < 1) throw py::value_error("matmul blocking sizes must be >= 1");
     g_block.kc = kc;
@@ -595,6 +672,10 @@ void bind_matmul(py::module_& m) {
           "float32 a @ b with np.matmul semantics ([..., M, K] @ [..., K, N], batch dims broadcast).\n"
           "Inputs are read through their strides (no copy for transposed views); dtypes other than float32\n"
           "raise TypeError. version: 'fast' (packed, blocked, SIMD, threaded) or 'naive' (triple loop).");
+    m.def("matmul_group", &matmul_group, py::arg("a"), py::arg("bs"),
+          "[a @ b for b in bs] for a float32 a [M, K] and bs [K, N_i]: with M <= 4 and every b a transposed\n"
+          "C-contiguous weight (W_i.T, W_i [N_i, K]) the products run in one parallel region over the\n"
+          "weights' rows laid end to end (one fork and join for the group); otherwise matmul per b.");
     m.def("_set_matmul_blocking", &set_matmul_blocking, py::arg("kc"), py::arg("mc"), py::arg("nc"),
           "Tuning hook for benchmarks: the GEMM cache-block sizes (K, M and N blocks).");
     m.def(

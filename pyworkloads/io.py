@@ -167,6 +167,7 @@ class SafeTensors(Mapping):
         self.metadata, self._entries = self._parse_header(header_bytes, size - 8 - n)
         self._data_start = 8 + n
         self._mmap = None
+        self._views: dict[str, np.ndarray] = {}     # raw() of aligned tensors: views, kept
         if size > self._data_start:
             with open(self.path, "rb") as f:
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -296,10 +297,17 @@ class SafeTensors(Mapping):
         float32s as float32s, and a misaligned load is undefined behaviour in C++.  Copying only
         those tensors keeps every array the kernels see aligned while the usual, aligned file
         stays memory-mapped."""
+        arr = self._views.get(name)
+        if arr is not None:
+            return arr
         arr = self._view(name)
         if not arr.flags.aligned:
             arr = arr.copy()                    # NumPy allocates aligned memory
             arr.flags.writeable = False         # read-only, as the mapped views are
+        else:
+            # a view costs no memory, so it is kept: a decode step asks for every weight, and
+            # building the view again each time is a few microseconds per matrix
+            self._views[name] = arr
         return arr
 
     def dtype_of(self, name: str) -> str:
@@ -366,6 +374,7 @@ class CheckpointWeights(Mapping):
 
     def __init__(self, files: list[SafeTensors]):
         self.files = files
+        self._float32: dict[str, np.ndarray] = {}    # float32 tensors looked up so far (views)
         self._where: dict[str, SafeTensors] = {}
         for st in files:
             for name in st:
@@ -381,7 +390,13 @@ class CheckpointWeights(Mapping):
             raise KeyError(f"checkpoint has no tensor named {name!r}") from None
 
     def __getitem__(self, name):
-        return self._file(name)[name]
+        arr = self._float32.get(name)
+        if arr is None:
+            st = self._file(name)
+            arr = st[name]
+            if st.dtype_of(name) == "F32" and not arr.flags.owndata:
+                self._float32[name] = arr         # a view of the mapping: kept, it costs nothing
+        return arr
 
     def raw(self, name):
         return self._file(name).raw(name)

@@ -19,7 +19,8 @@ from .kernels import attention, layer_norm, matmul, rms_norm  # noqa: F401  (re-
 from .kernels.reference import softmax  # noqa: F401  (re-exported)
 
 __all__ = [
-    "linear", "contiguous", "layer_norm", "rms_norm", "softmax", "gelu", "gelu_tanh", "quick_gelu",
+    "linear", "linears", "contiguous", "layer_norm", "rms_norm", "softmax", "gelu", "gelu_tanh",
+    "quick_gelu",
     "silu", "relu", "attention", "matmul", "conv1d", "conv2d", "conv_transpose2d",
     "interpolate_bilinear", "ACTIVATIONS",
 ]
@@ -44,6 +45,26 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     if bias is not None:
         y += bias
     return y.reshape(*lead, weight.shape[0])
+
+
+def linears(x: np.ndarray, weights: list, biases: list | None = None) -> list[np.ndarray]:
+    """``[linear(x, w, b) for w, b in zip(weights, biases)]``: the layers that read the same x
+    (attention's Q, K and V projections; SwiGLU's gate and up).  Float weights go to the kernels
+    as one :func:`kernels.matmul_group` call, which the cpp backend runs as a single pass over
+    all of them; its results, profile and trace are those of the separate layers."""
+    biases = [None] * len(weights) if biases is None else biases
+    for w in weights:
+        if x.shape[-1] != w.shape[-1]:
+            raise ValueError(f"linear: x's last dimension {x.shape[-1]} != weight's input width "
+                             f"{w.shape[-1]}")
+    if any(isinstance(w, quant.QuantizedTensor) for w in weights):
+        return [linear(x, w, b) for w, b in zip(weights, biases)]
+    lead = x.shape[:-1]
+    ys = kernels.matmul_group(x.reshape(-1, x.shape[-1]), [w.T for w in weights])  # [rows, Dout]
+    for y, b in zip(ys, biases):
+        if b is not None:
+            y += b
+    return [y.reshape(*lead, w.shape[0]) for y, w in zip(ys, weights)]
 
 
 def contiguous(x):

@@ -42,9 +42,10 @@ from . import tracing as _trace
 from .tracing import trace
 
 __all__ = [
-    "matmul", "qmatmul", "attention", "rms_norm", "layer_norm", "gelu", "available", "use_backend",
-    "get_backend", "set_backend", "profile", "scope", "trace", "set_num_threads", "get_num_threads",
-    "Profile", "KernelCall", "cpu_isas", "get_cpu_isa", "set_cpu_isa", "use_cpu_isa",
+    "matmul", "matmul_group", "qmatmul", "attention", "rms_norm", "layer_norm", "gelu",
+    "available", "use_backend", "get_backend", "set_backend", "profile", "scope", "trace",
+    "set_num_threads", "get_num_threads", "Profile", "KernelCall", "cpu_isas", "get_cpu_isa",
+    "set_cpu_isa", "use_cpu_isa",
 ]
 
 BACKENDS = ("numpy", "cpp", "cuda")
@@ -272,25 +273,54 @@ def profile():
         _profiles.reset(token)
 
 
-@contextlib.contextmanager
-def scope(name: str):
+class scope:
     """Name the kernel calls made inside, e.g. with the HF module path ``model.layers.3.mlp``, so
     profile records line up with checkpoint tensors and cost-model layers.
 
     Inside another scope a name is joined to it with '.', unless it already begins with the
     enclosing name and a '.': models give every module its full path, and a layer's scope
-    ``model.layers.3`` around its ``model.layers.3.mlp`` stays ``model.layers.3.mlp``."""
-    outer = _scope.get()
-    full = name if not outer or name.startswith(outer + ".") else f"{outer}.{name}"
-    token = _scope.set(full)
-    try:
-        yield
-    finally:
-        _scope.reset(token)
+    ``model.layers.3`` around its ``model.layers.3.mlp`` stays ``model.layers.3.mlp``.
+
+    (A class rather than a generator context manager: a decode step enters ~100 scopes, and
+    this costs a third of the generator's overhead.)"""
+    __slots__ = ("name", "_token")
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        outer = _scope.get()
+        name = self.name
+        full = name if not outer or name.startswith(outer + ".") else f"{outer}.{name}"
+        self._token = _scope.set(full)
+
+    def __exit__(self, *exc):
+        _scope.reset(self._token)
 
 
 def _nbytes(*arrays) -> int:
     return int(sum(a.nbytes for a in arrays if a is not None))
+
+
+_fns: dict[tuple, tuple] = {}      # (backend, op[, cpp ISA level]) -> (backend that runs it, fn)
+
+
+def _backend_fn(op: str):
+    """(backend name, function) that runs ``op`` now: the active backend's, or the reference's
+    when that backend lacks the op.  Looked up once per backend, op and ISA level of the cpp
+    kernels (a decode step makes ~100 calls; the lookup through the adapter modules would cost
+    about a microsecond each)."""
+    name = _active.get() or _default_backend
+    cpp = _backend_modules.get("cpp") if name == "cpp" else None
+    key = (name, op, cpp.isa()) if cpp is not None else (name, op)
+    hit = _fns.get(key)
+    if hit is None:
+        mod = _backend_modules.get(name) or _load_backend(name)
+        fn = getattr(mod, op, None)
+        hit = (name, fn) if fn is not None else ("numpy", getattr(reference, op))
+        if mod is not None:
+            _fns[key] = hit
+    return hit
 
 
 def _run(op: str, args: tuple, kwargs: dict, counts, out_shape: tuple):
@@ -304,11 +334,7 @@ def _run(op: str, args: tuple, kwargs: dict, counts, out_shape: tuple):
                                   options={k: v for k, v in kwargs.items()
                                            if k not in ("bias", "mask")}))
         return out
-    name = get_backend()
-    mod = _backend_modules.get(name) or _load_backend(name)
-    fn = getattr(mod, op, None)
-    if fn is None:                                   # backend lacks this op: the reference runs it
-        name, fn = "numpy", getattr(reference, op)
+    name, fn = _backend_fn(op)
     profs = _profiles.get()
     if not profs:
         return fn(*args, **kwargs)
@@ -369,6 +395,47 @@ def matmul(a, b):
         return (tuple(a.shape), tuple(b.shape)), str(out.dtype), macs, 2 * macs, _nbytes(a, b, out)
 
     return _run("matmul", (a, b), {}, counts, tuple(batch) + (a.shape[-2], b.shape[-1]))
+
+
+def matmul_group(a, bs):
+    """``[a @ b for b in bs]``: several products of one a [M, K] with bs [K, Nᵢ] -- the Q, K and
+    V projections of one input, or the gate and up projections of an MLP.
+
+    The result is that of one :func:`matmul` per b, and profiles and traces see exactly those
+    calls (one record per b, op "matmul").  The point is the cpp backend's decode path: with a
+    few rows of a and every b a transposed weight (``W.T``), it streams all the weights in one
+    parallel region, where one call per weight would fork, split and join the threads once per
+    weight.  A profile record then carries its share of the group's time, in proportion to its
+    weight's size (the group is memory-bound: time goes with the bytes streamed)."""
+    a = _as_float_array(a, "a")
+    bs = [_as_float_array(b, f"bs[{i}]") for i, b in enumerate(bs)]
+    if a.ndim != 2:
+        raise ValueError(f"matmul_group: a must be [M, K], got a{tuple(a.shape)}")
+    for i, b in enumerate(bs):
+        if b.ndim != 2 or b.shape[0] != a.shape[1]:
+            raise ValueError(f"matmul_group: bs[{i}] must be [K, N] with K = a's {a.shape[1]} "
+                             f"columns, got {tuple(b.shape)}")
+    name, fn = _backend_fn("matmul_group")
+    if (name == "numpy" or _trace.active_trace() is not None or not isinstance(a, np.ndarray)
+            or not all(isinstance(b, np.ndarray) for b in bs)):
+        return [matmul(a, b) for b in bs]                  # one dispatched call per product
+    profs = _profiles.get()
+    if not profs:
+        return fn(a, bs)
+    t0 = time.perf_counter()
+    outs = fn(a, bs)
+    seconds = time.perf_counter() - t0
+    total = sum(b.nbytes for b in bs) or 1
+    M, K = a.shape
+    scope_name = _scope.get()
+    for b, out in zip(bs, outs):
+        macs = M * K * b.shape[1]
+        rec = KernelCall("matmul", scope_name, name, (tuple(a.shape), tuple(b.shape)),
+                         str(out.dtype), macs, 2 * macs, _nbytes(a, b, out),
+                         seconds * b.nbytes / total)
+        for p in profs:
+            p.records.append(rec)
+    return outs
 
 
 def qmatmul(x, w):

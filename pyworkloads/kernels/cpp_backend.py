@@ -9,8 +9,8 @@ from __future__ import annotations
 from .. import _kernels  # noqa: F401  (ImportError here means "backend unavailable")
 
 _EXPORTED = (
-    "matmul", "attention", "rms_norm", "layer_norm", "gelu", "set_num_threads", "get_num_threads",
-    "max_num_threads", "qmatmul", "dequantize",
+    "matmul", "matmul_group", "attention", "rms_norm", "layer_norm", "gelu", "set_num_threads",
+    "get_num_threads", "max_num_threads", "qmatmul", "dequantize",
 )
 
 
@@ -19,6 +19,12 @@ if hasattr(_kernels, "qmatmul"):
         """x @ Wᵀ for a :class:`pyworkloads.quant.QuantizedTensor` W: the kernel reads its
         blocks."""
         return _kernels.qmatmul(x, w.data, w.qtype)
+
+
+def isa() -> str:
+    """The ISA level whose module runs the kernels now: the ops below resolve to its functions,
+    so the dispatcher keys what it looked up on this."""
+    return _kernels.selected()
 
 
 def unavailable_reason() -> str | None:

@@ -33,6 +33,11 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(a, b)
 
 
+def matmul_group(a: np.ndarray, bs) -> list[np.ndarray]:
+    """[a @ b for b in bs]: a [M, K], bs [K, Nᵢ] -> [M, Nᵢ] each."""
+    return [np.matmul(a, b) for b in bs]
+
+
 def qmatmul(x: np.ndarray, w) -> np.ndarray:
     """x @ Wᵀ for a block-quantized W (a :class:`pyworkloads.quant.QuantizedTensor` [N, K]):
     decode W to float32 and multiply.  x [M, K] -> [M, N].  W is decoded in slices of rows, so a

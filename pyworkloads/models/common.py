@@ -27,7 +27,8 @@ import numpy as np
 from .. import io, kernels, ops, quant
 
 __all__ = [
-    "weight", "linear", "layer_norm", "rms_norm", "embedding", "check_weights", "random_weights",
+    "weight", "linear", "linears", "layer_norm", "rms_norm", "embedding", "check_weights",
+    "random_weights",
     "count_params", "check_int", "check_number", "check_bool", "check_choice", "check_token_ids",
     "check_layers", "check_width", "check_positions", "check_token_id", "check_sizes",
     "MAX_LAYERS", "MAX_WIDTH", "MAX_POSITIONS", "describe", "config_from_dict", "KVCache",
@@ -59,6 +60,14 @@ def linear(x, weights: Mapping, name: str):
     the checkpoint has ``name.bias``."""
     bias = weight(weights, f"{name}.bias") if f"{name}.bias" in weights else None
     return ops.linear(x, weight(weights, f"{name}.weight"), bias)
+
+
+def linears(x, weights: Mapping, names: list[str]):
+    """``[linear(x, weights, name) for name in names]``, run as one kernel call over all the
+    weights (:func:`ops.linears`): the projections that read the same x."""
+    ws = [weight(weights, f"{n}.weight") for n in names]
+    bs = [weight(weights, f"{n}.bias") if f"{n}.bias" in weights else None for n in names]
+    return ops.linears(x, ws, bs)
 
 
 def layer_norm(x, weights: Mapping, name: str, eps: float):

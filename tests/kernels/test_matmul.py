@@ -22,6 +22,8 @@ from _kernel_testing import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyworkloads.kernels.tracing import Traced
+
 # Edge sizes around the cpp kernel's tiles (MR 14 / 6 / 4, NR 32 / 16, KC 512) and SIMD widths.
 M_EDGES = (1, 2, 3, 4, 5, 6, 7, 13, 14, 15, 28, 29, 57)
 N_EDGES = (1, 15, 16, 17, 31, 32, 33, 63, 65, 97)
@@ -162,3 +164,94 @@ def test_matmul_decode_gemv_on_any_team(backend, rows, threads, N, K, layout, se
         check(backend, x, W)
     finally:
         K_.set_num_threads(before)
+
+
+# ---- matmul_group: the projections of one input (Q/K/V, gate/up) in one call ----------------
+@backends
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.sampled_from([1, 2, 3, 4, 5]),
+    Ns=st.lists(st.sampled_from([1, 3, 15, 16, 17, 64, 100, 513]), min_size=1, max_size=4),
+    K=st.sampled_from([1, 7, 8, 9, 17, 33, 200, 1027]),
+    threads=st.integers(1, 3),
+    layout=st.sampled_from(["W.T", "row-major W", "strided x"]),
+    seed=st.integers(0, 2**16),
+)
+def test_matmul_group_is_one_matmul_per_weight(backend, rows, Ns, K, threads, layout, seed):
+    """Every output of matmul_group([W1.T, W2.T, ...]) is x @ Wi.T within the dot-product bound,
+    and bit-identical to the kernel's own matmul(x, Wi.T): the group splits the weights' rows
+    laid end to end over 1-3 threads (ranges that cross from one weight into the next), and
+    each row's dot product is the one version 3 computes.  Tiled up to ~256 kB so the group runs
+    threaded; row-major weights and strided x take the per-weight fallback."""
+    import pyworkloads.kernels as K_
+
+    rng = np.random.default_rng(seed)
+    reps = max(1, 70_000 // max(1, sum(Ns) * K))
+    Ws = [rng.standard_normal((n * reps, K), dtype=np.float32) for n in Ns]
+    bs = [W.T for W in Ws]
+    if layout == "row-major W":
+        bs = [np.ascontiguousarray(b) for b in bs]
+    x = rng.standard_normal((rows, K), dtype=np.float32)
+    if layout == "strided x":
+        x = laid_out(x, "strided")
+    before = K_.get_num_threads()
+    try:
+        K_.set_num_threads(threads)
+        with on_backend(backend):
+            got = K_.matmul_group(x, bs)
+            each = [K_.matmul(x, b) for b in bs]
+    finally:
+        K_.set_num_threads(before)
+    assert len(got) == len(bs)
+    for g, e, b in zip(got, each, bs):
+        want = x.astype(np.float64) @ b.astype(np.float64)
+        bound = 2 * K * EPS32 * (np.abs(x).astype(np.float64) @ np.abs(b).astype(np.float64))
+        assert g.dtype == np.float32
+        assert_within(g, want, bound + 1e-30)
+        np.testing.assert_array_equal(g, e)
+
+
+@backends
+def test_matmul_group_profiles_and_traces_as_separate_matmuls(backend, rng):
+    """A profile sees one "matmul" record per weight (the cost model lines these up with its
+    per-projection layers), shares of the group's time in proportion to the weights' sizes; a
+    trace records exactly what one matmul per weight records."""
+    import pyworkloads.kernels as K_
+
+    x = rng.standard_normal((1, 96), dtype=np.float32)
+    Ws = [rng.standard_normal((n, 96), dtype=np.float32) for n in (96, 32, 32)]
+    with on_backend(backend), K_.profile() as prof, K_.scope("model.layers.0.self_attn"):
+        K_.matmul_group(x, [W.T for W in Ws])
+    recs = prof.records
+    assert [r.op for r in recs] == ["matmul"] * 3
+    assert [r.shapes for r in recs] == [((1, 96), (96, n)) for n in (96, 32, 32)]
+    assert [r.macs for r in recs] == [96 * n for n in (96, 32, 32)]
+    assert {r.name for r in recs} == {"model.layers.0.self_attn"}
+    assert recs[0].seconds == pytest.approx(3 * recs[1].seconds)
+    assert recs[1].seconds == pytest.approx(recs[2].seconds)
+
+    def traced(f):
+        with K_.trace() as tr:
+            f(Traced((1, 96)))
+        return [(r.op, r.scope, [a.shape for a in r.inputs if a is not None], r.macs, r.flops)
+                for r in tr.records]
+
+    assert traced(lambda a: K_.matmul_group(a, [W.T for W in Ws])) == traced(
+        lambda a: [K_.matmul(a, W.T) for W in Ws]
+    )
+
+
+@backends
+def test_matmul_group_bad_inputs_raise(backend, rng):
+    import pyworkloads.kernels as K_
+
+    x = rng.standard_normal((2, 8), dtype=np.float32)
+    W = rng.standard_normal((5, 8), dtype=np.float32)
+    with on_backend(backend):
+        with pytest.raises(ValueError, match=r"bs\[1\]"):
+            K_.matmul_group(x, [W.T, W])                  # [5, 8]: K 5 != 8
+        with pytest.raises(ValueError, match="a must be"):
+            K_.matmul_group(x[0], [W.T])                  # 1-D a
+        with pytest.raises(TypeError, match="bs"):
+            K_.matmul_group(x, [W.T.astype(np.int32)])
+        assert K_.matmul_group(x, []) == []

@@ -54,6 +54,7 @@ from ..common import (
     check_width,
     describe,
     linear,
+    linears,
 )
 
 __all__ = [
@@ -291,9 +292,11 @@ def self_attention(x, weights: Mapping, name: str, config: Config, cos, sin,
     B, T, _ = x.shape
     H, KVH, Dh = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     with kernels.scope(name):
-        q = linear(x, weights, f"{name}.q_proj").reshape(B, T, H, Dh)           # [B, T, H, Dh]
-        k = linear(x, weights, f"{name}.k_proj").reshape(B, T, KVH, Dh)         # [B, T, KVH, Dh]
-        v = linear(x, weights, f"{name}.v_proj").reshape(B, T, KVH, Dh)         # [B, T, KVH, Dh]
+        # the three projections read the same x: one kernel call (common.linears) runs them
+        q, k, v = linears(x, weights, [f"{name}.q_proj", f"{name}.k_proj", f"{name}.v_proj"])
+        q = q.reshape(B, T, H, Dh)                                              # [B, T, H, Dh]
+        k = k.reshape(B, T, KVH, Dh)                                            # [B, T, KVH, Dh]
+        v = v.reshape(B, T, KVH, Dh)                                            # [B, T, KVH, Dh]
         q = apply_rope(q.transpose(0, 2, 1, 3), cos, sin, rope_layout)          # [B, H, T, Dh]
         k = apply_rope(k.transpose(0, 2, 1, 3), cos, sin, rope_layout)          # [B, KVH, T, Dh]
         v = v.transpose(0, 2, 1, 3)                                             # [B, KVH, T, Dh]
@@ -311,8 +314,7 @@ def mlp(x, weights: Mapping, name: str, config: Config):
         y = down_proj( silu(gate_proj(x)) ⊙ up_proj(x) )      x [B, T, D] -> [B, T, D]"""
     act = ops.ACTIVATIONS[config.hidden_act]                                    # silu
     with kernels.scope(name):
-        gate = linear(x, weights, f"{name}.gate_proj")                          # [B, T, F]
-        up = linear(x, weights, f"{name}.up_proj")                              # [B, T, F]
+        gate, up = linears(x, weights, [f"{name}.gate_proj", f"{name}.up_proj"])  # [B, T, F] x2
         return linear(act(gate) * up, weights, f"{name}.down_proj")             # [B, T, D]
 
 
