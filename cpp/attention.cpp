@@ -295,21 +295,20 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
                 vstore(w.st + jj * BQ + v * VL, vmul(vload(w.st + jj * BQ + v * VL), vscale));
         if (P.bias.p || P.mask.p) {
             int64_t r_done = 0;
-#if defined(__AVX512F__)
-            if (P.bias.p && P.bias.s[3] == 1) {            // 16 x 16 bias tiles, transposed in registers
-                for (; r_done + 16 <= nq; r_done += 16) {
+#if defined(PYW_SIMD_TRANSPOSE)
+            if (P.bias.p && P.bias.s[3] == 1) {            // VL x VL bias tiles, transposed in registers
+                for (; r_done + VL <= nq; r_done += VL) {
                     int64_t jj = 0;
-                    for (; jj + 16 <= nk; jj += 16) {
-                        __m512 t[16];
-                        for (int i = 0; i < 16; ++i)
-                            t[i] = _mm512_loadu_ps(P.bias.frow(b, h, i0 + r_done + i) + j0 + jj);
-                        transpose16(t);
-                        for (int c = 0; c < 16; ++c) {
+                    for (; jj + VL <= nk; jj += VL) {
+                        vf t[VL];
+                        for (int i = 0; i < VL; ++i) t[i] = vload(P.bias.frow(b, h, i0 + r_done + i) + j0 + jj);
+                        vtranspose(t);
+                        for (int c = 0; c < VL; ++c) {
                             float* sp = w.st + (jj + c) * BQ + r_done;
-                            _mm512_storeu_ps(sp, _mm512_add_ps(_mm512_loadu_ps(sp), t[c]));
+                            vstore(sp, vadd(vload(sp), t[c]));
                         }
                     }
-                    for (int64_t i = 0; i < 16; ++i) {
+                    for (int64_t i = 0; i < VL; ++i) {
                         const float* br = P.bias.frow(b, h, i0 + r_done + i) + j0;
                         for (int64_t j = jj; j < nk; ++j) w.st[j * BQ + r_done + i] += br[j];
                     }

@@ -135,16 +135,16 @@ void pack_b(int64_t kc, int64_t nc, int64_t q0, int64_t q1, Mat B, float* Bp) {
             const float* src[NR];
             for (int j = 0; j < NR; ++j) src[j] = B.p + (jr + j) * B.cs;
             int64_t k = 0;
-#if defined(__AVX512F__)
-            for (; k + 16 <= kc; k += 16)               // 16 x 16 blocks through registers
-                for (int h = 0; h < NR / 16; ++h) {
-                    __m512 r[16];
-                    for (int i = 0; i < 16; ++i) {
-                        __builtin_prefetch(src[16 * h + i] + k + 64);   // 4 lines ahead on each row
-                        r[i] = _mm512_loadu_ps(src[16 * h + i] + k);
+#if defined(PYW_SIMD_TRANSPOSE)
+            for (; k + VL <= kc; k += VL)               // VL x VL blocks through registers
+                for (int h = 0; h < NR / VL; ++h) {
+                    vf r[VL];
+                    for (int i = 0; i < VL; ++i) {
+                        __builtin_prefetch(src[VL * h + i] + k + 64);   // 4 lines ahead on each row
+                        r[i] = vload(src[VL * h + i] + k);
                     }
-                    transpose16(r);
-                    for (int c = 0; c < 16; ++c) _mm512_storeu_ps(dst + (k + c) * NR + 16 * h, r[c]);
+                    vtranspose(r);
+                    for (int c = 0; c < VL; ++c) vstore(dst + (k + c) * NR + VL * h, r[c]);
                 }
 #endif
             for (; k < kc; ++k)

@@ -99,6 +99,9 @@ inline void transpose16(__m512 r[16]) {
         r[8 + j] = _mm512_shuffle_f32x4(v[j], v[8 + j], 0xdd);
     }
 }
+// The build's VL x VL transpose, for code written once for both SIMD widths.
+#define PYW_SIMD_TRANSPOSE 1
+inline void vtranspose(vf r[VL]) { transpose16(r); }
 inline vf vcvt_i8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
@@ -178,6 +181,27 @@ inline vf vexp(vf x) {
     y = vmul(y, _mm256_castsi256_ps(e));            // y * 2^n (n in [-126, 128) after the clamp)
     return _mm256_andnot_ps(underflow, y);
 }
+// In-register 8 x 8 transpose, the AVX2 form of transpose16: unpack pairs of rows, 64-bit
+// shuffles, then one 128-bit-lane permute.  r[i] = row i in, r[c] = column c out.
+inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int j = 0; j < 4; ++j) {
+        r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+        r[4 + j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+    }
+}
+#define PYW_SIMD_TRANSPOSE 1
+inline void vtranspose(vf r[VL]) { transpose8(r); }
 inline vf vcvt_i8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
