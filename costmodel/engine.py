@@ -125,6 +125,7 @@ class _Converter:
 
     def attention(self, r: TraceRecord) -> None:
         q, k, v, bias = r.inputs[0], r.inputs[1], r.inputs[2], r.inputs[3]
+        rel_pos = r.inputs[5:7]                          # (rel_h, rel_w) of a decomposed bias
         B, H, Tq, Dh = q.shape
         src = k.source
         if src is not None and src.kind == "kv":
@@ -135,8 +136,9 @@ class _Converter:
             kv, new = "none", 0
         self.gb.attention(r.scope or "attention", B, H, k.shape[1], Tq, k.shape[2], Dh,
                           dv=v.shape[3], causal=bool(r.options.get("causal")),
-                          bias=bias is not None, kv_cache=kv, new_kv=new,
-                          bias_elems=bias.unique if isinstance(bias, Traced) else 0)
+                          bias=(bias is not None) + 2 * bool(rel_pos), kv_cache=kv, new_kv=new,
+                          bias_elems=sum(t.unique for t in (bias, *rel_pos)
+                                         if isinstance(t, Traced)))
 
     def norm(self, r: TraceRecord) -> None:
         x = r.inputs[0]

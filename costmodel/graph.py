@@ -398,14 +398,16 @@ class GraphBuilder:
 
     # -- attention -----------------------------------------------------------------------------
     def attention(self, name: str, batch: int, heads: int, kv_heads: int, tq: int, tk: int, dh: int,
-                  dv: int | None = None, causal: bool = False, bias: bool = False,
+                  dv: int | None = None, causal: bool = False, bias: int = 0,
                   kv_cache: str = "none", new_kv: int = 0, bias_elems: int = 0):
         """softmax(q kᵀ · scale [+ bias]) v.  q [B, H, Tq, Dh], k/v [B, KVH, Tk, Dh/Dv].
 
         kv_cache: "none" (k/v are fresh activations, e.g. encoders), "cache" (k/v are read from the
         KV cache at its current length ``tk``; ``new_kv`` entries were appended by this step and are
         charged as cache writes) or "cross" (cross-attention K/V computed once and re-read).
-        ``bias_elems``: elements of the additive bias tensor read (relative-position / masks).
+        ``bias``: additions per score (0 or False: none; 1 or True: a bias tensor; +2 for a
+        decomposed relative-position bias, whose two terms are added in the kernel).
+        ``bias_elems``: elements of the additive bias tensors read (relative-position / masks).
         Flash: the causal tiles above the diagonal are skipped (exact count of allowed pairs, tile
         granularity ignored) and S/P stay on chip; K and V are read once (compulsory traffic), or
         once per block of ``flash_block`` queries when that option is set (FlashAttention's outer
@@ -425,7 +427,7 @@ class GraphBuilder:
         else:
             pairs = full
         macs = pairs * (dh + dv)
-        vec = pairs * (6 + (1 if bias else 0))
+        vec = pairs * (6 + int(bias))
         a, kvb = self.p.act_bytes, self.p.kv_bytes
         kv_elems = batch * kv_heads * tk * (dh + dv)
         if self.attention_impl == "flash" and self.flash_block:

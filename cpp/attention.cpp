@@ -5,6 +5,11 @@
 //   h / (Hq / Hkv) (grouped-query attention, K/V are never repeated or copied); causal masking is
 //   bottom-right aligned (query i sees keys j <= i + Tk - Tq); bias (additive) and mask (boolean,
 //   True = attend) broadcast to [B, Hq, Tq, Tk] and are read through strides (0 along broadcast axes).
+//   rel_pos = (rel_h, rel_w) is a bias given in the decomposed form of MViTv2 / SAM's relative
+//   positions -- the keys lie on a kh x kw grid, key j = (j / kw, j % kw), and
+//       bias[b, h, i, j] = rel_h[b, h, i, j / kw] + rel_w[b, h, i, j % kw]
+//   (rel_h, rel_w broadcast to [B, Hq, Tq, kh] and [B, Hq, Tq, kw]) -- added tile by tile, so the
+//   [Tq, Tk] bias (805 MB for SAM's global attention on a 64 x 64 grid) is never formed.
 //
 // Three numbered versions, each section below opening with what it adds over the one before:
 //
@@ -71,12 +76,18 @@ struct Problem {
     int64_t B, Hq, Hkv, Tq, Tk, Dh, Dv;
     Qkv q, k, v;
     Extra bias, mask;
+    Extra rel_h, rel_w;                  // the decomposed bias (rel_pos), or p == nullptr
+    int64_t kh = 0, kw = 0;              // its key grid: Tk = kh · kw
     bool causal;
     float scale;
     float* out;                          // [B, Hq, Tq, Dv] contiguous
     int64_t group() const { return Hq / Hkv; }
     // last key index + 1 that query i may see (causal, bottom-right aligned)
     int64_t key_limit(int64_t i) const { return causal ? std::min(Tk, i + Tk - Tq + 1) : Tk; }
+    // the decomposed bias of query i and key j
+    float rel(int64_t b, int64_t h, int64_t i, int64_t j) const {
+        return rel_h.frow(b, h, i)[j / kw * rel_h.s[3]] + rel_w.frow(b, h, i)[j % kw * rel_w.s[3]];
+    }
 };
 
 // Adds bias, applies causal/mask (-inf) to one row of scores s[0:n) for query i, keys j0..j0+n.
@@ -91,6 +102,8 @@ inline void bias_and_mask_row(const Problem& P, int64_t b, int64_t h, int64_t i,
             for (int64_t j = 0; j < n; ++j) s[j] += br[j * P.bias.s[3]];
         }
     }
+    if (P.rel_h.p)
+        for (int64_t j = 0; j < n; ++j) s[j] += P.rel(b, h, i, j0 + j);
     if (P.mask.p) {
         const uint8_t* mr = P.mask.mrow(b, h, i) + j0 * P.mask.s[3];
         for (int64_t j = 0; j < n; ++j)
@@ -117,6 +130,7 @@ void row_exact(const Problem& P, int64_t b, int64_t h, int64_t i, float* s, floa
         for (int64_t d = 0; d < P.Dh; ++d) dot += q[d] * kr[d];
         float x = dot * P.scale;
         if (P.bias.p) x += P.bias.frow(b, h, i)[j * P.bias.s[3]];
+        if (P.rel_h.p) x += P.rel(b, h, i, j);
         const bool allowed = j < lim && (!P.mask.p || P.mask.mrow(b, h, i)[j * P.mask.s[3]]);
         s[j] = allowed ? x : NEG_INF;
     }
@@ -253,10 +267,10 @@ void block_mac(int64_t rows, int64_t w, int64_t K, const float* A, int64_t ars, 
 }
 
 struct Scratch {
-    float *qt, *st, *o, *m, *l, *alpha, *exact;
+    float *qt, *st, *o, *m, *l, *alpha, *exact, *rel_ht, *rel_wt;
     static size_t floats(const Problem& P) {
         const int64_t dvp = (P.Dv + VL - 1) / VL * VL;
-        return static_cast<size_t>(P.Dh * BQ + BK * BQ + BQ * dvp + 3 * BQ + P.Tk);
+        return static_cast<size_t>(P.Dh * BQ + BK * BQ + BQ * dvp + 3 * BQ + P.Tk + (P.kh + P.kw) * BQ);
     }
     Scratch(float* base, const Problem& P) {
         const int64_t dvp = (P.Dv + VL - 1) / VL * VL;
@@ -267,6 +281,8 @@ struct Scratch {
         l = m + BQ;
         alpha = l + BQ;
         exact = alpha + BQ;                                      // row_exact's Tk scores
+        rel_ht = exact + P.Tk;                                   // rel_hᵀ [kh x BQ], rel_wᵀ [kw x BQ]
+        rel_wt = rel_ht + P.kh * BQ;
     }
 };
 
@@ -279,6 +295,14 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
     for (int64_t d = 0; d < P.Dh; ++d) {                          // Qᵀ [Dh x BQ], zero-padded
         for (int64_t r = 0; r < nq; ++r) w.qt[d * BQ + r] = P.q.row(b, h, i0 + r)[d];
         for (int64_t r = nq; r < BQ; ++r) w.qt[d * BQ + r] = 0.f;
+    }
+    if (P.rel_h.p) {                                              // rel_hᵀ, rel_wᵀ, zero-padded
+        for (int64_t r = 0; r < BQ; ++r) {
+            const float* rh = r < nq ? P.rel_h.frow(b, h, i0 + r) : nullptr;
+            const float* rw = r < nq ? P.rel_w.frow(b, h, i0 + r) : nullptr;
+            for (int64_t y = 0; y < P.kh; ++y) w.rel_ht[y * BQ + r] = rh ? rh[y * P.rel_h.s[3]] : 0.f;
+            for (int64_t x = 0; x < P.kw; ++x) w.rel_wt[x * BQ + r] = rw ? rw[x * P.rel_w.s[3]] : 0.f;
+        }
     }
     std::fill(w.o, w.o + BQ * dvp, 0.f);
     std::fill(w.m, w.m + BQ, NEG_INF);
@@ -293,6 +317,16 @@ void flash_block(const Problem& P, int64_t b, int64_t h, int64_t i0, int64_t i1,
         for (int64_t jj = 0; jj < nk; ++jj)
             for (int v = 0; v < NVEC; ++v)
                 vstore(w.st + jj * BQ + v * VL, vmul(vload(w.st + jj * BQ + v * VL), vscale));
+        if (P.rel_h.p) {                                          // Sᵀ[jj] += rel_hᵀ[y] + rel_wᵀ[x]
+            for (int64_t jj = 0; jj < nk; ++jj) {
+                const int64_t y = (j0 + jj) / P.kw, x = (j0 + jj) % P.kw;
+                for (int v = 0; v < NVEC; ++v) {
+                    float* sp = w.st + jj * BQ + v * VL;
+                    vstore(sp,
+                           vadd(vload(sp), vadd(vload(w.rel_ht + y * BQ + v * VL), vload(w.rel_wt + x * BQ + v * VL))));
+                }
+            }
+        }
         if (P.bias.p || P.mask.p) {
             int64_t r_done = 0;
 #if defined(PYW_SIMD_TRANSPOSE)
@@ -411,7 +445,7 @@ void decode_group(const Problem& P, int64_t b, int64_t hk, float* s) {
     float* l = s + g * sn;                                         // per-head softmax sums
     for (int64_t gi = 0; gi < g; ++gi) {
         float* sr = s + gi * sn;
-        if (P.bias.p || P.mask.p) bias_and_mask_row(P, b, h0 + gi, 0, 0, n, sr);
+        if (P.bias.p || P.mask.p || P.rel_h.p) bias_and_mask_row(P, b, h0 + gi, 0, 0, n, sr);
         float mx = NEG_INF;
         bool nan = false;
         for (int64_t j = 0; j < n; ++j) {
@@ -494,7 +528,8 @@ Extra extra_view(const py::array& a, const void* data, const char* name, const i
 // The dispatch: version="naive" runs version 1; "fast" runs version 3 when Tq == 1 and version 2
 // otherwise, on one thread below ~1e6 multiply-adds (a fork costs more), else on all of them.
 py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_obj, bool causal, py::object scale_obj,
-                             py::object bias_obj, py::object mask_obj, const std::string& version) {
+                             py::object bias_obj, py::object mask_obj, py::object rel_pos_obj,
+                             const std::string& version) {
     StridedF32 q = qkv_view(q_obj, "q"), k = qkv_view(k_obj, "k"), v = qkv_view(v_obj, "v");
     if (version != "fast" && version != "naive")
         throw py::value_error("attention: version must be 'fast' or 'naive', got '" + version + "'");
@@ -551,6 +586,24 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
                                  std::string(py::str(mask.dtype())));
         P.mask = extra_view(mask, mask.data(), "mask", full, 1);
     }
+    StridedF32 rel_h, rel_w;
+    if (!rel_pos_obj.is_none()) {
+        if (!py::isinstance<py::tuple>(rel_pos_obj) || py::len(rel_pos_obj) != 2)
+            throw py::type_error("attention: rel_pos must be a pair (rel_h, rel_w) of float32 arrays or None");
+        const py::tuple pair = py::reinterpret_borrow<py::tuple>(rel_pos_obj);
+        rel_h = strided_f32(pair[0], "rel_pos[0]");
+        rel_w = strided_f32(pair[1], "rel_pos[1]");
+        if (rel_h.ndim() < 1 || rel_w.ndim() < 1)
+            throw py::value_error("attention: rel_pos arrays need at least 1 dimension (the key grid's side)");
+        P.kh = rel_h.dim(-1);
+        P.kw = rel_w.dim(-1);
+        if (P.kh * P.kw != P.Tk || P.kw == 0)
+            throw py::value_error("attention: rel_pos's key grid kh x kw = " + std::to_string(P.kh) + " x " +
+                                  std::to_string(P.kw) + " must hold the Tk = " + std::to_string(P.Tk) + " keys");
+        const int64_t full_h[4] = {P.B, P.Hq, P.Tq, P.kh}, full_w[4] = {P.B, P.Hq, P.Tq, P.kw};
+        P.rel_h = extra_view(rel_h.arr, rel_h.data, "rel_pos[0]", full_h, sizeof(float));
+        P.rel_w = extra_view(rel_w.arr, rel_w.data, "rel_pos[1]", full_w, sizeof(float));
+    }
     P.q = {q.data, q.st(0), q.st(1), q.st(2)};
     P.k = {k.data, k.st(0), k.st(1), k.st(2)};
     P.v = {v.data, v.st(0), v.st(1), v.st(2)};
@@ -596,10 +649,12 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
 void bind_attention(py::module_& m) {
     m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false,
           py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("mask") = py::none(),
-          py::arg("version") = "fast",
+          py::arg("rel_pos") = py::none(), py::arg("version") = "fast",
           "Fused multi-head attention (float32). q [B,Hq,Tq,Dh], k [B,Hkv,Tk,Dh], v [B,Hkv,Tk,Dv], Hq % Hkv == 0;\n"
           "causal is bottom-right aligned; bias (float32, additive) and mask (bool, True = attend) broadcast to\n"
-          "[B,Hq,Tq,Tk]; scale defaults to 1/sqrt(Dh). Rows with no allowed key give zeros. Non-float32 inputs\n"
+          "[B,Hq,Tq,Tk]; rel_pos = (rel_h, rel_w) adds the decomposed bias rel_h[..., j // kw] + rel_w[..., j % kw]\n"
+          "(broadcasting to [B,Hq,Tq,kh] and [B,Hq,Tq,kw], kh * kw = Tk) without forming it; scale defaults to\n"
+          "1/sqrt(Dh). Rows with no allowed key give zeros. Non-float32 inputs\n"
           "raise TypeError. version: 'fast' (tiled online softmax, threaded) or 'naive'.");
 }
 

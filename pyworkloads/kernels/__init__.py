@@ -13,8 +13,9 @@ FLOP conventions of the records (the cost model counts the same way, see docs/ar
 =============  ===================================================================================
 matmul         macs = batch·M·N·K;  flops = 2·macs
 attention      macs = B·Hq·Tq·Tk·(Dh + Dv) (the full rectangle, as the reference computes it);
-               flops = 2·macs + (5 + 1 + [bias]) · B·Hq·Tq·Tk  (softmax: max, subtract, exp, sum,
-               divide; the scale; the bias add when given)
+               flops = 2·macs + (5 + 1 + [bias] + [2 rel_pos]) · B·Hq·Tq·Tk  (softmax: max,
+               subtract, exp, sum, divide; the scale; the bias add when given; the two adds of a
+               decomposed bias)
 rms_norm       flops = 4·N  (square, sum, scale, weight) for N elements
 layer_norm     flops = 5·N  (sum, subtract, square, sum, scale) + N per affine term (weight, bias)
 gelu           flops = 5·N  (scale, erf, add, two multiplies) -- the cost model's convention too
@@ -329,10 +330,11 @@ def _run(op: str, args: tuple, kwargs: dict, counts, out_shape: tuple):
         out = _trace.Traced(out_shape, np.float32)
         _, _, macs, flops, _ = counts(out)
         tr.add(_trace.TraceRecord(op, _scope.get(),
-                                  [a for a in args] + [kwargs.get(k) for k in ("bias", "mask")],
+                                  [a for a in args] + [kwargs.get(k) for k in ("bias", "mask")]
+                                  + list(kwargs.get("rel_pos") or ()),
                                   out, int(macs), int(flops),
                                   options={k: v for k, v in kwargs.items()
-                                           if k not in ("bias", "mask")}))
+                                           if k not in ("bias", "mask", "rel_pos")}))
         return out
     name, fn = _backend_fn(op)
     profs = _profiles.get()
@@ -460,13 +462,20 @@ def qmatmul(x, w):
     return _run("qmatmul", (x, w), {}, counts, (x.shape[0], w.shape[0]))
 
 
-def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=None, mask=None):
+def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=None, mask=None,
+              rel_pos=None):
     """Multi-head scaled dot-product attention (see :func:`reference.attention` for the definition).
 
     q [B, Hq, Tq, Dh], k [B, Hkv, Tk, Dh], v [B, Hkv, Tk, Dv], Hq % Hkv == 0, Dh >= 1; ``causal``
     is bottom-right aligned when Tq < Tk; ``bias`` additive and ``mask`` boolean (True = attend),
     each broadcasting to [B, Hq, Tq, Tk] (every axis 1 or that size: never enlarging the output);
     ``scale`` defaults to 1/sqrt(Dh) and must be finite in q's dtype.  -> [B, Hq, Tq, Dv]
+
+    ``rel_pos = (rel_h, rel_w)``: a further additive bias in decomposed form, for keys on a kh x kw
+    grid (SAM's relative positions): rel_h[..., i, j // kw] + rel_w[..., i, j % kw] is added to
+    score (i, j) (:func:`reference.rel_pos_bias`); rel_h and rel_w broadcast to [B, Hq, Tq, kh]
+    and [B, Hq, Tq, kw], kh·kw = Tk.  The cpp kernel adds it tile by tile: the [Tq, Tk] bias is
+    never formed.
 
     NaN and inf propagate as in the reference: a row whose allowed scores hold
     a NaN or +inf is NaN, a row with no allowed key is zeros, and v's NaN/inf reach every row
@@ -509,27 +518,48 @@ def attention(q, k, v, causal: bool = False, scale: float | None = None, bias=No
         _check_broadcasts_to(mask, full, "mask")
     if scale is not None:
         scale = _check_scale(scale, q)
+    if rel_pos is not None:
+        rel_pos = _check_rel_pos(rel_pos, (B, Hq, Tq, Tk))
+    # additions per score: the bias, and the two terms of the decomposed one
+    bias_terms = (bias is not None) + 2 * (rel_pos is not None)
 
     def counts(out):
         scores = B * Hq * Tq * Tk
         macs = scores * (Dh + v.shape[3])
-        flops = 2 * macs + scores * (6 + (bias is not None))
+        flops = 2 * macs + scores * (6 + bias_terms)
         return ((tuple(q.shape), tuple(k.shape), tuple(v.shape)), str(out.dtype), macs, flops,
-                _nbytes(q, k, v, bias, mask, out))
+                _nbytes(q, k, v, bias, mask, out, *(rel_pos or ())))
 
     return _run("attention", (q, k, v),
-                dict(causal=bool(causal), scale=scale, bias=bias, mask=mask), counts,
-                (B, Hq, Tq, v.shape[3]))
+                dict(causal=bool(causal), scale=scale, bias=bias, mask=mask, rel_pos=rel_pos),
+                counts, (B, Hq, Tq, v.shape[3]))
 
 
-def _check_broadcasts_to(x, full: tuple, name: str) -> None:
+def _check_rel_pos(rel_pos, full: tuple) -> tuple:
+    """(rel_h [..., kh], rel_w [..., kw]) float arrays with kh·kw = Tk, broadcasting to
+    [B, Hq, Tq, kh] and [B, Hq, Tq, kw]."""
+    if not isinstance(rel_pos, (tuple, list)) or len(rel_pos) != 2:
+        raise TypeError(f"attention: rel_pos must be a pair (rel_h, rel_w) or None, got "
+                        f"{type(rel_pos).__name__}")
+    rel_h = _as_float_array(rel_pos[0], "rel_pos[0]")
+    rel_w = _as_float_array(rel_pos[1], "rel_pos[1]")
+    if rel_h.ndim < 1 or rel_w.ndim < 1 or rel_h.shape[-1] * rel_w.shape[-1] != full[3]:
+        raise ValueError(f"attention: rel_pos = (rel_h {tuple(rel_h.shape)}, rel_w "
+                         f"{tuple(rel_w.shape)}): their last axes kh x kw must hold the Tk = "
+                         f"{full[3]} keys")
+    _check_broadcasts_to(rel_h, full[:3] + rel_h.shape[-1:], "rel_pos[0]", "[B, Hq, Tq, kh]")
+    _check_broadcasts_to(rel_w, full[:3] + rel_w.shape[-1:], "rel_pos[1]", "[B, Hq, Tq, kw]")
+    return rel_h, rel_w
+
+
+def _check_broadcasts_to(x, full: tuple, name: str, axes: str = "[B, Hq, Tq, Tk]") -> None:
     """bias/mask: at most 4 axes, each 1 or the size of its axis of [B, Hq, Tq, Tk] -- so that it
     broadcasts *to* the scores without making them (and the output) any larger."""
     shape = tuple(x.shape)
     if len(shape) > 4:
         raise ValueError(f"attention: {name} must have at most 4 dimensions, got {len(shape)}")
     if any(n != 1 and n != f for n, f in zip(shape[::-1], full[::-1])):
-        raise ValueError(f"attention: {name} shape {shape} does not broadcast to [B, Hq, Tq, Tk] = "
+        raise ValueError(f"attention: {name} shape {shape} does not broadcast to {axes} = "
                          f"{full} (each of its axes must be 1 or the size of that axis)")
 
 

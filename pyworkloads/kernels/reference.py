@@ -51,7 +51,18 @@ def qmatmul(x: np.ndarray, w) -> np.ndarray:
     return out
 
 
-def attention(q, k, v, causal=False, scale=None, bias=None, mask=None):
+def rel_pos_bias(rel_h, rel_w):
+    """The bias a decomposed relative position stands for (MViTv2, SAM): the keys lie on a
+    kh x kw grid, key j = (j // kw, j % kw), and
+
+        bias[..., i, j] = rel_h[..., i, j // kw] + rel_w[..., i, j % kw]
+
+    rel_h [..., Tq, kh], rel_w [..., Tq, kw] -> [..., Tq, kh·kw]."""
+    both = rel_h[..., :, None] + rel_w[..., None, :]                        # [..., Tq, kh, kw]
+    return both.reshape(*both.shape[:-2], -1)                               # [..., Tq, Tk]
+
+
+def attention(q, k, v, causal=False, scale=None, bias=None, mask=None, rel_pos=None):
     """Scaled dot-product attention, the textbook way (full score matrix).
 
     q [B, Hq, Tq, Dh], k [B, Hkv, Tk, Dh], v [B, Hkv, Tk, Dv] with Hq % Hkv == 0 (grouped-query
@@ -60,6 +71,7 @@ def attention(q, k, v, causal=False, scale=None, bias=None, mask=None):
       query (Tq = 1) sees the whole cache.
     bias: additive, broadcastable to [B, Hq, Tq, Tk].  mask: boolean, broadcastable to
       [B, Hq, Tq, Tk], True = may attend (PyTorch SDPA's convention).
+    rel_pos: (rel_h, rel_w), a bias in decomposed form (:func:`rel_pos_bias`), added to bias.
     Rows with no allowed key produce zeros.  Returns [B, Hq, Tq, Dv].
     """
     Hq, Hkv = q.shape[1], k.shape[1]
@@ -72,6 +84,8 @@ def attention(q, k, v, causal=False, scale=None, bias=None, mask=None):
     s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(scale, dtype=q.dtype)   # [B, Hq, Tq, Tk]
     if bias is not None:
         s = s + bias
+    if rel_pos is not None:
+        s = s + rel_pos_bias(*rel_pos)
     allowed = None
     if causal:
         Tq, Tk = q.shape[2], k.shape[2]

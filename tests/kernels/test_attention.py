@@ -158,3 +158,72 @@ def test_attention_bad_inputs_raise(backend, rng):
             K.attention(q, q, q, mask=np.ones((5, 5), np.float32))  # mask must be boolean
         with pytest.raises(ValueError):
             K.attention(q, q, q, scale=float("nan"))
+
+
+# ---- rel_pos: a bias in decomposed form (SAM's relative positions) --------------------------
+@st.composite
+def rel_pos_problems(draw):
+    kh, kw = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    Tk = kh * kw
+    return dict(
+        B=draw(st.integers(1, 2)),
+        H=draw(st.integers(1, 3)),
+        Tq=draw(st.sampled_from([1, 2, 5, Tk, 63, 65, 97])),
+        kh=kh,
+        kw=kw,
+        Dh=draw(dims(*D_EDGES, lo=1, hi=20)),
+        shape=draw(st.sampled_from(["full", "heads", "rows"])),
+        bias=draw(st.booleans()),
+        mask=draw(st.booleans()),
+        scale=draw(st.sampled_from([None, 0.3])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@backends
+@settings(max_examples=60, deadline=None)
+@given(p=rel_pos_problems())
+def test_attention_rel_pos_is_the_bias_it_stands_for(backend, p):
+    """attention(..., rel_pos=(rel_h, rel_w)) equals the reference with the bias formed out,
+    rel_h[..., i, j // kw] + rel_w[..., i, j % kw] (reference.rel_pos_bias), for the tiled
+    (Tq > 1) and decode (Tq = 1) paths, broadcast tables, and together with a bias and a mask."""
+    rng = np.random.default_rng(p["seed"])
+    B, H, Tq, kh, kw, Dh = (p[n] for n in ("B", "H", "Tq", "kh", "kw", "Dh"))
+    Tk = kh * kw
+    q = rng.standard_normal((B, H, Tq, Dh), dtype=np.float32)
+    k, v = (rng.standard_normal((B, H, Tk, Dh), dtype=np.float32) for _ in range(2))
+    lead = {"full": (B, H, Tq), "heads": (H, Tq), "rows": (Tq,)}[p["shape"]]
+    rel_h = (2 * rng.standard_normal(lead + (kh,))).astype(np.float32)
+    rel_w = (2 * rng.standard_normal(lead + (kw,))).astype(np.float32)
+    kw_ = dict(scale=p["scale"])
+    if p["bias"]:
+        kw_["bias"] = rng.standard_normal((Tq, Tk), dtype=np.float32)
+    if p["mask"]:
+        kw_["mask"] = rng.random((B, 1, Tq, Tk)) < 0.7
+    formed = reference.rel_pos_bias(rel_h.astype(np.float64), rel_w.astype(np.float64))
+    want = reference64(q, k, v, **dict(kw_, bias=formed + kw_.get("bias", 0.0)))
+    got = run(backend, "attention", q, k, v, rel_pos=(rel_h, rel_w), **kw_)
+    scale = p["scale"] or 1 / np.sqrt(Dh)
+    score_err = 4 * Dh * EPS32 * scale * float(np.abs(q).max()) * float(np.abs(k).max())
+    score_err += 4 * EPS32 * (4 + (3 if p["bias"] else 0))   # the bias terms' float32 sums
+    assert got.dtype == np.float32
+    assert_within(got, want, float(np.abs(v).max()) * (2e-6 + 4 * score_err) + 1e-30)
+
+
+@backends
+def test_attention_rel_pos_bad_inputs_raise(backend, rng):
+    import pyworkloads.kernels as K
+
+    q = rng.standard_normal((1, 2, 6, 8), dtype=np.float32)          # Tk = 6 = 2 x 3
+    rh, rw = rng.standard_normal((1, 2, 6, 2), dtype=np.float32), rng.standard_normal(
+        (1, 2, 6, 3), dtype=np.float32
+    )
+    with on_backend(backend):
+        with pytest.raises(ValueError, match="kh x kw"):
+            K.attention(q, q, q, rel_pos=(rh, rh))                  # 2 x 2 != 6 keys
+        with pytest.raises(ValueError, match=r"rel_pos\[1\]"):
+            K.attention(q, q, q, rel_pos=(rh, rw[:, :, :4]))         # 4 rows, not Tq = 6
+        with pytest.raises(TypeError, match="pair"):
+            K.attention(q, q, q, rel_pos=rh)
+        with pytest.raises(TypeError):
+            K.attention(q, q, q, rel_pos=(rh.astype(np.int32), rw))

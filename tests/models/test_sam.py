@@ -12,6 +12,7 @@ from tolerances import gamma
 
 import pyworkloads as pw
 from pyworkloads import io
+from pyworkloads.kernels.reference import rel_pos_bias
 from pyworkloads.models import sam
 from pyworkloads.models.sam.image_encoder import vision_layer
 
@@ -265,14 +266,16 @@ def test_fourier_encoding_closed_form(rng):
 
 
 def test_decomposed_rel_pos_is_its_einsum_definition(rng):
-    """add_decomposed_rel_pos computes, with dispatched matmuls, segment-anything's
-    rel_h = einsum("bhwc,hkc->bhwk", r_q, Rh), rel_w = einsum("bhwc,wkc->bhwk", r_q, Rw),
-    bias = rel_h[..., :, None] + rel_w[..., None, :]."""
+    """decomposed_rel_pos computes, with dispatched matmuls, segment-anything's
+    rel_h = einsum("bhwc,hkc->bhwk", r_q, Rh), rel_w = einsum("bhwc,wkc->bhwk", r_q, Rw), and
+    the bias they stand for, rel_h[..., :, None] + rel_w[..., None, :], is rel_pos_bias's."""
     N, H, h, w, Dh = 2, 3, 4, 5, 6
     q = rng.standard_normal((N, H, h * w, Dh)).astype(np.float32)
     tab_h = rng.standard_normal((2 * h - 1, Dh)).astype(np.float32)
     tab_w = rng.standard_normal((2 * w - 1, Dh)).astype(np.float32)
-    got = sam.add_decomposed_rel_pos(q, tab_h, tab_w, (h, w))
+    got_h, got_w = sam.decomposed_rel_pos(q, tab_h, tab_w, (h, w))
+    assert got_h.shape == (N, H, h * w, h) and got_w.shape == (N, H, h * w, w)
+    got = rel_pos_bias(got_h, got_w)
     Rh, Rw = sam.get_rel_pos(h, h, tab_h), sam.get_rel_pos(w, w, tab_w)
     r_q = q.astype(np.float64).reshape(N * H, h, w, Dh)
     rel_h = np.einsum("bhwc,hkc->bhwk", r_q, Rh)

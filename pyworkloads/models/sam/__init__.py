@@ -22,7 +22,7 @@ from .api import Sam, SamOutput, check_prompts, from_preset, init_weights
 from .automatic import SamAutomaticMaskGenerator, coco_rle, generate_masks
 from .cli import add_run_arguments, demo, run_cli
 from .hf import from_pretrained
-from .image_encoder import add_decomposed_rel_pos, get_rel_pos, window_partition, window_unpartition
+from .image_encoder import decomposed_rel_pos, get_rel_pos, window_partition, window_unpartition
 from .mask_decoder import mask_decoder
 from .model import (
     BLOCK_DOWNSAMPLE_RATE,
@@ -59,7 +59,7 @@ __all__ = [
     # the forward functions and their pieces
     "forward", "decode_prompts", "image_encoder", "prompt_encoder", "mask_decoder",
     "image_positional_embeddings", "window_partition", "window_unpartition",
-    "add_decomposed_rel_pos", "fourier_encode",
+    "decomposed_rel_pos", "fourier_encode",
     # the weight layout's names and the prompt conventions
     "GAUSSIAN", "GAUSSIAN_ALIAS", "BLOCK_DOWNSAMPLE_RATE", "PAD_LABEL", "resized_shape",
     "check_prompts",

@@ -63,9 +63,9 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos):
     return rel_pos[relative.astype(np.int64)]                                    # [q, k, Dh]
 
 
-def add_decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size: tuple[int, int]):
-    """MViTv2's decomposed relative-position term of the attention logits, which
-    ``kernels.attention`` adds to q·kᵀ/√Dh before its softmax (``bias=``).
+def decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size: tuple[int, int]):
+    """MViTv2's decomposed relative-position term of the attention logits: two small tables
+    that ``kernels.attention`` adds to q·kᵀ/√Dh before its softmax (``rel_pos=``).
 
     For a query at (y, x) and a key at (ky, kx):
         bias[(y, x), (ky, kx)] = q(y, x) · Rh[y, ky] + q(y, x) · Rw[x, kx]
@@ -74,14 +74,16 @@ def add_decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size: tuple[int, int]):
         rel_w = einsum("bhwc,wkc->bhwk", r_q, Rw)
         bias  = rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
     Each einsum is computed as one batched matmul (per query row y, per query column x) so the
-    kernels dispatch and profile it.
+    kernels dispatch and profile it.  The sum itself, [n, H, h·w, h·w] (805 MB for a 64 x 64
+    grid of 12 heads), is left to the attention kernel, which adds rel_h + rel_w tile by tile
+    (:func:`pyworkloads.kernels.reference.rel_pos_bias` forms it, for reading and testing).
 
     Args:
         q [n, H, h·w, Dh]: the *unscaled* queries (the reference scales q only inside q·k).
         rel_pos_h, rel_pos_w [2·side - 1, Dh]: the block's tables.
         size: (h, w), the grid the queries lie on.
     Returns:
-        [n, H, h·w, h·w]."""
+        rel_h [n, H, h·w, kh], rel_w [n, H, h·w, kw] (kh = h, kw = w)."""
     h, w = size
     n, H, _, Dh = q.shape
     Rh = get_rel_pos(h, h, rel_pos_h)                                         # [h, kh, Dh]
@@ -93,8 +95,7 @@ def add_decomposed_rel_pos(q, rel_pos_h, rel_pos_w, size: tuple[int, int]):
     qx = q5.transpose(3, 0, 1, 2, 4).reshape(w, n * H * h, Dh)                # [w, n·H·h, Dh]
     rel_w = kernels.matmul(qx, ops.contiguous(Rw.transpose(0, 2, 1)))         # [w, n·H·h, kw]
     rel_w = rel_w.reshape(w, n, H, h, w).transpose(1, 2, 3, 0, 4)             # [n, H, h, w, kw]
-    bias = rel_h[..., :, None] + rel_w[..., None, :]                          # [n,H,h,w,kh,kw]
-    return bias.reshape(n, H, h * w, h * w)                                   # [n, H, h·w, h·w]
+    return rel_h.reshape(n, H, h * w, h), rel_w.reshape(n, H, h * w, w)       # [n, H, h·w, k*]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,11 +112,11 @@ def vision_attention(x, weights, name: str, config: VisionConfig):
         qkv = linear(x, weights, f"{name}.qkv")                               # [n, h, w, 3D]
         qkv = qkv.reshape(n, h * w, 3, H, Dh).transpose(2, 0, 3, 1, 4)        # [3,n,H,h·w,Dh]
         q, k, v = (ops.contiguous(t) for t in qkv)                            # [n, H, h·w, Dh]
-        bias = None
+        rel_pos = None
         if config.use_rel_pos:
-            bias = add_decomposed_rel_pos(q, weight(weights, f"{name}.rel_pos_h"),
-                                          weight(weights, f"{name}.rel_pos_w"), (h, w))
-        out = kernels.attention(q, k, v, scale=Dh ** -0.5, bias=bias)         # [n, H, h·w, Dh]
+            rel_pos = decomposed_rel_pos(q, weight(weights, f"{name}.rel_pos_h"),
+                                         weight(weights, f"{name}.rel_pos_w"), (h, w))
+        out = kernels.attention(q, k, v, scale=Dh ** -0.5, rel_pos=rel_pos)   # [n, H, h·w, Dh]
         out = out.reshape(n, H, h, w, Dh).transpose(0, 2, 3, 1, 4)            # [n, h, w, H, Dh]
         return linear(out.reshape(n, h, w, D), weights, f"{name}.proj")       # [n, h, w, D]
 
