@@ -543,12 +543,7 @@ class _Simulation:
                     if np.isnan(self.first[r]):
                         self.first[r] = t_end
             done = np.flatnonzero(active & (self.pre_left == 0) & (self.out_left == 0))
-            for s in done:
-                r = int(self.rid[s])
-                self.finish[r], self.status[r] = t_end, 0
-                self.free += int(self.blocks[s])
-                self.rid[s], self.blocks[s] = -1, 0
-                free_slots.append(int(s))
+            self._retire(done, t_end, free_slots)
             self.t = t_end
         self.records = np.zeros(n, dtype=[("id", "i8"), ("arrival", "f8"), ("first_token", "f8"),
                                           ("finish", "f8"), ("prompt_len", "i8"),
@@ -626,14 +621,18 @@ class _Simulation:
         self.out_left[act] -= m
         self.generated[self.rid[act]] += m
         t_end = float(t[m])
-        for s in act[self.out_left[act] == 0]:
+        self._retire(act[self.out_left[act] == 0], t_end, free_slots)
+        self.t = t_end
+        return True
+
+    def _retire(self, slots, t_end: float, free_slots: list) -> None:
+        """The requests in these slots finish at t_end: their slots and KV blocks are freed."""
+        for s in slots:
             r = int(self.rid[s])
             self.finish[r], self.status[r] = t_end, 0
             self.free += int(self.blocks[s])
             self.rid[s], self.blocks[s] = -1, 0
             free_slots.append(int(s))
-        self.t = t_end
-        return True
 
     def trace_array(self) -> np.ndarray:
         return np.array(self.trace, dtype=[("t_start", "f8"), ("t_end", "f8"), ("decoding", "i8"),
