@@ -374,7 +374,6 @@ class CheckpointWeights(Mapping):
 
     def __init__(self, files: list[SafeTensors]):
         self.files = files
-        self._float32: dict[str, np.ndarray] = {}    # float32 tensors looked up so far (views)
         self._where: dict[str, SafeTensors] = {}
         for st in files:
             for name in st:
@@ -390,13 +389,7 @@ class CheckpointWeights(Mapping):
             raise KeyError(f"checkpoint has no tensor named {name!r}") from None
 
     def __getitem__(self, name):
-        arr = self._float32.get(name)
-        if arr is None:
-            st = self._file(name)
-            arr = st[name]
-            if st.dtype_of(name) == "F32" and not arr.flags.owndata:
-                self._float32[name] = arr         # a view of the mapping: kept, it costs nothing
-        return arr
+        return self._file(name)[name]
 
     def raw(self, name):
         return self._file(name).raw(name)

@@ -34,9 +34,7 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     :class:`~pyworkloads.quant.QuantizedTensor`), bias [Dout].
 
     Leading dimensions are folded into one GEMM of (prod(...), Din) x (Din, Dout)."""
-    if x.shape[-1] != weight.shape[-1]:
-        raise ValueError(f"linear: x's last dimension {x.shape[-1]} != weight's input width "
-                         f"{weight.shape[-1]}")
+    _check_width(x, weight)
     lead = x.shape[:-1]
     if isinstance(weight, quant.QuantizedTensor):     # block-quantized rows, decoded in the kernel
         y = kernels.qmatmul(x.reshape(-1, x.shape[-1]), weight)           # [rows, Dout]
@@ -47,6 +45,12 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     return y.reshape(*lead, weight.shape[0])
 
 
+def _check_width(x, weight) -> None:
+    if x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"linear: x's last dimension {x.shape[-1]} != weight's input width "
+                         f"{weight.shape[-1]}")
+
+
 def linears(x: np.ndarray, weights: list, biases: list | None = None) -> list[np.ndarray]:
     """``[linear(x, w, b) for w, b in zip(weights, biases)]``: the layers that read the same x
     (attention's Q, K and V projections; SwiGLU's gate and up).  Float weights go to the kernels
@@ -54,9 +58,7 @@ def linears(x: np.ndarray, weights: list, biases: list | None = None) -> list[np
     all of them; its results, profile and trace are those of the separate layers."""
     biases = [None] * len(weights) if biases is None else biases
     for w in weights:
-        if x.shape[-1] != w.shape[-1]:
-            raise ValueError(f"linear: x's last dimension {x.shape[-1]} != weight's input width "
-                             f"{w.shape[-1]}")
+        _check_width(x, w)
     if any(isinstance(w, quant.QuantizedTensor) for w in weights):
         return [linear(x, w, b) for w, b in zip(weights, biases)]
     lead = x.shape[:-1]
