@@ -40,17 +40,23 @@ def blas_info() -> str:
     )
 
 
-def block_medians(fns: dict, repeat: int, rounds: int = 3) -> dict:
+def block_medians(fns: dict, repeat: int, rounds: int = 3, warmup_s: float = 0.02) -> dict:
     """Median seconds of each callable over `repeat` timed calls, run in blocks: every round gives
-    each callable a block of calls in turn (alternating the order), after a pause and one untimed
-    call.  Blocks, not strict alternation, because BLAS, OpenMP and torch pool threads keep
-    spinning for up to ~0.1 s after a call and would steal the cores of whatever runs next."""
+    each callable a block of calls in turn (alternating the order), after a pause and `warmup_s`
+    of untimed calls (at least one).  Blocks, not strict alternation, because BLAS, OpenMP and
+    torch pool threads keep spinning for up to ~0.1 s after a call and would steal the cores of
+    whatever runs next.  The warm-up is time, not a call count: after the pause the sleeping
+    threads and (on a VM) their vCPUs take ~1 ms to come back, so the first ten 50-us GEMVs ran
+    at 10-90 % of their speed and a one-call warm-up left that ramp in short blocks' medians."""
     per = max(1, -(-repeat // rounds))
     times = {k: [] for k in fns}
     for r in range(rounds):
         for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
             time.sleep(0.2)
+            until = time.perf_counter() + warmup_s
             fns[k]()
+            while time.perf_counter() < until:
+                fns[k]()
             for _ in range(per):
                 t = time.perf_counter()
                 fns[k]()

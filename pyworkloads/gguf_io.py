@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import quant
-from .io import bf16_to_f32
+from .io import bf16_to_f32, fits_in_memory, read_into_huge_pages
 
 __all__ = ["load_gguf", "GGUFCheckpoint", "SUPPORTED_TYPES", "MAX_TENSORS", "MAX_KEYS",
            "MAX_ARRAY_ITEMS"]
@@ -303,14 +303,21 @@ def _field_value(field, path: Path):
 # the checkpoint
 # ---------------------------------------------------------------------------------------------
 class GGUFCheckpoint(Mapping):
-    """One validated, memory-mapped GGUF file.  ``ckpt[name]`` -> float32 np.ndarray (F32, F16,
-    BF16) or :class:`~pyworkloads.quant.QuantizedTensor`; ``ckpt.raw(name)`` -> the stored
-    values or bytes, zero-copy; ``dtype_of`` -> the ggml type name ("F32", "Q4_K", ...);
-    ``shape_of`` -> the logical shape, outermost first.  ``metadata``: key -> str, int, float,
-    bool or list; ``version``: 2 or 3; ``alignment``: of the data section."""
+    """One validated GGUF file.  ``ckpt[name]`` -> float32 np.ndarray (F32, F16, BF16) or
+    :class:`~pyworkloads.quant.QuantizedTensor`; ``ckpt.raw(name)`` -> the stored values or
+    bytes, zero-copy; ``dtype_of`` -> the ggml type name ("F32", "Q4_K", ...); ``shape_of`` ->
+    the logical shape, outermost first.  ``metadata``: key -> str, int, float, bool or list;
+    ``version``: 2 or 3; ``alignment``: of the data section.
 
-    def __init__(self, path):
+    ``in_memory`` as for safetensors (:class:`pyworkloads.io.SafeTensors`): True reads the file
+    into huge-page-advised memory, False keeps the gguf package's mapping, None reads it when
+    it takes at most half of the free memory."""
+
+    def __init__(self, path, in_memory: bool | None = None):
         self.path = Path(path)
+        if in_memory is not None and not isinstance(in_memory, bool):
+            raise TypeError(f"GGUFCheckpoint: in_memory must be True, False or None (decide by "
+                            f"size), got {_short(in_memory)}")
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such GGUF file")
         size = self.path.stat().st_size
@@ -323,7 +330,11 @@ class GGUFCheckpoint(Mapping):
         self.metadata = {name: _field_value(field, self.path)
                          for name, field in reader.fields.items()
                          if name not in _READER_HEADER_FIELDS}
-        self._entries = self._arrays(reader, infos)
+        self.in_memory = fits_in_memory(size) if in_memory is None else in_memory
+        data = None
+        if self.in_memory and infos:
+            data = read_into_huge_pages(self.path, size, min(i.start for i in infos), self._err)
+        self._entries = self._arrays(reader, infos, data)
 
     def _err(self, msg: str) -> ValueError:
         return ValueError(f"{self.path}: {msg}")
@@ -344,10 +355,11 @@ class GGUFCheckpoint(Mapping):
                             f"{len(reader.data)})")
         return reader
 
-    def _arrays(self, reader, infos: list[_TensorInfo]) -> dict[str, tuple[_TensorInfo, object]]:
-        """name -> (info, stored array): the reader's view of each tensor's bytes, checked to be
-        where the layout walk found it, reshaped to [rows, bytes per row] (blocks), or to the
-        logical shape (floats)."""
+    def _arrays(self, reader, infos: list[_TensorInfo],
+                data: memoryview | None) -> dict[str, tuple[_TensorInfo, object]]:
+        """name -> (info, stored array): a view of each tensor's bytes -- in the reader's mapping,
+        or in ``data`` (the file read into memory) -- checked to be where the layout walk found
+        it, reshaped to [rows, bytes per row] (blocks), or to the logical shape (floats)."""
         found = {t.name: t for t in reader.tensors}
         entries = {}
         for info in infos:
@@ -356,13 +368,16 @@ class GGUFCheckpoint(Mapping):
             if start != info.start or np.asarray(t.data).nbytes != info.nbytes:
                 raise self._err(f"tensor {_short(info.name)}: the gguf package places it "
                                 "differently from the header walk (corrupt header?)")
-            data = np.asarray(t.data).reshape(-1).view(np.uint8)      # the bytes, zero-copy
+            if data is None:
+                raw = np.asarray(t.data).reshape(-1).view(np.uint8)   # the bytes, zero-copy
+            else:
+                raw = np.frombuffer(data, np.uint8, count=info.nbytes, offset=info.start)
             if info.type_name in _FLOAT_TYPES:
-                arr = data.view(_FLOAT_TYPES[info.type_name]).reshape(info.shape)
+                arr = raw.view(_FLOAT_TYPES[info.type_name]).reshape(info.shape)
             else:
                 block, size = quant.BLOCKS[info.type_name]
                 K = info.shape[-1] if info.shape else 1
-                arr = data.reshape(math.prod(info.shape[:-1]), K // block * size)
+                arr = raw.reshape(math.prod(info.shape[:-1]), K // block * size)
             entries[info.name] = (info, arr)
         return entries
 
@@ -415,6 +430,6 @@ class GGUFCheckpoint(Mapping):
         return f"GGUFCheckpoint({str(self.path)!r}, {len(self)} tensors)"
 
 
-def load_gguf(path) -> GGUFCheckpoint:
+def load_gguf(path, in_memory: bool | None = None) -> GGUFCheckpoint:
     """Open and validate one ``.gguf`` file; see :class:`GGUFCheckpoint`."""
-    return GGUFCheckpoint(path)
+    return GGUFCheckpoint(path, in_memory)

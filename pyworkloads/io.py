@@ -1,4 +1,5 @@
-"""Checkpoint I/O: safetensors only, memory-mapped, validated before any tensor is touched.
+"""Checkpoint I/O: safetensors only, validated before any tensor is touched, read into memory
+backed by huge pages or memory-mapped.
 
 A safetensors file is ``u64 little-endian header length N`` + ``N bytes of JSON`` + ``data``.
 The JSON maps tensor names to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative
@@ -12,6 +13,14 @@ hold every weight in float32).  A tensor whose offset in the file is not a multi
 size is copied to aligned memory on access instead of mapped.  Every malformed header is a
 ValueError naming the file, raised when the file is opened.  Pickle-based formats are refused:
 unpickling runs arbitrary code.
+
+Where the tensors live (``in_memory``): a checkpoint that takes at most half of the memory still
+available is read into anonymous memory advised to use 2 MB pages (``MADV_HUGEPAGE``); a larger
+one is memory-mapped, so the kernel pages it in and out as it is used.  The pages matter for
+decode, which reads every weight once per token: 440 MB of float32 weights are 110,000 4-KB
+pages, and each new page costs the GEMV a TLB miss and a page-table walk, where 2-MB pages need
+220 (stories110M decode measured ~5 % faster).  File-backed mappings do not get huge pages
+without the kernel's read-only-THP support for file systems, so reading is the portable way.
 """
 from __future__ import annotations
 
@@ -26,10 +35,13 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["load_safetensors", "save_safetensors", "load_checkpoint", "load_config", "SafeTensors",
-           "bf16_to_f32", "f32_to_bf16", "CheckpointWeights", "PICKLE_SUFFIXES"]
+           "bf16_to_f32", "f32_to_bf16", "CheckpointWeights", "PICKLE_SUFFIXES", "fits_in_memory",
+           "read_into_huge_pages"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024          # the reference implementation's own limit
 MAX_JSON_BYTES = 64 * 1024 * 1024             # config.json / index: real ones are under 1 MB
+HUGE_PAGE = 2 * 1024 * 1024   # x86-64's transparent huge page: in-memory data starts on one
+IN_MEMORY_SHARE = 0.5      # in_memory=None reads checkpoints up to this share of free memory
 MAX_RANK = 32             # NumPy 1.x's limit on dimensions; checkpoint tensors have at most 5
 MAX_INT_DIGITS = 20       # 2^64 has 20 digits: a longer integer is no u64 offset or dimension
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -143,11 +155,18 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
 
 
 class SafeTensors(Mapping):
-    """One validated, memory-mapped safetensors file.  ``st[name]`` -> np.ndarray (float tensors
-    as float32, integers and bools as stored); ``st.raw(name)`` -> the stored bits, zero-copy."""
+    """One validated safetensors file.  ``st[name]`` -> np.ndarray (float tensors as float32,
+    integers and bools as stored); ``st.raw(name)`` -> the stored bits, zero-copy.
 
-    def __init__(self, path):
+    ``in_memory``: True reads the file into huge-page-advised memory, False memory-maps it, None
+    (the default) reads it when it takes at most ``IN_MEMORY_SHARE`` of the available memory
+    (see the module docstring).  Either way the arrays are read-only views."""
+
+    def __init__(self, path, in_memory: bool | None = None):
         self.path = Path(path)
+        if in_memory is not None and not isinstance(in_memory, bool):
+            raise TypeError(f"SafeTensors: in_memory must be True, False or None (decide by "
+                            f"size), got {_short(in_memory)}")
         _refuse_pickle(self.path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such safetensors file")
@@ -166,9 +185,14 @@ class SafeTensors(Mapping):
             header_bytes = f.read(n)
         self.metadata, self._entries = self._parse_header(header_bytes, size - 8 - n)
         self._data_start = 8 + n
-        self._mmap = None
+        self._mmap = None                           # the file's bytes: a mapping or a buffer
         self._views: dict[str, np.ndarray] = {}     # raw() of aligned tensors: views, kept
-        if size > self._data_start:
+        if in_memory is None:
+            in_memory = fits_in_memory(size)
+        self.in_memory = bool(in_memory)
+        if size > self._data_start and in_memory:
+            self._mmap = read_into_huge_pages(self.path, size, self._data_start, self._err)
+        elif size > self._data_start:
             with open(self.path, "rb") as f:
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             mapped = len(self._mmap)
@@ -176,6 +200,7 @@ class SafeTensors(Mapping):
                 self._mmap.close()
                 raise self._err(f"the file changed size while it was opened ({size} bytes, "
                                 f"then {mapped})")
+
 
     def _err(self, msg):
         return ValueError(f"{self.path}: {msg}")
@@ -321,9 +346,41 @@ class SafeTensors(Mapping):
         return f"SafeTensors({str(self.path)!r}, {len(self)} tensors)"
 
 
-def load_safetensors(path) -> SafeTensors:
+def load_safetensors(path, in_memory: bool | None = None) -> SafeTensors:
     """Open and validate one ``.safetensors`` file; see :class:`SafeTensors`."""
-    return SafeTensors(path)
+    return SafeTensors(path, in_memory)
+
+
+def read_into_huge_pages(path: Path, size: int, anchor: int, err) -> memoryview:
+    """The whole ``size``-byte file in anonymous memory advised to use huge pages, placed so that
+    its byte ``anchor`` (the start of the tensor data) falls on a huge-page boundary: a tensor's
+    address is then its offset from the anchor plus a multiple of 2 MB, so tensors laid out
+    aligned from the anchor (as every writer lays them) are aligned whatever the header's length.
+    Read-only, as a mapping opened for reading is.  ``err(msg)`` makes the exception raised when
+    the file no longer has ``size`` bytes."""
+    if hasattr(mmap, "MAP_PRIVATE"):            # POSIX: private, as shared memory gets no THP
+        buf = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    else:
+        buf = mmap.mmap(-1, size + HUGE_PAGE)
+    if hasattr(mmap, "MADV_HUGEPAGE"):          # Linux; elsewhere the pages stay small
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    start = np.frombuffer(buf, np.uint8, count=1).ctypes.data
+    off = -(start + anchor) % HUGE_PAGE
+    view = memoryview(buf)[off:off + size]
+    with open(path, "rb") as f:
+        got = f.readinto(view)
+        more = f.read(1)
+    if got != size or more:                     # replaced, truncated or grown since it was read
+        raise err(f"the file changed size while it was opened ({size} bytes, then "
+                  f"{got + len(more)}{'+' if more else ''})")
+    return view.toreadonly()
+
+
+def fits_in_memory(nbytes: int) -> bool:
+    """Whether ``in_memory=None`` reads a checkpoint of ``nbytes``: at most ``IN_MEMORY_SHARE`` of
+    the memory this process could still allocate."""
+    from . import models  # looked up late: models imports this module
+    return nbytes <= IN_MEMORY_SHARE * models.available_memory()
 
 
 def save_safetensors(path, tensors: Mapping[str, np.ndarray],
@@ -410,13 +467,25 @@ class CheckpointWeights(Mapping):
         return name in self._where
 
 
-def load_checkpoint(path) -> CheckpointWeights:
+def load_checkpoint(path, in_memory: bool | None = None) -> CheckpointWeights:
     """All tensors of a Hugging Face checkpoint directory (or one file): ``model.safetensors``, a
-    sharded set listed by ``model.safetensors.index.json``, or any single ``*.safetensors``."""
+    sharded set listed by ``model.safetensors.index.json``, or any single ``*.safetensors``.
+
+    ``in_memory`` as in :class:`SafeTensors`; None decides once for all the shards together."""
     path = Path(path)
     _refuse_pickle(path)
+    if in_memory is not None and not isinstance(in_memory, bool):
+        raise TypeError(f"load_checkpoint: in_memory must be True, False or None (decide by "
+                        f"size), got {_short(in_memory)}")
+
+    def opened(files: list[Path]) -> list[SafeTensors]:
+        whole = in_memory
+        if whole is None:
+            whole = fits_in_memory(sum(f.stat().st_size for f in files))
+        return [SafeTensors(f, whole) for f in files]
+
     if path.is_file():
-        return CheckpointWeights([SafeTensors(path)])
+        return CheckpointWeights(opened([path]))
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
     index = path / "model.safetensors.index.json"
@@ -431,8 +500,11 @@ def load_checkpoint(path) -> CheckpointWeights:
             if Path(s).name != s or s in ("", ".", ".."):
                 raise ValueError(f"{index}: shard name {s!r} must be a plain file name in the "
                                  "same directory")
-        files = [SafeTensors(path / s) for s in shards]
-        ckpt = CheckpointWeights(files)
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index}: shard {missing[0]!r} listed in the index does not "
+                                    "exist")
+        ckpt = CheckpointWeights(opened([path / s for s in shards]))
         missing = [n for n in weight_map if n not in ckpt]
         if missing:
             raise ValueError(f"{index}: {len(missing)} tensors listed in the index are missing "
@@ -440,10 +512,10 @@ def load_checkpoint(path) -> CheckpointWeights:
         return ckpt
     single = path / "model.safetensors"
     if single.is_file():
-        return CheckpointWeights([SafeTensors(single)])
+        return CheckpointWeights(opened([single]))
     found = sorted(path.glob("*.safetensors"))
     if found:
-        return CheckpointWeights([SafeTensors(f) for f in found])
+        return CheckpointWeights(opened(found))
     pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise ValueError(f"{path}: only pickle checkpoints found ({', '.join(pickles)}); "

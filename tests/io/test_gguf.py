@@ -123,6 +123,42 @@ def test_raw_bits_and_views(tmp_path, rng):
     assert np.shares_memory(qt.data, ckpt.raw("q")) and not qt.data.flags.writeable
 
 
+def test_in_memory_and_mapped_hold_the_same_bytes(tmp_path, rng):
+    """in_memory=True reads the file into huge-page memory with the first tensor on a page
+    boundary; every tensor, float or blocks, is the same as through the gguf package's mapping."""
+    tensors = {"f": ("F32", stored(rng, "F32", (3, 32))[0]),
+               "q": ("Q8_0", stored(rng, "Q8_0", (4, 64))[0]),
+               "k": ("Q4_K", stored(rng, "Q4_K", (2, 256))[0])}
+    f = write(tmp_path / "m.gguf", tensors)
+    mapped, read = gguf_io.load_gguf(f, in_memory=False), gguf_io.load_gguf(f, in_memory=True)
+    assert (mapped.in_memory, read.in_memory) == (False, True)
+    starts = sorted(read.raw(n).ctypes.data for n in tensors)
+    assert starts[0] % (2 << 20) == 0
+    for name in tensors:
+        a, b = mapped.raw(name), read.raw(name)
+        np.testing.assert_array_equal(a, b)
+        assert not b.flags.writeable and not np.shares_memory(a, b)
+    np.testing.assert_array_equal(read["q"].dequantize(), mapped["q"].dequantize())
+
+
+def test_in_memory_refuses_a_file_that_changes_size_and_a_bad_flag(tmp_path, rng, monkeypatch):
+    f = write(tmp_path / "m.gguf", {"w": ("F32", stored(rng, "F32", (2, 32))[0])})
+    with pytest.raises(TypeError, match="in_memory must be True, False or None"):
+        gguf_io.load_gguf(f, in_memory="yes")
+    reader = gguf_io.GGUFCheckpoint._reader
+
+    def reader_then_grow(self, size):
+        out = reader(self, size)
+        with open(f, "ab") as fh:                       # after the checks, before the read
+            fh.write(b"\0" * 8)
+        return out
+
+    monkeypatch.setattr(gguf_io.GGUFCheckpoint, "_reader", reader_then_grow)
+    with pytest.raises(ValueError, match="changed size while it was opened") as exc:
+        gguf_io.load_gguf(f, in_memory=True)
+    assert str(f) in str(exc.value)
+
+
 def test_metadata_is_plain_python(tmp_path, rng):
     kv = {"s": "héllo", "i": -7, "f": 0.5, "b": True, "strs": ["a", "", "ü"],
           "ints": [1, 2, 3], "floats": [0.25, -1.5], "bools": [True, False]}

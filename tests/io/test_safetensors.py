@@ -32,13 +32,77 @@ def test_round_trip_dtypes(tmp_path, rng):
         np.testing.assert_array_equal(got, v)
 
 
-def test_float32_is_memory_mapped_not_copied(tmp_path, rng):
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_float32_is_a_view_not_a_copy(tmp_path, rng, in_memory):
     w = rng.standard_normal((64, 64)).astype(np.float32)
     io.save_safetensors(tmp_path / "m.safetensors", {"w": w})
-    st = io.load_safetensors(tmp_path / "m.safetensors")
+    st = io.load_safetensors(tmp_path / "m.safetensors", in_memory)
+    assert st.in_memory is in_memory
     a, b = st["w"], st["w"]
-    assert not a.flags.writeable                      # a view of the read-only mapping
-    assert np.shares_memory(a, b)                     # both views of the same mapped bytes
+    assert not a.flags.writeable                      # a view of the read-only bytes
+    assert np.shares_memory(a, b)                     # both views of the same bytes
+    np.testing.assert_array_equal(a, w)
+
+
+def test_in_memory_by_default_when_the_file_takes_at_most_half_the_free_memory(
+        tmp_path, rng, monkeypatch):
+    f = tmp_path / "m.safetensors"
+    io.save_safetensors(f, {"w": rng.standard_normal((64, 64)).astype(np.float32)})
+    size = f.stat().st_size
+    monkeypatch.setattr("pyworkloads.models.available_memory", lambda: 2 * size)
+    assert io.load_safetensors(f).in_memory
+    monkeypatch.setattr("pyworkloads.models.available_memory", lambda: 2 * size - 1)
+    assert not io.load_safetensors(f).in_memory
+    assert io.load_safetensors(f, in_memory=True).in_memory      # asked for: no size rule
+
+
+def test_in_memory_data_section_starts_on_a_huge_page(tmp_path, rng):
+    """The placement that lets the kernel back the weights with 2 MB pages: the tensor at offset
+    0 of the data section sits on a HUGE_PAGE boundary, and a tensor at offset o at o past it."""
+    tensors = {"a": rng.standard_normal(5).astype(np.float32),
+               "b": rng.standard_normal((3, 4)).astype(np.float32)}
+    f = tmp_path / "m.safetensors"
+    io.save_safetensors(f, tensors)
+    header_len = struct.unpack("<Q", f.read_bytes()[:8])[0]
+    st = io.load_safetensors(f, in_memory=True)
+    offsets = {k: v - 8 - header_len for k, v in _file_offsets(f).items()}
+    assert sorted(offsets.values())[0] == 0
+    for name, off in offsets.items():
+        assert st.raw(name).ctypes.data % io.HUGE_PAGE == off
+        np.testing.assert_array_equal(st.raw(name), tensors[name])
+
+
+@pytest.mark.parametrize("change", ["truncated", "grown"])
+def test_in_memory_refuses_a_file_that_changes_size_while_it_is_read(tmp_path, monkeypatch,
+                                                                       change):
+    f = tmp_path / "w.safetensors"
+    io.save_safetensors(f, {"w": np.ones(64, np.float32)})
+    parse = io.SafeTensors._parse_header
+
+    def parse_then_change(self, raw, data_len):
+        out = parse(self, raw, data_len)
+        with open(f, "r+b") as fh:                       # between the header and the data
+            if change == "truncated":
+                fh.truncate(f.stat().st_size - 4)
+            else:
+                fh.seek(0, 2)
+                fh.write(b"\0" * 4)
+        return out
+
+    monkeypatch.setattr(io.SafeTensors, "_parse_header", parse_then_change)
+    with pytest.raises(ValueError, match="changed size while it was opened") as exc:
+        io.load_safetensors(f, in_memory=True)
+    assert str(f) in str(exc.value)
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0.5])
+def test_in_memory_must_be_true_false_or_none(tmp_path, bad):
+    f = tmp_path / "w.safetensors"
+    io.save_safetensors(f, {"w": np.ones(4, np.float32)})
+    with pytest.raises(TypeError, match="in_memory must be True, False or None"):
+        io.load_safetensors(f, bad)
+    with pytest.raises(TypeError, match="load_checkpoint: in_memory"):
+        io.load_checkpoint(f, bad)
 
 
 @pytest.mark.parametrize("code", ["F16", "BF16"])
@@ -93,6 +157,32 @@ def test_sharded_checkpoint(tmp_path, rng):
     assert len(ck) == 2 and ck.shape_of("b") == (3,)
     with pytest.raises(KeyError, match="no tensor named 'zzz'"):
         ck["zzz"]
+
+
+def test_sharded_checkpoint_is_read_into_memory_or_mapped_as_a_whole(tmp_path, rng,
+                                                                      monkeypatch):
+    """in_memory=None decides on the shards' total: shards that fit one by one but not together
+    are all mapped."""
+    for i in (1, 2):
+        io.save_safetensors(tmp_path / f"model-0000{i}-of-00002.safetensors",
+                            {f"w{i}": rng.standard_normal(256).astype(np.float32)})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {f"w{i}": f"model-0000{i}-of-00002.safetensors" for i in (1, 2)}}))
+    total = sum(f.stat().st_size for f in tmp_path.glob("*.safetensors"))
+    monkeypatch.setattr("pyworkloads.models.available_memory", lambda: 2 * total - 2)
+    assert [st.in_memory for st in io.load_checkpoint(tmp_path).files] == [False, False]
+    monkeypatch.setattr("pyworkloads.models.available_memory", lambda: 2 * total)
+    ck = io.load_checkpoint(tmp_path)
+    assert [st.in_memory for st in ck.files] == [True, True]
+    assert [st.in_memory for st in io.load_checkpoint(tmp_path, False).files] == [False, False]
+
+
+def test_sharded_index_listing_a_missing_shard(tmp_path, rng):
+    io.save_safetensors(tmp_path / "s1.safetensors", {"a": np.zeros(2, np.float32)})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
+    with pytest.raises(FileNotFoundError, match="shard 's2.safetensors' listed in the index"):
+        io.load_checkpoint(tmp_path)
 
 
 def test_sharded_index_listing_a_missing_tensor(tmp_path, rng):
@@ -311,7 +401,10 @@ def _misaligned_file(path, tensors: dict[str, tuple[str, np.ndarray]]):
     return write_raw(path, h, b"".join(blobs))
 
 
-def test_misaligned_tensors_are_returned_as_aligned_read_only_copies(tmp_path, rng):
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_misaligned_tensors_are_returned_as_aligned_read_only_copies(tmp_path, rng, in_memory):
+    """Mapped, the odd header puts every tensor off its item size and raw() copies them; read
+    into memory, the data section starts on a page, so only the int64 (at offset 140) is off."""
     w = rng.standard_normal((5, 7)).astype(np.float32)
     ids = np.arange(-3, 6, dtype=np.int64)
     half = rng.standard_normal(9).astype(np.float32)
@@ -319,7 +412,7 @@ def test_misaligned_tensors_are_returned_as_aligned_read_only_copies(tmp_path, r
                          {"w": ("F32", w), "ids": ("I64", ids),
                           "h": ("BF16", io.f32_to_bf16(half)), "f16": ("F16", half.astype("<f2"))})
     assert all(start % 2 for start in _file_offsets(f).values())   # each off its item size
-    st = io.load_safetensors(f)
+    st = io.load_safetensors(f, in_memory)
     for name, want in (("w", w), ("ids", ids), ("h", io.bf16_to_f32(io.f32_to_bf16(half))),
                        ("f16", half.astype(np.float16).astype(np.float32))):
         for a in (st[name], st.raw(name)):
@@ -422,5 +515,5 @@ def test_a_file_that_changes_size_while_it_is_opened_is_refused(tmp_path, monkey
 
     monkeypatch.setattr(io.mmap, "mmap", Shorter)
     with pytest.raises(ValueError, match="changed size while it was opened") as exc:
-        io.load_safetensors(f)
+        io.load_safetensors(f, in_memory=False)
     assert str(f) in str(exc.value)

@@ -47,12 +47,13 @@ def image_settings_from_hf(p: Mapping) -> dict:
             "image_mean": p.get("image_mean", CLIP_MEAN), "image_std": p.get("image_std", CLIP_STD)}
 
 
-def from_pretrained(path) -> CLIP:
+def from_pretrained(path, in_memory: bool | None = None) -> CLIP:
     """A Hugging Face ``CLIPModel`` directory: config.json + *.safetensors (+ tokenizer.json,
-    tokenizer_config.json and preprocessor_config.json when present)."""
+    tokenizer_config.json and preprocessor_config.json when present).  ``in_memory``: see
+    :mod:`pyworkloads.io`."""
     path = Path(path)
     config = config_from_hf(io.load_config(path))
-    weights = io.load_checkpoint(path)
+    weights = io.load_checkpoint(path, in_memory)
     tokenizer = load_tokenizer(path) if (path / "tokenizer.json").is_file() else None
     pre = path / "preprocessor_config.json"
     kw = image_settings_from_hf(json.loads(pre.read_text())) if pre.is_file() else {}

@@ -465,13 +465,14 @@ def tokenizer_from_gguf(metadata: Mapping):
 # ---------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------
-def from_gguf(path, rope_layout: str = "interleaved") -> Llama2:
+def from_gguf(path, rope_layout: str = "interleaved", in_memory: bool | None = None) -> Llama2:
     """A LLaMA model from one ``.gguf`` file: the config and tokenizer from its metadata, the
-    weights memory-mapped (F32 as views, F16/BF16 converted per use, quantized matrices kept in
-    their blocks).  ``rope_layout`` is "interleaved", the layout llama.cpp's converter writes
-    q and k in (see the module docstring)."""
+    weights read into huge-page memory or memory-mapped (``in_memory``, see
+    :class:`~pyworkloads.gguf_io.GGUFCheckpoint`; F32 as views, F16/BF16 converted per use,
+    quantized matrices kept in their blocks).  ``rope_layout`` is "interleaved", the layout
+    llama.cpp's converter writes q and k in (see the module docstring)."""
     path = Path(path)
-    ckpt = load_gguf(path)
+    ckpt = load_gguf(path, in_memory)
     try:
         config = config_from_gguf(ckpt)
         weights = GGUFWeights(ckpt, _weight_names(ckpt, config))

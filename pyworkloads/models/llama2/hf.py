@@ -87,11 +87,13 @@ def load_tokenizer(path):
     return tokenizer_from_file(tok_file)
 
 
-def from_pretrained(path, rope_layout: str | None = None, quantize: str | None = None) -> Llama2:
+def from_pretrained(path, rope_layout: str | None = None, quantize: str | None = None,
+                    in_memory: bool | None = None) -> Llama2:
     """A Hugging Face LLaMA checkpoint directory: ``config.json``, ``model.safetensors`` or
-    sharded ``model-0000x-of-0000y.safetensors`` + index (F32, F16 or BF16, memory-mapped and
-    converted per use), and ``tokenizer.json`` when present.  A ``.gguf`` file (llama.cpp's
-    format, quantized or not) is loaded by :func:`.gguf.from_gguf`.
+    sharded ``model-0000x-of-0000y.safetensors`` + index (F32, F16 or BF16, converted per use;
+    read into huge-page memory or memory-mapped, see ``in_memory`` in :mod:`pyworkloads.io`),
+    and ``tokenizer.json`` when present.  A ``.gguf`` file (llama.cpp's format, quantized or
+    not) is loaded by :func:`.gguf.from_gguf`.
 
     ``rope_layout`` None means the checkpoint's own: "half" for Hugging Face checkpoints,
     "interleaved" for GGUF files (see :func:`.model.apply_rope`).  ``quantize`` ("q8_0",
@@ -100,10 +102,11 @@ def from_pretrained(path, rope_layout: str | None = None, quantize: str | None =
     path = Path(path)
     if path.suffix.lower() == ".gguf":
         from .gguf import from_gguf
-        m = from_gguf(path, rope_layout or "interleaved")
+        m = from_gguf(path, rope_layout or "interleaved", in_memory)
     else:
         config = Config.from_hf(io.load_config(path))
-        m = Llama2(config, io.load_checkpoint(path), load_tokenizer(path), rope_layout or "half")
+        m = Llama2(config, io.load_checkpoint(path, in_memory), load_tokenizer(path),
+                   rope_layout or "half")
     if quantize is not None:
         m = Llama2(m.config, quantize_weights(m.weights, m.config, quantize), m.tokenizer,
                    m.rope_layout)

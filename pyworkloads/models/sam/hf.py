@@ -103,7 +103,8 @@ def tie_gaussian(weights: Mapping) -> Mapping:
     return weights
 
 
-def from_pretrained(path):
-    """Load an HF SAM checkpoint directory (config.json + *.safetensors) -> :class:`Sam`."""
+def from_pretrained(path, in_memory: bool | None = None):
+    """Load an HF SAM checkpoint directory (config.json + *.safetensors) -> :class:`Sam`.
+    ``in_memory``: see :mod:`pyworkloads.io`."""
     from .api import Sam
-    return Sam(Config.from_hf(io.load_config(path)), io.load_checkpoint(path))
+    return Sam(Config.from_hf(io.load_config(path)), io.load_checkpoint(path, in_memory))

@@ -66,12 +66,12 @@ def load_generation_config(path: Path, raw: dict, config: Config) -> GenerationC
     return default_generation_config(config)
 
 
-def from_pretrained(path) -> Whisper:
+def from_pretrained(path, in_memory: bool | None = None) -> Whisper:
     """A Hugging Face Whisper checkpoint directory: config.json, *.safetensors, and if present
-    generation_config.json and tokenizer.json."""
+    generation_config.json and tokenizer.json.  ``in_memory``: see :mod:`pyworkloads.io`."""
     path = Path(path)
     raw = io.load_config(path)
     config = Config.from_hf(raw)
-    weights = io.load_checkpoint(path)
+    weights = io.load_checkpoint(path, in_memory)
     return Whisper(config, weights, load_generation_config(path, raw, config),
                    load_tokenizer(path))
