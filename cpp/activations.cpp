@@ -65,7 +65,7 @@ f32array gelu(py::handle x_obj, const std::string& version, const std::string& a
     if (approximate != "none" && approximate != "sigmoid")
         throw py::value_error("gelu: approximate must be 'none' or 'sigmoid', got '" + approximate + "'");
     const bool sigmoid = approximate == "sigmoid";
-    f32array y(shape_of(x));
+    f32array y = outputs::new_array(shape_of(x));
     const float* xp = x.data();
     float* yp = y.mutable_data();
     const int64_t n = x.size();

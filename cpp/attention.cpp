@@ -607,7 +607,7 @@ py::array_t<float> attention(py::handle q_obj, py::handle k_obj, py::handle v_ob
     P.q = {q.data, q.st(0), q.st(1), q.st(2)};
     P.k = {k.data, k.st(0), k.st(1), k.st(2)};
     P.v = {v.data, v.st(0), v.st(1), v.st(2)};
-    py::array_t<float> out({P.B, P.Hq, P.Tq, P.Dv});
+    py::array_t<float> out = outputs::new_array({P.B, P.Hq, P.Tq, P.Dv});
     P.out = out.mutable_data();
     if (out.size() == 0) return out;
     if (P.Tk == 0) {                                          // nothing to attend to: zeros

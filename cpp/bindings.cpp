@@ -28,6 +28,10 @@ PYBIND11_MODULE(PYWORKLOADS_MODULE, m) {
     pyworkloads::bind_attention(m);
     pyworkloads::bind_activations(m);
     pyworkloads::bind_peak(m);
+    m.def("_output_cache", &pyworkloads::outputs::stats, py::arg("limit") = py::none(),
+          "The cache the kernels' outputs of 1 MiB and more come from (cpp/outputs.h): limit, "
+          "idle_bytes, idle_blocks, hits, misses.  With limit (bytes; 0 = no cache), sets it "
+          "first, releasing idle blocks over it.");
 
     m.def(
         "set_num_threads",

@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include "outputs.h"
+
 #ifdef PYWORKLOADS_OPENMP
 #include <omp.h>
 #endif

@@ -515,7 +515,7 @@ py::array_t<float> matmul(py::handle a_obj, py::handle b_obj, const std::string&
     std::vector<py::ssize_t> oshape(bshape.begin(), bshape.end());
     oshape.push_back(M);
     oshape.push_back(N);
-    py::array_t<float> out(oshape);
+    py::array_t<float> out = outputs::new_array(oshape);
     if (batch == 0 || M == 0 || N == 0) return out;
     std::vector<int64_t> offa(batch), offb(batch);        // element offsets of each batch entry
     {
@@ -622,7 +622,7 @@ py::list matmul_group(py::handle a_obj, py::sequence bs_obj) {
     }
     std::vector<float*> C(G);
     for (size_t i = 0; i < G; ++i) {
-        py::array_t<float> o({M, bs[i].dim(1)});
+        py::array_t<float> o = outputs::new_array({M, bs[i].dim(1)});
         C[i] = o.mutable_data();
         outs.append(o);
     }

@@ -173,8 +173,8 @@ py::object rms_norm(py::handle x_obj, py::handle w_obj, double eps, const std::s
         throw py::value_error("rms_norm: version must be 'fast' or 'naive', got '" + version + "'");
     f32array res = check_residual(res_obj, x, "rms_norm");
     const bool fused = !res_obj.is_none();
-    f32array y(shape_of(x));
-    f32array h = fused ? f32array(shape_of(x)) : f32array();
+    f32array y = outputs::new_array(shape_of(x));
+    f32array h = fused ? outputs::new_array(shape_of(x)) : f32array();
     const int64_t rows = D ? x.size() / D : 0;
     const float *xp = x.data(), *wp = w.data(), *rp = fused ? res.data() : nullptr;
     float *yp = y.mutable_data(), *hp = fused ? h.mutable_data() : nullptr;
@@ -204,8 +204,8 @@ py::object layer_norm(py::handle x_obj, py::handle w_obj, py::handle b_obj, doub
         throw py::value_error("layer_norm: version must be 'fast' or 'naive', got '" + version + "'");
     f32array res = check_residual(res_obj, x, "layer_norm");
     const bool fused = !res_obj.is_none();
-    f32array y(shape_of(x));
-    f32array h = fused ? f32array(shape_of(x)) : f32array();
+    f32array y = outputs::new_array(shape_of(x));
+    f32array h = fused ? outputs::new_array(shape_of(x)) : f32array();
     const int64_t rows = D ? x.size() / D : 0;
     const float* xp = x.data();
     const float* wp = w_obj.is_none() ? nullptr : w.data();

@@ -999,7 +999,7 @@ py::array_t<float> output(int64_t rows, int64_t cols, const char* fn) {
     if (__builtin_mul_overflow(rows, cols, &n) || __builtin_mul_overflow(n, int64_t(sizeof(float)), &bytes))
         throw py::value_error(std::string(fn) + ": the output [" + std::to_string(rows) + ", " + std::to_string(cols) +
                               "] is too large");
-    return py::array_t<float>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+    return outputs::new_array({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
 }
 
 }  // namespace

@@ -36,6 +36,7 @@ ORDER = ("native", "avx512", "avx2", "portable")       # best first
 _probe = importlib.import_module("._kernels_portable", __package__)
 _modules: dict[str, ModuleType] = {"portable": _probe}
 _threads: int | None = None                             # set_num_threads, kept for every module
+_cache_limit: int | None = None                         # output_cache(limit), kept for every module
 
 
 def _built(isa: str) -> bool:
@@ -67,6 +68,8 @@ def module(isa: str) -> ModuleType:
         mod = importlib.import_module(f"._kernels_{isa}", __package__)
         if _threads is not None:
             mod.set_num_threads(_threads)
+        if _cache_limit is not None:
+            mod._output_cache(_cache_limit)
         _modules[isa] = mod
     return _modules[isa]
 
@@ -106,6 +109,23 @@ def set_num_threads(n) -> None:
     _threads = _modules[_selected].get_num_threads()
     for mod in _modules.values():
         mod.set_num_threads(_threads)
+
+
+def output_cache(limit: int | None = None) -> dict:
+    """The cache the kernels' outputs of 1 MiB and more are taken from (``cpp/outputs.h``): a
+    block freed with its array is handed to the next output of the same size instead of going
+    back to the OS, so large outputs do not fault in fresh pages each time.  With ``limit``
+    (bytes kept idle at most; 0 turns the cache off and releases what it holds), sets it for
+    every ISA module loaded now and later.  Returns the selected module's counters: limit,
+    idle_bytes, idle_blocks, hits, misses."""
+    global _cache_limit
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"output_cache: limit must be a number of bytes >= 0, got {limit!r}")
+        _cache_limit = limit
+        for mod in _modules.values():
+            mod._output_cache(limit)
+    return dict(_modules[_selected]._output_cache())
 
 
 def __getattr__(name: str):
