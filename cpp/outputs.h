@@ -21,6 +21,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <string>
 #include <vector>
 
 namespace pyworkloads::outputs {
@@ -91,9 +92,13 @@ struct Block {
 
 // A new C-contiguous float32 array of `shape` (contents undefined), from the cache when large.
 inline py::array_t<float, py::array::c_style> new_array(const std::vector<py::ssize_t>& shape) {
-    size_t n = 1;
-    for (py::ssize_t d : shape) n *= static_cast<size_t>(d);
-    const size_t bytes = n * sizeof(float);
+    size_t bytes = sizeof(float);
+    for (py::ssize_t d : shape)
+        if (d < 0 || __builtin_mul_overflow(bytes, static_cast<size_t>(d), &bytes)) {
+            std::string dims;
+            for (py::ssize_t e : shape) dims += (dims.empty() ? "" : ", ") + std::to_string(e);
+            throw py::value_error("an output of shape (" + dims + ") is too large to allocate");
+        }
     if (bytes < MIN_BYTES) return py::array_t<float, py::array::c_style>(shape);
     void* p = take(bytes);
     py::capsule owner;

@@ -112,3 +112,12 @@ def test_output_cache_limit_applies_to_every_module_and_bad_limits_are_refused(r
             _kernels.module(_kernels.isas()[0])._output_cache(-1)
     finally:
         _kernels.output_cache(before)
+
+
+def test_an_output_whose_size_overflows_is_refused(mod):
+    """Zero-stride operands make a 2^31 x 2^31 product from no memory at all: its 2^64 bytes
+    must be refused by name, not wrapped around to a small block the kernel then overruns."""
+    a = np.broadcast_to(np.float32(1), (2**31, 1))
+    b = np.broadcast_to(np.float32(1), (1, 2**31))
+    with pytest.raises(ValueError, match=r"shape \(2147483648, 2147483648\) is too large"):
+        mod.matmul(a, b)
