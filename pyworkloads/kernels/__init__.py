@@ -46,7 +46,7 @@ __all__ = [
     "matmul", "matmul_group", "qmatmul", "attention", "rms_norm", "layer_norm", "gelu",
     "available", "use_backend", "get_backend", "set_backend", "profile", "scope", "trace",
     "set_num_threads", "get_num_threads", "Profile", "KernelCall", "cpu_isas", "get_cpu_isa",
-    "set_cpu_isa", "use_cpu_isa",
+    "set_cpu_isa", "use_cpu_isa", "cpu_output_cache",
 ]
 
 BACKENDS = ("numpy", "cpp", "cuda")
@@ -159,6 +159,14 @@ def use_cpu_isa(isa: str):
         yield isa
     finally:
         _cpp_kernels().select(previous)
+
+
+def cpu_output_cache(limit: int | None = None) -> dict:
+    """The cpp backend's cache of output blocks (1 MiB and more) kept for reuse after their arrays
+    are freed, so large outputs do not fault in fresh pages each time.  ``limit``: bytes kept idle
+    at most (default 1 GiB; 0 turns it off and releases what it holds).  Returns its counters:
+    limit, idle_bytes, idle_blocks, hits, misses."""
+    return _cpp_kernels().output_cache(limit)
 
 
 _num_threads: int | None = None
