@@ -121,3 +121,25 @@ def test_an_output_whose_size_overflows_is_refused(mod):
     b = np.broadcast_to(np.float32(1), (1, 2**31))
     with pytest.raises(ValueError, match=r"shape \(2147483648, 2147483648\) is too large"):
         mod.matmul(a, b)
+
+
+def test_a_recycled_block_never_shows_its_old_contents(mod):
+    """A block comes back holding its last array's values (fresh pages were zeros): every output
+    element must be written, down to the empty reductions whose answer is all zeros."""
+    def stale(shape):
+        mod.gelu(np.full(shape, 7.0, np.float32))         # freed at once: its block, full of 7s
+        assert mod._output_cache()["idle_bytes"] >= np.prod(shape) * 4
+
+    stale((1024, 512))
+    np.testing.assert_array_equal(
+        mod.matmul(np.zeros((1024, 0), np.float32), np.zeros((0, 512), np.float32)), 0.0)
+    stale((1024, 512))
+    (y,) = mod.matmul_group(np.zeros((1024, 0), np.float32), [np.zeros((0, 512), np.float32)])
+    np.testing.assert_array_equal(y, 0.0)
+    stale((1, 2, 512, 256))
+    q, empty = np.ones((1, 2, 512, 256), np.float32), np.zeros((1, 2, 0, 256), np.float32)
+    np.testing.assert_array_equal(mod.attention(q, empty, empty), 0.0)
+    stale((1, 2, 512, 256))
+    q = np.ones((1, 2, 512, 256), np.float32)
+    mask = np.zeros((512, 512), bool)                      # no key allowed: zeros, as the reference
+    np.testing.assert_array_equal(mod.attention(q, q, q, mask=mask), 0.0)
