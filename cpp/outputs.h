@@ -5,7 +5,7 @@
 // faults on its first write, and with NumPy's MADV_HUGEPAGE advice the kernel may stop to compact
 // memory for 2 MB pages right then.  SAM's image encoder makes arrays that size in every block
 // (the 4096 x 3072 MLP hidden state twice, out of fc1 and out of GELU; the 4096 x 2304 QKV): about
-// a gigabyte of first-touch faults per image, 15-20 % of the encoder's time.
+// a gigabyte of first-touch faults per image (benchmarks/README.md has what that cost).
 //
 // So outputs of MIN_BYTES and more come from here: a block goes back to the cache when its array
 // is freed (the array's base is a capsule that returns it) and is handed out again to the next

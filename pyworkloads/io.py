@@ -19,8 +19,9 @@ available is read into anonymous memory advised to use 2 MB pages (``MADV_HUGEPA
 one is memory-mapped, so the kernel pages it in and out as it is used.  The pages matter for
 decode, which reads every weight once per token: 440 MB of float32 weights are 110,000 4-KB
 pages, and each new page costs the GEMV a TLB miss and a page-table walk, where 2-MB pages need
-220 (stories110M decode measured ~5 % faster).  File-backed mappings do not get huge pages
-without the kernel's read-only-THP support for file systems, so reading is the portable way.
+220 (benchmarks/README.md has the measured difference).  File-backed mappings do not get huge
+pages without the kernel's read-only-THP support for file systems, so reading is the portable
+way.
 """
 from __future__ import annotations
 
@@ -200,7 +201,6 @@ class SafeTensors(Mapping):
                 self._mmap.close()
                 raise self._err(f"the file changed size while it was opened ({size} bytes, "
                                 f"then {mapped})")
-
 
     def _err(self, msg):
         return ValueError(f"{self.path}: {msg}")
