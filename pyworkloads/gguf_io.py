@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import quant
-from .io import bf16_to_f32, fits_in_memory, read_into_huge_pages
+from .io import bf16_to_f32, check_in_memory, fits_in_memory, read_into_huge_pages
 
 __all__ = ["load_gguf", "GGUFCheckpoint", "SUPPORTED_TYPES", "MAX_TENSORS", "MAX_KEYS",
            "MAX_ARRAY_ITEMS"]
@@ -315,9 +315,7 @@ class GGUFCheckpoint(Mapping):
 
     def __init__(self, path, in_memory: bool | None = None):
         self.path = Path(path)
-        if in_memory is not None and not isinstance(in_memory, bool):
-            raise TypeError(f"GGUFCheckpoint: in_memory must be True, False or None (decide by "
-                            f"size), got {_short(in_memory)}")
+        check_in_memory(in_memory, "GGUFCheckpoint")
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such GGUF file")
         size = self.path.stat().st_size

@@ -37,7 +37,7 @@ import numpy as np
 
 __all__ = ["load_safetensors", "save_safetensors", "load_checkpoint", "load_config", "SafeTensors",
            "bf16_to_f32", "f32_to_bf16", "CheckpointWeights", "PICKLE_SUFFIXES", "fits_in_memory",
-           "read_into_huge_pages"]
+           "read_into_huge_pages", "check_in_memory"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024          # the reference implementation's own limit
 MAX_JSON_BYTES = 64 * 1024 * 1024             # config.json / index: real ones are under 1 MB
@@ -165,9 +165,7 @@ class SafeTensors(Mapping):
 
     def __init__(self, path, in_memory: bool | None = None):
         self.path = Path(path)
-        if in_memory is not None and not isinstance(in_memory, bool):
-            raise TypeError(f"SafeTensors: in_memory must be True, False or None (decide by "
-                            f"size), got {_short(in_memory)}")
+        check_in_memory(in_memory, "SafeTensors")
         _refuse_pickle(self.path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such safetensors file")
@@ -376,6 +374,14 @@ def read_into_huge_pages(path: Path, size: int, anchor: int, err) -> memoryview:
     return view.toreadonly()
 
 
+def check_in_memory(in_memory, where: str) -> None:
+    """Refuse an ``in_memory`` that is not True, False or None (1 or "yes" would pass a truth
+    test and hide a typo)."""
+    if in_memory is not None and not isinstance(in_memory, bool):
+        raise TypeError(f"{where}: in_memory must be True, False or None (decide by size), got "
+                        f"{_short(in_memory)}")
+
+
 def fits_in_memory(nbytes: int) -> bool:
     """Whether ``in_memory=None`` reads a checkpoint of ``nbytes``: at most ``IN_MEMORY_SHARE`` of
     the memory this process could still allocate."""
@@ -474,9 +480,7 @@ def load_checkpoint(path, in_memory: bool | None = None) -> CheckpointWeights:
     ``in_memory`` as in :class:`SafeTensors`; None decides once for all the shards together."""
     path = Path(path)
     _refuse_pickle(path)
-    if in_memory is not None and not isinstance(in_memory, bool):
-        raise TypeError(f"load_checkpoint: in_memory must be True, False or None (decide by "
-                        f"size), got {_short(in_memory)}")
+    check_in_memory(in_memory, "load_checkpoint")
 
     def opened(files: list[Path]) -> list[SafeTensors]:
         whole = in_memory
