@@ -184,19 +184,19 @@ class SafeTensors(Mapping):
             header_bytes = f.read(n)
         self.metadata, self._entries = self._parse_header(header_bytes, size - 8 - n)
         self._data_start = 8 + n
-        self._mmap = None                           # the file's bytes: a mapping or a buffer
+        self._bytes = None                          # the file: a read-only mapping or buffer
         self._views: dict[str, np.ndarray] = {}     # raw() of aligned tensors: views, kept
         if in_memory is None:
             in_memory = fits_in_memory(size)
         self.in_memory = bool(in_memory)
         if size > self._data_start and in_memory:
-            self._mmap = read_into_huge_pages(self.path, size, self._data_start, self._err)
+            self._bytes = read_into_huge_pages(self.path, size, self._data_start, self._err)
         elif size > self._data_start:
             with open(self.path, "rb") as f:
-                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            mapped = len(self._mmap)
+                self._bytes = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mapped = len(self._bytes)
             if mapped != size:                  # replaced or truncated since it was read
-                self._mmap.close()
+                self._bytes.close()
                 raise self._err(f"the file changed size while it was opened ({size} bytes, "
                                 f"then {mapped})")
 
@@ -307,7 +307,7 @@ class SafeTensors(Mapping):
         dt = _DTYPES[code]
         if end == begin:
             return np.zeros(shape, dtype=dt)
-        arr = np.frombuffer(self._mmap, dtype=dt, count=(end - begin) // dt.itemsize,
+        arr = np.frombuffer(self._bytes, dtype=dt, count=(end - begin) // dt.itemsize,
                             offset=self._data_start + begin)
         return arr.reshape(shape)
 
